@@ -1,0 +1,443 @@
+"""imagebuilder.toml parsing and validation: defaults, the design's full example, exact errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import config
+from imagebuilder.config import (
+    AppSection,
+    Config,
+    Environment,
+    ImageSection,
+    JvmSection,
+    SystemSection,
+    from_jar,
+    load,
+    with_overrides,
+)
+from imagebuilder.errors import ConfigError, NotFoundError, UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+MINIMAL = """\
+[image]
+name = "hello"
+version = "1.0.0"
+
+[app]
+path = "hello.jar"
+"""
+
+FULL = """\
+[image]
+name = "hello"
+version = "1.0.0"
+
+[app]
+path = "target/hello.jar"        # what to run: an executable jar (war and native binaries later)
+args = ["--server.port=8080"]    # program arguments
+port = 8080                      # the port it serves; forwarded by `run`, probed by health checks
+healthcheck = "/health"          # HTTP path answering 2xx when the app is up (default "/")
+packages = ["fonts-dejavu-core"] # extra Debian packages the app needs at run time (with their deps)
+
+[jvm]
+version = 21                     # 21 (default) or 25
+args = ["-Xmx512m"]              # JVM options
+
+[system]
+suite = "trixie"                 # Debian suite the kernel and userland come from
+kernel = "debian-cloud"          # a manifest in kernels/
+memory = 1024                    # MiB, for run
+
+[environments]
+order = ["test", "prod"]         # promotion order; default: the order of the [env.*] tables
+
+[env.test]
+vars = { DB_URL = "jdbc:postgresql://test-db/app" }
+
+[env.prod]
+vars = { DB_URL = "jdbc:postgresql://prod-db/app" }
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding hello/ with a (fake) hello.jar; returns hello/."""
+    monkeypatch.chdir(tmp_path)
+    app = tmp_path / "hello"
+    app.mkdir()
+    (app / "hello.jar").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    return app
+
+
+def write(app: Path, text: str) -> Path:
+    path = app / "imagebuilder.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_minimal_file_takes_every_default(project: Path) -> None:
+    write(project, MINIMAL)
+    cfg = load(project)
+    toml = (project / "imagebuilder.toml").absolute()
+    assert cfg == Config(
+        path=toml,
+        root=project.absolute(),
+        image=ImageSection(name="hello", version="1.0.0"),
+        app=AppSection(path=project.absolute() / "hello.jar"),
+        jvm=JvmSection(),
+        system=SystemSection(),
+        environments=(),
+    )
+    assert cfg.app.args == () and cfg.app.port is None and cfg.app.healthcheck == "/"
+    assert cfg.app.packages == ()
+    assert (cfg.jvm.version, cfg.jvm.args) == (21, ())
+    assert cfg.system == SystemSection("trixie", "debian-cloud", 1024, None)
+    assert cfg.lock_path == project.absolute() / "imagebuilder.lock"
+    assert load(project / "imagebuilder.toml") == cfg
+    assert load(Path("hello/imagebuilder.toml")) == cfg  # relative paths work too
+
+
+def test_full_example_from_the_design(project: Path) -> None:
+    (project / "target").mkdir()
+    (project / "target" / "hello.jar").write_bytes(b"PK")
+    write(project, FULL)
+    cfg = load(project)
+    assert cfg.app == AppSection(
+        path=project.absolute() / "target" / "hello.jar",
+        args=("--server.port=8080",),
+        port=8080,
+        healthcheck="/health",
+        packages=("fonts-dejavu-core",),
+    )
+    assert cfg.app.path.is_absolute()
+    assert cfg.jvm == JvmSection(version=21, args=("-Xmx512m",))
+    assert cfg.system == SystemSection(suite="trixie", kernel="debian-cloud", memory=1024)
+    assert cfg.environments == (
+        Environment("test", {"DB_URL": "jdbc:postgresql://test-db/app"}),
+        Environment("prod", {"DB_URL": "jdbc:postgresql://prod-db/app"}),
+    )
+    assert cfg.env("prod").vars == {"DB_URL": "jdbc:postgresql://prod-db/app"}
+    assert cfg.env_names == ("test", "prod")
+
+
+def test_bundled_example_parses(project: Path) -> None:
+    shutil.copy(REPO / "examples" / "hello" / "imagebuilder.toml", project)
+    cfg = load(project)
+    assert (cfg.image.name, cfg.image.version) == ("hello", "1.0.0")
+    assert (cfg.app.port, cfg.app.healthcheck) == (8080, "/health")
+    assert cfg.env("test").vars == {"GREETING": "hi"}
+    assert cfg.env("prod").vars == {"GREETING": "hello, production"}
+
+
+def test_spec_is_frozen_and_hashable(project: Path) -> None:
+    write(project, MINIMAL + '[env.test]\nvars = { A = "1" }\n')
+    cfg = load(project)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.image = ImageSection("x", "1")  # type: ignore[misc]
+    hash(cfg)
+
+
+def test_env_order_defaults_to_table_order(project: Path) -> None:
+    write(project, MINIMAL + """
+[env.prod]
+vars = { A = "p" }
+
+[env.dev]
+
+[env.staging]
+vars = { A = "s" }
+""")
+    cfg = load(project)
+    assert cfg.env_names == ("prod", "dev", "staging")
+    assert cfg.env("dev").vars == {}
+
+
+def test_env_order_from_environments_table(project: Path) -> None:
+    write(project, MINIMAL + """
+[environments]
+order = ["dev", "staging", "prod"]
+
+[env.prod]
+[env.dev]
+[env.staging]
+""")
+    assert load(project).env_names == ("dev", "staging", "prod")
+
+
+def test_unknown_environment(project: Path) -> None:
+    write(project, MINIMAL + "[env.test]\n[env.prod]\n")
+    with pytest.raises(NotFoundError) as e:
+        load(project).env("staging")
+    assert str(e.value) == (
+        "unknown environment 'staging' in hello/imagebuilder.toml: known: test, prod"
+    )
+    assert e.value.exit_code == 2
+
+
+def test_unknown_environment_when_none_defined(project: Path) -> None:
+    write(project, MINIMAL)
+    with pytest.raises(NotFoundError) as e:
+        load(project).env("prod")
+    assert str(e.value) == (
+        "unknown environment 'prod' in hello/imagebuilder.toml: it defines no environments;"
+        ' add an [env.prod] table with vars = { KEY = "value" }'
+    )
+
+
+J = "hello/imagebuilder.toml"
+
+INVALID = [
+    # (toml, exact message)
+    (MINIMAL.replace('path = "hello.jar"', 'path = "hello.jar"\nport = "80a"'),
+     f'{J}: app.port: expected an integer 1-65535, got "80a"'),
+    (MINIMAL + "port = 0\n", f"{J}: app.port: expected an integer 1-65535, got 0"),
+    (MINIMAL + "port = 65536\n", f"{J}: app.port: expected an integer 1-65535, got 65536"),
+    (MINIMAL + "port = true\n", f"{J}: app.port: expected an integer 1-65535, got true"),
+    (MINIMAL + "prot = 8080\n", f"{J}: unknown key 'app.prot' (did you mean 'port'?)"),
+    (MINIMAL + "[imagee]\n", f"{J}: unknown key 'imagee' (did you mean 'image'?)"),
+    (MINIMAL + "[jvm]\nverison = 21\n",
+     f"{J}: unknown key 'jvm.verison' (did you mean 'version'?)"),
+    (MINIMAL + "zzz = 1\n", (f"{J}: unknown key 'app.zzz' (known: path, args, port, healthcheck,"
+     " packages)")),
+    (MINIMAL + '[env.test]\nvar = { A = "1" }\n',
+     f"{J}: unknown key 'env.test.var' (did you mean 'vars'?)"),
+    ('[image]\nversion = "1"\n[app]\npath = "hello.jar"\n',
+     f'{J}: image.name: required key is missing: add name = "hello" under [image]'),
+    ('[image]\nname = "hello"\n[app]\npath = "hello.jar"\n',
+     f'{J}: image.version: required key is missing: add version = "1.0.0" under [image]'),
+    ('[image]\nname = "hello"\nversion = "1"\n',
+     f'{J}: app.path: required key is missing: add path = "target/app.jar" under [app]'),
+    (MINIMAL.replace('"hello"', '"Hello"'),
+     (f"{J}: image.name: expected lowercase letters, digits, '.', '_' or '-', starting with a"
+     ' letter or digit (it becomes an OCI reference), got "Hello"')),
+    (MINIMAL.replace('"hello"', '"-hello"'),
+     (f"{J}: image.name: expected lowercase letters, digits, '.', '_' or '-', starting with a"
+     ' letter or digit (it becomes an OCI reference), got "-hello"')),
+    (MINIMAL.replace('"1.0.0"', '"1.0 beta"'),
+     (f"{J}: image.version: expected at most 128 letters, digits, '.', '_' or '-', not starting"
+     ' with \'.\' or \'-\' (it becomes an OCI tag), got "1.0 beta"')),
+    (MINIMAL.replace('"1.0.0"', "1.0"),
+     (f"{J}: image.version: expected at most 128 letters, digits, '.', '_' or '-', not starting"
+     ' with \'.\' or \'-\' (it becomes an OCI tag), got 1.0 (quote it: "1.0")')),
+    (MINIMAL.replace('"1.0.0"', '"' + "v" * 129 + '"'),
+     (f"{J}: image.version: expected at most 128 letters, digits, '.', '_' or '-', not starting"
+     f' with \'.\' or \'-\' (it becomes an OCI tag), got "{"v" * 56}...')),
+    (MINIMAL.replace('"hello.jar"', '"missing.jar"'),
+     "{J}: app.path: file not found: {root}/missing.jar"),
+    (MINIMAL.replace('"hello.jar"', '"."'),
+     "{J}: app.path: expected a file, got a directory: {root}"),
+    (MINIMAL.replace('"hello.jar"', "42"),
+     f"{J}: app.path: expected a path to the application, got 42"),
+    (MINIMAL + 'args = "--x"\n', f'{J}: app.args: expected a list of strings, got "--x"'),
+    (MINIMAL + 'args = ["--x", 3]\n', f"{J}: app.args[1]: expected a string, got 3"),
+    (MINIMAL + 'healthcheck = "health"\n',
+     f'{J}: app.healthcheck: expected an HTTP path starting with "/", got "health"'),
+    (MINIMAL + 'packages = ["Fonts"]\n',
+     f'{J}: app.packages[0]: expected a Debian package name, got "Fonts"'),
+    (MINIMAL + "[jvm]\nversion = 17\n", f"{J}: jvm.version: expected 21 or 25, got 17"),
+    (MINIMAL + '[jvm]\nversion = "21"\n', f'{J}: jvm.version: expected 21 or 25, got "21"'),
+    (MINIMAL + "[system]\nmemory = 64\n",
+     f"{J}: system.memory: expected an integer number of MiB >= 128, got 64"),
+    (MINIMAL + '[system]\nmirror = "ftp://example.org/debian"\n',
+     f'{J}: system.mirror: expected an http:// or https:// URL, got "ftp://example.org/debian"'),
+    (MINIMAL + '[system]\nmirror = "debian"\n',
+     f'{J}: system.mirror: expected an http:// or https:// URL, got "debian"'),
+    (MINIMAL + '[system]\nsuite = "Trixie"\n',
+     f'{J}: system.suite: expected a Debian suite like "trixie", got "Trixie"'),
+    (MINIMAL + '[system]\nkernel = "../x"\n',
+     f'{J}: system.kernel: expected a kernel manifest name like "debian-cloud", got "../x"'),
+    ('app = "x"\n' + MINIMAL.replace("[app]\n", "[other]\n"),
+     f"{J}: unknown key 'other' (known: image, app, jvm, system, environments, env)"),
+    ('jvm = "x"\n' + MINIMAL, f'{J}: jvm: expected a table [jvm], got "x"'),
+    (MINIMAL + "[env.Prod]\n",
+     (f"{J}: env.Prod: expected an environment name of lowercase letters, digits and '-',"
+     ' starting with a letter, got "Prod"')),
+    (MINIMAL + '[env]\ntest = "x"\n', f'{J}: env.test: expected a table [env.test], got "x"'),
+    (MINIMAL + '[env.test]\nvars = ["A=1"]\n',
+     f'{J}: env.test.vars: expected a table like {{ KEY = "value" }}, got ["A=1"]'),
+    (MINIMAL + "[env.test]\nvars = { PORT = 8080 }\n",
+     f'{J}: env.test.vars.PORT: expected a string, got 8080 (quote it: "8080")'),
+    (MINIMAL + '[env.test]\nvars = { "1X" = "a" }\n',
+     (f"{J}: env.test.vars.1X: expected a variable name of letters, digits and '_', not"
+     ' starting with a digit, got "1X"')),
+    (MINIMAL + '[env.test]\nvars = { "A-B" = "a" }\n',
+     (f"{J}: env.test.vars.A-B: expected a variable name of letters, digits and '_', not"
+     ' starting with a digit, got "A-B"')),
+    (MINIMAL + '[env.test]\nvars = { A = "x\\ny" }\n',
+     f"{J}: env.test.vars.A: expected a one-line string, got a value containing a newline"),
+    (MINIMAL + '[env.test]\nvars = { A = "x\\u0000y" }\n',
+     f"{J}: env.test.vars.A: expected a string without NUL characters"),
+    (MINIMAL + '[env.test]\nvars = { IMAGEBUILDER_ENV = "x" }\n',
+     (f"{J}: env.test.vars.IMAGEBUILDER_ENV: names starting with IMAGEBUILDER_ are reserved for"
+     " imagebuilder")),
+    (MINIMAL + '[environments]\norder = ["test"]\n[env.test]\n[env.prod]\n',
+     (f"{J}: environments.order: expected exactly the defined environments (test, prod);"
+     " missing 'prod'")),
+    (MINIMAL + '[environments]\norder = ["test", "qa"]\n[env.test]\n',
+     (f"{J}: environments.order: expected exactly the defined environments (test);"
+     " 'qa' not defined (add [env.qa])")),
+    (MINIMAL + '[environments]\norder = ["qa"]\n[env.test]\n',
+     (f"{J}: environments.order: expected exactly the defined environments (test);"
+     " missing 'test'; 'qa' not defined (add [env.qa])")),
+    (MINIMAL + '[environments]\norder = ["test", "test"]\n[env.test]\n',
+     f"{J}: environments.order: lists 'test' more than once"),
+    (MINIMAL + '[environments]\norder = "test"\n[env.test]\n',
+     f'{J}: environments.order: expected a list of strings, got "test"'),
+    (MINIMAL + "port = \n",
+     f"{J}: invalid TOML: Invalid value (at line 7, column 8)"),
+    (MINIMAL + MINIMAL,
+     f"{J}: invalid TOML: Cannot declare ('image',) twice (at line 7, column 7)"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), INVALID)
+def test_invalid(project: Path, text: str, message: str) -> None:
+    write(project, text)
+    with pytest.raises(ConfigError) as e:
+        load(project)
+    assert str(e.value) == message.replace("{J}", J).replace("{root}", str(project.absolute()))
+    assert "\n" not in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_error_names_absolute_file_outside_the_working_directory(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(project, MINIMAL + "port = -1\n")
+    monkeypatch.chdir("/")
+    with pytest.raises(ConfigError) as e:
+        load(project.absolute())
+    assert str(e.value) == (
+        f"{project.absolute()}/imagebuilder.toml: app.port: expected an integer 1-65535, got -1"
+    )
+
+
+def test_not_utf8(project: Path) -> None:
+    (project / "imagebuilder.toml").write_bytes(b'[image]\nname = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"^hello/imagebuilder.toml: invalid TOML: .*UTF-8"):
+        load(project)
+
+
+def test_missing_file_in_directory(project: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(project)
+    assert str(e.value) == (
+        "hello/imagebuilder.toml: not found; write one (see examples/hello/imagebuilder.toml) or"
+        " build a jar without one: imagebuilder build APP.jar --name N --version V"
+    )
+
+
+def test_missing_file(project: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(Path("hello/other.toml"))
+    assert str(e.value).startswith("hello/other.toml: not found; ")
+    assert "imagebuilder build APP.jar --name N --version V" in str(e.value)
+
+
+def test_relative_app_path_is_taken_from_the_config_directory(
+    project: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "app.jar").write_bytes(b"PK")
+    write(project, MINIMAL.replace('"hello.jar"', '"../build/app.jar"'))
+    assert load(project).app.path == tmp_path.absolute() / "build" / "app.jar"
+
+
+def test_mirror_loses_its_trailing_slash(project: Path) -> None:
+    write(project, MINIMAL + '[system]\nmirror = "https://mirror.example/debian/"\n')
+    assert load(project).system.mirror == "https://mirror.example/debian"
+
+
+def test_jvm_25_and_memory(project: Path) -> None:
+    write(project, MINIMAL + "[jvm]\nversion = 25\n[system]\nmemory = 128\n")
+    cfg = load(project)
+    assert (cfg.jvm.version, cfg.system.memory) == (25, 128)
+
+
+# --- zero-config and overrides -------------------------------------------------------------
+
+
+def test_from_jar(project: Path) -> None:
+    cfg = from_jar(Path("hello/hello.jar"), "hello", "2.0")
+    assert cfg.path is None
+    assert cfg.root == project.absolute()
+    assert cfg.lock_path == project.absolute() / "imagebuilder.lock"
+    assert cfg.image == ImageSection("hello", "2.0")
+    assert cfg.app == AppSection(path=project.absolute() / "hello.jar")
+    assert cfg.jvm == JvmSection() and cfg.system == SystemSection()
+    assert cfg.environments == ()
+    with pytest.raises(NotFoundError, match=r"no imagebuilder.toml was used.*\[env.prod\]"):
+        cfg.env("prod")
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "message"),
+    [
+        (None, "1", ("--name required when building a jar without an imagebuilder.toml:"
+         " imagebuilder build hello/hello.jar --name N --version V")),
+        ("hello", None, ("--version required when building a jar without an imagebuilder.toml:"
+         " imagebuilder build hello/hello.jar --name N --version V")),
+        (None, None, ("--name and --version required when building a jar without an"
+         " imagebuilder.toml: imagebuilder build hello/hello.jar --name N --version V")),
+        ("Hello", "1", ("--name: expected lowercase letters, digits, '.', '_' or '-', starting"
+         ' with a letter or digit (it becomes an OCI reference), got "Hello"')),
+        ("hello", "1/2", ("--version: expected at most 128 letters, digits, '.', '_' or '-', not"
+         ' starting with \'.\' or \'-\' (it becomes an OCI tag), got "1/2"')),
+    ],
+)
+def test_from_jar_invalid(
+    project: Path, name: str | None, version: str | None, message: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        from_jar(Path("hello/hello.jar"), name, version)
+    assert str(e.value) == message
+
+
+def test_from_jar_missing_jar(project: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        from_jar(Path("hello/nope.jar"), "hello", "1")
+    assert str(e.value) == f"hello/nope.jar: file not found: {project.absolute()}/nope.jar"
+
+
+def test_overrides_win(project: Path) -> None:
+    write(project, MINIMAL + '[system]\nmirror = "http://a.example/debian"\n[env.test]\n')
+    cfg = load(project)
+    assert with_overrides(cfg) == cfg
+    new = with_overrides(cfg, name="other", version="9.9", mirror="https://b.example/debian/")
+    assert new.image == ImageSection("other", "9.9")
+    assert new.system.mirror == "https://b.example/debian"
+    assert new.system.suite == cfg.system.suite
+    assert (new.app, new.jvm, new.environments, new.path) == (
+        cfg.app, cfg.jvm, cfg.environments, cfg.path
+    )
+    only_version = with_overrides(cfg, version="2")
+    assert only_version.image == ImageSection("hello", "2")
+    assert only_version.system.mirror == "http://a.example/debian"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "A"}, "--name: expected lowercase"),
+        ({"version": ".1"}, "--version: expected at most 128"),
+        ({"mirror": "file:///srv/debian"}, ('--mirror: expected an http:// or https:// URL, got'
+         ' "file:///srv/debian"')),
+    ],
+)
+def test_overrides_are_validated(project: Path, kwargs: dict[str, str], message: str) -> None:
+    write(project, MINIMAL)
+    with pytest.raises(ConfigError) as e:
+        with_overrides(load(project), **kwargs)
+    assert str(e.value).startswith(message)
+
+
+def test_errors_are_user_errors() -> None:
+    assert issubclass(ConfigError, UserError) and issubclass(NotFoundError, UserError)
+    assert config.check_env_var("GOOD_1", "any thing = $x") is None
