@@ -1,0 +1,435 @@
+"""The local image store: an OCI image layout on disk.
+
+Built images live where standard tools can read them (skopeo, oras, registries via push): an OCI
+image layout (image-spec, image-layout.md) with ``oci-layout``, ``index.json`` and content-addressed
+``blobs/sha256/<hex>``. An image is an OCI artifact manifest whose config is imagebuilder's boot
+configuration and whose layers are the kernel and the initrd layers, each named by digest; the
+manifest's SHA-256 is the image digest, the image's identity everywhere.
+
+Manifests and configs are canonical JSON with no timestamps, so the same inputs give the same image
+digest on every machine. Every file is written to a temporary name, fsynced and renamed, and
+index.json changes happen under an fcntl lock, so an interrupted or concurrent command never
+leaves a half-written blob or index behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ImageBuilderError, NotFoundError, UserError
+
+OCI_LAYOUT_VERSION = "1.0.0"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+ARTIFACT_TYPE = "application/vnd.imagebuilder.image.v1"
+CONFIG_MEDIA_TYPE = "application/vnd.imagebuilder.image.config.v1+json"
+KERNEL_MEDIA_TYPE = "application/vnd.imagebuilder.kernel.v1"
+INITRD_LAYER_MEDIA_TYPE = "application/vnd.imagebuilder.initrd.layer.v1.cpio+zstd"
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+
+MIN_DIGEST_PREFIX = 12
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# annotations.md grammar for ref.name components; the version follows the last ':'.
+_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._+@]|--)[A-Za-z0-9]+)*"
+_NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one JSON encoding used for manifests, configs and the index (sorted keys, no spaces)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"name:version"`` -> ``("name", "version")``; a UserError if it is not of that form."""
+    name, sep, version = ref.rpartition(":")
+    if not sep or not _NAME_RE.match(name) or not _VERSION_RE.match(version):
+        raise UserError(
+            f"'{ref}' is not an image reference of the form NAME:VERSION (e.g. hello:1.0.0)"
+        )
+    return name, version
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order: 1.9 < 1.10, digits compare as numbers."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.findall(r"\d+|\D+", version)
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor: what a blob is, its digest and size."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mediaType": self.media_type, "digest": self.digest, "size": self.size,
+        }
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Descriptor:
+        try:
+            annotations = obj.get("annotations")
+            return cls(
+                media_type=str(obj["mediaType"]), digest=str(obj["digest"]), size=int(obj["size"]),
+                annotations=dict(annotations) if annotations else None,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ImageBuilderError(f"malformed OCI descriptor {obj!r}: {e}") from None
+
+
+@dataclass
+class Image:
+    """An image in the store: its reference, manifest digest, manifest and config."""
+
+    ref: str
+    digest: str
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    size: int
+    """Sum of the layer sizes (kernel and initrd layers), in bytes."""
+    refs: list[str] = field(default_factory=list)
+    """Every reference pointing at this manifest (usually just ``ref``)."""
+
+    @property
+    def name(self) -> str:
+        return self.ref.rpartition(":")[0] if ":" in self.ref else self.ref
+
+    @property
+    def version(self) -> str:
+        return self.ref.rpartition(":")[2] if ":" in self.ref else ""
+
+    @property
+    def layers(self) -> list[Descriptor]:
+        """The manifest's layers (kernel first, then initrd layers, as the builder put them)."""
+        return [Descriptor.from_json(d) for d in self.manifest.get("layers", [])]
+
+
+class Store:
+    """The OCI image layout at ``root`` (created on first write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.tmp_dir = self.root / ".tmp"
+        self.index_path = self.root / "index.json"
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob ``sha256:<hex>`` lives."""
+        if not _DIGEST_RE.match(digest):
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        return self.blobs_dir / digest.removeprefix("sha256:")
+
+    @contextlib.contextmanager
+    def _lock(self, exclusive: bool = True) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _tmp_path(self) -> Path:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir / f"{os.getpid()}.{secrets.token_hex(8)}"
+
+    def _write_atomic(self, dest: Path, data: bytes) -> None:
+        tmp = self._tmp_path()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(dest.parent)
+
+    def _ensure_layout(self) -> None:
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            self._write_atomic(layout, canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
+        if not self.index_path.exists():
+            self._write_index([])
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        try:
+            raw = self.index_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            index = json.loads(raw)
+        except ValueError as e:
+            raise ImageBuilderError(f"{self.index_path} is corrupt ({e}); restore it") from None
+        manifests = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(manifests, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("digest"), str) for m in manifests
+        ):
+            raise ImageBuilderError(f"{self.index_path} is not an OCI image index; restore it")
+        return manifests
+
+    def _write_index(self, manifests: list[dict[str, Any]]) -> None:
+        manifests = sorted(
+            manifests,
+            key=lambda m: ((m.get("annotations") or {}).get(REF_NAME_ANNOTATION, ""), m["digest"]),
+        )
+        index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
+        self._write_atomic(self.index_path, canonical_json(index))
+
+    def _read_json_blob(self, digest: str) -> dict[str, Any]:
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise ImageBuilderError(
+                f"blob {digest} is missing from the image store {self.root}"
+            ) from None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise ImageBuilderError(f"blob {digest} in {self.root} is corrupt")
+        obj = json.loads(data)
+        if not isinstance(obj, dict):
+            raise ImageBuilderError(f"blob {digest} in {self.root} is not a JSON object")
+        return obj
+
+    # --- blobs ------------------------------------------------------------------------------
+
+    def add_blob_file(
+        self, path: Path, media_type: str, annotations: dict[str, str] | None = None,
+    ) -> Descriptor:
+        """Add the file at ``path`` as a blob (hard-linked when possible, else copied)."""
+        path = Path(path)
+        self._ensure_layout()
+        tmp = self._tmp_path()
+        h = hashlib.sha256()
+        try:
+            try:
+                os.link(path, tmp)
+                with open(tmp, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                    size = f.tell()
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                tmp.unlink(missing_ok=True)
+                with open(path, "rb") as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        h.update(chunk)
+                        dst.write(chunk)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                    size = dst.tell()
+                os.chmod(tmp, 0o644)
+            digest = "sha256:" + h.hexdigest()
+            dest = self.blob_path(digest)
+            if dest.exists() and dest.stat().st_size == size:
+                tmp.unlink()
+            else:
+                os.replace(tmp, dest)
+                _fsync_dir(dest.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return Descriptor(media_type, digest, size, dict(annotations) if annotations else None)
+
+    def add_blob_bytes(
+        self, data: bytes, media_type: str, annotations: dict[str, str] | None = None,
+    ) -> Descriptor:
+        """Add ``data`` as a blob."""
+        self._ensure_layout()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        dest = self.blob_path(digest)
+        if not (dest.exists() and dest.stat().st_size == len(data)):
+            self._write_atomic(dest, data)
+        return Descriptor(media_type, digest, len(data), dict(annotations) if annotations else None)
+
+    # --- images -----------------------------------------------------------------------------
+
+    def put_image(self, ref: str, config: dict[str, Any], layers: list[Descriptor]) -> str:
+        """Store an image (config + layers already added as blobs) under ``ref``; its digest.
+
+        ``ref`` is NAME:VERSION. An image already stored under ``ref`` is replaced; its blobs
+        stay on disk (nothing is garbage-collected except by :meth:`remove`).
+        """
+        split_ref(ref)
+        self._ensure_layout()
+        with self._lock():
+            for layer in layers:
+                blob = self.blob_path(layer.digest)
+                if not blob.exists() or blob.stat().st_size != layer.size:
+                    raise ImageBuilderError(
+                        f"layer {layer.digest} is not in the image store (removed by a concurrent "
+                        "'imagebuilder rm'?); run the build again"
+                    )
+            config_desc = self.add_blob_bytes(canonical_json(config), CONFIG_MEDIA_TYPE)
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_MEDIA_TYPE,
+                "artifactType": ARTIFACT_TYPE,
+                "config": config_desc.to_json(),
+                "layers": [layer.to_json() for layer in layers],
+            }
+            manifest_desc = self.add_blob_bytes(canonical_json(manifest), MANIFEST_MEDIA_TYPE)
+            entries = [
+                m for m in self._read_index()
+                if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) != ref
+            ]
+            entry = Descriptor(
+                MANIFEST_MEDIA_TYPE, manifest_desc.digest, manifest_desc.size,
+                {REF_NAME_ANNOTATION: ref},
+            ).to_json()
+            entries.append(entry)
+            self._write_index(entries)
+        return manifest_desc.digest
+
+    def _load(self, ref: str, digest: str, refs: list[str]) -> Image:
+        manifest = self._read_json_blob(digest)
+        config_digest = (manifest.get("config") or {}).get("digest", "")
+        config = self._read_json_blob(config_digest)
+        size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
+        return Image(ref=ref, digest=digest, manifest=manifest, config=config, size=size,
+                     refs=refs)
+
+    def _refs_by_digest(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for m in self._read_index():
+            name = (m.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+            out.setdefault(m["digest"], [])
+            if name:
+                out[m["digest"]].append(name)
+        for refs in out.values():
+            refs.sort()
+        return out
+
+    def _not_found(self, ref: str) -> NotFoundError:
+        return NotFoundError(
+            f"no image '{ref}' in the store; list images with 'imagebuilder images'"
+        )
+
+    def _resolve_unlocked(self, ref: str) -> Image:
+        by_digest = self._refs_by_digest()
+        if ref.startswith("sha256:"):
+            prefix = ref.lower()
+            if not re.fullmatch(r"sha256:[0-9a-f]+", prefix):
+                raise UserError(f"'{ref}' is not a sha256 digest")
+            if len(prefix) - 7 < MIN_DIGEST_PREFIX:
+                raise UserError(
+                    f"digest prefix '{ref}' is too short: give at least {MIN_DIGEST_PREFIX} "
+                    "hex digits"
+                )
+            matches = sorted(d for d in by_digest if d.startswith(prefix))
+            if not matches:
+                raise self._not_found(ref)
+            if len(matches) > 1:
+                raise NotFoundError(
+                    f"'{ref}' matches several images ({', '.join(matches)}); "
+                    "give more digits of the digest"
+                )
+            refs = by_digest[matches[0]]
+            return self._load(refs[0] if refs else matches[0], matches[0], refs)
+
+        ref_to_digest = {r: d for d, refs in by_digest.items() for r in refs}
+        if ref in ref_to_digest:
+            digest = ref_to_digest[ref]
+            return self._load(ref, digest, by_digest[digest])
+        if ":" not in ref:
+            candidates = sorted(
+                (r for r in ref_to_digest if r.rpartition(":")[0] == ref),
+                key=lambda r: _version_key(r.rpartition(":")[2]),
+            )
+            if len(candidates) == 1:
+                digest = ref_to_digest[candidates[0]]
+                return self._load(candidates[0], digest, by_digest[digest])
+            if candidates:
+                versions = ", ".join(r.rpartition(":")[2] for r in candidates)
+                raise NotFoundError(
+                    f"image '{ref}' has several versions ({versions}); "
+                    f"name one, e.g. '{candidates[-1]}'"
+                )
+        raise self._not_found(ref)
+
+    def resolve(self, ref: str) -> Image:
+        """The image named by ``ref``: NAME:VERSION, NAME (if it has one version only), or a
+        digest or unique digest prefix ``sha256:<at least 12 hex digits>``."""
+        with self._lock(exclusive=False):
+            return self._resolve_unlocked(ref)
+
+    def images(self) -> list[Image]:
+        """Every named image, sorted by name, then version (naturally: 1.9 < 1.10)."""
+        with self._lock(exclusive=False):
+            by_digest = self._refs_by_digest()
+            out = [
+                self._load(ref, digest, refs)
+                for digest, refs in by_digest.items() for ref in refs
+            ]
+        out.sort(key=lambda im: (im.name, _version_key(im.version), im.version))
+        return out
+
+    def remove(self, ref: str) -> str:
+        """Remove ``ref`` (or, for a digest, every ref to it); delete blobs nothing else uses.
+
+        Returns the removed manifest digest. Blobs shared with remaining images (a kernel or
+        layer used by two versions) stay.
+        """
+        with self._lock():
+            image = self._resolve_unlocked(ref)
+            by_digest = ref.startswith("sha256:")
+            remaining = []
+            for m in self._read_index():
+                name = (m.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+                gone = m["digest"] == image.digest if by_digest else name == image.ref
+                if not gone:
+                    remaining.append(m)
+            self._write_index(remaining)
+
+            candidates = {image.digest, image.manifest.get("config", {}).get("digest", "")}
+            candidates.update(layer.digest for layer in image.layers)
+            keep: set[str] = set()
+            for m in remaining:
+                keep.add(m["digest"])
+                try:
+                    manifest = self._read_json_blob(m["digest"])
+                except ImageBuilderError:
+                    continue
+                keep.add((manifest.get("config") or {}).get("digest", ""))
+                keep.update(d.get("digest", "") for d in manifest.get("layers", []))
+            for digest in sorted(candidates - keep):
+                if _DIGEST_RE.match(digest):
+                    self.blob_path(digest).unlink(missing_ok=True)
+            if self.blobs_dir.exists():
+                _fsync_dir(self.blobs_dir)
+        return image.digest

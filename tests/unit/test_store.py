@@ -1,0 +1,248 @@
+"""The local image store (OCI image layout): put, resolve, list, remove, and skopeo reading it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.errors import NotFoundError, UserError
+from imagebuilder.store import (
+    ARTIFACT_TYPE,
+    CONFIG_MEDIA_TYPE,
+    INITRD_LAYER_MEDIA_TYPE,
+    KERNEL_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    REF_NAME_ANNOTATION,
+    Descriptor,
+    Store,
+)
+
+
+def _blobs(store: Store) -> set[str]:
+    return {"sha256:" + p.name for p in store.blobs_dir.iterdir()}
+
+
+def _put(store: Store, ref: str, layer_data: bytes, kernel: bytes = b"kernel") -> str:
+    k = store.add_blob_bytes(kernel, KERNEL_MEDIA_TYPE)
+    base = store.add_blob_bytes(b"base layer", INITRD_LAYER_MEDIA_TYPE)
+    app = store.add_blob_bytes(layer_data, INITRD_LAYER_MEDIA_TYPE, {"title": "app"})
+    return store.put_image(ref, {"cmdline": "console=ttyS0", "ref": ref}, [k, base, app])
+
+
+def test_layout_files_and_manifest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    digest = _put(store, "hello:1.0.0", b"app v1")
+    root = tmp_path / "store"
+    assert json.loads((root / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((root / "index.json").read_text())
+    assert index["schemaVersion"] == 2
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    (entry,) = index["manifests"]
+    assert entry["digest"] == digest
+    assert entry["mediaType"] == MANIFEST_MEDIA_TYPE
+    assert entry["annotations"] == {REF_NAME_ANNOTATION: "hello:1.0.0"}
+
+    raw = store.blob_path(digest).read_bytes()
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+    assert entry["size"] == len(raw)
+    manifest = json.loads(raw)
+    assert raw == json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    assert manifest["schemaVersion"] == 2
+    assert manifest["mediaType"] == MANIFEST_MEDIA_TYPE
+    assert manifest["artifactType"] == ARTIFACT_TYPE
+    assert manifest["config"]["mediaType"] == CONFIG_MEDIA_TYPE
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        KERNEL_MEDIA_TYPE, INITRD_LAYER_MEDIA_TYPE, INITRD_LAYER_MEDIA_TYPE,
+    ]
+    assert manifest["layers"][2]["annotations"] == {"title": "app"}
+    for blob in store.blobs_dir.iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    assert list((root / ".tmp").iterdir()) == []
+
+
+def test_put_resolve_images(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    d1 = _put(store, "hello:1.0.0", b"v1")
+    d2 = _put(store, "hello:1.10.0", b"v10")
+    d3 = _put(store, "hello:1.9.0", b"v9")
+    d4 = _put(store, "api:2", b"api")
+    image = store.resolve("hello:1.0.0")
+    assert (image.ref, image.digest) == ("hello:1.0.0", d1)
+    assert (image.name, image.version) == ("hello", "1.0.0")
+    assert image.config == {"cmdline": "console=ttyS0", "ref": "hello:1.0.0"}
+    assert image.size == len(b"kernel") + len(b"base layer") + len(b"v1")
+    assert image.layers[0].media_type == KERNEL_MEDIA_TYPE
+    assert store.resolve("api").digest == d4
+    assert store.resolve(d2).ref == "hello:1.10.0"
+    assert store.resolve(d3[:19]).ref == "hello:1.9.0"
+    refs = [i.ref for i in store.images()]
+    assert refs == ["api:2", "hello:1.0.0", "hello:1.9.0", "hello:1.10.0"]
+
+
+def test_same_inputs_same_digest(tmp_path: Path) -> None:
+    a = _put(Store(tmp_path / "a"), "hello:1.0.0", b"x")
+    b = _put(Store(tmp_path / "b"), "hello:1.0.0", b"x")
+    assert a == b
+    index_a = (tmp_path / "a" / "index.json").read_bytes()
+    assert index_a == (tmp_path / "b" / "index.json").read_bytes()
+    assert _put(Store(tmp_path / "c"), "hello:1.0.0", b"y") != a
+
+
+def test_put_replaces_ref(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _put(store, "hello:1.0.0", b"one")
+    d2 = _put(store, "hello:1.0.0", b"two")
+    assert [i.digest for i in store.images()] == [d2]
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert len(index["manifests"]) == 1
+
+
+def test_errors(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(NotFoundError, match="no image 'hello:1.0.0' in the store; list images"):
+        store.resolve("hello:1.0.0")
+    d1 = _put(store, "hello:1.0.0", b"1")
+    _put(store, "hello:2.0.0", b"2")
+    with pytest.raises(NotFoundError, match=r"several versions \(1\.0\.0, 2\.0\.0\)"):
+        store.resolve("hello")
+    with pytest.raises(NotFoundError, match="no image 'nope'"):
+        store.resolve("nope")
+    with pytest.raises(UserError, match="too short"):
+        store.resolve(d1[:15])
+    with pytest.raises(NotFoundError):
+        store.resolve("sha256:" + "0" * 20)
+    with pytest.raises(UserError, match="NAME:VERSION"):
+        store.put_image("no version", {}, [])
+    with pytest.raises(NotFoundError):
+        store.remove("hello:3")
+
+
+def test_ambiguous_digest_prefix(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    digest = _put(store, "app:1", b"1")
+    # Forge a second index entry whose digest shares the first 12 hex digits.
+    twin = digest[:19] + ("0" if digest[19] != "0" else "1") + digest[20:]
+    index = json.loads((tmp_path / "index.json").read_text())
+    index["manifests"].append({
+        "mediaType": MANIFEST_MEDIA_TYPE, "digest": twin, "size": 1,
+        "annotations": {REF_NAME_ANNOTATION: "app:2"},
+    })
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(NotFoundError, match="several images"):
+        store.resolve(digest[:19])
+    assert store.resolve(digest[:20]).ref == "app:1"
+
+
+def _put_many(root: str, worker: int) -> None:
+    store = Store(Path(root))
+    for i in range(10):
+        _put(store, f"w{worker}:{i}", f"{worker}-{i}".encode())
+
+
+def test_concurrent_puts_lose_nothing(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_put_many, args=(str(tmp_path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(Store(tmp_path).images()) == 40
+
+
+def test_remove_keeps_shared_blobs(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    d1 = _put(store, "hello:1.0.0", b"app v1")
+    before_second = _blobs(store)
+    d2 = _put(store, "hello:2.0.0", b"app v2")
+    image2 = store.resolve("hello:2.0.0")
+    image1 = store.resolve("hello:1.0.0")
+    shared = {layer.digest for layer in image1.layers} & {layer.digest for layer in image2.layers}
+    assert len(shared) == 2  # kernel and base layer
+
+    assert store.remove("hello:1.0.0") == d1
+    left = _blobs(store)
+    assert shared <= left
+    assert d1 not in left and d2 in left
+    assert not (before_second - left) - {d1, image1.manifest["config"]["digest"],
+                                         image1.layers[2].digest}
+    assert [i.ref for i in store.images()] == ["hello:2.0.0"]
+    with pytest.raises(NotFoundError):
+        store.resolve("hello:1.0.0")
+
+    assert store.remove(d2[:20]) == d2
+    assert _blobs(store) == set()
+    assert json.loads((tmp_path / "index.json").read_text())["manifests"] == []
+
+
+def test_remove_one_of_two_refs_to_same_manifest(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    k = store.add_blob_bytes(b"k", KERNEL_MEDIA_TYPE)
+    d1 = store.put_image("hello:1.0.0", {"x": 1}, [k])
+    d2 = store.put_image("hello:stable", {"x": 1}, [k])
+    assert d1 == d2
+    assert sorted(store.resolve(d1).refs) == ["hello:1.0.0", "hello:stable"]
+    store.remove("hello:1.0.0")
+    assert store.resolve("hello").ref == "hello:stable"
+    assert store.blob_path(d1).exists() and store.blob_path(k.digest).exists()
+
+
+def test_add_blob_file_links_or_copies_and_is_idempotent(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    src = tmp_path / "layer.cpio.zst"
+    data = b"z" * (3 << 20)
+    src.write_bytes(data)
+    desc = store.add_blob_file(src, INITRD_LAYER_MEDIA_TYPE, {"title": "base"})
+    assert desc == Descriptor(
+        INITRD_LAYER_MEDIA_TYPE, "sha256:" + hashlib.sha256(data).hexdigest(), len(data),
+        {"title": "base"},
+    )
+    blob = store.blob_path(desc.digest)
+    assert blob.read_bytes() == data
+    assert blob.stat().st_ino == src.stat().st_ino  # same filesystem: hard link
+    assert store.add_blob_file(src, INITRD_LAYER_MEDIA_TYPE) == Descriptor(
+        INITRD_LAYER_MEDIA_TYPE, desc.digest, desc.size,
+    )
+    assert list((tmp_path / "store" / ".tmp").iterdir()) == []
+
+
+def test_put_image_refuses_missing_layer(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    ghost = Descriptor(KERNEL_MEDIA_TYPE, "sha256:" + "a" * 64, 3)
+    with pytest.raises(Exception, match="not in the image store"):
+        store.put_image("hello:1", {}, [ghost])
+    assert json.loads((tmp_path / "index.json").read_text())["manifests"] == []
+
+
+def test_descriptor_json_round_trip() -> None:
+    d = Descriptor("m", "sha256:" + "b" * 64, 7, {"k": "v"})
+    assert Descriptor.from_json(d.to_json()) == d
+    plain = Descriptor("m", "sha256:" + "b" * 64, 7)
+    assert plain.to_json() == {"mediaType": "m", "digest": plain.digest, "size": 7}
+    assert Descriptor.from_json(plain.to_json()) == plain
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
+def test_skopeo_reads_the_layout(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    digest = _put(store, "hello:1.0.0", b"app")
+    _put(store, "hello:2.0.0", b"app2")
+    # oci transport: "oci:PATH:REF" splits at the first ':', so ref.name may contain ':'.
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci:{tmp_path / 'store'}:hello:1.0.0"],
+        check=True, capture_output=True,
+    ).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+    copy = tmp_path / "copy"
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", f"oci:{tmp_path / 'store'}:hello:1.0.0",
+         f"oci:{copy}:hello:1.0.0"],
+        check=True, capture_output=True,
+    )
+    assert Store(copy).resolve("hello:1.0.0").digest == digest
