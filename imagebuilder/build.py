@@ -1,0 +1,245 @@
+"""The build plan: stages keyed by the hash of their inputs, cached, assembled into an image.
+
+Stages and what keys them (each key also holds the stage's own version):
+
+* ``kernel``   the kernel package's SHA-256                            -> vmlinuz
+* ``base``     busybox + kernel packages, module list, init templates  -> base layer
+* ``jdeps``    JDK packages + the JDK packages the app's classes use   -> module list
+* ``jvm``      JDK and library packages + module list                  -> jvm layer
+* ``packages`` the app's extra Debian packages                          -> packages layer
+* ``app``      the jar's bytes (xxh3) + the rendered app.conf          -> app layer
+
+A new app version changes only the app key (and the jdeps key if it imports new JDK packages), so
+it rebuilds only the app layer. Package trees are unpacked lazily, only for stages that miss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import hashing, javaclass, sysroot
+from .cache import Cache
+from .config import Config
+from .errors import HostError
+from .kernel import KernelManifest, ModuleTree, load_manifest
+from .layers import app as app_layer
+from .layers import base as base_layer
+from .layers import jvm as jvm_layer
+from .layers.cpio import Tree, source_date_epoch, write_layer
+from .layers.templates import source as template_source
+from .packages import Resolution, resolve
+from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor, Store
+
+STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdeps": 1, "jvm": 1, "packages": 1, "app": 1}
+TITLE = "org.opencontainers.image.title"
+#: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer fast.
+LEVELS = {"base": 19, "jvm": 19, "packages": 19, "app": 9}
+
+
+def default_home() -> Path:
+    """$IMAGEBUILDER_HOME, else ~/.local/share/imagebuilder."""
+    env = os.environ.get("IMAGEBUILDER_HOME")
+    if env:
+        return Path(env).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(data) / "imagebuilder"
+
+
+@dataclass
+class Home:
+    """Where imagebuilder keeps its images, caches and running VMs."""
+
+    root: Path = field(default_factory=default_home)
+
+    @property
+    def store(self) -> Store:
+        return Store(self.root / "store")
+
+    @property
+    def cache(self) -> Cache:
+        return Cache(self.root / "cache")
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "cache" / "archive"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "run"
+
+
+@dataclass
+class StageResult:
+    name: str
+    path: Path
+    hit: bool
+    seconds: float
+
+
+@dataclass
+class BuildResult:
+    ref: str
+    digest: str
+    size: int
+    stages: list[StageResult]
+    locked: bool
+
+
+class _Sysroots:
+    """Package trees unpacked on first use into one scratch directory."""
+
+    def __init__(self, resolution: Resolution, scratch: Path) -> None:
+        self.resolution = resolution
+        self.scratch = scratch
+        self.roots: dict[str, Path] = {}
+
+    def get(self, part: str) -> Path:
+        if part not in self.roots:
+            self.roots[part] = sysroot.unpack(self.resolution.debs(part), self.scratch / part)
+        return self.roots[part]
+
+
+class Builder:
+    """Runs the stages of one build."""
+
+    def __init__(self, cfg: Config, home: Home, *, mirror: str | None = None,
+                 report: Callable[[str], None] = lambda s: None) -> None:
+        self.cfg = cfg
+        self.home = home
+        self.mirror = mirror
+        self.report = report
+        self.cache = home.cache
+        self.mtime = source_date_epoch()
+        self.stages: list[StageResult] = []
+
+    def _stage(self, name: str, inputs: dict[str, Any], produce: Callable[[Path], None]) -> Path:
+        key = self.cache.stage_key(name, STAGE_VERSIONS[name], inputs)
+        start = time.monotonic()
+        path, hit = self.cache.get_or_make(key, produce)
+        seconds = time.monotonic() - start
+        self.stages.append(StageResult(name, path, hit, seconds))
+        self.report(f"{name}: {'cached' if hit else f'built in {seconds:.1f} s'}")
+        return path
+
+    def _layer(self, name: str, inputs: dict[str, Any], make_tree: Callable[[], Tree]) -> Path:
+        def produce(dest: Path) -> None:
+            write_layer(make_tree(), dest, mtime=self.mtime, level=LEVELS[name],
+                        threads=os.cpu_count() or 1)
+        return self._stage(name, {**inputs, "mtime": self.mtime, "level": LEVELS[name]}, produce)
+
+    def run(self) -> BuildResult:
+        cfg = self.cfg
+        manifest = load_manifest(cfg.system.kernel)
+        jar = cfg.app.path
+        javaclass.main_class(jar)
+        resolution = resolve(cfg, manifest, self.home.downloads, mirror=self.mirror)
+        with tempfile.TemporaryDirectory(prefix="imagebuilder-") as scratch:
+            roots = _Sysroots(resolution, Path(scratch))
+            kernel = self._kernel(resolution, roots)
+            layers = [("base", self._base(manifest, resolution, roots))]
+            modules = self._jdeps(resolution, roots, jar)
+            layers.append(("jvm", self._jvm(resolution, roots, modules)))
+            if resolution.parts.get("packages"):
+                layers.append(("packages", self._packages(resolution, roots)))
+            layers.append(("app", self._app()))
+        return self._store(manifest, resolution, kernel, layers, modules)
+
+    def _kernel(self, resolution: Resolution, roots: _Sysroots) -> Path:
+        def produce(dest: Path) -> None:
+            vmlinuz = ModuleTree.scan(roots.get("kernel")).vmlinuz
+            dest.write_bytes(vmlinuz.read_bytes())
+        return self._stage("kernel", {"debs": resolution.key("kernel")}, produce)
+
+    def _base(self, manifest: KernelManifest, resolution: Resolution, roots: _Sysroots) -> Path:
+        inputs = {
+            "debs": resolution.key("base") + resolution.key("kernel"),
+            "modules": list(manifest.modules),
+            "templates": [hashing.xxh3_bytes(template_source(t))
+                          for t in ("init.sh.j2", "udhcpc.script")],
+        }
+        return self._layer("base", inputs, lambda: base_layer.build_tree(
+            roots.get("base"), ModuleTree.scan(roots.get("kernel")), manifest.modules))
+
+    def _jdeps(self, resolution: Resolution, roots: _Sysroots, jar: Path) -> list[str]:
+        version = self.cfg.jvm.version
+
+        def produce(dest: Path) -> None:
+            root = roots.get("jvm")
+            modules = jvm_layer.jdeps_modules(root, jvm_layer.jdk_home(root, version), jar, version)
+            dest.write_text(json.dumps(modules))
+        inputs = {"debs": resolution.key("jvm"), "uses": javaclass.referenced_packages(jar)}
+        path = self._stage("jdeps", inputs, produce)
+        return list(json.loads(path.read_text()))
+
+    def _jvm(self, resolution: Resolution, roots: _Sysroots, modules: list[str]) -> Path:
+        version = self.cfg.jvm.version
+
+        def make_tree() -> Tree:
+            root = roots.get("jvm")
+            runtime = roots.scratch / "runtime"
+            jvm_layer.link_runtime(root, jvm_layer.jdk_home(root, version), modules, runtime,
+                                   self.mtime)
+            return jvm_layer.build_tree(root, runtime)
+        return self._layer("jvm", {"debs": resolution.key("jvm"), "modules": modules}, make_tree)
+
+    def _packages(self, resolution: Resolution, roots: _Sysroots) -> Path:
+        def make_tree() -> Tree:
+            root = roots.get("packages")
+            tree = Tree()
+            for top in ("etc", "opt", "usr", "var"):
+                if (root / top).is_dir():
+                    tree.add_tree(root / top, top)
+            return tree
+        return self._layer("packages", {"debs": resolution.key("packages")}, make_tree)
+
+    def _app(self) -> Path:
+        cfg = self.cfg
+        inputs = {"jar": hashing.xxh3_file(cfg.app.path), "jar_name": cfg.app.path.name,
+                  "conf": app_layer.app_conf(cfg)}
+        return self._layer("app", inputs, lambda: app_layer.build_tree(cfg))
+
+    def _store(self, manifest: KernelManifest, resolution: Resolution, kernel: Path,
+               layers: list[tuple[str, Path]], modules: list[str]) -> BuildResult:
+        cfg = self.cfg
+        store = self.home.store
+        kernel_entry = next(e for e in resolution.parts["kernel"]
+                            if e.name.startswith("linux-image-") and e.name != manifest.package)
+        descriptors: list[Descriptor] = [store.add_blob_file(kernel, KERNEL_MEDIA_TYPE, {
+            TITLE: "vmlinuz"})]
+        for name, path in layers:
+            descriptors.append(store.add_blob_file(path, INITRD_LAYER_MEDIA_TYPE, {TITLE: name}))
+        image_config = {
+            "name": cfg.image.name,
+            "version": cfg.image.version,
+            "kernel": {"package": kernel_entry.name, "version": kernel_entry.version,
+                       "release": kernel_entry.name.removeprefix("linux-image-")},
+            "cmdline": manifest.cmdline,
+            "layers": [name for name, _ in layers],
+            "app": {"jar": cfg.app.path.name, "port": cfg.app.port,
+                    "healthcheck": cfg.app.healthcheck},
+            "jvm": {"version": cfg.jvm.version, "modules": modules},
+            "memory": cfg.system.memory,
+            "suite": cfg.system.suite,
+        }
+        ref = f"{cfg.image.name}:{cfg.image.version}"
+        digest = store.put_image(ref, image_config, descriptors)
+        return BuildResult(ref, digest, sum(d.size for d in descriptors), self.stages,
+                           resolution.from_lock)
+
+
+def build(cfg: Config, home: Home | None = None, *, mirror: str | None = None,
+          report: Callable[[str], None] = lambda s: None) -> BuildResult:
+    """Build ``cfg`` into the store of ``home``; the reference, digest and stage timings."""
+    try:
+        return Builder(cfg, home or Home(), mirror=mirror, report=report).run()
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise HostError(f"no space left on the device: {exc.filename or ''}") from None
+        raise

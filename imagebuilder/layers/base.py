@@ -1,0 +1,89 @@
+"""The base layer: the skeleton of the root filesystem, busybox, the init and the drivers.
+
+It holds nothing that depends on the application, so it is shared by every image built with the
+same kernel, busybox and init, and a new app version never rebuilds it. The root uses Debian's
+merged-/usr layout (``/bin``, ``/sbin``, ``/lib``, ``/lib64`` are symlinks into ``/usr``) so the
+jvm layer's Debian libraries land where their loader expects them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import kernel as kernel_mod
+from ..errors import HostError
+from .cpio import Tree
+from .templates import render
+
+#: The unprivileged account the app runs as.
+APP_UID = 1000
+APP_USER = "app"
+
+MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+#: busybox applets the init and its helpers use. No getty, login, telnetd or httpd: nothing
+#: that could offer a shell to the network or the console.
+APPLETS = (
+    "awk", "cat", "echo", "head", "ip", "kill", "ls", "mkdir", "modprobe", "mount", "poweroff",
+    "printf", "sh", "sleep", "start-stop-daemon", "setpriv", "sync", "udhcpc", "umount", "uname",
+)
+
+
+class _UsrPrefix:
+    """A FileSink that places ``lib/...`` paths under ``usr/lib/...`` (merged /usr)."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+
+    def add_file(self, path: str, *, data: bytes | None = None, source: Path | None = None,
+                 mode: int = 0o644) -> None:
+        self.tree.add_file(f"usr/{path}", data=data, source=source, mode=mode)
+
+
+def skeleton(tree: Tree) -> None:
+    """Directories, merged-/usr symlinks, accounts and the console node."""
+    for name, target in MERGED_USR.items():
+        tree.add_symlink(name, target)
+    for directory in ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "proc", "sys", "dev", "run",
+                      "etc", "app", "opt", "root", "var"):
+        tree.add_dir(directory)
+    tree.add_dir("tmp", mode=0o1777)
+    tree.add_dir("home/app", uid=APP_UID, gid=APP_UID)
+    tree.add_symlink("var/tmp", "../tmp")
+    tree.add_node("dev/console", "char", 5, 1, mode=0o600)
+    tree.add_node("dev/null", "char", 1, 3, mode=0o666)
+    tree.add_file("etc/passwd", data=(
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"{APP_USER}:x:{APP_UID}:{APP_UID}:app:/home/app:/usr/sbin/nologin\n").encode())
+    tree.add_file("etc/group", data=f"root:x:0:\n{APP_USER}:x:{APP_UID}:\n".encode())
+    tree.add_file("etc/hostname", data=b"imagebuilder\n")
+    tree.add_file("etc/hosts", data=b"127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+    tree.add_file("etc/nsswitch.conf", data=b"passwd: files\ngroup: files\nhosts: files dns\n")
+    tree.add_symlink("etc/resolv.conf", "../run/resolv.conf")
+    tree.add_symlink("etc/mtab", "../proc/self/mounts")
+
+
+def busybox(tree: Tree, sysroot: Path) -> None:
+    """The static busybox binary and the applet links the init uses."""
+    binary = sysroot / "usr/bin/busybox"
+    if not binary.is_file():
+        binary = sysroot / "bin/busybox"
+    if not binary.is_file():
+        raise HostError(f"busybox not found in the busybox-static package unpacked at {sysroot}")
+    tree.add_file("usr/bin/busybox", source=binary, mode=0o755)
+    for applet in APPLETS:
+        tree.add_symlink(f"usr/bin/{applet}", "busybox")
+
+
+def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree, module_names: tuple[str, ...],
+               ) -> Tree:
+    """The whole base layer as a Tree."""
+    tree = Tree()
+    skeleton(tree)
+    busybox(tree, busybox_root)
+    tree.add_file("init", data=render("init.sh.j2").encode(), mode=0o755)
+    tree.add_file("usr/share/imagebuilder/udhcpc.script", data=render("udhcpc.script").encode(),
+                  mode=0o755)
+    closure = modules.closure(list(module_names))
+    kernel_mod.write_modules(closure, modules.kver, _UsrPrefix(tree),
+                             builtin=modules.builtin_paths)
+    return tree

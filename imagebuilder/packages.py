@@ -1,0 +1,113 @@
+"""Which Debian packages an image is made of, pinned by the lock file.
+
+Each part of the image (kernel, base, jvm, the app's extra packages) has root packages and a rule
+for which of their dependencies to follow: a kernel needs none of its package's tools (kmod,
+initramfs-tools), the JVM needs its shared libraries but not the desktop, smart-card or NSS
+libraries its package also depends on. The result is written to ``imagebuilder.lock`` beside the
+config; while the lock matches the config, a build reads it and needs no archive index at all,
+and with the .debs in the cache, no network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from .config import Config
+from .fetch.debian import Archive, Package, fetch_locked
+from .fetch.lock import Lock, LockEntry
+from .fetch.sources import mirror_from_apt
+from .kernel import KernelManifest
+
+#: Shared libraries the JVM's ELF files need (DT_NEEDED closure of a jlink runtime).
+JVM_LIBRARIES = ("libc6", "libgcc-s1", "libstdc++6", "zlib1g")
+BASE_PACKAGES = ("busybox-static",)
+
+
+def jdk_package(version: int) -> str:
+    return f"openjdk-{version}-jdk-headless"
+
+
+def roots(cfg: Config, kernel: KernelManifest) -> dict[str, list[str]]:
+    """The root packages of each part of the image."""
+    parts = {
+        "kernel": [kernel.package],
+        "base": list(BASE_PACKAGES),
+        "jvm": [jdk_package(cfg.jvm.version), *JVM_LIBRARIES],
+    }
+    if cfg.app.packages:
+        parts["packages"] = sorted(cfg.app.packages)
+    return parts
+
+
+def _follow(part: str) -> Callable[[Package], bool]:
+    if part == "kernel":
+        return lambda p: p.name.startswith("linux-image-")
+    if part == "base":
+        return lambda p: False
+    if part == "jvm":
+        return lambda p: p.name.startswith("openjdk-") or p.name in JVM_LIBRARIES
+    # The app's packages come with their whole run-time closure.
+    return lambda p: True
+
+
+@dataclass
+class Resolution:
+    """The pinned packages of each part, and where to fetch them from."""
+
+    parts: dict[str, list[LockEntry]]
+    mirror: Callable[[], str]
+    cache_dir: Path
+    session: requests.Session | None = None
+    from_lock: bool = True
+
+    def debs(self, part: str) -> list[Path]:
+        """The verified .deb files of ``part`` (downloaded only if the cache lacks them)."""
+        entries = self.parts.get(part, [])
+        if not entries:
+            return []
+        paths = []
+        for entry in entries:
+            paths.append(fetch_locked(self.cache_dir, self._mirror_for(entry), entry,
+                                      self.session))
+        return paths
+
+    def _mirror_for(self, entry: LockEntry) -> str:
+        from .fetch.debian import deb_path
+        # A cached .deb needs no mirror: don't read the apt configuration for nothing.
+        return "" if deb_path(self.cache_dir, entry.sha256).exists() else self.mirror()
+
+    def key(self, part: str) -> list[str]:
+        """The part's identity for cache keys: its packages' SHA-256s."""
+        return sorted(e.sha256 for e in self.parts.get(part, []))
+
+
+def resolve(cfg: Config, kernel: KernelManifest, cache_dir: Path, *, mirror: str | None = None,
+            update: bool = False) -> Resolution:
+    """The packages of the image, from the lock file if it matches, else from the archive."""
+    wanted = roots(cfg, kernel)
+    chosen_mirror: list[str] = []
+
+    def get_mirror() -> str:
+        if not chosen_mirror:
+            chosen_mirror.append(mirror or cfg.system.mirror or mirror_from_apt())
+        return chosen_mirror[0]
+
+    lock = None if update else Lock.load(cfg.lock_path)
+    if lock is not None and lock.matches(cfg.system.suite, wanted) and lock.sets:
+        by_name = {e.name: e for e in lock.packages}
+        parts = {part: [by_name[n] for n in names] for part, names in lock.sets.items()}
+        return Resolution(parts, get_mirror, cache_dir)
+    archive = Archive(get_mirror(), cfg.system.suite, cache_dir)
+    parts = {part: [p.lock_entry() for p in archive.resolve(names, follow=_follow(part))]
+             for part, names in wanted.items()}
+    everything = {e.name: e for entries in parts.values() for e in entries}
+    Lock(
+        suite=cfg.system.suite, roots=wanted,
+        packages=sorted(everything.values(), key=lambda e: e.name),
+        sets={part: [e.name for e in entries] for part, entries in parts.items()},
+    ).write(cfg.lock_path)
+    return Resolution(parts, get_mirror, cache_dir, archive.session, from_lock=False)

@@ -1,0 +1,392 @@
+"""Booting an image in QEMU: `imagebuilder run`, in the foreground or in the background.
+
+The kernel boots directly (-kernel/-initrd) with virtio devices, user-mode networking with the
+requested port forwards, and the environment's config drive as a read-only virtio disk. The
+serial console is the app's stdout. A QMP socket lets imagebuilder press the ACPI power button
+(`system_powerdown`) so the init stops the app cleanly; the init prints the app's exit status,
+which becomes ours.
+
+On some hosts /dev/kvm exists but guests hang before the kernel prints anything: with
+``--accel auto`` a KVM guest that has not reached the init within a few seconds is restarted
+under TCG, with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ..configdrive import write_config_drive
+from ..errors import HostError, UserError
+from ..proc import require
+from ..store import Image, Store
+
+INIT_MARKER = b"imagebuilder: ["
+EXIT_RE = re.compile(rb"imagebuilder: \[[0-9.]+\] app exited with status (\d+)")
+KVM_GRACE_SECONDS = 8.0
+STOP_TIMEOUT_SECONDS = 30.0
+_PORT_RE = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class PortForward:
+    host_ip: str
+    host_port: int
+    guest_port: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortForward:
+        """``[IP:]HOSTPORT:GUESTPORT``."""
+        match = _PORT_RE.match(text)
+        if not match or not all(0 < int(match[k]) < 65536 for k in ("host", "guest")):
+            raise UserError(f"-p {text}: expected [IP:]HOSTPORT:GUESTPORT, e.g. 8080:8080")
+        return cls(match["ip"] or "127.0.0.1", int(match["host"]), int(match["guest"]))
+
+    def qemu(self) -> str:
+        return f"hostfwd=tcp:{self.host_ip}:{self.host_port}-:{self.guest_port}"
+
+
+@dataclass
+class RunSpec:
+    """What to boot and how."""
+
+    image: Image
+    env_name: str | None
+    env_vars: dict[str, str]
+    ports: list[PortForward]
+    accel: str = "auto"
+    memory: int = 1024
+    cpus: int = 2
+
+
+@dataclass
+class Vm:
+    """A VM started in the background by ``run --wait``."""
+
+    id: str
+    dir: Path
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.dir / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def alive(self) -> bool:
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+def check_port_free(forward: PortForward) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((forward.host_ip, forward.host_port))
+        except OSError as exc:
+            raise UserError(f"host port {forward.host_ip}:{forward.host_port} is not free "
+                            f"({exc.strerror}): pick another with -p HOSTPORT:{forward.guest_port}"
+                            ) from None
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def initrd_for(store: Store, image: Image, cache_dir: Path) -> Path:
+    """The image's layers concatenated into one initrd file (cached by image digest)."""
+    path = cache_dir / f"{image.digest.removeprefix('sha256:')}.initrd"
+    if path.exists():
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            for layer in image.layers[1:]:
+                with open(store.blob_path(layer.digest), "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def qemu_argv(spec: RunSpec, store: Store, initrd: Path, run_dir: Path, accel: str,
+              console: str) -> list[str]:
+    """The qemu-system-x86_64 command line; ``console`` is a -chardev backend spec."""
+    qemu = require("qemu-system-x86_64", "qemu-system-x86")
+    kernel = store.blob_path(spec.image.layers[0].digest)
+    cmdline = spec.image.config.get("cmdline", "console=ttyS0")
+    netdev = ",".join(["user,id=net0", *(p.qemu() for p in spec.ports)])
+    argv = [
+        qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-machine", f"pc,accel={accel}", "-cpu", "host" if accel == "kvm" else "max",
+        "-m", str(spec.memory), "-smp", str(spec.cpus),
+        "-chardev", f"{console},id=console", "-serial", "chardev:console",
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+        "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+        "-qmp", f"unix:{run_dir / 'qmp.sock'},server=on,wait=off",
+        "-pidfile", str(run_dir / "qemu.pid"),
+    ]
+    drive = run_dir / "config.iso"
+    if drive.exists():
+        argv += ["-drive", f"file={drive},if=virtio,format=raw,readonly=on"]
+    return argv
+
+
+def qmp(run_dir: Path, command: str) -> None:
+    """Send one QMP command to the VM whose socket is in ``run_dir``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(run_dir / "qmp.sock"))
+        reader = sock.makefile("rb")
+        reader.readline()  # greeting
+        for cmd in ("qmp_capabilities", command):
+            sock.sendall(json.dumps({"execute": cmd}).encode() + b"\n")
+            while True:
+                reply = json.loads(reader.readline() or b"{}")
+                if "return" in reply or "error" in reply or not reply:
+                    break
+
+
+def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
+    """A run directory with the config drive; the VM id, the directory and the initrd."""
+    for forward in spec.ports:
+        check_port_free(forward)
+    require("qemu-system-x86_64", "qemu-system-x86")
+    initrd = initrd_for(store, spec.image, runs.parent / "cache" / "initrd")
+    vm_id = f"{spec.image.name}-{secrets.token_hex(4)}"
+    run_dir = runs / vm_id
+    run_dir.mkdir(parents=True)
+    if spec.env_name is not None:
+        write_config_drive(run_dir / "config.iso", spec.env_name, spec.env_vars)
+    (run_dir / "image").write_text(f"{spec.image.ref} {spec.image.digest}\n")
+    return vm_id, run_dir, initrd
+
+
+def _accels(requested: str) -> list[str]:
+    if requested == "tcg":
+        return ["tcg"]
+    if requested == "kvm":
+        if not kvm_usable():
+            raise HostError("/dev/kvm is not usable here: use --accel tcg (or auto)")
+        return ["kvm"]
+    return ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+
+
+class _ConsolePump(threading.Thread):
+    """Copies the guest console to ``out`` and notes the init's markers."""
+
+    def __init__(self, stream: IO[bytes], out: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.out = stream, out
+        self.started = threading.Event()
+        self.exit_status: int | None = None
+
+    def run(self) -> None:
+        pending = b""
+        while chunk := self.stream.read1(65536):  # type: ignore[attr-defined]
+            self.out.write(chunk)
+            self.out.flush()
+            pending = (pending + chunk)[-4096:]
+            if INIT_MARKER in pending:
+                self.started.set()
+            match = EXIT_RE.search(pending)
+            if match:
+                self.exit_status = int(match[1])
+
+
+def run_foreground(spec: RunSpec, store: Store, runs: Path,
+                   warn: Callable[[str], None] = lambda s: None) -> int:
+    """Boot, stream the console to stdout, return the app's exit status (0 if we stopped it)."""
+    vm_id, run_dir, initrd = prepare(spec, store, runs)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        accels = _accels(spec.accel)
+        for i, accel in enumerate(accels):
+            argv = qemu_argv(spec, store, initrd, run_dir, accel, "stdio,signal=off")
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+            pump = _ConsolePump(proc.stdout, sys.stdout.buffer)  # type: ignore[arg-type]
+            pump.start()
+            if accel == "kvm" and i + 1 < len(accels):
+                if not _wait_for(lambda: pump.started.is_set() or proc.poll() is not None,
+                                 KVM_GRACE_SECONDS, stop):
+                    _kill(proc)
+                    warn(f"the KVM guest did not reach the init in {KVM_GRACE_SECONDS:.0f} s: "
+                         "restarting it under TCG (use --accel tcg to skip KVM)")
+                    (run_dir / "qemu.pid").unlink(missing_ok=True)
+                    continue
+            stopped_by_us = _supervise(proc, run_dir, stop)
+            pump.join(timeout=5)
+            if stopped_by_us:
+                return 0
+            if pump.exit_status is None:
+                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+                raise HostError(f"qemu exited with code {proc.returncode} before the app did"
+                                + (f": {err.splitlines()[-1]}" if err else ""))
+            return pump.exit_status
+        raise HostError("the VM did not start")
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, stop: threading.Event) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not stop.is_set():
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _supervise(proc: subprocess.Popen[bytes], run_dir: Path, stop: threading.Event) -> bool:
+    """Wait for QEMU to exit; on a stop request press the power button. True if we stopped it."""
+    while proc.poll() is None:
+        if stop.wait(0.2):
+            powerdown(proc.pid, run_dir)
+            try:
+                proc.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+            return True
+    return False
+
+
+def powerdown(pid: int, run_dir: Path) -> None:
+    """Press the ACPI power button; kill QEMU if its monitor does not answer."""
+    try:
+        qmp(run_dir, "system_powerdown")
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def run_background(spec: RunSpec, store: Store, runs: Path, healthcheck: str, timeout: float,
+                   warn: Callable[[str], None] = lambda s: None) -> tuple[Vm, float]:
+    """Boot in the background and return once the app answers HTTP; the VM and the seconds."""
+    if not spec.ports:
+        raise UserError("--wait needs a port to probe: set [app] port or pass -p HOST:GUEST")
+    vm_id, run_dir, initrd = prepare(spec, store, runs)
+    vm = Vm(vm_id, run_dir)
+    url = f"http://{spec.ports[0].host_ip}:{spec.ports[0].host_port}{healthcheck}"
+    console = run_dir / "console.log"
+    accels = _accels(spec.accel)
+    start = time.monotonic()
+    for i, accel in enumerate(accels):
+        start = time.monotonic()
+        argv = qemu_argv(spec, store, initrd, run_dir, accel, f"file,path={console}")
+        with open(run_dir / "qemu.log", "wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True)
+        never = threading.Event()
+        if accel == "kvm" and i + 1 < len(accels):
+            if not _wait_for(lambda: _console_has(console, INIT_MARKER) or
+                             proc.poll() is not None, KVM_GRACE_SECONDS, never):
+                _kill(proc)
+                warn(f"the KVM guest did not reach the init in {KVM_GRACE_SECONDS:.0f} s: "
+                     "restarting it under TCG (use --accel tcg to skip KVM)")
+                continue
+        break
+    while True:
+        if proc.poll() is not None:
+            tail = _tail(console)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise HostError(f"the VM stopped before the app answered {url}: {tail}")
+        if _http_ok(url):
+            return vm, time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            stop_vm(vm)
+            raise HostError(f"the app did not answer {url} within {timeout:.0f} s "
+                            f"(console: {_tail(console)})")
+        time.sleep(0.1)
+
+
+def _console_has(path: Path, marker: bytes) -> bool:
+    try:
+        return marker in path.read_bytes()
+    except OSError:
+        return False
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_bytes().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return "no console output"
+    return " | ".join(lines[-3:]) or "no console output"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def running(runs: Path) -> list[Vm]:
+    """VMs started with ``run --wait`` that are still running."""
+    if not runs.is_dir():
+        return []
+    vms = [Vm(d.name, d) for d in sorted(runs.iterdir()) if d.is_dir()]
+    for vm in vms:
+        if not vm.alive():
+            shutil.rmtree(vm.dir, ignore_errors=True)
+    return [vm for vm in vms if vm.dir.exists()]
+
+
+def find_vm(runs: Path, vm_id: str) -> Vm:
+    for vm in running(runs):
+        if vm.id == vm_id:
+            return vm
+    known = ", ".join(vm.id for vm in running(runs)) or "none"
+    raise UserError(f"no running VM '{vm_id}' (running: {known})")
+
+
+def stop_vm(vm: Vm, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Press the power button, wait for QEMU to exit, kill it if it does not."""
+    pid = vm.pid
+    if pid is not None:
+        powerdown(pid, vm.dir)
+        deadline = time.monotonic() + timeout
+        while vm.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if vm.alive():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(vm.dir, ignore_errors=True)
