@@ -1,0 +1,241 @@
+"""The command line: parse, call the library, print. Nothing else lives here.
+
+Every ImageBuilderError becomes one ``ERROR: ...`` line on stderr and its exit code (2 for the
+user's mistakes, 1 for the environment's failures); ``--debug`` keeps the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from . import config as config_mod
+from .build import Home, build
+from .errors import ImageBuilderError
+from .store import Image
+from .targets import qemu
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _load_config(source: str | None, name: str | None, version: str | None,
+                 mirror: str | None) -> config_mod.Config:
+    path = Path(source or ".")
+    if path.suffix == ".jar":
+        cfg = config_mod.from_jar(path, name, version)
+    else:
+        cfg = config_mod.load(path)
+    return config_mod.with_overrides(cfg, name=name, version=version, mirror=mirror)
+
+
+def _env_config(config_path: str | None) -> config_mod.Config:
+    return config_mod.load(Path(config_path or "."))
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{size} B"
+
+
+def _image_json(image: Image) -> dict[str, Any]:
+    return {
+        "ref": image.ref, "name": image.name, "version": image.version, "digest": image.digest,
+        "size": image.size, "refs": list(image.refs),
+    }
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imagebuilder")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Build minimal, immutable machine images from Java apps, and run them."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("build")
+@click.argument("source", required=False, metavar="[DIR | APP.jar]")
+@click.option("--name", help="Image name (overrides [image] name; required for a bare jar).")
+@click.option("--version", "version", help="Image version (overrides [image] version).")
+@click.option("--mirror", help="Debian mirror URL (default: the host's apt configuration).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def build_cmd(source: str | None, name: str | None, version: str | None, mirror: str | None,
+              as_json: bool) -> None:
+    """Build the app in DIR (its imagebuilder.toml; default: the current directory), or a bare
+    executable jar with --name and --version, into the local image store."""
+    cfg = _load_config(source, name, version, mirror)
+    result = build(cfg, Home(), mirror=mirror, report=lambda s: None if as_json else _err(s))
+    if as_json:
+        click.echo(json.dumps({
+            "ref": result.ref, "digest": result.digest, "size": result.size,
+            "stages": [{"name": s.name, "cached": s.hit, "seconds": round(s.seconds, 3)}
+                       for s in result.stages],
+        }))
+    else:
+        click.echo(f"{result.ref} {result.digest} ({_human(result.size)})")
+
+
+@cli.command("images")
+@click.option("--json", "as_json", is_flag=True, help="Print the images as JSON.")
+def images_cmd(as_json: bool) -> None:
+    """List the images in the local store."""
+    images = Home().store.images()
+    if as_json:
+        click.echo(json.dumps([_image_json(i) for i in images]))
+        return
+    rows = [("NAME", "VERSION", "DIGEST", "SIZE")]
+    rows += [(i.name, i.version, i.digest[:19], _human(i.size)) for i in images]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@cli.command("inspect")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and config as JSON.")
+def inspect_cmd(ref: str, as_json: bool) -> None:
+    """Show an image's kernel, command line and layers."""
+    image = Home().store.resolve(ref)
+    if as_json:
+        click.echo(json.dumps({**_image_json(image), "config": image.config,
+                               "manifest": image.manifest}))
+        return
+    cfg = image.config
+    click.echo(f"image:    {image.ref}")
+    click.echo(f"digest:   {image.digest}")
+    click.echo(f"size:     {_human(image.size)}")
+    kernel = cfg.get("kernel", {})
+    click.echo(f"kernel:   {kernel.get('package')} {kernel.get('version')}")
+    click.echo(f"cmdline:  {cfg.get('cmdline')}")
+    app = cfg.get("app", {})
+    click.echo(f"app:      {app.get('jar')} port {app.get('port')} "
+               f"healthcheck {app.get('healthcheck')}")
+    jvm = cfg.get("jvm", {})
+    click.echo(f"jvm:      {jvm.get('version')} ({', '.join(jvm.get('modules', []))})")
+    click.echo("layers:")
+    for layer in image.layers:
+        title = (layer.annotations or {}).get("org.opencontainers.image.title", "?")
+        click.echo(f"  {title:<9} {_human(layer.size):>10}  {layer.digest}")
+
+
+@cli.command("rm")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+def rm_cmd(refs: Sequence[str]) -> None:
+    """Remove images from the local store (blobs other images use are kept)."""
+    store = Home().store
+    for ref in refs:
+        digest = store.remove(ref)
+        click.echo(f"removed {ref} ({digest})")
+
+
+@cli.command("run")
+@click.argument("ref")
+@click.option("--env", "env_name", help="Environment whose [env.NAME] vars the app gets.")
+@click.option("--config", "config_path", type=click.Path(),
+              help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
+@click.option("-p", "--publish", "ports", multiple=True, metavar="[IP:]HOST:GUEST",
+              help="Forward a host port to a guest port (default: the app's port to itself).")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="QEMU accelerator; auto falls back to TCG if KVM hangs.")
+@click.option("--memory", type=click.IntRange(128, 1 << 20), help="Guest memory in MiB.")
+@click.option("--wait", is_flag=True,
+              help="Return once the app answers HTTP, leaving the VM running in the background.")
+@click.option("--timeout", type=float, default=180.0, show_default=True,
+              help="With --wait: seconds to wait for the app.")
+@click.option("--json", "as_json", is_flag=True, help="With --wait: print the result as JSON.")
+def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequence[str],
+            accel: str, memory: int | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Boot image REF (NAME:VERSION) in QEMU. The console is the app's output; Ctrl-C stops the
+    VM cleanly. Exits with the app's exit status."""
+    home = Home()
+    image = home.store.resolve(ref)
+    env_vars: dict[str, str] = {}
+    if env_name is not None:
+        env_vars = dict(_env_config(config_path).env(env_name).vars)
+    app = image.config.get("app", {})
+    forwards = [qemu.PortForward.parse(p) for p in ports]
+    if not forwards and app.get("port"):
+        forwards = [qemu.PortForward("127.0.0.1", app["port"], app["port"])]
+    spec = qemu.RunSpec(image, env_name, env_vars, forwards, accel,
+                        memory or image.config.get("memory", 1024))
+    if not wait:
+        sys.exit(qemu.run_foreground(spec, home.store, home.runs, warn=_warn))
+    vm, seconds = qemu.run_background(spec, home.store, home.runs, app.get("healthcheck", "/"),
+                                      timeout, warn=_warn)
+    forward = forwards[0]
+    url = f"http://{forward.host_ip}:{forward.host_port}{app.get('healthcheck', '/')}"
+    if as_json:
+        click.echo(json.dumps({"id": vm.id, "pid": vm.pid, "url": url, "seconds": seconds,
+                               "console": str(vm.dir / "console.log")}))
+    else:
+        click.echo(f"{image.ref} answered {url} in {seconds:.1f} s")
+        click.echo(f"running as {vm.id} (console: {vm.dir / 'console.log'}); "
+                   f"stop it with: imagebuilder stop {vm.id}")
+
+
+@cli.command("ps")
+@click.option("--json", "as_json", is_flag=True, help="Print the VMs as JSON.")
+def ps_cmd(as_json: bool) -> None:
+    """List VMs started with `run --wait` that are still running."""
+    vms = qemu.running(Home().runs)
+    if as_json:
+        click.echo(json.dumps([{"id": vm.id, "pid": vm.pid} for vm in vms]))
+        return
+    for vm in vms:
+        image = (vm.dir / "image").read_text().split()[0] if (vm.dir / "image").exists() else "?"
+        click.echo(f"{vm.id}  pid {vm.pid}  {image}")
+
+
+@cli.command("stop")
+@click.argument("vm_ids", nargs=-1, required=True, metavar="ID...")
+def stop_cmd(vm_ids: Sequence[str]) -> None:
+    """Stop VMs started with `run --wait` (ACPI power button, then kill after 30 s)."""
+    runs = Home().runs
+    for vm_id in vm_ids:
+        qemu.stop_vm(qemu.find_vm(runs, vm_id))
+        click.echo(f"stopped {vm_id}")
+
+
+def _warn(message: str) -> None:
+    _err(f"WARNING: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (callable from tests)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="imagebuilder",
+                 standalone_mode=False)
+    except ImageBuilderError as exc:
+        if debug:
+            raise
+        _err(f"ERROR: {exc}")
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _err("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())  # pragma: no cover

@@ -1,0 +1,544 @@
+"""A verified view of one suite of a Debian archive.
+
+The kernel and the userland of every image come from the Debian archive, so this is where trust
+enters the build. The chain is apt's: ``InRelease`` must carry a good signature from a key in the
+Debian archive keyring (checked with ``gpgv``, and only the text gpgv verified is parsed); it
+lists the SHA-256 of each ``Packages`` index; each index lists the SHA-256 of each ``.deb``. Every
+download is checked against the link above it before anything uses it.
+
+``Archive`` answers "what is in the suite" (``packages``), "what must I install to get these"
+(``resolve``) and "give me the verified bytes" (``fetch``). ``fetch_locked`` serves a build from
+a lock file: with a warm cache it touches no network at all.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import lzma
+import os
+import re
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from functools import cache, lru_cache
+from pathlib import Path
+
+import requests
+
+from .. import proc
+from ..errors import FetchError, HostError, IntegrityError, NotFoundError
+from . import http
+from .lock import LockEntry
+
+log = logging.getLogger(__name__)
+
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+USER_AGENT = "imagebuilder/0.1 (+python-requests)"
+
+
+class SuiteNotFoundError(NotFoundError, FetchError):
+    """The mirror has no such suite: usually a typo in ``[system] suite`` or a wrong mirror."""
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    """One binary package of the index, with what is needed to fetch and resolve it."""
+
+    name: str
+    version: str
+    arch: str
+    filename: str  # pool path relative to the mirror
+    sha256: str
+    size: int
+    depends: tuple[tuple[str, ...], ...]  # Pre-Depends + Depends; inner tuple = alternatives
+    provides: tuple[str, ...]
+
+    def lock_entry(self) -> LockEntry:
+        """This package pinned for a lock file."""
+        return LockEntry(self.name, self.version, self.filename, self.sha256, self.size)
+
+
+class Archive:
+    """One suite of a Debian mirror, verified against ``keyring``, cached under ``cache_dir``."""
+
+    def __init__(
+        self,
+        mirror: str,
+        suite: str,
+        cache_dir: Path,
+        *,
+        keyring: Path = DEBIAN_KEYRING,
+        arch: str = "amd64",
+        components: tuple[str, ...] = ("main",),
+        session: requests.Session | None = None,
+    ) -> None:
+        self.mirror = mirror.rstrip("/")
+        self.suite = suite
+        self.cache_dir = Path(cache_dir)
+        self.keyring = Path(keyring)
+        self.arch = arch
+        self.components = tuple(components)
+        self.session = session if session is not None else new_session()
+        self._release: dict[str, tuple[str, int]] | None = None
+        self._by_hash = False
+        self._packages: dict[str, Package] | None = None
+        self._providers: dict[str, list[str]] = {}
+
+    # -- the signed Release ---------------------------------------------------------------------
+
+    def release(self) -> dict[str, tuple[str, int]]:
+        """SHA-256 section of the verified InRelease: index path -> (sha256, size)."""
+        if self._release is None:
+            text = self._verified_inrelease()
+            fields, self._release = parse_release(text)
+            self._check_release_fields(fields)
+            self._by_hash = fields.get("acquire-by-hash", "").lower() == "yes"
+        return self._release
+
+    def _verified_inrelease(self) -> str:
+        url = f"{self.mirror}/dists/{self.suite}/InRelease"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".inrelease-") as tmp:
+            path = Path(tmp) / "InRelease"
+            try:
+                http.download(self.session, url, path, desc=f"{self.suite} InRelease")
+            except http.NotOnMirrorError:
+                raise SuiteNotFoundError(
+                    f"suite '{self.suite}' not found on the mirror {self.mirror} "
+                    f"(no {url}); check [system] suite or the mirror"
+                ) from None
+            return self._gpgv(path)
+
+    def _gpgv(self, path: Path) -> str:
+        """The text of the clear-signed ``path`` that gpgv verified against the keyring."""
+        gpgv = proc.require("gpgv", "gpgv")
+        if not self.keyring.is_file():
+            raise HostError(
+                f"keyring {self.keyring} not found: install it with "
+                "'apt-get install debian-archive-keyring' or name another keyring"
+            )
+        result = proc.run(
+            [gpgv, "--status-fd", "2", "--keyring", str(self.keyring), "--output", "-", str(path)],
+            check=False,
+        )
+        status = result.stderr.decode(errors="replace")
+        if not _good_signature(status):
+            detail = " | ".join(
+                line for line in status.splitlines() if not line.startswith("[GNUPG:]")
+            )[-400:]
+            raise IntegrityError(
+                f"InRelease of {self.suite} from {self.mirror} has a bad signature "
+                f"(checked with {self.keyring}); nothing from it was used: {detail}"
+            )
+        return result.stdout.decode("utf-8", errors="replace")
+
+    def _check_release_fields(self, fields: dict[str, str]) -> None:
+        names = {fields.get("suite"), fields.get("codename")}
+        if self.suite not in names:
+            raise IntegrityError(
+                f"InRelease from {self.mirror}/dists/{self.suite} describes suite "
+                f"'{fields.get('suite')}' (codename '{fields.get('codename')}'), "
+                f"not '{self.suite}'; refusing it"
+            )
+        valid_until = fields.get("valid-until")
+        if valid_until and _parse_date(valid_until) < datetime.now(UTC):
+            raise IntegrityError(
+                f"InRelease of {self.suite} from {self.mirror} expired on {valid_until}; "
+                "the mirror is out of date: use another with --mirror"
+            )
+
+    # -- the Packages indices -------------------------------------------------------------------
+
+    def packages(self) -> dict[str, Package]:
+        """Every package of the suite's components for ``arch``, by name (newest version)."""
+        if self._packages is None:
+            packages: dict[str, Package] = {}
+            for component in self.components:
+                parse_packages(self._index(component), packages)
+            self._packages = packages
+            self._providers = providers_map(packages.values())
+        return self._packages
+
+    def providers(self, virtual: str) -> list[str]:
+        """Names of the packages that provide ``virtual``, sorted."""
+        self.packages()
+        return list(self._providers.get(virtual, []))
+
+    def _index(self, component: str) -> bytes:
+        """The uncompressed, verified Packages index of ``component``."""
+        release = self.release()
+        base = f"{component}/binary-{self.arch}/Packages"
+        plain = release.get(base)
+        if plain is not None:
+            cached = _read_verified(self._index_path(plain[0]), plain[0])
+            if cached is not None:
+                return cached
+        for suffix, decompress in ((".xz", lzma.decompress), (".gz", gzip.decompress)):
+            if base + suffix in release:
+                sha256, size = release[base + suffix]
+                packed = self._download_index(base + suffix, sha256, size)
+                data = self._unpack(packed, decompress, plain)
+                return data
+        if plain is not None:
+            return self._download_index(base, *plain).read_bytes()
+        raise FetchError(
+            f"suite '{self.suite}' on {self.mirror} has no index for {component}/binary-"
+            f"{self.arch}; check the component and architecture"
+        )
+
+    def _unpack(
+        self, packed: Path, decompress: Callable[[bytes], bytes], plain: tuple[str, int] | None
+    ) -> bytes:
+        """Decompress a downloaded index; keep the plain text in the cache when it verifies."""
+        try:
+            data = decompress(packed.read_bytes())
+        except (lzma.LZMAError, OSError, EOFError) as exc:
+            packed.unlink(missing_ok=True)
+            raise IntegrityError(f"Packages index {packed} does not decompress: {exc}") from None
+        if plain is not None:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != plain[0]:
+                packed.unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"uncompressed Packages index of {self.suite} has sha256 {actual}, "
+                    f"expected {plain[0]}; it was discarded"
+                )
+            _write_atomic(self._index_path(plain[0]), data)
+            packed.unlink(missing_ok=True)
+        return data
+
+    def _index_path(self, sha256: str) -> Path:
+        return self.cache_dir / "indices" / sha256
+
+    def _download_index(self, rel: str, sha256: str, size: int) -> Path:
+        dest = self._index_path(sha256)
+        if _read_verified(dest, sha256) is not None:
+            return dest
+        url = f"{self.mirror}/dists/{self.suite}/{rel}"
+        desc = f"{self.suite} {rel}"
+        if self._by_hash:
+            directory = rel.rsplit("/", 1)[0]
+            by_hash = f"{self.mirror}/dists/{self.suite}/{directory}/by-hash/SHA256/{sha256}"
+            try:
+                return http.download(
+                    self.session, by_hash, dest, sha256=sha256, size=size, desc=desc
+                )
+            except http.NotOnMirrorError:
+                pass  # a mirror that does not keep by-hash files: use the plain name
+        return http.download(self.session, url, dest, sha256=sha256, size=size, desc=desc)
+
+    # -- dependency resolution ------------------------------------------------------------------
+
+    def resolve(
+        self, roots: list[str], *, follow: Callable[[Package], bool] = lambda p: True
+    ) -> list[Package]:
+        """``roots`` plus, recursively, their (Pre-)Depends that satisfy ``follow``; by name."""
+        self.packages()
+        chosen: dict[str, Package] = {}
+        provided: dict[str, Package] = {}
+        queue: deque[Package] = deque()
+
+        def take(pkg: Package) -> None:
+            chosen[pkg.name] = pkg
+            for virtual in pkg.provides:
+                provided.setdefault(virtual, pkg)
+            queue.append(pkg)
+
+        for name in roots:
+            pkg = self._pick((name,), chosen, provided)
+            if pkg is None:
+                raise NotFoundError(
+                    f"package '{name}' not found in Debian {self.suite} "
+                    f"({', '.join(self.components)}, {self.arch})"
+                )
+            if pkg.name not in chosen:
+                take(pkg)
+        while queue:
+            parent = queue.popleft()
+            for group in parent.depends:
+                dep = self._pick(group, chosen, provided)
+                if dep is None:
+                    log.warning("%s: no package satisfies '%s'", parent.name, " | ".join(group))
+                elif dep.name not in chosen and follow(dep):
+                    take(dep)
+        return sorted(chosen.values(), key=lambda p: p.name)
+
+    def _pick(
+        self, group: tuple[str, ...], chosen: dict[str, Package], provided: dict[str, Package]
+    ) -> Package | None:
+        """The package that satisfies one alternative group, preferring what is already in."""
+        for name in group:
+            if name in chosen:
+                return chosen[name]
+            if name in provided:
+                return provided[name]
+        packages = self._packages or {}
+        for name in group:
+            if name in packages:
+                return packages[name]
+            providers = self._providers.get(name)
+            if providers:
+                return packages[providers[0]]
+        return None
+
+    # -- the packages themselves ----------------------------------------------------------------
+
+    def fetch(self, pkg: Package) -> Path:
+        """The verified ``.deb`` of ``pkg`` in the cache, downloaded if it is not there yet."""
+        return _fetch_deb(
+            self.cache_dir,
+            self.mirror,
+            pkg.filename,
+            pkg.sha256,
+            pkg.size,
+            self.session,
+            pkg.name,
+        )
+
+
+def fetch_locked(
+    cache_dir: Path, mirror: str, entry: LockEntry, session: requests.Session | None = None
+) -> Path:
+    """The verified ``.deb`` a lock entry pins; no network when the cache already has it."""
+    return _fetch_deb(
+        Path(cache_dir),
+        mirror.rstrip("/"),
+        entry.filename,
+        entry.sha256,
+        entry.size,
+        session,
+        entry.name,
+    )
+
+
+def deb_path(cache_dir: Path, sha256: str) -> Path:
+    """Where the cache keeps the ``.deb`` whose SHA-256 is ``sha256``."""
+    return Path(cache_dir) / "debs" / f"{sha256}.deb"
+
+
+def new_session() -> requests.Session:
+    """A requests session identifying imagebuilder to the mirror."""
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def _fetch_deb(
+    cache_dir: Path,
+    mirror: str,
+    filename: str,
+    sha256: str,
+    size: int,
+    session: requests.Session | None,
+    name: str,
+) -> Path:
+    dest = deb_path(cache_dir, sha256)
+    if dest.is_file():
+        if _sha256_file(dest) == sha256:
+            return dest
+        log.warning("cached %s is damaged; fetching it again", dest)
+        dest.unlink()
+    if filename.startswith("/") or ".." in filename.split("/"):
+        raise IntegrityError(f"refusing pool path outside the archive for {name}: {filename}")
+    return http.download(
+        session if session is not None else new_session(),
+        f"{mirror}/{filename}",
+        dest,
+        sha256=sha256,
+        size=size,
+        desc=name,
+    )
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def parse_release(text: str) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
+    """Fields (lower-cased names) and the SHA256 section (path -> (sha256, size)) of a Release."""
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, int]] = {}
+    section = ""
+    for line in text.splitlines():
+        if line[:1] in (" ", "\t"):
+            words = line.split()
+            if section == "sha256" and len(words) == 3 and words[1].isdigit():
+                files[words[2]] = (words[0].lower(), int(words[1]))
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            section = name.strip().lower()
+            fields[section] = value.strip()
+    return fields, files
+
+
+_FIELD = re.compile(
+    rb"^(Package|Version|Architecture|Filename|Size|SHA256|Depends|Pre-Depends|Provides):"
+    rb"[ \t]*(.*)$",
+    re.MULTILINE,
+)
+# versions, arch qualifiers/restrictions, build profiles and blanks: what is left is names
+_DROP = re.compile(rb"\([^)]*\)|:[A-Za-z0-9_-]+|\[[^]]*\]|<[^>]*>|\s+")
+
+
+def parse_packages(data: bytes, into: dict[str, Package]) -> dict[str, Package]:
+    """Add the stanzas of a Packages index to ``into`` (keeping the newest of a name)."""
+    for stanza in data.split(b"\n\n"):
+        fields = dict(_FIELD.findall(stanza))
+        name = fields.get(b"Package")
+        filename = fields.get(b"Filename")
+        if not name or not filename:
+            continue
+        pkg = Package(
+            name=name.strip().decode(),
+            version=fields.get(b"Version", b"").strip().decode(),
+            arch=fields.get(b"Architecture", b"").strip().decode(),
+            filename=filename.strip().decode(),
+            sha256=fields.get(b"SHA256", b"").strip().decode(),
+            size=int(fields.get(b"Size", b"0").strip() or 0),
+            depends=_depends(fields.get(b"Pre-Depends", b""))
+            + _depends(fields.get(b"Depends", b"")),
+            provides=_provides(fields.get(b"Provides", b"")),
+        )
+        old = into.get(pkg.name)
+        if old is None or compare_versions(pkg.version, old.version) > 0:
+            into[pkg.name] = pkg
+    return into
+
+
+def providers_map(packages: Iterable[Package]) -> dict[str, list[str]]:
+    """Virtual package name -> names of the packages providing it, sorted."""
+    providers: dict[str, list[str]] = {}
+    for pkg in packages:
+        for virtual in pkg.provides:
+            providers.setdefault(virtual, []).append(pkg.name)
+    return {virtual: sorted(names) for virtual, names in providers.items()}
+
+
+@lru_cache(maxsize=65536)
+def _depends(field: bytes) -> tuple[tuple[str, ...], ...]:
+    """``a (>= 1), b:any | c [amd64]`` -> (("a",), ("b", "c")): names only, in order."""
+    if not field:
+        return ()
+    groups = _DROP.sub(b"", field).decode().split(",")
+    return tuple(map(_alternatives, filter(None, groups)))
+
+
+@cache
+def _alternatives(group: str) -> tuple[str, ...]:
+    return tuple(group.split("|"))
+
+
+@lru_cache(maxsize=65536)
+def _provides(field: bytes) -> tuple[str, ...]:
+    return tuple(name for group in _depends(field) for name in group)
+
+
+# -- Debian version ordering (dpkg's algorithm) -------------------------------------------------
+
+
+def compare_versions(a: str, b: str) -> int:
+    """Negative, zero or positive as Debian version ``a`` is older, equal or newer than ``b``."""
+    epoch_a, upstream_a, revision_a = _split_version(a)
+    epoch_b, upstream_b, revision_b = _split_version(b)
+    if epoch_a != epoch_b:
+        return epoch_a - epoch_b
+    return _compare_part(upstream_a, upstream_b) or _compare_part(revision_a, revision_b)
+
+
+def _split_version(version: str) -> tuple[int, str, str]:
+    epoch, colon, rest = version.partition(":")
+    if not colon:
+        epoch, rest = "0", version
+    upstream, dash, revision = rest.rpartition("-")
+    if not dash:
+        upstream, revision = rest, ""
+    return int(epoch) if epoch.isdigit() else 0, upstream, revision
+
+
+def _order(char: str) -> int:
+    if char.isalpha():
+        return ord(char)
+    if char == "~":
+        return -1
+    return ord(char) + 256
+
+
+def _compare_part(a: str, b: str) -> int:
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ca = _order(a[i]) if i < len(a) and not a[i].isdigit() else 0
+            cb = _order(b[j]) if j < len(b) and not b[j].isdigit() else 0
+            if ca != cb:
+                return ca - cb
+            i, j = i + 1, j + 1
+        start_i, start_j = i, j
+        while i < len(a) and a[i].isdigit():
+            i += 1
+        while j < len(b) and b[j].isdigit():
+            j += 1
+        na, nb = int(a[start_i:i] or 0), int(b[start_j:j] or 0)
+        if na != nb:
+            return na - nb
+    return 0
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def _good_signature(status: str) -> bool:
+    """apt's rule: at least one valid signature and no bad one (unknown keys are ignored)."""
+    keywords = {
+        line.split()[1]
+        for line in status.splitlines()
+        if line.startswith("[GNUPG:] ") and len(line.split()) > 1
+    }
+    return "VALIDSIG" in keywords and "GOODSIG" in keywords and "BADSIG" not in keywords
+
+
+def _parse_date(text: str) -> datetime:
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return datetime.max.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_verified(path: Path, sha256: str) -> bytes | None:
+    """The bytes of ``path`` if it exists and hashes to ``sha256`` (else it is removed)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if hashlib.sha256(data).hexdigest() == sha256:
+        return data
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), 0o644)
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,187 @@
+"""Download one file from the mirror, robustly and verifiably.
+
+Everything imagebuilder takes from the network goes through ``download``: it resumes interrupted
+transfers, retries the failures a busy mirror produces (timeouts, dropped connections, 5xx, 429)
+with exponential backoff, checks size and SHA-256, and only then renames the file into place. A
+file that did not verify is never left at its destination, so a later run can trust whatever it
+finds there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import requests
+from tqdm import tqdm
+
+from ..errors import FetchError, IntegrityError
+
+CHUNK = 1024 * 1024
+RETRIES = 4
+RETRY_BASE_DELAY = 1.0  # seconds; doubled on each retry (tests patch it down)
+TIMEOUT = (15.0, 60.0)  # (connect, read) seconds
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class NotOnMirrorError(FetchError):
+    """The mirror answered 404 for a URL."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying; carries a description for the final error."""
+
+
+def download(
+    session: requests.Session,
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    desc: str | None = None,
+) -> Path:
+    """Fetch ``url`` into ``dest`` (verified against ``sha256``/``size`` when given)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    resumed = _resume_offset(part, size) > 0
+    digest = _fetch_with_retries(session, url, part, size, desc or dest.name)
+    actual_size = part.stat().st_size
+    if (sha256 is not None and digest != sha256) or (size is not None and actual_size != size):
+        part.unlink(missing_ok=True)
+        if resumed:  # the partial file may have been stale: one clean attempt
+            return download(session, url, dest, sha256=sha256, size=size, desc=desc)
+        raise IntegrityError(
+            f"{url} did not verify: expected sha256 {sha256 or '(any)'} size {size}, "
+            f"got sha256 {digest} size {actual_size}; the download was discarded"
+        )
+    os.replace(part, dest)
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def _fetch_with_retries(
+    session: requests.Session, url: str, part: Path, size: int | None, desc: str
+) -> str:
+    """Bring ``part`` to the full body of ``url``; return its SHA-256."""
+    last = ""
+    for attempt in range(RETRIES + 1):
+        if attempt:
+            time.sleep(RETRY_BASE_DELAY * 2 ** (attempt - 1))
+        try:
+            return _fetch_once(session, url, part, size, desc)
+        except _Transient as exc:
+            last = str(exc)
+    raise FetchError(
+        f"the mirror is unreachable: {url} failed after {RETRIES + 1} attempts ({last}); "
+        "check the network or pass --mirror URL"
+    )
+
+
+def _fetch_once(
+    session: requests.Session, url: str, part: Path, size: int | None, desc: str
+) -> str:
+    offset = _resume_offset(part, size)
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        with session.get(url, headers=headers, stream=True, timeout=TIMEOUT) as response:
+            status = response.status_code
+            if status == 416:  # our partial file is no prefix of the body: start over
+                part.unlink(missing_ok=True)
+                raise _Transient("HTTP 416 on resume")
+            _check_status(url, status)
+            if offset and status != 206:
+                offset = 0  # the server ignored the Range: it sends the whole body
+            total = _total(response, offset, size)
+            return _write_body(response, part, offset, total, desc)
+    except requests.RequestException as exc:  # refused, timed out, cut off mid-body, ...
+        raise _Transient(f"{type(exc).__name__}: {_short(exc)}") from None
+
+
+def _resume_offset(part: Path, size: int | None) -> int:
+    """Bytes already in ``part`` worth resuming from (0 if none or if it is too long)."""
+    try:
+        have = part.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size is not None and have >= size:
+        part.unlink()
+        return 0
+    return have
+
+
+def _check_status(url: str, status: int) -> None:
+    if status in (200, 206):
+        return
+    if status == 404:
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        raise NotOnMirrorError(f"{name} not found on the mirror (HTTP 404): {url}")
+    if status in TRANSIENT_STATUS:
+        raise _Transient(f"HTTP {status}")
+    raise FetchError(f"the mirror answered HTTP {status} for {url}")
+
+
+def _total(response: requests.Response, offset: int, size: int | None) -> int | None:
+    if size is not None:
+        return size
+    length = response.headers.get("Content-Length")
+    return offset + int(length) if length and length.isdigit() else None
+
+
+def _write_body(
+    response: requests.Response, part: Path, offset: int, total: int | None, desc: str
+) -> str:
+    """Append (or write from scratch if ``offset`` is 0) the body to ``part``; return SHA-256."""
+    digest = hashlib.sha256()
+    with open(part, "r+b" if offset else "wb") as out:
+        if offset:
+            _hash_prefix(out, offset, digest)
+        with tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=desc,
+            file=sys.stderr,
+            disable=None,
+            leave=False,
+        ) as bar:
+            for chunk in response.iter_content(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
+
+
+def _hash_prefix(out: BinaryIO, offset: int, digest: hashlib._Hash) -> None:
+    """Feed the first ``offset`` bytes of ``out`` to ``digest``; leave it positioned there."""
+    out.seek(0)
+    remaining = offset
+    while remaining:
+        block = out.read(min(CHUNK, remaining))
+        if not block:
+            break
+        digest.update(block)
+        remaining -= len(block)
+    out.truncate(offset)
+    out.seek(offset)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -1,0 +1,154 @@
+"""Downloading: resume, retry, verification, and never a bad file at the destination."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from imagebuilder.errors import FetchError, IntegrityError
+from imagebuilder.fetch import http
+
+try:  # pytest puts tests/unit itself on sys.path while it is no package
+    import archive_fixture as fx
+except ImportError:
+    from tests.unit import archive_fixture as fx  # type: ignore[no-redef]
+
+fast_retries = fx.fast_retries  # a fixture
+
+BLOB = os.urandom(3 * 1024 * 1024 + 12345)
+SHA = hashlib.sha256(BLOB).hexdigest()
+
+
+@pytest.fixture
+def blob_server(tmp_path: Path, fast_retries: None) -> Iterator[fx.ArchiveServer]:
+    root = tmp_path / "srv"
+    root.mkdir()
+    (root / "blob.bin").write_bytes(BLOB)
+    srv = fx.ArchiveServer(root).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        yield s
+
+
+def get(srv: fx.ArchiveServer, session: requests.Session, dest: Path, **kw: object) -> Path:
+    return http.download(session, f"{srv.url}/blob.bin", dest, **kw)  # type: ignore[arg-type]
+
+
+def test_download_verifies_and_renames(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out/blob"
+    assert get(blob_server, session, dest, sha256=SHA, size=len(BLOB)) == dest
+    assert dest.read_bytes() == BLOB
+    assert not dest.with_name("blob.part").exists()
+
+
+def test_digest_mismatch_leaves_nothing(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    dest = tmp_path / "blob"
+    wrong = "0" * 64
+    with pytest.raises(IntegrityError) as info:
+        get(blob_server, session, dest, sha256=wrong)
+    message = str(info.value)
+    assert f"{blob_server.url}/blob.bin" in message and wrong in message and SHA in message
+    assert list(tmp_path.iterdir()) == [tmp_path / "srv"]
+
+
+def test_size_mismatch_leaves_nothing(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    dest = tmp_path / "blob"
+    with pytest.raises(IntegrityError):
+        get(blob_server, session, dest, sha256=SHA, size=len(BLOB) + 1)
+    assert not dest.exists() and not dest.with_name("blob.part").exists()
+
+
+def test_retries_503_then_succeeds(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    blob_server.fail_first["/blob.bin"] = 2
+    dest = get(blob_server, session, tmp_path / "blob", sha256=SHA)
+    assert dest.read_bytes() == BLOB
+    assert len(blob_server.requested("/blob.bin")) == 3
+
+
+def test_gives_up_after_retries(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    blob_server.fail_first["/blob.bin"] = 100
+    with pytest.raises(
+        FetchError, match="unreachable.*HTTP 503.*check the network or pass --mirror"
+    ):
+        get(blob_server, session, tmp_path / "blob", sha256=SHA)
+    assert len(blob_server.requested("/blob.bin")) == http.RETRIES + 1
+    assert not (tmp_path / "blob").exists()
+
+
+def test_unreachable_mirror(session: requests.Session, tmp_path: Path, fast_retries: None) -> None:
+    with pytest.raises(FetchError, match="mirror is unreachable.*pass --mirror"):
+        http.download(session, f"{fx.closed_port_url()}/x", tmp_path / "x")
+
+
+def test_resumes_after_dropped_connection(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    cut = 2 * 1024 * 1024 + 7
+    blob_server.drop_after["/blob.bin"] = cut
+    dest = get(blob_server, session, tmp_path / "blob", sha256=SHA, size=len(BLOB))
+    assert dest.read_bytes() == BLOB
+    first, second = blob_server.requested("/blob.bin")
+    assert "Range" not in first.headers
+    start = int(second.headers["Range"].removeprefix("bytes=").removesuffix("-"))
+    assert 1024 * 1024 <= start <= cut  # resumed from what had arrived, not from scratch
+
+
+def test_server_ignoring_range_restarts(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    dest = tmp_path / "blob"
+    dest.with_name("blob.part").write_bytes(BLOB[:5000])
+    blob_server.ignore_range = True
+    assert get(blob_server, session, dest, sha256=SHA).read_bytes() == BLOB
+    assert blob_server.requested("/blob.bin")[0].headers["Range"] == "bytes=5000-"
+
+
+def test_stale_partial_file_is_discarded(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    dest = tmp_path / "blob"
+    dest.with_name("blob.part").write_bytes(b"x" * 5000)  # not a prefix of the body
+    assert get(blob_server, session, dest, sha256=SHA).read_bytes() == BLOB
+    assert [r.headers.get("Range") for r in blob_server.requested("/blob.bin")] == [
+        "bytes=5000-",
+        None,
+    ]
+
+
+def test_not_found(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    with pytest.raises(FetchError, match=r"not found on the mirror \(HTTP 404\): .*/nope"):
+        http.download(session, f"{blob_server.url}/nope", tmp_path / "nope")
+    assert len(blob_server.requests) == 1
+    assert not (tmp_path / "nope").exists()
+
+
+def test_existing_destination_is_only_replaced_by_a_verified_file(
+    blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path
+) -> None:
+    dest = tmp_path / "blob"
+    dest.write_bytes(b"previous")
+    with pytest.raises(IntegrityError):
+        get(blob_server, session, dest, sha256="1" * 64)
+    assert dest.read_bytes() == b"previous"
