@@ -18,6 +18,8 @@ from .templates import render
 #: The unprivileged account the app runs as.
 APP_UID = 1000
 APP_USER = "app"
+#: Seconds the app gets to exit after SIGTERM before the init kills it.
+STOP_TIMEOUT = 20
 
 MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 #: busybox applets the init and its helpers use. No getty, login, telnetd or httpd: nothing
@@ -80,7 +82,7 @@ def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree, module_names:
     tree = Tree()
     skeleton(tree)
     busybox(tree, busybox_root)
-    tree.add_file("init", data=render("init.sh.j2").encode(), mode=0o755)
+    tree.add_file("init", data=render("init.sh.j2", stop_timeout=STOP_TIMEOUT).encode(), mode=0o755)
     tree.add_file("usr/share/imagebuilder/udhcpc.script", data=render("udhcpc.script").encode(),
                   mode=0o755)
     closure = modules.closure(list(module_names))

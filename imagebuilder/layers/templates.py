@@ -30,9 +30,9 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render(name: str, **context: Any) -> str:
-    """The template ``name`` rendered with ``context``."""
-    return _environment().get_template(name).render(**context)
+def render(template: str, **context: Any) -> str:
+    """The template ``template`` rendered with ``context``."""
+    return _environment().get_template(template).render(**context)
 
 
 def source(name: str) -> bytes:
