@@ -6,8 +6,8 @@ which the layers' cache keys rely on.
 
 from __future__ import annotations
 
-from functools import cache
 import shlex
+from functools import cache
 from importlib import resources
 from typing import Any
 

@@ -237,11 +237,11 @@ def run_foreground(spec: RunSpec, store: Store, runs: Path,
             pump = _ConsolePump(proc.stdout, sys.stdout.buffer)  # type: ignore[arg-type]
             pump.start()
             if accel == "kvm" and i + 1 < len(accels):
-                if not _wait_for(lambda: pump.started.is_set() or proc.poll() is not None,
-                                 KVM_GRACE_SECONDS, stop):
+                _wait_for(lambda: pump.started.is_set() or proc.poll() is not None,
+                          KVM_GRACE_SECONDS, stop)
+                if not pump.started.is_set() and not stop.is_set():
                     _kill(proc)
-                    warn(f"the KVM guest did not reach the init in {KVM_GRACE_SECONDS:.0f} s: "
-                         "restarting it under TCG (use --accel tcg to skip KVM)")
+                    warn(_kvm_fallback_message(proc))
                     (run_dir / "qemu.pid").unlink(missing_ok=True)
                     continue
             stopped_by_us = _supervise(proc, run_dir, stop)
@@ -258,6 +258,12 @@ def run_foreground(spec: RunSpec, store: Store, runs: Path,
         for s, handler in old.items():
             signal.signal(s, handler)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _kvm_fallback_message(proc: subprocess.Popen[bytes]) -> str:
+    how = (f"exited with code {proc.returncode}" if proc.returncode not in (None, -9)
+           else f"did not reach the init in {KVM_GRACE_SECONDS:.0f} s")
+    return f"the KVM guest {how}: restarting it under TCG (use --accel tcg to skip KVM)"
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float, stop: threading.Event) -> bool:
@@ -315,11 +321,13 @@ def run_background(spec: RunSpec, store: Store, runs: Path, healthcheck: str, ti
                                     start_new_session=True)
         never = threading.Event()
         if accel == "kvm" and i + 1 < len(accels):
-            if not _wait_for(lambda: _console_has(console, INIT_MARKER) or
-                             proc.poll() is not None, KVM_GRACE_SECONDS, never):
+            _wait_for(lambda: _console_has(console, INIT_MARKER) or proc.poll() is not None,
+                      KVM_GRACE_SECONDS, never)
+            if not _console_has(console, INIT_MARKER):
                 _kill(proc)
-                warn(f"the KVM guest did not reach the init in {KVM_GRACE_SECONDS:.0f} s: "
-                     "restarting it under TCG (use --accel tcg to skip KVM)")
+                warn(_kvm_fallback_message(proc))
+                (run_dir / "qemu.pid").unlink(missing_ok=True)
+                console.unlink(missing_ok=True)
                 continue
         break
     while True:
