@@ -1,0 +1,24 @@
+#!/bin/sh
+# Sets up a Debian 12 (or newer) machine for imagebuilder: the host tools it runs (QEMU, gpgv
+# and the Debian archive keyring), the tools the tests use as real validators, a JDK to compile
+# the examples, and a virtualenv in .venv with imagebuilder installed in editable mode.
+set -eu
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils gpgv debian-archive-keyring \
+  openjdk-17-jdk-headless busybox-static cpio zstd xz-utils gnupg genisoimage gcc skopeo time"
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+fi
+if [ ! -x .venv/bin/imagebuilder ] || [ pyproject.toml -nt .venv/bin/imagebuilder ]; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    touch .venv/bin/imagebuilder
+fi
