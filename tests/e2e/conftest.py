@@ -1,0 +1,92 @@
+"""Shared fixtures of the end-to-end tests: one image store and one build of examples/hello for
+the whole session, since real builds fetch from the Debian archive and boots under TCG are slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "hello"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Cli:
+    """Runs the real `imagebuilder` command line in a child process with its own home."""
+
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "IMAGEBUILDER_HOME": str(self.home)}
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return [sys.executable, "-m", "imagebuilder.cli", *args]
+
+    def __call__(self, *args: str, cwd: Path | None = None, check: bool = True,
+                 timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self.argv(args), cwd=cwd, env=self.env(), text=True,
+                                capture_output=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"imagebuilder {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def json(self, *args: str, cwd: Path | None = None) -> object:
+        return json.loads(self(*args, "--json", cwd=cwd).stdout)
+
+
+def compile_example(dest: Path) -> Path:
+    """A copy of examples/hello in ``dest`` with hello.jar compiled; the app directory."""
+    if shutil.which("javac") is None:
+        pytest.skip("javac is needed to compile examples/hello (scripts/setup.sh installs it)")
+    app = dest / "hello"
+    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("hello.jar", "imagebuilder.lock"))
+    subprocess.run(["sh", str(app / "build.sh")], check=True, capture_output=True)
+    return app
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    return Cli(tmp_path_factory.mktemp("home"))
+
+
+@dataclass
+class Built:
+    app: Path
+    ref: str
+    digest: str
+    stages: list[dict[str, object]]
+
+
+@pytest.fixture(scope="session")
+def hello(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """examples/hello built once (cold: packages resolved and fetched from the mirror)."""
+    app = compile_example(tmp_path_factory.mktemp("app"))
+    out = cli.json("build", str(app))
+    assert isinstance(out, dict)
+    return Built(app, out["ref"], out["digest"], out["stages"])
+
+
+@pytest.fixture
+def vms(cli: Cli) -> Iterator[list[str]]:
+    """VM ids started by a test with `run --wait`; stopped afterwards whatever happens."""
+    started: list[str] = []
+    yield started
+    for vm_id in started:
+        cli("stop", vm_id, check=False)
