@@ -164,8 +164,14 @@ class Builder:
             "templates": [hashing.xxh3_bytes(template_source(t))
                           for t in ("init.sh.j2", "udhcpc.script")],
         }
-        return self._layer("base", inputs, lambda: base_layer.build_tree(
-            roots.get("base"), ModuleTree.scan(roots.get("kernel")), manifest.modules))
+        def make_tree() -> Tree:
+            modules = ModuleTree.scan(roots.get("kernel"))
+            present = tuple(m for m in manifest.modules if m in modules or m in modules.builtin)
+            absent = sorted(set(manifest.modules) - set(present))
+            if absent:
+                self.report(f"base: {modules.kver} has no {', '.join(absent)}: skipped")
+            return base_layer.build_tree(roots.get("base"), modules, present)
+        return self._layer("base", inputs, make_tree)
 
     def _jdeps(self, resolution: Resolution, roots: _Sysroots, jar: Path) -> list[str]:
         version = self.cfg.jvm.version

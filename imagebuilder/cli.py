@@ -17,7 +17,7 @@ import click
 from . import __version__
 from . import config as config_mod
 from .build import Home, build
-from .errors import ImageBuilderError
+from .errors import ConfigError, ImageBuilderError
 from .store import Image
 from .targets import qemu
 
@@ -37,7 +37,11 @@ def _load_config(source: str | None, name: str | None, version: str | None,
 
 
 def _env_config(config_path: str | None) -> config_mod.Config:
-    return config_mod.load(Path(config_path or "."))
+    path = Path(config_path or ".")
+    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
+        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
+                          "environments from: run from the app's directory or pass --config PATH")
+    return config_mod.load(path, check_app=False)
 
 
 def _human(size: int) -> str:
@@ -226,9 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         _err("aborted")
         return 130
-    except click.ClickException as exc:
-        exc.show()
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "imagebuilder"
+        _err(f"ERROR: {exc.format_message()} (see '{command} --help')")
         return 2
+    except click.ClickException as exc:
+        _err(f"ERROR: {exc.format_message()}")
+        return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:

@@ -46,7 +46,8 @@ RESERVED_VAR_PREFIX = "IMAGEBUILDER_"
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]*$")
 KERNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-JVM_VERSIONS = (21, 25)
+#: 21 and 25 on trixie; 17 is what bookworm has.
+JVM_VERSIONS = (17, 21, 25)
 MIN_MEMORY_MIB = 128
 
 _NAME_EXPECTED = (
@@ -168,8 +169,12 @@ class Config:
 # entry points
 
 
-def load(path: Path) -> Config:
-    """Read and validate ``path``: an imagebuilder.toml or a directory containing one."""
+def load(path: Path, *, check_app: bool = True) -> Config:
+    """Read and validate ``path``: an imagebuilder.toml or a directory containing one.
+
+    ``check_app=False`` skips the check that ``app.path`` exists: commands that only read the
+    environments (``run --env``) work where the jar was never built.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CONFIG_NAME
@@ -194,7 +199,7 @@ def load(path: Path) -> Config:
     except OSError as e:
         raise ConfigError(f"{shown}: cannot read: {e.strerror}") from None
     path = path.absolute()
-    return _parse(data, file=path, shown=shown)
+    return _parse(data, file=path, shown=shown, check_app=check_app)
 
 
 def from_jar(jar: Path, name: str | None, version: str | None) -> Config:
@@ -264,7 +269,7 @@ def check_env_var(name: str, value: object) -> str | None:
 # the parser
 
 
-def _parse(data: dict[str, Any], *, file: Path, shown: str) -> Config:
+def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = True) -> Config:
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(f"{shown}: {key}: {message}")
 
@@ -302,9 +307,9 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str) -> Config:
     if not isinstance(raw_path, str) or not raw_path or "\0" in raw_path:
         raise fail("app.path", f"expected a path to the application, got {_show(raw_path)}")
     app_path = _abs(root / raw_path)
-    if not app_path.exists():
+    if check_app and not app_path.exists():
         raise fail("app.path", f"file not found: {app_path}")
-    if not app_path.is_file():
+    if check_app and not app_path.is_file():
         raise fail("app.path", f"expected a file, got a directory: {app_path}")
     port = app_t.get("port")
     if port is not None and not (_is_int(port) and 1 <= port <= 65535):
@@ -335,7 +340,7 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str) -> Config:
     jvm_t = table("jvm")
     jvm_version = jvm_t.get("version", 21)
     if not (_is_int(jvm_version) and jvm_version in JVM_VERSIONS):
-        raise fail("jvm.version", f"expected 21 or 25, got {_show(jvm_version)}")
+        raise fail("jvm.version", f"expected 17, 21 or 25, got {_show(jvm_version)}")
     jvm = JvmSection(version=jvm_version, args=_strings(jvm_t, "jvm", "args", fail))
 
     # [system]

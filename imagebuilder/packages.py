@@ -69,16 +69,10 @@ class Resolution:
         entries = self.parts.get(part, [])
         if not entries:
             return []
-        paths = []
-        for entry in entries:
-            paths.append(fetch_locked(self.cache_dir, self._mirror_for(entry), entry,
-                                      self.session))
-        return paths
-
-    def _mirror_for(self, entry: LockEntry) -> str:
-        from .fetch.debian import deb_path
-        # A cached .deb needs no mirror: don't read the apt configuration for nothing.
-        return "" if deb_path(self.cache_dir, entry.sha256).exists() else self.mirror()
+        # The mirror is a callable: a cached .deb needs none, so the apt configuration is read
+        # only when something must really be downloaded.
+        return [fetch_locked(self.cache_dir, self.mirror, entry, self.session)
+                for entry in entries]
 
     def key(self, part: str) -> list[str]:
         """The part's identity for cache keys: its packages' SHA-256s."""

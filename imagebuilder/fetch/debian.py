@@ -302,12 +302,15 @@ class Archive:
 
 
 def fetch_locked(
-    cache_dir: Path, mirror: str, entry: LockEntry, session: requests.Session | None = None
+    cache_dir: Path,
+    mirror: str | Callable[[], str],
+    entry: LockEntry,
+    session: requests.Session | None = None,
 ) -> Path:
     """The verified ``.deb`` a lock entry pins; no network when the cache already has it."""
     return _fetch_deb(
         Path(cache_dir),
-        mirror.rstrip("/"),
+        mirror,
         entry.filename,
         entry.sha256,
         entry.size,
@@ -330,7 +333,7 @@ def new_session() -> requests.Session:
 
 def _fetch_deb(
     cache_dir: Path,
-    mirror: str,
+    mirror: str | Callable[[], str],
     filename: str,
     sha256: str,
     size: int,
@@ -345,9 +348,10 @@ def _fetch_deb(
         dest.unlink()
     if filename.startswith("/") or ".." in filename.split("/"):
         raise IntegrityError(f"refusing pool path outside the archive for {name}: {filename}")
+    base = (mirror() if callable(mirror) else mirror).rstrip("/")
     return http.download(
         session if session is not None else new_session(),
-        f"{mirror}/{filename}",
+        f"{base}/{filename}",
         dest,
         sha256=sha256,
         size=size,

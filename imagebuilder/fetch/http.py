@@ -98,6 +98,9 @@ def _fetch_once(
                 offset = 0  # the server ignored the Range: it sends the whole body
             total = _total(response, offset, size)
             return _write_body(response, part, offset, total, desc)
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema) as exc:
+        raise FetchError(f"bad mirror URL {url}: {_short(exc)}") from None
     except requests.RequestException as exc:  # refused, timed out, cut off mid-body, ...
         raise _Transient(f"{type(exc).__name__}: {_short(exc)}") from None
 

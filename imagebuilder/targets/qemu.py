@@ -14,6 +14,7 @@ under TCG, with a warning.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -56,6 +57,11 @@ class PortForward:
         match = _PORT_RE.match(text)
         if not match or not all(0 < int(match[k]) < 65536 for k in ("host", "guest")):
             raise UserError(f"-p {text}: expected [IP:]HOSTPORT:GUESTPORT, e.g. 8080:8080")
+        if match["ip"] is not None:
+            try:
+                ipaddress.IPv4Address(match["ip"])
+            except ValueError:
+                raise UserError(f"-p {text}: '{match['ip']}' is not an IPv4 address") from None
         return cls(match["ip"] or "127.0.0.1", int(match["host"]), int(match["guest"]))
 
     def qemu(self) -> str:
@@ -126,10 +132,17 @@ def initrd_for(store: Store, image: Image, cache_dir: Path) -> Path:
             for layer in image.layers[1:]:
                 with open(store.blob_path(layer.digest), "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _opt(path: Path) -> str:
+    """A path as a QEMU option value: commas are doubled."""
+    return str(path).replace(",", ",,")
 
 
 def qemu_argv(spec: RunSpec, store: Store, initrd: Path, run_dir: Path, accel: str,
@@ -147,12 +160,12 @@ def qemu_argv(spec: RunSpec, store: Store, initrd: Path, run_dir: Path, accel: s
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
         "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
-        "-qmp", f"unix:{run_dir / 'qmp.sock'},server=on,wait=off",
+        "-qmp", f"unix:{_opt(run_dir / 'qmp.sock')},server=on,wait=off",
         "-pidfile", str(run_dir / "qemu.pid"),
     ]
     drive = run_dir / "config.iso"
     if drive.exists():
-        argv += ["-drive", f"file={drive},if=virtio,format=raw,readonly=on"]
+        argv += ["-drive", f"file={_opt(drive)},if=virtio,format=raw,readonly=on"]
     return argv
 
 
@@ -315,7 +328,7 @@ def run_background(spec: RunSpec, store: Store, runs: Path, healthcheck: str, ti
     start = time.monotonic()
     for i, accel in enumerate(accels):
         start = time.monotonic()
-        argv = qemu_argv(spec, store, initrd, run_dir, accel, f"file,path={console}")
+        argv = qemu_argv(spec, store, initrd, run_dir, accel, f"file,path={_opt(console)}")
         with open(run_dir / "qemu.log", "wb") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     start_new_session=True)

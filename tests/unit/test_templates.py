@@ -1,0 +1,208 @@
+"""The shell the guest runs: app.conf must give back the exact argv, the init must parse.
+
+The guest's shell is busybox ``sh`` (ash), so every check runs under Debian's ``busybox sh`` as
+well as the host's ``sh`` (dash on Debian).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from imagebuilder.config import Config, load
+from imagebuilder.errors import ConfigError
+from imagebuilder.layers.app import app_conf, command
+from imagebuilder.layers.templates import render, source
+
+BUSYBOX = shutil.which("busybox")
+SH = shutil.which("sh") or "/bin/sh"
+SHELLS = [
+    pytest.param([SH], id="sh"),
+    pytest.param([BUSYBOX or "busybox", "sh"], id="busybox-sh", marks=pytest.mark.skipif(
+        BUSYBOX is None, reason="busybox not installed (apt-get install busybox-static)")),
+]
+
+# Words a shell would mangle if they were not quoted right.
+TRICKY_ARGS = [
+    "--greeting=hello world",
+    "it's",
+    'say "hi"',
+    "$HOME",
+    "${PATH}",
+    "`id`",
+    "$(touch pwned)",
+    "a\\b\\\\c",
+    "*",
+    "~",
+    "semi;colon && pipe | amp & end",
+    "",
+    "  leading and trailing  ",
+    "tab\there",
+    "'",
+    '"',
+    "-e",
+    "-n",
+    "%s %d",
+    "ünïcödé ✓",
+    "#not a comment",
+    "x=y",
+]
+
+
+def _config(tmp_path: Path, app: str = "", jvm: str = "", image: str = "") -> Config:
+    (tmp_path / "app.jar").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    (tmp_path / "imagebuilder.toml").write_text(textwrap.dedent("""\
+        [image]
+        name = "hello"
+        version = "1.0.0"
+        {image}
+        [app]
+        path = "app.jar"
+        {app}
+        [jvm]
+        {jvm}
+        """).format(app=app, jvm=jvm, image=image))
+    return load(tmp_path)
+
+
+def _toml_list(words: list[str]) -> str:
+    # TOML literal strings cannot hold every character: use basic strings with escapes.
+    def basic(word: str) -> str:
+        return '"' + word.replace("\\", "\\\\").replace('"', '\\"').replace("\t", "\\t") + '"'
+    return "[" + ", ".join(basic(w) for w in words) + "]"
+
+
+def _sourced(shell: list[str], conf: str, cwd: Path, script: str) -> str:
+    (cwd / "app.conf").write_text(conf)
+    result = subprocess.run(
+        [*shell, "-c", f". ./app.conf; {script}"],
+        cwd=cwd, capture_output=True, check=False, env={"PATH": "/usr/bin:/bin", "HOME": "/nope"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    return result.stdout.decode()
+
+
+@pytest.fixture
+def tricky(tmp_path: Path) -> Config:
+    return _config(
+        tmp_path,
+        app=f"args = {_toml_list(TRICKY_ARGS)}\nport = 8080",
+        jvm='args = ["-Xmx512m", "-Dgreeting=a b", "-Dx=$HOME"]',
+    )
+
+
+def test_config_keeps_the_tricky_args(tricky: Config) -> None:
+    assert list(tricky.app.args) == TRICKY_ARGS
+    argv = command(tricky)
+    assert argv[0] == "/opt/java/bin/java"
+    assert argv[-len(TRICKY_ARGS):] == TRICKY_ARGS
+    assert argv[argv.index("-jar") + 1] == "/app/app.jar"
+    assert ["-Xmx512m", "-Dgreeting=a b", "-Dx=$HOME"] == argv[2:5]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_app_conf_gives_back_the_exact_argv(shell: list[str], tricky: Config, tmp_path: Path
+                                            ) -> None:
+    out = _sourced(shell, app_conf(tricky), tmp_path, "printf '%s\\n' \"$@\"")
+    assert out.split("\n")[:-1] == command(tricky)
+    # Nothing was expanded or executed while sourcing.
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_app_conf_gives_back_the_exact_argv_nul_separated(shell: list[str], tricky: Config,
+                                                          tmp_path: Path) -> None:
+    # Separated by NUL rather than newline: no word can hide a line break either.
+    out = _sourced(shell, app_conf(tricky), tmp_path, "for w; do printf '%s\\000' \"$w\"; done")
+    assert out.split("\0")[:-1] == command(tricky)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_app_conf_variables(shell: list[str], tricky: Config, tmp_path: Path) -> None:
+    script = 'printf "%s|%s|%s|%s\\n" "$IMAGE_NAME" "$IMAGE_VERSION" "$APP_PORT" "$#"'
+    out = _sourced(shell, app_conf(tricky), tmp_path, script)
+    assert out == f"hello|1.0.0|8080|{len(command(tricky))}\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_app_conf_without_port_or_args(shell: list[str], tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    assert cfg.app.port is None
+    out = _sourced(shell, app_conf(cfg), tmp_path,
+                   'printf "[%s]\\n" "$APP_PORT"; printf "%s\\n" "$@"')
+    assert out.split("\n")[:-1] == ["[]", *command(cfg)]
+    assert command(cfg) == ["/opt/java/bin/java", "-XX:-UsePerfData", "-jar", "/app/app.jar"]
+
+
+def test_app_conf_is_deterministic(tricky: Config) -> None:
+    assert app_conf(tricky) == app_conf(tricky)
+    assert app_conf(tricky).endswith("\n")
+
+
+@pytest.mark.parametrize("where", ["app", "jvm"])
+def test_config_rejects_newlines_in_args(tmp_path: Path, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _config(tmp_path, **{where: 'args = ["ok", "two\\nlines"]'})
+    assert str(info.value) == (
+        f"{tmp_path / 'imagebuilder.toml'}: {where}.args[1]: expected a one-line string without"
+        " NUL characters"
+    )
+
+
+# -- the init and the DHCP hook -----------------------------------------------------------------
+
+
+@pytest.fixture
+def init_script(tmp_path: Path) -> Path:
+    path = tmp_path / "init"
+    path.write_text(render("init.sh.j2", stop_timeout=20))
+    return path
+
+
+def test_init_renders_the_stop_timeout(init_script: Path) -> None:
+    text = init_script.read_text()
+    assert text.startswith("#!/bin/sh\n")
+    assert "sleep 20;" in text and "in 20 s" in text
+    assert "{{" not in text and "{%" not in text
+
+
+def test_init_needs_its_variables() -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        render("init.sh.j2")
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed (apt-get install busybox)")
+def test_init_parses_under_busybox_sh(init_script: Path) -> None:
+    result = subprocess.run([BUSYBOX or "busybox", "sh", "-n", str(init_script)],
+                            capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+
+
+def test_init_parses_under_sh(init_script: Path) -> None:
+    result = subprocess.run([SH, "-n", str(init_script)], capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_udhcpc_script_parses(shell: list[str], tmp_path: Path) -> None:
+    script = tmp_path / "udhcpc.script"
+    script.write_text(render("udhcpc.script"))
+    assert script.read_bytes() == source("udhcpc.script")  # no template syntax in it
+    result = subprocess.run([*shell, "-n", str(script)], capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_udhcpc_script_ignores_unknown_events(shell: list[str], tmp_path: Path) -> None:
+    script = tmp_path / "udhcpc.script"
+    script.write_text(render("udhcpc.script"))
+    result = subprocess.run([*shell, str(script), "leasefail"], capture_output=True, check=False,
+                            env={"PATH": "/nonexistent"})
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
