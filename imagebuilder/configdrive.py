@@ -24,6 +24,7 @@ computes while serialising) in the written bytes, at their fixed ECMA-119 offset
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -84,10 +85,8 @@ def write_config_drive(dest: Path, env_name: str, vars: Mapping[str, str]) -> No
             os.fsync(f.fileno())
         os.replace(tmp, dest)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

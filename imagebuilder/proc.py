@@ -33,7 +33,7 @@ def run(
     try:
         result = subprocess.run(
             list(argv), cwd=cwd, env=None if env is None else dict(env), input=input,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            capture_output=True, check=False,
         )
     except FileNotFoundError:
         raise HostError(f"{argv[0]} not found") from None

@@ -125,7 +125,8 @@ def _from_toml(path: Path, data: dict[str, Any]) -> Lock:
     sets = _roots_from_toml(path, data.get("sets", {}), "sets")
     missing = sorted({n for names in sets.values() for n in names} - set(names))
     if missing:
-        raise _malformed(path, f"sets name packages with no [[package]] entry: {', '.join(missing)}")
+        listed = ", ".join(missing)
+        raise _malformed(path, f"sets name packages with no [[package]] entry: {listed}")
     return Lock(suite=suite, roots=roots, packages=packages, sets=sets)
 
 

@@ -26,7 +26,8 @@ def jdk_home(root: Path, version: int) -> Path:
     """The JDK directory inside an unpacked sysroot."""
     home = root / f"usr/lib/jvm/java-{version}-openjdk-amd64"
     if not (home / "bin/jlink").exists():
-        raise HostError(f"no JDK {version} with jlink found in {root} (openjdk-{version}-jdk-headless)")
+        raise HostError(f"no JDK {version} with jlink found in {root} "
+                        f"(openjdk-{version}-jdk-headless)")
     return home
 
 

@@ -234,7 +234,7 @@ class _ConsolePump(threading.Thread):
 def run_foreground(spec: RunSpec, store: Store, runs: Path,
                    warn: Callable[[str], None] = lambda s: None) -> int:
     """Boot, stream the console to stdout, return the app's exit status (0 if we stopped it)."""
-    vm_id, run_dir, initrd = prepare(spec, store, runs)
+    _, run_dir, initrd = prepare(spec, store, runs)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -250,7 +250,7 @@ def run_foreground(spec: RunSpec, store: Store, runs: Path,
             pump = _ConsolePump(proc.stdout, sys.stdout.buffer)  # type: ignore[arg-type]
             pump.start()
             if accel == "kvm" and i + 1 < len(accels):
-                _wait_for(lambda: pump.started.is_set() or proc.poll() is not None,
+                _wait_for(lambda: pump.started.is_set() or proc.poll() is not None,  # noqa: B023
                           KVM_GRACE_SECONDS, stop)
                 if not pump.started.is_set() and not stop.is_set():
                     _kill(proc)
@@ -334,7 +334,8 @@ def run_background(spec: RunSpec, store: Store, runs: Path, healthcheck: str, ti
                                     start_new_session=True)
         never = threading.Event()
         if accel == "kvm" and i + 1 < len(accels):
-            _wait_for(lambda: _console_has(console, INIT_MARKER) or proc.poll() is not None,
+            _wait_for(lambda: _console_has(console, INIT_MARKER)
+                      or proc.poll() is not None,  # noqa: B023
                       KVM_GRACE_SECONDS, never)
             if not _console_has(console, INIT_MARKER):
                 _kill(proc)

@@ -103,7 +103,7 @@ def test_config_keeps_the_tricky_args(tricky: Config) -> None:
     assert argv[0] == "/opt/java/bin/java"
     assert argv[-len(TRICKY_ARGS):] == TRICKY_ARGS
     assert argv[argv.index("-jar") + 1] == "/app/app.jar"
-    assert ["-Xmx512m", "-Dgreeting=a b", "-Dx=$HOME"] == argv[2:5]
+    assert argv[2:5] == ["-Xmx512m", "-Dgreeting=a b", "-Dx=$HOME"]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
