@@ -122,7 +122,11 @@ class Builder:
     def _stage(self, name: str, inputs: dict[str, Any], produce: Callable[[Path], None]) -> Path:
         key = self.cache.stage_key(name, STAGE_VERSIONS[name], inputs)
         start = time.monotonic()
-        path, hit = self.cache.get_or_make(key, produce)
+
+        def announced(dest: Path) -> None:
+            self.report(f"{name}: building")
+            produce(dest)
+        path, hit = self.cache.get_or_make(key, announced)
         seconds = time.monotonic() - start
         self.stages.append(StageResult(name, path, hit, seconds))
         self.report(f"{name}: {'cached' if hit else f'built in {seconds:.1f} s'}")
