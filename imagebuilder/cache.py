@@ -30,17 +30,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .fsutil import fsync_dir
 from .hashing import MultiHasher, key_of, xxh3_file
 
 _KEY_RE = re.compile(r"^[0-9a-f]{8,128}$")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Cache:
@@ -150,7 +145,7 @@ class Cache:
             with self._lock(exclusive=True):
                 os.replace(side_tmp, self._sidecar(key))
                 os.replace(tmp, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         except BaseException:
             for leftover in (tmp, tmp.with_name(tmp.name + ".xxh3")):
                 if leftover.is_dir() and not leftover.is_symlink():

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImageBuilderError, NotFoundError, UserError
+from .fsutil import fsync_dir
 
 OCI_LAYOUT_VERSION = "1.0.0"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -69,12 +70,6 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -177,7 +172,7 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
     def _ensure_layout(self) -> None:
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +255,7 @@ class Store:
                 tmp.unlink()
             else:
                 os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
+                fsync_dir(dest.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -431,5 +426,5 @@ class Store:
                 if _DIGEST_RE.match(digest):
                     self.blob_path(digest).unlink(missing_ok=True)
             if self.blobs_dir.exists():
-                _fsync_dir(self.blobs_dir)
+                fsync_dir(self.blobs_dir)
         return image.digest

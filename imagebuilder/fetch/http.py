@@ -20,6 +20,7 @@ import requests
 from tqdm import tqdm
 
 from ..errors import FetchError, IntegrityError
+from ..fsutil import fsync_dir
 
 CHUNK = 1024 * 1024
 RETRIES = 4
@@ -60,7 +61,7 @@ def download(
             f"got sha256 {digest} size {actual_size}; the download was discarded"
         )
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 
@@ -177,12 +178,6 @@ def _hash_prefix(out: BinaryIO, offset: int, digest: hashlib._Hash) -> None:
     out.seek(offset)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _short(exc: BaseException) -> str:

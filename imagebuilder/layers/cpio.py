@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal
 import zstandard
 
 from ..errors import HostError, UserError
+from ..fsutil import fsync_dir
 
 Kind = Literal["file", "dir", "symlink", "char", "block"]
 
@@ -357,15 +358,9 @@ def write_layer(tree: Tree, dest: Path, *, mtime: int, level: int = 19, threads:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def source_date_epoch() -> int:
