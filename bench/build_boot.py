@@ -51,6 +51,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -81,6 +82,7 @@ TARGET_SIZE_MB = 40
 TARGET_BOOT_S = 8.0
 TARGET_RSS_MB = 500
 PEER_ZSTD_LEVEL = 19
+BUSY_CPUS = 0.25
 EXTRA_CLASS = """package hello;
 
 /** Added by bench/build_boot.py: changes the jar's bytes without importing anything new. */
@@ -106,6 +108,16 @@ def median(values: Sequence[float]) -> float:
 
 
 # --------------------------------------------------------------------------- processes
+
+
+def source_fingerprint() -> str:
+    """A hash of imagebuilder's sources: the run notices if they change under it."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "imagebuilder").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def find_cli() -> Path:
@@ -169,23 +181,114 @@ class TreeRss(threading.Thread):
             self.peak_kb = max(self.peak_kb, sum(_rss_kb(p) for p in tree))
 
 
+class CpuMeter:
+    """How much CPU other people's processes used while we measured.
+
+    Busy time of the whole machine (/proc/stat) minus our own: this process and its waited-for
+    children (os.times), live descendants, and the VMs we started (daemons of `run --wait`, so
+    their CPU is remembered by pid until they are stopped).  Timings taken while others keep the
+    CPUs busy are inflated: the report says so.
+    """
+
+    def __init__(self) -> None:
+        self.vms: dict[int, int] = {}
+        self.marks: list[tuple[str, int, int, float]] = []
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _busy() -> int:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        return user + nice + system + irq + softirq + steal
+
+    @staticmethod
+    def _cpu(pid: int) -> int:
+        """utime + stime + cutime + cstime of ``pid`` in clock ticks (0 if it is gone)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            return 0
+        rest = stat[stat.rfind(b")") + 2:].split()
+        return sum(int(x) for x in rest[11:15])
+
+    def see_vm(self, pid: int) -> None:
+        self.vms[pid] = max(self.vms.get(pid, 0), self._cpu(pid))
+
+    def _ours(self) -> int:
+        t = os.times()
+        total = round((t.user + t.system + t.children_user + t.children_system) * self.tick)
+        parents = _ppid_map()
+        tree, frontier = set(), {os.getpid()}
+        while frontier:
+            tree |= frontier
+            frontier = {p for p, pp in parents.items() if pp in frontier} - tree
+        total += sum(self._cpu(p) for p in tree - {os.getpid()})
+        for pid in self.vms:
+            self.see_vm(pid)
+        return total + sum(self.vms.values())
+
+    def mark(self, name: str) -> None:
+        """Start phase ``name`` (ending the previous one)."""
+        self.marks.append((name, self._busy(), self._ours(), time.monotonic()))
+
+    def foreign(self) -> list[tuple[str, float]]:
+        """(phase, average CPUs busy with other people's work) for each finished phase."""
+        out = []
+        for (name, busy0, ours0, t0), (_, busy1, ours1, t1) in zip(
+                self.marks, self.marks[1:], strict=False):
+            other = max(0, (busy1 - busy0) - (ours1 - ours0)) / self.tick
+            out.append((name, other / max(t1 - t0, 1e-3)))
+        return out
+
+
+def _end_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the process group of ``proc`` (ours alone), then SIGKILL what is left."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError, OSError):
+            proc.communicate(timeout=grace)
+            return
+
+
+def wait_quiet(limit: float, window: float = 10.0) -> None:
+    """Wait (at most ``limit`` seconds) for a ``window`` in which others use < BUSY_CPUS."""
+    deadline = time.monotonic() + limit
+    while True:
+        meter = CpuMeter()
+        meter.mark("probe")
+        time.sleep(window)
+        meter.mark("end")
+        busy = meter.foreign()[0][1]
+        if busy < BUSY_CPUS:
+            log(f"the machine is quiet ({busy:.2f} CPUs busy with other work)")
+            return
+        if time.monotonic() > deadline:
+            log(f"still {busy:.2f} CPUs busy with other work: measuring anyway")
+            return
+        log(f"{busy:.2f} CPUs busy with other work: waiting")
+
+
 def run(argv: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = None,
         cwd: Path | None = None, check: bool = True, sample_rss: bool = False,
         timeout: float = 3600) -> Done:
     """Run argv, capture its output, time it (wall, monotonic)."""
     args = [os.fspath(a) for a in argv]
     start = time.monotonic()
+    # Its own session, so that a timeout or Ctrl-C ends the whole command, helpers included.
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=cwd)
+                            env=env, cwd=cwd, start_new_session=True)
     sampler = TreeRss(proc.pid) if sample_rss else None
     if sampler:
         sampler.start()
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
+        _end_group(proc)
         raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(args)}") from None
+    except BaseException:
+        _end_group(proc)
+        raise
     finally:
         if sampler:
             sampler.done.set()
@@ -225,7 +328,9 @@ class Tool:
 
     cli: Path
     home: Path
+    meter: CpuMeter
     vms: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "IMAGEBUILDER_HOME": str(self.home)}
@@ -250,6 +355,9 @@ class Tool:
         result = last_json(done.out) if done.code == 0 else {}
         if result.get("id"):
             self.vms.append(result["id"])
+            if result.get("pid"):
+                self.pids[result["id"]] = int(result["pid"])
+                self.meter.see_vm(int(result["pid"]))
         if done.code != 0:
             raise BenchError(f"boot failed (exit {done.code}): "
                              + " | ".join(done.err.strip().splitlines()[-3:]))
@@ -258,6 +366,8 @@ class Tool:
     def stop(self, vm_id: str) -> None:
         if vm_id in self.vms:
             self.vms.remove(vm_id)
+        if vm_id in self.pids:
+            self.meter.see_vm(self.pids[vm_id])
         self("stop", vm_id, check=False, timeout=90)
 
     def stop_all(self) -> None:
@@ -475,9 +585,16 @@ class Bench:
     tools: list[Tool] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
     ours_cached: float = 0.0
+    ours_stored: int = 0
+    ours_raw: int = 0
+    fingerprint: str = field(default_factory=source_fingerprint)
+    meter: CpuMeter = field(default_factory=CpuMeter)
+
+    def sources_changed(self) -> bool:
+        return source_fingerprint() != self.fingerprint
 
     def tool(self, name: str) -> Tool:
-        t = Tool(self.cli, self.work / name)
+        t = Tool(self.cli, self.work / name, self.meter)
         self.tools.append(t)
         return t
 
@@ -492,6 +609,7 @@ class Bench:
         app = prepare_app(self.work / "app")
 
         # 1a. fully cold: empty home, no lock, downloads.
+        self.meter.mark("fully cold build")
         log("fully cold build (downloads every package)")
         cold = self.tool("home-cold")
         done, result = cold.build(app)
@@ -505,6 +623,7 @@ class Bench:
         seed_bytes = sum(p.stat().st_size for p in seed.rglob("*") if p.is_file())
 
         # 1b + 5. cold, packages cached, under /usr/bin/time -v and the tree sampler.
+        self.meter.mark("cold builds, packages cached")
         time_bin = Path("/usr/bin/time")
         wrap = [str(time_bin), "-v"] if time_bin.is_file() else []
         if not wrap:
@@ -543,12 +662,15 @@ class Bench:
             "Reproducibility: every cold build gave the same image digest "
             f"(`{digest[:19]}…`)." if reproducible else
             f"**Reproducibility problem**: cold builds gave different image digests: "
-            f"{sorted(digests | {digest})}.")
+            f"{sorted(digests | {digest})}"
+            + (" (imagebuilder's sources changed during the run)." if self.sources_changed()
+               else "."))
         shutil.rmtree(cold.home, ignore_errors=True)
         assert last is not None
         home = last
 
         # 2. warm rebuild after an app-only change.
+        self.meter.mark("warm rebuilds")
         warm = []
         nonce = os.urandom(4).hex()
         for i in range(args.fast_runs):
@@ -557,7 +679,9 @@ class Bench:
             done, result = home.build(app)
             rebuilt = stages_rebuilt(result)
             if rebuilt != ["app"]:
-                raise BenchError(f"app-only change rebuilt {rebuilt}, expected only ['app']")
+                why = (" (imagebuilder's sources changed during the run: run it again)"
+                       if self.sources_changed() else "")
+                raise BenchError(f"app-only change rebuilt {rebuilt}, expected only ['app']{why}")
             warm.append(done.wall)
         self.row(f"Warm rebuild after an app-only change (whole command, median of "
                  f"{args.fast_runs})", fmt_s(median(warm)), f"<= {TARGET_WARM_S:.0f} s",
@@ -566,6 +690,7 @@ class Bench:
                           "stage (checked with `build --json`).")
 
         # 3. size.
+        self.meter.mark("size")
         image = last_json(home("inspect", "hello:1.0.0", "--json").out)
         layers = image["manifest"]["layers"]
         titles = [(lay.get("annotations") or {}).get("org.opencontainers.image.title", "?")
@@ -577,6 +702,7 @@ class Bench:
             if title == "vmlinuz":
                 continue
             raw[title] = uncompressed_size(blobs / lay["digest"].removeprefix("sha256:"))
+        self.ours_stored, self.ours_raw = stored, sum(raw.values())
         self.row("Image size: kernel + initrd layers, as stored (zstd)",
                  f"{stored / MB:.1f} MB ({stored / MIB:.1f} MiB)", f"<= {TARGET_SIZE_MB} MB",
                  stored <= TARGET_SIZE_MB * MB)
@@ -588,6 +714,7 @@ class Bench:
             + ".")
 
         # 4. boot to HTTP under TCG.
+        self.meter.mark("boots")
         secs, walls = [], []
         for i in range(args.runs):
             port = free_port()
@@ -621,6 +748,7 @@ class Bench:
         self.row("Boot with `--memory 256` answers HTTP (1 run)", text, "answers", ok)
 
         # 6. peer.
+        self.meter.mark("peer")
         if args.no_peer:
             self.notes.append("Peer comparison skipped (--no-peer).")
         elif not shutil.which("mmdebstrap"):
@@ -628,6 +756,7 @@ class Bench:
                               "(apt-get install mmdebstrap).")
         else:
             self.peer(app, self.ours_cached)
+        self.meter.mark("end")
 
     def peer(self, app: Path, ours_cached: float) -> None:
         args = self.args
@@ -660,6 +789,11 @@ class Bench:
         self.row(f"Peer root size: tar / tar.zst -{PEER_ZSTD_LEVEL}",
                  f"{raw / MB:.1f} MB / {packed / MB:.1f} MB")
         self.notes.append(
+            f"Side by side: our bootable image (kernel included) is {self.ours_stored / MB:.1f} MB "
+            f"stored and {self.ours_raw / MB:.1f} MB unpacked, the peer's root "
+            f"{packed / MB:.1f} MB (zstd -{PEER_ZSTD_LEVEL}) and {raw / MB:.1f} MB unpacked: "
+            f"{packed / self.ours_stored:.1f}x and {raw / self.ours_raw:.1f}x ours.")
+        self.notes.append(
             f"Peer builds, packages cached: {fmt_list(walls)} s. Ours, cold with packages "
             f"cached ({fmt_s(ours_cached)}), includes the zstd -19 compression of its layers and "
             f"a jlink-trimmed JVM; the peer's time excludes compression (zstd -{PEER_ZSTD_LEVEL} "
@@ -668,8 +802,8 @@ class Bench:
         shutil.rmtree(peer, ignore_errors=True)
 
 
-def section(bench: Bench, started: dt.datetime, elapsed: float) -> str:
-    m, v = machine(), versions(bench.cli)
+def section(bench: Bench, v: dict[str, str], started: dt.datetime, elapsed: float) -> str:
+    m = machine()
     args = bench.args
     lines = [
         "## Build and boot (`bench/build_boot.py`)",
@@ -721,6 +855,18 @@ def section(bench: Bench, started: dt.datetime, elapsed: float) -> str:
         "of the modules `jdeps` finds."),
     ]
     lines += [f"- {note}" for note in bench.notes]
+    foreign = bench.meter.foreign()
+    lines.append("- Other processes' CPU use while we measured (average CPUs busy with work that "
+                 "is not ours, of " + str(os.cpu_count()) + "): "
+                 + ", ".join(f"{name} {cpus:.2f}" for name, cpus in foreign) + ".")
+    busy = [name for name, cpus in foreign if cpus > BUSY_CPUS and name != "size"]
+    if busy:
+        lines.append(f"- **Warning**: the machine was busy with other work during: "
+                     f"{', '.join(busy)} (more than {BUSY_CPUS} CPU on average): those timings "
+                     "are inflated; run again on a quiet machine.")
+    if bench.sources_changed():
+        lines.append("- **Warning**: imagebuilder's sources changed while this ran; the results "
+                     "may mix two versions of the code.")
     if bench.missed:
         lines += ["", "**Missed targets:** " + "; ".join(bench.missed) + "."]
     return "\n".join(lines) + "\n"
@@ -737,6 +883,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="Markdown file whose build_boot section is rewritten")
     parser.add_argument("--no-peer", action="store_true", help="skip the mmdebstrap comparison")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="first wait up to SECONDS for other work to leave the CPUs idle")
     parser.add_argument("--strict", action="store_true", help="exit 3 if a target is missed")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.fast_runs < 1:
@@ -746,16 +894,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"build_boot: {tool} is not installed", file=sys.stderr)
             return 1
 
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet)
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="bench-build-boot-"))
     bench: Bench | None = None
     try:
-        bench = Bench(args, work, find_cli())
+        cli = find_cli()
+        info = versions(cli)
+        bench = Bench(args, work, cli)
         bench.run_all()
     except BenchError as exc:
         log(f"FAILED: {exc}")
         return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
     finally:
         for t in bench.tools if bench else []:
             with contextlib.suppress(Exception):
@@ -764,7 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    write_section(args.out, section(bench, started, time.monotonic() - t0))
+    write_section(args.out, section(bench, info, started, time.monotonic() - t0))
     log(f"wrote {args.out}")
     if bench.missed:
         log("missed targets: " + "; ".join(bench.missed))

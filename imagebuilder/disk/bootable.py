@@ -1,0 +1,127 @@
+"""The bootable disk: one GPT disk that legacy BIOS and UEFI firmware both boot.
+
+Clouds, hypervisors and servers boot an image from a disk through their firmware, and which
+firmware they have (SeaBIOS or another legacy BIOS, OVMF or another UEFI) is not ours to choose.
+So every disk imagebuilder writes boots either way, from one partition:
+
+- LBA 0 is a protective MBR carrying syslinux's ``gptmbr.bin``: a BIOS runs it, it finds the GPT
+  partition marked "legacy BIOS bootable" and runs that partition's boot sector (syslinux);
+- the GPT holds one partition, the EFI system partition (FAT32, at 1 MiB, marked legacy BIOS
+  bootable), which UEFI firmware finds by its type and boots ``\\EFI\\BOOT\\BOOTX64.EFI`` from
+  (systemd-boot);
+- both loaders read the kernel and the initrd layers from that partition (see
+  :mod:`imagebuilder.disk.esp`), with the same command line.
+
+The result is a :class:`~imagebuilder.disk.Disk` (extents), not a file: the partition table is
+bytes in memory and the partition is the FAT image file, whose holes are never read. Nothing
+needs root, a loop device or a mount. Every identifier (disk and partition GUIDs, MBR signature,
+FAT serial) is derived from ``seed``, the caller's content hash, so the same image gives the
+same disk bytes on any machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UserError
+from ..sparse import data_extents
+from . import gpt
+from .esp import BootFiles, build_esp
+from .model import Disk, DiskBuilder, FileSlice
+
+__all__ = ["ESP_NAME", "BootFiles", "bootable_disk", "disk_from_esp", "write_esp"]
+
+ESP_NAME = "EFI System Partition"
+_ESP_FIRST_LBA = gpt.ALIGN // gpt.SECTOR
+
+
+def bootable_disk(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, *,
+                  boot_files: BootFiles, seed: bytes, size: int | None = None,
+                  workdir: Path | None = None, title: str = "imagebuilder") -> Disk:
+    """The GPT disk booting ``kernel`` with the initrd layers ``initrds`` (``(name, path)`` in
+    unpack order) and the kernel command line ``cmdline``, by BIOS and by UEFI.
+
+    ``seed`` (bytes of a content hash, e.g. the image digest) determines every identifier on the
+    disk. ``size`` is the disk's size in bytes (a multiple of 1 MiB; default: just what the
+    content needs); the space after the partition stays unpartitioned.
+
+    The returned disk reads the ESP from a FAT image file, ``workdir/esp.img`` if ``workdir`` is
+    given (it must outlive the disk's use), otherwise a private temporary directory removed
+    when the disk object is garbage-collected (or at exit).
+    """
+    boot_files.require("systemd_boot", "gptmbr")
+    if not isinstance(seed, bytes) or not seed:
+        raise ValueError("seed must be non-empty bytes (a content hash of the image)")
+    if size is not None and (size <= 0 or size % gpt.ALIGN):
+        raise UserError(f"disk size {size} bytes: give a positive multiple of 1 MiB")
+    owned: Path | None = None
+    if workdir is None:
+        owned = workdir = Path(tempfile.mkdtemp(prefix="imagebuilder-disk-"))
+    try:
+        disk = _build(Path(kernel), initrds, cmdline, Path(workdir), boot_files=boot_files,
+                      seed=seed, size=size, title=title)
+    except BaseException:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    if owned is not None:
+        weakref.finalize(disk, shutil.rmtree, owned, ignore_errors=True)  # also runs at exit
+    return disk
+
+
+def _build(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, workdir: Path, *,
+           boot_files: BootFiles, seed: bytes, size: int | None, title: str) -> Disk:
+    workdir.mkdir(parents=True, exist_ok=True)
+    esp = workdir / "esp.img"
+    build_esp(esp, kernel, initrds, cmdline, boot_files=boot_files, seed=seed, bios=True,
+              fat_bits=32, hidden_sectors=_ESP_FIRST_LBA, title=title)
+    return disk_from_esp(esp, boot_files=boot_files, seed=seed, size=size)
+
+
+def write_esp(dest: Path, kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, *,
+              boot_files: BootFiles, seed: bytes, title: str = "imagebuilder") -> None:
+    """The ESP image of :func:`bootable_disk` alone, for callers that cache it."""
+    build_esp(dest, kernel, initrds, cmdline, boot_files=boot_files, seed=seed, bios=True,
+              fat_bits=32, hidden_sectors=_ESP_FIRST_LBA, title=title)
+
+
+def disk_from_esp(esp: Path, *, boot_files: BootFiles, seed: bytes,
+                  size: int | None = None) -> Disk:
+    """The bootable GPT disk around an ESP image made by :func:`write_esp` with the same seed."""
+    boot_files.require("gptmbr")
+    esp_size = esp.stat().st_size
+    disk_size, spans = gpt.layout([esp_size], min_disk_size=size or 0)
+    if size is not None and disk_size > size:
+        raise UserError(f"the image needs a disk of {_mib(disk_size)} MiB; {_mib(size)} MiB is "
+                        "too small: give a larger size or leave it unset")
+    ((first, last),) = spans
+    assert first == _ESP_FIRST_LBA, "the FAT's hidden sectors must match the partition start"
+    esp_part = gpt.Partition(
+        type_guid=gpt.ESP_TYPE,
+        guid=gpt.derived_guid(seed, "partition 1"),
+        first_lba=first,
+        last_lba=last,
+        name=ESP_NAME,
+        attributes=gpt.ATTR_LEGACY_BIOS_BOOTABLE,
+    )
+    table = gpt.Gpt(
+        disk_size=disk_size,
+        disk_guid=gpt.derived_guid(seed, "disk"),
+        partitions=(esp_part,),
+        boot_code=Path(boot_files.gptmbr).read_bytes(),
+        mbr_signature=gpt.derived_u32(seed, "mbr signature"),
+    )
+    builder = DiskBuilder(disk_size)
+    for offset, data in table.regions():
+        builder.put(offset, data)
+    for offset, length in data_extents(esp):
+        builder.put(esp_part.offset + offset, FileSlice(esp, offset), length)
+    return builder.build()
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g}"

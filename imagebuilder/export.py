@@ -1,0 +1,140 @@
+"""From a stored image to files: a bootable disk in any format, a hybrid ISO, or kernel + initrd.
+
+Every output is derived from the image's kernel, initrd layers and command line alone, so the
+same image gives the same bytes whatever the environment or machine. The ESP (the FAT partition
+holding kernel, layers and both boot loaders) is the one slow part; it is cached like a build
+stage, keyed by the layers' digests, and the disk around it is assembled in memory as extents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import Cache
+from .disk.bootable import BootFiles, disk_from_esp, write_esp
+from .disk.model import Disk
+from .errors import UserError
+from .formats import DISK_FORMATS, Progress, write_disk
+from .formats.iso import write_iso
+from .fsutil import fsync_dir
+from .hashing import disk_sha256
+from .store import Image, Store
+
+FORMATS: tuple[str, ...] = (*DISK_FORMATS, "iso", "kernel-initrd")
+SUFFIXES = {"raw": ".raw", "qcow2": ".qcow2", "vmdk": ".vmdk", "vhd": ".vhd", "iso": ".iso",
+            "kernel-initrd": ""}
+ESP_STAGE_VERSION = 1
+TITLE = "org.opencontainers.image.title"
+
+
+@dataclass(frozen=True)
+class BootSource:
+    """What a boot loader needs: the kernel, the initrd layers in order, the command line."""
+
+    kernel: Path
+    initrds: tuple[tuple[str, Path], ...]
+    cmdline: str
+    digests: tuple[str, ...]
+
+    @property
+    def seed(self) -> bytes:
+        """A content hash of everything on the disk: the source of every GUID and serial."""
+        text = "\n".join((*self.digests, self.cmdline))
+        return hashlib.sha256(text.encode()).digest()
+
+    @classmethod
+    def of_image(cls, store: Store, image: Image) -> BootSource:
+        kernel, *layers = image.layers
+        return cls(
+            kernel=store.blob_path(kernel.digest),
+            initrds=tuple(((layer.annotations or {}).get(TITLE, f"layer{i}"),
+                           store.blob_path(layer.digest)) for i, layer in enumerate(layers, 1)),
+            cmdline=str(image.config.get("cmdline", "console=ttyS0")),
+            digests=tuple(d.digest for d in image.layers),
+        )
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format '{fmt}': choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> Path:
+    """The cached ESP image of ``source`` (built on the first call)."""
+    key = cache.stage_key("esp", ESP_STAGE_VERSION, {
+        "layers": list(source.digests), "cmdline": source.cmdline,
+        "boot": [hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                 for p in (boot_files.systemd_boot, boot_files.gptmbr)],
+    })
+
+    def produce(dest: Path) -> None:
+        write_esp(dest, source.kernel, list(source.initrds), source.cmdline,
+                  boot_files=boot_files, seed=source.seed)
+    path, _hit = cache.get_or_make(key, produce)
+    return path
+
+
+def bootable(cache: Cache, source: BootSource, boot_files: BootFiles | None = None) -> Disk:
+    """The image's bootable GPT disk (BIOS and UEFI) as extents."""
+    files = boot_files or BootFiles.from_host()
+    return disk_from_esp(esp_image(cache, source, files), boot_files=files, seed=source.seed)
+
+
+def disk_digest(disk: Disk) -> str:
+    """SHA-256 of the raw disk: what AMIs and flashed servers are checked against."""
+    return f"sha256:{disk_sha256(disk)}"
+
+
+def raw_disk_file(cache: Cache, source: BootSource, dest_dir: Path) -> Path:
+    """The raw disk as a (sparse) file, kept by content for QEMU to boot from."""
+    path = dest_dir / f"{source.seed.hex()}.raw"
+    if not path.exists():
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        write_disk(bootable(cache, source), path, "raw")
+    return path
+
+
+def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
+           progress: Progress | None = None) -> None:
+    """Write the image as ``fmt`` to ``dest`` (for kernel-initrd: a new directory)."""
+    check_format(fmt)
+    if not dest.parent.is_dir():
+        raise UserError(f"output directory {dest.parent} does not exist")
+    if fmt == "kernel-initrd":
+        _kernel_initrd(source, dest)
+    elif fmt == "iso":
+        write_iso(source.kernel, list(source.initrds), source.cmdline, dest,
+                  boot_files=BootFiles.from_host(), seed=source.seed)
+    else:
+        write_disk(bootable(cache, source), dest, fmt, progress=progress)
+
+
+def _kernel_initrd(source: BootSource, dest: Path) -> None:
+    """``dest/vmlinuz``, ``dest/initrd.img`` (the layers concatenated) and ``dest/cmdline``,
+    for direct boots and PXE; the directory appears whole or not at all."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"{dest} exists: kernel-initrd writes a new directory; remove it first")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copyfile(source.kernel, tmp / "vmlinuz")
+        with open(tmp / "initrd.img", "wb") as out:
+            for _name, layer in source.initrds:
+                with open(layer, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        (tmp / "cmdline").write_text(source.cmdline + "\n")
+        for name in ("vmlinuz", "initrd.img", "cmdline"):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        tmp.chmod(0o755)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,304 @@
+"""Disk image formats, each a writer over the one disk model (:class:`~imagebuilder.disk.Disk`).
+
+``raw``, ``qcow2``, ``vmdk`` and ``vhd`` serialise the same list of extents: none writes the image
+out as raw first, none writes the zero regions between extents, and all skip all-zero clusters
+inside extents where the format can leave them unallocated. Every writer streams (memory stays
+flat whatever the disk size) and commits its output the same way, through :func:`atomic_output`:
+the file is written under a temporary name in the destination's directory, fsynced and renamed,
+so an interrupted or failed write leaves nothing at the destination.
+
+Writers are looked up by name with :func:`writer_for` (imported lazily, so ``import
+imagebuilder.formats`` stays cheap); :func:`write_disk` is the one call the CLI needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import importlib
+import os
+import secrets
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import xxhash
+
+from ..disk import Disk
+from ..errors import HostError, UserError
+from ..fsutil import fsync_dir
+
+DISK_FORMATS: tuple[str, ...] = ("raw", "qcow2", "vmdk", "vhd")
+"""Formats written from a Disk (``iso`` and ``kernel-initrd`` are built from the image)."""
+
+BLOCK_SIZE = 1 << 16
+"""The unit in which raw and vhd skip zeros and every writer hashes content (64 KiB)."""
+
+Progress = Callable[[int], None]
+"""Called with the number of guest bytes just processed (for a progress bar)."""
+
+
+class Writer(Protocol):
+    def __call__(self, disk: Disk, dest: Path, *, progress: Progress | None = None) -> None: ...
+
+
+def writer_for(fmt: str) -> Writer:
+    """The ``write_<fmt>(disk, dest)`` function of a disk format; UserError if unknown."""
+    if fmt not in DISK_FORMATS:
+        raise UserError(f"unknown disk format '{fmt}'; choose one of {', '.join(DISK_FORMATS)}")
+    module = importlib.import_module(f"{__name__}.{fmt}")
+    writer: Writer = getattr(module, f"write_{fmt}")
+    return writer
+
+
+def write_disk(disk: Disk, dest: Path | str, fmt: str, *, progress: Progress | None = None) -> None:
+    """Write ``disk`` to ``dest`` in format ``fmt`` (one of :data:`DISK_FORMATS`)."""
+    writer_for(fmt)(disk, Path(dest), progress=progress)
+
+
+@functools.lru_cache(maxsize=8)
+def zero_block(size: int) -> bytes:
+    """A shared all-zero buffer to compare blocks against (``block == zero_block(n)``)."""
+    return bytes(size)
+
+
+def _os_error(e: OSError, dest: Path) -> Exception:
+    """The one-line error for a failure writing ``dest``."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HostError(f"no space left on device writing {dest}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"cannot write {dest}: {e.strerror}")
+    if e.errno == errno.EFBIG:
+        return HostError(f"cannot write {dest}: the file system does not allow a file this large")
+    return HostError(f"cannot write {dest}: {e.strerror or e}")
+
+
+@contextlib.contextmanager
+def atomic_output(dest: Path) -> Iterator[int]:
+    """A file descriptor on a new temporary file that becomes ``dest`` on success.
+
+    On leaving the block normally the file is fsynced and renamed over ``dest`` (and the
+    directory fsynced); on any exception it is removed and ``dest`` is left as it was. OSErrors
+    become one-line errors: a full disk is a HostError "no space left on device writing X".
+    """
+    dest = Path(dest)
+    parent = dest.parent
+    if not parent.is_dir():
+        raise UserError(f"output directory {parent} does not exist")
+    if dest.is_dir():
+        raise UserError(f"output path {dest} is a directory")
+    tmp = parent / f".{dest.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise _os_error(e, dest) from None
+    done = False
+    try:
+        try:
+            yield fd
+            os.fsync(fd)
+        except OSError as e:
+            raise _os_error(e, dest) from None
+        os.close(fd)
+        fd = -1
+        try:
+            os.replace(tmp, dest)
+            fsync_dir(parent)
+        except OSError as e:
+            raise _os_error(e, dest) from None
+        done = True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not done:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (retrying short writes)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class WriteBehind:
+    """Runs ``pwritev`` calls on a background thread, a bounded number of them in flight.
+
+    Reading and zero-checking the next data then overlaps with writing the previous, and each
+    write is followed by a hint to start write-back (``sync_file_range``), so that the final
+    fsync has little left to wait for. Use as a context manager *inside* :func:`atomic_output`:
+    leaving it waits for every write (re-raising the first error), also when leaving on an error,
+    so no write can touch the descriptor after it is closed.
+    """
+
+    def __init__(self, fd: int, max_pending: int = 4) -> None:
+        self.fd = fd
+        self._max_pending = max_pending
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="imagebuilder-write")
+        self._pending: deque[Future[None]] = deque()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.drain()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+        """Write ``buffers`` back to back at ``offset``, soon (errors surface on a later call)."""
+        while len(self._pending) >= self._max_pending:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._write, list(buffers), offset))
+
+    def drain(self) -> None:
+        """Wait for every submitted write; the first failure is raised."""
+        first: BaseException | None = None
+        while self._pending:
+            try:
+                self._pending.popleft().result()
+            except BaseException as e:  # keep waiting for the others, then raise
+                first = first or e
+        if first is not None:
+            raise first
+
+    def _write(self, buffers: list[bytes | memoryview], offset: int) -> None:
+        pwritev_all(self.fd, buffers, offset)
+        start_writeback(self.fd, offset, sum(len(b) for b in buffers))
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE = _sync_file_range() if sys.platform.startswith("linux") else None
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk now (a hint; fsync still decides)."""
+    if _SYNC_FILE_RANGE is not None and length > 0:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+class SequentialWriter:
+    """Appends to a file from a start offset, gathering small writes into few ``pwritev`` calls.
+
+    With a :class:`WriteBehind` the gathered writes go to its thread; else they are written here.
+    """
+
+    def __init__(
+        self, fd: int, start: int, behind: WriteBehind | None = None, flush_at: int = 4 << 20
+    ) -> None:
+        self.fd = fd
+        self.pos = start
+        """Offset at which the next write lands (what has been written, flushed or not)."""
+        self._flushed = start
+        self._buffers: list[bytes | memoryview] = []
+        self._buffered = 0
+        self._flush_at = flush_at
+        self._behind = behind
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Append ``data``; returns the file offset it lands at."""
+        at = self.pos
+        self._buffers.append(data)
+        self._buffered += len(data)
+        self.pos += len(data)
+        if self._buffered >= self._flush_at or len(self._buffers) >= 512:
+            self.flush()
+        return at
+
+    def flush(self) -> None:
+        if not self._buffers:
+            return
+        if self._behind is not None:
+            self._behind.submit(self._buffers, self._flushed)
+        else:
+            pwritev_all(self.fd, self._buffers, self._flushed)
+        self._flushed = self.pos
+        self._buffers = []
+        self._buffered = 0
+
+
+def pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+    """Write the buffers back to back at ``offset`` (one ``pwritev`` unless it comes up short)."""
+    total = sum(len(b) for b in buffers)
+    n = os.pwritev(fd, buffers, offset)
+    if n == total:
+        return
+    # Short write: finish buffer by buffer.
+    for b in buffers:
+        if n >= len(b):
+            n -= len(b)
+            offset += len(b)
+            continue
+        pwrite_all(fd, memoryview(b)[n:], offset + n)
+        offset += len(b)
+        n = 0
+
+
+class ContentId:
+    """A digest of a disk's size and content, for ids that must be reproducible (no randomness).
+
+    Fed with the non-zero 64 KiB blocks in order, so equal guest content gives an equal id
+    however the disk's extents are laid out. XXH3-128: 16 bytes, the size of a UUID.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._h = xxhash.xxh3_128()
+        self._h.update(b"imagebuilder disk\0" + size.to_bytes(8, "little"))
+
+    def update(self, offset: int, block: bytes) -> None:
+        self._h.update(offset.to_bytes(8, "little"))
+        self._h.update(block)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+def source_date_epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` as an int, 0 when unset (builds never read the wall clock)."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return 0
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise UserError(
+            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds since 1970"
+        ) from None
+
+
+class ProgressTracker:
+    """Turns "I am at guest offset X" into ``progress(delta)`` calls; the total is the disk size."""
+
+    def __init__(self, callback: Progress | None, size: int) -> None:
+        self._cb = callback
+        self._size = size
+        self.pos = 0
+
+    def advance_to(self, offset: int) -> None:
+        offset = min(offset, self._size)
+        if self._cb is not None and offset > self.pos:
+            self._cb(offset - self.pos)
+        self.pos = max(self.pos, offset)
+
+    def done(self) -> None:
+        self.advance_to(self._size)
