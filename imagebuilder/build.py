@@ -20,14 +20,15 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import hashing, javaclass, sysroot
-from .cache import Cache
+from . import export, hashing, javaclass, sysroot
 from .config import Config
 from .errors import HostError
+from .export import BootSource
+from .home import Home
 from .kernel import KernelManifest, ModuleTree, load_manifest
 from .layers import app as app_layer
 from .layers import base as base_layer
@@ -35,44 +36,12 @@ from .layers import jvm as jvm_layer
 from .layers.cpio import Tree, source_date_epoch, write_layer
 from .layers.templates import source as template_source
 from .packages import Resolution, resolve
-from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor, Store
+from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 
 STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdeps": 1, "jvm": 1, "packages": 1, "app": 1}
 TITLE = "org.opencontainers.image.title"
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer fast.
 LEVELS = {"base": 19, "jvm": 19, "packages": 19, "app": 9}
-
-
-def default_home() -> Path:
-    """$IMAGEBUILDER_HOME, else ~/.local/share/imagebuilder."""
-    env = os.environ.get("IMAGEBUILDER_HOME")
-    if env:
-        return Path(env).expanduser()
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
-    return Path(data) / "imagebuilder"
-
-
-@dataclass
-class Home:
-    """Where imagebuilder keeps its images, caches and running VMs."""
-
-    root: Path = field(default_factory=default_home)
-
-    @property
-    def store(self) -> Store:
-        return Store(self.root / "store")
-
-    @property
-    def cache(self) -> Cache:
-        return Cache(self.root / "cache")
-
-    @property
-    def downloads(self) -> Path:
-        return self.root / "cache" / "archive"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "run"
 
 
 @dataclass
@@ -90,6 +59,7 @@ class BuildResult:
     size: int
     stages: list[StageResult]
     locked: bool
+    disk_digest: str
 
 
 class _Sysroots:
@@ -215,6 +185,16 @@ class Builder:
                   "conf": app_layer.app_conf(cfg)}
         return self._layer("app", inputs, lambda: app_layer.build_tree(cfg))
 
+    def _disk(self, source: BootSource) -> tuple[str, int]:
+        """The digest and size of the image's raw bootable disk (its ESP is a cached stage)."""
+        start = time.monotonic()
+        disk = export.bootable(self.cache, source)
+        digest = export.disk_digest(disk)
+        seconds = time.monotonic() - start
+        self.stages.append(StageResult("disk", Path(), False, seconds))
+        self.report(f"disk: {digest} in {seconds:.1f} s")
+        return digest, disk.size
+
     def _store(self, manifest: KernelManifest, resolution: Resolution, kernel: Path,
                layers: list[tuple[str, Path]], modules: list[str]) -> BuildResult:
         cfg = self.cfg
@@ -225,6 +205,9 @@ class Builder:
             TITLE: "vmlinuz"})]
         for name, path in layers:
             descriptors.append(store.add_blob_file(path, INITRD_LAYER_MEDIA_TYPE, {TITLE: name}))
+        disk_digest, disk_size = self._disk(BootSource(
+            kernel=kernel, initrds=tuple(layers), cmdline=manifest.cmdline,
+            digests=tuple(d.digest for d in descriptors)))
         image_config = {
             "name": cfg.image.name,
             "version": cfg.image.version,
@@ -236,12 +219,13 @@ class Builder:
                     "healthcheck": cfg.app.healthcheck},
             "jvm": {"version": cfg.jvm.version, "modules": modules},
             "memory": cfg.system.memory,
+            "disk": {"digest": disk_digest, "size": disk_size, "boot": ["bios", "uefi"]},
             "suite": cfg.system.suite,
         }
         ref = f"{cfg.image.name}:{cfg.image.version}"
         digest = store.put_image(ref, image_config, descriptors)
         return BuildResult(ref, digest, sum(d.size for d in descriptors), self.stages,
-                           resolution.from_lock)
+                           resolution.from_lock, disk_digest)
 
 
 def build(cfg: Config, home: Home | None = None, *, mirror: str | None = None,

@@ -10,24 +10,34 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
-from . import config as config_mod
-from .build import Home, build
-from .errors import ConfigError, ImageBuilderError
-from .store import Image
-from .targets import qemu
+from .errors import ConfigError, ImageBuilderError, UserError
+
+if TYPE_CHECKING:
+    from . import config as config_mod
+    from .home import Home
+    from .store import Image
+
+# Commands import what they need when they run: `imagebuilder hash` or `images` must not pay
+# for loading the build pipeline.
 
 
 def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _home() -> Home:
+    from .home import Home
+    return Home()
+
+
 def _load_config(source: str | None, name: str | None, version: str | None,
                  mirror: str | None) -> config_mod.Config:
+    from . import config as config_mod
     path = Path(source or ".")
     if path.suffix == ".jar":
         cfg = config_mod.from_jar(path, name, version)
@@ -37,6 +47,7 @@ def _load_config(source: str | None, name: str | None, version: str | None,
 
 
 def _env_config(config_path: str | None) -> config_mod.Config:
+    from . import config as config_mod
     path = Path(config_path or ".")
     if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
         raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
@@ -74,28 +85,106 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--name", help="Image name (overrides [image] name; required for a bare jar).")
 @click.option("--version", "version", help="Image version (overrides [image] version).")
 @click.option("--mirror", help="Debian mirror URL (default: the host's apt configuration).")
+@click.option("--format", "formats", multiple=True, metavar="FORMAT",
+              help="Also write the image as raw, qcow2, vmdk, vhd, iso or kernel-initrd "
+                   "(repeatable) into the -o directory.")
+@click.option("-o", "--output", "output", type=click.Path(), default=".", show_default=True,
+              help="Directory for the --format files (NAME-VERSION.FORMAT).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build_cmd(source: str | None, name: str | None, version: str | None, mirror: str | None,
-              as_json: bool) -> None:
+              formats: Sequence[str], output: str, as_json: bool) -> None:
     """Build the app in DIR (its imagebuilder.toml; default: the current directory), or a bare
     executable jar with --name and --version, into the local image store."""
+    from . import export
+    from .build import build
+    for fmt in formats:
+        export.check_format(fmt)
+    out_dir = Path(output)
+    if formats and not out_dir.is_dir():
+        raise UserError(f"output directory {out_dir} does not exist")
     cfg = _load_config(source, name, version, mirror)
-    result = build(cfg, Home(), mirror=mirror, report=lambda s: None if as_json else _err(s))
+    home = _home()
+    result = build(cfg, home, mirror=mirror, report=lambda s: None if as_json else _err(s))
+    written = []
+    if formats:
+        image = home.store.resolve(result.ref)
+        boot = export.BootSource.of_image(home.store, image)
+        for fmt in formats:
+            dest = out_dir / f"{image.name}-{image.version}{export.SUFFIXES[fmt]}"
+            _export_with_progress(home, boot, fmt, dest, quiet=as_json)
+            written.append({"format": fmt, "path": str(dest)})
     if as_json:
         click.echo(json.dumps({
             "ref": result.ref, "digest": result.digest, "size": result.size,
+            "disk_digest": result.disk_digest, "outputs": written,
             "stages": [{"name": s.name, "cached": s.hit, "seconds": round(s.seconds, 3)}
                        for s in result.stages],
         }))
     else:
         click.echo(f"{result.ref} {result.digest} ({_human(result.size)})")
+        for item in written:
+            click.echo(f"wrote {item['path']}")
+
+
+def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet: bool) -> None:
+    from tqdm import tqdm
+
+    from . import export
+    with tqdm(desc=f"{fmt} {dest.name}", unit="B", unit_scale=True, unit_divisor=1024,
+              disable=True if quiet else None, leave=False) as bar:
+        export.export(home.cache, boot, fmt, dest, progress=bar.update)
+
+
+@cli.command("export")
+@click.argument("ref")
+@click.option("--format", "fmt", required=True, metavar="FORMAT",
+              help="raw, qcow2, vmdk, vhd, iso or kernel-initrd (a directory of three files).")
+@click.option("-o", "--output", "output", type=click.Path(), required=True,
+              help="The file to write (for kernel-initrd: a new directory).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export_cmd(ref: str, fmt: str, output: str, as_json: bool) -> None:
+    """Write image REF as a bootable disk (BIOS and UEFI), a hybrid ISO, or kernel + initrd."""
+    from . import export
+    export.check_format(fmt)
+    home = _home()
+    image = home.store.resolve(ref)
+    boot = export.BootSource.of_image(home.store, image)
+    dest = Path(output)
+    _export_with_progress(home, boot, fmt, dest, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps({"ref": image.ref, "format": fmt, "path": str(dest)}))
+    else:
+        click.echo(f"wrote {dest}")
+
+
+@cli.command("hash")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False),
+                metavar="FILE...")
+@click.option("--algo", type=click.Choice(["xxh3", "sha256", "xxh128"]), default="xxh3",
+              show_default=True,
+              help="xxh3: block-tree XXH3-128 that skips holes of sparse files; sha256: "
+                   "standard; xxh128: plain XXH3-128 as `xxhsum -H2` prints it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the digests as JSON.")
+def hash_cmd(files: Sequence[str], algo: str, as_json: bool) -> None:
+    """Hash files in one pass each, reading only the data of sparse files."""
+    from .hashing import hash_paths
+    for name in files:
+        if not Path(name).is_file():
+            raise UserError(f"{name}: no such file")
+    results = hash_paths([Path(f) for f in files], algo)
+    if as_json:
+        click.echo(json.dumps([{"path": str(p), "algo": algo, "digest": d, "size": n}
+                               for p, d, n in results]))
+        return
+    for path, digest, _size in results:
+        click.echo(f"{digest}  {path}")
 
 
 @cli.command("images")
 @click.option("--json", "as_json", is_flag=True, help="Print the images as JSON.")
 def images_cmd(as_json: bool) -> None:
     """List the images in the local store."""
-    images = Home().store.images()
+    images = _home().store.images()
     if as_json:
         click.echo(json.dumps([_image_json(i) for i in images]))
         return
@@ -111,7 +200,7 @@ def images_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and config as JSON.")
 def inspect_cmd(ref: str, as_json: bool) -> None:
     """Show an image's kernel, command line and layers."""
-    image = Home().store.resolve(ref)
+    image = _home().store.resolve(ref)
     if as_json:
         click.echo(json.dumps({**_image_json(image), "config": image.config,
                                "manifest": image.manifest}))
@@ -120,6 +209,10 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
     click.echo(f"image:    {image.ref}")
     click.echo(f"digest:   {image.digest}")
     click.echo(f"size:     {_human(image.size)}")
+    disk = cfg.get("disk", {})
+    if disk:
+        click.echo(f"disk:     {disk.get('digest')} ({_human(int(disk.get('size', 0)))} raw, "
+                   f"boots by {' and '.join(disk.get('boot', []))})")
     kernel = cfg.get("kernel", {})
     click.echo(f"kernel:   {kernel.get('package')} {kernel.get('version')}")
     click.echo(f"cmdline:  {cfg.get('cmdline')}")
@@ -138,7 +231,7 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
 def rm_cmd(refs: Sequence[str]) -> None:
     """Remove images from the local store (blobs other images use are kept)."""
-    store = Home().store
+    store = _home().store
     for ref in refs:
         digest = store.remove(ref)
         click.echo(f"removed {ref} ({digest})")
@@ -154,16 +247,21 @@ def rm_cmd(refs: Sequence[str]) -> None:
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True, help="QEMU accelerator; auto falls back to TCG if KVM hangs.")
 @click.option("--memory", type=click.IntRange(128, 1 << 20), help="Guest memory in MiB.")
+@click.option("--boot", type=click.Choice(["bios", "uefi", "direct"]), default="bios",
+              show_default=True,
+              help="Boot the image's disk through SeaBIOS or OVMF, or the kernel directly.")
 @click.option("--wait", is_flag=True,
               help="Return once the app answers HTTP, leaving the VM running in the background.")
 @click.option("--timeout", type=float, default=180.0, show_default=True,
               help="With --wait: seconds to wait for the app.")
 @click.option("--json", "as_json", is_flag=True, help="With --wait: print the result as JSON.")
 def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequence[str],
-            accel: str, memory: int | None, wait: bool, timeout: float, as_json: bool) -> None:
+            accel: str, memory: int | None, boot: str, wait: bool, timeout: float,
+            as_json: bool) -> None:
     """Boot image REF (NAME:VERSION) in QEMU. The console is the app's output; Ctrl-C stops the
     VM cleanly. Exits with the app's exit status."""
-    home = Home()
+    from .targets import qemu
+    home = _home()
     image = home.store.resolve(ref)
     env_vars: dict[str, str] = {}
     if env_name is not None:
@@ -173,7 +271,7 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
     if not forwards and app.get("port"):
         forwards = [qemu.PortForward("127.0.0.1", app["port"], app["port"])]
     spec = qemu.RunSpec(image, env_name, env_vars, forwards, accel,
-                        memory or image.config.get("memory", 1024))
+                        memory or image.config.get("memory", 1024), boot=boot)
     if not wait:
         sys.exit(qemu.run_foreground(spec, home.store, home.runs, warn=_warn))
     vm, seconds = qemu.run_background(spec, home.store, home.runs, app.get("healthcheck", "/"),
@@ -193,7 +291,8 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
 @click.option("--json", "as_json", is_flag=True, help="Print the VMs as JSON.")
 def ps_cmd(as_json: bool) -> None:
     """List VMs started with `run --wait` that are still running."""
-    vms = qemu.running(Home().runs)
+    from .targets import qemu
+    vms = qemu.running(_home().runs)
     if as_json:
         click.echo(json.dumps([{"id": vm.id, "pid": vm.pid} for vm in vms]))
         return
@@ -206,7 +305,8 @@ def ps_cmd(as_json: bool) -> None:
 @click.argument("vm_ids", nargs=-1, required=True, metavar="ID...")
 def stop_cmd(vm_ids: Sequence[str]) -> None:
     """Stop VMs started with `run --wait` (ACPI power button, then kill after 30 s)."""
-    runs = Home().runs
+    from .targets import qemu
+    runs = _home().runs
     for vm_id in vm_ids:
         qemu.stop_vm(qemu.find_vm(runs, vm_id))
         click.echo(f"stopped {vm_id}")

@@ -22,7 +22,7 @@ from .errors import UserError
 from .formats import DISK_FORMATS, Progress, write_disk
 from .formats.iso import write_iso
 from .fsutil import fsync_dir
-from .hashing import disk_sha256
+from .hashing import digest_regions
 from .store import Image, Store
 
 FORMATS: tuple[str, ...] = (*DISK_FORMATS, "iso", "kernel-initrd")
@@ -88,7 +88,7 @@ def bootable(cache: Cache, source: BootSource, boot_files: BootFiles | None = No
 
 def disk_digest(disk: Disk) -> str:
     """SHA-256 of the raw disk: what AMIs and flashed servers are checked against."""
-    return f"sha256:{disk_sha256(disk)}"
+    return f"sha256:{digest_regions(disk.iter_regions(), disk.size, ('sha256',)).sha256}"
 
 
 def raw_disk_file(cache: Cache, source: BootSource, dest_dir: Path) -> Path:

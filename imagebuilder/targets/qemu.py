@@ -41,6 +41,8 @@ from ..store import Image, Store
 INIT_MARKER = b"imagebuilder: ["
 EXIT_RE = re.compile(rb"imagebuilder: \[[0-9.]+\] app exited with status (\d+)")
 KVM_GRACE_SECONDS = 8.0
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 STOP_TIMEOUT_SECONDS = 30.0
 _PORT_RE = re.compile(r"^(?:(?P<ip>[0-9.]+):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})$")
 
@@ -79,6 +81,7 @@ class RunSpec:
     accel: str = "auto"
     memory: int = 1024
     cpus: int = 2
+    boot: str = "direct"  # direct (-kernel/-initrd), bios (SeaBIOS) or uefi (OVMF) from the disk
 
 
 @dataclass
@@ -145,9 +148,10 @@ def _opt(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def qemu_argv(spec: RunSpec, store: Store, initrd: Path, run_dir: Path, accel: str,
+def qemu_argv(spec: RunSpec, store: Store, media: Path, run_dir: Path, accel: str,
               console: str) -> list[str]:
-    """The qemu-system-x86_64 command line; ``console`` is a -chardev backend spec."""
+    """The qemu-system-x86_64 command line; ``console`` is a -chardev backend spec, ``media``
+    the initrd (direct boot) or the raw bootable disk (bios, uefi)."""
     qemu = require("qemu-system-x86_64", "qemu-system-x86")
     kernel = store.blob_path(spec.image.layers[0].digest)
     cmdline = spec.image.config.get("cmdline", "console=ttyS0")
@@ -157,12 +161,19 @@ def qemu_argv(spec: RunSpec, store: Store, initrd: Path, run_dir: Path, accel: s
         "-machine", f"pc,accel={accel}", "-cpu", "host" if accel == "kvm" else "max",
         "-m", str(spec.memory), "-smp", str(spec.cpus),
         "-chardev", f"{console},id=console", "-serial", "chardev:console",
-        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
         "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
         "-qmp", f"unix:{_opt(run_dir / 'qmp.sock')},server=on,wait=off",
         "-pidfile", str(run_dir / "qemu.pid"),
     ]
+    if spec.boot == "direct":
+        argv += ["-kernel", str(kernel), "-initrd", str(media), "-append", cmdline]
+    else:
+        argv += ["-drive", f"file={_opt(media)},if=none,id=boot,format=raw,readonly=on",
+                 "-device", "virtio-blk-pci,drive=boot,bootindex=0"]
+    if spec.boot == "uefi":
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={_opt(OVMF_CODE)}",
+                 "-drive", f"if=pflash,format=raw,file={_opt(run_dir / 'ovmf-vars.fd')}"]
     drive = run_dir / "config.iso"
     if drive.exists():
         argv += ["-drive", f"file={_opt(drive)},if=virtio,format=raw,readonly=on"]
@@ -189,14 +200,28 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
     for forward in spec.ports:
         check_port_free(forward)
     require("qemu-system-x86_64", "qemu-system-x86")
-    initrd = initrd_for(store, spec.image, runs.parent / "cache" / "initrd")
+    media = _boot_media(spec, store, runs.parent / "cache")
     vm_id = f"{spec.image.name}-{secrets.token_hex(4)}"
     run_dir = runs / vm_id
     run_dir.mkdir(parents=True)
     if spec.env_name is not None:
         write_config_drive(run_dir / "config.iso", spec.env_name, spec.env_vars)
+    if spec.boot == "uefi":
+        shutil.copyfile(OVMF_VARS, run_dir / "ovmf-vars.fd")
     (run_dir / "image").write_text(f"{spec.image.ref} {spec.image.digest}\n")
-    return vm_id, run_dir, initrd
+    return vm_id, run_dir, media
+
+
+def _boot_media(spec: RunSpec, store: Store, cache_dir: Path) -> Path:
+    """The initrd for a direct boot, else the image's raw bootable disk (cached by content)."""
+    if spec.boot == "direct":
+        return initrd_for(store, spec.image, cache_dir / "initrd")
+    if spec.boot == "uefi" and not (OVMF_CODE.exists() and OVMF_VARS.exists()):
+        raise HostError(f"{OVMF_CODE} not found: install it with 'apt-get install ovmf'")
+    from ..cache import Cache
+    from ..export import BootSource, raw_disk_file
+    return raw_disk_file(Cache(cache_dir), BootSource.of_image(store, spec.image),
+                         cache_dir / "disks")
 
 
 def _accels(requested: str) -> list[str]:
