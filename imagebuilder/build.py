@@ -188,10 +188,10 @@ class Builder:
     def _disk(self, source: BootSource) -> tuple[str, int]:
         """The digest and size of the image's raw bootable disk (its ESP is a cached stage)."""
         start = time.monotonic()
-        disk = export.bootable(self.cache, source)
+        disk, hit = export.bootable_with_hit(self.cache, source)
         digest = export.disk_digest(disk)
         seconds = time.monotonic() - start
-        self.stages.append(StageResult("disk", Path(), False, seconds))
+        self.stages.append(StageResult("disk", Path(), hit, seconds))
         self.report(f"disk: {digest} in {seconds:.1f} s")
         return digest, disk.size
 

@@ -65,8 +65,8 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> Path:
-    """The cached ESP image of ``source`` (built on the first call)."""
+def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> tuple[Path, bool]:
+    """The cached ESP image of ``source`` (built on the first call), and whether it was."""
     key = cache.stage_key("esp", ESP_STAGE_VERSION, {
         "layers": list(source.digests), "cmdline": source.cmdline,
         "boot": [hashlib.sha256(Path(p).read_bytes()).hexdigest()
@@ -76,14 +76,20 @@ def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> Path:
     def produce(dest: Path) -> None:
         write_esp(dest, source.kernel, list(source.initrds), source.cmdline,
                   boot_files=boot_files, seed=source.seed)
-    path, _hit = cache.get_or_make(key, produce)
-    return path
+    return cache.get_or_make(key, produce)
 
 
 def bootable(cache: Cache, source: BootSource, boot_files: BootFiles | None = None) -> Disk:
     """The image's bootable GPT disk (BIOS and UEFI) as extents."""
+    return bootable_with_hit(cache, source, boot_files)[0]
+
+
+def bootable_with_hit(cache: Cache, source: BootSource, boot_files: BootFiles | None = None
+                      ) -> tuple[Disk, bool]:
+    """:func:`bootable`, and whether its ESP came from the cache."""
     files = boot_files or BootFiles.from_host()
-    return disk_from_esp(esp_image(cache, source, files), boot_files=files, seed=source.seed)
+    esp, hit = esp_image(cache, source, files)
+    return disk_from_esp(esp, boot_files=files, seed=source.seed), hit
 
 
 def disk_digest(disk: Disk) -> str:

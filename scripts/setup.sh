@@ -6,8 +6,10 @@ set -eu
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils gpgv debian-archive-keyring \
-  openjdk-17-jdk-headless busybox-static cpio zstd xz-utils gnupg genisoimage gcc skopeo time"
+PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils ovmf gpgv debian-archive-keyring \
+  syslinux syslinux-common isolinux systemd-boot-efi mtools dosfstools fdisk gdisk \
+  openjdk-17-jdk-headless busybox-static cpio zstd xz-utils xxhash gnupg genisoimage gcc \
+  skopeo time"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -19,7 +19,6 @@ import errno
 import functools
 import importlib
 import os
-import secrets
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -92,7 +91,7 @@ def atomic_output(dest: Path) -> Iterator[int]:
         raise UserError(f"output directory {parent} does not exist")
     if dest.is_dir():
         raise UserError(f"output path {dest} is a directory")
-    tmp = parent / f".{dest.name}.{secrets.token_hex(6)}.tmp"
+    tmp = parent / f".{dest.name}.{os.urandom(6).hex()}.tmp"
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as e:

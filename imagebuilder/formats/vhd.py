@@ -3,7 +3,7 @@
 Structure (Microsoft "Virtual Hard Disk Image Format Specification"; big-endian): the guest's
 bytes, then the **hard disk footer**: cookie ``conectix``, features 2 (the reserved bit that must
 be set), format version 1.0, data offset all ones (a fixed disk has no dynamic header), a
-timestamp in seconds since 2000-01-01 UTC, creator application ``ib  ``, creator version and host
+timestamp in seconds since 2000-01-01 UTC, creator application ``qem2``, creator version and host
 (``Wi2k``), original and current size, a CHS geometry computed by the specification's algorithm,
 disk type 2 (fixed), a checksum (the one's complement of the sum of the footer's bytes, the
 checksum field counting as zero), a 16-byte unique id, and the saved-state flag.
@@ -14,9 +14,12 @@ size already is a multiple of 1 MiB, so that a GPT's backup header stays at the 
 
 Reproducible: the timestamp is ``SOURCE_DATE_EPOCH`` (0 when unset, never the wall clock) and the
 unique id is a hash of the size and content. The data part is written like :mod:`.raw`: a sparse
-file whose holes are the zeros. Note for QEMU: for creator applications it does not know, QEMU
-sizes a VHD by its CHS geometry, which rounds down; open it with ``force_size_calc=current_size``
-(``qemu-img ... --image-opts driver=vpc,force_size_calc=current_size,file.filename=X``).
+file whose holes are the zeros.
+
+The creator application is ``qem2``, what ``qemu-img convert -O vpc -o force_size`` (the command
+Azure documents for making upload VHDs) writes: readers that know it, QEMU among them, take the
+disk's size from the footer's current size. For other creators QEMU derives the size from the
+CHS geometry, which rounds down and would cut the end (and the backup GPT) off the disk.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ FEATURES = 0x0000_0002
 FORMAT_VERSION = 0x0001_0000
 FIXED_DATA_OFFSET = 0xFFFF_FFFF_FFFF_FFFF
 DISK_TYPE_FIXED = 2
-CREATOR_APP = b"ib  "
+CREATOR_APP = b"qem2"
 CREATOR_VERSION = 0x0001_0000
 CREATOR_HOST_OS = b"Wi2k"
 VHD_EPOCH = 946_684_800

@@ -74,6 +74,9 @@ MARKER_FOOTER = 3
 DEFAULT_LEVEL = 6
 BATCH_GRAINS = 32
 """Grains per compression task (2 MiB in): amortises the pool's per-task cost."""
+MAX_WORKERS = 8
+"""Default cap on compression threads: with two batches in flight per thread, at most about
+50 MB of grains are held in memory whatever the machine."""
 
 
 @dataclass(frozen=True)
@@ -214,10 +217,16 @@ def write_vmdk(
     level: int = DEFAULT_LEVEL,
     workers: int | None = None,
 ) -> None:
-    """Write ``disk`` to ``dest`` as a streamOptimized VMDK (zlib ``level``, 1-9)."""
+    """Write ``disk`` to ``dest`` as a streamOptimized VMDK.
+
+    ``level`` is the zlib level (1-9; 6, zlib's default, as qemu-img uses; level 4 is about
+    twice as fast for output about 3% larger, level 1 2.5 times as fast and 10% larger).
+    ``workers`` is the number of compression threads (default: the CPUs, at most 8); the output
+    does not depend on it.
+    """
     if not 1 <= level <= 9:
         raise ValueError(f"zlib level {level} is not between 1 and 9")
-    workers = workers or os.cpu_count() or 1
+    workers = max(1, workers or min(os.cpu_count() or 1, MAX_WORKERS))
     capacity = disk.size // SECTOR
     n_gts = -(-capacity // (GRAIN_SECTORS * GTES_PER_GT))
     gd = array("I", bytes(4 * n_gts))

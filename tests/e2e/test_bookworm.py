@@ -31,3 +31,6 @@ def test_bookworm_image_builds_and_serves(cli: Cli, tmp_path: Path, vms: list[st
         body = json.loads(response.read())
     assert body["java"].startswith("17.")
     assert body["env"] == "test" and body["user"] == "app" and body["root_ro"] is True
+    cli("stop", started["id"])
+    vms.remove(started["id"])
+    cli("rm", "hello:bookworm")

@@ -1,7 +1,8 @@
 """End to end: examples/hello boots under QEMU (TCG) and behaves as a production server should.
 
-Three boots in all: one in the background (`run --wait`) for the HTTP checks, one in the
-foreground with 256 MiB of memory whose app exits with a status, and one stopped by SIGTERM.
+Three boots in all: one in the background (`run --wait`, from the raw disk by BIOS, the
+default) for the HTTP checks, one in the foreground (direct kernel boot) with 256 MiB of memory
+whose app exits with a status, and one by UEFI stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def test_run_wait_serves_http_with_injected_env_as_unprivileged_user_on_ro_root(
     assert info["java"].startswith("21.")
 
     console = (cli.home / "run" / started["id"] / "console.log").read_text()
-    assert "environment test from config drive" in console
+    assert "environment test from config drive /dev/vdb" in console
     cli("stop", started["id"])
     vms.remove(started["id"])
     assert cli.json("ps") == []
@@ -66,7 +67,7 @@ def test_foreground_run_in_256_mib_exits_with_the_apps_status(cli: Cli, hello: B
     port = free_port()
     proc = subprocess.Popen(
         cli.argv(["run", hello.ref, "--config", str(hello.app), "--env", "prod", "--accel",
-                  "tcg", "--memory", "256", "-p", f"127.0.0.1:{port}:8080"]),
+                  "tcg", "--memory", "256", "--boot", "direct", "-p", f"127.0.0.1:{port}:8080"]),
         env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
@@ -83,7 +84,8 @@ def test_foreground_run_in_256_mib_exits_with_the_apps_status(cli: Cli, hello: B
 def test_sigterm_stops_the_vm_cleanly_and_exits_0(cli: Cli, hello: Built) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        cli.argv(["run", hello.ref, "--accel", "auto", "-p", f"127.0.0.1:{port}:8080"]),
+        cli.argv(["run", hello.ref, "--accel", "auto", "--boot", "uefi",
+                  "-p", f"127.0.0.1:{port}:8080"]),
         env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)

@@ -361,12 +361,12 @@ def test_vhd_footer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert raw[:size][: disk.size] == disk.read(0, disk.size)
     assert f.current_size == f.original_size == size
     assert (f.features, f.format_version, f.data_offset) == (2, 0x10000, 0xFFFFFFFFFFFFFFFF)
-    assert (f.disk_type, f.creator_app, f.saved_state) == (2, b"ib  ", 0)
+    assert (f.disk_type, f.creator_app, f.saved_state) == (2, b"qem2", 0)
     assert f.timestamp == 1700000000 - 946684800 == vhd_timestamp(1700000000)
     assert (f.cylinders, f.heads, f.sectors_per_track) == chs_geometry(size)
-    # QEMU, which sizes unknown creators' disks by CHS, reads the same geometry
+    # QEMU knows the "qem2" creator and sizes the disk by the footer, not by the rounded CHS
     info = json.loads(qemu_img("info", "--output=json", "-f", "vpc", str(out)))
-    assert info["virtual-size"] == f.cylinders * f.heads * f.sectors_per_track * 512
+    assert info["virtual-size"] == size
     bad = bytearray(raw[-512:])
     bad[100] ^= 1
     with pytest.raises(ValueError, match="checksum"):

@@ -1,0 +1,137 @@
+"""End to end: examples/hello as bootable disks and ISO, validated by qemu-img and booted.
+
+The raw disk boots by BIOS through `run` (tests/e2e/test_boot.py, the default) and by UEFI
+(test_boot.py's SIGTERM test); here the qcow2 boots by BIOS and the ISO as a CD by UEFI, and
+every format's guest content is compared with the raw by `qemu-img compare`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.targets.qemu import OVMF_CODE, OVMF_VARS
+
+from .conftest import Built, Cli, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.network]
+
+
+@pytest.fixture(scope="module")
+def exported(cli: Cli, hello: Built, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("disks")
+    files = {}
+    for fmt in ("raw", "qcow2", "vmdk", "vhd", "iso"):
+        files[fmt] = out / f"hello.{fmt}"
+        cli("export", hello.ref, "--format", fmt, "-o", str(files[fmt]))
+    files["kernel-initrd"] = out / "kernel-initrd"
+    cli("export", hello.ref, "--format", "kernel-initrd", "-o", str(files["kernel-initrd"]))
+    return files
+
+
+def _qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=True)
+
+
+def test_every_format_is_valid_and_has_the_raw_disks_content(exported: dict[str, Path]) -> None:
+    raw = exported["raw"]
+    info = json.loads(_qemu_img("info", "--output=json", "-f", "raw", str(raw)).stdout)
+    # Sparse: the FAT's free space and the gaps are holes, not written zeros.
+    assert info["actual-size"] < info["virtual-size"]
+    for fmt, qemu_fmt in (("qcow2", "qcow2"), ("vmdk", "vmdk"), ("vhd", "vpc")):
+        path = str(exported[fmt])
+        if fmt in ("qcow2", "vmdk"):
+            _qemu_img("check", "-f", qemu_fmt, path)
+        info = json.loads(_qemu_img("info", "--output=json", "-f", qemu_fmt, path).stdout)
+        assert info["format"] == qemu_fmt
+        # vhd rounds the virtual size up to a whole MiB (Azure); the rest compares as zeros.
+        _qemu_img("compare", "-f", "raw", "-F", qemu_fmt, str(raw), path)
+    vmdk = json.loads(_qemu_img("info", "--output=json", str(exported["vmdk"])).stdout)
+    assert vmdk["format-specific"]["data"]["create-type"] == "streamOptimized"
+
+
+def test_raw_digest_is_the_disk_digest_inspect_shows(cli: Cli, hello: Built,
+                                                    exported: dict[str, Path]) -> None:
+    info = cli.json("inspect", hello.ref)
+    assert isinstance(info, dict)
+    digest = subprocess.run(["sha256sum", str(exported["raw"])], capture_output=True, text=True,
+                            check=True).stdout.split()[0]
+    assert info["config"]["disk"]["digest"] == f"sha256:{digest}"
+    hashed = cli.json("hash", "--algo", "sha256", str(exported["raw"]))
+    assert hashed[0]["digest"] == digest
+
+
+def test_kernel_initrd_is_kernel_layers_and_cmdline(cli: Cli, hello: Built,
+                                                    exported: dict[str, Path]) -> None:
+    out = exported["kernel-initrd"]
+    assert sorted(p.name for p in out.iterdir()) == ["cmdline", "initrd.img", "vmlinuz"]
+    info = cli.json("inspect", hello.ref)
+    layers = info["manifest"]["layers"]
+    assert (out / "vmlinuz").stat().st_size == layers[0]["size"]
+    assert (out / "initrd.img").stat().st_size == sum(layer["size"] for layer in layers[1:])
+    assert (out / "cmdline").read_text().strip() == info["config"]["cmdline"]
+
+
+def test_reproducible_disks_after_emptying_the_cache(cli: Cli, hello: Built,
+                                                     exported: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    """Same config and lock, caches emptied (packages kept): byte-identical raw and qcow2."""
+    other = Cli(tmp_path / "home")
+    shutil.copytree(cli.home / "cache" / "archive" / "debs",
+                    other.home / "cache" / "archive" / "debs")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = other.json("build", str(hello.app), "--format", "raw", "--format", "qcow2",
+                        "-o", str(out))
+    assert result["digest"] == hello.digest
+    for fmt in ("raw", "qcow2"):
+        ours = (out / f"hello-1.0.0.{fmt}").read_bytes()
+        assert ours == exported[fmt].read_bytes(), f"{fmt} differs"
+
+
+def _boot_and_get(argv: list[str], port: int, seconds: float = 180) -> str:
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"qemu exited {proc.returncode}: {proc.stdout.read()!r}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    return r.read().decode()
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError("no HTTP answer")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _qemu(port: int) -> list[str]:
+    return ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot",
+            "-accel", "tcg", "-m", "1024", "-smp", "2", "-serial", "stdio",
+            "-netdev", f"user,id=n,hostfwd=tcp:127.0.0.1:{port}-:8080",
+            "-device", "virtio-net-pci,netdev=n", "-device", "virtio-rng-pci"]
+
+
+def test_qcow2_boots_by_bios(exported: dict[str, Path]) -> None:
+    port = free_port()
+    argv = [*_qemu(port), "-drive", f"file={exported['qcow2']},format=qcow2,if=virtio,"
+            "snapshot=on"]
+    assert _boot_and_get(argv, port) == "hello from imagebuilder: GREETING=unset\n"
+
+
+def test_iso_boots_as_a_cd_by_uefi(exported: dict[str, Path], tmp_path: Path) -> None:
+    port = free_port()
+    shutil.copyfile(OVMF_VARS, tmp_path / "vars.fd")
+    argv = [*_qemu(port), "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
+            "-cdrom", str(exported["iso"])]
+    assert _boot_and_get(argv, port) == "hello from imagebuilder: GREETING=unset\n"
