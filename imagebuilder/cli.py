@@ -126,13 +126,14 @@ def build_cmd(source: str | None, name: str | None, version: str | None, mirror:
             click.echo(f"wrote {item['path']}")
 
 
-def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet: bool) -> None:
+def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet: bool,
+                          size: int | None = None) -> None:
     from tqdm import tqdm
 
     from . import export
     with tqdm(desc=f"{fmt} {dest.name}", unit="B", unit_scale=True, unit_divisor=1024,
               disable=True if quiet else None, leave=False) as bar:
-        export.export(home.cache, boot, fmt, dest, progress=bar.update)
+        export.export(home.cache, boot, fmt, dest, progress=bar.update, size=size)
 
 
 @cli.command("export")
@@ -141,16 +142,19 @@ def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet:
               help="raw, qcow2, vmdk, vhd, iso or kernel-initrd (a directory of three files).")
 @click.option("-o", "--output", "output", type=click.Path(), required=True,
               help="The file to write (for kernel-initrd: a new directory).")
+@click.option("--size", "size_text", metavar="SIZE",
+              help="Disk size for raw/qcow2/vmdk/vhd, e.g. 2G (default: what the image needs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_cmd(ref: str, fmt: str, output: str, as_json: bool) -> None:
+def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, as_json: bool) -> None:
     """Write image REF as a bootable disk (BIOS and UEFI), a hybrid ISO, or kernel + initrd."""
     from . import export
     export.check_format(fmt)
+    size = export.parse_size(size_text) if size_text is not None else None
     home = _home()
     image = home.store.resolve(ref)
     boot = export.BootSource.of_image(home.store, image)
     dest = Path(output)
-    _export_with_progress(home, boot, fmt, dest, quiet=as_json)
+    _export_with_progress(home, boot, fmt, dest, quiet=as_json, size=size)
     if as_json:
         click.echo(json.dumps({"ref": image.ref, "format": fmt, "path": str(dest)}))
     else:

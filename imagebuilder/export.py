@@ -79,17 +79,35 @@ def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> tuple[
     return cache.get_or_make(key, produce)
 
 
-def bootable(cache: Cache, source: BootSource, boot_files: BootFiles | None = None) -> Disk:
-    """The image's bootable GPT disk (BIOS and UEFI) as extents."""
-    return bootable_with_hit(cache, source, boot_files)[0]
+def bootable(cache: Cache, source: BootSource, boot_files: BootFiles | None = None,
+             size: int | None = None) -> Disk:
+    """The image's bootable GPT disk (BIOS and UEFI) as extents; ``size`` in bytes (a multiple
+    of 1 MiB) makes it larger than its content needs, e.g. for a cloud volume."""
+    return bootable_with_hit(cache, source, boot_files, size)[0]
 
 
-def bootable_with_hit(cache: Cache, source: BootSource, boot_files: BootFiles | None = None
-                      ) -> tuple[Disk, bool]:
+def bootable_with_hit(cache: Cache, source: BootSource, boot_files: BootFiles | None = None,
+                      size: int | None = None) -> tuple[Disk, bool]:
     """:func:`bootable`, and whether its ESP came from the cache."""
     files = boot_files or BootFiles.from_host()
     esp, hit = esp_image(cache, source, files)
-    return disk_from_esp(esp, boot_files=files, seed=source.seed), hit
+    return disk_from_esp(esp, boot_files=files, seed=source.seed, size=size), hit
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``2G``, ``512M``, ``1073741824``: a disk size in bytes, a whole number of MiB."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
+    number = value[:-1] if unit else value
+    if not number.isdigit() or int(number) == 0:
+        raise UserError(f"--size {text}: expected a size such as 2G, 512M or 4096M")
+    size = int(number) * _UNITS[unit]
+    if size % (1 << 20):
+        raise UserError(f"--size {text}: a disk size must be a whole number of MiB")
+    return size
 
 
 def disk_digest(disk: Disk) -> str:
@@ -107,9 +125,13 @@ def raw_disk_file(cache: Cache, source: BootSource, dest_dir: Path) -> Path:
 
 
 def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
-           progress: Progress | None = None) -> None:
-    """Write the image as ``fmt`` to ``dest`` (for kernel-initrd: a new directory)."""
+           progress: Progress | None = None, size: int | None = None) -> None:
+    """Write the image as ``fmt`` to ``dest`` (for kernel-initrd: a new directory); ``size`` is
+    the disk size of the disk formats (default: what the content needs)."""
     check_format(fmt)
+    if size is not None and fmt not in DISK_FORMATS:
+        raise UserError(f"--size applies to the disk formats ({', '.join(DISK_FORMATS)}), "
+                        f"not to {fmt}")
     if not dest.parent.is_dir():
         raise UserError(f"output directory {dest.parent} does not exist")
     if fmt == "kernel-initrd":
@@ -118,7 +140,7 @@ def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
         write_iso(source.kernel, list(source.initrds), source.cmdline, dest,
                   boot_files=BootFiles.from_host(), seed=source.seed)
     else:
-        write_disk(bootable(cache, source), dest, fmt, progress=progress)
+        write_disk(bootable(cache, source, size=size), dest, fmt, progress=progress)
 
 
 def _kernel_initrd(source: BootSource, dest: Path) -> None:

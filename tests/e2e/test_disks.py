@@ -135,3 +135,40 @@ def test_iso_boots_as_a_cd_by_uefi(exported: dict[str, Path], tmp_path: Path) ->
             "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
             "-cdrom", str(exported["iso"])]
     assert _boot_and_get(argv, port) == "hello from imagebuilder: GREETING=unset\n"
+
+
+def test_disk_size_option_and_bad_input(cli: Cli, hello: Built, tmp_path: Path) -> None:
+    big = tmp_path / "big.raw"
+    cli("export", hello.ref, "--format", "raw", "--size", "2G", "-o", str(big))
+    assert big.stat().st_size == 2 << 30
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(big)], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]
+    assert table["label"] == "gpt" and table["lastlba"] == (2 << 30) // 512 - 34
+    for args, message in (
+        (["--format", "raw", "--size", "10M"], "is too small"),
+        (["--format", "raw", "--size", "3x"], "expected a size"),
+        (["--format", "iso", "--size", "2G"], "--size applies to the disk formats"),
+        (["--format", "tar"], "unknown format 'tar'"),
+    ):
+        result = cli("export", hello.ref, *args, "-o", str(tmp_path / "out.img"), check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("ERROR: ")
+    missing = cli("export", hello.ref, "--format", "raw", "-o", str(tmp_path / "no" / "x.raw"),
+                  check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "out.img").exists()
+
+
+def test_a_corrupted_cached_esp_is_rebuilt(cli: Cli, hello: Built, exported: dict[str, Path],
+                                           tmp_path: Path) -> None:
+    stages = cli.home / "cache" / "stages"
+    esps = [p for p in stages.rglob("*") if p.is_file() and p.suffix != ".xxh3"
+            and p.stat().st_size == exported["raw"].stat().st_size - 2 * (1 << 20)]
+    assert esps, "no cached ESP found"
+    for esp in esps:
+        with open(esp, "r+b") as f:
+            f.seek(1 << 20)
+            f.write(b"corrupted")
+    again = tmp_path / "again.raw"
+    cli("export", hello.ref, "--format", "raw", "-o", str(again))
+    assert again.read_bytes() == exported["raw"].read_bytes()
