@@ -35,7 +35,11 @@ Results replace the part of docs/benchmarks.md between ``<!-- build_boot:start -
 Run it from the repository with the project's virtualenv (it takes about ten minutes on 2 cores)::
 
     .venv/bin/python bench/build_boot.py [--runs N] [--fast-runs N] [--out docs/benchmarks.md]
-                                         [--no-peer] [--keep]
+                                         [--wait-quiet SECONDS] [--no-peer] [--keep]
+
+On a machine shared with other work, ``--wait-quiet 900`` waits (up to 15 min) before each timed
+phase until other processes leave the CPUs idle; the report always says how much CPU other work
+used during each phase and warns when timings are inflated by it.
 
 Needs: javac/jar (17+), qemu-system-x86_64, zstd, and for the peer mmdebstrap (run as root, or
 with unprivileged user namespaces).  Every VM it starts is stopped and every temporary directory
