@@ -1,8 +1,8 @@
 """End to end: examples/hello as bootable disks and ISO, validated by qemu-img and booted.
 
 The raw disk boots by BIOS through `run` (tests/e2e/test_boot.py, the default) and by UEFI
-(test_boot.py's SIGTERM test); here the qcow2 boots by BIOS and the ISO as a CD by UEFI, and
-every format's guest content is compared with the raw by `qemu-img compare`.
+(test_boot.py's SIGTERM test); here the qcow2 boots by BIOS and by UEFI and the ISO as a CD by
+UEFI, and every format's guest content is compared with the raw by `qemu-img compare`.
 """
 
 from __future__ import annotations
@@ -121,10 +121,15 @@ def _qemu(port: int) -> list[str]:
             "-device", "virtio-net-pci,netdev=n", "-device", "virtio-rng-pci"]
 
 
-def test_qcow2_boots_by_bios(exported: dict[str, Path]) -> None:
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_qcow2_boots(exported: dict[str, Path], tmp_path: Path, firmware: str) -> None:
     port = free_port()
     argv = [*_qemu(port), "-drive", f"file={exported['qcow2']},format=qcow2,if=virtio,"
             "snapshot=on"]
+    if firmware == "uefi":
+        shutil.copyfile(OVMF_VARS, tmp_path / "vars.fd")
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}"]
     assert _boot_and_get(argv, port) == "hello from imagebuilder: GREETING=unset\n"
 
 
