@@ -187,14 +187,18 @@ def hash_cmd(files: Sequence[str], algo: str, as_json: bool) -> None:
 @cli.command("images")
 @click.option("--json", "as_json", is_flag=True, help="Print the images as JSON.")
 def images_cmd(as_json: bool) -> None:
-    """List the images in the local store."""
-    images = _home().store.images()
+    """List the images in the local store and the environments they are promoted to."""
+    from .promote import environments_of
+    store = _home().store
+    images = store.images()
+    envs = {i.ref: environments_of(store, i.name, i.digest) for i in images}
     if as_json:
-        click.echo(json.dumps([_image_json(i) for i in images]))
+        click.echo(json.dumps([{**_image_json(i), "environments": envs[i.ref]} for i in images]))
         return
-    rows = [("NAME", "VERSION", "DIGEST", "SIZE")]
-    rows += [(i.name, i.version, i.digest[:19], _human(i.size)) for i in images]
-    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    rows = [("NAME", "VERSION", "DIGEST", "SIZE", "ENVIRONMENTS")]
+    rows += [(i.name, i.version, i.digest[:19], _human(i.size), ",".join(envs[i.ref]) or "-")
+             for i in images]
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
@@ -203,15 +207,23 @@ def images_cmd(as_json: bool) -> None:
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and config as JSON.")
 def inspect_cmd(ref: str, as_json: bool) -> None:
-    """Show an image's kernel, command line and layers."""
-    image = _home().store.resolve(ref)
+    """Show an image's kernel, command line, layers, environments and promotion history."""
+    import dataclasses
+
+    from .promote import environments_of, history
+    store = _home().store
+    image = store.resolve(ref)
+    envs = environments_of(store, image.name, image.digest)
+    promotions = [dataclasses.asdict(p) for p in history(store, image.name)]
     if as_json:
         click.echo(json.dumps({**_image_json(image), "config": image.config,
-                               "manifest": image.manifest}))
+                               "manifest": image.manifest, "environments": envs,
+                               "promotions": promotions}))
         return
     cfg = image.config
     click.echo(f"image:    {image.ref}")
     click.echo(f"digest:   {image.digest}")
+    click.echo(f"envs:     {', '.join(envs) or '-'}")
     click.echo(f"size:     {_human(image.size)}")
     disk = cfg.get("disk", {})
     if disk:
@@ -314,6 +326,15 @@ def stop_cmd(vm_ids: Sequence[str]) -> None:
     for vm_id in vm_ids:
         qemu.stop_vm(qemu.find_vm(runs, vm_id))
         click.echo(f"stopped {vm_id}")
+
+
+def _register_command_groups() -> None:
+    from .commands.registry import COMMANDS as REGISTRY_COMMANDS
+    for command in REGISTRY_COMMANDS:
+        cli.add_command(command)
+
+
+_register_command_groups()
 
 
 def _warn(message: str) -> None:

@@ -10,6 +10,13 @@ Manifests and configs are canonical JSON with no timestamps, so the same inputs 
 digest on every machine. Every file is written to a temporary name, fsynced and renamed, and
 index.json changes happen under an fcntl lock, so an interrupted or concurrent command never
 leaves a half-written blob or index behind.
+
+Besides one entry per image version (``hello:1.0.0``), index.json holds two kinds of tag entries,
+marked by an annotation so that ``images`` does not list them as versions while skopeo still
+reads them (``skopeo inspect oci:STORE:hello:prod``): an environment tag (``hello:prod``, moved
+by ``promote``) and the promotion history of an image name (``hello:_promotions``), an OCI
+artifact whose one layer is the JSON list of promotions. ``gc`` deletes the blobs no entry
+reaches.
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ImageBuilderError, NotFoundError, UserError
+from .errors import ImageBuilderError, IntegrityError, NotFoundError, UserError
 from .fsutil import fsync_dir
 
 OCI_LAYOUT_VERSION = "1.0.0"
@@ -38,6 +46,12 @@ CONFIG_MEDIA_TYPE = "application/vnd.imagebuilder.image.config.v1+json"
 KERNEL_MEDIA_TYPE = "application/vnd.imagebuilder.kernel.v1"
 INITRD_LAYER_MEDIA_TYPE = "application/vnd.imagebuilder.initrd.layer.v1.cpio+zstd"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+ENV_ANNOTATION = "io.imagebuilder.environment"
+"""On an index entry that is an environment tag: the environment's name."""
+HISTORY_ANNOTATION = "io.imagebuilder.promotions"
+"""On an index entry that is an image name's promotion history ("true")."""
+HISTORY_TAG = "_promotions"
+"""The tag of the promotion history (no environment or usual version is spelt like it)."""
 
 MIN_DIGEST_PREFIX = 12
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -70,6 +84,24 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     )
 
 
+
+def _is_tag_entry(entry: dict[str, Any]) -> bool:
+    """An environment tag or a promotion history, not an image version."""
+    annotations = entry.get("annotations") or {}
+    return ENV_ANNOTATION in annotations or HISTORY_ANNOTATION in annotations
+
+
+def _entry_ref(entry: dict[str, Any]) -> str | None:
+    ref = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+    return ref if isinstance(ref, str) else None
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What ``gc`` deleted: blob digests and the bytes they held."""
+
+    removed: list[str]
+    bytes_freed: int
 
 
 @dataclass(frozen=True)
@@ -274,22 +306,119 @@ class Store:
 
     # --- images -----------------------------------------------------------------------------
 
+    def has_blob(self, digest: str, size: int) -> bool:
+        """Whether blob ``digest`` of ``size`` bytes is in the store."""
+        try:
+            return self.blob_path(digest).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    def read_blob(self, digest: str) -> bytes:
+        """The bytes of a small blob (a manifest or a config), checked against its digest."""
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise ImageBuilderError(
+                f"blob {digest} is missing from the image store {self.root}"
+            ) from None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise ImageBuilderError(f"blob {digest} in {self.root} is corrupt")
+        return data
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A scratch directory inside the store for blobs on their way in; removed on exit."""
+        path = self._tmp_path()
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def receive_blob(staging: Path, digest: str, size: int, chunks: Iterable[bytes]) -> Path:
+        """Write ``chunks`` to a file in ``staging`` while hashing; the file if it is blob
+        ``digest`` of ``size`` bytes, else an IntegrityError (and the file is gone)."""
+        if not _DIGEST_RE.match(digest):
+            raise IntegrityError(f"not a sha256 digest: {digest!r}")
+        dest = staging / digest.removeprefix("sha256:")
+        h = hashlib.sha256()
+        written = 0
+        try:
+            with open(dest, "wb") as f:
+                for chunk in chunks:
+                    written += len(chunk)
+                    if written > size:
+                        raise IntegrityError(
+                            f"blob {digest} is larger than the {size} bytes its manifest says; "
+                            "discarded"
+                        )
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            actual = "sha256:" + h.hexdigest()
+            if actual != digest or written != size:
+                raise IntegrityError(
+                    f"blob {digest} did not verify: got sha256 {actual}, {written} of {size} "
+                    "bytes; discarded"
+                )
+            os.chmod(dest, 0o644)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return dest
+
+    def _check_blobs(self, descriptors: Iterable[Descriptor], staged: dict[str, Path]) -> None:
+        for desc in descriptors:
+            path = staged.get(desc.digest)
+            if path is not None and path.stat().st_size == desc.size:
+                continue
+            if not self.has_blob(desc.digest, desc.size):
+                raise ImageBuilderError(
+                    f"blob {desc.digest} is not in the image store (removed by a concurrent "
+                    "'imagebuilder rm' or 'gc'?); run the command again"
+                )
+
+    def _entries_without(self, ref: str) -> list[dict[str, Any]]:
+        return [m for m in self._read_index() if _entry_ref(m) != ref]
+
+    def _put_manifest_unlocked(
+        self, ref: str, data: bytes, annotations: dict[str, str] | None = None,
+        staged: dict[str, Path] | None = None,
+    ) -> str:
+        """Commit manifest ``data`` (its blobs present, or staged) as index entry ``ref``."""
+        manifest = json.loads(data)
+        staged = staged or {}
+        parts = [Descriptor.from_json(manifest["config"])]
+        parts += [Descriptor.from_json(layer) for layer in manifest.get("layers", [])]
+        self._check_blobs(parts, staged)
+        for digest, path in staged.items():
+            dest = self.blob_path(digest)
+            if self.has_blob(digest, path.stat().st_size):
+                continue
+            os.replace(path, dest)
+        if staged:
+            fsync_dir(self.blobs_dir)
+        desc = self.add_blob_bytes(data, MANIFEST_MEDIA_TYPE)
+        entries = self._entries_without(ref)
+        entries.append(Descriptor(
+            MANIFEST_MEDIA_TYPE, desc.digest, desc.size,
+            {REF_NAME_ANNOTATION: ref, **(annotations or {})},
+        ).to_json())
+        self._write_index(entries)
+        return desc.digest
+
     def put_image(self, ref: str, config: dict[str, Any], layers: list[Descriptor]) -> str:
         """Store an image (config + layers already added as blobs) under ``ref``; its digest.
 
         ``ref`` is NAME:VERSION. An image already stored under ``ref`` is replaced; its blobs
-        stay on disk (nothing is garbage-collected except by :meth:`remove`).
+        stay on disk (nothing is garbage-collected except by :meth:`remove` and :meth:`gc`).
         """
         split_ref(ref)
         self._ensure_layout()
         with self._lock():
-            for layer in layers:
-                blob = self.blob_path(layer.digest)
-                if not blob.exists() or blob.stat().st_size != layer.size:
-                    raise ImageBuilderError(
-                        f"layer {layer.digest} is not in the image store (removed by a concurrent "
-                        "'imagebuilder rm'?); run the build again"
-                    )
+            self._check_blobs(layers, {})
             config_desc = self.add_blob_bytes(canonical_json(config), CONFIG_MEDIA_TYPE)
             manifest = {
                 "schemaVersion": 2,
@@ -298,18 +427,83 @@ class Store:
                 "config": config_desc.to_json(),
                 "layers": [layer.to_json() for layer in layers],
             }
-            manifest_desc = self.add_blob_bytes(canonical_json(manifest), MANIFEST_MEDIA_TYPE)
-            entries = [
-                m for m in self._read_index()
-                if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) != ref
-            ]
-            entry = Descriptor(
-                MANIFEST_MEDIA_TYPE, manifest_desc.digest, manifest_desc.size,
-                {REF_NAME_ANNOTATION: ref},
-            ).to_json()
-            entries.append(entry)
-            self._write_index(entries)
-        return manifest_desc.digest
+            return self._put_manifest_unlocked(ref, canonical_json(manifest))
+
+    def put_manifest(
+        self, ref: str, data: bytes, *, staged: dict[str, Path] | None = None,
+        annotations: dict[str, str] | None = None, force: bool = False,
+    ) -> str:
+        """Commit manifest bytes ``data`` as it is (a pulled image keeps its digest) under
+        ``ref``, moving ``staged`` blobs (digest -> verified file) into the store first.
+
+        Without ``force`` a ``ref`` that already names another manifest is refused (UserError)
+        and the store is left as it was.
+        """
+        split_ref(ref)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self._ensure_layout()
+        with self._lock():
+            current = {_entry_ref(m): m["digest"] for m in self._read_index()}.get(ref)
+            if current is not None and current != digest and not force:
+                raise UserError(
+                    f"'{ref}' in the local store is another image ({current[:19]}); pass "
+                    "--force to replace it, or remove it first with 'imagebuilder rm'"
+                )
+            return self._put_manifest_unlocked(ref, data, annotations, staged)
+
+    # --- environment tags and promotion history ----------------------------------------------
+
+    def tags(self, name: str) -> dict[str, str]:
+        """Environment tags of image ``name``: environment -> manifest digest."""
+        with self._lock(exclusive=False):
+            out = {}
+            for m in self._read_index():
+                env = (m.get("annotations") or {}).get(ENV_ANNOTATION)
+                ref = _entry_ref(m)
+                if env and ref == f"{name}:{env}":
+                    out[env] = m["digest"]
+            return out
+
+    def set_env_tag(self, name: str, env: str, digest: str) -> str | None:
+        """Point ``name:env`` at manifest ``digest`` (in the store); the previous digest."""
+        ref = f"{name}:{env}"
+        split_ref(ref)
+        with self._lock():
+            self.read_blob(digest)
+            entries = self._read_index()
+            previous = None
+            for m in entries:
+                if _entry_ref(m) != ref:
+                    continue
+                if ENV_ANNOTATION not in (m.get("annotations") or {}):
+                    raise UserError(
+                        f"'{ref}' is an image version in the local store, so it cannot also be "
+                        f"the tag of environment '{env}'; rename the environment or the version"
+                    )
+                previous = m["digest"]
+            size = self.blob_path(digest).stat().st_size
+            kept = [m for m in entries if _entry_ref(m) != ref]
+            kept.append(Descriptor(MANIFEST_MEDIA_TYPE, digest, size,
+                                   {REF_NAME_ANNOTATION: ref, ENV_ANNOTATION: env}).to_json())
+            self._write_index(kept)
+        return previous
+
+    def history_manifest(self, name: str) -> str | None:
+        """Digest of the promotion-history artifact of image ``name``, if any."""
+        with self._lock(exclusive=False):
+            for m in self._read_index():
+                if _entry_ref(m) == f"{name}:{HISTORY_TAG}":
+                    return str(m["digest"])
+        return None
+
+    def put_history(self, name: str, data: bytes) -> str:
+        """Commit the promotion-history artifact manifest ``data`` (its blobs stored)."""
+        ref = f"{name}:{HISTORY_TAG}"
+        self._ensure_layout()
+        with self._lock():
+            return self._put_manifest_unlocked(ref, data, {HISTORY_ANNOTATION: "true"})
+
+    # --- reading ------------------------------------------------------------------------------
 
     def _load(self, ref: str, digest: str, refs: list[str]) -> Image:
         manifest = self._read_json_blob(digest)
@@ -322,7 +516,9 @@ class Store:
     def _refs_by_digest(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for m in self._read_index():
-            name = (m.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+            if _is_tag_entry(m):
+                continue
+            name = _entry_ref(m)
             out.setdefault(m["digest"], [])
             if name:
                 out[m["digest"]].append(name)
@@ -361,6 +557,10 @@ class Store:
         if ref in ref_to_digest:
             digest = ref_to_digest[ref]
             return self._load(ref, digest, by_digest[digest])
+        for m in self._read_index():  # an environment tag: hello:prod
+            if _entry_ref(m) == ref and ENV_ANNOTATION in (m.get("annotations") or {}):
+                refs = by_digest.get(m["digest"], [])
+                return self._load(refs[0] if refs else ref, m["digest"], refs)
         if ":" not in ref:
             candidates = sorted(
                 (r for r in ref_to_digest if r.rpartition(":")[0] == ref),
@@ -378,8 +578,9 @@ class Store:
         raise self._not_found(ref)
 
     def resolve(self, ref: str) -> Image:
-        """The image named by ``ref``: NAME:VERSION, NAME (if it has one version only), or a
-        digest or unique digest prefix ``sha256:<at least 12 hex digits>``."""
+        """The image named by ``ref``: NAME:VERSION, NAME:ENVIRONMENT (the image promoted to
+        it), NAME (if it has one version only), or a digest or unique digest prefix
+        ``sha256:<at least 12 hex digits>``."""
         with self._lock(exclusive=False):
             return self._resolve_unlocked(ref)
 
@@ -394,37 +595,86 @@ class Store:
         out.sort(key=lambda im: (im.name, _version_key(im.version), im.version))
         return out
 
+    # --- removing -----------------------------------------------------------------------------
+
+    def _reachable(self, entries: list[dict[str, Any]]) -> set[str]:
+        keep: set[str] = set()
+        for m in entries:
+            keep.add(m["digest"])
+            try:
+                manifest = self._read_json_blob(m["digest"])
+            except ImageBuilderError:
+                continue
+            keep.add((manifest.get("config") or {}).get("digest", ""))
+            keep.update(d.get("digest", "") for d in manifest.get("layers", []))
+        return keep
+
     def remove(self, ref: str) -> str:
         """Remove ``ref`` (or, for a digest, every ref to it); delete blobs nothing else uses.
 
         Returns the removed manifest digest. Blobs shared with remaining images (a kernel or
-        layer used by two versions) stay.
+        layer used by two versions) stay. Environment tags of the image's name that point at a
+        manifest no version names any more go too; the promotion history stays.
         """
         with self._lock():
             image = self._resolve_unlocked(ref)
             by_digest = ref.startswith("sha256:")
             remaining = []
             for m in self._read_index():
-                name = (m.get("annotations") or {}).get(REF_NAME_ANNOTATION)
-                gone = m["digest"] == image.digest if by_digest else name == image.ref
+                gone = (m["digest"] == image.digest if by_digest
+                        else _entry_ref(m) == image.ref and not _is_tag_entry(m))
                 if not gone:
                     remaining.append(m)
+            named = {m["digest"] for m in remaining if not _is_tag_entry(m)}
+            remaining = [
+                m for m in remaining
+                if not (ENV_ANNOTATION in (m.get("annotations") or {})
+                        and m["digest"] == image.digest and image.digest not in named)
+            ]
             self._write_index(remaining)
 
             candidates = {image.digest, image.manifest.get("config", {}).get("digest", "")}
             candidates.update(layer.digest for layer in image.layers)
-            keep: set[str] = set()
-            for m in remaining:
-                keep.add(m["digest"])
-                try:
-                    manifest = self._read_json_blob(m["digest"])
-                except ImageBuilderError:
-                    continue
-                keep.add((manifest.get("config") or {}).get("digest", ""))
-                keep.update(d.get("digest", "") for d in manifest.get("layers", []))
+            keep = self._reachable(remaining)
             for digest in sorted(candidates - keep):
                 if _DIGEST_RE.match(digest):
                     self.blob_path(digest).unlink(missing_ok=True)
             if self.blobs_dir.exists():
                 fsync_dir(self.blobs_dir)
         return image.digest
+
+    def gc(self, dry_run: bool = False) -> GcResult:
+        """Delete every blob no index entry reaches, and scratch files of dead processes."""
+        with self._lock():
+            keep = self._reachable(self._read_index())
+            removed, freed = [], 0
+            if self.blobs_dir.exists():
+                for path in sorted(self.blobs_dir.iterdir()):
+                    digest = "sha256:" + path.name
+                    if digest in keep:
+                        continue
+                    removed.append(digest)
+                    freed += path.stat().st_size
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
+                if removed and not dry_run:
+                    fsync_dir(self.blobs_dir)
+            if self.tmp_dir.exists() and not dry_run:
+                for path in self.tmp_dir.iterdir():
+                    pid = path.name.partition(".")[0]
+                    if pid.isdigit() and not _alive(int(pid)):
+                        if path.is_dir():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
+        return GcResult(removed, freed)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

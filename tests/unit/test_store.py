@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.errors import NotFoundError, UserError
+from imagebuilder.errors import IntegrityError, NotFoundError, UserError
 from imagebuilder.store import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -246,3 +246,49 @@ def test_skopeo_reads_the_layout(tmp_path: Path) -> None:
         check=True, capture_output=True,
     )
     assert Store(copy).resolve("hello:1.0.0").digest == digest
+
+
+def test_gc_removes_only_unreachable_blobs(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    digest = _put(store, "hello:1.0.0", b"app v1")
+    orphan = store.add_blob_bytes(b"left by an interrupted build", INITRD_LAYER_MEDIA_TYPE)
+    store.set_env_tag("hello", "prod", digest)
+    dead = store.tmp_dir / "999999999.deadbeef"
+    store.tmp_dir.mkdir(exist_ok=True)
+    dead.write_bytes(b"scratch of a dead process")
+    assert store.gc(dry_run=True).removed == [orphan.digest]
+    assert store.blob_path(orphan.digest).exists() and dead.exists()
+    result = store.gc()
+    assert (result.removed, result.bytes_freed) == ([orphan.digest], orphan.size)
+    assert not dead.exists()
+    assert store.resolve("hello:prod").digest == digest
+    assert store.gc().removed == []
+    # rm of the last version also drops its environment tags; gc then has nothing left to do.
+    store.remove("hello:1.0.0")
+    assert store.tags("hello") == {} and _blobs(store) == set()
+
+
+def test_put_manifest_verifies_and_refuses_to_retag(tmp_path: Path) -> None:
+    src = Store(tmp_path / "src")
+    v1 = _put(src, "hello:1.0.0", b"app v1")
+    v2 = _put(src, "hello:2.0.0", b"app v2")
+    dst = Store(tmp_path / "dst")
+    _put(dst, "hello:1.0.0", b"other")
+    before = dst.index_path.read_bytes()
+    with dst.staging() as staging:
+        data = src.read_blob(v1)
+        with pytest.raises(UserError, match="another image.*--force"):
+            dst.put_manifest("hello:1.0.0", data)
+        layer = src.resolve("hello:2.0.0").layers[-1]
+        with pytest.raises(IntegrityError, match="did not verify"):
+            Store.receive_blob(staging, layer.digest, layer.size, [b"x" * layer.size])
+        assert list(staging.iterdir()) == []
+    assert dst.index_path.read_bytes() == before
+    with dst.staging() as staging:
+        image = src.resolve("hello:2.0.0")
+        staged = {d.digest: Store.receive_blob(staging, d.digest, d.size,
+                                               [src.blob_path(d.digest).read_bytes()])
+                  for d in [*image.layers, Descriptor.from_json(image.manifest["config"])]}
+        assert dst.put_manifest("hello:2.0.0", src.read_blob(v2), staged=staged) == v2
+    assert dst.resolve("hello:2.0.0").config == image.config
+    assert not dst.tmp_dir.exists() or list(dst.tmp_dir.iterdir()) == []

@@ -1,0 +1,197 @@
+"""The registry commands: push, pull, promote and gc.
+
+Thin like cli.py: parse, call :mod:`imagebuilder.registry`, :mod:`imagebuilder.promote` or the
+store, print. Errors are raised as ImageBuilderError and turned into one line and an exit code
+by ``imagebuilder.cli.main``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from ..home import Home
+
+
+def _home() -> Home:
+    from ..home import Home
+    return Home()
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{size} B"
+
+
+@contextmanager
+def _progress(desc: str, quiet: bool) -> Iterator[Callable[[int, int], Callable[[int], None]]]:
+    from tqdm import tqdm
+    bars: list[Any] = []
+
+    def start(total: int, count: int) -> Callable[[int], None]:
+        bar = tqdm(total=total, desc=f"{desc} {count} blob{'s' * (count != 1)}", unit="B",
+                   unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False,
+                   disable=True if quiet else None)
+        bars.append(bar)
+        return bar.update
+
+    try:
+        yield start
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def _client(host: str, insecure: bool) -> Any:
+    from ..registry import Client
+    return Client(host, insecure=insecure)
+
+
+_insecure = click.option("--insecure", is_flag=True,
+                         help="Plain HTTP, without TLS (only for a registry on loopback).")
+_as_json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+@click.command("push")
+@click.argument("ref")
+@click.argument("target", metavar="HOST[:PORT]/REPO[:TAG]")
+@click.option("--force", is_flag=True, help="Move TAG even if it names another image.")
+@click.option("--chunk-size", type=click.IntRange(1, 1 << 14), default=64, show_default=True,
+              metavar="MiB", help="Upload blobs larger than this in chunks of this size.")
+@_insecure
+@_as_json
+def push_cmd(ref: str, target: str, force: bool, chunk_size: int, insecure: bool,
+             as_json: bool) -> None:
+    """Push image REF to a registry (TAG defaults to the image's version). Only the blobs the
+    registry lacks are uploaded; the manifest goes last."""
+    from .. import registry
+    dest = registry.RegistryRef.parse(target)
+    home = _home()
+    image = home.store.resolve(ref)
+    client = _client(dest.host, insecure)
+    locations = registry.BlobLocations(home.root / "cache" / "registry" / "blobs.json")
+    with _progress(f"push {image.ref}", as_json) as progress:
+        result = registry.push(home.store, image, dest, client, force=force,
+                               chunk_size=chunk_size << 20, locations=locations,
+                               progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    click.echo(f"pushed {result.ref} to {result.target} ({result.digest})")
+    click.echo(f"sent {len(result.blobs_sent)} blobs ({_human(result.bytes_sent)}), mounted "
+               f"{len(result.blobs_mounted)}, skipped {len(result.blobs_skipped)} already there")
+
+
+@click.command("pull")
+@click.argument("source", metavar="HOST[:PORT]/REPO[:TAG|@DIGEST]")
+@click.option("--as", "local_ref", metavar="NAME:VERSION",
+              help="Store it under this reference (default: the image's own name:version).")
+@click.option("--force", is_flag=True, help="Replace a local image of the same reference.")
+@_insecure
+@_as_json
+def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
+             as_json: bool) -> None:
+    """Pull an image from a registry into the local store, verifying every blob's digest
+    before it enters the store."""
+    from .. import registry
+    src = registry.RegistryRef.parse(source)
+    if src.tag is None and src.digest is None:
+        from ..errors import UserError
+        raise UserError(f"'{source}' names no tag or digest: add :TAG or @sha256:...")
+    home = _home()
+    client = _client(src.host, insecure)
+    with _progress(f"pull {src}", as_json) as progress:
+        result = registry.pull(home.store, src, client, force=force, local_ref=local_ref,
+                               progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    click.echo(f"pulled {result.target} as {result.ref} ({result.digest})")
+    click.echo(f"received {len(result.blobs_received)} blobs "
+               f"({_human(result.bytes_received)}), {len(result.blobs_skipped)} already here")
+
+
+@click.command("promote")
+@click.argument("ref")
+@click.option("--env", "env_name", required=True, help="The environment to promote REF to.")
+@click.option("--registry", "registry_repo", metavar="HOST[:PORT]/REPO",
+              help="Also move the environment's tag in this registry repository.")
+@click.option("--force", is_flag=True,
+              help="Promote even if REF was never in the environment before ENV.")
+@click.option("--config", "config_path", type=click.Path(),
+              help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
+@_insecure
+@_as_json
+def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
+                config_path: str | None, insecure: bool, as_json: bool) -> None:
+    """Point environment ENV's tag at exactly the image REF (a reference or a digest; with
+    --registry also a tag or digest in that repository). No blob is uploaded and nothing is
+    rebuilt; the promotion is recorded in the image's history, so a rollback is a promote of
+    the previous digest."""
+    from .. import config as config_mod
+    from .. import promote, registry
+    from ..errors import ConfigError
+    path = Path(config_path or ".")
+    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
+        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
+                          "environments from: run from the app's directory or pass --config PATH")
+    cfg = config_mod.load(path, check_app=False)
+    cfg.env(env_name)  # a one-line error naming the known environments
+    client = target = None
+    if registry_repo is not None:
+        target = registry.RegistryRef.parse(registry_repo)
+        if target.tag or target.digest:
+            from ..errors import UserError
+            raise UserError(f"--registry takes HOST/REPO without a tag: '{registry_repo}'")
+        client = _client(target.host, insecure)
+    result = promote.promote(_home().store, ref, env_name, cfg.env_names, force=force,
+                             client=client, target=target, config_path=cfg.path)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    where = f" and {result.registry}" if result.registry else ""
+    locally = "locally" if result.local else "(not in the local store)"
+    before = f" (was {result.previous[:19]})" if result.previous else ""
+    click.echo(f"promoted {result.ref} ({result.digest[:19]}) to {result.environment}: "
+               f"{locally}{where}{before}")
+
+
+@click.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@_as_json
+def gc_cmd(dry_run: bool, as_json: bool) -> None:
+    """Delete the blobs of the local store that no image, environment tag or history uses."""
+    result = _home().store.gc(dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"removed": result.removed, "bytes_freed": result.bytes_freed,
+                               "dry_run": dry_run}))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(result.removed)} blobs ({_human(result.bytes_freed)})")
+
+
+COMMANDS: list[click.Command] = [push_cmd, pull_cmd, promote_cmd, gc_cmd]
+
+
+def _main() -> int:
+    """The full command line with these commands registered (until cli.py registers them)."""
+    from ..cli import cli, main
+    for command in COMMANDS:
+        if command.name not in cli.commands:
+            cli.add_command(command)
+    return main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
