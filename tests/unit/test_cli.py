@@ -290,7 +290,8 @@ def test_build_mirror_without_the_suite(invoke: Any, home: Path, empty_mirror: s
 
 def test_images_on_an_empty_store(invoke: Any) -> None:
     result = invoke("images")
-    assert (result.code, result.out, result.err) == (0, "NAME  VERSION  DIGEST  SIZE\n", "")
+    assert (result.code, result.out, result.err) == (
+        0, "NAME  VERSION  DIGEST  SIZE  ENVIRONMENTS\n", "")
     result = invoke("images", "--json")
     assert (result.code, result.out, result.err) == (0, "[]\n", "")
 
@@ -300,10 +301,11 @@ def test_images_lists_a_stored_image(invoke: Any, home: Path) -> None:
     result = invoke("images")
     assert result.code == 0 and result.err == ""
     header, row = result.out.splitlines()
-    assert header.split() == ["NAME", "VERSION", "DIGEST", "SIZE"]
+    assert header.split() == ["NAME", "VERSION", "DIGEST", "SIZE", "ENVIRONMENTS"]
     assert row.split()[:3] == ["hello", "1.0.0", digest[:19]]
+    assert row.split()[-1] == "-"
     (entry,) = json.loads(invoke("images", "--json").out)
-    assert (entry["ref"], entry["digest"]) == ("hello:1.0.0", digest)
+    assert (entry["ref"], entry["digest"], entry["environments"]) == ("hello:1.0.0", digest, [])
 
 
 @pytest.mark.parametrize("command", [["inspect"], ["rm"], ["run"], ["inspect", "--json"]])
