@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
+from .commands import human_size as _human
 from .errors import ConfigError, ImageBuilderError, UserError
 
 if TYPE_CHECKING:
@@ -55,13 +56,6 @@ def _env_config(config_path: str | None) -> config_mod.Config:
     return config_mod.load(path, check_app=False)
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{size} B"
 
 
 def _image_json(image: Image) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from . import human_size as _human
+
 if TYPE_CHECKING:
     from ..home import Home
 
@@ -25,13 +27,6 @@ def _home() -> Home:
     return Home()
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{size} B"
 
 
 @contextmanager
