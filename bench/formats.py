@@ -27,6 +27,10 @@ use zlib's default, 6).
 Note: our writers fsync the output before renaming it into place (nothing half-written is ever
 left where a later command would trust it); qemu-img convert does not fsync, hence the second
 peer column with ``sync FILE`` (equal durability). The target ratio is against plain qemu-img.
+A third reference, the durable-write floor, is measured in this process: the data of qemu-img's
+output copied into a new file by the kernel and fsynced, nothing else; no writer that fsyncs
+can beat it. Python runs with its bytecode cache, as an installed package does (the cache goes
+to the work directory; PYTHONDONTWRITEBYTECODE is removed from the commands' environment).
 
 Results replace the part of docs/benchmarks.md between ``<!-- formats:start -->`` and
 ``<!-- formats:end -->`` (the section is appended, or the file created, if missing).
@@ -238,6 +242,18 @@ class Run:
     call: float | None = None
 
 
+def run_env(tmp: Path) -> dict[str, str]:
+    """The environment commands run in: Python as installed, with its bytecode cache.
+
+    PYTHONDONTWRITEBYTECODE (set in development shells) would have our side compile its modules
+    on every start, which an installed package never does; the cache is kept in the work
+    directory (PYTHONPYCACHEPREFIX), not in the repository, and filled by the warm-up run.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    return env
+
+
 def timed(argv: Sequence[str | os.PathLike[str]], tmp: Path) -> Run:
     """Run ``argv`` under /usr/bin/time -v; wall time from spawn to exit and peak RSS."""
     report = tmp / "time.txt"
@@ -247,6 +263,7 @@ def timed(argv: Sequence[str | os.PathLike[str]], tmp: Path) -> Run:
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=run_env(tmp),
     )
     seconds = time.perf_counter() - t0
     if r.returncode != 0:
@@ -260,6 +277,38 @@ def timed(argv: Sequence[str | os.PathLike[str]], tmp: Path) -> Run:
     return Run(
         seconds, int(rss.group(1)), sum(map(float, cpu)), float(call.group(1)) if call else None
     )
+
+
+def durable_copy(src: Path, dst: Path) -> float:
+    """Seconds to write ``src``'s data to a new file ``dst`` and fsync it: a floor for any writer.
+
+    Only the data extents (SEEK_DATA/SEEK_HOLE) are copied, by the kernel (copy_file_range),
+    8 MiB at a time, each followed by a write-back hint (sync_file_range) so that the device
+    works while the rest is copied; then fsync. No format work, no zero detection, no
+    interpreter start-up: what writing these bytes durably costs on this machine at best.
+    """
+    from imagebuilder.formats import start_writeback
+    from imagebuilder.sparse import data_extents
+
+    step = 8 * MiB
+    t0 = time.perf_counter()
+    fd_in = os.open(src, os.O_RDONLY)
+    fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd_out, os.fstat(fd_in).st_size)
+        for start, length in data_extents(fd_in):
+            pos, end = start, start + length
+            while pos < end:
+                n = os.copy_file_range(fd_in, fd_out, min(step, end - pos), pos, pos)
+                if n <= 0:
+                    raise OSError(f"copy_file_range of {src} returned {n}")
+                start_writeback(fd_out, pos, n)
+                pos += n
+        os.fsync(fd_out)
+    finally:
+        os.close(fd_in)
+        os.close(fd_out)
+    return time.perf_counter() - t0
 
 
 def ours_argv(raw: Path, out: Path, fmt: str, level: int | None = None) -> list[str]:
@@ -300,6 +349,7 @@ class Row:
     ours_size: int
     peer_size: int
     informational: bool = False
+    floor: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -331,6 +381,8 @@ def measure(img: Image, fmt: str, runs: int, tmp: Path, level: int | None = None
     timed(qemu_argv(img.path, peer_out, fmt), tmp)
     sizes = (ours_out.stat().st_size, peer_out.stat().st_size)
     row = Row(img.name, label, [], [], [], *sizes, informational=level is not None)
+    floor_src, floor_out = tmp / f"floor-src.{fmt}", tmp / f"floor.{fmt}"
+    peer_out.rename(floor_src)  # qemu-img's output, for the durable-write floor
     sides = [
         (row.ours, lambda: ours_argv(img.path, ours_out, fmt, level)),
         (row.peer, lambda: qemu_argv(img.path, peer_out, fmt)),
@@ -342,11 +394,17 @@ def measure(img: Image, fmt: str, runs: int, tmp: Path, level: int | None = None
                 out.unlink(missing_ok=True)
             os.sync()  # start every command with no dirty pages of the previous one
             results.append(timed(argv(), tmp))
+        if level is None:
+            for out in (ours_out, peer_out, floor_out):
+                out.unlink(missing_ok=True)
+            os.sync()
+            row.floor.append(durable_copy(floor_src, floor_out))
         log(
             f"  run {i + 1}: ours {row.ours[-1].seconds:.2f} s, qemu-img "
             f"{row.peer[-1].seconds:.2f} s, qemu-img + sync {row.peer_sync[-1].seconds:.2f} s"
+            + (f", durable-write floor {row.floor[-1]:.2f} s" if row.floor else "")
         )
-    for out in (ours_out, peer_out):
+    for out in (ours_out, peer_out, floor_src, floor_out):
         out.unlink(missing_ok=True)
     return row
 
@@ -362,7 +420,9 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
-def report(rows: list[Row], images: list[Image], desc: str, runs: int) -> tuple[str, bool]:
+def report(
+    rows: list[Row], images: list[Image], desc: str, runs: int, startup: float
+) -> tuple[str, bool]:
     ok = True
     lines = [
         "## Disk formats: export vs `qemu-img convert`",
@@ -382,9 +442,9 @@ def report(rows: list[Row], images: list[Image], desc: str, runs: int) -> tuple[
         + f" ({desc}).",
         "",
         "| image | format | ours | qemu-img convert | ratio (target <= 1.0) "
-        "| qemu-img + sync | ratio | ours: write call | CPU time ours / qemu-img "
-        "| our file | qemu-img's file |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| qemu-img + sync | ratio | ours: write call | durable-write floor "
+        "| CPU time ours / qemu-img | our file | qemu-img's file |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         passed = r.ratio <= 1.0
@@ -395,7 +455,8 @@ def report(rows: list[Row], images: list[Image], desc: str, runs: int) -> tuple[
         lines.append(
             f"| {r.image} | {r.fmt} | {fmt_s(wall(r.ours))} | {fmt_s(wall(r.peer))} "
             f"| {r.ratio:.2f} {mark} | {fmt_s(wall(r.peer_sync))} | {r.ratio_sync:.2f} "
-            f"| {fmt_s(call)} | {fmt_s(cpu(r.ours))} / {fmt_s(cpu(r.peer))} "
+            f"| {fmt_s(call)} | {fmt_s(median(r.floor)) if r.floor else '-'} "
+            f"| {fmt_s(cpu(r.ours))} / {fmt_s(cpu(r.peer))} "
             f"| {fmt_size(r.ours_size)} | {fmt_size(r.peer_size)} |"
         )
     lines += [
@@ -424,15 +485,49 @@ def report(rows: list[Row], images: list[Image], desc: str, runs: int) -> tuple[
         "has: our writers fsync the output before renaming it into place (nothing half-written "
         "is left where a later command would trust it), qemu-img convert does not. *write call* "
         "is the time inside our process of `Disk.from_file` + the writer (no interpreter "
-        "start-up). CPU time is user + system of the whole command.",
+        f"start-up; Python's own start-up, `python -c pass` here, takes {fmt_s(startup)}). "
+        "*durable-write floor* is, in the benchmark's process, the time to copy the data of "
+        "qemu-img's output into a new file and fsync it, with the kernel copying "
+        "(copy_file_range) and write-back started every 8 MiB (sync_file_range): no format "
+        "work, no zero detection, no start-up; what writing these bytes durably costs on this "
+        "machine at best. CPU time is user + system of the whole command. Python runs as "
+        "installed, with its bytecode cache (kept in the work directory and filled by the "
+        "warm-up run; PYTHONDONTWRITEBYTECODE is dropped from the environment).",
         "",
         "Notes: our vmdk compresses 64 KiB grains with zlib level 6 "
         f"(as qemu-img) on {os.cpu_count()} threads, in guest order so the output is the same "
         "with any number of threads; qemu-img compresses on one thread. Our vhd is the fixed "
         "kind rounded to a whole MiB (both images already are); qemu-img runs with "
         "`force_size=on` to keep the exact size. All outputs are checked with "
-        "`qemu-img compare` against the raw image before timing.",
+        "`qemu-img compare` against the raw image before timing. Our qcow2, vhd and raw "
+        "writers test each 64 KiB cluster for zeros in place, in read-only mappings of the "
+        "source, and have the kernel copy the runs of non-zero clusters into the output "
+        "(copy_file_range: no copy through user space, and a shared extent instead of a copy "
+        "on file systems with reflinks, such as XFS and Btrfs), starting write-back every "
+        "8 MiB so that the final fsync has little left to wait for.",
     ]
+    bound = [
+        r
+        for r in rows
+        if not r.informational and r.floor and r.ratio > 1.0 and median(r.floor) > wall(r.peer)
+    ]
+    if bound:
+        lines += [
+            "",
+            "**Why the target is missed where it is:** "
+            + "; ".join(
+                f"{r.image} {r.fmt}: writing the output durably takes {fmt_s(median(r.floor))} "
+                f"at best, qemu-img's whole command {fmt_s(wall(r.peer))}"
+                for r in bound
+            )
+            + ". Our writers fsync before renaming into place (a project rule: nothing "
+            "half-written is ever left where a later command would trust it), and on this "
+            "machine writing the output's bytes durably, with nothing else to do, takes longer "
+            "than qemu-img's whole unsynced run; so a ratio <= 1.0 against plain "
+            "`qemu-img convert` is out of reach for these images without giving durability "
+            "up. Against qemu-img with the same durability (*qemu-img + sync*) the ratios are "
+            "in the second ratio column.",
+        ]
     return "\n".join(lines), ok
 
 
@@ -511,7 +606,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         small, big, desc = build_images(tmp)
         rows = [measure(img, fmt, args.runs, tmp) for img in (small, big) for fmt in FORMATS]
         rows += [measure(small, "vmdk", args.runs, tmp, level=lv) for lv in args.vmdk_levels]
-        text, ok = report(rows, [small, big], desc, args.runs)
+        startup = median(
+            [timed([sys.executable, "-c", "pass"], tmp).seconds for _ in range(max(5, args.runs))]
+        )
+        text, ok = report(rows, [small, big], desc, args.runs, startup)
     except (RuntimeError, OSError) as e:
         log(f"measurement failed: {e}")
         return 1

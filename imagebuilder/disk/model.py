@@ -11,7 +11,9 @@ lazily and in bounded chunks so that a disk of any size is walked in flat memory
 Extents are sorted and may not overlap or reach past the end; a region no extent covers reads as
 zeros. Extents may still *contain* zeros (a file's zero-filled tail, a FAT with free clusters):
 writers check each cluster/grain they are about to write and skip all-zero ones where the format
-can express "unallocated".
+can express "unallocated". :meth:`Disk.iter_nonzero` does that for them without copying file
+data: it maps the files a window at a time, tests blocks against zeros in place and hands out
+views of the non-zero runs, with the file range each came from so that the kernel can copy it.
 
 :class:`DiskBuilder` assembles a disk piece by piece (``put`` at an offset), keeping extents sorted
 and merging adjacent ones; :meth:`Disk.from_file` maps an existing, possibly sparse, raw file onto
@@ -21,9 +23,10 @@ extents with SEEK_DATA/SEEK_HOLE so its holes are never read.
 from __future__ import annotations
 
 import bisect
+import mmap
 import os
+import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HostError, NotFoundError, UserError
@@ -32,46 +35,99 @@ from ..sparse import data_extents
 SECTOR_SIZE = 512
 CHUNK_SIZE = 1 << 20
 """Default bytes per read when walking a disk: large enough for few syscalls, small for memory."""
+WINDOW_SIZE = 8 << 20
+"""Guest bytes per window of :meth:`Disk.iter_nonzero` (the most one run of it covers)."""
+
+# FileSlice and Extent are plain immutable classes rather than dataclasses: importing
+# ``dataclasses`` (and ``inspect`` with it) costs about 10 ms, a tenth of a short export.
 
 
-@dataclass(frozen=True)
 class FileSlice:
     """Bytes of the file at ``path`` starting at ``offset``; the length is the extent's."""
 
+    __slots__ = ("offset", "path")
     path: Path
-    offset: int = 0
+    offset: int
 
-    def __post_init__(self) -> None:
-        if self.offset < 0:
-            raise ValueError(f"negative file offset {self.offset} for {self.path}")
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        if offset < 0:
+            raise ValueError(f"negative file offset {offset} for {path}")
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "offset", offset)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"FileSlice is immutable (cannot set {name})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"FileSlice is immutable (cannot delete {name})")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, FileSlice)
+        return (self.path, self.offset) == (other.path, other.offset)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.offset))
+
+    def __repr__(self) -> str:
+        return f"FileSlice(path={self.path!r}, offset={self.offset!r})"
 
 
 Source = bytes | FileSlice
+Buffer = bytes | bytearray | mmap.mmap
+"""What :meth:`Disk.iter_nonzero` reads from: all three have ``find`` (a memcmp-fast zero test)."""
+FileRange = tuple[int, int]
+"""``(fd, offset)``: where in an open file a run of :meth:`Disk.iter_nonzero` lies."""
 
 
-@dataclass(frozen=True)
 class Extent:
     """``length`` bytes of guest data at guest ``offset``, taken from ``source``."""
 
+    __slots__ = ("length", "offset", "source")
     offset: int
     length: int
     source: Source
 
-    def __post_init__(self) -> None:
-        if self.offset < 0:
-            raise ValueError(f"extent at negative offset {self.offset}")
-        if self.length <= 0:
-            raise ValueError(f"extent at {self.offset} has non-positive length {self.length}")
-        if isinstance(self.source, bytes | bytearray | memoryview):
-            if len(self.source) != self.length:
+    def __init__(self, offset: int, length: int, source: Source) -> None:
+        if offset < 0:
+            raise ValueError(f"extent at negative offset {offset}")
+        if length <= 0:
+            raise ValueError(f"extent at {offset} has non-positive length {length}")
+        if isinstance(source, bytes | bytearray | memoryview):
+            if len(source) != length:
                 raise ValueError(
-                    f"extent at {self.offset}: length {self.length} but "
-                    f"{len(self.source)} bytes of data"
+                    f"extent at {offset}: length {length} but {len(source)} bytes of data"
                 )
-            if not isinstance(self.source, bytes):
-                object.__setattr__(self, "source", bytes(self.source))
-        elif not isinstance(self.source, FileSlice):
-            raise TypeError(f"extent source must be bytes or FileSlice, not {type(self.source)}")
+            if not isinstance(source, bytes):
+                source = bytes(source)
+        elif not isinstance(source, FileSlice):
+            raise TypeError(f"extent source must be bytes or FileSlice, not {type(source)}")
+        object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "length", length)
+        object.__setattr__(self, "source", source)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Extent is immutable (cannot set {name})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Extent is immutable (cannot delete {name})")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Extent)
+        return (self.offset, self.length, self.source) == (
+            other.offset,
+            other.length,
+            other.source,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.offset, self.length, self.source))
+
+    def __repr__(self) -> str:
+        return f"Extent(offset={self.offset!r}, length={self.length!r}, source={self.source!r})"
 
     @property
     def end(self) -> int:
@@ -84,6 +140,8 @@ class _Files:
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
+        self._mappable: dict[Path, int] = {}
+        """Per file: its size if it is a regular file that can be mapped, else -1."""
 
     def fd(self, path: Path) -> int:
         fd = self._fds.get(path)
@@ -117,6 +175,34 @@ class _Files:
                 pos += n
         except OSError as e:
             raise HostError(f"cannot read {fs.path}: {e.strerror}") from None
+
+    def window(self, fs: FileSlice, start: int, length: int) -> tuple[Buffer, int]:
+        """``(buf, at)``: ``buf[at : at + length]`` are the bytes of ``fs`` from ``start``.
+
+        A read-only shared mapping of a regular file (no copy: the page cache's own pages), else
+        a new buffer filled by reading. Either way the caller owns ``buf``: it stays valid, and
+        mapped, for as long as something refers to it.
+        """
+        fd = self.fd(fs.path)
+        pos = fs.offset + start
+        size = self._mappable.get(fs.path)
+        if size is None:
+            st = os.fstat(fd)
+            size = self._mappable[fs.path] = st.st_size if stat.S_ISREG(st.st_mode) else -1
+        if size >= 0:
+            if pos + length > size:  # a mapping past the end would be a SIGBUS, not an error
+                raise HostError(
+                    f"{fs.path} ended at byte {size}, before the "
+                    f"{pos + length - max(size, pos)} more bytes the disk needs (did it change?)"
+                )
+            at = pos % mmap.ALLOCATIONGRANULARITY
+            try:
+                return mmap.mmap(fd, at + length, prot=mmap.PROT_READ, offset=pos - at), at
+            except (OSError, ValueError):  # a file system that cannot map: read instead
+                self._mappable[fs.path] = -1
+        buf = bytearray(length)
+        self.readinto(fs, start, memoryview(buf))
+        return buf, 0
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -244,6 +330,104 @@ class Disk:
                 pos += take
         if pending is not None:
             yield pending_off, bytes(pending)
+
+    def iter_nonzero(
+        self, block: int, window: int = WINDOW_SIZE
+    ) -> Iterator[tuple[int, memoryview, FileRange | None]]:
+        """Runs of non-zero ``block``-aligned blocks, in guest order: ``(offset, view, where)``.
+
+        ``view`` holds the run's bytes, a whole number of blocks (zero-filled where no extent
+        covers them, also past the end of the disk); every block in it has a non-zero byte, and
+        all-zero blocks are never yielded. A run never crosses a multiple of ``window``. When the
+        run lies in one file, ``where`` is ``(fd, file_offset)`` of its first byte, so that the
+        kernel can copy it (``os.copy_file_range``); the descriptor is open only until the walk
+        ends, so use it before asking for the next run. Else ``where`` is None.
+
+        No copy is made of file data: views are of read-only shared mappings of the files (page
+        cache pages), so a run costs no read and its memory is the kernel's. Views stay valid
+        while referenced; each keeps at most a ``window`` of one file mapped.
+        """
+        if block <= 0:
+            raise ValueError(f"block size {block} must be positive")
+        window = max(block, window - window % block)
+        zero = bytes(block)
+        files = _Files()
+        pending: bytearray | None = None  # a block that extents cover only in part
+        pending_off = -1
+        try:
+            for ext in self.extents:
+                src = ext.source
+                head = ext.offset - ext.offset % block
+                if head != ext.offset:  # starts inside a block: assemble that block
+                    if pending is not None and pending_off != head:
+                        if pending.find(zero) != 0:
+                            yield pending_off, memoryview(pending), None
+                        pending = None
+                    if pending is None:
+                        pending, pending_off = bytearray(block), head
+                    n = min(ext.end, head + block) - ext.offset
+                    pending[ext.offset - head : ext.offset - head + n] = self._bytes(
+                        ext, 0, n, files
+                    )
+                    head += block
+                tail = ext.end - ext.end % block
+                if head < tail and pending is not None:  # whole blocks follow: emit pending
+                    if pending.find(zero) != 0:
+                        yield pending_off, memoryview(pending), None
+                    pending = None
+                off = head
+                while off < tail:  # whole blocks, one window at a time
+                    end = min(tail, (off // window + 1) * window)
+                    rel = off - ext.offset
+                    where: FileRange | None = None
+                    if isinstance(src, bytes):
+                        buf: Buffer = src
+                        at = rel
+                    else:
+                        buf, at = files.window(src, rel, end - off)
+                        if not isinstance(buf, bytearray):  # mapped: the kernel may copy it
+                            where = (files.fd(src.path), src.offset + rel)
+                    run = -1  # start of the current run of non-zero blocks, relative to off
+                    n = end - off
+                    for j in range(0, n, block):
+                        if buf.find(zero, at + j, at + j + block) == at + j:  # all zero
+                            if run >= 0:
+                                yield (
+                                    off + run,
+                                    memoryview(buf)[at + run : at + j],
+                                    where and (where[0], where[1] + run),
+                                )
+                                run = -1
+                        elif run < 0:
+                            run = j
+                    if run >= 0:
+                        yield (
+                            off + run,
+                            memoryview(buf)[at + run : at + n],
+                            where and (where[0], where[1] + run),
+                        )
+                    del buf  # unmapped once the caller drops its views too
+                    off = end
+                if tail < ext.end and tail >= head:  # ends inside a block: start assembling it
+                    if pending is not None and pending_off != tail:
+                        if pending.find(zero) != 0:
+                            yield pending_off, memoryview(pending), None
+                        pending = None
+                    if pending is None:
+                        pending, pending_off = bytearray(block), tail
+                    n = ext.end - tail
+                    pending[:n] = self._bytes(ext, tail - ext.offset, n, files)
+            if pending is not None and pending.find(zero) != 0:
+                yield pending_off, memoryview(pending), None
+        finally:
+            files.close()
+
+    @staticmethod
+    def _bytes(ext: Extent, rel: int, n: int, files: _Files) -> bytes:
+        src = ext.source
+        if isinstance(src, bytes):
+            return src[rel : rel + n]
+        return files.read(src, rel, n)
 
     def read(self, offset: int, length: int) -> bytes:
         """The guest bytes ``offset .. offset+length`` (for tests and small structures)."""

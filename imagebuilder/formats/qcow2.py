@@ -26,19 +26,10 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..disk import Disk
-from . import (
-    Progress,
-    ProgressTracker,
-    SequentialWriter,
-    WriteBehind,
-    atomic_output,
-    pwrite_all,
-    zero_block,
-)
+from . import Output, Progress, ProgressTracker, Record, atomic_output, pwrite_all
 
 MAGIC = b"QFI\xfb"
 VERSION = 3
@@ -64,31 +55,71 @@ def _be(values: array) -> bytes:  # type: ignore[type-arg]
     return values.tobytes()
 
 
-@dataclass
-class Qcow2Header:
+class Qcow2Header(Record):
     """The version 3 header (112 bytes with the compression_type field and its padding)."""
 
     FORMAT = ">4sIQIIQIIQQIIQQQQIIB7x"
     SIZE = struct.calcsize(FORMAT)
+    __slots__ = (
+        "autoclear_features",
+        "backing_file_offset",
+        "backing_file_size",
+        "cluster_bits",
+        "compatible_features",
+        "compression_type",
+        "crypt_method",
+        "header_length",
+        "incompatible_features",
+        "l1_size",
+        "l1_table_offset",
+        "nb_snapshots",
+        "refcount_order",
+        "refcount_table_clusters",
+        "refcount_table_offset",
+        "size",
+        "snapshots_offset",
+        "version",
+    )
 
-    size: int
-    l1_size: int
-    l1_table_offset: int
-    refcount_table_offset: int
-    refcount_table_clusters: int
-    cluster_bits: int = CLUSTER_BITS
-    version: int = VERSION
-    refcount_order: int = REFCOUNT_ORDER
-    backing_file_offset: int = 0
-    backing_file_size: int = 0
-    crypt_method: int = 0
-    nb_snapshots: int = 0
-    snapshots_offset: int = 0
-    incompatible_features: int = 0
-    compatible_features: int = 0
-    autoclear_features: int = 0
-    header_length: int = SIZE
-    compression_type: int = 0
+    def __init__(
+        self,
+        size: int,
+        l1_size: int,
+        l1_table_offset: int,
+        refcount_table_offset: int,
+        refcount_table_clusters: int,
+        cluster_bits: int = CLUSTER_BITS,
+        version: int = VERSION,
+        refcount_order: int = REFCOUNT_ORDER,
+        backing_file_offset: int = 0,
+        backing_file_size: int = 0,
+        crypt_method: int = 0,
+        nb_snapshots: int = 0,
+        snapshots_offset: int = 0,
+        incompatible_features: int = 0,
+        compatible_features: int = 0,
+        autoclear_features: int = 0,
+        header_length: int = SIZE,
+        compression_type: int = 0,
+    ) -> None:
+        self.size = size
+        self.l1_size = l1_size
+        self.l1_table_offset = l1_table_offset
+        self.refcount_table_offset = refcount_table_offset
+        self.refcount_table_clusters = refcount_table_clusters
+        self.cluster_bits = cluster_bits
+        self.version = version
+        self.refcount_order = refcount_order
+        self.backing_file_offset = backing_file_offset
+        self.backing_file_size = backing_file_size
+        self.crypt_method = crypt_method
+        self.nb_snapshots = nb_snapshots
+        self.snapshots_offset = snapshots_offset
+        self.incompatible_features = incompatible_features
+        self.compatible_features = compatible_features
+        self.autoclear_features = autoclear_features
+        self.header_length = header_length
+        self.compression_type = compression_type
 
     def record(self) -> bytes:
         """The header followed by the end-of-extensions marker."""
@@ -144,16 +175,33 @@ class Qcow2Header:
         )
 
 
-@dataclass(frozen=True)
-class MetadataPlan:
+class MetadataPlan(Record):
     """Where the L1 table and refcount structures go, in clusters, after ``used`` clusters."""
 
-    l1_cluster: int
-    l1_clusters: int
-    refcount_table_cluster: int
-    refcount_table_clusters: int
-    refcount_block_cluster: int
-    refcount_blocks: int
+    __slots__ = (
+        "l1_cluster",
+        "l1_clusters",
+        "refcount_block_cluster",
+        "refcount_blocks",
+        "refcount_table_cluster",
+        "refcount_table_clusters",
+    )
+
+    def __init__(
+        self,
+        l1_cluster: int,
+        l1_clusters: int,
+        refcount_table_cluster: int,
+        refcount_table_clusters: int,
+        refcount_block_cluster: int,
+        refcount_blocks: int,
+    ) -> None:
+        self.l1_cluster = l1_cluster
+        self.l1_clusters = l1_clusters
+        self.refcount_table_cluster = refcount_table_cluster
+        self.refcount_table_clusters = refcount_table_clusters
+        self.refcount_block_cluster = refcount_block_cluster
+        self.refcount_blocks = refcount_blocks
 
     @property
     def total_clusters(self) -> int:
@@ -181,41 +229,60 @@ def plan_metadata(used: int, l1_size: int) -> MetadataPlan:
 
 def write_qcow2(disk: Disk, dest: Path, *, progress: Progress | None = None) -> None:
     """Write ``disk`` to ``dest`` as a qcow2 v3 image (64 KiB clusters, no compression)."""
-    zero = zero_block(CLUSTER_SIZE)
     l1_size = _ceil_div(disk.size, CLUSTER_SIZE * L2_ENTRIES)
     l1 = array("Q", bytes(8 * l1_size))
     tracker = ProgressTracker(progress, disk.size)
-    with atomic_output(dest) as fd, WriteBehind(fd) as behind:
-        out = SequentialWriter(fd, CLUSTER_SIZE, behind)
+    with atomic_output(dest) as fd:
+        out = Output(fd)
+        pos = CLUSTER_SIZE  # where the next cluster goes: data and L2 tables in one sequence
         l2 = array("Q", bytes(CLUSTER_SIZE))
         l2_index = -1
-        for off, block in disk.iter_blocks(CLUSTER_SIZE):
-            tracker.advance_to(off + CLUSTER_SIZE)
-            if block == zero:
-                continue
-            cluster = off // CLUSTER_SIZE
-            if cluster // L2_ENTRIES != l2_index:
-                if l2_index >= 0:
-                    l1[l2_index] = out.write(_be(l2)) | COPIED
-                    l2 = array("Q", bytes(CLUSTER_SIZE))
-                l2_index = cluster // L2_ENTRIES
-            l2[cluster % L2_ENTRIES] = out.write(block) | COPIED
+        for off, view, where in disk.iter_nonzero(CLUSTER_SIZE):
+            tracker.advance_to(off + len(view))
+            first = off // CLUSTER_SIZE
+            count = len(view) // CLUSTER_SIZE
+            done = 0
+            while done < count:  # the part of the run that one L2 table maps
+                cluster = first + done
+                if cluster // L2_ENTRIES != l2_index:
+                    if l2_index >= 0:
+                        l1[l2_index] = pos | COPIED
+                        out.write(pos, _be(l2))
+                        pos += CLUSTER_SIZE
+                        l2 = array("Q", bytes(CLUSTER_SIZE))
+                    l2_index = cluster // L2_ENTRIES
+                i = cluster % L2_ENTRIES
+                k = min(count - done, L2_ENTRIES - i)
+                entries = range(pos | COPIED, (pos + k * CLUSTER_SIZE) | COPIED, CLUSTER_SIZE)
+                l2[i : i + k] = array("Q", entries)
+                piece = view[done * CLUSTER_SIZE : (done + k) * CLUSTER_SIZE]
+                if where is None:
+                    out.write(pos, piece)
+                else:
+                    out.copy(pos, where[0], where[1] + done * CLUSTER_SIZE, piece)
+                pos += k * CLUSTER_SIZE
+                done += k
         if l2_index >= 0:
-            l1[l2_index] = out.write(_be(l2)) | COPIED
+            l1[l2_index] = pos | COPIED
+            out.write(pos, _be(l2))
+            pos += CLUSTER_SIZE
 
-        plan = plan_metadata(out.pos // CLUSTER_SIZE, l1_size)
+        plan = plan_metadata(pos // CLUSTER_SIZE, l1_size)
         if plan.l1_clusters:
-            out.write(_pad(_be(l1)))
+            out.write(pos, _pad(_be(l1)))
+            pos += plan.l1_clusters * CLUSTER_SIZE
         table = array("Q", bytes(8 * plan.refcount_blocks))
         for i in range(plan.refcount_blocks):
             table[i] = (plan.refcount_block_cluster + i) * CLUSTER_SIZE
-        out.write(_pad(_be(table)))
+        out.write(pos, _pad(_be(table)))
+        pos += plan.refcount_table_clusters * CLUSTER_SIZE
         full = b"\x00\x01" * REFCOUNTS_PER_BLOCK
         for i in range(plan.refcount_blocks):
             counted = min(REFCOUNTS_PER_BLOCK, plan.total_clusters - i * REFCOUNTS_PER_BLOCK)
-            out.write(full if counted == REFCOUNTS_PER_BLOCK else _pad(full[: 2 * counted]))
+            out.write(pos, full if counted == REFCOUNTS_PER_BLOCK else _pad(full[: 2 * counted]))
+            pos += CLUSTER_SIZE
         out.flush()
-        assert out.pos == plan.total_clusters * CLUSTER_SIZE, "qcow2 layout out of step"
+        assert pos == plan.total_clusters * CLUSTER_SIZE, "qcow2 layout out of step"
 
         header = Qcow2Header(
             size=disk.size,

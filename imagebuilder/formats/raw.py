@@ -3,8 +3,9 @@
 The simplest format and the reference the others are compared with (``qemu-img compare``): the
 file is ``disk.size`` bytes long and byte N of the file is byte N of the guest disk. Zero regions
 are holes: the file is sized with ``ftruncate`` and only the non-zero 64 KiB blocks of the data
-extents are written, so a 16 GiB disk holding 256 MiB of data takes 256 MiB on the host (and
-``cp --sparse``, ``bmaptool`` and ``qemu-img`` keep it that way).
+extents are written (copied by the kernel from the files they come from, where it can), so a
+16 GiB disk holding 256 MiB of data takes 256 MiB on the host (and ``cp --sparse``,
+``bmaptool`` and ``qemu-img`` keep it that way).
 
 :func:`write_blocks` is shared with the fixed VHD writer, whose data part is the same raw image.
 """
@@ -15,17 +16,7 @@ import os
 from pathlib import Path
 
 from ..disk import Disk
-from . import (
-    BLOCK_SIZE,
-    ContentId,
-    Progress,
-    ProgressTracker,
-    WriteBehind,
-    atomic_output,
-    zero_block,
-)
-
-_RUN_MAX = 8 << 20  # bytes gathered into one pwritev
+from . import BLOCK_SIZE, ContentId, Output, Progress, ProgressTracker, atomic_output
 
 
 def write_raw(disk: Disk, dest: Path, *, progress: Progress | None = None) -> None:
@@ -44,33 +35,26 @@ def write_blocks(
 ) -> int:
     """Write the non-zero 64 KiB blocks of ``disk`` at their guest offsets in ``fd``.
 
-    Everything else is left untouched (holes in a freshly truncated file). Consecutive blocks
-    go out in one ``pwritev``, on a background thread while the next blocks are read. Each
-    written block (zero-padded to 64 KiB at the disk's end) is fed to ``content_id``. Returns
-    the number of bytes written.
+    Everything else is left untouched (holes in a freshly truncated file). Runs of blocks that
+    lie in one file are copied by the kernel, others gathered into few ``pwritev`` calls (see
+    :class:`~imagebuilder.formats.Output`). Each written block (zero-padded to 64 KiB at the
+    disk's end) is fed to ``content_id``. Returns the number of bytes written.
     """
-    zero = zero_block(BLOCK_SIZE)
     tracker = ProgressTracker(progress, disk.size)
-    run: list[bytes] = []
-    run_off = run_len = written = 0
-    with WriteBehind(fd) as behind:
-        for off, block in disk.iter_blocks(BLOCK_SIZE):
-            tracker.advance_to(off + BLOCK_SIZE)
-            if block == zero:
-                continue
-            if content_id is not None:
-                content_id.update(off, block)
-            if off + BLOCK_SIZE > disk.size:
-                block = block[: disk.size - off]
-            if run and (run_off + run_len != off or run_len >= _RUN_MAX):
-                behind.submit(run, run_off)
-                run = []
-            if not run:
-                run_off, run_len = off, 0
-            run.append(block)
-            run_len += len(block)
-            written += len(block)
-        if run:
-            behind.submit(run, run_off)
+    out = Output(fd)
+    for off, view, where in disk.iter_nonzero(BLOCK_SIZE):
+        n = len(view)
+        if content_id is not None:
+            for j in range(0, n, BLOCK_SIZE):
+                content_id.update(off + j, view[j : j + BLOCK_SIZE])
+        if off + n > disk.size:  # the padded last block
+            n = disk.size - off
+            view = view[:n]
+        if where is None:
+            out.write(off, view)
+        else:
+            out.copy(off, where[0], where[1], view)
+        tracker.advance_to(off + n)
+    out.flush()
     tracker.done()
-    return written
+    return out.written

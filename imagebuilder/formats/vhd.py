@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..disk import Disk
-from . import ContentId, Progress, atomic_output, pwrite_all, source_date_epoch
+from . import ContentId, Progress, Record, atomic_output, pwrite_all, source_date_epoch
 from .raw import write_blocks
 
 FOOTER_SIZE = 512
@@ -76,27 +75,61 @@ def vhd_timestamp(unix_time: int) -> int:
     return min(max(0, unix_time - VHD_EPOCH), 0xFFFF_FFFF)
 
 
-@dataclass(frozen=True)
-class VhdFooter:
+class VhdFooter(Record):
     """The 512-byte hard disk footer (the whole metadata of a fixed VHD)."""
 
     FORMAT = ">8sIIQI4sI4sQQHBBII16sB427x"
+    __slots__ = (
+        "creator_app",
+        "creator_host_os",
+        "creator_version",
+        "current_size",
+        "cylinders",
+        "data_offset",
+        "disk_type",
+        "features",
+        "format_version",
+        "heads",
+        "original_size",
+        "saved_state",
+        "sectors_per_track",
+        "timestamp",
+        "unique_id",
+    )
 
-    current_size: int
-    unique_id: bytes
-    timestamp: int = 0
-    original_size: int = -1
-    cylinders: int = -1
-    heads: int = -1
-    sectors_per_track: int = -1
-    features: int = FEATURES
-    format_version: int = FORMAT_VERSION
-    data_offset: int = FIXED_DATA_OFFSET
-    creator_app: bytes = CREATOR_APP
-    creator_version: int = CREATOR_VERSION
-    creator_host_os: bytes = CREATOR_HOST_OS
-    disk_type: int = DISK_TYPE_FIXED
-    saved_state: int = 0
+    def __init__(
+        self,
+        current_size: int,
+        unique_id: bytes,
+        timestamp: int = 0,
+        original_size: int = -1,
+        cylinders: int = -1,
+        heads: int = -1,
+        sectors_per_track: int = -1,
+        features: int = FEATURES,
+        format_version: int = FORMAT_VERSION,
+        data_offset: int = FIXED_DATA_OFFSET,
+        creator_app: bytes = CREATOR_APP,
+        creator_version: int = CREATOR_VERSION,
+        creator_host_os: bytes = CREATOR_HOST_OS,
+        disk_type: int = DISK_TYPE_FIXED,
+        saved_state: int = 0,
+    ) -> None:
+        self.current_size = current_size
+        self.unique_id = unique_id
+        self.timestamp = timestamp
+        self.original_size = original_size
+        self.cylinders = cylinders
+        self.heads = heads
+        self.sectors_per_track = sectors_per_track
+        self.features = features
+        self.format_version = format_version
+        self.data_offset = data_offset
+        self.creator_app = creator_app
+        self.creator_version = creator_version
+        self.creator_host_os = creator_host_os
+        self.disk_type = disk_type
+        self.saved_state = saved_state
 
     @classmethod
     def new(cls, size: int, unique_id: bytes, timestamp: int = 0) -> VhdFooter:

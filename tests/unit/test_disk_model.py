@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import random
 from pathlib import Path
@@ -117,6 +119,114 @@ def test_iter_blocks(sample: Disk) -> None:
 def test_iter_blocks_pads_past_the_end() -> None:
     disk = Disk(1536, [Extent(1535, 1, b"z")])
     assert list(disk.iter_blocks(4096)) == [(0, bytes(1535) + b"z" + bytes(4096 - 1536))]
+
+
+def nonzero_blocks(disk: Disk, block: int, window: int = 8 * MiB) -> list[tuple[int, bytes]]:
+    """The blocks of :meth:`Disk.iter_nonzero`, checked as they come: whole blocks, runs inside
+    one window, and the file range given for a run holding exactly the run's bytes."""
+    out = []
+    for off, view, where in disk.iter_nonzero(block, window):
+        assert off % block == 0 and len(view) % block == 0 and len(view) > 0
+        assert off // window == (off + len(view) - 1) // window  # never crosses a window
+        if where is not None:
+            fd, file_off = where
+            assert os.pread(fd, len(view), file_off) == view  # the kernel may copy from here
+        out += [(off + j, bytes(view[j : j + block])) for j in range(0, len(view), block)]
+    return out
+
+
+def layouts(tmp_path: Path) -> list[Disk]:
+    """Extents at odd offsets and sharing blocks, zero blocks inside file data, the disk's end."""
+    rnd = random.Random(9)
+    data = bytearray(rnd.randbytes(600_000))
+    data[131072:262144] = bytes(131072)  # two zero 64 KiB blocks (at file offsets 131072..)
+    data[300_000:304_096] = bytes(4096)
+    src = tmp_path / "layouts.bin"
+    src.write_bytes(bytes(data))
+    size = 2 * MiB + 1536
+    return [
+        Disk(
+            size,
+            [
+                Extent(0, 1, b"\x01"),
+                Extent(65535, 3, b"abc"),  # across a block boundary
+                Extent(100_003, 500_000, FileSlice(src, 13)),  # unaligned in file and guest
+                Extent(600_003, 1, b"!"),  # shares a block with the file slice's end
+                Extent(MiB, 400_000, FileSlice(src, 65536)),  # aligned: its zero blocks skipped
+                Extent(size - 1, 1, b"\xff"),  # the very last byte, in a partial block
+            ],
+        ),
+        Disk(4 * MiB, [Extent(0, 4 * MiB, bytes(MiB) + rnd.randbytes(MiB) + bytes(2 * MiB))]),
+        Disk(MiB, [Extent(4096, 65536, bytes(65536))]),  # data extent, all zeros
+    ]
+
+
+@pytest.mark.parametrize("block", [512, 4096, 65536])
+def test_iter_nonzero_is_iter_blocks_without_zero_blocks(tmp_path: Path, block: int) -> None:
+    disks = [*layouts(tmp_path), Disk(4 * MiB)]
+    for disk in disks:
+        want = [(o, b) for o, b in disk.iter_blocks(block) if b != bytes(block)]
+        assert nonzero_blocks(disk, block) == want
+        assert nonzero_blocks(disk, block, window=3 * block) == want  # many small windows
+
+
+def test_iter_nonzero_views_outlive_the_walk(tmp_path: Path) -> None:
+    disk = layouts(tmp_path)[0]
+    runs = list(disk.iter_nonzero(65536))  # every window's mapping kept alive by its views
+    want = expected_bytes(disk) + bytes(-disk.size % 65536)
+    assert runs
+    for off, view, _ in runs:
+        assert view == want[off : off + len(view)]
+
+
+def test_iter_nonzero_reads_where_it_cannot_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = layouts(tmp_path)[0]
+    want = nonzero_blocks(disk, 65536)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENODEV, "no mmap here")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    assert nonzero_blocks(disk, 65536) == want
+    assert all(where is None for _, _, where in disk.iter_nonzero(65536))
+
+
+def test_iter_nonzero_of_a_file_that_is_too_short(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.write_bytes(b"abc")
+    disk = Disk(MiB, [Extent(0, 200_000, FileSlice(short, 0))])
+    with pytest.raises(HostError, match="ended at byte 3"):
+        list(disk.iter_nonzero(65536))
+    missing = Disk(MiB, [Extent(0, 200_000, FileSlice(tmp_path / "missing", 0))])
+    with pytest.raises(HostError, match="cannot read .*missing"):
+        list(missing.iter_nonzero(65536))
+
+
+def test_iter_nonzero_reads_files_that_are_not_regular() -> None:
+    # a character device has no size to check a mapping against: it is read instead
+    disk = Disk(MiB, [Extent(0, 200_000, FileSlice(Path("/dev/zero"), 0))])
+    assert list(disk.iter_nonzero(65536)) == []
+
+
+def test_iter_nonzero_of_a_sparse_file(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    sparse_file(raw, 64 * MiB, [(0, b"\x01"), (5 * MiB + 7, b"x" * 70_000), (64 * MiB - 1, b"e")])
+    disk = Disk.from_file(raw)
+    offsets = [off for off, _ in nonzero_blocks(disk, 65536)]
+    assert offsets == [0, 5 * MiB, 5 * MiB + 65536, 64 * MiB - 65536]
+
+
+def test_extents_and_file_slices_are_values(tmp_path: Path) -> None:
+    a = Extent(0, 3, FileSlice(tmp_path, 5))
+    assert a == Extent(0, 3, FileSlice(tmp_path, 5)) != Extent(0, 3, FileSlice(tmp_path, 6))
+    assert hash(a) == hash(Extent(0, 3, FileSlice(tmp_path, 5)))
+    assert a.end == 3 and "FileSlice" in repr(a)
+    with pytest.raises(AttributeError):
+        a.offset = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        a.source.offset = 1  # type: ignore[union-attr, misc]
 
 
 def test_read(sample: Disk) -> None:

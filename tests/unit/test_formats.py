@@ -131,8 +131,24 @@ def big_sparse_disk(tmp: Path) -> Disk:
     )
 
 
+def file_disk(tmp: Path) -> Disk:
+    """File data at aligned and unaligned offsets, with zero clusters inside (kernel copies)."""
+    rnd = random.Random(21)
+    src = tmp / "file-disk.bin"
+    src.write_bytes(rnd.randbytes(3 * 65536) + bytes(2 * 65536) + rnd.randbytes(5 * 65536 + 99))
+    return Disk(
+        32 * MiB,
+        [
+            Extent(0, 10 * 65536 + 99, FileSlice(src, 0)),  # aligned: copied by the kernel
+            Extent(2 * MiB + 7, 9 * 65536, FileSlice(src, 13)),  # unaligned: edges assembled
+            Extent(8 * MiB, 6 * 65536, FileSlice(src, 65536 * 4)),  # starts in a zero cluster
+        ],
+    )
+
+
 DISKS: dict[str, Callable[[Path], Disk]] = {
     "odd": odd_disk,
+    "files": file_disk,
     "empty": empty_disk,
     "zero-clusters": zero_cluster_disk,
     "big-sparse": big_sparse_disk,
@@ -254,6 +270,50 @@ def test_full_disk_is_one_line_error(
         write_disk(Disk(MiB, [Extent(0, 3, b"abc")]), out, fmt)
     assert str(exc.value) == f"no space left on device writing {out}"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2", "vhd"])
+def test_kernel_copies_file_data(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole clusters of files go through copy_file_range; without it the bytes are the same."""
+    disk = file_disk(tmp_path)
+    real = os.copy_file_range
+    copied: list[int] = []
+
+    def counting(src: int, dst: int, count: int, *args: int) -> int:
+        n = real(src, dst, count, *args)
+        copied.append(n)
+        return n
+
+    def unsupported(*args: object) -> int:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    outputs = {}
+    for name, fn in (("counting", counting), ("exdev", unsupported), ("zero", lambda *a: 0)):
+        monkeypatch.setattr(formats, "_COPY_FILE_RANGE", fn)
+        out = tmp_path / f"{name}.{fmt}"
+        write_disk(disk, out, fmt)
+        outputs[name] = out.read_bytes()
+    monkeypatch.setattr(formats, "_COPY_FILE_RANGE", None)  # a platform without it
+    write_disk(disk, tmp_path / f"none.{fmt}", fmt)
+    assert sum(copied) >= 12 * 65536  # the aligned clusters, not only the edges
+    assert outputs["counting"] == outputs["exdev"] == outputs["zero"]
+    assert outputs["counting"] == (tmp_path / f"none.{fmt}").read_bytes()
+    raw = tmp_path / "ref.raw"
+    write_disk(disk, raw, "raw")
+    check_against_raw(fmt, raw, tmp_path / f"counting.{fmt}", disk.size)
+
+
+def test_full_disk_during_a_kernel_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(formats, "_COPY_FILE_RANGE", full)
+    out = tmp_path / "out" / "disk.qcow2"
+    out.parent.mkdir()
+    with pytest.raises(HostError) as exc:
+        write_disk(file_disk(tmp_path), out, "qcow2")
+    assert str(exc.value) == f"no space left on device writing {out}"
+    assert list(out.parent.iterdir()) == []
 
 
 def test_missing_output_directory(tmp_path: Path) -> None:
