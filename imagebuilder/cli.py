@@ -138,21 +138,43 @@ def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet:
               help="The file to write (for kernel-initrd: a new directory).")
 @click.option("--size", "size_text", metavar="SIZE",
               help="Disk size for raw/qcow2/vmdk/vhd, e.g. 2G (default: what the image needs).")
+@click.option("--bmap", "with_bmap", is_flag=True,
+              help="With --format raw: also write FILE.bmap, its block map for `bmaptool copy` "
+                   "and `imagebuilder flash`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, as_json: bool) -> None:
+def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, with_bmap: bool,
+               as_json: bool) -> None:
     """Write image REF as a bootable disk (BIOS and UEFI), a hybrid ISO, or kernel + initrd."""
     from . import export
     export.check_format(fmt)
+    if with_bmap and fmt != "raw":
+        raise UserError(f"--bmap goes with --format raw, not {fmt}")
     size = export.parse_size(size_text) if size_text is not None else None
     home = _home()
     image = home.store.resolve(ref)
     boot = export.BootSource.of_image(home.store, image)
     dest = Path(output)
-    _export_with_progress(home, boot, fmt, dest, quiet=as_json, size=size)
+    bmap = None
+    if with_bmap:
+        from tqdm import tqdm
+
+        from .bmap import write_raw_with_bmap
+        if not dest.parent.is_dir():
+            raise UserError(f"output directory {dest.parent} does not exist")
+        disk = export.bootable(home.cache, boot, size=size)
+        with tqdm(desc=f"raw {dest.name}", unit="B", unit_scale=True, unit_divisor=1024,
+                  disable=True if as_json else None, leave=False) as bar:
+            write_raw_with_bmap(disk, dest, progress=bar.update)
+        bmap = f"{dest}.bmap"
+    else:
+        _export_with_progress(home, boot, fmt, dest, quiet=as_json, size=size)
     if as_json:
-        click.echo(json.dumps({"ref": image.ref, "format": fmt, "path": str(dest)}))
+        click.echo(json.dumps({"ref": image.ref, "format": fmt, "path": str(dest),
+                               "bmap": bmap}))
     else:
         click.echo(f"wrote {dest}")
+        if bmap:
+            click.echo(f"wrote {bmap}")
 
 
 @cli.command("hash")
@@ -323,8 +345,9 @@ def stop_cmd(vm_ids: Sequence[str]) -> None:
 
 
 def _register_command_groups() -> None:
+    from .commands.baremetal import COMMANDS as BAREMETAL_COMMANDS
     from .commands.registry import COMMANDS as REGISTRY_COMMANDS
-    for command in REGISTRY_COMMANDS:
+    for command in (*REGISTRY_COMMANDS, *BAREMETAL_COMMANDS):
         cli.add_command(command)
 
 

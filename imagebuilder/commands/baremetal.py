@@ -1,0 +1,165 @@
+"""The bare-metal commands: ``flash`` (write an image onto a server's disk) and ``serve``
+(boot it over the network). Parse, call :mod:`imagebuilder.targets.baremetal` and
+:mod:`imagebuilder.targets.netboot`, print; the lead registers :data:`COMMANDS` on the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from ..disk.model import Disk
+    from ..targets.baremetal import MappedImage
+
+
+def _env_vars(env_name: str | None, config_path: str | None) -> dict[str, str]:
+    if env_name is None:
+        return {}
+    from .. import config as config_mod
+
+    path = Path(config_path or ".")
+    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
+        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
+                          "environments from: run from the app's directory or pass --config PATH")
+    return dict(config_mod.load(path, check_app=False).env(env_name).vars)
+
+
+def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str]:
+    """What to flash: a stored image's bootable disk, or a raw image file (with the block map
+    beside it or given: then its ranges are what is written and checked)."""
+    from .. import bmap as bmap_mod
+    from ..disk.model import Disk
+    from ..targets.baremetal import MappedImage
+
+    path = Path(ref)
+    if path.is_file():
+        map_path = Path(bmap_path) if bmap_path else path.with_name(path.name + ".bmap")
+        if map_path.exists():
+            return MappedImage(path, bmap_mod.read_bmap(map_path)), str(path)
+        if bmap_path:
+            raise UserError(f"block map {bmap_path} does not exist")
+        return Disk.from_file(path), str(path)
+    if bmap_path:
+        raise UserError("--bmap goes with a raw image file, not an image reference")
+    from ..export import BootSource, bootable
+    from ..home import Home
+
+    home = Home()
+    image = home.store.resolve(ref)
+    return bootable(home.cache, BootSource.of_image(home.store, image)), image.ref
+
+
+Start = Callable[[str, int], Callable[[int], None]]
+
+
+def _progress(quiet: bool) -> tuple[Start, Callable[[], None]]:
+    from tqdm import tqdm
+
+    bars: list[Any] = []
+
+    def start(phase: str, total: int) -> Callable[[int], None]:
+        close()
+        bar = tqdm(desc="flash" if phase == "write" else phase, total=total, unit="B",
+                   unit_scale=True, unit_divisor=1024, disable=True if quiet else None,
+                   leave=False)
+        bars.append(bar)
+        return bar.update  # type: ignore[no-any-return]
+
+    def close() -> None:
+        while bars:
+            bars.pop().close()
+
+    return start, close
+
+
+@click.command("flash")
+@click.argument("ref")
+@click.argument("target", type=click.Path())
+@click.option("--env", "env_name", help="Environment whose [env.NAME] vars the server gets "
+              "(written to a small config partition after the image's).")
+@click.option("--config", "config_path", type=click.Path(),
+              help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
+@click.option("--bmap", "bmap_path", type=click.Path(dir_okay=False),
+              help="With a raw image file as REF: its block map (default: REF.bmap if present).")
+@click.option("--no-verify", is_flag=True, help="Do not read the disk back to check it.")
+@click.option("--force", is_flag=True,
+              help="Write into a partition rather than refusing (never a mounted disk, the "
+                   "host's own disk or one too small).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | None,
+              bmap_path: str | None, no_verify: bool, force: bool, as_json: bool) -> None:
+    """Write image REF (NAME:VERSION, or a raw image file) onto TARGET, a whole disk such as
+    /dev/sdb or a disk image file: only the blocks holding data, then read back and verified."""
+    from ..targets import baremetal
+
+    env_vars = _env_vars(env_name, config_path)
+    source, name = _source(ref, bmap_path)
+    if env_name is not None:
+        if isinstance(source, baremetal.MappedImage):
+            from ..bmap import check_image
+
+            check_image(source.path, source.bmap)
+            source = source.disk()
+        source = baremetal.with_config_partition(source, env_name, env_vars)
+    start, close = _progress(as_json)
+    try:
+        result = baremetal.flash(source, Path(target), verify=not no_verify, force=force,
+                                 progress=start)
+    finally:
+        close()
+    disk_size = source.disk().size if isinstance(source, baremetal.MappedImage) else source.size
+    if as_json:
+        click.echo(json.dumps({"ref": name, "target": str(result.target), "kind": result.kind,
+                               "written": result.written, "verified": result.verified,
+                               "env": env_name, "disk_size": disk_size}))
+        return
+    state = "verified" if result.verified else "NOT verified (--no-verify)"
+    click.echo(f"flashed {name} onto {result.target}: {result.written} bytes written, {state}")
+
+
+@click.command("serve")
+@click.argument("ref")
+@click.option("--listen", required=True, metavar="IP:PORT",
+              help="Address to serve on, e.g. 0.0.0.0:8000; servers chain-load "
+                   "http://IP:PORT/boot.ipxe.")
+@click.option("--env", "env_name", help="Environment whose [env.NAME] vars the server gets "
+              "(as an extra initrd).")
+@click.option("--config", "config_path", type=click.Path(),
+              help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
+@click.option("--quiet", is_flag=True, help="Do not log requests.")
+def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | None,
+              quiet: bool) -> None:
+    """Serve image REF (NAME:VERSION, or a kernel-initrd export directory) for network boot:
+    /boot.ipxe, /vmlinuz and /initrd/N.img over HTTP, until interrupted."""
+    from ..targets import netboot
+
+    address = netboot.parse_listen(listen)
+    env_vars = _env_vars(env_name, config_path)
+    path = Path(ref)
+    if path.is_dir():
+        source = netboot.NetbootSource.of_directory(path)
+    else:
+        from ..home import Home
+
+        home = Home()
+        source = netboot.NetbootSource.of_image(home.store, home.store.resolve(ref))
+    if env_name is not None:
+        source = source.with_env(env_name, env_vars)
+    log = None if quiet else (lambda line: click.echo(line, err=True))
+    server = netboot.NetbootServer(source, address, log=log)
+    click.echo(f"serving {source.title} at {server.url} (Ctrl-C stops)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+COMMANDS = [flash_cmd, serve_cmd]

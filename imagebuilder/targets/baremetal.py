@@ -1,0 +1,788 @@
+"""Flashing a disk model onto a server's disk (a block device) or a disk image file, safely.
+
+What is written: only the runs of non-zero 4 KiB blocks of the disk model (the blocks a block
+map lists), in aligned writes of up to 4 MiB, with O_DIRECT where the target allows it, then
+fsync. Blocks outside those runs are left as they are on a block device (as ``bmaptool copy``
+does: the image holds zeros there and nothing reads them); a regular-file target is emptied
+first, so it ends up byte-identical to the raw disk.
+
+How: a reader thread walks the disk model, copies each run into one of a few fixed buffers,
+hashes it (SHA-256 per written unit) and hands it over a bounded queue to the writer; an
+exception in the reader travels through the queue and is raised by the writer. Memory stays at
+the buffers' size whatever the disk's. Verification runs on a third thread as the writing goes
+on: it reads every written unit back (O_DIRECT, so from the device rather than the page cache)
+and compares its SHA-256 with the one computed from the disk model, or, for a raw image with a
+block map (:class:`MappedImage`), each range's with the map's; a mismatch or read error names
+the byte and block range, and the partition tables are only written once all else verified.
+
+Crash safety: before anything else the target's partition tables (the primary GPT at its start
+and any backup GPT at its end) are zeroed, and the image's own tables (primary and backup GPT)
+are written last, after an fsync of everything else. A flash interrupted at any point leaves a
+target without a valid partition table, which firmware does not boot and verification rejects;
+flashing again rewrites it whole.
+
+Refusals (UserError, exit 2): a target that does not exist under ``/dev``, is not a block device
+or regular file, is (or holds a partition that is) mounted or otherwise in use (O_EXCL), is the
+disk the host runs from (the device holding ``/`` and its parents in sysfs), is smaller than the
+disk, or is a partition rather than a whole disk (the one refusal ``--force`` overrides).
+
+``--env``: :func:`with_config_partition` adds a second GPT partition after the image's, holding
+the environment's config drive (ISO 9660, see :mod:`imagebuilder.configdrive`), and rewrites
+both GPT headers for the longer disk; the image's partition keeps its bytes. The init mounts
+partitions as well as whole disks when it looks for the config drive.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import hashlib
+import mmap
+import os
+import queue
+import stat
+import struct
+import threading
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bmap import BLOCK_SIZE, Bmap, Range, disk_of_image, mapped_runs
+from ..disk import gpt
+from ..disk.model import Disk, DiskBuilder, Extent, FileSlice
+from ..errors import HostError, UserError
+
+UNIT = 4 << 20
+"""Largest write (and verify read): aligned, so O_DIRECT accepts it."""
+BUFFERS = 6
+"""Buffers between the reader and the writer: the flash's memory is about BUFFERS * UNIT."""
+CONFIG_PARTITION_NAME = "imagebuilder-config"
+_HEAD = gpt.FIRST_USABLE_LBA * gpt.SECTOR  # the protective MBR, primary header and entries
+_WIPE = 5 * BLOCK_SIZE  # whole 4 KiB blocks over the primary GPT
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+Progress = Callable[[str, int], Callable[[int], None]]
+"""``progress(phase, total_bytes)`` at the start of a phase returns ``update(n_bytes)``."""
+
+
+# --- the host: mounts and sysfs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where to read mounts and sysfs from, and the device holding ``/`` (tests pass fakes)."""
+
+    mounts: Path = Path("/proc/self/mounts")
+    sys: Path = Path("/sys")
+    root_dev: int | None = None
+    """``st_dev`` of ``/`` (default: stat it)."""
+
+    def root_device(self) -> int:
+        return self.root_dev if self.root_dev is not None else os.stat("/").st_dev
+
+    def node(self, rdev: int) -> Path | None:
+        """The sysfs directory of the block device numbered ``rdev``."""
+        link = self.sys / "dev" / "block" / f"{os.major(rdev)}:{os.minor(rdev)}"
+        return link.resolve() if link.exists() else None
+
+    def by_name(self, name: str) -> Path | None:
+        link = self.sys / "class" / "block" / name
+        return link.resolve() if link.exists() else None
+
+
+def _is_partition(node: Path) -> bool:
+    return (node / "partition").exists()
+
+
+def _whole_disk(node: Path) -> Path:
+    return node.parent if _is_partition(node) else node
+
+
+def _partitions(node: Path) -> list[Path]:
+    try:
+        return [c for c in node.iterdir() if c.is_dir() and _is_partition(c)]
+    except OSError:
+        return []
+
+
+def _linked(node: Path, kind: str, host: Host) -> list[Path]:
+    """The devices named in ``node/holders`` or ``node/slaves``."""
+    out = []
+    try:
+        names = [p.name for p in (node / kind).iterdir()]
+    except OSError:
+        return []
+    for name in names:
+        other = host.by_name(name) or ((node / kind / name).resolve())
+        out.append(other)
+    return out
+
+
+def _family(node: Path, host: Host) -> set[str]:
+    """Names of ``node``, its partitions and everything stacked on them (holders)."""
+    names: set[str] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n.name in names:
+            continue
+        names.add(n.name)
+        todo += _partitions(n)
+        todo += _linked(n, "holders", host)
+    return names
+
+
+def _host_disks(host: Host) -> set[str]:
+    """Names of the whole disks under ``/``: its device, through partitions and slaves."""
+    node = host.node(host.root_device())
+    if node is None:
+        return set()
+    disks: set[str] = set()
+    seen: set[str] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        slaves = _linked(n, "slaves", host)
+        if slaves:
+            todo += slaves
+        else:
+            disks.add(_whole_disk(n).name)
+    return disks
+
+
+def _mounted(names: set[str], host: Host) -> tuple[str, str] | None:
+    """``(device, mount point)`` of the first mount whose device is among ``names``."""
+    try:
+        lines = host.mounts.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or not fields[0].startswith("/dev/"):
+            continue
+        source = fields[0]
+        name = Path(os.path.realpath(source)).name if os.path.exists(source) else Path(source).name
+        if name in names:
+            return source, fields[1].replace("\\040", " ")
+    return None
+
+
+# --- the target --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked flash target."""
+
+    path: Path
+    kind: str  # "block" or "file"
+    size: int
+
+
+def check_target(path: Path, disk_size: int, *, force: bool = False,
+                 host: Host | None = None) -> Target:
+    """Refuse a target the disk must not be written to (see the module docstring)."""
+    host = host or Host()
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if str(path.absolute()).startswith("/dev/"):
+            raise UserError(f"{path}: no such device (list disks with 'lsblk -d')") from None
+        if not path.parent.is_dir():
+            raise UserError(f"{path}: directory {path.parent} does not exist") from None
+        return Target(path, "file", 0)
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror}") from None
+    if stat.S_ISREG(st.st_mode):
+        return Target(path, "file", st.st_size)
+    if not stat.S_ISBLK(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a block device"
+        raise UserError(f"{path} is {what}: give a whole disk (e.g. /dev/sdb) or an image file")
+    node = host.node(st.st_rdev)
+    if node is not None:
+        if _whole_disk(node).name in _host_disks(host):
+            raise UserError(f"{path} is the disk this host runs from ({_whole_disk(node).name} "
+                            "holds /): refusing to overwrite it")
+        mount = _mounted(_family(node, host), host)
+        if mount is not None:
+            raise UserError(f"{path} is in use: {mount[0]} is mounted at {mount[1]}; unmount it "
+                            "first")
+        if _is_partition(node) and not force:
+            raise UserError(f"{path} is a partition of /dev/{node.parent.name}, not a whole "
+                            f"disk: flash /dev/{node.parent.name}, or pass --force to write the "
+                            "disk into the partition")
+    size = _device_size(path, node)
+    if size < disk_size:
+        raise UserError(f"{path} holds {size} bytes; the disk needs {disk_size}: use a larger "
+                        "device")
+    return Target(path, "block", size)
+
+
+def _device_size(path: Path, node: Path | None) -> int:
+    if node is not None and (node / "size").exists():  # sysfs counts 512-byte sectors
+        return int((node / "size").read_text().strip()) * 512
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def _open_target(target: Target, disk_size: int) -> tuple[int, int]:
+    """``(direct_fd, buffered_fd)``; the first is -1 when O_DIRECT is refused."""
+    flags = os.O_RDWR | os.O_CLOEXEC
+    if target.kind == "block":
+        flags |= os.O_EXCL  # a mounted or otherwise claimed device gives EBUSY
+    else:
+        flags |= os.O_CREAT
+    try:
+        fd = os.open(target.path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise UserError(f"{target.path} is in use (mounted, or held by another program): "
+                            "refusing to write it") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"cannot write {target.path}: {e.strerror}") from None
+        raise HostError(f"cannot open {target.path}: {e.strerror}") from None
+    direct = -1
+    if _O_DIRECT:
+        try:
+            direct = os.open(target.path, (flags & ~os.O_EXCL & ~os.O_CREAT) | _O_DIRECT)
+        except OSError:
+            direct = -1
+    return direct, fd
+
+
+# --- the plan: what to write, and its digests --------------------------------------------------
+
+
+@dataclass
+class Unit:
+    """One write: ``length`` bytes at ``offset`` whose SHA-256 is ``digest``."""
+
+    offset: int
+    length: int
+    digest: bytes
+
+    def describe(self) -> str:
+        end = self.offset + self.length
+        first, last = self.offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        blocks = f"block {first}" if first == last else f"blocks {first}-{last}"
+        return f"bytes {self.offset}-{end - 1} ({blocks})"
+
+
+def _pieces(disk: Disk) -> Iterator[tuple[int, memoryview]]:
+    """The disk's non-zero runs, cut on UNIT boundaries."""
+    for off, view in mapped_runs(disk):
+        pos = 0
+        while pos < len(view):
+            o = off + pos
+            n = min(len(view) - pos, (o // UNIT + 1) * UNIT - o)
+            yield o, view[pos:pos + n]
+            pos += n
+
+
+def plan_of(disk: Disk) -> list[Unit]:
+    """The units a flash of ``disk`` writes, with their digests (no writing)."""
+    return [Unit(o, len(v), hashlib.sha256(v).digest()) for o, v in _pieces(disk)]
+
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class MappedImage:
+    """A raw image file and its block map: flashed range by range, checked against the map."""
+
+    path: Path
+    bmap: Bmap
+
+    def disk(self) -> Disk:
+        return disk_of_image(self.path, self.bmap)
+
+    def mismatch(self, r: Range) -> bool:
+        """Whether the image's bytes of range ``r`` differ from the map's checksum."""
+        start, length = r.span(self.bmap.block_size, self.bmap.image_size)
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            while length > 0:
+                chunk = f.read(min(length, UNIT))
+                if not chunk:
+                    return True
+                h.update(chunk)
+                length -= len(chunk)
+        return h.hexdigest() != r.sha256
+
+
+def _take(pool: queue.Queue[mmap.mmap], stop: threading.Event) -> mmap.mmap | None:
+    while not stop.is_set():
+        try:
+            return pool.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return None
+
+
+def _reader(disk: Disk, work: queue.Queue[object], pool: queue.Queue[mmap.mmap],
+            stop: threading.Event) -> None:
+    """Disk model -> (offset, buffer, length, SHA-256) items on ``work``."""
+    try:
+        for o, view in _pieces(disk):
+            buf = _take(pool, stop)
+            if buf is None:
+                return
+            n = len(view)
+            buf[:n] = view
+            digest = hashlib.sha256(memoryview(buf)[:n]).digest()
+            _put(work, (o, buf, n, digest), stop)
+        _put(work, _END, stop)
+    except BaseException as e:  # crosses the queue; the writer raises it
+        _put(work, e, stop)
+
+
+def _image_reader(image: MappedImage, check: bool, work: queue.Queue[object],
+                  pool: queue.Queue[mmap.mmap], stop: threading.Event) -> None:
+    """Raw image + block map -> (offset, buffer, length, None) items, range by range; with
+    ``check`` each range is hashed and compared with the map as it is read."""
+    bs, size = image.bmap.block_size, image.bmap.image_size
+    try:
+        with open(image.path, "rb", buffering=0) as f:
+            fd = f.fileno()
+            for r in image.bmap.ranges:
+                start, length = r.span(bs, size)
+                h = hashlib.sha256() if check and r.sha256 else None
+                pos, end = start, start + length
+                while pos < end:
+                    n = min(end, (pos // UNIT + 1) * UNIT) - pos
+                    buf = _take(pool, stop)
+                    if buf is None:
+                        return
+                    view = memoryview(buf)[:n]
+                    got = os.preadv(fd, [view], pos)
+                    if got != n:
+                        raise UserError(f"{image.path} ended inside {r.describe(bs, size)}")
+                    if h is not None:
+                        h.update(view)
+                    del view
+                    _put(work, (pos, buf, n, None), stop)
+                    pos += n
+                if h is not None and h.hexdigest() != r.sha256:
+                    raise UserError(f"{image.path} does not match its block map at "
+                                    f"{r.describe(bs, size)}: checksum differs")
+        _put(work, _END, stop)
+    except OSError as e:
+        _put(work, HostError(f"cannot read {image.path}: {e.strerror}"), stop)
+    except BaseException as e:
+        _put(work, e, stop)
+
+
+def _put(work: queue.Queue[object], item: object, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            work.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        data, offset = data[n:], offset + n
+
+
+class _Verifier:
+    """Reads written units back on its own thread while the writer goes on, and compares their
+    SHA-256 with the disk model's (per unit), or with the block map's (per range, read back
+    whole once all its units are written: units of a range may come out of order, since the
+    partition tables are written last)."""
+
+    def __init__(self, target: Path, image: MappedImage | None) -> None:
+        self.target = target
+        self.image = image
+        self.error: BaseException | None = None
+        self.queue: queue.Queue[object] = queue.Queue()
+        self.fd, self.direct = _open_for_verify(target)
+        self.buf = mmap.mmap(-1, UNIT)
+        self.starts: list[int] = []
+        self.left: list[int] = []
+        if image is not None:
+            bs, size = image.bmap.block_size, image.bmap.image_size
+            for r in image.bmap.ranges:
+                start, length = r.span(bs, size)
+                self.starts.append(start)
+                self.left.append(length)
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name="imagebuilder-flash-verify")
+        self.thread.start()
+
+    def put(self, offset: int, n: int, digest: bytes | None) -> None:
+        self.queue.put((offset, n, digest))
+
+    def check(self) -> None:
+        """Wait for the units put so far; raise the first mismatch or read error."""
+        self.queue.join()
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        """Wait for every unit; raise the first mismatch or read error."""
+        self.queue.put(_END)
+        self.thread.join()
+        os.close(self.fd)
+        if self.error is None and any(self.left):
+            i = next(i for i, n in enumerate(self.left) if n)
+            self.error = HostError(f"verify: {self.target}: bytes from {self.starts[i]} were "
+                                   "not all written")
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                self.queue.task_done()
+                return
+            assert isinstance(item, tuple)
+            offset, n, digest = item
+            try:
+                if self.error is None:
+                    if self.image is None:
+                        self._check_unit(Unit(offset, n, digest))
+                    else:
+                        i = bisect.bisect_right(self.starts, offset) - 1
+                        self.left[i] -= n
+                        if self.left[i] == 0:
+                            self._check_range(self.image.bmap.ranges[i])
+            except BaseException as e:
+                self.error = e
+            finally:
+                self.queue.task_done()
+
+    def _read(self, unit: Unit) -> memoryview:
+        view = memoryview(self.buf)[:unit.length]
+        try:
+            got = _read_full(self.fd, view, unit.offset)
+        except OSError as e:
+            if e.errno != errno.EINVAL or not self.direct:
+                raise HostError(f"verify: cannot read {unit.describe()} of {self.target}: "
+                                f"{e.strerror}") from None
+            os.close(self.fd)  # O_DIRECT refused this read: go on without it
+            self.fd, self.direct = _open_for_verify(self.target, direct=False)
+            got = _read_full(self.fd, view, unit.offset)
+        if got < unit.length:
+            raise HostError(f"verify: {self.target} ends before the end of {unit.describe()}")
+        return view
+
+    def _check_unit(self, unit: Unit) -> None:
+        if hashlib.sha256(self._read(unit)).digest() != unit.digest:
+            raise HostError(f"verify: {self.target} differs from the disk at "
+                            f"{unit.describe()}; flash it again")
+
+    def _check_range(self, r: Range) -> None:
+        assert self.image is not None
+        if not r.sha256:
+            return
+        bs, size = self.image.bmap.block_size, self.image.bmap.image_size
+        start, length = r.span(bs, size)
+        h = hashlib.sha256()
+        pos, end = start, start + length
+        while pos < end:
+            n = min(end, (pos // UNIT + 1) * UNIT) - pos
+            h.update(self._read(Unit(pos, n, b"")))
+            pos += n
+        if h.hexdigest() == r.sha256:
+            return
+        if self.image.mismatch(r):
+            raise UserError(f"{self.image.path} does not match its block map at "
+                            f"{r.describe(bs, size)}: checksum differs")
+        raise HostError(f"verify: {self.target} differs from the image at "
+                        f"{r.describe(bs, size)}; flash it again")
+
+
+@dataclass
+class FlashResult:
+    target: Path
+    kind: str
+    written: int
+    units: int
+    verified: bool
+    o_direct: bool
+    digests: list[Unit] = field(default_factory=list, repr=False)
+
+
+def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
+          force: bool = False, progress: Progress | None = None,
+          host: Host | None = None) -> FlashResult:
+    """Write ``disk`` (a disk model, or a raw image with its block map) onto ``target_path``
+    (a whole-disk block device or a file) and verify it."""
+    image = disk if isinstance(disk, MappedImage) else None
+    model = image.disk() if image is not None else disk
+    assert isinstance(model, Disk)
+    target = check_target(target_path, model.size, force=force, host=host)
+    direct, fd = _open_target(target, model.size)
+    units: list[Unit] = []
+    written = 0
+    total = image.bmap.mapped_blocks * image.bmap.block_size if image else model.data_size()
+    verifier: _Verifier | None = None
+    try:
+        _prepare(target, fd, model.size)
+        update = progress("write", total) if progress else None
+        backup = model.size - gpt.BACKUP_SIZE
+        deferred: list[tuple[int, bytes, bytes | None]] = []
+        pool: queue.Queue[mmap.mmap] = queue.Queue()
+        for _ in range(BUFFERS):
+            pool.put(mmap.mmap(-1, UNIT))
+        work: queue.Queue[object] = queue.Queue(maxsize=BUFFERS)
+        stop = threading.Event()
+        if image is not None:
+            args: tuple[object, ...] = (image, not verify, work, pool, stop)
+            reader = threading.Thread(target=_image_reader, args=args, daemon=True)
+        else:
+            reader = threading.Thread(target=_reader, args=(model, work, pool, stop),
+                                      daemon=True)
+        if verify:
+            verifier = _Verifier(target.path, image)
+        reader.start()
+        try:
+            while True:
+                item = work.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if verifier is not None and verifier.error is not None:
+                    raise verifier.error
+                assert isinstance(item, tuple)
+                o, buf, n, digest = item
+                assert isinstance(buf, mmap.mmap)
+                unit = Unit(o, n, digest or b"")
+                units.append(unit)
+                view = memoryview(buf)[:n]
+                if o < _HEAD or o + n > backup:  # partition tables: written last
+                    deferred.append((o, bytes(view), digest))
+                    del view
+                    pool.put(buf)
+                else:
+                    _write(target, direct, fd, view, unit)
+                    del view
+                    pool.put(buf)
+                    if verifier is not None:
+                        verifier.put(o, n, digest)
+                written += n
+                if update:
+                    update(n)
+        finally:
+            stop.set()
+            reader.join()
+        _sync(target, fd)
+        if verifier is not None:  # everything else is right before the tables make it a disk
+            verifier.check()
+        for o, data, _digest in sorted(deferred, reverse=True):  # backup table, then primary
+            if o < _HEAD:
+                _sync(target, fd)
+            _write(target, -1, fd, memoryview(data), Unit(o, len(data), b""))
+        _sync(target, fd)
+        if verifier is not None:
+            for o, data, digest in sorted(deferred):
+                verifier.put(o, len(data), digest)
+            v, verifier = verifier, None
+            v.finish()
+    finally:
+        if verifier is not None:  # leaving on an error: stop it, keep the first error
+            with contextlib.suppress(BaseException):
+                verifier.finish()
+        for f in (direct, fd):
+            if f >= 0:
+                os.close(f)
+    return FlashResult(target.path, target.kind, written, len(units), verify, direct >= 0,
+                       units)
+
+
+def _prepare(target: Target, fd: int, disk_size: int) -> None:
+    """Forget what was on the target: a file is emptied to the disk's size; a device's
+    partition tables (start, and backup at its end) are zeroed and synced."""
+    try:
+        if target.kind == "file":
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, disk_size)
+        else:
+            _pwrite(fd, memoryview(bytes(_WIPE)), 0)
+            end = target.size - gpt.BACKUP_SIZE
+            end -= end % BLOCK_SIZE
+            _pwrite(fd, memoryview(bytes(target.size - end)), end)
+        os.fsync(fd)
+    except OSError as e:
+        raise _write_error(target, e, "preparing") from None
+
+
+def _write(target: Target, direct: int, fd: int, view: memoryview, unit: Unit) -> None:
+    try:
+        if direct >= 0 and unit.offset % BLOCK_SIZE == 0 and len(view) % BLOCK_SIZE == 0:
+            _pwrite(direct, view, unit.offset)
+        else:
+            _pwrite(fd, view, unit.offset)
+    except OSError as e:
+        raise _write_error(target, e, f"writing {unit.describe()}") from None
+
+
+def _sync(target: Target, fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise _write_error(target, e, "flushing") from None
+
+
+def _write_error(target: Target, e: OSError, what: str) -> Exception:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HostError(f"no space left on {target.path} while {what}")
+    if e.errno in (errno.ENODEV, errno.ENXIO):
+        return HostError(f"{target.path} disappeared while {what}: the disk is incomplete")
+    return HostError(f"{what} of {target.path} failed: {e.strerror or e}; the disk is "
+                     "incomplete")
+
+
+def verify_units(target: Path, units: list[Unit], *, progress: Progress | None = None) -> None:
+    """Read every unit back from ``target`` and compare its SHA-256; HostError naming the
+    range for a mismatch, a read error or a target that ends too soon."""
+    update = progress("verify", sum(u.length for u in units)) if progress else None
+    fd, direct = _open_for_verify(target)
+    buf = mmap.mmap(-1, UNIT)
+    try:
+        for unit in sorted(units, key=lambda u: u.offset):
+            view = memoryview(buf)[:unit.length]
+            try:
+                got = _read_full(fd, view, unit.offset)
+            except OSError as e:
+                if e.errno != errno.EINVAL or not direct:
+                    raise HostError(f"verify: cannot read {unit.describe()} of {target}: "
+                                    f"{e.strerror}") from None
+                os.close(fd)  # O_DIRECT refused this read: go on without it
+                fd, direct = _open_for_verify(target, direct=False)
+                got = _read_full(fd, view, unit.offset)
+            if got < unit.length:
+                raise HostError(f"verify: {target} ends before the end of {unit.describe()} "
+                                "(it is shorter than the disk)")
+            if hashlib.sha256(view).digest() != unit.digest:
+                raise HostError(f"verify: {target} differs from the disk at {unit.describe()}; "
+                                "flash it again")
+            if update:
+                update(unit.length)
+    finally:
+        os.close(fd)  # the buffer goes with its last view
+
+
+def _read_full(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` from ``offset``; the count read (short only at the end)."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            break
+        got += n
+    return got
+
+
+def _open_for_verify(target: Path, direct: bool = True) -> tuple[int, bool]:
+    try:
+        if direct and _O_DIRECT:
+            try:
+                return os.open(target, os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT), True
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise HostError(f"verify: {target} has disappeared") from None
+    except OSError as e:
+        raise HostError(f"verify: cannot open {target}: {e.strerror}") from None
+    if hasattr(os, "posix_fadvise"):  # read the device, not what we just wrote to memory
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return fd, False
+
+
+def verify_target(disk: Disk, target: Path, *, progress: Progress | None = None) -> None:
+    """Check that ``target`` holds ``disk`` (its non-zero blocks), as a flash's verify does."""
+    verify_units(Path(target), plan_of(disk), progress=progress)
+
+
+# --- the config partition ----------------------------------------------------------------------
+
+_HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")
+_ENTRY = struct.Struct("<16s16sQQQ72s")
+
+
+def read_gpt(disk: Disk) -> gpt.Gpt:
+    """The partition table of ``disk`` (its primary GPT), checked by its CRCs."""
+    head = disk.read(0, _HEAD)
+    fields = _HEADER.unpack_from(head, gpt.SECTOR)
+    sig, _rev, hsize, crc, _r, _my, _alt, _first, _last, guid, elba, count, esize, ecrc = fields
+    if sig != gpt.SIGNATURE:
+        raise UserError("the disk has no GPT: cannot add a config partition")
+    check = bytearray(head[gpt.SECTOR:gpt.SECTOR + hsize])
+    check[16:20] = bytes(4)
+    entries = head[elba * gpt.SECTOR:elba * gpt.SECTOR + count * esize]
+    if zlib.crc32(check) != crc or zlib.crc32(entries) != ecrc:
+        raise UserError("the disk's GPT is corrupt (CRC mismatch)")
+    parts = []
+    for i in range(count):
+        t, g, first, last, attrs, name = _ENTRY.unpack_from(entries, i * esize)
+        if t == bytes(16):
+            continue
+        parts.append(gpt.Partition(uuid.UUID(bytes_le=t), uuid.UUID(bytes_le=g), first, last,
+                                   name.decode("utf-16-le").rstrip("\0"), attrs))
+    boot_code = head[:gpt.MBR_BOOT_CODE_SIZE].rstrip(b"\0")
+    signature = int.from_bytes(head[440:444], "little")
+    return gpt.Gpt(disk.size, uuid.UUID(bytes_le=guid), tuple(parts), boot_code, signature)
+
+
+def with_config_partition(disk: Disk, env_name: str, env_vars: Mapping[str, str]) -> Disk:
+    """``disk`` with a config-drive partition after its partitions and both GPTs rewritten."""
+    from ..configdrive import build_iso, env_file
+
+    iso = build_iso(env_file(env_name, env_vars))
+    table = read_gpt(disk)
+    lo, hi = _HEAD, disk.size - gpt.BACKUP_SIZE
+    used = max([(p.last_lba + 1) * gpt.SECTOR for p in table.partitions]
+               + [min(e.end, hi) for e in disk.extents if e.offset < hi])
+    start = gpt.align_up(used)  # after the partitions and any data outside them
+    length = gpt.align_up(len(iso))
+    size = start + length + gpt.ALIGN
+    config = gpt.Partition(gpt.LINUX_FILESYSTEM_TYPE,
+                           gpt.derived_guid(table.disk_guid.bytes, "config partition"),
+                           start // gpt.SECTOR, (start + length) // gpt.SECTOR - 1,
+                           CONFIG_PARTITION_NAME)
+    new = gpt.Gpt(size, table.disk_guid, (*table.partitions, config), table.boot_code,
+                  table.mbr_signature)
+    builder = DiskBuilder(size)
+    for offset, data in new.regions():
+        builder.put(offset, data)
+    for ext in disk.extents:
+        for piece in _clip(ext, lo, hi):
+            builder.put(piece.offset, piece.source, piece.length)
+    builder.put(start, iso)
+    return builder.build()
+
+
+def _clip(ext: Extent, lo: int, hi: int) -> list[Extent]:
+    a, b = max(ext.offset, lo), min(ext.end, hi)
+    if a >= b:
+        return []
+    rel = a - ext.offset
+    src = ext.source
+    if isinstance(src, bytes):
+        return [Extent(a, b - a, src[rel:rel + b - a])]
+    return [Extent(a, b - a, FileSlice(src.path, src.offset + rel))]

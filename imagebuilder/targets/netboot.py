@@ -1,0 +1,245 @@
+"""Network boot: serve an image's kernel, initrd layers and an iPXE script over HTTP.
+
+A server whose firmware runs iPXE (built in, chain-loaded from PXE, or QEMU's network ROMs)
+fetches ``/boot.ipxe`` from this server and follows it: ``kernel`` fetches ``/vmlinuz`` with
+the image's command line, one ``initrd`` line per layer fetches ``/initrd/<n>.img`` in unpack
+order (the kernel unpacks concatenated initramfs archives in turn, so the layers stay separate
+blobs), and ``boot`` starts the kernel. The script's URLs are absolute, built from the ``Host``
+header of the request for it, so they name this server as the client reached it (behind NAT,
+by name or by address).
+
+The environment (``--env``) travels as one more initrd, ``/initrd/env.img``: an uncompressed
+newc cpio holding ``/etc/imagebuilder/env`` (mode 0600, the config drive's ``KEY=VALUE``
+format), unpacked last. The init reads it when it finds no config drive. The image's layers
+and digest are unchanged; only the script and the extra archive depend on the environment.
+
+The source is a stored image or a ``kernel-initrd`` export directory (``vmlinuz``,
+``initrd.img``, ``cmdline``). The server is the standard library's threading HTTP server:
+files are sent with ``sendfile``; GET and HEAD only; nothing else is reachable.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+import re
+import shutil
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from ..errors import HostError, UserError
+
+ENV_PATH = "etc/imagebuilder/env"
+"""Where the environment layer puts the variables (read by the init)."""
+_LISTEN_RE = re.compile(r"^(?:\[(?P<ip6>[0-9a-fA-F:]+)\]|(?P<ip>[0-9.]+)):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class NetbootSource:
+    """What a network boot fetches: a kernel, initrds in order, a command line."""
+
+    kernel: Path
+    initrds: tuple[tuple[str, Path], ...]
+    cmdline: str
+    title: str = "imagebuilder"
+    env_layer: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of_image(cls, store: object, image: object) -> NetbootSource:
+        from ..export import BootSource
+
+        boot = BootSource.of_image(store, image)  # type: ignore[arg-type]
+        return cls(boot.kernel, boot.initrds, boot.cmdline,
+                   title=str(getattr(image, "ref", "imagebuilder")))
+
+    @classmethod
+    def of_directory(cls, path: Path) -> NetbootSource:
+        """A ``kernel-initrd`` export directory."""
+        path = Path(path)
+        missing = [n for n in ("vmlinuz", "initrd.img") if not (path / n).is_file()]
+        if missing:
+            raise UserError(f"{path} is not a kernel-initrd export (no {', '.join(missing)}): "
+                            "write one with 'imagebuilder export REF --format kernel-initrd'")
+        cmdline_file = path / "cmdline"
+        cmdline = cmdline_file.read_text().strip() if cmdline_file.exists() else "console=ttyS0"
+        return cls(path / "vmlinuz", (("initrd", path / "initrd.img"),), cmdline,
+                   title=path.name)
+
+    def with_env(self, env_name: str, env_vars: Mapping[str, str]) -> NetbootSource:
+        return NetbootSource(self.kernel, self.initrds, self.cmdline, self.title,
+                             env_layer(env_name, env_vars))
+
+
+def env_layer(env_name: str, env_vars: Mapping[str, str]) -> bytes:
+    """The environment as an initrd: a newc cpio holding :data:`ENV_PATH`."""
+    from ..configdrive import env_file
+    from ..layers.cpio import Tree, write_cpio
+
+    tree = Tree()
+    tree.add_dir("etc")
+    tree.add_dir("etc/imagebuilder")
+    tree.add_file(ENV_PATH, data=env_file(env_name, env_vars), mode=0o600)
+    out = io.BytesIO()
+    write_cpio(tree, out, mtime=0)
+    return out.getvalue()
+
+
+def ipxe_script(source: NetbootSource, base_url: str) -> str:
+    """The iPXE script booting ``source`` from ``base_url`` (``http://host:port``)."""
+    from ..layers.templates import render
+
+    names = [f"{i}.img" for i in range(1, len(source.initrds) + 1)]
+    if source.env_layer is not None:
+        names.append("env.img")
+    return render("boot.ipxe.j2", title=source.title, base=base_url.rstrip("/"),
+                  cmdline=source.cmdline, initrds=names)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``IP:PORT`` (``[IPv6]:PORT``) to ``(ip, port)``."""
+    m = _LISTEN_RE.match(text.strip())
+    if not m or not 0 < int(m["port"]) < 65536:
+        raise UserError(f"--listen {text}: expected IP:PORT, e.g. 0.0.0.0:8000")
+    ip = m["ip6"] or m["ip"]
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise UserError(f"--listen {text}: '{ip}' is not an IP address") from None
+    return ip, int(m["port"])
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], routes: Mapping[str, Path | bytes],
+                 source: NetbootSource, log: Callable[[str], None] | None) -> None:
+        import socket
+
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.routes = routes
+        self.source = source
+        self.log = log
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "imagebuilder"
+
+    def log_message(self, format: str, *args: object) -> None:
+        if self.server.log is not None:
+            self.server.log(f"{self.client_address[0]} {format % args}")
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/boot.ipxe":
+            host = self.headers.get("Host") or _host_port(self.server.server_address)
+            data: Path | bytes = ipxe_script(self.server.source, f"http://{host}").encode()
+        elif path in self.server.routes:
+            data = self.server.routes[path]
+        else:
+            self.send_error(404, "not found")
+            return
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain" if path.endswith(".ipxe")
+                         else "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if not body:
+            return
+        try:
+            if isinstance(data, bytes):
+                self.wfile.write(data)
+            else:
+                self.wfile.flush()
+                with open(data, "rb") as f:
+                    _send_file(self.connection.fileno(), f, size, self.wfile)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def _host_port(address: tuple[str | bytes | bytearray, int] | tuple[object, ...]) -> str:
+    host, port = address[0], address[1]
+    host = host.decode() if isinstance(host, bytes | bytearray) else str(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _send_file(sock: int, f: io.BufferedReader, size: int, fallback: io.BufferedIOBase) -> None:
+    offset = 0
+    try:
+        while offset < size:
+            n = os.sendfile(sock, f.fileno(), offset, size - offset)
+            if n == 0:
+                break
+            offset += n
+    except OSError:
+        if offset:
+            raise
+        f.seek(0)
+        shutil.copyfileobj(f, fallback, 1 << 20)
+
+
+class NetbootServer:
+    """The HTTP server for one source; :meth:`start` runs it on a thread, :meth:`serve_forever`
+    in the caller's."""
+
+    def __init__(self, source: NetbootSource, listen: tuple[str, int], *,
+                 log: Callable[[str], None] | None = None) -> None:
+        routes: dict[str, Path | bytes] = {"/vmlinuz": source.kernel}
+        for i, (_name, path) in enumerate(source.initrds, 1):
+            routes[f"/initrd/{i}.img"] = path
+        if source.env_layer is not None:
+            routes["/initrd/env.img"] = source.env_layer
+        for p in [source.kernel, *(p for _n, p in source.initrds)]:
+            if not Path(p).is_file():
+                raise HostError(f"{p} is missing: the image store is incomplete")
+        try:
+            self._server = _Server(listen, routes, source, log)
+        except OSError as e:
+            raise UserError(f"cannot listen on {listen[0]}:{listen[1]}: {e.strerror}") from None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/boot.ipxe"
+
+    def start(self) -> NetbootServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="imagebuilder-netboot")
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+    def __enter__(self) -> NetbootServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,396 @@
+"""flash (imagebuilder/targets/baremetal.py): writes the disk's data onto files and block devices,
+verifies it, refuses dangerous targets, survives interruption, adds a config partition."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_bmap import sample_disk, sha256
+
+from imagebuilder import cli
+from imagebuilder.bmap import write_raw_with_bmap
+from imagebuilder.commands.baremetal import COMMANDS
+from imagebuilder.configdrive import build_iso, env_file
+from imagebuilder.disk import gpt
+from imagebuilder.disk.model import Disk
+from imagebuilder.errors import HostError, UserError
+from imagebuilder.formats import write_disk
+from imagebuilder.targets import baremetal
+from imagebuilder.targets.baremetal import (
+    Host,
+    check_target,
+    flash,
+    read_gpt,
+    verify_target,
+    with_config_partition,
+)
+
+FAKE_MAJOR = 60  # "local/experimental use": no driver answers it
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Disk:
+    return sample_disk(tmp_path)
+
+
+def raw_digest(disk: Disk, tmp: Path) -> str:
+    write_disk(disk, tmp / "reference.raw", "raw")
+    return sha256(tmp / "reference.raw")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    for command in COMMANDS:
+        if command.name not in cli.cli.commands:
+            cli.cli.add_command(command)
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- regular files -----------------------------------------------------------------------------
+
+
+def test_flash_onto_a_file_gives_the_raw_disk(tmp_path: Path, disk: Disk) -> None:
+    target = tmp_path / "target.img"
+    target.write_bytes(os.urandom(1 << 20) * 20)  # an old, larger image: replaced whole
+    phases: list[tuple[str, int]] = []
+    done: list[int] = []
+
+    def progress(phase: str, total: int) -> object:
+        phases.append((phase, total))
+        return done.append
+
+    result = flash(disk, target, progress=progress)  # type: ignore[arg-type]
+    assert result.verified and result.kind == "file"
+    assert sha256(target) == raw_digest(disk, tmp_path)
+    assert phases == [("write", disk.data_size())]  # verified as it goes
+    assert sum(done) == result.written
+    # Only the data: the file stays sparse.
+    assert os.stat(target).st_blocks * 512 < disk.size // 2
+
+
+def test_flash_from_a_raw_image_and_its_block_map_on_the_command_line(
+        tmp_path: Path, disk: Disk, capsys: pytest.CaptureFixture[str]) -> None:
+    write_raw_with_bmap(disk, tmp_path / "disk.raw")
+    code, out, err = run_cli(capsys, "flash", str(tmp_path / "disk.raw"),
+                             str(tmp_path / "t.img"))
+    assert code == 0, err
+    assert out.startswith(f"flashed {tmp_path / 'disk.raw'} onto {tmp_path / 't.img'}: ")
+    assert out.rstrip().endswith("verified")
+    assert sha256(tmp_path / "t.img") == sha256(tmp_path / "disk.raw")
+    # An image changed after its map was written: refused before anything is written.
+    with open(tmp_path / "disk.raw", "r+b") as f:
+        f.seek((1 << 20) + 100)
+        f.write(b"tampered")
+    code, out, err = run_cli(capsys, "flash", str(tmp_path / "disk.raw"),
+                             str(tmp_path / "u.img"))
+    assert code == 2, err
+    assert "does not match its block map at blocks 256-" in err and err.count("\n") == 1
+    with pytest.raises(HostError, match="differs from the disk at bytes 0-"):  # no table
+        verify_target(Disk.from_file(tmp_path / "disk.raw"), tmp_path / "u.img")
+    code, out, err = run_cli(capsys, "flash", "--no-verify", str(tmp_path / "disk.raw"),
+                             str(tmp_path / "v.img"))
+    assert code == 2 and "does not match its block map at blocks 256-" in err
+
+
+def test_a_wrong_device_path_is_a_one_line_error(tmp_path: Path, disk: Disk,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    write_disk(disk, tmp_path / "disk.raw", "raw")
+    code, _, err = run_cli(capsys, "flash", str(tmp_path / "disk.raw"), "/dev/nonexistent-disk")
+    assert code == 2
+    assert err == "ERROR: /dev/nonexistent-disk: no such device (list disks with 'lsblk -d')\n"
+    code, _, err = run_cli(capsys, "flash", str(tmp_path / "disk.raw"),
+                           str(tmp_path / "no" / "t.img"))
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/"])
+def test_not_a_disk_is_refused(path: str) -> None:
+    with pytest.raises(UserError, match="give a whole disk"):
+        check_target(Path(path), 1 << 20)
+
+
+# --- interruption and verification -------------------------------------------------------------
+
+
+def test_an_interrupted_flash_is_rejected_by_verify_and_rewritten(
+        tmp_path: Path, disk: Disk, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "t.img"
+    flash(disk, target)  # a good disk first: the interruption must not leave it looking good
+    calls = 0
+    real = baremetal._write
+
+    def failing(*args: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt  # the power goes, Ctrl-C, the process is killed
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(baremetal, "_write", failing)
+    with pytest.raises(KeyboardInterrupt):
+        flash(disk, target)
+    monkeypatch.undo()
+    with pytest.raises(HostError) as info:
+        verify_target(disk, target)
+    assert "differs from the disk at bytes 0-" in str(info.value)  # no partition table yet
+    assert bytes(target.read_bytes()[:4096]) == bytes(4096)
+    result = flash(disk, target)
+    assert result.verified and sha256(target) == raw_digest(disk, tmp_path)
+
+
+def test_a_reader_error_crosses_the_queue(tmp_path: Path, disk: Disk,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data.bin"
+    real = baremetal._pieces
+
+    def pieces(d: Disk) -> Iterator[tuple[int, memoryview]]:
+        for i, item in enumerate(real(d)):
+            if i == 2:
+                data.unlink()
+                raise HostError(f"cannot read {data}: No such file or directory")
+            yield item
+
+    monkeypatch.setattr(baremetal, "_pieces", pieces)
+    with pytest.raises(HostError, match="cannot read"):
+        flash(disk, tmp_path / "t.img")
+
+
+def test_verify_rejects_a_truncated_or_changed_target(tmp_path: Path, disk: Disk) -> None:
+    target = tmp_path / "t.img"
+    result = flash(disk, target, verify=False)
+    assert not result.verified
+    with open(target, "r+b") as f:
+        f.seek((1 << 20) + 4096 * 3)
+        f.write(b"bit rot")
+    with pytest.raises(HostError) as info:
+        verify_target(disk, target)
+    assert str(info.value) == (f"verify: {target} differs from the disk at bytes 1048576-2097151 "
+                               "(blocks 256-511); flash it again")
+    flash(disk, target, verify=False)
+    os.truncate(target, 12 << 20)
+    with pytest.raises(HostError, match="ends before the end of bytes 12582912-"):
+        verify_target(disk, target)
+
+
+def test_a_read_error_on_verify_names_the_range(tmp_path: Path, disk: Disk,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def eio(*args: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    flash(disk, tmp_path / "t.img", verify=False)
+    monkeypatch.setattr(baremetal, "_read_full", eio)
+    with pytest.raises(HostError) as info:
+        verify_target(disk, tmp_path / "t.img")
+    assert str(info.value) == (f"verify: cannot read bytes 0-4095 (block 0) of "
+                               f"{tmp_path / 't.img'}: Input/output error")
+
+
+def test_a_failing_write_is_an_error_never_success(tmp_path: Path, disk: Disk,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def enodev(*args: object) -> int:
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(baremetal.os, "pwrite", enodev)
+    with pytest.raises(HostError, match="disappeared while writing bytes 1048576-2097151"):
+        flash(disk, tmp_path / "t.img")
+
+
+# --- refusals, on fake sysfs trees and a device node ---------------------------------------------
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[tuple[Path, Host]]:
+    """A device node (loop major, unused minor) and a sysfs where it is disk ``fakedisk`` with
+    partition ``fakedisk1``; ``/`` is on another disk's partition."""
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    minor = 4000 + os.getpid() % 1000
+    try:
+        os.mknod(dev / "fakedisk", 0o600 | stat.S_IFBLK, os.makedev(FAKE_MAJOR, minor))
+        os.mknod(dev / "fakedisk1", 0o600 | stat.S_IFBLK, os.makedev(FAKE_MAJOR, minor + 1))
+    except OSError as e:
+        pytest.skip(f"cannot make device nodes here: {e.strerror}")
+    sys = tmp_path / "sys"
+    disks = sys / "devices" / "virtual" / "block"
+    for name, size in (("fakedisk", 1 << 30), ("rootdisk", 1 << 30)):
+        (disks / name).mkdir(parents=True)
+        (disks / name / "size").write_text(f"{size // 512}\n")
+        (disks / name / "holders").mkdir()
+        (disks / name / f"{name}1").mkdir()
+        (disks / name / f"{name}1" / "partition").write_text("1\n")
+        (disks / name / f"{name}1" / "size").write_text(f"{size // 1024}\n")
+    (sys / "dev" / "block").mkdir(parents=True)
+    (sys / "class" / "block").mkdir(parents=True)
+    numbers = {"fakedisk": (FAKE_MAJOR, minor), "fakedisk1": (FAKE_MAJOR, minor + 1),
+               "rootdisk": (FAKE_MAJOR, minor + 2), "rootdisk1": (FAKE_MAJOR, minor + 3)}
+    for name, (ma, mi) in numbers.items():
+        node = disks / name if name in ("fakedisk", "rootdisk") else disks / name[:-1] / name
+        (sys / "dev" / "block" / f"{ma}:{mi}").symlink_to(node)
+        (sys / "class" / "block" / name).symlink_to(node)
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/rootdisk1 / ext4 rw 0 0\nproc /proc proc rw 0 0\n")
+    yield dev, Host(mounts=mounts, sys=sys, root_dev=os.makedev(FAKE_MAJOR, minor + 3))
+
+
+def test_refuses_the_disk_the_host_runs_from(fake: tuple[Path, Host]) -> None:
+    dev, host = fake
+    os.mknod(dev / "rootdisk", 0o600 | stat.S_IFBLK, os.makedev(FAKE_MAJOR,
+             os.minor(os.stat(dev / "fakedisk").st_rdev) + 2))
+    with pytest.raises(UserError) as info:
+        check_target(dev / "rootdisk", 1 << 20, force=True, host=host)
+    assert str(info.value) == (f"{dev / 'rootdisk'} is the disk this host runs from (rootdisk "
+                               "holds /): refusing to overwrite it")
+
+
+def test_refuses_a_disk_with_a_mounted_partition(fake: tuple[Path, Host]) -> None:
+    dev, host = fake
+    host.mounts.write_text(host.mounts.read_text() + "/dev/fakedisk1 /mnt/my\\040data vfat rw\n")
+    with pytest.raises(UserError) as info:
+        check_target(dev / "fakedisk", 1 << 20, force=True, host=host)
+    assert str(info.value) == (f"{dev / 'fakedisk'} is in use: /dev/fakedisk1 is mounted at "
+                               "/mnt/my data; unmount it first")
+
+
+def test_refuses_a_partition_unless_forced(fake: tuple[Path, Host]) -> None:
+    dev, host = fake
+    with pytest.raises(UserError) as info:
+        check_target(dev / "fakedisk1", 1 << 20, host=host)
+    assert str(info.value) == (f"{dev / 'fakedisk1'} is a partition of /dev/fakedisk, not a "
+                               "whole disk: flash /dev/fakedisk, or pass --force to write the "
+                               "disk into the partition")
+    target = check_target(dev / "fakedisk1", 1 << 20, force=True, host=host)
+    assert target.kind == "block" and target.size == 512 << 20
+
+
+def test_refuses_a_device_smaller_than_the_disk(fake: tuple[Path, Host]) -> None:
+    dev, host = fake
+    with pytest.raises(UserError) as info:
+        check_target(dev / "fakedisk", 2 << 30, force=True, host=host)
+    assert str(info.value) == (f"{dev / 'fakedisk'} holds {1 << 30} bytes; the disk needs "
+                               f"{2 << 30}: use a larger device")
+    assert check_target(dev / "fakedisk", 1 << 30, host=host).size == 1 << 30
+
+
+# --- a real loop device ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[Path]:
+    losetup = shutil.which("losetup")
+    if losetup is None or os.geteuid() != 0:
+        pytest.skip("needs root and losetup")
+    backing = tmp_path / "backing.img"
+    with open(backing, "wb") as f:
+        f.truncate(32 << 20)
+    result = subprocess.run([losetup, "-f", "--show", str(backing)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        pytest.skip(f"losetup does not work here: {result.stderr.strip()}")
+    device = Path(result.stdout.strip())
+    try:
+        yield device
+    finally:
+        subprocess.run([losetup, "-d", str(device)], check=False)
+
+
+def test_flash_onto_a_loop_device(tmp_path: Path, disk: Disk, loop: Path) -> None:
+    with open(loop, "r+b") as f:  # old content where the image has holes and at the end
+        f.write(os.urandom(1 << 20))
+    result = flash(disk, loop)
+    assert result.kind == "block" and result.verified and result.o_direct
+    with open(loop, "rb") as f:
+        head = f.read(disk.size)
+    write_disk(disk, tmp_path / "ref.raw", "raw")
+    ref = (tmp_path / "ref.raw").read_bytes()
+    for block in range(0, disk.size, 4096):  # every data block is the disk's
+        want = ref[block:block + 4096]
+        if want.count(0) != len(want):
+            assert head[block:block + 4096] == want
+    # The old backup table at the device's end is gone.
+    with open(loop, "rb") as f:
+        f.seek(-512, os.SEEK_END)
+        assert f.read() == bytes(512)
+
+
+def test_an_exclusively_held_device_is_refused(disk: Disk, loop: Path) -> None:
+    fd = os.open(loop, os.O_RDONLY | os.O_EXCL)
+    try:
+        with pytest.raises(UserError, match="is in use"):
+            flash(disk, loop)
+    finally:
+        os.close(fd)
+
+
+def test_refuses_a_device_smaller_than_the_disk_for_real(tmp_path: Path, loop: Path) -> None:
+    big = sample_disk(tmp_path, size=64 << 20)
+    with pytest.raises(UserError, match=f"holds {32 << 20} bytes; the disk needs {64 << 20}"):
+        flash(big, loop)
+
+
+# --- the config partition ----------------------------------------------------------------------
+
+
+def test_config_partition_follows_the_image_and_keeps_its_bytes(tmp_path: Path) -> None:
+    disk = sample_disk(tmp_path, size=18 << 20)  # one MiB after the partition, as bootable()
+    table = read_gpt(disk)
+    withenv = with_config_partition(disk, "test", {"GREETING": "hi"})
+    new = read_gpt(withenv)
+    assert new.disk_guid == table.disk_guid and new.partitions[0] == table.partitions[0]
+    config = new.partitions[1]
+    # after the partition and the data outside it at 12 MiB
+    assert config.name == "imagebuilder-config" and config.offset == 13 << 20
+
+    assert withenv.size == config.offset + config.size + gpt.ALIGN
+    part = table.partitions[0]
+    assert withenv.read(part.offset, part.size) == disk.read(part.offset, part.size)
+    iso = build_iso(env_file("test", {"GREETING": "hi"}))
+    assert withenv.read(config.offset, len(iso)) == iso
+    target = tmp_path / "t.img"
+    flash(withenv, target)
+    sfdisk = subprocess.run(["sfdisk", "--json", str(target)], capture_output=True, text=True)
+    if sfdisk.returncode == 0:  # the real reader agrees (no complaint about either header)
+        assert '"name": "imagebuilder-config"' in sfdisk.stdout
+    data = target.read_bytes()
+    assert hashlib.sha256(data[part.offset:part.offset + part.size]).digest() == \
+        hashlib.sha256(disk.read(part.offset, part.size)).digest()
+
+
+def test_config_partition_needs_a_gpt(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no GPT"):
+        with_config_partition(Disk(4 << 20), "test", {})
+
+
+@pytest.mark.parametrize("with_map", [False, True])
+def test_a_write_that_goes_wrong_is_caught_by_the_verify(
+        tmp_path: Path, disk: Disk, monkeypatch: pytest.MonkeyPatch, with_map: bool) -> None:
+    real = baremetal._write
+
+    def corrupting(target: object, direct: int, fd: int, view: memoryview,
+                   unit: baremetal.Unit) -> None:
+        if unit.offset == 1 << 20:
+            view = memoryview(b"\xff" + bytes(view[1:]))
+            direct = -1
+        real(target, direct, fd, view, unit)  # type: ignore[arg-type]
+
+    source: Disk | baremetal.MappedImage = disk
+    if with_map:
+        block_map = write_raw_with_bmap(disk, tmp_path / "disk.raw")
+        source = baremetal.MappedImage(tmp_path / "disk.raw", block_map)
+    monkeypatch.setattr(baremetal, "_write", corrupting)
+    with pytest.raises(HostError) as info:
+        flash(source, tmp_path / "t.img")
+    what = "image at blocks 256-" if with_map else "disk at bytes 1048576-"
+    assert f"differs from the {what}" in str(info.value)
+    assert (tmp_path / "t.img").read_bytes()[:512] == bytes(512)  # never made a disk
