@@ -345,9 +345,10 @@ def stop_cmd(vm_ids: Sequence[str]) -> None:
 
 
 def _register_command_groups() -> None:
+    from .commands.aws import COMMANDS as AWS_COMMANDS
     from .commands.baremetal import COMMANDS as BAREMETAL_COMMANDS
     from .commands.registry import COMMANDS as REGISTRY_COMMANDS
-    for command in (*REGISTRY_COMMANDS, *BAREMETAL_COMMANDS):
+    for command in (*REGISTRY_COMMANDS, *BAREMETAL_COMMANDS, *AWS_COMMANDS):
         cli.add_command(command)
 
 

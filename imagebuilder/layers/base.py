@@ -25,8 +25,9 @@ MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "
 #: busybox applets the init and its helpers use. No getty, login, telnetd or httpd: nothing
 #: that could offer a shell to the network or the console.
 APPLETS = (
-    "awk", "cat", "echo", "head", "ip", "kill", "ls", "mkdir", "modprobe", "mount", "poweroff",
-    "printf", "sh", "sleep", "start-stop-daemon", "setpriv", "sync", "udhcpc", "umount", "uname",
+    "awk", "cat", "echo", "head", "ip", "kill", "ls", "mkdir", "modprobe", "mount", "nc",
+    "poweroff", "printf", "sh", "sleep", "start-stop-daemon", "setpriv", "sync", "udhcpc",
+    "umount", "uname",
 )
 
 

@@ -1,0 +1,129 @@
+"""The AWS commands: publish (an AMI per image, or a promotion by retagging) and userdata.
+
+Thin like cli.py: parse, call :mod:`imagebuilder.targets.aws`, print. Errors are raised as
+ImageBuilderError and turned into one line and an exit code by ``imagebuilder.cli.main``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..home import Home
+
+
+def _home() -> Home:
+    from ..home import Home
+    return Home()
+
+
+def _config(config_path: str | None) -> Config:
+    from .. import config as config_mod
+    from ..errors import ConfigError
+    path = Path(config_path or ".")
+    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
+        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
+                          "environments from: run from the app's directory or pass --config PATH")
+    return config_mod.load(path, check_app=False)
+
+
+def _regions(text: str | None) -> tuple[str, ...]:
+    return tuple(r.strip() for r in (text or "").split(",") if r.strip())
+
+
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(),
+    help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
+
+
+@click.command("publish")
+@click.argument("ref")
+@click.option("--target", type=click.Choice(["aws"]), required=True,
+              help="Where to publish (aws: an AMI).")
+@click.option("--region", required=True, help="The AWS region of the AMI, e.g. eu-west-1.")
+@click.option("--env", "env_name",
+              help="Tag the AMI for this environment (one of imagebuilder.toml's).")
+@click.option("--regions", metavar="R2,R3", help="Copy the AMI to these regions too.")
+@click.option("--profile", help="The AWS profile (default: the usual credential chain).")
+@click.option("--kms-key-id", help="Encrypt the snapshot with this KMS key (id, alias or ARN).")
+@click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Snapshot blocks in flight at once.")
+@click.option("--promote-only", is_flag=True,
+              help="Do not upload: retag REF's existing AMI for --env (AWS promotion).")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def publish_cmd(ref: str, target: str, region: str, env_name: str | None, regions: str | None,
+                profile: str | None, kms_key_id: str | None, workers: int, promote_only: bool,
+                config_path: str | None, as_json: bool) -> None:
+    """Publish image REF as an AMI in --region (uploaded through the EBS direct APIs, only the
+    blocks holding data) and copy it to --regions, tagged with the image's name, version,
+    digests and --env. An AMI of the same disk already in the region is reused.
+
+    Promotion: 'publish REF --target aws --region R --env prod --promote-only' retags REF's
+    published AMI (in R and --regions) for prod, uploading nothing."""
+    from ..errors import UserError
+    from ..targets import aws
+    if env_name is not None:
+        _config(config_path).env(env_name)  # a one-line error naming the known environments
+    elif promote_only:
+        raise UserError("--promote-only needs --env: the environment to promote REF to")
+    home = _home()
+    image = home.store.resolve(ref)
+    other = _regions(regions)
+    result: dict[str, Any]
+    if promote_only:
+        assert env_name is not None
+        result = aws.promote_aws(image, region=region, env=env_name, regions=other,
+                                 profile=profile)
+        if as_json:
+            click.echo(json.dumps(result))
+            return
+        for where, image_id in result["images"].items():
+            click.echo(f"promoted {image.ref} to {env_name}: {image_id} in {where}")
+        return
+    bar = None
+    if not as_json:
+        from tqdm import tqdm
+        bar = tqdm(desc=f"upload {image.ref}", unit="B", unit_scale=True, unit_divisor=1024,
+                   file=sys.stderr, leave=False)
+    try:
+        result = aws.publish(home.store, home.cache, image, region=region, env=env_name,
+                             regions=other, profile=profile, kms_key_id=kms_key_id,
+                             workers=workers, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    how = "reused" if result["reused"] else "published"
+    click.echo(f"{how} {image.ref} as {result['image_id']} in {region}"
+               + (f" for {env_name}" if env_name else ""))
+    upload = result.get("upload")
+    if upload:
+        click.echo(f"sent {upload['blocks_sent']} blocks ({upload['bytes_sent'] >> 20} MiB) in "
+                   f"{upload['seconds']:.1f} s, skipped {upload['blocks_skipped']} zero blocks")
+    for where, image_id in result["copies"].items():
+        click.echo(f"copied to {where}: {image_id}")
+
+
+@click.command("userdata")
+@click.argument("ref")
+@click.option("--env", "env_name", required=True, help="The environment whose variables to use.")
+@_config_option
+def userdata_cmd(ref: str, env_name: str, config_path: str | None) -> None:
+    """Print the EC2 user-data for REF in environment ENV: the image's init reads it through
+    IMDSv2 when the instance has no config drive (put it in the launch template)."""
+    from ..targets import aws
+    environment = _config(config_path).env(env_name)
+    _home().store.resolve(ref)  # an image that was never built is an error
+    click.echo(aws.userdata(env_name, environment.vars), nl=False)
+
+
+COMMANDS: list[click.Command] = [publish_cmd, userdata_cmd]

@@ -1,0 +1,523 @@
+"""Publish an image to AWS as an AMI, uploaded through the EBS direct APIs.
+
+The raw bootable disk goes straight into a new EBS snapshot (StartSnapshot, PutSnapshotBlock for
+each 512 KiB block with its SHA-256, CompleteSnapshot with the linear aggregate checksum): no S3
+bucket, no import task, only the blocks that hold data. Many blocks are in flight at once, but
+the blocks read ahead are bounded, so memory is bounded by ``workers`` blocks whatever the disk's
+size. The snapshot becomes an AMI (hvm, x86_64, ENA, root /dev/xvda, boot mode uefi-preferred,
+IMDSv2 required), tagged with the image's name, version, digests and environment, and is copied
+to the other regions asked for.
+
+Publishing is idempotent: an AMI tagged with the same disk digest in the account and region is
+reused (and retagged for the environment). A publish that fails part-way deletes what it created;
+an AMI is registered only once its snapshot is complete. :func:`promote_aws` moves an existing
+AMI to another environment by retagging it, uploading nothing. boto3 is an optional dependency
+(``pip install imagebuilder[aws]``), imported only here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..configdrive import env_file
+from ..disk.model import Disk
+from ..errors import FetchError, HostError, ImageBuilderError, NotFoundError, UserError
+
+if TYPE_CHECKING:
+    from ..cache import Cache
+    from ..store import Image, Store
+
+BLOCK_SIZE = 512 * 1024
+"""The EBS direct APIs' block: every PutSnapshotBlock carries exactly this many bytes."""
+GIB = 1 << 30
+TAG = "imagebuilder:"
+RETRY_ATTEMPTS = 8
+"""Attempts per block (throttling, "snapshot not ready", transient server errors)."""
+BACKOFF = 0.25
+"""First retry delay in seconds; doubled per attempt, capped at :data:`BACKOFF_MAX`."""
+BACKOFF_MAX = 8.0
+SNAPSHOT_WAIT = 1800.0
+"""Seconds to wait for a completed snapshot to become usable."""
+POLL_INTERVAL = 2.0
+SNAPSHOT_TIMEOUT_MINUTES = 60
+"""An abandoned snapshot (a crash before cleanup) moves to the error state after this."""
+
+_RETRY_CODES = frozenset({
+    "ThrottlingException", "RequestThrottledException", "Throttling", "RequestLimitExceeded",
+    "ServiceUnavailableException", "InternalServerException", "InternalServerError",
+    "ConcurrentLimitExceededException", "SlowDown",
+})
+_DENIED_CODES = frozenset({
+    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthFailure",
+    "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+    "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "OptInRequired",
+})
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_NAME_BAD = re.compile(r"[^A-Za-z0-9()\[\]./\-'@_]")
+_ZERO = bytes(BLOCK_SIZE)
+_ZERO_SUM = hashlib.sha256(_ZERO).digest()
+
+
+@dataclass
+class UploadStats:
+    """What one snapshot upload sent."""
+
+    snapshot_id: str
+    blocks_sent: int = 0
+    blocks_skipped: int = 0
+    bytes_sent: int = 0
+    requests: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class PublishResult:
+    """The AMI of an image in each region, and how it came to be."""
+
+    name: str
+    version: str
+    image_digest: str
+    disk_digest: str
+    region: str
+    image_id: str
+    snapshot_id: str | None
+    env: str | None
+    reused: bool
+    copies: dict[str, str] = field(default_factory=dict)
+    upload: UploadStats | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def userdata(env_name: str, vars: Mapping[str, str]) -> str:
+    """The EC2 user-data of an instance in ``env_name``: the env file the init reads (through
+    IMDSv2) when the instance has no config drive."""
+    return env_file(env_name, vars).decode()
+
+
+def ami_name(name: str, version: str, digest: str) -> str:
+    """A valid, unique AMI name: ``NAME-VERSION-<12 hex digits of digest>``."""
+    hexpart = digest.removeprefix("sha256:")[:12]
+    text = _NAME_BAD.sub("_", f"{name}-{version}-{hexpart}" if version else f"{name}-{hexpart}")
+    return text[-128:]
+
+
+def tags_of(name: str, version: str, image_digest: str, disk_digest: str,
+            env: str | None) -> list[dict[str, str]]:
+    tags = {f"{TAG}name": name, f"{TAG}version": version, f"{TAG}image-digest": image_digest,
+            f"{TAG}disk-digest": disk_digest, "Name": ami_name(name, version, image_digest)}
+    if env:
+        tags[f"{TAG}env"] = env
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+# --- sessions and errors ---------------------------------------------------------------------
+
+
+def _boto() -> Any:
+    try:
+        import boto3
+    except ImportError:
+        raise HostError("publishing to AWS needs boto3: pip install 'imagebuilder[aws]'") from None
+    return boto3
+
+
+def make_session(region: str, profile: str | None = None) -> Any:
+    """A boto3 session with the usual credential chain (environment, profile, SSO, role)."""
+    boto3 = _boto()
+    if not _REGION_RE.match(region):
+        raise UserError(f"'{region}' is not an AWS region name: use one like us-east-1")
+    with aws_errors(region):
+        return boto3.Session(profile_name=profile, region_name=region)
+
+
+def _client(session: Any, service: str, region: str, *, workers: int = 8,
+            retries: int | None = None) -> Any:
+    from botocore.config import Config
+    config = Config(max_pool_connections=max(10, workers + 2),
+                    retries={"max_attempts": retries} if retries is not None else None,
+                    connect_timeout=10, read_timeout=60)
+    with aws_errors(region):
+        return session.client(service, region_name=region, config=config)
+
+
+@contextmanager
+def aws_errors(region: str, kms_key_id: str | None = None) -> Iterator[None]:
+    """Turn botocore's exceptions into one-line ImageBuilderErrors."""
+    from botocore import exceptions as bx
+    try:
+        yield
+    except ImageBuilderError:
+        raise
+    except (bx.NoCredentialsError, bx.PartialCredentialsError):
+        raise UserError("no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY, pass --profile, or run 'aws sso login'") from None
+    except bx.ProfileNotFound as e:
+        raise UserError(f"{e}: check --profile and ~/.aws/config") from None
+    except bx.NoRegionError:
+        raise UserError("no AWS region given: pass --region") from None
+    except bx.EndpointConnectionError as e:
+        if not _known_region(region):
+            raise UserError(f"unknown AWS region '{region}': use one like us-east-1 "
+                            "(aws ec2 describe-regions lists them)") from None
+        raise FetchError(f"cannot reach AWS in region {region} ({e.kwargs.get('endpoint_url')})"
+                         ": check the region name and the network") from None
+    except bx.ClientError as e:
+        raise _client_error(e, region, kms_key_id) from None
+    except bx.BotoCoreError as e:
+        raise FetchError(f"AWS in region {region}: {e}") from None
+
+
+def _known_region(region: str) -> bool:
+    """Whether botocore knows ``region`` in any partition (aws, aws-cn, aws-us-gov, ...)."""
+    import boto3
+    session = boto3.Session()
+    return any(region in session.get_available_regions("ec2", partition)
+               for partition in session.get_available_partitions())
+
+
+def _code(e: Any) -> tuple[str, str]:
+    err = getattr(e, "response", {}).get("Error", {})
+    return str(err.get("Code", "")), str(err.get("Message", "")).strip()
+
+
+def _client_error(e: Any, region: str, kms_key_id: str | None) -> ImageBuilderError:
+    code, message = _code(e)
+    op = getattr(e, "operation_name", "request")
+    lowered = message.lower()
+    if kms_key_id and ("kms" in code.lower() or "kms" in lowered):
+        return UserError(f"KMS key {kms_key_id} cannot be used in region {region} ({code}: "
+                         f"{message}): check --kms-key-id and the key's policy")
+    if code in _DENIED_CODES:
+        return UserError(f"AWS denied {op} in region {region} ({code}: {message}): check the "
+                         "credentials' permissions and that the region is enabled")
+    if code.endswith(".NotFound") or code.endswith("NotFoundException"):
+        return NotFoundError(f"AWS {op} in region {region}: {code}: {message}")
+    return FetchError(f"AWS {op} failed in region {region}: {code}: {message}")
+
+
+def _retryable(e: Exception) -> bool:
+    from botocore import exceptions as bx
+    if isinstance(e, bx.ClientError):
+        code, message = _code(e)
+        if code in _RETRY_CODES:
+            return True
+        lowered = message.lower()
+        return code == "ValidationException" and ("not ready" in lowered or "pending" in lowered)
+    return isinstance(e, bx.EndpointConnectionError | bx.ConnectionClosedError
+                      | bx.ReadTimeoutError | bx.ConnectTimeoutError)
+
+
+def _with_retries(call: Callable[[], Any], stats: UploadStats, lock: threading.Lock) -> Any:
+    delay = BACKOFF
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        with lock:
+            stats.requests += 1
+        try:
+            return call()
+        except Exception as e:
+            if attempt == RETRY_ATTEMPTS or not _retryable(e):
+                raise
+            with lock:
+                stats.retries += 1
+            time.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+    raise AssertionError("unreachable")
+
+
+# --- the snapshot upload ---------------------------------------------------------------------
+
+
+def _blocks(disk: Disk, volume_bytes: int, encrypted: bool) -> Iterator[tuple[int, bytes]]:
+    """``(index, data)`` of the blocks to write: those holding data, and for an encrypted
+    snapshot every block of the volume (its unwritten blocks would not read as zeros)."""
+    nxt = 0
+    for off, data in disk.iter_blocks(BLOCK_SIZE):
+        index = off // BLOCK_SIZE
+        if encrypted:
+            for gap in range(nxt, index):
+                yield gap, _ZERO
+        nxt = index + 1
+        yield index, data
+    if encrypted:
+        for gap in range(nxt, volume_bytes // BLOCK_SIZE):
+            yield gap, _ZERO
+
+
+def upload_snapshot(ebs: Any, disk: Disk, *, tags: list[dict[str, str]], description: str,
+                    region: str, kms_key_id: str | None = None, workers: int = 8,
+                    progress: Callable[[int], None] | None = None) -> UploadStats:
+    """Upload ``disk`` to a new, completed EBS snapshot; on failure nothing is left but the
+    snapshot id in the raised error's ``snapshot_id`` (the caller deletes it)."""
+    volume_gib = -(-disk.size // GIB)
+    encrypted = kms_key_id is not None
+    start: dict[str, Any] = {"VolumeSize": volume_gib, "Tags": tags, "Description": description,
+                             "ClientToken": str(uuid.uuid4()),
+                             "Timeout": SNAPSHOT_TIMEOUT_MINUTES}
+    if encrypted:
+        start.update(Encrypted=True, KmsKeyArn=kms_key_id)
+    began = time.monotonic()
+    with aws_errors(region, kms_key_id):
+        snapshot_id = str(ebs.start_snapshot(**start)["SnapshotId"])
+    stats = UploadStats(snapshot_id=snapshot_id, requests=1)
+    try:
+        _put_blocks(ebs, disk, stats, volume_gib * GIB, encrypted, workers, region, kms_key_id,
+                    progress)
+    except BaseException as e:
+        e.snapshot_id = snapshot_id  # type: ignore[attr-defined]
+        raise
+    stats.seconds = time.monotonic() - began
+    return stats
+
+
+def _put_blocks(ebs: Any, disk: Disk, stats: UploadStats, volume_bytes: int, encrypted: bool,
+                workers: int, region: str, kms_key_id: str | None,
+                progress: Callable[[int], None] | None) -> None:
+    sums: dict[int, bytes] = {}
+    lock = threading.Lock()
+    workers = max(1, workers)
+    snapshot_id = stats.snapshot_id
+
+    def put(index: int, data: bytes) -> None:
+        digest = _ZERO_SUM if data is _ZERO else hashlib.sha256(data).digest()
+        checksum = base64.b64encode(digest).decode()
+        _with_retries(lambda: ebs.put_snapshot_block(
+            SnapshotId=snapshot_id, BlockIndex=index, BlockData=data, DataLength=BLOCK_SIZE,
+            Checksum=checksum, ChecksumAlgorithm="SHA256"), stats, lock)
+        with lock:
+            sums[index] = digest
+            stats.blocks_sent += 1
+            stats.bytes_sent += BLOCK_SIZE
+        if progress is not None:
+            progress(BLOCK_SIZE)
+
+    pending: set[Future[None]] = set()
+    with aws_errors(region, kms_key_id), ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="ebs-put") as pool:
+        try:
+            for index, data in _blocks(disk, volume_bytes, encrypted):
+                if not encrypted and data.count(0) == BLOCK_SIZE:
+                    stats.blocks_skipped += 1
+                    continue
+                while len(pending) >= 2 * workers:  # bounded read-ahead: bounded memory
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+                pending.add(pool.submit(put, index, data))
+            for f in pending:
+                f.result()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+        aggregate = hashlib.sha256(b"".join(sums[i] for i in sorted(sums))).digest()
+        _with_retries(lambda: ebs.complete_snapshot(
+            SnapshotId=snapshot_id, ChangedBlocksCount=len(sums),
+            Checksum=base64.b64encode(aggregate).decode(), ChecksumAlgorithm="SHA256",
+            ChecksumAggregationMethod="LINEAR"), stats, lock)
+
+
+def _wait_snapshot(ec2: Any, snapshot_id: str, region: str) -> None:
+    deadline = time.monotonic() + SNAPSHOT_WAIT
+    while True:
+        with aws_errors(region):
+            snaps = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+        state = snaps[0]["State"] if snaps else "missing"
+        if state == "completed":
+            return
+        if state in ("error", "missing"):
+            raise FetchError(f"snapshot {snapshot_id} in region {region} is in state {state}: "
+                             "its upload was not accepted; publish again")
+        if time.monotonic() > deadline:
+            raise FetchError(f"snapshot {snapshot_id} in region {region} did not complete in "
+                             f"{SNAPSHOT_WAIT:.0f} s")
+        time.sleep(POLL_INTERVAL)
+
+
+# --- publish and promote ---------------------------------------------------------------------
+
+
+def find_ami(ec2: Any, region: str, key: str, value: str) -> dict[str, Any] | None:
+    """The newest usable AMI of this account in ``region`` whose tag ``imagebuilder:KEY`` is
+    ``value``, or None."""
+    with aws_errors(region):
+        images = ec2.describe_images(Owners=["self"], Filters=[
+            {"Name": f"tag:{TAG}{key}", "Values": [value]},
+            {"Name": "state", "Values": ["available", "pending"]},
+        ])["Images"]
+    images.sort(key=lambda i: str(i.get("CreationDate", "")), reverse=True)
+    return images[0] if images else None
+
+
+def _snapshots_of(ami: Mapping[str, Any]) -> list[str]:
+    return [str(m["Ebs"]["SnapshotId"]) for m in ami.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("SnapshotId")]
+
+
+def _retag(ec2: Any, region: str, ids: Sequence[str], env: str) -> None:
+    with aws_errors(region):
+        ec2.create_tags(Resources=list(ids), Tags=[{"Key": f"{TAG}env", "Value": env}])
+
+
+def register(ec2: Any, snapshot_id: str, name: str, description: str, region: str) -> str:
+    """Register the AMI booting from ``snapshot_id`` (the disk boots BIOS and UEFI)."""
+    with aws_errors(region):
+        return str(ec2.register_image(
+            Name=name, Description=description, Architecture="x86_64",
+            RootDeviceName="/dev/xvda", VirtualizationType="hvm", EnaSupport=True,
+            BootMode="uefi-preferred", ImdsSupport="v2.0",
+            BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {
+                "SnapshotId": snapshot_id, "VolumeType": "gp3", "DeleteOnTermination": True}}],
+        )["ImageId"])
+
+
+def publish_disk(disk: Disk, *, name: str, version: str, image_digest: str, disk_digest: str,
+                 region: str, env: str | None = None, regions: Sequence[str] = (),
+                 profile: str | None = None, kms_key_id: str | None = None, workers: int = 8,
+                 session: Any = None,
+                 progress: Callable[[int], None] | None = None) -> PublishResult:
+    """Publish ``disk`` as an AMI in ``region`` (reusing one with the same disk digest) and
+    copy it to ``regions``; see the module docstring."""
+    session = session or make_session(region, profile)
+    ec2 = _client(session, "ec2", region)
+    tags = tags_of(name, version, image_digest, disk_digest, env)
+    label = ami_name(name, version, image_digest)
+    description = f"imagebuilder {name}:{version} {image_digest}"
+    result = PublishResult(name=name, version=version, image_digest=image_digest,
+                           disk_digest=disk_digest, region=region, image_id="",
+                           snapshot_id=None, env=env, reused=False)
+    existing = find_ami(ec2, region, "disk-digest", disk_digest)
+    if existing is not None:
+        result.image_id = str(existing["ImageId"])
+        snaps = _snapshots_of(existing)
+        result.snapshot_id = snaps[0] if snaps else None
+        result.reused = True
+        if env:
+            _retag(ec2, region, [result.image_id, *snaps], env)
+    else:
+        _create(session, ec2, disk, result, tags, label, description, kms_key_id, workers,
+                progress)
+    for other in dict.fromkeys(r for r in regions if r != region):
+        result.copies[other] = _copy(session, result, other, tags, label, description,
+                                     env, kms_key_id)
+    return result
+
+
+def _create(session: Any, ec2: Any, disk: Disk, result: PublishResult,
+            tags: list[dict[str, str]], label: str, description: str, kms_key_id: str | None,
+            workers: int, progress: Callable[[int], None] | None) -> None:
+    region = result.region
+    ebs = _client(session, "ebs", region, workers=workers, retries=1)
+    snapshot_id: str | None = None
+    image_id: str | None = None
+    try:
+        stats = upload_snapshot(ebs, disk, tags=tags, description=description, region=region,
+                                kms_key_id=kms_key_id, workers=workers, progress=progress)
+        snapshot_id = result.snapshot_id = stats.snapshot_id
+        result.upload = stats
+        _wait_snapshot(ec2, snapshot_id, region)
+        image_id = register(ec2, snapshot_id, label, description, region)
+        with aws_errors(region):
+            ec2.create_tags(Resources=[image_id, snapshot_id], Tags=tags)
+        result.image_id = image_id
+    except BaseException as e:
+        snapshot_id = snapshot_id or getattr(e, "snapshot_id", None)
+        left = _cleanup(ec2, region, image_id, snapshot_id)
+        if left and isinstance(e, ImageBuilderError):
+            raise type(e)(f"{e} (could not delete {left}: it expires on its own)") from None
+        raise
+
+
+def _cleanup(ec2: Any, region: str, image_id: str | None, snapshot_id: str | None) -> str:
+    """Deregister and delete what a failed publish created; what could not be deleted."""
+    left = []
+    if image_id:
+        try:
+            ec2.deregister_image(ImageId=image_id)
+        except Exception:
+            left.append(image_id)
+    if snapshot_id:
+        try:
+            ec2.delete_snapshot(SnapshotId=snapshot_id)
+        except Exception:
+            left.append(snapshot_id)
+    return ", ".join(left)
+
+
+def _copy(session: Any, result: PublishResult, region: str, tags: list[dict[str, str]],
+          label: str, description: str, env: str | None, kms_key_id: str | None) -> str:
+    """The AMI's copy in ``region`` (reused when one with the disk digest exists), tagged."""
+    ec2 = _client(session, "ec2", region)
+    existing = find_ami(ec2, region, "disk-digest", result.disk_digest)
+    if existing is not None:
+        image_id = str(existing["ImageId"])
+        if env:
+            _retag(ec2, region, [image_id, *_snapshots_of(existing)], env)
+        return image_id
+    params: dict[str, Any] = {"SourceImageId": result.image_id, "SourceRegion": result.region,
+                              "Name": label, "Description": description,
+                              "ClientToken": f"{result.disk_digest[7:39]}-{region}"}
+    if kms_key_id:
+        params["Encrypted"] = True  # with the region's default EBS key
+    with aws_errors(region):
+        image_id = str(ec2.copy_image(**params)["ImageId"])
+        try:
+            ec2.create_tags(Resources=[image_id], Tags=tags)
+        except Exception:
+            _cleanup(ec2, region, image_id, None)
+            raise
+    return image_id
+
+
+def _disk_digest_of(image: Image) -> str | None:
+    disk = image.config.get("disk")
+    return str(disk["digest"]) if isinstance(disk, dict) and disk.get("digest") else None
+
+
+def publish(store: Store, cache: Cache, image: Image, *, region: str, env: str | None = None,
+            regions: Sequence[str] = (), profile: str | None = None,
+            kms_key_id: str | None = None, workers: int = 8, session: Any = None,
+            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Publish the stored ``image`` as an AMI in ``region`` and copies in ``regions``."""
+    from ..export import BootSource, bootable, disk_digest
+    session = session or make_session(region, profile)
+    for other in regions:
+        if not _REGION_RE.match(other):
+            raise UserError(f"'{other}' is not an AWS region name: use one like us-east-1")
+    disk = bootable(cache, BootSource.of_image(store, image))
+    digest = _disk_digest_of(image) or disk_digest(disk)
+    return publish_disk(disk, name=image.name, version=image.version, image_digest=image.digest,
+                        disk_digest=digest, region=region, env=env, regions=regions,
+                        profile=profile, kms_key_id=kms_key_id, workers=workers,
+                        session=session, progress=progress).to_json()
+
+
+def promote_aws(image: Image, *, region: str, env: str, regions: Sequence[str] = (),
+                profile: str | None = None, session: Any = None) -> dict[str, Any]:
+    """Tag the published AMI of ``image`` (and its snapshot) for ``env`` in ``region`` and
+    ``regions``; uploads nothing. NotFoundError if it was never published there."""
+    session = session or make_session(region, profile)
+    out: dict[str, Any] = {"name": image.name, "version": image.version,
+                           "image_digest": image.digest, "env": env, "images": {}}
+    for where in dict.fromkeys((region, *regions)):
+        ec2 = _client(session, "ec2", where)
+        ami = find_ami(ec2, where, "image-digest", image.digest)
+        if ami is None:
+            raise NotFoundError(
+                f"{image.ref} ({image.digest[:19]}) has no AMI in region {where}: publish it "
+                f"first with 'imagebuilder publish {image.ref} --target aws --region {where}'")
+        _retag(ec2, where, [str(ami["ImageId"]), *_snapshots_of(ami)], env)
+        out["images"][where] = str(ami["ImageId"])
+    return out
