@@ -27,6 +27,7 @@ Needs boto3 and moto[server] (pip install -e '.[test]') and about 100 MiB in /va
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,21 +116,8 @@ def main() -> int:
     if moto is None:
         print("moto_server not found: pip install 'moto[server]'", file=sys.stderr)
         return 1
-    port = _free_port()
-    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tmp = Path(tempfile.mkdtemp(prefix="bench-aws-", dir="/var/tmp"))
-    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    env.pop("AWS_PROFILE", None)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         hello = tmp / "hello.raw"
         if not args.ref:
             hello.write_bytes(os.urandom(35 * MiB))
@@ -140,9 +129,12 @@ def main() -> int:
         for label, path, ref in cases:
             results: list[dict[str, Any]] = []
             for _ in range(args.runs):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--workers", str(args.workers), "--child", path,
-                     ref], env=env, check=True, capture_output=True, text=True)
+                # A fresh moto_server per run: publishing is idempotent, a second publish of
+                # the same disk into the same account would reuse the first AMI.
+                with _moto(moto) as env:
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--workers", str(args.workers), "--child",
+                         path, ref], env=env, check=True, capture_output=True, text=True)
                 results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = results[0]
             up = statistics.median(x["upload_seconds"] for x in results)
@@ -162,10 +154,31 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
     finally:
-        server.terminate()
-        server.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+@contextlib.contextmanager
+def _moto(moto: str) -> Iterator[dict[str, str]]:
+    """A moto_server on a free loopback port; the environment that points boto3 at it."""
+    port = _free_port()
+    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    env.pop("AWS_PROFILE", None)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 if __name__ == "__main__":
