@@ -17,7 +17,9 @@ from pathlib import Path
 import requests
 
 from .config import Config
+from .errors import FetchError
 from .fetch.debian import Archive, Package, fetch_locked
+from .fetch.http import NotOnMirrorError
 from .fetch.lock import Lock, LockEntry
 from .fetch.sources import mirror_from_apt
 from .kernel import KernelManifest
@@ -63,6 +65,7 @@ class Resolution:
     cache_dir: Path
     session: requests.Session | None = None
     from_lock: bool = True
+    lock_path: Path | None = None
 
     def debs(self, part: str) -> list[Path]:
         """The verified .deb files of ``part`` (downloaded only if the cache lacks them)."""
@@ -71,8 +74,19 @@ class Resolution:
             return []
         # The mirror is a callable: a cached .deb needs none, so the apt configuration is read
         # only when something must really be downloaded.
-        return [fetch_locked(self.cache_dir, self.mirror, entry, self.session)
-                for entry in entries]
+        paths = []
+        for entry in entries:
+            try:
+                paths.append(fetch_locked(self.cache_dir, self.mirror, entry, self.session))
+            except NotOnMirrorError:
+                if not self.from_lock:
+                    raise
+                raise FetchError(
+                    f"{entry.name} {entry.version}, pinned by {self.lock_path}, is no longer on "
+                    "the mirror (the suite was updated): delete the lock file to resolve the "
+                    "current packages, or pass --mirror for an archive that keeps old versions"
+                ) from None
+        return paths
 
     def key(self, part: str) -> list[str]:
         """The part's identity for cache keys: its packages' SHA-256s."""
@@ -94,7 +108,7 @@ def resolve(cfg: Config, kernel: KernelManifest, cache_dir: Path, *, mirror: str
     if lock is not None and lock.matches(cfg.system.suite, wanted) and lock.sets:
         by_name = {e.name: e for e in lock.packages}
         parts = {part: [by_name[n] for n in names] for part, names in lock.sets.items()}
-        return Resolution(parts, get_mirror, cache_dir)
+        return Resolution(parts, get_mirror, cache_dir, lock_path=cfg.lock_path)
     archive = Archive(get_mirror(), cfg.system.suite, cache_dir)
     parts = {part: [p.lock_entry() for p in archive.resolve(names, follow=_follow(part))]
              for part, names in wanted.items()}

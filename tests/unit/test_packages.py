@@ -285,3 +285,31 @@ def test_command_line_mirror_wins(tmp_path: Path, mirror: str, manifest: KernelM
     with pytest.raises(FetchError) as info:
         resolve(cfg, manifest, tmp_path / "cache", mirror=mirror)
     assert f"{mirror}/dists/trixie/InRelease" in str(info.value)
+
+
+def test_a_locked_package_gone_from_the_mirror_says_to_delete_the_lock(
+        locked: tuple[Config, Path], debs: dict[str, Deb], manifest: KernelManifest,
+        tmp_path: Path) -> None:
+    """Debian replaces old versions when a suite is updated: a stale lock must say what to do."""
+    import functools
+    import http.server
+    import threading
+
+    cfg, cache = locked
+    deb_path(cache, debs["busybox-static"].sha256).unlink()
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(empty))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        resolution = resolve(cfg, manifest, cache,
+                             mirror=f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(FetchError) as info:
+            resolution.debs("base")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(info.value)
+    assert f"busybox-static {debs['busybox-static'].version}, pinned by {cfg.lock_path}" in message
+    assert "is no longer on the mirror" in message and "delete the lock file" in message
