@@ -21,16 +21,15 @@ deleted and reported as a miss, so it gets rebuilt.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .fsutil import fsync_dir
+from .fsutil import dir_lock, fsync_dir
 from .hashing import MultiHasher, key_of, xxh3_file
 
 _KEY_RE = re.compile(r"^[0-9a-f]{8,128}$")
@@ -66,15 +65,8 @@ class Cache:
     def _sidecar(self, key: str) -> Path:
         return self.path_of(key).with_name(key + ".xxh3")
 
-    @contextlib.contextmanager
-    def _lock(self, exclusive: bool) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+    def _lock(self, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        return dir_lock(self.root, exclusive)
 
     # --- lookup -----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Durable file replacement, shared by every module that commits a file by rename.
+"""Durable file replacement and directory locks, shared by the modules that commit files.
 
 Nothing half-written is ever left where a later command would trust it: data goes to a
 temporary name in the destination's directory, is fsynced, renamed over the destination, and
@@ -7,7 +7,10 @@ the directory itself is fsynced so the rename survives a crash.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -16,5 +19,17 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def dir_lock(root: Path, exclusive: bool = True) -> Iterator[None]:
+    """An flock on ``root/.lock``: shared for readers, exclusive for writers of ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
     finally:
         os.close(fd)

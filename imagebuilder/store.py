@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImageBuilderError, IntegrityError, NotFoundError, UserError
-from .fsutil import fsync_dir
+from .fsutil import dir_lock, fsync_dir
 
 OCI_LAYOUT_VERSION = "1.0.0"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -177,15 +176,8 @@ class Store:
             raise ValueError(f"not a sha256 digest: {digest!r}")
         return self.blobs_dir / digest.removeprefix("sha256:")
 
-    @contextlib.contextmanager
-    def _lock(self, exclusive: bool = True) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+    def _lock(self, exclusive: bool = True) -> contextlib.AbstractContextManager[None]:
+        return dir_lock(self.root, exclusive)
 
     def _tmp_path(self) -> Path:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -239,15 +231,7 @@ class Store:
         self._write_atomic(self.index_path, canonical_json(index))
 
     def _read_json_blob(self, digest: str) -> dict[str, Any]:
-        try:
-            data = self.blob_path(digest).read_bytes()
-        except FileNotFoundError:
-            raise ImageBuilderError(
-                f"blob {digest} is missing from the image store {self.root}"
-            ) from None
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-            raise ImageBuilderError(f"blob {digest} in {self.root} is corrupt")
-        obj = json.loads(data)
+        obj = json.loads(self.read_blob(digest))
         if not isinstance(obj, dict):
             raise ImageBuilderError(f"blob {digest} in {self.root} is not a JSON object")
         return obj
