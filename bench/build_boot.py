@@ -71,16 +71,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchdoc import cpu_model, write_section
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "hello"
-START = "<!-- build_boot:start -->"
-END = "<!-- build_boot:end -->"
-INTRO = (
-    "# Benchmarks\n\n"
-    "Measured by the scripts in `bench/`; each script rewrites only its own section of this file\n"
-    "(between its markers), so results here are always what a script printed, never edited by "
-    "hand.\n"
-)
 MB = 1_000_000
 MIB = 1 << 20
 TARGET_WARM_S = 1.0
@@ -523,12 +517,10 @@ class Row:
 
 
 def machine() -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
     return {
         "nproc": str(os.cpu_count()),
-        "cpu": model[1].strip() if model else "unknown",
+        "cpu": cpu_model(),
         "memory": f"{int(mem[1]) / (1 << 20):.1f} GiB" if mem else "unknown",
         "kernel": os.uname().release,
     }
@@ -563,19 +555,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_section(out: Path, section: str) -> None:
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    text = out.read_text() if out.exists() else INTRO
-    if START in text and END in text and text.index(START) < text.index(END):
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
 
 
 def fmt_s(seconds: float) -> str:
@@ -986,7 +965,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    write_section(args.out, section(bench, info, started, time.monotonic() - t0))
+    write_section(args.out, "build_boot", section(bench, info, started, time.monotonic() - t0))
     log(f"wrote {args.out}")
     if bench.missed:
         log("missed targets: " + "; ".join(bench.missed))

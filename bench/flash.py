@@ -51,10 +51,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchdoc import cpu_model, write_section
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-START = "<!-- flash:start -->"
-END = "<!-- flash:end -->"
 MIB = 1 << 20
 # The CLI with the bare-metal commands registered, whether or not cli.py registers them.
 BOOT = ("import sys\n"
@@ -209,15 +209,7 @@ def report(images: list[tuple[str, Path, int]], results: list[dict[str, list[Run
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}"
+    return f"{os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}"
 
 
 def versions() -> str:
@@ -226,17 +218,6 @@ def versions() -> str:
     return f"{bmaptool}, Python {sys.version.split()[0]}"
 
 
-def write_section(out: Path, text: str) -> None:
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    doc = out.read_text() if out.exists() else "# Benchmarks\n"
-    if START in doc and END in doc and doc.index(START) < doc.index(END):
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    tmp = out.with_name(f".{out.name}.flash.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    write_section(args.out, text)
+    write_section(args.out, "flash", text)
     print(text)
     return 3 if args.strict and not ok else 0
 

@@ -65,12 +65,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchdoc import cpu_model, write_section
+
 REPO = Path(__file__).resolve().parent.parent
-START = "<!-- formats:start -->"
-END = "<!-- formats:end -->"
-INTRO = (
-    "# Benchmarks\n\nMeasured by the scripts in bench/; each section is rewritten by its script.\n"
-)
 MiB = 1 << 20
 GiB = 1 << 30
 RSS_TARGET_MB = 150
@@ -542,15 +539,7 @@ def cpu_pressure() -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}"
 
 
 def versions() -> str:
@@ -559,18 +548,6 @@ def versions() -> str:
     return f"{qemu}, Python {sys.version.split()[0]}, zlib {zlib.ZLIB_RUNTIME_VERSION}"
 
 
-def write_section(out: Path, text: str) -> None:
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    doc = out.read_text() if out.exists() else INTRO
-    if START in doc and END in doc and doc.index(START) < doc.index(END):
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.formats.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -618,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    write_section(args.out, text)
+    write_section(args.out, "formats", text)
     print(text)
     log(f"wrote {args.out}")
     return 3 if args.strict and not ok else 0

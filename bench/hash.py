@@ -51,16 +51,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchdoc import write_section  # noqa: E402
+
 from imagebuilder.hashing import digest_file  # noqa: E402
 
-START = "<!-- hash:start -->"
-END = "<!-- hash:end -->"
-INTRO = (
-    "# Benchmarks\n\n"
-    "Measured by the scripts in `bench/`; each script rewrites only its own section of this file\n"
-    "(between its markers), so results here are always what a script printed, never edited by "
-    "hand.\n"
-)
 MIB = 1 << 20
 GIB = 1 << 30
 DENSE_SIZE = 1 * GIB
@@ -241,18 +235,6 @@ def fmt(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.3f}" for v in values)
 
 
-def write_section(out: Path, text: str) -> None:
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    doc = out.read_text() if out.exists() else INTRO
-    if START in doc and END in doc and doc.index(START) < doc.index(END):
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.hash.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     text, ok = section(dense, sparse, label, args.runs, load_before, os.getloadavg()[0])
     print(text)
-    write_section(args.out, text)
+    write_section(args.out, "hash", text)
     log(f"wrote {args.out}")
     return 3 if args.strict and not ok else 0
 

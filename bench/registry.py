@@ -43,10 +43,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchdoc import write_section  # noqa: E402
+
 from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store  # noqa: E402
 from tests.e2e.registry_fixture import start_registry  # noqa: E402
 
-START, END = "<!-- registry:start -->", "<!-- registry:end -->"
 MiB, GiB = 1 << 20, 1 << 30
 
 
@@ -202,7 +203,6 @@ def main() -> int:
     registry_version = subprocess.run(["/usr/bin/docker-registry", "--version"],
                                       capture_output=True, text=True).stdout.strip()
     section = "\n".join([
-        START,
         "## Registries: push and pull vs `skopeo copy` (`bench/registry.py`)",
         "",
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs, "
@@ -216,14 +216,8 @@ def main() -> int:
         *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
         "",
         *(f"- {n}" for n in notes),
-        END,
     ])
-    text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    args.out.write_text(text)
+    write_section(args.out, "registry", section)
     print(section)
     missed = any(r[3] != "pass" for r in rows)
     return 3 if args.strict and missed else 0

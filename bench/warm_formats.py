@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchdoc import write_section
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = [str(Path(sys.executable).parent / "imagebuilder")]
-START, END = "<!-- warm_formats:start -->", "<!-- warm_formats:end -->"
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -36,14 +37,6 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return time.monotonic() - start
 
 
-def write_section(out: Path, text: str) -> None:
-    doc = out.read_text() if out.exists() else "# Benchmarks\n"
-    section = f"{START}\n{text.rstrip()}\n{END}"
-    if START in doc and END in doc:
-        doc = doc[:doc.index(START)] + section + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n" + section + "\n"
-    out.write_text(doc)
 
 
 def main() -> int:
@@ -79,7 +72,7 @@ def main() -> int:
         f"| `qemu-img convert -O qcow2` of that raw disk (peer, qcow2 half only) | "
         f"{peer_med:.2f} s | {', '.join(f'{t:.2f}' for t in peer)} | — |\n"
     )
-    write_section(args.out, text)
+    write_section(args.out, "warm_formats", text)
     print(text)
     return 0
 
