@@ -37,9 +37,9 @@ from .layers.cpio import Tree, source_date_epoch, write_layer
 from .layers.templates import source as template_source
 from .packages import Resolution, resolve
 from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
+from .store import TITLE_ANNOTATION as TITLE
 
 STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdeps": 1, "jvm": 1, "packages": 1, "app": 1}
-TITLE = "org.opencontainers.image.title"
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer fast.
 LEVELS = {"base": 19, "jvm": 19, "packages": 19, "app": 9}
 

@@ -227,6 +227,7 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
     import dataclasses
 
     from .promote import environments_of, history
+    from .store import TITLE_ANNOTATION
     store = _home().store
     image = store.resolve(ref)
     envs = environments_of(store, image.name, image.digest)
@@ -255,7 +256,7 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
     click.echo(f"jvm:      {jvm.get('version')} ({', '.join(jvm.get('modules', []))})")
     click.echo("layers:")
     for layer in image.layers:
-        title = (layer.annotations or {}).get("org.opencontainers.image.title", "?")
+        title = (layer.annotations or {}).get(TITLE_ANNOTATION, "?")
         click.echo(f"  {title:<9} {_human(layer.size):>10}  {layer.digest}")
 
 

@@ -23,13 +23,13 @@ from .formats import DISK_FORMATS, Progress, write_disk
 from .formats.iso import write_iso
 from .fsutil import fsync_dir
 from .hashing import digest_regions
+from .store import TITLE_ANNOTATION as TITLE
 from .store import Image, Store
 
 FORMATS: tuple[str, ...] = (*DISK_FORMATS, "iso", "kernel-initrd")
 SUFFIXES = {"raw": ".raw", "qcow2": ".qcow2", "vmdk": ".vmdk", "vhd": ".vhd", "iso": ".iso",
             "kernel-initrd": ""}
 ESP_STAGE_VERSION = 1
-TITLE = "org.opencontainers.image.title"
 
 
 @dataclass(frozen=True)
