@@ -9,7 +9,6 @@ which defines the command and its errors.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -37,6 +36,8 @@ def _fast_hash(args: Sequence[str]) -> int | None:
     from .hashing import hash_paths
     results = hash_paths(files, algo)
     if as_json:
+        import json
+
         print(json.dumps([{"path": str(p), "algo": algo, "digest": d, "size": n}
                           for p, d, n in results]))
     else:

@@ -51,7 +51,6 @@ import itertools
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 
 import xxhash
 
@@ -61,6 +60,7 @@ from .sparse import Extent, data_extents, layout
 # call, and hashlib (OpenSSL), threading, typing and dataclasses would add ~10 ms to each.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, BinaryIO, Protocol
 
     class _Hash(Protocol):
@@ -643,14 +643,16 @@ def digest_regions(
     return hasher.digests()
 
 
-def hash_paths(paths: Iterable[Path | str], algo: str = "xxh3") -> list[tuple[Path, str, int]]:
+def hash_paths(
+    paths: Iterable[Path | str], algo: str = "xxh3"
+) -> list[tuple[Path | str, str, int]]:
     """``[(path, hexdigest, size), ...]`` for each file, in order: what ``imagebuilder hash``
     prints. Raises ValueError for an unknown algorithm before reading anything."""
     _check_algos(algo)
     out = []
     for p in paths:
         d = digest_file(p, (algo,))
-        out.append((Path(p), d[algo], d.size))
+        out.append((p, d[algo], d.size))
     return out
 
 
@@ -750,7 +752,7 @@ def _encode(value: Any, out: list[bytes]) -> None:
         out.append(b"l%d:" % len(value))
         for item in value:
             _encode(item, out)
-    elif isinstance(value, Path):
+    elif isinstance(value, os.PathLike):
         raise TypeError(
             f"cache keys never contain paths ({value}): hash the file and use its digest"
         )

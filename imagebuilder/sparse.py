@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 CHUNK_SIZE = 1 << 20
 """Default bytes per data piece yielded by :func:`iter_regions`."""
@@ -138,6 +137,6 @@ def iter_regions(
             while pos < end:
                 data = os.pread(fd, min(chunk, end - pos), pos)
                 if not data:
-                    raise OSError(errno.EIO, f"{Path(path)} shrank while being read (at {pos})")
+                    raise OSError(errno.EIO, f"{os.fspath(path)} shrank while being read (at {pos})")
                 yield pos, data
                 pos += len(data)
