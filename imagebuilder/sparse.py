@@ -137,6 +137,6 @@ def iter_regions(
             while pos < end:
                 data = os.pread(fd, min(chunk, end - pos), pos)
                 if not data:
-                    raise OSError(errno.EIO, f"{os.fspath(path)} shrank while being read (at {pos})")
+                    raise OSError(errno.EIO, f"{path!s} shrank while being read (at {pos})")
                 yield pos, data
                 pos += len(data)
