@@ -7,13 +7,17 @@ does: the image holds zeros there and nothing reads them); a regular-file target
 first, so it ends up byte-identical to the raw disk.
 
 How: a reader thread walks the disk model, copies each run into one of a few fixed buffers,
-hashes it (SHA-256 per written unit) and hands it over a bounded queue to the writer; an
+hashes it (XXH3-128 per written unit) and hands it over a bounded queue to the writer; an
 exception in the reader travels through the queue and is raised by the writer. Memory stays at
-the buffers' size whatever the disk's. Verification runs on a third thread as the writing goes
-on: it reads every written unit back (O_DIRECT, so from the device rather than the page cache)
-and compares its SHA-256 with the one computed from the disk model, or, for a raw image with a
-block map (:class:`MappedImage`), each range's with the map's; a mismatch or read error names
-the byte and block range, and the partition tables are only written once all else verified.
+the buffers' size whatever the disk's. For a raw image with a block map (:class:`MappedImage`)
+the reader also checks each range's SHA-256 against the map as it reads (what ``bmaptool copy``
+verifies), so the bytes written are the bytes the map vouches for. Verification runs on a third
+thread as the writing goes on: it reads every unit back as soon as it is written (O_DIRECT, so
+from the device rather than the page cache) and compares its XXH3-128 with the one the reader
+computed from the source: the chain map (or disk model) -> source bytes -> unit digest ->
+target holds end to end, and XXH3 keeps the read-back check at memory speed, where SHA-256
+would make it CPU-bound. A mismatch or read error names the byte and block range, and the
+partition tables are only written once all else verified.
 
 Crash safety: before anything else the target's partition tables (the primary GPT at its start
 and any backup GPT at its end) are zeroed, and the image's own tables (primary and backup GPT)
@@ -34,7 +38,6 @@ partitions as well as whole disks when it looks for the config drive.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import hashlib
@@ -50,7 +53,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..bmap import BLOCK_SIZE, Bmap, Range, disk_of_image, mapped_runs
+import xxhash
+
+from ..bmap import BLOCK_SIZE, Bmap, disk_of_image, mapped_runs
 from ..disk import gpt
 from ..disk.model import Disk, DiskBuilder, Extent, FileSlice
 from ..errors import HostError, UserError
@@ -59,6 +64,8 @@ UNIT = 4 << 20
 """Largest write (and verify read): aligned, so O_DIRECT accepts it."""
 BUFFERS = 6
 """Buffers between the reader and the writer: the flash's memory is about BUFFERS * UNIT."""
+VERIFY_THREADS = 2
+"""Read-back threads, each with its own UNIT buffer."""
 CONFIG_PARTITION_NAME = "imagebuilder-config"
 _HEAD = gpt.FIRST_USABLE_LBA * gpt.SECTOR  # the protective MBR, primary header and entries
 _WIPE = 5 * BLOCK_SIZE  # whole 4 KiB blocks over the primary GPT
@@ -268,7 +275,7 @@ def _open_target(target: Target, disk_size: int) -> tuple[int, int]:
 
 @dataclass
 class Unit:
-    """One write: ``length`` bytes at ``offset`` whose SHA-256 is ``digest``."""
+    """One write: ``length`` bytes at ``offset`` whose XXH3-128 is ``digest``."""
 
     offset: int
     length: int
@@ -294,7 +301,7 @@ def _pieces(disk: Disk) -> Iterator[tuple[int, memoryview]]:
 
 def plan_of(disk: Disk) -> list[Unit]:
     """The units a flash of ``disk`` writes, with their digests (no writing)."""
-    return [Unit(o, len(v), hashlib.sha256(v).digest()) for o, v in _pieces(disk)]
+    return [Unit(o, len(v), xxhash.xxh3_128_digest(v)) for o, v in _pieces(disk)]
 
 
 _END = object()
@@ -310,20 +317,6 @@ class MappedImage:
     def disk(self) -> Disk:
         return disk_of_image(self.path, self.bmap)
 
-    def mismatch(self, r: Range) -> bool:
-        """Whether the image's bytes of range ``r`` differ from the map's checksum."""
-        start, length = r.span(self.bmap.block_size, self.bmap.image_size)
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            f.seek(start)
-            while length > 0:
-                chunk = f.read(min(length, UNIT))
-                if not chunk:
-                    return True
-                h.update(chunk)
-                length -= len(chunk)
-        return h.hexdigest() != r.sha256
-
 
 def _take(pool: queue.Queue[mmap.mmap], stop: threading.Event) -> mmap.mmap | None:
     while not stop.is_set():
@@ -336,7 +329,7 @@ def _take(pool: queue.Queue[mmap.mmap], stop: threading.Event) -> mmap.mmap | No
 
 def _reader(disk: Disk, work: queue.Queue[object], pool: queue.Queue[mmap.mmap],
             stop: threading.Event) -> None:
-    """Disk model -> (offset, buffer, length, SHA-256) items on ``work``."""
+    """Disk model -> (offset, buffer, length, XXH3-128) items on ``work``."""
     try:
         for o, view in _pieces(disk):
             buf = _take(pool, stop)
@@ -344,24 +337,24 @@ def _reader(disk: Disk, work: queue.Queue[object], pool: queue.Queue[mmap.mmap],
                 return
             n = len(view)
             buf[:n] = view
-            digest = hashlib.sha256(memoryview(buf)[:n]).digest()
+            digest = xxhash.xxh3_128_digest(memoryview(buf)[:n])
             _put(work, (o, buf, n, digest), stop)
         _put(work, _END, stop)
     except BaseException as e:  # crosses the queue; the writer raises it
         _put(work, e, stop)
 
 
-def _image_reader(image: MappedImage, check: bool, work: queue.Queue[object],
+def _image_reader(image: MappedImage, work: queue.Queue[object],
                   pool: queue.Queue[mmap.mmap], stop: threading.Event) -> None:
-    """Raw image + block map -> (offset, buffer, length, None) items, range by range; with
-    ``check`` each range is hashed and compared with the map as it is read."""
+    """Raw image + block map -> (offset, buffer, length, XXH3-128) items, range by range; each
+    range's SHA-256 is compared with the map's as it is read."""
     bs, size = image.bmap.block_size, image.bmap.image_size
     try:
         with open(image.path, "rb", buffering=0) as f:
             fd = f.fileno()
             for r in image.bmap.ranges:
                 start, length = r.span(bs, size)
-                h = hashlib.sha256() if check and r.sha256 else None
+                h = hashlib.sha256() if r.sha256 else None
                 pos, end = start, start + length
                 while pos < end:
                     n = min(end, (pos // UNIT + 1) * UNIT) - pos
@@ -374,8 +367,9 @@ def _image_reader(image: MappedImage, check: bool, work: queue.Queue[object],
                         raise UserError(f"{image.path} ended inside {r.describe(bs, size)}")
                     if h is not None:
                         h.update(view)
+                    digest = xxhash.xxh3_128_digest(view)
                     del view
-                    _put(work, (pos, buf, n, None), stop)
+                    _put(work, (pos, buf, n, digest), stop)
                     pos += n
                 if h is not None and h.hexdigest() != r.sha256:
                     raise UserError(f"{image.path} does not match its block map at "
@@ -405,32 +399,25 @@ def _pwrite(fd: int, data: memoryview, offset: int) -> None:
 
 
 class _Verifier:
-    """Reads written units back on its own thread while the writer goes on, and compares their
-    SHA-256 with the disk model's (per unit), or with the block map's (per range, read back
-    whole once all its units are written: units of a range may come out of order, since the
-    partition tables are written last)."""
+    """Reads written units back on :data:`VERIFY_THREADS` threads while the writer goes on,
+    and compares their XXH3-128 with the reader's. Two reads in flight keep the device busy
+    where one, waiting on each read's latency, would not."""
 
-    def __init__(self, target: Path, image: MappedImage | None) -> None:
+    def __init__(self, target: Path, source: str) -> None:
         self.target = target
-        self.image = image
+        self.source = source  # "disk" or "image": what a mismatch says the target differs from
         self.error: BaseException | None = None
         self.queue: queue.Queue[object] = queue.Queue()
-        self.fd, self.direct = _open_for_verify(target)
-        self.buf = mmap.mmap(-1, UNIT)
-        self.starts: list[int] = []
-        self.left: list[int] = []
-        if image is not None:
-            bs, size = image.bmap.block_size, image.bmap.image_size
-            for r in image.bmap.ranges:
-                start, length = r.span(bs, size)
-                self.starts.append(start)
-                self.left.append(length)
-        self.thread = threading.Thread(target=self._run, daemon=True,
-                                       name="imagebuilder-flash-verify")
-        self.thread.start()
+        fd, _ = _open_for_verify(target)  # fails here, in the caller, if it cannot be opened
+        os.close(fd)
+        self.threads = [threading.Thread(target=self._run, daemon=True,
+                                         name=f"imagebuilder-flash-verify-{i}")
+                        for i in range(VERIFY_THREADS)]
+        for t in self.threads:
+            t.start()
 
-    def put(self, offset: int, n: int, digest: bytes | None) -> None:
-        self.queue.put((offset, n, digest))
+    def put(self, unit: Unit) -> None:
+        self.queue.put(unit)
 
     def check(self) -> None:
         """Wait for the units put so far; raise the first mismatch or read error."""
@@ -440,39 +427,45 @@ class _Verifier:
 
     def finish(self) -> None:
         """Wait for every unit; raise the first mismatch or read error."""
-        self.queue.put(_END)
-        self.thread.join()
-        os.close(self.fd)
-        if self.error is None and any(self.left):
-            i = next(i for i, n in enumerate(self.left) if n)
-            self.error = HostError(f"verify: {self.target}: bytes from {self.starts[i]} were "
-                                   "not all written")
+        for _ in self.threads:
+            self.queue.put(_END)
+        for t in self.threads:
+            t.join()
         if self.error is not None:
             raise self.error
 
     def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is _END:
-                self.queue.task_done()
-                return
-            assert isinstance(item, tuple)
-            offset, n, digest = item
-            try:
-                if self.error is None:
-                    if self.image is None:
-                        self._check_unit(Unit(offset, n, digest))
-                    else:
-                        i = bisect.bisect_right(self.starts, offset) - 1
-                        self.left[i] -= n
-                        if self.left[i] == 0:
-                            self._check_range(self.image.bmap.ranges[i])
-            except BaseException as e:
-                self.error = e
-            finally:
-                self.queue.task_done()
+        reader: _ReadBack | None = None
+        try:
+            while True:
+                item = self.queue.get()
+                try:
+                    if item is _END:
+                        return
+                    assert isinstance(item, Unit)
+                    if self.error is None:
+                        reader = reader or _ReadBack(self.target)
+                        if xxhash.xxh3_128_digest(reader.read(item)) != item.digest:
+                            raise HostError(f"verify: {self.target} differs from the "
+                                            f"{self.source} at {item.describe()}; flash it again")
+                except BaseException as e:
+                    self.error = self.error or e
+                finally:
+                    self.queue.task_done()
+        finally:
+            if reader is not None:
+                reader.close()
 
-    def _read(self, unit: Unit) -> memoryview:
+
+class _ReadBack:
+    """Reads units of a target into its own buffer, from the device (O_DIRECT) where it can."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.fd, self.direct = _open_for_verify(target)
+        self.buf = mmap.mmap(-1, UNIT)
+
+    def read(self, unit: Unit) -> memoryview:
         view = memoryview(self.buf)[:unit.length]
         try:
             got = _read_full(self.fd, view, unit.offset)
@@ -484,33 +477,12 @@ class _Verifier:
             self.fd, self.direct = _open_for_verify(self.target, direct=False)
             got = _read_full(self.fd, view, unit.offset)
         if got < unit.length:
-            raise HostError(f"verify: {self.target} ends before the end of {unit.describe()}")
+            raise HostError(f"verify: {self.target} ends before the end of {unit.describe()} "
+                            "(it is shorter than the disk)")
         return view
 
-    def _check_unit(self, unit: Unit) -> None:
-        if hashlib.sha256(self._read(unit)).digest() != unit.digest:
-            raise HostError(f"verify: {self.target} differs from the disk at "
-                            f"{unit.describe()}; flash it again")
-
-    def _check_range(self, r: Range) -> None:
-        assert self.image is not None
-        if not r.sha256:
-            return
-        bs, size = self.image.bmap.block_size, self.image.bmap.image_size
-        start, length = r.span(bs, size)
-        h = hashlib.sha256()
-        pos, end = start, start + length
-        while pos < end:
-            n = min(end, (pos // UNIT + 1) * UNIT) - pos
-            h.update(self._read(Unit(pos, n, b"")))
-            pos += n
-        if h.hexdigest() == r.sha256:
-            return
-        if self.image.mismatch(r):
-            raise UserError(f"{self.image.path} does not match its block map at "
-                            f"{r.describe(bs, size)}: checksum differs")
-        raise HostError(f"verify: {self.target} differs from the image at "
-                        f"{r.describe(bs, size)}; flash it again")
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 @dataclass
@@ -542,20 +514,20 @@ def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
         _prepare(target, fd, model.size)
         update = progress("write", total) if progress else None
         backup = model.size - gpt.BACKUP_SIZE
-        deferred: list[tuple[int, bytes, bytes | None]] = []
+        deferred: list[tuple[Unit, bytes]] = []
         pool: queue.Queue[mmap.mmap] = queue.Queue()
         for _ in range(BUFFERS):
             pool.put(mmap.mmap(-1, UNIT))
         work: queue.Queue[object] = queue.Queue(maxsize=BUFFERS)
         stop = threading.Event()
         if image is not None:
-            args: tuple[object, ...] = (image, not verify, work, pool, stop)
+            args: tuple[object, ...] = (image, work, pool, stop)
             reader = threading.Thread(target=_image_reader, args=args, daemon=True)
         else:
             reader = threading.Thread(target=_reader, args=(model, work, pool, stop),
                                       daemon=True)
         if verify:
-            verifier = _Verifier(target.path, image)
+            verifier = _Verifier(target.path, "disk" if image is None else "image")
         reader.start()
         try:
             while True:
@@ -569,11 +541,11 @@ def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
                 assert isinstance(item, tuple)
                 o, buf, n, digest = item
                 assert isinstance(buf, mmap.mmap)
-                unit = Unit(o, n, digest or b"")
+                unit = Unit(o, n, digest)
                 units.append(unit)
                 view = memoryview(buf)[:n]
                 if o < _HEAD or o + n > backup:  # partition tables: written last
-                    deferred.append((o, bytes(view), digest))
+                    deferred.append((unit, bytes(view)))
                     del view
                     pool.put(buf)
                 else:
@@ -581,7 +553,7 @@ def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
                     del view
                     pool.put(buf)
                     if verifier is not None:
-                        verifier.put(o, n, digest)
+                        verifier.put(unit)
                 written += n
                 if update:
                     update(n)
@@ -591,14 +563,15 @@ def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
         _sync(target, fd)
         if verifier is not None:  # everything else is right before the tables make it a disk
             verifier.check()
-        for o, data, _digest in sorted(deferred, reverse=True):  # backup table, then primary
-            if o < _HEAD:
+        deferred.sort(key=lambda d: d[0].offset, reverse=True)
+        for unit, data in deferred:  # backup table, then primary
+            if unit.offset < _HEAD:
                 _sync(target, fd)
-            _write(target, -1, fd, memoryview(data), Unit(o, len(data), b""))
+            _write(target, -1, fd, memoryview(data), unit)
         _sync(target, fd)
         if verifier is not None:
-            for o, data, digest in sorted(deferred):
-                verifier.put(o, len(data), digest)
+            for unit, _data in deferred:
+                verifier.put(unit)
             v, verifier = verifier, None
             v.finish()
     finally:
@@ -656,33 +629,19 @@ def _write_error(target: Target, e: OSError, what: str) -> Exception:
 
 
 def verify_units(target: Path, units: list[Unit], *, progress: Progress | None = None) -> None:
-    """Read every unit back from ``target`` and compare its SHA-256; HostError naming the
+    """Read every unit back from ``target`` and compare its XXH3-128; HostError naming the
     range for a mismatch, a read error or a target that ends too soon."""
     update = progress("verify", sum(u.length for u in units)) if progress else None
-    fd, direct = _open_for_verify(target)
-    buf = mmap.mmap(-1, UNIT)
+    reader = _ReadBack(target)
     try:
         for unit in sorted(units, key=lambda u: u.offset):
-            view = memoryview(buf)[:unit.length]
-            try:
-                got = _read_full(fd, view, unit.offset)
-            except OSError as e:
-                if e.errno != errno.EINVAL or not direct:
-                    raise HostError(f"verify: cannot read {unit.describe()} of {target}: "
-                                    f"{e.strerror}") from None
-                os.close(fd)  # O_DIRECT refused this read: go on without it
-                fd, direct = _open_for_verify(target, direct=False)
-                got = _read_full(fd, view, unit.offset)
-            if got < unit.length:
-                raise HostError(f"verify: {target} ends before the end of {unit.describe()} "
-                                "(it is shorter than the disk)")
-            if hashlib.sha256(view).digest() != unit.digest:
+            if xxhash.xxh3_128_digest(reader.read(unit)) != unit.digest:
                 raise HostError(f"verify: {target} differs from the disk at {unit.describe()}; "
                                 "flash it again")
             if update:
                 update(unit.length)
     finally:
-        os.close(fd)  # the buffer goes with its last view
+        reader.close()
 
 
 def _read_full(fd: int, view: memoryview, offset: int) -> int:
