@@ -231,16 +231,18 @@ class _Gather:
 
 
 def write_raw_with_bmap(disk: Disk, dest: Path, bmap_dest: Path | None = None, *,
-                        progress: Callable[[int], None] | None = None) -> Bmap:
+                        progress: Callable[[int], None] | None = None,
+                        sync: bool = True) -> Bmap:
     """Write ``disk`` as a sparse raw image at ``dest`` and its block map at ``bmap_dest``
     (default: ``dest`` + ``.bmap``), in one pass: each run of non-zero 4 KiB blocks is written
-    to the image and fed to the range hasher. Both files appear whole or not at all."""
+    to the image and fed to the range hasher. Both files appear whole or not at all; with
+    ``sync`` both are fsynced first."""
     dest = Path(dest)
     bmap_dest = Path(bmap_dest) if bmap_dest is not None else dest.with_name(dest.name + ".bmap")
     hasher = RangeHasher(BLOCK_SIZE)
     done = 0
     with contextlib.ExitStack() as stack:
-        fd = stack.enter_context(atomic_output(dest))
+        fd = stack.enter_context(atomic_output(dest, sync=sync))
         os.ftruncate(fd, disk.size)
         out = _Gather(fd)
         for off, view in mapped_runs(disk):
@@ -251,7 +253,7 @@ def write_raw_with_bmap(disk: Disk, dest: Path, bmap_dest: Path | None = None, *
                 done = off + len(view)
         out.flush()
         result = Bmap(disk.size, BLOCK_SIZE, tuple(hasher.finish()))
-        with atomic_output(bmap_dest) as bfd:
+        with atomic_output(bmap_dest, sync=sync) as bfd:
             data = memoryview(result.record())
             while data:
                 data = data[os.write(bfd, data):]

@@ -84,9 +84,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
                    "(repeatable) into the -o directory.")
 @click.option("-o", "--output", "output", type=click.Path(), default=".", show_default=True,
               help="Directory for the --format files (NAME-VERSION.FORMAT).")
+@click.option("--sync", is_flag=True,
+              help="fsync the output before it appears (default: like qemu-img convert, leave "
+                   "writing it to disk to the kernel; it still appears whole or not at all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build_cmd(source: str | None, name: str | None, version: str | None, mirror: str | None,
-              formats: Sequence[str], output: str, as_json: bool) -> None:
+              formats: Sequence[str], output: str, sync: bool, as_json: bool) -> None:
     """Build the app in DIR (its imagebuilder.toml; default: the current directory), or a bare
     executable jar with --name and --version, into the local image store."""
     from . import export
@@ -105,7 +108,7 @@ def build_cmd(source: str | None, name: str | None, version: str | None, mirror:
         boot = export.BootSource.of_image(home.store, image)
         for fmt in formats:
             dest = out_dir / f"{image.name}-{image.version}{export.SUFFIXES[fmt]}"
-            _export_with_progress(home, boot, fmt, dest, quiet=as_json)
+            _export_with_progress(home, boot, fmt, dest, quiet=as_json, sync=sync)
             written.append({"format": fmt, "path": str(dest)})
     if as_json:
         click.echo(json.dumps({
@@ -121,13 +124,13 @@ def build_cmd(source: str | None, name: str | None, version: str | None, mirror:
 
 
 def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet: bool,
-                          size: int | None = None) -> None:
+                          sync: bool, size: int | None = None) -> None:
     from tqdm import tqdm
 
     from . import export
     with tqdm(desc=f"{fmt} {dest.name}", unit="B", unit_scale=True, unit_divisor=1024,
               disable=True if quiet else None, leave=False) as bar:
-        export.export(home.cache, boot, fmt, dest, progress=bar.update, size=size)
+        export.export(home.cache, boot, fmt, dest, progress=bar.update, size=size, sync=sync)
 
 
 @cli.command("export")
@@ -141,9 +144,12 @@ def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet:
 @click.option("--bmap", "with_bmap", is_flag=True,
               help="With --format raw: also write FILE.bmap, its block map for `bmaptool copy` "
                    "and `imagebuilder flash`.")
+@click.option("--sync", is_flag=True,
+              help="fsync the output before it appears (default: like qemu-img convert, leave "
+                   "writing it to disk to the kernel; it still appears whole or not at all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, with_bmap: bool,
-               as_json: bool) -> None:
+               sync: bool, as_json: bool) -> None:
     """Write image REF as a bootable disk (BIOS and UEFI), a hybrid ISO, or kernel + initrd."""
     from . import export
     export.check_format(fmt)
@@ -164,10 +170,10 @@ def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, with_bmap
         disk = export.bootable(home.cache, boot, size=size)
         with tqdm(desc=f"raw {dest.name}", unit="B", unit_scale=True, unit_divisor=1024,
                   disable=True if as_json else None, leave=False) as bar:
-            write_raw_with_bmap(disk, dest, progress=bar.update)
+            write_raw_with_bmap(disk, dest, progress=bar.update, sync=sync)
         bmap = f"{dest}.bmap"
     else:
-        _export_with_progress(home, boot, fmt, dest, quiet=as_json, size=size)
+        _export_with_progress(home, boot, fmt, dest, quiet=as_json, sync=sync, size=size)
     if as_json:
         click.echo(json.dumps({"ref": image.ref, "format": fmt, "path": str(dest),
                                "bmap": bmap}))

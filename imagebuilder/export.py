@@ -125,9 +125,12 @@ def raw_disk_file(cache: Cache, source: BootSource, dest_dir: Path) -> Path:
 
 
 def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
-           progress: Progress | None = None, size: int | None = None) -> None:
+           progress: Progress | None = None, size: int | None = None,
+           sync: bool = False) -> None:
     """Write the image as ``fmt`` to ``dest`` (for kernel-initrd: a new directory); ``size`` is
-    the disk size of the disk formats (default: what the content needs)."""
+    the disk size of the disk formats (default: what the content needs). It appears whole or
+    not at all; ``sync`` also makes it durable (fsynced) before it appears, which the default
+    leaves to the kernel's write-back (see :mod:`imagebuilder.formats`)."""
     check_format(fmt)
     if size is not None and fmt not in DISK_FORMATS:
         raise UserError(f"--size applies to the disk formats ({', '.join(DISK_FORMATS)}), "
@@ -135,15 +138,15 @@ def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
     if not dest.parent.is_dir():
         raise UserError(f"output directory {dest.parent} does not exist")
     if fmt == "kernel-initrd":
-        _kernel_initrd(source, dest)
+        _kernel_initrd(source, dest, sync=sync)
     elif fmt == "iso":
         write_iso(source.kernel, list(source.initrds), source.cmdline, dest,
-                  boot_files=BootFiles.from_host(), seed=source.seed)
+                  boot_files=BootFiles.from_host(), seed=source.seed, sync=sync)
     else:
-        write_disk(bootable(cache, source, size=size), dest, fmt, progress=progress)
+        write_disk(bootable(cache, source, size=size), dest, fmt, progress=progress, sync=sync)
 
 
-def _kernel_initrd(source: BootSource, dest: Path) -> None:
+def _kernel_initrd(source: BootSource, dest: Path, *, sync: bool) -> None:
     """``dest/vmlinuz``, ``dest/initrd.img`` (the layers concatenated) and ``dest/cmdline``,
     for direct boots and PXE; the directory appears whole or not at all."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -156,13 +159,14 @@ def _kernel_initrd(source: BootSource, dest: Path) -> None:
                 with open(layer, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
         (tmp / "cmdline").write_text(source.cmdline + "\n")
-        for name in ("vmlinuz", "initrd.img", "cmdline"):
+        for name in ("vmlinuz", "initrd.img", "cmdline") if sync else ():
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         tmp.chmod(0o755)
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        if sync:
+            fsync_dir(dest.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,8 +4,15 @@
 out as raw first, none writes the zero regions between extents, and all skip all-zero clusters
 inside extents where the format can leave them unallocated. Every writer streams (memory stays
 flat whatever the disk size) and commits its output the same way, through :func:`atomic_output`:
-the file is written under a temporary name in the destination's directory, fsynced and renamed,
-so an interrupted or failed write leaves nothing at the destination.
+the file is written under a temporary name in the destination's directory and renamed, so an
+interrupted or failed write leaves nothing at the destination.
+
+Durability is the caller's choice (``sync``). Files that later commands trust without checking
+(the cache's disks, block maps, the store) are fsynced before the rename, so a power cut leaves
+the old file or the whole new one. Exports (a user's output file, reproducible from the store
+bit for bit) are by default left for the kernel to write back, as ``qemu-img convert`` (cache
+mode ``unsafe``), ``cp`` and ``tar`` leave theirs: waiting for the disk would double their time.
+``export --sync`` asks for the fsync.
 
 Writers are looked up by name with :func:`writer_for` (imported lazily, so ``import
 imagebuilder.formats`` stays cheap); :func:`write_disk` is the one call the CLI needs.
@@ -33,7 +40,9 @@ if TYPE_CHECKING:  # not imported at run time (typing alone costs milliseconds o
     from typing import Protocol
 
     class Writer(Protocol):
-        def __call__(self, disk: Disk, dest: Path, *, progress: Progress | None = None) -> None: ...
+        def __call__(
+            self, disk: Disk, dest: Path, *, progress: Progress | None = None, sync: bool = True
+        ) -> None: ...
 
 
 DISK_FORMATS: tuple[str, ...] = ("raw", "qcow2", "vmdk", "vhd")
@@ -41,6 +50,9 @@ DISK_FORMATS: tuple[str, ...] = ("raw", "qcow2", "vmdk", "vhd")
 
 BLOCK_SIZE = 1 << 16
 """The unit in which raw and vhd skip zeros and every writer hashes content (64 KiB)."""
+
+WRITEBACK = 8 << 20
+"""Bytes after which :class:`Output` starts write-back of a file that will be fsynced."""
 
 Progress = Callable[[int], None]
 """Called with the number of guest bytes just processed (for a progress bar)."""
@@ -55,9 +67,11 @@ def writer_for(fmt: str) -> Writer:
     return writer
 
 
-def write_disk(disk: Disk, dest: Path | str, fmt: str, *, progress: Progress | None = None) -> None:
-    """Write ``disk`` to ``dest`` in format ``fmt`` (one of :data:`DISK_FORMATS`)."""
-    writer_for(fmt)(disk, Path(dest), progress=progress)
+def write_disk(disk: Disk, dest: Path | str, fmt: str, *, progress: Progress | None = None,
+               sync: bool = True) -> None:
+    """Write ``disk`` to ``dest`` in format ``fmt`` (one of :data:`DISK_FORMATS`); ``sync``:
+    fsync it before it takes the name ``dest``."""
+    writer_for(fmt)(disk, Path(dest), progress=progress, sync=sync)
 
 
 @functools.lru_cache(maxsize=8)
@@ -78,11 +92,12 @@ def _os_error(e: OSError, dest: Path) -> Exception:
 
 
 @contextlib.contextmanager
-def atomic_output(dest: Path) -> Iterator[int]:
+def atomic_output(dest: Path, *, sync: bool = True) -> Iterator[int]:
     """A file descriptor on a new temporary file that becomes ``dest`` on success.
 
-    On leaving the block normally the file is fsynced and renamed over ``dest`` (and the
-    directory fsynced); on any exception it is removed and ``dest`` is left as it was. OSErrors
+    On leaving the block normally the file is renamed over ``dest``, with ``sync`` after an
+    fsync of it and followed by one of the directory; on any exception it is removed and
+    ``dest`` is left as it was. OSErrors
     become one-line errors: a full disk is a HostError "no space left on device writing X".
     """
     dest = Path(dest)
@@ -100,14 +115,16 @@ def atomic_output(dest: Path) -> Iterator[int]:
     try:
         try:
             yield fd
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         except OSError as e:
             raise _os_error(e, dest) from None
         os.close(fd)
         fd = -1
         try:
             os.replace(tmp, dest)
-            fsync_dir(parent)
+            if sync:
+                fsync_dir(parent)
         except OSError as e:
             raise _os_error(e, dest) from None
         done = True
@@ -132,17 +149,19 @@ class WriteBehind:
     """Runs ``pwritev`` calls on a background thread, a bounded number of them in flight.
 
     Reading and zero-checking the next data then overlaps with writing the previous, and each
-    write is followed by a hint to start write-back (``sync_file_range``), so that the final
-    fsync has little left to wait for. Use as a context manager *inside* :func:`atomic_output`:
+    write is followed, with ``sync``, by a hint to start write-back (``sync_file_range``), so
+    that the final fsync has little left to wait for. Use as a context manager *inside*
+    :func:`atomic_output`:
     leaving it waits for every write (re-raising the first error), also when leaving on an error,
     so no write can touch the descriptor after it is closed.
     """
 
-    def __init__(self, fd: int, max_pending: int = 4) -> None:
+    def __init__(self, fd: int, max_pending: int = 4, *, sync: bool = True) -> None:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         self.fd = fd
+        self._sync = sync
         self._max_pending = max_pending
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="imagebuilder-write")
         self._pending: deque[Future[None]] = deque()
@@ -175,7 +194,8 @@ class WriteBehind:
 
     def _write(self, buffers: list[bytes | memoryview], offset: int) -> None:
         pwritev_all(self.fd, buffers, offset)
-        start_writeback(self.fd, offset, sum(len(b) for b in buffers))
+        if self._sync:
+            start_writeback(self.fd, offset, sum(len(b) for b in buffers))
 
 
 @functools.cache
@@ -227,16 +247,17 @@ class Output:
     Buffers that follow one another are gathered into one ``pwritev``. File ranges are copied by
     the kernel (``copy_file_range``: no trip through user space, and a shared extent, no copy at
     all, on file systems with reflinks such as XFS and Btrfs); where it cannot, they are written
-    from the view of the same bytes that comes with them. Every ``writeback`` bytes the kernel
-    is asked to start writing them to disk (``sync_file_range``), so the device works while the
-    rest is prepared and the final fsync has little left to wait for.
+    from the view of the same bytes that comes with them. Every ``writeback`` bytes (0: never,
+    for output that will not be fsynced) the kernel is asked to start writing them to disk
+    (``sync_file_range``), so the device works while the rest is prepared and the final fsync
+    has little left to wait for.
 
     Writes are synchronous: a buffer may be dropped or reused once :meth:`flush` has returned;
     until then it must not change.
     """
 
     def __init__(
-        self, fd: int, *, gather: int = 8 << 20, writeback: int = 8 << 20, copy: bool = True
+        self, fd: int, *, gather: int = 8 << 20, writeback: int = WRITEBACK, copy: bool = True
     ) -> None:
         self.fd = fd
         self._gather = gather
@@ -291,7 +312,7 @@ class Output:
     def flush(self) -> None:
         """Write what is gathered and start its write-back."""
         self._flush_buffers()
-        if self._wb_bytes:
+        if self._writeback and self._wb_bytes:
             start_writeback(self.fd, self._wb_lo, self._wb_hi - self._wb_lo)
             self._wb_bytes = 0
 
@@ -311,7 +332,7 @@ class Output:
         else:
             self._wb_lo, self._wb_hi = min(self._wb_lo, offset), max(self._wb_hi, offset + n)
         self._wb_bytes += n
-        if self._wb_bytes >= self._writeback:
+        if self._writeback and self._wb_bytes >= self._writeback:
             start_writeback(self.fd, self._wb_lo, self._wb_hi - self._wb_lo)
             self._wb_bytes = 0
 

@@ -63,7 +63,7 @@ def iso_names(initrds: Sequence[tuple[str, Path]]) -> list[str]:
 
 def write_iso(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, dest: Path, *,
               boot_files: BootFiles, seed: bytes, volume_id: str = VOLUME_ID,
-              title: str = "imagebuilder") -> None:
+              title: str = "imagebuilder", sync: bool = True) -> None:
     """Write the hybrid ISO booting ``kernel`` with ``initrds`` and ``cmdline`` to ``dest``.
 
     ``seed`` (a content hash of the image) determines every identifier in it.
@@ -92,7 +92,7 @@ def write_iso(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, d
             *((f"{BOOT_DIR}/{n}", Path(p)) for n, (_, p) in zip(names, initrds, strict=True)),
             (f"{BOOT_DIR}/{ESP_IMAGE}", esp),
         ]
-        with atomic_output(dest) as fd, os.fdopen(os.dup(fd), "r+b") as out:
+        with atomic_output(dest, sync=sync) as fd, os.fdopen(os.dup(fd), "r+b") as out:
             esp_lba = _write(out, files, esp, volume_id=volume_id, boot_files=boot_files,
                              seed=seed)
             out.seek(0)

@@ -29,7 +29,15 @@ from array import array
 from pathlib import Path
 
 from ..disk import Disk
-from . import Output, Progress, ProgressTracker, Record, atomic_output, pwrite_all
+from . import (
+    WRITEBACK,
+    Output,
+    Progress,
+    ProgressTracker,
+    Record,
+    atomic_output,
+    pwrite_all,
+)
 
 MAGIC = b"QFI\xfb"
 VERSION = 3
@@ -227,13 +235,14 @@ def plan_metadata(used: int, l1_size: int) -> MetadataPlan:
     return MetadataPlan(used, l1_clusters, before, table, before + table, blocks)
 
 
-def write_qcow2(disk: Disk, dest: Path, *, progress: Progress | None = None) -> None:
+def write_qcow2(disk: Disk, dest: Path, *, progress: Progress | None = None,
+                sync: bool = True) -> None:
     """Write ``disk`` to ``dest`` as a qcow2 v3 image (64 KiB clusters, no compression)."""
     l1_size = _ceil_div(disk.size, CLUSTER_SIZE * L2_ENTRIES)
     l1 = array("Q", bytes(8 * l1_size))
     tracker = ProgressTracker(progress, disk.size)
-    with atomic_output(dest) as fd:
-        out = Output(fd)
+    with atomic_output(dest, sync=sync) as fd:
+        out = Output(fd, writeback=WRITEBACK if sync else 0)
         pos = CLUSTER_SIZE  # where the next cluster goes: data and L2 tables in one sequence
         l2 = array("Q", bytes(CLUSTER_SIZE))
         l2_index = -1

@@ -16,14 +16,23 @@ import os
 from pathlib import Path
 
 from ..disk import Disk
-from . import BLOCK_SIZE, ContentId, Output, Progress, ProgressTracker, atomic_output
+from . import (
+    BLOCK_SIZE,
+    WRITEBACK,
+    ContentId,
+    Output,
+    Progress,
+    ProgressTracker,
+    atomic_output,
+)
 
 
-def write_raw(disk: Disk, dest: Path, *, progress: Progress | None = None) -> None:
+def write_raw(disk: Disk, dest: Path, *, progress: Progress | None = None,
+              sync: bool = True) -> None:
     """Write ``disk`` to ``dest`` as a sparse raw image of exactly ``disk.size`` bytes."""
-    with atomic_output(dest) as fd:
+    with atomic_output(dest, sync=sync) as fd:
         os.ftruncate(fd, disk.size)
-        write_blocks(fd, disk, progress=progress)
+        write_blocks(fd, disk, progress=progress, sync=sync)
 
 
 def write_blocks(
@@ -32,16 +41,18 @@ def write_blocks(
     *,
     content_id: ContentId | None = None,
     progress: Progress | None = None,
+    sync: bool = True,
 ) -> int:
     """Write the non-zero 64 KiB blocks of ``disk`` at their guest offsets in ``fd``.
 
     Everything else is left untouched (holes in a freshly truncated file). Runs of blocks that
     lie in one file are copied by the kernel, others gathered into few ``pwritev`` calls (see
     :class:`~imagebuilder.formats.Output`). Each written block (zero-padded to 64 KiB at the
-    disk's end) is fed to ``content_id``. Returns the number of bytes written.
+    disk's end) is fed to ``content_id``. ``sync``: the file will be fsynced (start write-back
+    early). Returns the number of bytes written.
     """
     tracker = ProgressTracker(progress, disk.size)
-    out = Output(fd)
+    out = Output(fd, writeback=WRITEBACK if sync else 0)
     for off, view, where in disk.iter_nonzero(BLOCK_SIZE):
         n = len(view)
         if content_id is not None:

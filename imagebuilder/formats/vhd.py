@@ -208,6 +208,7 @@ def write_vhd(
     *,
     progress: Progress | None = None,
     timestamp: int | None = None,
+    sync: bool = True,
 ) -> None:
     """Write ``disk`` to ``dest`` as a fixed VHD of ``vhd_size(disk.size)`` bytes plus footer.
 
@@ -216,8 +217,8 @@ def write_vhd(
     size = vhd_size(disk.size)
     unix_time = source_date_epoch() if timestamp is None else timestamp
     content = ContentId(size)
-    with atomic_output(dest) as fd:
+    with atomic_output(dest, sync=sync) as fd:
         os.ftruncate(fd, size + FOOTER_SIZE)
-        write_blocks(fd, disk, content_id=content, progress=progress)
+        write_blocks(fd, disk, content_id=content, progress=progress, sync=sync)
         footer = VhdFooter.new(size, content.digest(), vhd_timestamp(unix_time))
         pwrite_all(fd, footer.record(), size)

@@ -216,6 +216,7 @@ def write_vmdk(
     progress: Progress | None = None,
     level: int = DEFAULT_LEVEL,
     workers: int | None = None,
+    sync: bool = True,
 ) -> None:
     """Write ``disk`` to ``dest`` as a streamOptimized VMDK.
 
@@ -235,8 +236,8 @@ def write_vmdk(
     header = SparseExtentHeader(capacity=capacity)
 
     with (
-        atomic_output(dest) as fd,
-        WriteBehind(fd) as behind,
+        atomic_output(dest, sync=sync) as fd,
+        WriteBehind(fd, sync=sync) as behind,
         ThreadPoolExecutor(workers, thread_name_prefix="imagebuilder-zlib") as pool,
     ):
         out = SequentialWriter(fd, OVERHEAD * SECTOR, behind)

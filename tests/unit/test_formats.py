@@ -246,6 +246,33 @@ def test_failure_mid_write_leaves_no_file(tmp_path: Path, fmt: str) -> None:
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("fmt", DISK_FORMATS)
+def test_sync_decides_whether_the_output_is_fsynced(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Internal files (sync, the default) are fsynced with their directory before they appear;
+    exports without --sync are not, and either way appear whole, with the same bytes."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    disk = Disk(8 * MiB, [Extent(MiB, MiB, bytes(range(256)) * 4096)])
+    a, b = tmp_path / "a", tmp_path / "b"  # the same file name: a vmdk's descriptor holds it
+    a.mkdir()
+    b.mkdir()
+    write_disk(disk, a / f"disk.{fmt}", fmt)
+    assert synced and str(a) in synced  # the file (renamed since) and its directory
+    synced.clear()
+    write_disk(disk, b / f"disk.{fmt}", fmt, sync=False)
+    assert synced == []
+    assert (a / f"disk.{fmt}").read_bytes() == (b / f"disk.{fmt}").read_bytes()
+    assert [p.name for p in b.iterdir()] == [f"disk.{fmt}"]
+
+
 def test_failure_keeps_the_previous_file(tmp_path: Path) -> None:
     out = tmp_path / "disk.qcow2"
     out.write_bytes(b"previous")
