@@ -339,9 +339,9 @@ class Disk:
         ``view`` holds the run's bytes, a whole number of blocks (zero-filled where no extent
         covers them, also past the end of the disk); every block in it has a non-zero byte, and
         all-zero blocks are never yielded. A run never crosses a multiple of ``window``. When the
-        run lies in one file, ``where`` is ``(fd, file_offset)`` of its first byte, so that the
-        kernel can copy it (``os.copy_file_range``); the descriptor is open only until the walk
-        ends, so use it before asking for the next run. Else ``where`` is None.
+        run lies in one file, ``where`` is ``(fd, file_offset)`` of its first byte, so that a
+        writer can copy it from the file; the descriptor is open only until the walk ends, so
+        use it before asking for the next run. Else ``where`` is None.
 
         No copy is made of file data: views are of read-only shared mappings of the files (page
         cache pages), so a run costs no read and its memory is the kernel's. Views stay valid

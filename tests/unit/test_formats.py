@@ -300,41 +300,48 @@ def test_full_disk_is_one_line_error(
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2", "vhd"])
-def test_kernel_copies_file_data(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whole clusters of files go through copy_file_range; without it the bytes are the same."""
+def test_file_data_is_copied_and_reserved(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole clusters of files are copied from the file and their blocks reserved first; where
+    the file system cannot reserve (EOPNOTSUPP) the bytes come out the same."""
     disk = file_disk(tmp_path)
-    real = os.copy_file_range
-    copied: list[int] = []
+    real = formats._fallocate()
+    assert real is not None
+    reserved: list[int] = []
 
-    def counting(src: int, dst: int, count: int, *args: int) -> int:
-        n = real(src, dst, count, *args)
-        copied.append(n)
-        return n
+    def counting(fd: int, mode: int, offset: int, length: int) -> int:
+        reserved.append(length)
+        return real(fd, mode, offset, length)
 
     def unsupported(*args: object) -> int:
-        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        import ctypes
+
+        ctypes.set_errno(errno.EOPNOTSUPP)
+        return -1
 
     outputs = {}
-    for name, fn in (("counting", counting), ("exdev", unsupported), ("zero", lambda *a: 0)):
-        monkeypatch.setattr(formats, "_COPY_FILE_RANGE", fn)
+    for name, fn in (("counting", counting), ("unsupported", unsupported)):
+        monkeypatch.setattr(formats, "_fallocate", lambda fn=fn: fn)
         out = tmp_path / f"{name}.{fmt}"
         write_disk(disk, out, fmt)
         outputs[name] = out.read_bytes()
-    monkeypatch.setattr(formats, "_COPY_FILE_RANGE", None)  # a platform without it
-    write_disk(disk, tmp_path / f"none.{fmt}", fmt)
-    assert sum(copied) >= 12 * 65536  # the aligned clusters, not only the edges
-    assert outputs["counting"] == outputs["exdev"] == outputs["zero"]
-    assert outputs["counting"] == (tmp_path / f"none.{fmt}").read_bytes()
+    assert sum(reserved) >= 12 * 65536  # the aligned clusters, not only the edges
+    assert outputs["counting"] == outputs["unsupported"]
     raw = tmp_path / "ref.raw"
+    monkeypatch.undo()
     write_disk(disk, raw, "raw")
     check_against_raw(fmt, raw, tmp_path / f"counting.{fmt}", disk.size)
 
 
-def test_full_disk_during_a_kernel_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_when_reserving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def full(*args: object) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        import ctypes
 
-    monkeypatch.setattr(formats, "_COPY_FILE_RANGE", full)
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    monkeypatch.setattr(formats, "_fallocate", lambda: full)
     out = tmp_path / "out" / "disk.qcow2"
     out.parent.mkdir()
     with pytest.raises(HostError) as exc:
