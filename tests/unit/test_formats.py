@@ -136,12 +136,15 @@ def file_disk(tmp: Path) -> Disk:
     rnd = random.Random(21)
     src = tmp / "file-disk.bin"
     src.write_bytes(rnd.randbytes(3 * 65536) + bytes(2 * 65536) + rnd.randbytes(5 * 65536 + 99))
+    big = tmp / "file-disk-big.bin"
+    big.write_bytes(rnd.randbytes(5 * MiB + 3 * 65536))
     return Disk(
         32 * MiB,
         [
-            Extent(0, 10 * 65536 + 99, FileSlice(src, 0)),  # aligned: copied by the kernel
+            Extent(0, 10 * 65536 + 99, FileSlice(src, 0)),  # aligned: copied from the file
             Extent(2 * MiB + 7, 9 * 65536, FileSlice(src, 13)),  # unaligned: edges assembled
             Extent(8 * MiB, 6 * 65536, FileSlice(src, 65536 * 4)),  # starts in a zero cluster
+            Extent(16 * MiB, 5 * MiB + 3 * 65536, FileSlice(big, 0)),  # copied by two threads
         ],
     )
 
@@ -332,6 +335,25 @@ def test_file_data_is_copied_and_reserved(
     monkeypatch.undo()
     write_disk(disk, raw, "raw")
     check_against_raw(fmt, raw, tmp_path / f"counting.{fmt}", disk.size)
+
+
+def test_a_failing_copy_thread_fails_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = formats.Output._copy_range
+
+    def failing(self: formats.Output, src_fd: int, src_offset: int, offset: int, n: int,
+                buf: memoryview) -> None:
+        if buf is self._copy_bufs[-1] and len(self._copy_bufs) == 2:  # the helper's half
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(self, src_fd, src_offset, offset, n, buf)
+
+    monkeypatch.setattr(formats.Output, "_copy_range", failing)
+    out = tmp_path / "out" / "disk.raw"
+    out.parent.mkdir()
+    with pytest.raises(HostError, match="Input/output error"):
+        write_disk(file_disk(tmp_path), out, "raw")
+    assert list(out.parent.iterdir()) == []
 
 
 def test_full_disk_when_reserving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
