@@ -10,7 +10,7 @@ stream, so peak resident memory stays under 150 MB pushing and pulling a 1 GiB l
 Method: examples/hello is compiled and built into a throwaway IMAGEBUILDER_HOME (a real build
 from the Debian archive), then rebuilt as 2.0.0 with one resource added to the jar. Each timed
 run gets a fresh registry (new storage directory), so neither tool can skip or mount blobs it
-pushed before; ours runs as a whole process (``python -m imagebuilder.commands.registry``,
+pushed before; ours runs as a whole process (the installed ``imagebuilder`` command,
 interpreter start-up included), skopeo as ``skopeo copy oci:STORE:hello:1.0.0
 docker://HOST/hello:1.0.0 --dest-tls-verify=false`` and back to an empty ``oci:`` directory.
 Runs alternate between the tools. Peak RSS is ``/usr/bin/time -v``'s maximum resident set.
@@ -52,7 +52,7 @@ MiB, GiB = 1 << 20, 1 << 30
 
 
 def ours(home: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "imagebuilder.commands.registry", *args]
+    return [str(Path(sys.executable).with_name("imagebuilder")), *args]
 
 
 def run(argv: list[str], home: Path | None = None) -> tuple[float, str]:

@@ -178,15 +178,3 @@ def gc_cmd(dry_run: bool, as_json: bool) -> None:
 
 COMMANDS: list[click.Command] = [push_cmd, pull_cmd, promote_cmd, gc_cmd]
 
-
-def _main() -> int:
-    """The full command line with these commands registered (until cli.py registers them)."""
-    from ..cli import cli, main
-    for command in COMMANDS:
-        if command.name not in cli.commands:
-            cli.add_command(command)
-    return main(sys.argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,18 +24,11 @@ from .conftest import Built, Cli, free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
-# Runs the CLI with the bare-metal commands registered (whether or not cli.py does it yet).
-_BOOT = ("import sys\n"
-         "from imagebuilder import cli\n"
-         "from imagebuilder.commands.baremetal import COMMANDS\n"
-         "for c in COMMANDS:\n"
-         "    cli.cli.commands.get(c.name) or cli.cli.add_command(c)\n"
-         "sys.exit(cli.main(sys.argv[1:]))\n")
 
 
 def ib(cli: Cli, *args: str, cwd: Path | None = None,
        check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-c", _BOOT, *args], cwd=cwd, env=cli.env(),
+    result = subprocess.run(cli.argv(args), cwd=cwd, env=cli.env(),
                             text=True, capture_output=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"imagebuilder {' '.join(args)} exited {result.returncode}:\n"
@@ -179,8 +171,8 @@ def test_flashed_disk_with_env_boots_and_keeps_the_image_partition(
 def test_network_boot_with_ipxe_and_env(cli: Cli, hello: Built,
                                         processes: list[subprocess.Popen[bytes]]) -> None:
     http_port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", _BOOT, "serve", hello.ref, "--env", "prod",
-                               "--listen", f"127.0.0.1:{http_port}"], cwd=hello.app,
+    server = subprocess.Popen(cli.argv(["serve", hello.ref, "--env", "prod",
+                                        "--listen", f"127.0.0.1:{http_port}"]), cwd=hello.app,
                               env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     processes.append(server)
     deadline = time.monotonic() + 30

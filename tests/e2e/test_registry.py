@@ -14,7 +14,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 import urllib.request
 import zipfile
@@ -39,16 +38,12 @@ ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 
 @dataclass
 class RCli(Cli):
-    """The real command line with the registry commands (registered by
-    imagebuilder.commands.registry if cli.py does not yet), with its own Docker config."""
+    """The real command line with its own Docker config."""
 
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         return {**super().env(), **self.extra_env}
-
-    def argv(self, args: Sequence[str]) -> list[str]:
-        return [sys.executable, "-m", "imagebuilder.commands.registry", *args]
 
 
 def rcli(home: Path, docker: Path, **extra: str) -> RCli:
