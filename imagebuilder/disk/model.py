@@ -27,10 +27,13 @@ import mmap
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from ..errors import HostError, NotFoundError, UserError
 from ..sparse import data_extents
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pathlib (with re and enum) costs ~8 ms of every export's start-up
+    from pathlib import Path
 
 SECTOR_SIZE = 512
 CHUNK_SIZE = 1 << 20
@@ -46,10 +49,10 @@ class FileSlice:
     """Bytes of the file at ``path`` starting at ``offset``; the length is the extent's."""
 
     __slots__ = ("offset", "path")
-    path: Path
+    path: Path | str
     offset: int
 
-    def __init__(self, path: Path, offset: int = 0) -> None:
+    def __init__(self, path: Path | str, offset: int = 0) -> None:
         if offset < 0:
             raise ValueError(f"negative file offset {offset} for {path}")
         object.__setattr__(self, "path", path)
@@ -139,11 +142,11 @@ class _Files:
     """Open file descriptors for FileSlice reads during one walk, closed together."""
 
     def __init__(self) -> None:
-        self._fds: dict[Path, int] = {}
-        self._mappable: dict[Path, int] = {}
+        self._fds: dict[Path | str, int] = {}
+        self._mappable: dict[Path | str, int] = {}
         """Per file: its size if it is a regular file that can be mapped, else -1."""
 
-    def fd(self, path: Path) -> int:
+    def fd(self, path: Path | str) -> int:
         fd = self._fds.get(path)
         if fd is None:
             try:
@@ -461,7 +464,6 @@ class Disk:
         (at least the file's size; the rest reads as zeros). The file is not read here, only
         mapped with SEEK_DATA/SEEK_HOLE; it must not change while the disk is in use.
         """
-        path = Path(path)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -543,9 +545,8 @@ class DiskBuilder:
 
     def put_file(self, offset: int, path: Path | str) -> int:
         """Place the whole file at ``path`` at ``offset``; returns its length."""
-        path = Path(path)
         try:
-            length = path.stat().st_size
+            length = os.stat(path).st_size
         except FileNotFoundError:
             raise NotFoundError(f"{path} does not exist") from None
         self.put(offset, FileSlice(path, 0), length)

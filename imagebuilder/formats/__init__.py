@@ -27,7 +27,6 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 from ..disk import Disk
 from ..errors import HostError, UserError
@@ -37,11 +36,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time (typing alone costs milliseconds of start-up)
     from collections import deque
     from concurrent.futures import Future
+    from pathlib import Path
     from typing import Protocol
 
     class Writer(Protocol):
         def __call__(
-            self, disk: Disk, dest: Path, *, progress: Progress | None = None, sync: bool = True
+            self, disk: Disk, dest: Path | str, *, progress: Progress | None = None,
+            sync: bool = True
         ) -> None: ...
 
 
@@ -74,7 +75,7 @@ def write_disk(disk: Disk, dest: Path | str, fmt: str, *, progress: Progress | N
                sync: bool = True) -> None:
     """Write ``disk`` to ``dest`` in format ``fmt`` (one of :data:`DISK_FORMATS`); ``sync``:
     fsync it before it takes the name ``dest``."""
-    writer_for(fmt)(disk, Path(dest), progress=progress, sync=sync)
+    writer_for(fmt)(disk, dest, progress=progress, sync=sync)
 
 
 @functools.lru_cache(maxsize=8)
@@ -83,7 +84,7 @@ def zero_block(size: int) -> bytes:
     return bytes(size)
 
 
-def _os_error(e: OSError, dest: Path) -> Exception:
+def _os_error(e: OSError, dest: Path | str) -> Exception:
     """The one-line error for a failure writing ``dest``."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return HostError(f"no space left on device writing {dest}")
@@ -95,7 +96,7 @@ def _os_error(e: OSError, dest: Path) -> Exception:
 
 
 @contextlib.contextmanager
-def atomic_output(dest: Path, *, sync: bool = True) -> Iterator[int]:
+def atomic_output(dest: Path | str, *, sync: bool = True) -> Iterator[int]:
     """A file descriptor on a new temporary file that becomes ``dest`` on success.
 
     On leaving the block normally the file is renamed over ``dest``, with ``sync`` after an
@@ -103,13 +104,13 @@ def atomic_output(dest: Path, *, sync: bool = True) -> Iterator[int]:
     ``dest`` is left as it was. OSErrors
     become one-line errors: a full disk is a HostError "no space left on device writing X".
     """
-    dest = Path(dest)
-    parent = dest.parent
-    if not parent.is_dir():
+    parent, name = os.path.split(os.fspath(dest))
+    parent = parent or "."
+    if not os.path.isdir(parent):
         raise UserError(f"output directory {parent} does not exist")
-    if dest.is_dir():
+    if os.path.isdir(dest):
         raise UserError(f"output path {dest} is a directory")
-    tmp = parent / f".{dest.name}.{os.urandom(6).hex()}.tmp"
+    tmp = os.path.join(parent, f".{name}.{os.urandom(6).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as e:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from pathlib import Path
 
 from ..disk import Disk
 from . import (
@@ -49,6 +48,10 @@ REFCOUNTS_PER_BLOCK = CLUSTER_SIZE * 8 // (1 << REFCOUNT_ORDER)
 COPIED = 1 << 63
 """L1/L2 entry flag: the cluster's refcount is exactly one (qemu-img check insists on it)."""
 OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pathlib (with re and enum) costs ~8 ms of every export's start-up
+    from pathlib import Path
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -235,7 +238,7 @@ def plan_metadata(used: int, l1_size: int) -> MetadataPlan:
     return MetadataPlan(used, l1_clusters, before, table, before + table, blocks)
 
 
-def write_qcow2(disk: Disk, dest: Path, *, progress: Progress | None = None,
+def write_qcow2(disk: Disk, dest: Path | str, *, progress: Progress | None = None,
                 sync: bool = True) -> None:
     """Write ``disk`` to ``dest`` as a qcow2 v3 image (64 KiB clusters, no compression)."""
     l1_size = _ceil_div(disk.size, CLUSTER_SIZE * L2_ENTRIES)

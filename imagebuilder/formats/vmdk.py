@@ -211,7 +211,7 @@ def descriptor(capacity: int, name: str, content_id: bytes) -> bytes:
 
 def write_vmdk(
     disk: Disk,
-    dest: Path,
+    dest: Path | str,
     *,
     progress: Progress | None = None,
     level: int = DEFAULT_LEVEL,
@@ -278,9 +278,8 @@ def write_vmdk(
         out.write(Marker(0, MARKER_EOS).record())
         out.flush()
 
-        pwrite_all(
-            fd, descriptor(capacity, dest.name, content.digest()), DESCRIPTOR_OFFSET * SECTOR
-        )
+        text = descriptor(capacity, os.path.basename(dest), content.digest())
+        pwrite_all(fd, text, DESCRIPTOR_OFFSET * SECTOR)
         pwrite_all(fd, header.record(), 0)
         tracker.done()
 
