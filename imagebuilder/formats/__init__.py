@@ -309,18 +309,18 @@ class Output:
             import threading
 
             failed: list[BaseException] = []
+            first, second = self._buffer(0), self._buffer(1)  # allocated here, not in a race
 
             def second_half() -> None:
                 try:
-                    self._copy_range(src_fd, src_offset + half, offset + half, n - half,
-                                     self._buffer(1))
+                    self._copy_range(src_fd, src_offset + half, offset + half, n - half, second)
                 except BaseException as e:
                     failed.append(e)
 
             helper = threading.Thread(target=second_half, name="imagebuilder-copy")
             helper.start()
             try:
-                self._copy_range(src_fd, src_offset, offset, half, self._buffer(0))
+                self._copy_range(src_fd, src_offset, offset, half, first)
             finally:
                 helper.join()
             if failed:
