@@ -203,20 +203,30 @@ class WriteBehind:
 
 
 @functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux), looked up on first use: ctypes is not free to import."""
+def _libc(name: str, *argtypes: str) -> Callable[[int, int, int, int], int] | None:
+    """libc's function ``name`` (Linux), its arguments the named ctypes types, looked up on
+    first use: ctypes is not free to import. None where there is no such function."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.argtypes = [getattr(ctypes, t) for t in argtypes]
     fn.restype = ctypes.c_int
     return fn  # type: ignore[no-any-return]
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    return _libc("sync_file_range", "c_int", "c_int64", "c_int64", "c_uint")
+
+
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """``fallocate`` itself, not ``posix_fallocate``, which glibc emulates by writing a byte per
+    block where the file system cannot allocate."""
+    return _libc("fallocate", "c_int", "c_int", "c_int64", "c_int64")
 
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -227,23 +237,6 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     fn = _sync_file_range()
     if fn is not None and length > 0:
         fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-@functools.cache
-def _fallocate() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``fallocate`` (Linux; not ``posix_fallocate``, which glibc emulates by writing a
-    byte per block where the file system cannot allocate), looked up on first use."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
 
 
 _FALLOC_FL_KEEP_SIZE = 1
