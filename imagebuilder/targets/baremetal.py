@@ -445,9 +445,7 @@ class _Verifier:
                     assert isinstance(item, Unit)
                     if self.error is None:
                         reader = reader or _ReadBack(self.target)
-                        if xxhash.xxh3_128_digest(reader.read(item)) != item.digest:
-                            raise HostError(f"verify: {self.target} differs from the "
-                                            f"{self.source} at {item.describe()}; flash it again")
+                        reader.check(item, self.source)
                 except BaseException as e:
                     self.error = self.error or e
                 finally:
@@ -480,6 +478,13 @@ class _ReadBack:
             raise HostError(f"verify: {self.target} ends before the end of {unit.describe()} "
                             "(it is shorter than the disk)")
         return view
+
+    def check(self, unit: Unit, source: str) -> None:
+        """Read ``unit`` back; HostError unless its XXH3-128 is the unit's (``source``: what the
+        target is said to differ from, "disk" or "image")."""
+        if xxhash.xxh3_128_digest(self.read(unit)) != unit.digest:
+            raise HostError(f"verify: {self.target} differs from the {source} at "
+                            f"{unit.describe()}; flash it again")
 
     def close(self) -> None:
         os.close(self.fd)
@@ -635,9 +640,7 @@ def verify_units(target: Path, units: list[Unit], *, progress: Progress | None =
     reader = _ReadBack(target)
     try:
         for unit in sorted(units, key=lambda u: u.offset):
-            if xxhash.xxh3_128_digest(reader.read(unit)) != unit.digest:
-                raise HostError(f"verify: {target} differs from the disk at {unit.describe()}; "
-                                "flash it again")
+            reader.check(unit, "disk")
             if update:
                 update(unit.length)
     finally:
