@@ -1,6 +1,6 @@
 """Kernel manifests and the kernel modules an image ships.
 
-A kernel manifest (``imagebuilder/kernels/<name>.toml``) names the Debian package a kernel comes
+A kernel manifest (``kernels/<name>.toml``) names the Debian package a kernel comes
 from, the drivers an image needs and the default kernel command line. Debian's kernel packages
 ship the modules (often ``.ko.xz``) without ``modules.dep`` or ``modules.alias``: depmod runs at
 install time. So this module reads each module's ``.modinfo`` section (``depends=``,
@@ -32,8 +32,6 @@ import tomllib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +39,7 @@ import zstandard
 
 from imagebuilder import elf
 from imagebuilder.errors import ConfigError, ImageBuilderError
+from imagebuilder.resources import data_dir
 
 __all__ = [
     "FileSink",
@@ -75,8 +74,8 @@ class KernelManifest:
     cmdline: str  # default kernel command line
 
 
-def _manifest_dir() -> Traversable:
-    return resources.files("imagebuilder").joinpath("kernels")
+def _manifest_dir() -> Path:
+    return data_dir("kernels")
 
 
 def available_manifests() -> list[str]:

@@ -1,4 +1,4 @@
-"""Rendering of the jinja2 templates shipped in ``imagebuilder/templates`` (init, app config).
+"""Rendering of the jinja2 templates shipped in ``templates/`` (init, app config).
 
 Undefined variables are errors, and rendering is pure: the same context gives the same bytes,
 which the layers' cache keys rely on.
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import shlex
 from functools import cache
-from importlib import resources
 from typing import Any
 
 import jinja2
+
+from ..resources import data_dir
 
 
 def _shquote(value: Any) -> str:
@@ -21,7 +22,7 @@ def _shquote(value: Any) -> str:
 @cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("imagebuilder", "templates"),
+        loader=jinja2.FileSystemLoader(data_dir("templates")),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -37,4 +38,4 @@ def render(template: str, **context: Any) -> str:
 
 def source(name: str) -> bytes:
     """The raw bytes of a template, for cache keys."""
-    return (resources.files("imagebuilder") / "templates" / name).read_bytes()
+    return (data_dir("templates") / name).read_bytes()
