@@ -355,7 +355,8 @@ def _register_command_groups() -> None:
     from .commands.aws import COMMANDS as AWS_COMMANDS
     from .commands.baremetal import COMMANDS as BAREMETAL_COMMANDS
     from .commands.registry import COMMANDS as REGISTRY_COMMANDS
-    for command in (*REGISTRY_COMMANDS, *BAREMETAL_COMMANDS, *AWS_COMMANDS):
+    from .commands.store import COMMANDS as STORE_COMMANDS
+    for command in (*REGISTRY_COMMANDS, *BAREMETAL_COMMANDS, *AWS_COMMANDS, *STORE_COMMANDS):
         cli.add_command(command)
 
 

@@ -37,3 +37,8 @@ class FetchError(ImageBuilderError):
 
 class IntegrityError(FetchError):
     """A signature or digest did not verify; the data was discarded."""
+
+
+class DamagedError(ImageBuilderError):
+    """Stored data (a blob of the image store, a cache entry) is missing or no longer matches its
+    digest: the disk or someone changed it. Nothing built from it is written or trusted."""

@@ -12,13 +12,15 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import blobs
 from .cache import Cache
 from .disk.bootable import BootFiles, disk_from_esp, write_esp
 from .disk.model import Disk
-from .errors import UserError
+from .errors import DamagedError, UserError
 from .formats import DISK_FORMATS, Progress, write_disk
 from .formats.iso import write_iso
 from .fsutil import fsync_dir
@@ -29,7 +31,7 @@ from .store import Image, Store
 FORMATS: tuple[str, ...] = (*DISK_FORMATS, "iso", "kernel-initrd")
 SUFFIXES = {"raw": ".raw", "qcow2": ".qcow2", "vmdk": ".vmdk", "vhd": ".vhd", "iso": ".iso",
             "kernel-initrd": ""}
-ESP_STAGE_VERSION = 1
+ESP_STAGE_VERSION = 2  # 2: blobs verified and the disk checked before an ESP is cached
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class BootSource:
     initrds: tuple[tuple[str, Path], ...]
     cmdline: str
     digests: tuple[str, ...]
+    """The kernel's and the layers' digests, in the order of ``kernel`` and ``initrds``."""
+    disk_digest: str | None = None
+    """The recorded digest of the raw disk at its default size (None while building)."""
 
     @property
     def seed(self) -> bytes:
@@ -56,7 +61,20 @@ class BootSource:
                            store.blob_path(layer.digest)) for i, layer in enumerate(layers, 1)),
             cmdline=str(image.config.get("cmdline", "console=ttyS0")),
             digests=tuple(d.digest for d in image.layers),
+            disk_digest=(image.config.get("disk") or {}).get("digest"),
         )
+
+    def verify(self) -> None:
+        """Check the kernel and every layer against their digests (DamagedError if one is
+        missing or differs); a file already verified in this process is not read again."""
+        paths = (self.kernel, *(path for _, path in self.initrds))
+        for path, digest in zip(paths, self.digests, strict=True):
+            blobs.verify(path, digest)
+
+    def chunks(self, path: Path) -> Iterator[bytes]:
+        """The bytes of the kernel or a layer, verified against its digest as they are read."""
+        paths = (self.kernel, *(p for _, p in self.initrds))
+        return blobs.verified_chunks(path, self.digests[paths.index(path)])
 
 
 def check_format(fmt: str) -> str:
@@ -74,9 +92,23 @@ def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> tuple[
     })
 
     def produce(dest: Path) -> None:
+        source.verify()
         write_esp(dest, source.kernel, list(source.initrds), source.cmdline,
                   boot_files=boot_files, seed=source.seed)
+        if source.disk_digest is not None:  # proven once here, the cache then keeps it intact
+            check_disk(disk_from_esp(dest, boot_files=boot_files, seed=source.seed),
+                       source.disk_digest)
     return cache.get_or_make(key, produce)
+
+
+def check_disk(disk: Disk, recorded: str) -> None:
+    """DamagedError unless ``disk`` hashes to the ``recorded`` disk digest."""
+    actual = disk_digest(disk)
+    if actual != recorded:
+        raise DamagedError(
+            f"the disk assembled from the image hashes to {actual[:19]}, not its recorded disk "
+            f"digest {recorded[:19]} (its blobs verified, so the boot loader files of this host "
+            "differ from those it was built with?): rebuild the image here")
 
 
 def bootable(cache: Cache, source: BootSource, boot_files: BootFiles | None = None,
@@ -140,6 +172,7 @@ def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
     if fmt == "kernel-initrd":
         _kernel_initrd(source, dest, sync=sync)
     elif fmt == "iso":
+        source.verify()
         write_iso(source.kernel, list(source.initrds), source.cmdline, dest,
                   boot_files=BootFiles.from_host(), seed=source.seed, sync=sync)
     else:
@@ -153,11 +186,13 @@ def _kernel_initrd(source: BootSource, dest: Path, *, sync: bool) -> None:
         raise UserError(f"{dest} exists: kernel-initrd writes a new directory; remove it first")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        shutil.copyfile(source.kernel, tmp / "vmlinuz")
+        with open(tmp / "vmlinuz", "wb") as out:
+            for chunk in source.chunks(source.kernel):
+                out.write(chunk)
         with open(tmp / "initrd.img", "wb") as out:
             for _name, layer in source.initrds:
-                with open(layer, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
+                for chunk in source.chunks(layer):
+                    out.write(chunk)
         (tmp / "cmdline").write_text(source.cmdline + "\n")
         for name in ("vmlinuz", "initrd.img", "cmdline") if sync else ():
             with open(tmp / name, "rb") as f:

@@ -41,7 +41,9 @@ from typing import Any
 
 import requests
 
+from . import blobs
 from .errors import FetchError, NotFoundError, UserError
+from .hashing import MultiHasher
 from .store import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -460,12 +462,13 @@ class Client:
         a closing PUT when it is larger than ``chunk_size``."""
         scope = _push(repo)
         what = f"upload blob {desc.digest[:19]} to {repo}"
+        check = _SentDigest(path, desc)
         if desc.size <= chunk_size:
             response = self.request(
                 "PUT", _with_query(url, digest=desc.digest), scope=scope, ok=(201,),
                 what=what, retry=False,
                 headers={"Content-Type": "application/octet-stream"},
-                body=lambda: _FileBody(path, 0, desc.size, progress))
+                body=lambda: _FileBody(path, 0, desc.size, progress, check))
             response.close()
             return
         offset = 0
@@ -476,7 +479,8 @@ class Client:
                 "PATCH", url, scope=scope, ok=(202,), what=what, retry=False,
                 headers={"Content-Type": "application/octet-stream",
                          "Content-Range": f"{start}-{start + length - 1}"},
-                body=lambda s=start, n=length: _FileBody(path, s, n, progress))  # type: ignore[misc]
+                body=lambda s=start, n=length: _FileBody(path, s, n, progress,  # type: ignore[misc]
+                                                         check))
             response.close()
             url = self._location(response)
             offset += length
@@ -514,26 +518,51 @@ class Client:
                             f"{_short(last or Exception())}")
 
 
+class _SentDigest:
+    """The SHA-256 of a blob as its bytes are sent, in order, whatever the chunking; a range
+    sent again (after an auth challenge) is not hashed twice. Once the last byte has gone,
+    DamagedError unless it is the blob's digest: a damaged local blob is never pushed."""
+
+    def __init__(self, path: Path, desc: Descriptor) -> None:
+        self.path, self.digest, self.size = path, desc.digest, desc.size
+        self.hasher = MultiHasher(("sha256",))
+
+    def add(self, offset: int, data: bytes) -> None:
+        if offset == self.hasher.size:
+            self.hasher.update(data)
+        if self.hasher.size == self.size:
+            actual = self.hasher.hexdigests()["sha256"]
+            if "sha256:" + actual != self.digest:
+                raise blobs.mismatch(self.path, self.digest, actual)
+
+
 class _FileBody:
     """A request body streaming ``length`` bytes of a file from ``offset`` in 1 MiB reads;
-    ``len()`` gives requests the Content-Length."""
+    ``len()`` gives requests the Content-Length. What it sends goes through ``check``."""
 
     def __init__(self, path: Path, offset: int, length: int,
-                 progress: Callable[[int], None]) -> None:
+                 progress: Callable[[int], None], check: _SentDigest) -> None:
         self.path, self.offset, self.length, self.progress = path, offset, length, progress
+        self.check = check
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self) -> Iterator[bytes]:
-        with open(self.path, "rb") as f:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise blobs.missing(self.path, self.check.digest) from None
+        with f:
             f.seek(self.offset)
-            left = self.length
+            left, pos = self.length, self.offset
             while left:
                 chunk = f.read(min(CHUNK, left))
                 if not chunk:
-                    raise RegistryError(f"{self.path} is shorter than its descriptor says")
+                    raise blobs.mismatch(self.path, self.check.digest, "(shorter than recorded)")
+                self.check.add(pos, chunk)  # raises before the last chunk leaves if damaged
                 left -= len(chunk)
+                pos += len(chunk)
                 self.progress(len(chunk))
                 yield chunk
 
@@ -727,7 +756,7 @@ def pull(store: Store, source: RegistryRef, client: Client, *, force: bool = Fal
         raise UserError(f"{source} is a {manifest.get('artifactType')}, not an image")
     descs = [Descriptor.from_json(config_desc),
              *(Descriptor.from_json(layer) for layer in manifest.get("layers", []))]
-    missing = [d for d in _unique(descs) if not store.has_blob(d.digest, d.size)]
+    missing = [d for d in _unique(descs) if not store.has_intact_blob(d.digest, d.size)]
     result = TransferResult("", str(source), digest,
                             blobs_skipped=[d.digest for d in _unique(descs) if d not in missing])
     update = progress(sum(d.size for d in missing), len(missing))

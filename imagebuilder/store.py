@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ImageBuilderError, IntegrityError, NotFoundError, UserError
+from . import blobs
+from .errors import DamagedError, ImageBuilderError, IntegrityError, NotFoundError, UserError
 from .fsutil import dir_lock, fsync_dir
 
 OCI_LAYOUT_VERSION = "1.0.0"
@@ -269,8 +270,10 @@ class Store:
                 os.chmod(tmp, 0o644)
             digest = "sha256:" + h.hexdigest()
             dest = self.blob_path(digest)
-            if dest.exists() and dest.stat().st_size == size:
-                tmp.unlink()
+            # what tmp holds was hashed just now: it replaces whatever dest holds (a blob of
+            # the same name may have been damaged since it was stored)
+            if dest.exists() and os.path.samefile(tmp, dest):
+                tmp.unlink()  # rename() between two links of one file does nothing
             else:
                 os.replace(tmp, dest)
                 fsync_dir(dest.parent)
@@ -286,7 +289,11 @@ class Store:
         self._ensure_layout()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         dest = self.blob_path(digest)
-        if not (dest.exists() and dest.stat().st_size == len(data)):
+        try:
+            intact = dest.read_bytes() == data
+        except FileNotFoundError:
+            intact = False
+        if not intact:
             self._write_atomic(dest, data)
         return Descriptor(media_type, digest, len(data), dict(annotations) if annotations else None)
 
@@ -299,16 +306,34 @@ class Store:
         except FileNotFoundError:
             return False
 
+    def has_intact_blob(self, digest: str, size: int) -> bool:
+        """Whether blob ``digest`` of ``size`` bytes is in the store and matches its digest
+        (one read of it, through the hashing core)."""
+        if not self.has_blob(digest, size):
+            return False
+        try:
+            blobs.verify(self.blob_path(digest), digest)
+        except DamagedError:
+            return False
+        return True
+
+    def verified_blob(self, digest: str) -> Path:
+        """The path of blob ``digest``, checked against its digest (DamagedError if it is
+        missing or differs): for consumers that hand the file to another program."""
+        path = self.blob_path(digest)
+        blobs.verify(path, digest)
+        return path
+
     def read_blob(self, digest: str) -> bytes:
         """The bytes of a small blob (a manifest or a config), checked against its digest."""
+        path = self.blob_path(digest)
         try:
-            data = self.blob_path(digest).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
-            raise ImageBuilderError(
-                f"blob {digest} is missing from the image store {self.root}"
-            ) from None
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-            raise ImageBuilderError(f"blob {digest} in {self.root} is corrupt")
+            raise blobs.missing(path, digest) from None
+        actual = hashlib.sha256(data).hexdigest()
+        if "sha256:" + actual != digest:
+            raise blobs.mismatch(path, digest, actual)
         return data
 
     @contextlib.contextmanager
@@ -379,11 +404,8 @@ class Store:
         parts = [Descriptor.from_json(manifest["config"])]
         parts += [Descriptor.from_json(layer) for layer in manifest.get("layers", [])]
         self._check_blobs(parts, staged)
-        for digest, path in staged.items():
-            dest = self.blob_path(digest)
-            if self.has_blob(digest, path.stat().st_size):
-                continue
-            os.replace(path, dest)
+        for digest, path in staged.items():  # verified as received: replaces what is there
+            os.replace(path, self.blob_path(digest))
         if staged:
             fsync_dir(self.blobs_dir)
         desc = self.add_blob_bytes(data, MANIFEST_MEDIA_TYPE)

@@ -53,6 +53,7 @@ class NetbootSource:
         from ..export import BootSource
 
         boot = BootSource.of_image(store, image)  # type: ignore[arg-type]
+        boot.verify()  # served with sendfile, which cannot hash: checked once before serving
         return cls(boot.kernel, boot.initrds, boot.cmdline,
                    title=str(getattr(image, "ref", "imagebuilder")))
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from .. import blobs
 from ..configdrive import write_config_drive
 from ..errors import HostError, UserError
 from ..proc import require
@@ -133,8 +134,8 @@ def initrd_for(store: Store, image: Image, cache_dir: Path) -> Path:
     try:
         with open(tmp, "wb") as out:
             for layer in image.layers[1:]:
-                with open(store.blob_path(layer.digest), "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
+                for chunk in blobs.verified_chunks(store.blob_path(layer.digest), layer.digest):
+                    out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -153,7 +154,7 @@ def qemu_argv(spec: RunSpec, store: Store, media: Path, run_dir: Path, accel: st
     """The qemu-system-x86_64 command line; ``console`` is a -chardev backend spec, ``media``
     the initrd (direct boot) or the raw bootable disk (bios, uefi)."""
     qemu = require("qemu-system-x86_64", "qemu-system-x86")
-    kernel = store.blob_path(spec.image.layers[0].digest)
+    kernel = store.verified_blob(spec.image.layers[0].digest)
     cmdline = spec.image.config.get("cmdline", "console=ttyS0")
     netdev = ",".join(["user,id=net0", *(p.qemu() for p in spec.ports)])
     argv = [
