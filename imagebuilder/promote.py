@@ -21,7 +21,7 @@ import getpass
 import hashlib
 import json
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,15 @@ class Promotion:
     by: str
     at: str
     registry: str | None = None
+    amis: dict[str, str] | None = None
+    """Region -> AMI id retagged by a promotion with ``--target aws``."""
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Promotion:
         return cls(environment=str(obj["environment"]), digest=str(obj["digest"]),
                    previous=obj.get("previous"), ref=str(obj.get("ref", "")),
                    by=str(obj.get("by", "")), at=str(obj.get("at", "")),
-                   registry=obj.get("registry"))
+                   registry=obj.get("registry"), amis=obj.get("amis"))
 
 
 @dataclass
@@ -65,6 +67,7 @@ class PromoteResult:
     local: bool
     registry: str | None
     history: int
+    amis: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,11 +166,14 @@ def _digest(data: bytes) -> str:
 def promote(store: Store, ref: str, env: str, order: Sequence[str], *, force: bool = False,
             client: Client | None = None, target: RegistryRef | None = None,
             config_path: Path | None = None, who: str | None = None,
-            now: dt.datetime | None = None) -> PromoteResult:
+            now: dt.datetime | None = None,
+            elsewhere: Callable[[str], dict[str, str]] | None = None) -> PromoteResult:
     """Point environment ``env``'s tag at image ``ref``: locally, and in ``target``'s
     repository when a registry is given. Refuses (UserError, nothing changed) an environment
     outside ``order``, an image not yet promoted to the environment before ``env`` (unless
-    ``force``), and an image the registry does not hold."""
+    ``force``), and an image the registry does not hold. ``elsewhere(digest)``, called once
+    the gate has passed and before any tag moves, promotes on another target (AWS: retags the
+    AMIs, returning region -> AMI id, recorded in the history); if it fails nothing moves."""
     where = f" of {config_path}" if config_path else ""
     if env not in order:
         known = ", ".join(order) or "none defined"
@@ -204,11 +210,12 @@ def promote(store: Store, ref: str, env: str, order: Sequence[str], *, force: bo
                 f"before '{env}' in the promotion order{where} ({' -> '.join(order)}); "
                 f"promote it to {before} first, or pass --force")
 
+    if remote is not None and remote.client.manifest_digest(remote.repo, digest) is None:
+        raise UserError(f"{remote.target} does not hold {shown} ({digest[:19]}); push it "
+                        f"first: imagebuilder push {ref} {remote.target.host}/{remote.repo}")
+    amis = elsewhere(digest) if elsewhere is not None else None
     previous: str | None
     if remote is not None:
-        if remote.client.manifest_digest(remote.repo, digest) is None:
-            raise UserError(f"{remote.target} does not hold {shown} ({digest[:19]}); push it "
-                            f"first: imagebuilder push {ref} {remote.target.host}/{remote.repo}")
         previous = remote.tag(env)
         if previous != digest:
             remote.client.put_manifest(remote.repo, env, data, MANIFEST_MEDIA_TYPE)
@@ -220,7 +227,7 @@ def promote(store: Store, ref: str, env: str, order: Sequence[str], *, force: bo
     record = Promotion(
         environment=env, digest=digest, previous=previous, ref=shown, by=who or _who(),
         at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
-        registry=f"{target.host}/{target.repository}" if target else None)
+        registry=f"{target.host}/{target.repository}" if target else None, amis=amis)
     records.append(record)
     manifest, blobs = _history_artifact(store, records)
     if remote is not None:
@@ -229,4 +236,4 @@ def promote(store: Store, ref: str, env: str, order: Sequence[str], *, force: bo
     return PromoteResult(ref=shown, environment=env, digest=digest, previous=previous,
                          local=local or remote is None,
                          registry=str(target.with_tag(env)) if target else None,
-                         history=len(records))
+                         history=len(records), amis=amis)

@@ -1,4 +1,5 @@
-"""The AWS commands: publish (an AMI per image, or a promotion by retagging) and userdata.
+"""The AWS commands: publish (an AMI per image) and userdata (promotion: ``promote --target
+aws`` in commands/registry.py).
 
 Thin like cli.py: parse, call :mod:`imagebuilder.targets.aws`, print. Errors are raised as
 ImageBuilderError and turned into one line and an exit code by ``imagebuilder.cli.main``.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -54,8 +55,7 @@ _config_option = click.option(
 @click.option("--kms-key-id", help="Encrypt the snapshot with this KMS key (id, alias or ARN).")
 @click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Snapshot blocks in flight at once.")
-@click.option("--promote-only", is_flag=True,
-              help="Do not upload: retag REF's existing AMI for --env (AWS promotion).")
+@click.option("--promote-only", is_flag=True, hidden=True)  # replaced by promote --target aws
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def publish_cmd(ref: str, target: str, region: str, env_name: str | None, regions: str | None,
@@ -63,30 +63,20 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
                 config_path: str | None, as_json: bool) -> None:
     """Publish image REF as an AMI in --region (uploaded through the EBS direct APIs, only the
     blocks holding data) and copy it to --regions, tagged with the image's name, version,
-    digests and --env. An AMI of the same disk already in the region is reused.
-
-    Promotion: 'publish REF --target aws --region R --env prod --promote-only' retags REF's
-    published AMI (in R and --regions) for prod, uploading nothing."""
+    digests and --env. An AMI of the same disk already in the region is reused. To move a
+    published AMI to another environment: 'imagebuilder promote REF --env E --target aws
+    --region R'."""
     from ..errors import UserError
     from ..targets import aws
+    if promote_only:
+        raise UserError(f"--promote-only is now a command of its own: imagebuilder promote {ref} "
+                        f"--env {env_name or 'ENV'} --target aws --region {region}"
+                        + (f" --regions {regions}" if regions else ""))
     if env_name is not None:
         _config(config_path).env(env_name)  # a one-line error naming the known environments
-    elif promote_only:
-        raise UserError("--promote-only needs --env: the environment to promote REF to")
     home = _home()
     image = home.store.resolve(ref)
     other = _regions(regions)
-    result: dict[str, Any]
-    if promote_only:
-        assert env_name is not None
-        result = aws.promote_aws(image, region=region, env=env_name, regions=other,
-                                 profile=profile)
-        if as_json:
-            click.echo(json.dumps(result))
-            return
-        for where, image_id in result["images"].items():
-            click.echo(f"promoted {image.ref} to {env_name}: {image_id} in {where}")
-        return
     bar = None
     if not as_json:
         from tqdm import tqdm
@@ -95,7 +85,8 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
     try:
         result = aws.publish(home.store, home.cache, image, region=region, env=env_name,
                              regions=other, profile=profile, kms_key_id=kms_key_id,
-                             workers=workers, progress=bar.update if bar else None)
+                             workers=workers,
+                             progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()

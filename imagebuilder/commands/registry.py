@@ -1,8 +1,9 @@
-"""The registry commands: push, pull, promote and gc.
+"""The registry commands: push, pull, promote (locally, in a registry, on AWS) and gc.
 
-Thin like cli.py: parse, call :mod:`imagebuilder.registry`, :mod:`imagebuilder.promote` or the
-store, print. Errors are raised as ImageBuilderError and turned into one line and an exit code
-by ``imagebuilder.cli.main``.
+Thin like cli.py: parse, call :mod:`imagebuilder.registry`, :mod:`imagebuilder.promote`
+(:mod:`imagebuilder.targets.aws` for ``promote --target aws``) or the store, print. Errors
+are raised as ImageBuilderError and turned into one line and an exit code by
+``imagebuilder.cli.main``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from . import human_size as _human
 
 if TYPE_CHECKING:
     from ..home import Home
+    from ..store import Store
 
 
 def _home() -> Home:
@@ -124,16 +126,24 @@ def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
               help="Also move the environment's tag in this registry repository.")
 @click.option("--force", is_flag=True,
               help="Promote even if REF was never in the environment before ENV.")
+@click.option("--target", "target_name", type=click.Choice(["aws"]),
+              help="Also retag REF's published AMI for ENV (aws: in --region and --regions).")
+@click.option("--region", help="With --target aws: the region of the AMI, e.g. eu-west-1.")
+@click.option("--regions", metavar="R2,R3", help="With --target aws: these regions too.")
+@click.option("--profile", help="With --target aws: the AWS profile (default: the usual chain).")
 @click.option("--config", "config_path", type=click.Path(),
               help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
 @_insecure
 @_as_json
 def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
-                config_path: str | None, insecure: bool, as_json: bool) -> None:
+                target_name: str | None, region: str | None, regions: str | None,
+                profile: str | None, config_path: str | None, insecure: bool,
+                as_json: bool) -> None:
     """Point environment ENV's tag at exactly the image REF (a reference or a digest; with
-    --registry also a tag or digest in that repository). No blob is uploaded and nothing is
-    rebuilt; the promotion is recorded in the image's history, so a rollback is a promote of
-    the previous digest."""
+    --registry also a tag or digest in that repository). With --target aws, REF's AMI (see
+    publish) is retagged for ENV too. No blob is uploaded and nothing is rebuilt; the
+    promotion is recorded in the image's history, so a rollback is a promote of the previous
+    digest."""
     from .. import config as config_mod
     from .. import promote, registry
     from ..errors import ConfigError
@@ -150,16 +160,39 @@ def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
             from ..errors import UserError
             raise UserError(f"--registry takes HOST/REPO without a tag: '{registry_repo}'")
         client = _client(target.host, insecure)
-    result = promote.promote(_home().store, ref, env_name, cfg.env_names, force=force,
-                             client=client, target=target, config_path=cfg.path)
+    store = _home().store
+    elsewhere = _aws_promotion(store, ref, env_name, target_name, region, regions, profile)
+    result = promote.promote(store, ref, env_name, cfg.env_names, force=force,
+                             client=client, target=target, config_path=cfg.path,
+                             elsewhere=elsewhere)
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
     where = f" and {result.registry}" if result.registry else ""
+    where += "".join(f" and {ami} in {r}" for r, ami in (result.amis or {}).items())
     locally = "locally" if result.local else "(not in the local store)"
     before = f" (was {result.previous[:19]})" if result.previous else ""
     click.echo(f"promoted {result.ref} ({result.digest[:19]}) to {result.environment}: "
                f"{locally}{where}{before}")
+
+
+def _aws_promotion(store: Store, ref: str, env_name: str, target_name: str | None,
+                   region: str | None, regions: str | None,
+                   profile: str | None) -> Callable[[str], dict[str, str]] | None:
+    """With --target aws: what retags REF's AMIs once the promotion gate has passed."""
+    from ..errors import UserError
+    if target_name is None:
+        if region or regions or profile:
+            raise UserError("--region, --regions and --profile go with --target aws")
+        return None
+    if not region:
+        raise UserError("--target aws needs --region: the region REF was published to")
+    from ..targets import aws
+    image = store.resolve(ref)
+    others = tuple(r.strip() for r in (regions or "").split(",") if r.strip())
+    session = aws.make_session(region, profile)  # a bad region or profile fails before the gate
+    return lambda _digest: dict(aws.promote_aws(image, region=region, env=env_name,
+                                                regions=others, session=session)["images"])
 
 
 @click.command("gc")

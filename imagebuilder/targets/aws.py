@@ -9,9 +9,13 @@ IMDSv2 required), tagged with the image's name, version, digests and environment
 to the other regions asked for.
 
 Publishing is idempotent: an AMI tagged with the same disk digest in the account and region is
-reused (and retagged for the environment). A publish that fails part-way deletes what it created;
-an AMI is registered only once its snapshot is complete. :func:`promote_aws` moves an existing
-AMI to another environment by retagging it, uploading nothing. boto3 is an optional dependency
+reused (and retagged for the environment). A publish that fails part-way deletes what it created
+(the snapshot, the AMI, a copy in another region and its snapshot) and names, with the command
+that deletes it, anything it could not delete: a registered AMI or a completed snapshot never
+expires. Complete AMIs published before a later region's copy failed are kept (the error names
+them) and reused by the next publish. An AMI is registered only once its snapshot is complete.
+:func:`promote_aws` (``imagebuilder promote --target aws``) moves an existing AMI to another
+environment by retagging it, uploading nothing. boto3 is an optional dependency
 (``pip install imagebuilder[aws]``), imported only here.
 """
 
@@ -410,8 +414,14 @@ def publish_disk(disk: Disk, *, name: str, version: str, image_digest: str, disk
         _create(session, ec2, disk, result, tags, label, description, kms_key_id, workers,
                 progress)
     for other in dict.fromkeys(r for r in regions if r != region):
-        result.copies[other] = _copy(session, result, other, tags, label, description,
-                                     env, kms_key_id)
+        try:
+            result.copies[other] = _copy(session, result, other, tags, label, description,
+                                         env, kms_key_id)
+        except ImageBuilderError as e:
+            kept = ", ".join([f"{result.image_id} in {region}",
+                              *(f"{i} in {r}" for r, i in result.copies.items())])
+            raise type(e)(f"{e}; the AMIs published so far are kept and a new publish reuses "
+                          f"them: {kept}") from None
     return result
 
 
@@ -434,26 +444,37 @@ def _create(session: Any, ec2: Any, disk: Disk, result: PublishResult,
         result.image_id = image_id
     except BaseException as e:
         snapshot_id = snapshot_id or getattr(e, "snapshot_id", None)
-        left = _cleanup(ec2, region, image_id, snapshot_id)
-        if left and isinstance(e, ImageBuilderError):
-            raise type(e)(f"{e} (could not delete {left}: it expires on its own)") from None
+        _raise_with_leftovers(e, _cleanup(ec2, region, image_id, [snapshot_id]), region)
         raise
 
 
-def _cleanup(ec2: Any, region: str, image_id: str | None, snapshot_id: str | None) -> str:
-    """Deregister and delete what a failed publish created; what could not be deleted."""
+def _cleanup(ec2: Any, region: str, image_id: str | None,
+             snapshot_ids: Sequence[str | None]) -> list[str]:
+    """Deregister and delete what a failed publish created; the commands that delete what
+    could not be deleted (a registered AMI or a completed snapshot stays, and costs, until
+    someone deletes it)."""
     left = []
     if image_id:
         try:
             ec2.deregister_image(ImageId=image_id)
         except Exception:
-            left.append(image_id)
-    if snapshot_id:
+            left.append(f"aws ec2 deregister-image --region {region} --image-id {image_id}")
+    for snapshot_id in filter(None, snapshot_ids):
         try:
             ec2.delete_snapshot(SnapshotId=snapshot_id)
         except Exception:
-            left.append(snapshot_id)
-    return ", ".join(left)
+            left.append(f"aws ec2 delete-snapshot --region {region} --snapshot-id {snapshot_id}")
+    return left
+
+
+def _raise_with_leftovers(e: BaseException, left: list[str], region: str) -> None:
+    """Re-raise ``e`` naming what a failed publish could not delete in ``region``."""
+    if not left:
+        return
+    note = f"could not delete what it created in {region}; delete it with: {'; '.join(left)}"
+    if isinstance(e, ImageBuilderError):
+        raise type(e)(f"{e} ({note})") from None
+    e.add_note(note)
 
 
 def _copy(session: Any, result: PublishResult, region: str, tags: list[dict[str, str]],
@@ -473,12 +494,29 @@ def _copy(session: Any, result: PublishResult, region: str, tags: list[dict[str,
         params["Encrypted"] = True  # with the region's default EBS key
     with aws_errors(region):
         image_id = str(ec2.copy_image(**params)["ImageId"])
-        try:
+    try:
+        with aws_errors(region):
             ec2.create_tags(Resources=[image_id], Tags=tags)
-        except Exception:
-            _cleanup(ec2, region, image_id, None)
-            raise
+    except BaseException as e:
+        _raise_with_leftovers(e, _cleanup(ec2, region, image_id, _copy_snapshots(ec2, image_id)),
+                              region)
+        raise
     return image_id
+
+
+def _copy_snapshots(ec2: Any, image_id: str) -> list[str | None]:
+    """The snapshots of a copied AMI (none yet while the copy is pending), to delete with it."""
+    try:
+        images = ec2.describe_images(ImageIds=[image_id])["Images"]
+    except Exception:
+        return []
+    return [s for ami in images for s in _snapshots_of(ami)]
+
+
+def _check_regions(regions: Sequence[str]) -> None:
+    for other in regions:
+        if not _REGION_RE.match(other):
+            raise UserError(f"'{other}' is not an AWS region name: use one like us-east-1")
 
 
 def _disk_digest_of(image: Image) -> str | None:
@@ -493,9 +531,7 @@ def publish(store: Store, cache: Cache, image: Image, *, region: str, env: str |
     """Publish the stored ``image`` as an AMI in ``region`` and copies in ``regions``."""
     from ..export import BootSource, bootable, disk_digest
     session = session or make_session(region, profile)
-    for other in regions:
-        if not _REGION_RE.match(other):
-            raise UserError(f"'{other}' is not an AWS region name: use one like us-east-1")
+    _check_regions(regions)
     disk = bootable(cache, BootSource.of_image(store, image))
     digest = _disk_digest_of(image) or disk_digest(disk)
     return publish_disk(disk, name=image.name, version=image.version, image_digest=image.digest,
@@ -509,6 +545,7 @@ def promote_aws(image: Image, *, region: str, env: str, regions: Sequence[str] =
     """Tag the published AMI of ``image`` (and its snapshot) for ``env`` in ``region`` and
     ``regions``; uploads nothing. NotFoundError if it was never published there."""
     session = session or make_session(region, profile)
+    _check_regions(regions)
     out: dict[str, Any] = {"name": image.name, "version": image.version,
                            "image_digest": image.digest, "env": env, "images": {}}
     for where in dict.fromkeys((region, *regions)):
