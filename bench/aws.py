@@ -9,7 +9,8 @@ bounded by the blocks in flight, whatever the disk's size.
 Method: a moto_server is started on loopback. Each case runs in a fresh child process (this
 script with ``--child``) that publishes one disk with :func:`publish_disk` and reports the upload
 statistics, the time of the whole publish (snapshot, register, tag) and its peak resident
-memory (``ru_maxrss``) next to its resident memory just before the upload. Cases:
+memory (``ru_maxrss``) next to its resident memory just before the upload, and writes its
+section of docs/benchmarks.md. Cases:
 
 - ``hello``: the raw disk of a stored image (``--ref``, e.g. hello:1.0.0 from examples/hello,
   in ``$IMAGEBUILDER_HOME``); without ``--ref`` a synthetic 35 MiB disk of random data stands in
@@ -17,7 +18,7 @@ memory (``ru_maxrss``) next to its resident memory just before the upload. Cases
 - ``sparse-2g``: a 2 GiB sparse file holding 64 MiB of random data in 32 runs of 2 MiB.
 
 moto_server's speed, not AWS's, bounds the throughput: the numbers compare bytes and requests
-and show the memory bound; they are not AWS upload times. Prints a Markdown table.
+and show the memory bound; they are not AWS upload times.
 
     .venv/bin/python bench/aws.py [--ref NAME:VERSION] [--workers N] [--runs N]
 
@@ -27,24 +28,25 @@ Needs boto3 and moto[server] (pip install -e '.[test]') and about 100 MiB in /va
 from __future__ import annotations
 
 import argparse
-import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchdoc import cpu_model, write_section  # noqa: E402
+
+from tests.servers import aws_env, child_env, moto_executable, moto_server  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -87,12 +89,6 @@ def child(disk_path: str, ref: str | None, workers: int) -> None:
     }))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _sparse(path: Path, size: int, runs: int, run: int) -> None:
     with open(path, "wb") as f:
         f.truncate(size)
@@ -107,12 +103,14 @@ def main() -> int:
     parser.add_argument("--ref", help="a stored image to publish (default: synthetic 35 MiB)")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md",
+                        help="the Markdown file whose aws section to rewrite")
     parser.add_argument("--child", nargs=2, metavar=("DISK", "REF"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1] or None, args.workers)
         return 0
-    moto = shutil.which("moto_server", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    moto = moto_executable()
     if moto is None:
         print("moto_server not found: pip install 'moto[server]'", file=sys.stderr)
         return 1
@@ -125,60 +123,67 @@ def main() -> int:
         _sparse(sparse, 2 * GiB, 32, 2 * MiB)
         cases = [("hello" if args.ref else "synthetic 35 MiB", str(hello), args.ref or ""),
                  ("sparse 2 GiB", str(sparse), "")]
-        rows = []
-        for label, path, ref in cases:
-            results: list[dict[str, Any]] = []
-            for _ in range(args.runs):
-                # A fresh moto_server per run: publishing is idempotent, a second publish of
-                # the same disk into the same account would reuse the first AMI.
-                with _moto(moto) as env:
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--workers", str(args.workers), "--child",
-                         path, ref], env=env, check=True, capture_output=True, text=True)
-                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            r = results[0]
-            up = statistics.median(x["upload_seconds"] for x in results)
-            whole = statistics.median(x["publish_seconds"] for x in results)
-            rows.append(
-                f"| {label} | {r['disk_size'] / MiB:.0f} MiB | {r['data_size'] / MiB:.1f} MiB "
-                f"| {r['blocks_sent']} ({r['blocks_skipped']} zero skipped) "
-                f"| {r['bytes_sent'] / MiB:.1f} MiB vs {r['disk_size'] / MiB:.0f} MiB "
-                f"({r['bytes_sent'] / r['disk_size']:.1%}) | {r['requests']} "
-                f"| {up:.2f} s ({r['bytes_sent'] / MiB / up:.0f} MiB/s) | {whole:.2f} s "
-                f"| {max(x['peak_rss_mib'] for x in results):.0f} MiB "
-                f"(+{max(x['peak_rss_mib'] - x['rss_before_mib'] for x in results):.0f}) |")
-        print(f"AWS publish against moto_server, {args.workers} blocks in flight, median of "
-              f"{args.runs} runs\n")
-        print("| disk | size | data | blocks sent | bytes sent vs whole-disk upload "
-              "| EBS requests | upload | publish | peak RSS (over start) |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        print("\n".join(rows))
+        measured = [(label, _runs(moto, path, ref, args.workers, args.runs))
+                    for label, path, ref in cases]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    text = section(measured, args)
+    print(text)
+    write_section(args.out, "aws", text)
     return 0
 
 
-@contextlib.contextmanager
-def _moto(moto: str) -> Iterator[dict[str, str]]:
-    """A moto_server on a free loopback port; the environment that points boto3 at it."""
-    port = _free_port()
-    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    env.pop("AWS_PROFILE", None)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield env
-    finally:
-        server.terminate()
-        server.wait(10)
+def _runs(moto: str, path: str, ref: str, workers: int, runs: int) -> list[dict[str, Any]]:
+    results = []
+    for _ in range(runs):
+        # A fresh moto_server per run: publishing is idempotent, a second publish of the same
+        # disk into the same account would reuse the first AMI.
+        with moto_server(moto) as url:
+            out = subprocess.run(
+                [sys.executable, __file__, "--workers", str(workers), "--child", path, ref],
+                env=child_env(aws_env(url)), check=True, capture_output=True, text=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def section(measured: list[tuple[str, list[dict[str, Any]]]], args: argparse.Namespace) -> str:
+    """The aws section of docs/benchmarks.md: a table, and the claims computed from it."""
+    rows, notes = [], []
+    for label, results in measured:
+        r = results[0]
+        up = statistics.median(x["upload_seconds"] for x in results)
+        whole = statistics.median(x["publish_seconds"] for x in results)
+        growth = max(x["peak_rss_mib"] - x["rss_before_mib"] for x in results)
+        rows.append(
+            f"| {label} | {r['disk_size'] / MiB:.0f} MiB | {r['data_size'] / MiB:.1f} MiB "
+            f"| {r['blocks_sent']} ({r['blocks_skipped']} zero skipped) "
+            f"| {r['bytes_sent'] / MiB:.1f} MiB vs {r['disk_size'] / MiB:.0f} MiB "
+            f"({r['bytes_sent'] / r['disk_size']:.1%}) | {r['requests']} "
+            f"| {up:.2f} s ({r['bytes_sent'] / MiB / up:.0f} MiB/s) | {whole:.2f} s "
+            f"| {max(x['peak_rss_mib'] for x in results):.0f} MiB (+{growth:.0f}) |")
+        notes.append(f"{label}: a whole-disk uploader sends {r['disk_size'] / MiB:.0f} MiB, "
+                     f"{r['disk_size'] / r['bytes_sent']:.1f}x the {r['bytes_sent'] / MiB:.1f} "
+                     f"MiB sent here; memory grew by {growth:.0f} MiB over the start")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    source = f"`--ref {args.ref}`, its real raw disk" if args.ref else "a synthetic disk"
+    return "\n".join([
+        "## AWS publish through the EBS direct APIs (`bench/aws.py`)",
+        "",
+        f"Run on {when} against `moto_server` on 127.0.0.1 ({os.cpu_count()} CPUs, "
+        f"{cpu_model()}), {args.workers} blocks of 512 KiB in flight, median of {args.runs} "
+        f"runs, a fresh moto_server per run (publishing is idempotent). The first disk is "
+        f"{source}. moto's speed, not AWS's, bounds the throughput: the numbers that carry "
+        "over are bytes, requests and memory.",
+        "",
+        "| disk | size | data | blocks sent | bytes sent vs whole-disk upload | EBS requests "
+        "| upload | publish | peak RSS (over start) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "- Requests: one PutSnapshotBlock per 512 KiB block holding data, plus StartSnapshot "
+        "and CompleteSnapshot; all-zero blocks are never sent for unencrypted snapshots.",
+        *(f"- {n}." for n in notes),
+    ])
 
 
 if __name__ == "__main__":

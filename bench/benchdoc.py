@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 INTRO = (
@@ -19,10 +20,10 @@ INTRO = (
 
 
 def write_section(out: Path, name: str, text: str) -> None:
-    """Replace section ``name`` of ``out`` with ``text`` (appended, or the file created, if
-    missing); the file is replaced atomically."""
+    """Replace section ``name`` of ``out`` with ``text`` and a line naming the commit measured
+    (appended, or the file created, if missing); the file is replaced atomically."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{text.strip()}\n{end}"
+    block = f"{start}\n{text.strip()}\n\n{commit_line()}\n{end}"
     doc = out.read_text() if out.exists() else INTRO
     if start in doc and end in doc and doc.index(start) < doc.index(end):
         head, rest = doc.split(start, 1)
@@ -33,6 +34,22 @@ def write_section(out: Path, name: str, text: str) -> None:
     tmp = out.with_name(f".{out.name}.{name}.tmp")
     tmp.write_text(doc)
     os.replace(tmp, out)
+
+
+def commit_line() -> str:
+    """``Commit measured: abc1234`` (and whether the tree had uncommitted changes)."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "imagebuilder", "bench")
+    return f"Commit measured: {commit}" + (" (with uncommitted changes)" if dirty else "") + "."
 
 
 def cpu_model() -> str:

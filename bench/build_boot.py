@@ -58,7 +58,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -74,6 +73,9 @@ from typing import Any
 from benchdoc import cpu_model, write_section
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.servers import free_port  # noqa: E402
+
 EXAMPLE = REPO / "examples" / "hello"
 MB = 1_000_000
 MIB = 1 << 20
@@ -311,12 +313,6 @@ def last_json(text: str) -> Any:
             except json.JSONDecodeError:
                 continue
     raise BenchError(f"no JSON in output: {text.strip()[-300:]!r}")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- imagebuilder

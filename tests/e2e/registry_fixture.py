@@ -5,7 +5,6 @@ basic authentication."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -13,6 +12,8 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..servers import free_port
 
 BINARY = "/usr/bin/docker-registry"
 
@@ -25,11 +26,6 @@ def _bcrypt(password: str) -> str:
         import crypt
     return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -68,7 +64,7 @@ def start_registry(workdir: Path, users: dict[str, str] | None = None) -> Regist
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
     storage.mkdir(exist_ok=True)
-    port = _free_port()
+    port = free_port()
     auth = ""
     if users:
         htpasswd = workdir / "htpasswd"

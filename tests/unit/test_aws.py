@@ -10,12 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,47 +34,24 @@ from imagebuilder.errors import FetchError, NotFoundError, UserError  # noqa: E4
 from imagebuilder.layers.base import render  # noqa: E402
 from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store  # noqa: E402
 from imagebuilder.targets import aws  # noqa: E402
+from tests.servers import MOTO_REGION, aws_env, free_port, moto_executable, moto_server  # noqa: E402
 
 B = aws.BLOCK_SIZE
-MOTO = Path(__file__).resolve().parents[2] / ".venv/bin/moto_server"
-REGION = "us-east-1"
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-         "AWS_DEFAULT_REGION": REGION}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+REGION = MOTO_REGION
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    exe = MOTO if MOTO.exists() else shutil.which("moto_server")
+    exe = moto_executable()
     if exe is None:
         pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    port = _free_port()
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto_server did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with moto_server(exe) as url:
+        yield url
 
 
 @pytest.fixture
 def moto(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    for key, value in CREDS.items():
+    for key, value in aws_env(moto_url).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setattr(aws, "BACKOFF", 0.01)
@@ -405,11 +381,11 @@ def test_init_reads_user_data_through_imdsv2(tmp_path: Path) -> None:
         assert (tmp_path / "config.env").stat().st_mode & 0o077 == 0
     finally:
         server.shutdown()
-    started = time.monotonic()  # no metadata service: gives up at once
-    script = _imds_snippet(_free_port()).replace("/run/", f"{tmp_path}/x")
+    # No metadata service: the init gives up (the timeout bounds how long it may try).
+    script = _imds_snippet(free_port()).replace("/run/", f"{tmp_path}/x")
     out = subprocess.run(["busybox", "sh", "-c", f'config=""\n{script}\necho "[$config]"'],
                          capture_output=True, text=True, timeout=20)
-    assert out.stdout.strip() == "[]" and time.monotonic() - started < 3
+    assert out.stdout.strip() == "[]"
 
 
 def test_unreachable_unknown_region_is_a_user_error() -> None:
@@ -420,3 +396,179 @@ def test_unreachable_unknown_region_is_a_user_error() -> None:
     with (pytest.raises(FetchError, match="cannot reach AWS in region us-east-1"),
           aws.aws_errors("us-east-1")):
         raise EndpointConnectionError(endpoint_url="https://ec2.us-east-1.amazonaws.com")
+
+
+# --- copies that fail, and what is left ------------------------------------------------------
+
+
+def _copied_ids(session: Any) -> list[str]:
+    """The AMI ids CopyImage answers in ``session``, in order."""
+    ids: list[str] = []
+    session.events.register("after-call.ec2.CopyImage",
+                            lambda parsed, **_: ids.append(parsed["ImageId"]))
+    return ids
+
+
+def _fail_copy_tags(params: dict[str, Any], **_: Any) -> None:
+    if len(params["Resources"]) == 1:  # the copy (the source AMI is tagged with its snapshot)
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "boom"}}, "CreateTags")
+
+
+def test_a_failed_copy_is_deleted_and_the_published_ami_named(moto: str) -> None:
+    session = boto3.Session(region_name=REGION)
+    copied = _copied_ids(session)
+    session.events.register("provide-client-params.ec2.CreateTags", _fail_copy_tags)
+    image_digest, disk_digest = _digests()
+    west = boto3.client("ec2", region_name="eu-west-1")
+    snapshots_before = len(west.describe_snapshots(OwnerIds=["self"])["Snapshots"])
+    with pytest.raises(FetchError) as info:
+        _publish(_disk(), image_digest, disk_digest, session=session, regions=["eu-west-1"])
+    source = boto3.client("ec2", region_name=REGION).describe_images(Owners=["self"], Filters=[
+        {"Name": "tag:imagebuilder:disk-digest", "Values": [disk_digest]}])["Images"]
+    assert len(source) == 1 and len(copied) == 1
+    message = str(info.value)
+    assert "InternalError" in message and "could not delete" not in message
+    assert f"kept and a new publish reuses them: {source[0]['ImageId']} in {REGION}" in message
+    assert west.describe_images(ImageIds=copied)["Images"] == []  # the copy was deregistered
+    assert len(west.describe_snapshots(OwnerIds=["self"])["Snapshots"]) == snapshots_before
+    again = _publish(_disk(), image_digest, disk_digest, regions=["eu-west-1"])
+    assert again.reused and again.image_id == source[0]["ImageId"] and "eu-west-1" in again.copies
+
+
+def test_what_a_failed_copy_cannot_delete_is_named_with_its_command(moto: str) -> None:
+    session = boto3.Session(region_name=REGION)
+    copied = _copied_ids(session)
+    session.events.register("provide-client-params.ec2.CreateTags", _fail_copy_tags)
+
+    def deny(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}},
+                          "DeregisterImage")
+
+    session.events.register("provide-client-params.ec2.DeregisterImage", deny)
+    with pytest.raises(FetchError) as info:
+        _publish(_disk(), *_digests(), session=session, regions=["eu-west-1"])
+    assert (f"could not delete what it created in eu-west-1; delete it with: aws ec2 "
+            f"deregister-image --region eu-west-1 --image-id {copied[0]}") in str(info.value)
+    assert "expire" not in str(info.value)
+    west = boto3.client("ec2", region_name="eu-west-1")
+    assert copied[0] in {i["ImageId"] for i in west.describe_images(Owners=["self"])["Images"]}
+
+
+def test_what_a_failed_upload_cannot_delete_is_named(moto: str) -> None:
+    session = boto3.Session(region_name=REGION)
+
+    def fail(params: dict[str, Any], **_: Any) -> None:
+        if any(r.startswith("ami-") for r in params["Resources"]):
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "boom"}},
+                              "CreateTags")
+
+    def deny(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, "x")
+
+    session.events.register("provide-client-params.ec2.CreateTags", fail)
+    session.events.register("provide-client-params.ec2.DeleteSnapshot", deny)
+    with pytest.raises(FetchError) as info:
+        _publish(_disk(), *_digests(), session=session)
+    message = str(info.value)
+    assert "aws ec2 delete-snapshot --region us-east-1 --snapshot-id snap-" in message
+    assert "deregister-image" not in message and "expire" not in message
+
+
+# --- the commands as a person runs them ------------------------------------------------------
+
+
+def _home_with_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, str]:
+    """An IMAGEBUILDER_HOME holding hello:1.0 (a kernel blob and one layer) and an
+    imagebuilder.toml with environments test and prod; the config's path."""
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(tmp_path / "home"))
+    cfg = tmp_path / "imagebuilder.toml"
+    cfg.write_text('[image]\nname = "hello"\nversion = "1.0"\n[app]\npath = "app.jar"\n'
+                   '[env.test]\nvars = { DB = "t" }\n[env.prod]\nvars = { DB = "p" }\n')
+    store = Store(tmp_path / "home" / "store")
+    kernel = store.add_blob_bytes(b"kernel", KERNEL_MEDIA_TYPE)
+    layer = store.add_blob_bytes(uuid.uuid4().bytes, INITRD_LAYER_MEDIA_TYPE)
+    store.put_image("hello:1.0", {"name": "hello", "version": "1.0"}, [kernel, layer])
+    return store, str(cfg)
+
+
+def _main(*argv: str) -> int:
+    from imagebuilder.cli import main
+    return main(list(argv))
+
+
+def test_publish_in_human_mode_shows_progress_and_prints_the_ami(
+        moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    store, cfg = _home_with_image(tmp_path, monkeypatch)
+    assert _main("publish", "hello:1.0", "--target", "aws", "--region", REGION, "--env", "test",
+                 "--regions", "eu-west-1", "--config", cfg) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("published hello:1.0 as ami-") and lines[0].endswith(
+        f" in {REGION} for test")
+    assert lines[1].startswith("sent ") and " zero blocks" in lines[1]
+    assert lines[2].startswith("copied to eu-west-1: ami-")
+    assert "upload hello:1.0" in err and "ERROR" not in err  # the bar drew (a TTY or not)
+    assert _main("publish", "hello:1.0", "--target", "aws", "--region", REGION) == 0
+    assert capsys.readouterr().out.startswith("reused hello:1.0 as ami-")
+    ami = lines[0].split()[3]
+    assert _main("publish", "hello:1.0", "--target", "aws", "--region", REGION, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["image_id"] == ami
+    assert store.resolve("hello:1.0")
+
+
+def test_promote_target_aws_retags_the_ami_and_moves_the_local_tag(
+        moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from imagebuilder.promote import history
+    store, cfg = _home_with_image(tmp_path, monkeypatch)
+    image = store.resolve("hello:1.0")
+    aws_args = ["--target", "aws", "--region", REGION, "--config", cfg]
+    # Never published: NotFoundError, and the local tag does not move.
+    assert _main("promote", "hello:1.0", "--env", "test", *aws_args) == 2
+    assert "has no AMI in region us-east-1: publish it first" in capsys.readouterr().err
+    assert store.tags("hello") == {}
+    assert _main("publish", "hello:1.0", "--target", "aws", "--region", REGION, "--regions",
+                 "eu-west-1", "--json") == 0
+    published = json.loads(capsys.readouterr().out)
+    # The promotion order is a gate for AWS too: prod before test is refused, nothing moves.
+    assert _main("promote", "hello:1.0", "--env", "prod", *aws_args) == 2
+    assert "has not been promoted to 'test'" in capsys.readouterr().err
+    for env in ("test", "prod"):
+        assert _main("promote", "hello:1.0", "--env", env, *aws_args,
+                     "--regions", "eu-west-1") == 0
+        line = capsys.readouterr().out.strip()
+        assert line.startswith(f"promoted hello:1.0 ({image.digest[:19]}) to {env}: locally "
+                               f"and {published['image_id']} in {REGION} and ")
+        for region, ami in ((REGION, published["image_id"]),
+                            ("eu-west-1", published["copies"]["eu-west-1"])):
+            got = boto3.client("ec2", region_name=region).describe_images(ImageIds=[ami])
+            assert _tags(got["Images"][0])["imagebuilder:env"] == env
+    assert store.tags("hello") == {"test": image.digest, "prod": image.digest}
+    assert [r.amis for r in history(store, "hello")] == [
+        {REGION: published["image_id"], "eu-west-1": published["copies"]["eu-west-1"]}] * 2
+    assert _main("promote", "hello:1.0", "--env", "prod", *aws_args, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["amis"] == {REGION: published["image_id"]}
+
+
+def test_promote_target_aws_user_errors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _, cfg = _home_with_image(tmp_path, monkeypatch)
+    cases = [
+        (["--target", "aws"], "ERROR: --target aws needs --region: the region REF was "
+                              "published to"),
+        (["--region", REGION], "ERROR: --region, --regions and --profile go with --target aws"),
+        (["--target", "aws", "--region", "moon"], "ERROR: 'moon' is not an AWS region name: "
+                                                   "use one like us-east-1"),
+        (["--target", "aws", "--region", REGION, "--regions", "x"],
+         "ERROR: 'x' is not an AWS region name: use one like us-east-1"),
+    ]
+    for args, expected in cases:
+        assert _main("promote", "hello:1.0", "--env", "test", "--config", cfg, *args) == 2
+        assert capsys.readouterr().err.strip() == expected
+    assert _main("publish", "hello:1.0", "--target", "aws", "--region", REGION, "--env",
+                 "prod", "--promote-only") == 2
+    assert capsys.readouterr().err.strip() == (
+        "ERROR: --promote-only is now a command of its own: imagebuilder promote hello:1.0 "
+        f"--env prod --target aws --region {REGION}")

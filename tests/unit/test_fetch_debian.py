@@ -8,7 +8,6 @@ import os
 import shutil
 import stat
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -523,11 +522,8 @@ def test_real_archive(tmp_path: Path) -> None:
     archive.packages()  # download once
     warm = Archive(mirror, "trixie", tmp_path)
     warm.release()
-    start = time.perf_counter()
-    packages = warm.packages()
-    elapsed = time.perf_counter() - start
+    packages = warm.packages()  # parsed from the cache (bench/build_boot.py times this path)
     assert len(packages) > 50000
-    assert elapsed < 3.0, f"parsing the index took {elapsed:.2f} s"
     names = {p.name for p in warm.resolve(["busybox-static", "linux-image-cloud-amd64"])}
     assert {"busybox-static", "linux-image-cloud-amd64"} <= names
     assert any(name.startswith("linux-image-6.") for name in names)

@@ -23,6 +23,7 @@ from imagebuilder.targets.qemu import (
     prepare,
     qemu_argv,
 )
+from tests.servers import free_port
 
 needs_qemu = pytest.mark.skipif(
     shutil.which("qemu-system-x86_64") is None,
@@ -61,11 +62,6 @@ def held_port() -> Iterator[int]:
         sock.listen()
         yield sock.getsockname()[1]
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- -p [IP:]HOST:GUEST -------------------------------------------------------------------------
@@ -114,8 +110,8 @@ def test_check_port_free_on_a_busy_port(held_port: int) -> None:
     assert info.value.exit_code == 2
 
 
-def test_check_port_free_on_a_free_port() -> None:
-    port = _free_port()
+def test_check_port_free_on_afree_port() -> None:
+    port = free_port()
     check_port_free(PortForward("127.0.0.1", port, 80))
     check_port_free(PortForward("127.0.0.1", port, 80))  # and it did not keep it
 
@@ -197,7 +193,7 @@ def test_qemu_argv_kvm_and_no_ports(store: Store, tmp_path: Path) -> None:
 @needs_qemu
 def test_prepare_without_env_has_no_config_drive(store: Store, tmp_path: Path) -> None:
     runs = tmp_path / "home" / "run"
-    spec = RunSpec(_image(store), None, {}, [PortForward("127.0.0.1", _free_port(), 8080)])
+    spec = RunSpec(_image(store), None, {}, [PortForward("127.0.0.1", free_port(), 8080)])
     vm_id, run_dir, initrd = prepare(spec, store, runs)
     assert vm_id.startswith("hello-") and run_dir == runs / vm_id
     assert initrd.parent == tmp_path / "home" / "cache" / "initrd"
