@@ -58,7 +58,7 @@ class Cache:
 
     def path_of(self, key: str) -> Path:
         """Where the output for ``key`` lives (whether or not it exists)."""
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):
             raise ValueError(f"invalid cache key {key!r}")
         return self.stages_dir / key[:2] / key
 

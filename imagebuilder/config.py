@@ -248,7 +248,7 @@ def with_overrides(
 def check_env_var(name: str, value: object) -> str | None:
     """What is wrong with an environment variable (None if nothing): the name must be a shell
     identifier outside the reserved IMAGEBUILDER_ prefix, the value a one-line string."""
-    if not VAR_NAME_RE.match(name):
+    if not VAR_NAME_RE.fullmatch(name):
         return (
             "expected a variable name of letters, digits and '_', not starting with a digit,"
             f" got {_show(name)}"
@@ -326,7 +326,7 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
         )
     packages = _strings(app_t, "app", "packages", fail)
     for i, pkg in enumerate(packages):
-        if not PACKAGE_RE.match(pkg):
+        if not PACKAGE_RE.fullmatch(pkg):
             raise fail(f"app.packages[{i}]", f"expected a Debian package name, got {_show(pkg)}")
     app = AppSection(
         path=app_path,
@@ -346,10 +346,10 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     # [system]
     system_t = table("system")
     suite = system_t.get("suite", "trixie")
-    if not (isinstance(suite, str) and SUITE_RE.match(suite)):
+    if not (isinstance(suite, str) and SUITE_RE.fullmatch(suite)):
         raise fail("system.suite", f'expected a Debian suite like "trixie", got {_show(suite)}')
     kernel = system_t.get("kernel", "debian-cloud")
-    if not (isinstance(kernel, str) and KERNEL_RE.match(kernel)):
+    if not (isinstance(kernel, str) and KERNEL_RE.fullmatch(kernel)):
         raise fail(
             "system.kernel", f'expected a kernel manifest name like "debian-cloud", got'
             f" {_show(kernel)}",
@@ -370,7 +370,7 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     environments: dict[str, Environment] = {}
     for env_name, body in env_t.items():
         key = f"env.{env_name}"
-        if not ENV_NAME_RE.match(env_name):
+        if not ENV_NAME_RE.fullmatch(env_name):
             raise fail(
                 key,
                 "expected an environment name of lowercase letters, digits and '-', starting"
@@ -433,13 +433,13 @@ def _default_fail(key: str, message: str) -> ConfigError:
 
 
 def _check_name(key: str, value: object, fail: Any = _default_fail) -> str:
-    if not (isinstance(value, str) and NAME_RE.match(value)):
+    if not (isinstance(value, str) and NAME_RE.fullmatch(value)):
         raise fail(key, f"{_NAME_EXPECTED}, got {_show(value)}")
     return value
 
 
 def _check_version(key: str, value: object, fail: Any = _default_fail) -> str:
-    if not (isinstance(value, str) and VERSION_RE.match(value)):
+    if not (isinstance(value, str) and VERSION_RE.fullmatch(value)):
         hint = f' (quote it: "{value}")' if isinstance(value, (int, float)) else ""
         raise fail(key, f"{_VERSION_EXPECTED}, got {_show(value)}{hint}")
     return value

@@ -56,7 +56,7 @@ _VD_TERMINATOR = 255
 
 def env_file(env_name: str, vars: Mapping[str, str]) -> bytes:
     """The contents of ``/imagebuilder/env``: ``KEY=VALUE`` lines sorted by key, UTF-8."""
-    if not ENV_NAME_RE.match(env_name):
+    if not ENV_NAME_RE.fullmatch(env_name):
         raise ConfigError(
             f"environment name {env_name!r}: expected lowercase letters, digits and '-',"
             " starting with a letter"

@@ -101,21 +101,21 @@ class RegistryRef:
         usage = (f"'{text}' is not a registry reference of the form HOST[:PORT]/REPO[:TAG] "
                  "(e.g. 127.0.0.1:5000/hello:1.0.0)")
         host, sep, rest = text.partition("/")
-        if not sep or not rest or not _HOST_RE.match(host) or not (
+        if not sep or not rest or not _HOST_RE.fullmatch(host) or not (
                 "." in host or ":" in host or host == "localhost"):
             raise UserError(usage)
         digest = None
         if "@" in rest:
             rest, _, digest = rest.partition("@")
-            if not _DIGEST_RE.match(digest):
+            if not _DIGEST_RE.fullmatch(digest):
                 raise UserError(f"'{digest}' in '{text}' is not a sha256 digest")
         repo, tag = rest, None
         last = rest.rsplit("/", 1)[-1]
         if ":" in last:
             repo, _, tag = rest.rpartition(":")
-            if not _TAG_RE.match(tag):
+            if not _TAG_RE.fullmatch(tag):
                 raise UserError(f"'{tag}' in '{text}' is not a valid tag")
-        if not _REPO_RE.match(repo):
+        if not _REPO_RE.fullmatch(repo):
             raise UserError(f"{usage}; the repository must be lowercase letters, digits, "
                             "'.', '_', '-' and '/'")
         return cls(host, repo, tag, digest)
@@ -411,7 +411,7 @@ class Client:
             if len(data) > 4 << 20:
                 raise RegistryError(f"manifest {repo}:{reference} is larger than 4 MiB")
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        if _DIGEST_RE.match(reference) and _sha256(data) != reference:
+        if _DIGEST_RE.fullmatch(reference) and _sha256(data) != reference:
             raise RegistryError(f"manifest {repo}@{reference} from {self.host} does not match "
                                 "its digest")
         try:

@@ -71,7 +71,7 @@ def canonical_json(obj: Any) -> bytes:
 def split_ref(ref: str) -> tuple[str, str]:
     """``"name:version"`` -> ``("name", "version")``; a UserError if it is not of that form."""
     name, sep, version = ref.rpartition(":")
-    if not sep or not _NAME_RE.match(name) or not _VERSION_RE.match(version):
+    if not sep or not _NAME_RE.fullmatch(name) or not _VERSION_RE.fullmatch(version):
         raise UserError(
             f"'{ref}' is not an image reference of the form NAME:VERSION (e.g. hello:1.0.0)"
         )
@@ -175,7 +175,7 @@ class Store:
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob ``sha256:<hex>`` lives."""
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise ValueError(f"not a sha256 digest: {digest!r}")
         return self.blobs_dir / digest.removeprefix("sha256:")
 
@@ -350,7 +350,7 @@ class Store:
     def receive_blob(staging: Path, digest: str, size: int, chunks: Iterable[bytes]) -> Path:
         """Write ``chunks`` to a file in ``staging`` while hashing; the file if it is blob
         ``digest`` of ``size`` bytes, else an IntegrityError (and the file is gone)."""
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise IntegrityError(f"not a sha256 digest: {digest!r}")
         dest = staging / digest.removeprefix("sha256:")
         h = hashlib.sha256()
@@ -645,7 +645,7 @@ class Store:
             candidates.update(layer.digest for layer in image.layers)
             keep = self._reachable(remaining)
             for digest in sorted(candidates - keep):
-                if _DIGEST_RE.match(digest):
+                if _DIGEST_RE.fullmatch(digest):
                     self.blob_path(digest).unlink(missing_ok=True)
             if self.blobs_dir.exists():
                 fsync_dir(self.blobs_dir)

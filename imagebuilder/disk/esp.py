@@ -119,7 +119,7 @@ def check_initrds(initrds: Sequence[tuple[str, Path]]) -> None:
     if len(initrds) > 99:
         raise UserError(f"{len(initrds)} initrd layers; at most 99 are supported")
     for name, path in initrds:
-        if not _LAYER_NAME_RE.match(name):
+        if not _LAYER_NAME_RE.fullmatch(name):
             raise UserError(f"layer name {name!r}: expected 1-24 of a-z, 0-9, '-', '_', "
                             "starting with a letter or digit")
         if not Path(path).is_file():

@@ -141,7 +141,7 @@ def _boto() -> Any:
 def make_session(region: str, profile: str | None = None) -> Any:
     """A boto3 session with the usual credential chain (environment, profile, SSO, role)."""
     boto3 = _boto()
-    if not _REGION_RE.match(region):
+    if not _REGION_RE.fullmatch(region):
         raise UserError(f"'{region}' is not an AWS region name: use one like us-east-1")
     with aws_errors(region):
         return boto3.Session(profile_name=profile, region_name=region)
@@ -515,7 +515,7 @@ def _copy_snapshots(ec2: Any, image_id: str) -> list[str | None]:
 
 def _check_regions(regions: Sequence[str]) -> None:
     for other in regions:
-        if not _REGION_RE.match(other):
+        if not _REGION_RE.fullmatch(other):
             raise UserError(f"'{other}' is not an AWS region name: use one like us-east-1")
 
 

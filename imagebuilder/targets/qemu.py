@@ -57,7 +57,7 @@ class PortForward:
     @classmethod
     def parse(cls, text: str) -> PortForward:
         """``[IP:]HOSTPORT:GUESTPORT``."""
-        match = _PORT_RE.match(text)
+        match = _PORT_RE.fullmatch(text)
         if not match or not all(0 < int(match[k]) < 65536 for k in ("host", "guest")):
             raise UserError(f"-p {text}: expected [IP:]HOSTPORT:GUESTPORT, e.g. 8080:8080")
         if match["ip"] is not None:

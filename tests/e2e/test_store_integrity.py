@@ -1,0 +1,60 @@
+"""End to end, no boot: a damaged blob in the local store is never pushed to a real registry
+(Debian's docker-registry on 127.0.0.1), whether sent in one PUT or in chunks, and a pull
+replaces a damaged local blob so that ``imagebuilder check`` passes again."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .registry_fixture import Registry, available, start_registry
+from .test_registry import _has_blob, _manifest_digest, _one_line_error, _synthetic, rcli
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not available(), reason="needs docker-registry (setup.sh)")]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+def _flip(path: Path, offset: int = 1000) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("chunk_mib", ["64", "1"])
+def test_a_damaged_blob_is_never_pushed(registry: Registry, tmp_path: Path,
+                                        chunk_mib: str) -> None:
+    r = rcli(tmp_path / "home", tmp_path / "docker")
+    store = _synthetic(r.home, "dmg:1.0.0", [3 << 20], seed=chunk_mib.encode())
+    image = store.resolve("dmg:1.0.0")
+    layer = image.layers[-1]
+    _flip(store.blob_path(layer.digest), (3 << 20) - 10)
+    repo = f"dmg{chunk_mib}"
+    _one_line_error(r("push", "dmg:1.0.0", f"{registry.host}/{repo}", "--insecure",
+                      "--chunk-size", chunk_mib, check=False),
+                    1, f"blob {layer.digest[:19]} in the image store is damaged")
+    assert _manifest_digest(registry, repo, "1.0.0") is None
+    assert not _has_blob(registry, repo, layer.digest)
+
+
+def test_pull_replaces_a_damaged_local_blob(registry: Registry, tmp_path: Path) -> None:
+    r = rcli(tmp_path / "home", tmp_path / "docker")
+    store = _synthetic(r.home, "fix:1.0.0", [200_000], seed=b"fix")
+    image = store.resolve("fix:1.0.0")
+    r("push", "fix:1.0.0", f"{registry.host}/fix", "--insecure")
+    _flip(store.blob_path(image.layers[-1].digest))
+    damaged = r("check", "--json", check=False)
+    assert damaged.returncode == 1
+    assert [p["images"] for p in json.loads(damaged.stdout)["problems"]] == [["fix:1.0.0"]]
+    pulled = r.json("pull", f"{registry.host}/fix:1.0.0", "--insecure")
+    assert isinstance(pulled, dict) and pulled["blobs_received"] == 1
+    assert json.loads(r("check", "--json").stdout)["ok"] is True
