@@ -137,6 +137,7 @@ class Builder:
             "modules": list(manifest.modules),
             "templates": [hashing.xxh3_bytes(template_source(t))
                           for t in ("init.sh.j2", "udhcpc.script")],
+            "env": [hashing.xxh3_bytes(base_layer.env_filter().encode()), base_layer.APPLETS],
         }
         def make_tree() -> Tree:
             modules = ModuleTree.scan(roots.get("kernel"))

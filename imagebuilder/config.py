@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import envlimits
 from .errors import ConfigError, NotFoundError
 
 CONFIG_NAME = "imagebuilder.toml"
@@ -262,7 +263,7 @@ def check_env_var(name: str, value: object) -> str | None:
         return "expected a one-line string, got a value containing a newline"
     if "\0" in value:
         return "expected a string without NUL characters"
-    return None
+    return envlimits.var_problem(name, value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,6 +389,9 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
             problem = check_env_var(var, value)
             if problem:
                 raise fail(f"{key}.vars.{var}", problem)
+        problem = envlimits.env_problem(env_name, env_vars)
+        if problem:
+            raise fail(f"{key}.vars", problem)
         environments[env_name] = Environment(name=env_name, vars=dict(env_vars))
 
     order_t = table("environments")

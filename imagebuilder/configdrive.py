@@ -5,12 +5,11 @@ Images carry no environment values (so one image digest serves test and prod); `
 (:data:`VOLUME_ID`), so the guest's init finds it by label, mounts it read-only and reads
 ``/imagebuilder/env``: one ``KEY=VALUE`` line per variable, sorted by key, always including
 ``IMAGEBUILDER_ENV=<environment name>``. Values are written verbatim (no quoting or escaping:
-spaces, quotes, ``$`` and ``=`` survive) because the guest reads them with::
-
-    while IFS= read -r line; do export "$line"; done < /mnt/imagebuilder/env
-
-which splits each line at its first ``=`` only. That loop is also why a value can never contain
-a newline (nor a NUL): ``config`` rejects such values and :func:`write_config_drive` refuses them.
+spaces, quotes, ``$`` and ``=`` survive): the guest's init never evaluates them, it hands each
+line as one ``NAME=VALUE`` string to ``env -i``, which splits it at its first ``=`` only. One
+line per variable is also why a value can never contain a newline (nor a NUL): ``config``
+rejects such values, and sizes the guest cannot carry (:mod:`imagebuilder.envlimits`), and
+:func:`write_config_drive` refuses them.
 
 The volume has Rock Ridge 1.09 and Joliet directory trees as well as the plain ISO 9660 one, so
 the names keep their lower case however the guest mounts it.
@@ -36,6 +35,7 @@ import pycdlib
 from pycdlib import dates
 
 from .config import ENV_NAME_RE, check_env_var
+from .envlimits import env_problem
 from .errors import ConfigError
 
 #: The volume label the guest looks for.
@@ -65,6 +65,9 @@ def env_file(env_name: str, vars: Mapping[str, str]) -> bytes:
         problem = check_env_var(key, value)
         if problem:
             raise ConfigError(f"env.{env_name}.vars.{key}: {problem}")
+    problem = env_problem(env_name, vars)
+    if problem:
+        raise ConfigError(f"env.{env_name}.vars: {problem}")
     lines = {**vars, ENV_VAR: env_name}
     return "".join(f"{k}={lines[k]}\n" for k in sorted(lines)).encode()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import envlimits
 from .. import kernel as kernel_mod
 from ..errors import HostError
 from .cpio import Tree
@@ -25,7 +26,7 @@ MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "
 #: busybox applets the init and its helpers use. No getty, login, telnetd or httpd: nothing
 #: that could offer a shell to the network or the console.
 APPLETS = (
-    "awk", "cat", "echo", "head", "ip", "kill", "ls", "mkdir", "modprobe", "mount", "nc",
+    "awk", "cat", "echo", "env", "head", "ip", "kill", "ls", "mkdir", "modprobe", "mount", "nc",
     "poweroff", "printf", "sh", "sleep", "start-stop-daemon", "setpriv", "sync", "udhcpc",
     "umount", "uname",
 )
@@ -77,6 +78,12 @@ def busybox(tree: Tree, sysroot: Path) -> None:
         tree.add_symlink(f"usr/bin/{applet}", "busybox")
 
 
+def env_filter() -> str:
+    """The init's environment filter (templates/env.awk) with the limits of
+    :mod:`imagebuilder.envlimits`."""
+    return render("env.awk", var_max=envlimits.VAR_MAX, total_max=envlimits.TOTAL_MAX)
+
+
 def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree, module_names: tuple[str, ...],
                ) -> Tree:
     """The whole base layer as a Tree."""
@@ -86,6 +93,7 @@ def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree, module_names:
     tree.add_file("init", data=render("init.sh.j2", stop_timeout=STOP_TIMEOUT).encode(), mode=0o755)
     tree.add_file("usr/share/imagebuilder/udhcpc.script", data=render("udhcpc.script").encode(),
                   mode=0o755)
+    tree.add_file("usr/share/imagebuilder/env.awk", data=env_filter().encode(), mode=0o644)
     closure = modules.closure(list(module_names))
     kernel_mod.write_modules(closure, modules.kver, _UsrPrefix(tree),
                              builtin=modules.builtin_paths)

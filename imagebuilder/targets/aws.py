@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..configdrive import env_file
 from ..disk.model import Disk
-from ..errors import FetchError, HostError, ImageBuilderError, NotFoundError, UserError
+from ..envlimits import USERDATA_MAX
+from ..errors import (
+    ConfigError,
+    FetchError,
+    HostError,
+    ImageBuilderError,
+    NotFoundError,
+    UserError,
+)
 
 if TYPE_CHECKING:
     from ..cache import Cache
@@ -107,8 +115,13 @@ class PublishResult:
 
 def userdata(env_name: str, vars: Mapping[str, str]) -> str:
     """The EC2 user-data of an instance in ``env_name``: the env file the init reads (through
-    IMDSv2) when the instance has no config drive."""
-    return env_file(env_name, vars).decode()
+    IMDSv2) when the instance has no config drive. EC2 takes at most
+    :data:`~imagebuilder.envlimits.USERDATA_MAX` bytes of it: a larger one is a ConfigError."""
+    data = env_file(env_name, vars)
+    if len(data) > USERDATA_MAX:
+        raise ConfigError(f"env.{env_name}.vars: the user-data would be {len(data)} bytes; EC2"
+                          f" accepts at most {USERDATA_MAX}: shorten the variables")
+    return data.decode()
 
 
 def ami_name(name: str, version: str, digest: str) -> str:

@@ -1,0 +1,236 @@
+"""The init (templates/init.sh.j2) run for real, under busybox sh, in a throw-away root.
+
+A QEMU boot costs minutes under TCG, so the init's handling of the environment is checked here:
+the real rendered /init and env.awk, run by the host's static busybox as PID 1 of its own
+namespaces, chrooted into a directory laid out like the base layer. Only what needs a real
+kernel and real devices is a stub: mount (which can be told to refuse the read-only remount),
+the drivers and the network; poweroff records that it ran before the real one ends the init's
+PID namespace. The sandbox needs root (start-stop-daemon switches to the app's uid 1000). The
+app is busybox awk writing out exactly the environment it was given, then exiting 7. The boot
+in tests/e2e/test_guest.py does the same in a real guest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.envlimits import TOTAL_MAX, VAR_MAX
+from imagebuilder.layers.base import APPLETS, STOP_TIMEOUT, env_filter
+from imagebuilder.layers.templates import render
+from imagebuilder.targets.qemu import EXIT_RE
+
+BUSYBOX = shutil.which("busybox")
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
+
+# The app: writes out its environment and its arguments, one a line, then exits 7.
+APP_PROGRAM = ('BEGIN { for (k in ENVIRON) printf "%s=%s\\n", k, ENVIRON[k] > "/tmp/app.env";'
+               ' for (i = 1; i < ARGC; i++) printf "%s\\n", ARGV[i] > "/tmp/app.args"; exit 7 }')
+APP_CONF = f"""IMAGE_NAME=hello
+IMAGE_VERSION=1.0.0
+APP_PORT=8080
+set -- /usr/bin/awk '{APP_PROGRAM}' 'one arg' '$HOME' 'x=y'
+"""
+STUBS = {
+    # mount: records its arguments; refuses `-o remount,ro /` when /fail-ro exists.
+    "usr/sbin/mount": '#!/bin/sh\necho "$*" >> /stub.log\n'
+                      '[ "$*" = "-o remount,ro /" ] && [ -e /fail-ro ] && exit 1\nexit 0\n',
+    "usr/sbin/poweroff": '#!/bin/sh\necho "poweroff $*" >> /stub.log\n'
+                         'exec /usr/bin/busybox poweroff -f -n\n',
+    **{f"usr/sbin/{name}": "#!/bin/sh\nexit 1\n"
+       for name in ("modprobe", "ip", "udhcpc", "nc", "sync", "umount")},
+}
+
+
+def _can_sandbox() -> bool:
+    if BUSYBOX is None or shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    result = subprocess.run([*SANDBOX, "true"], capture_output=True, check=False)
+    return result.returncode == 0
+
+
+# Own PID, mount, network, UTS and IPC namespaces: the init is PID 1 of its own namespace,
+# where poweroff (reboot(2)) ends that namespace and nothing else.
+SANDBOX = ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--net", "--uts", "--ipc"]
+pytestmark = pytest.mark.skipif(not _can_sandbox(),
+                                reason="needs busybox, root and unshare(1)")
+
+
+@dataclass
+class Guest:
+    root: Path
+
+    def boot(self, env: bytes | None, *, fail_ro: bool = False) -> Booted:
+        if env is not None:
+            (self.root / "etc/imagebuilder/env").write_bytes(env)
+        if fail_ro:
+            (self.root / "fail-ro").write_bytes(b"")
+        result = subprocess.run(
+            [*SANDBOX, CHROOT, str(self.root), "/init"],
+            capture_output=True, check=False, timeout=120, env={"PATH": os.environ["PATH"]})
+        console = (self.root / "dev/console").read_text(errors="replace")
+        return Booted(self.root, result.returncode, console + result.stderr.decode())
+
+
+@dataclass
+class Booted:
+    root: Path
+    returncode: int
+    console: str
+
+    def _lines(self, name: str) -> list[str] | None:
+        path = self.root / "tmp" / name
+        return path.read_text().splitlines() if path.exists() else None
+
+    @property
+    def app_env(self) -> dict[str, str] | None:
+        lines = self._lines("app.env")
+        return None if lines is None else dict(line.split("=", 1) for line in lines)
+
+    @property
+    def app_args(self) -> list[str] | None:
+        return self._lines("app.args")
+
+    @property
+    def stub_log(self) -> list[str]:
+        path = self.root / "stub.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    @property
+    def exit_status(self) -> int | None:
+        match = EXIT_RE.search(self.console.encode())
+        return int(match[1]) if match else None
+
+
+@pytest.fixture
+def guest(tmp_path: Path) -> Guest:
+    """A root laid out like the base and app layers, with the real init and env.awk."""
+    root = tmp_path / "root"
+    for d in ("usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "etc/imagebuilder",
+              "app", "opt/java", "usr/share/imagebuilder"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin")):
+        (root / link).symlink_to(target)
+    assert BUSYBOX is not None
+    shutil.copy(BUSYBOX, root / "usr/bin/busybox")
+    for applet in APPLETS:
+        (root / "usr/bin" / applet).symlink_to("busybox")
+    for path, text in STUBS.items():
+        (root / path).unlink(missing_ok=True)
+        (root / path).write_text(text)
+        (root / path).chmod(0o755)
+    (root / "proc/uptime").write_text("12.34 5.67\n")
+    (root / "dev/null").write_bytes(b"")
+    (root / "dev/console").write_bytes(b"")
+    (root / "init").write_text(render("init.sh.j2", stop_timeout=STOP_TIMEOUT))
+    (root / "init").chmod(0o755)
+    (root / "usr/share/imagebuilder/env.awk").write_text(env_filter())
+    (root / "etc/imagebuilder/app.conf").write_text(APP_CONF)
+    (root / "etc/passwd").write_text("root:x:0:0::/:/bin/false\napp:x:1000:1000::/app:/bin/false\n")
+    (root / "etc/group").write_text("root:x:0:\napp:x:1000:\n")
+    (root / "tmp").chmod(0o1777)
+    return Guest(root)
+
+
+BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+            "JAVA_HOME": "/opt/java", "PORT": "8080"}
+
+HOSTILE = (
+    b"Content-Type: multipart/mixed; boundary=\"==BOUNDARY==\"\n"
+    b"MIME-Version: 1.0\n"
+    b"\n"
+    b"--==BOUNDARY==\n"
+    b"#cloud-config\n"
+    b"runcmd:\n"
+    b"  - [ sh, -c, 'echo pwned > /tmp/pwned' ]\n"
+    b"export FOO=bar\n"
+    b"1BAD=x\n"
+    b"FOO-BAR=x\n"
+    b"=nothing\n"
+    b"IMAGEBUILDER_ENV=prod\n"
+    b"GREETING=hello, $USER `id` $(id) \"quoted\" 'single'\r\n"
+    b"IFS=x\n"
+    b"PS4=+ \n"
+    b"status=0\n"
+    b"app_pid=1\n"
+    b"program=/bin/sh\n"
+    b"config=/dev/null\n"
+    b"A==b=c\n"
+    b"HOME=/root\n"
+    b"LAST=no newline at the end"
+)
+
+
+def test_hostile_environment_never_stops_the_init(guest: Guest) -> None:
+    booted = guest.boot(HOSTILE)
+    assert booted.exit_status == 7, booted.console
+    assert booted.app_env == {
+        **BASE_ENV,
+        "IMAGEBUILDER_ENV": "prod",
+        "GREETING": "hello, $USER `id` $(id) \"quoted\" 'single'",
+        "IFS": "x", "PS4": "+ ", "status": "0", "app_pid": "1", "program": "/bin/sh",
+        "config": "/dev/null", "A": "=b=c", "LAST": "no newline at the end",
+    }
+    assert booted.app_args == ["one arg", "$HOME", "x=y"]
+    skipped = re.findall(r"environment line (\d+) skipped: (.*)", booted.console)
+    assert [int(n) for n, _ in skipped] == [1, 2, 4, 6, 7, 8, 9, 10, 11]
+    assert {why for _, why in skipped} == {"not NAME=VALUE with NAME a shell variable name"}
+    assert "environment prod from an initrd layer" in booted.console
+    # No line of the file is ever echoed: it may hold a secret.
+    assert "boundary" not in booted.console and "pwned" not in booted.console
+    assert not (guest.root / "tmp/pwned").exists()
+    assert booted.stub_log[-1] == "poweroff -f"
+    assert "-o remount,ro /" in booted.stub_log
+
+
+def test_app_environment_file_is_root_only(guest: Guest) -> None:
+    booted = guest.boot(b"SECRET=s3cr3t\n")
+    assert booted.exit_status == 7
+    assert (guest.root / "run/imagebuilder").stat().st_mode & 0o777 == 0o700
+    assert (guest.root / "run/imagebuilder/app.env").stat().st_mode & 0o777 == 0o600
+
+
+def test_too_long_lines_are_skipped_and_the_rest_kept(guest: Guest) -> None:
+    big = "B=" + "x" * (VAR_MAX - 1)  # one byte over
+    # Enough lines that just fit to go over the total: the ones past it are skipped.
+    count = TOTAL_MAX // (VAR_MAX + 1) + 1
+    fits = [f"F{i}=" + "y" * (VAR_MAX - len(f"F{i}=")) for i in range(count)]
+    lines = ["IMAGEBUILDER_ENV=test", big, *fits]
+    booted = guest.boot(("\n".join(lines) + "\n").encode())
+    assert booted.exit_status == 7, booted.console
+    assert f"environment line 2 skipped: longer than {VAR_MAX} bytes" in booted.console
+    assert booted.app_env is not None
+    kept = [k for k in booted.app_env if k.startswith("F")]
+    assert kept and len(kept) < count
+    assert f"skipped: the environment would exceed {TOTAL_MAX} bytes" in booted.console
+    assert "B" not in booted.app_env
+
+
+def test_no_environment_gives_the_app_only_the_inits_variables(guest: Guest) -> None:
+    booted = guest.boot(None)
+    assert booted.exit_status == 7, booted.console
+    assert booted.app_env == BASE_ENV
+    assert "no environment config found" in booted.console
+
+
+def test_a_root_that_stays_writable_powers_off_without_starting_the_app(guest: Guest) -> None:
+    booted = guest.boot(b"IMAGEBUILDER_ENV=test\n", fail_ro=True)
+    assert ("FATAL: cannot make the root filesystem read-only: not starting the app;"
+            " powering off") in booted.console
+    assert booted.app_env is None and booted.exit_status is None
+    assert booted.stub_log[-1] == "poweroff -f"
+    assert not (guest.root / "tmp/app.args").exists()
+
+
+def test_stub_layout_matches_the_base_layer() -> None:
+    # The programs the init runs by absolute path are applets of the base layer.
+    init = render("init.sh.j2", stop_timeout=STOP_TIMEOUT)
+    for path in re.findall(r"/usr/bin/([a-z-]+)", init):
+        assert path in APPLETS
+    assert "-f /usr/share/imagebuilder/env.awk" in init
