@@ -5,7 +5,8 @@ Stages and what keys them (each key also holds the stage's own version):
 * ``kernel``   the kernel package's SHA-256                            -> vmlinuz
 * ``base``     busybox + kernel packages, module list, init templates  -> base layer
 * ``jdeps``    JDK packages + the JDK packages the app's classes use   -> module list
-* ``jvm``      JDK and library packages + module list                  -> jvm layer
+* ``natives``  JDK packages + module list + fonts                     -> library/font packages
+* ``jvm``      JDK, library and font packages + module list            -> jvm layer
 * ``packages`` the app's extra Debian packages                          -> packages layer
 * ``app``      the jar's bytes (xxh3) + the rendered app.conf          -> app layer
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import export, hashing, javaclass, sysroot
+from . import export, hashing, javaclass, natives, sysroot
 from .config import Config
 from .errors import HostError
 from .export import BootSource
@@ -35,11 +36,12 @@ from .layers import base as base_layer
 from .layers import jvm as jvm_layer
 from .layers.cpio import Tree, source_date_epoch, write_layer
 from .layers.templates import source as template_source
-from .packages import Resolution, resolve
+from .packages import NATIVES, Resolution, resolve
 from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from .store import TITLE_ANNOTATION as TITLE
 
-STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdeps": 1, "jvm": 1, "packages": 1, "app": 1}
+STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdeps": 1, "natives": 1, "jvm": 2, "packages": 1,
+                  "app": 1}
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer fast.
 LEVELS = {"base": 19, "jvm": 19, "packages": 19, "app": 9}
 
@@ -159,16 +161,49 @@ class Builder:
         path = self._stage("jdeps", inputs, produce)
         return list(json.loads(path.read_text()))
 
+    def _natives(self, resolution: Resolution, roots: _Sysroots, modules: list[str]) -> bool:
+        """Pin the packages of the libraries and fonts the runtime's natives need; True if some
+        library is still unresolved (then the packages layer is searched for it too)."""
+        version, fonts = self.cfg.jvm.version, self.cfg.jvm.fonts
+
+        def produce(dest: Path) -> None:
+            root = roots.get("jvm")
+            missing = natives.missing_sonames(root, jvm_layer.jdk_home(root, version), modules,
+                                              fonts=fonts)
+            chosen = resolution.providers(missing, "jvm")
+            names = set(chosen.values())
+            if fonts and natives.DESKTOP in modules:
+                names.update(natives.FONT_PACKAGES)
+            dest.write_text(json.dumps({"packages": sorted(names),
+                                        "unresolved": sorted(set(missing) - set(chosen))}))
+        inputs = {"debs": resolution.key("jvm"), "modules": modules, "fonts": fonts}
+        found = json.loads(self._stage("natives", inputs, produce).read_text())
+        resolution.set_part(NATIVES, found["packages"])
+        return bool(found["unresolved"])
+
     def _jvm(self, resolution: Resolution, roots: _Sysroots, modules: list[str]) -> Path:
         version = self.cfg.jvm.version
+        unresolved = self._natives(resolution, roots, modules)
+        parts = ["jvm", NATIVES] if resolution.parts.get(NATIVES) else ["jvm"]
+        # A library no JDK package names may be in the app's packages: only then does the jvm
+        # layer depend on them.
+        shared = ["packages"] if unresolved and resolution.parts.get("packages") else []
 
         def make_tree() -> Tree:
             root = roots.get("jvm")
             runtime = roots.scratch / "runtime"
             jvm_layer.link_runtime(root, jvm_layer.jdk_home(root, version), modules, runtime,
                                    self.mtime)
-            return jvm_layer.build_tree(root, runtime)
-        return self._layer("jvm", {"debs": resolution.key("jvm"), "modules": modules}, make_tree)
+            try:
+                return jvm_layer.build_tree(
+                    [roots.get(p) for p in parts], runtime, [roots.get(p) for p in shared],
+                    natives.dlopened(modules, fonts=self.cfg.jvm.fonts))
+            except jvm_layer.MissingLibraryError as exc:
+                raise jvm_layer.MissingLibraryError(
+                    exc.soname, exc.needer, resolution.suggest(exc.soname)) from None
+        inputs = {"debs": [resolution.key(p) for p in (*parts, *shared)], "modules": modules,
+                  "fonts": self.cfg.jvm.fonts}
+        return self._layer("jvm", inputs, make_tree)
 
     def _packages(self, resolution: Resolution, roots: _Sysroots) -> Path:
         def make_tree() -> Tree:

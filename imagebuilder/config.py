@@ -65,7 +65,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "": ("image", "app", "jvm", "system", "environments", "env"),
     "image": ("name", "version"),
     "app": ("path", "args", "port", "healthcheck", "packages"),
-    "jvm": ("version", "args"),
+    "jvm": ("version", "args", "fonts"),
     "system": ("suite", "kernel", "memory", "mirror"),
     "environments": ("order",),
     "env.*": ("vars",),
@@ -98,6 +98,8 @@ class JvmSection:
 
     version: int = 21
     args: tuple[str, ...] = ()
+    #: With java.desktop linked: fontconfig and fonts-dejavu-core come along unless False.
+    fonts: bool = True
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,10 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     jvm_version = jvm_t.get("version", 21)
     if not (_is_int(jvm_version) and jvm_version in JVM_VERSIONS):
         raise fail("jvm.version", f"expected 17, 21 or 25, got {_show(jvm_version)}")
-    jvm = JvmSection(version=jvm_version, args=_strings(jvm_t, "jvm", "args", fail))
+    fonts = jvm_t.get("fonts", True)
+    if not isinstance(fonts, bool):
+        raise fail("jvm.fonts", f"expected true or false, got {_show(fonts)}")
+    jvm = JvmSection(version=jvm_version, args=_strings(jvm_t, "jvm", "args", fail), fonts=fonts)
 
     # [system]
     system_t = table("system")

@@ -23,6 +23,8 @@ import os
 import shutil
 import tarfile
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -39,12 +41,25 @@ DAMAGED = (tarfile.TarError, EOFError, lzma.LZMAError, zstandard.ZstdError, gzip
 def extract_deb(deb: Path, dest: Path) -> None:
     """Unpack the data files of the package ``deb`` into the directory ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
+    with _data_tar(deb) as tar:
+        _extract_members(tar, dest, deb)
+
+
+def list_deb(deb: Path) -> list[str]:
+    """The paths (without a leading ``./``) of the regular files and symlinks ``deb`` holds."""
+    with _data_tar(deb) as tar:
+        return [m.name.removeprefix("./") for m in tar if m.isfile() or m.issym()]
+
+
+@contextmanager
+def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
+    """The package's data.tar as a stream; damage inside it raises FetchError."""
     with open(deb, "rb") as raw:
         name, size = _find_data_member(raw, deb)
         stream = _decompressed(name, io.BufferedReader(_Bounded(raw, size), 1024 * 1024))
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
-                _extract_members(tar, dest, deb)
+                yield tar
         except DAMAGED as exc:
             raise FetchError(f"{deb}: damaged package data ({exc})") from None
 

@@ -57,6 +57,8 @@ class Package:
     size: int
     depends: tuple[tuple[str, ...], ...]  # Pre-Depends + Depends; inner tuple = alternatives
     provides: tuple[str, ...]
+    #: Recommends: where trixie's JRE names the libraries only some of its natives need.
+    recommends: tuple[tuple[str, ...], ...] = ()
 
     def lock_entry(self) -> LockEntry:
         """This package pinned for a lock file."""
@@ -381,7 +383,7 @@ def parse_release(text: str) -> tuple[dict[str, str], dict[str, tuple[str, int]]
 
 
 _FIELD = re.compile(
-    rb"^(Package|Version|Architecture|Filename|Size|SHA256|Depends|Pre-Depends|Provides):"
+    rb"^(Package|Version|Architecture|Filename|Size|SHA256|Depends|Pre-Depends|Provides|Recommends):"
     rb"[ \t]*(.*)$",
     re.MULTILINE,
 )
@@ -407,6 +409,7 @@ def parse_packages(data: bytes, into: dict[str, Package]) -> dict[str, Package]:
             depends=_depends(fields.get(b"Pre-Depends", b""))
             + _depends(fields.get(b"Depends", b"")),
             provides=_provides(fields.get(b"Provides", b"")),
+            recommends=_depends(fields.get(b"Recommends", b"")),
         )
         old = into.get(pkg.name)
         if old is None or compare_versions(pkg.version, old.version) > 0:

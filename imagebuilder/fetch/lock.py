@@ -91,9 +91,12 @@ class Lock:
             ]
         return "\n".join(lines) + "\n"
 
-    def matches(self, suite: str, roots: dict[str, list[str]]) -> bool:
-        """True if this lock resolved the same root packages in the same suite."""
-        return self.suite == suite and _normal_roots(self.roots) == _normal_roots(roots)
+    def matches(self, suite: str, roots: dict[str, list[str]], *, derived: tuple[str, ...] = ()
+                ) -> bool:
+        """True if this lock resolved the same root packages in the same suite, not counting
+        the ``derived`` purposes (resolved later in the build, from what it found)."""
+        mine = {purpose: names for purpose, names in self.roots.items() if purpose not in derived}
+        return self.suite == suite and _normal_roots(mine) == _normal_roots(roots)
 
 
 def _normal_roots(roots: dict[str, list[str]]) -> dict[str, list[str]]:

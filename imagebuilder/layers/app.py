@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..config import Config
 from .cpio import Tree
-from .jvm import JAVA_HOME
+from .jvm import JAVA_HOME, heap_flags
 from .templates import render
 
 #: Flags for every image: no perf-data file in /tmp (saves start-up time and a writable mmap).
@@ -18,7 +18,7 @@ DEFAULT_JVM_FLAGS = ("-XX:-UsePerfData",)
 
 def command(cfg: Config) -> list[str]:
     """The app's argv inside the guest."""
-    return [f"/{JAVA_HOME}/bin/java", *DEFAULT_JVM_FLAGS, *cfg.jvm.args,
+    return [f"/{JAVA_HOME}/bin/java", *DEFAULT_JVM_FLAGS, *heap_flags(cfg.jvm.args), *cfg.jvm.args,
             "-jar", f"/app/{cfg.app.path.name}", *cfg.app.args]
 
 

@@ -1,17 +1,21 @@
 """The jvm layer: a jlink runtime with only the modules the app needs, and its libraries.
 
 The fetched JDK (not the host's) finds the modules with jdeps and links the runtime with jlink,
-both run through the sysroot's loader. The runtime gets a class-data-sharing archive (CDS),
-which roughly halves JVM start-up under emulation, and the shared libraries its ELF files need
-(glibc, libstdc++, zlib...), found by walking DT_NEEDED from the Debian packages fetched with it.
+both run through the sysroot's loader. The runtime is headless like Debian's
+``openjdk-N-jre-headless`` (see :mod:`imagebuilder.natives`), gets a class-data-sharing archive
+(CDS), which roughly halves JVM start-up under emulation, and the shared libraries its ELF files
+need (glibc, libstdc++, zlib, and for java.desktop freetype, lcms2, libjpeg...), found by walking
+DT_NEEDED through the Debian packages fetched for it. With java.desktop, fontconfig's
+configuration and fonts come along too.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from .. import elf, sysroot
+from .. import elf, natives, sysroot
 from ..errors import HostError, UserError
 from .cpio import Tree
 
@@ -20,6 +24,29 @@ LIB_DIR = "usr/lib/x86_64-linux-gnu"
 #: Always linked when the JDK has them: java.base, and the elliptic-curve crypto provider that
 #: TLS to most servers needs (a service jdeps cannot see). jdeps adds what the classes use.
 BASE_MODULES = ("java.base", "jdk.crypto.ec")
+#: The heap may grow to this share of the guest's memory: the JVM has the VM to itself.
+MAX_RAM_PERCENTAGE = 75
+#: [jvm] args that size the heap themselves, so the default is left out.
+_HEAP_FLAGS = ("-Xmx", "-XX:MaxHeapSize=", "-XX:MaxRAMPercentage=", "-XX:MaxRAM=",
+               "-XX:MaxRAMFraction=")
+
+
+class MissingLibraryError(UserError):
+    """A library the runtime needs is in none of the fetched packages."""
+
+    def __init__(self, soname: str, needer: str, package: str | None = None) -> None:
+        self.soname, self.needer = soname, needer
+        which = f"{package} (the Debian package that provides it)" if package else (
+            "the Debian package that provides it")
+        super().__init__(f"{soname}, needed by {needer}, is in no fetched package: add {which} "
+                         "to [app] packages")
+
+
+def heap_flags(args: Sequence[str]) -> list[str]:
+    """The default heap size flag, unless the user's JVM ``args`` size the heap."""
+    if any(arg.startswith(_HEAP_FLAGS) for arg in args):
+        return []
+    return [f"-XX:MaxRAMPercentage={MAX_RAM_PERCENTAGE}"]
 
 
 def jdk_home(root: Path, version: int) -> Path:
@@ -47,15 +74,17 @@ def jdeps_modules(root: Path, home: Path, jar: Path, version: int) -> list[str]:
 
 
 def link_runtime(root: Path, home: Path, modules: list[str], dest: Path, mtime: int) -> None:
-    """jlink ``modules`` into ``dest`` and dump a CDS archive for them."""
+    """jlink ``modules`` into ``dest``, headless, and dump a CDS archive for them."""
     available = {p.name.removesuffix(".jmod") for p in (home / "jmods").glob("*.jmod")}
     wanted = sorted({m for m in (*BASE_MODULES, *modules) if m in available})
+    options = ["--add-options=-Djava.awt.headless=true"] if natives.DESKTOP in wanted else []
     sysroot.run_in(root, home / "bin/jlink", [
-        "--module-path", str(home / "jmods"), "--add-modules", ",".join(wanted),
+        "--module-path", str(home / "jmods"), "--add-modules", ",".join(wanted), *options,
         # Debian's --strip-debug runs objcopy; its native libraries are already stripped.
         "--strip-java-debug-attributes", "--no-man-pages", "--no-header-files",
         "--output", str(dest),
     ], lib_path=_jdk_lib_path(home))
+    strip_runtime(dest, home)
     # CDS validates the runtime's modules file by size and mtime: give every file the layer's
     # fixed mtime first so the archive matches what the guest unpacks.
     _set_mtimes(dest, mtime)
@@ -64,46 +93,84 @@ def link_runtime(root: Path, home: Path, modules: list[str], dest: Path, mtime: 
     _set_mtimes(dest, mtime)
 
 
+def strip_runtime(runtime: Path, home: Path) -> list[Path]:
+    """Remove what a server image never loads: the natives Debian's headless JDK leaves out
+    (X11, splash screen, JAWT) and separate debug info (``*.debuginfo``, which JDK 25's jmods
+    carry). Returns what was removed."""
+    dropped = natives.non_headless(runtime, home)
+    dropped += sorted(p for p in runtime.rglob("*.debuginfo") if p.is_file())
+    for path in dropped:
+        path.unlink()
+    return dropped
+
+
 def _set_mtimes(top: Path, mtime: int) -> None:
     for dirpath, _dirs, files in os.walk(top):
         for name in files:
             os.utime(os.path.join(dirpath, name), (mtime, mtime), follow_symlinks=False)
 
 
-def library_closure(root: Path, runtime: Path) -> dict[str, Path]:
-    """soname -> file in ``root`` for every library the runtime's ELF files need, recursively."""
+def library_closure(roots: Sequence[Path], runtime: Path, loads: Sequence[str] = ()
+                    ) -> dict[str, Path]:
+    """soname -> library file for every library the runtime's ELF files need, recursively,
+    looked up in the package trees ``roots`` in order (the first holds the loader). ``loads``
+    are libraries the runtime opens with dlopen, which no DT_NEEDED names."""
     provided = {p.name for p in runtime.rglob("*.so*")}
     todo = [p for p in runtime.rglob("*") if p.is_file() and not p.is_symlink() and elf.is_elf(p)]
     found: dict[str, Path] = {}
     missing: dict[str, str] = {}
-    while todo:
-        path = todo.pop()
-        for name in elf.dynamic_needed(path):
+    pending: list[tuple[str, list[str]]] = [("the runtime (dlopen)", list(loads))]
+    while todo or pending:
+        if pending:
+            needer, names = pending.pop()
+        else:
+            path = todo.pop()
+            needer, names = _shown(path, runtime, roots), elf.dynamic_needed(path)
+        for name in names:
             if name in found or name in provided:
                 continue
-            lib = sysroot.find(root, name)
+            lib = _find(roots, name)
             if lib is None:
-                missing.setdefault(name, str(path.relative_to(root) if path.is_relative_to(root)
-                                             else path.name))
+                missing.setdefault(name, needer)
                 continue
             found[name] = lib
-            todo.append(lib.resolve())
-    loader = sysroot.find(root, sysroot.LOADER)
+            if elf.is_elf(lib):
+                todo.append(lib.resolve())
+    loader = sysroot.find(roots[0], sysroot.LOADER)
     if loader is None:
         raise HostError(f"no {sysroot.LOADER} in the fetched libc6")
     found[sysroot.LOADER] = loader
     if missing:
         name, needer = sorted(missing.items())[0]
-        raise UserError(f"{name}, needed by {needer}, is in no fetched package: add the Debian "
-                        "package that provides it to [app] packages")
+        raise MissingLibraryError(name, needer)
     return found
 
 
-def build_tree(root: Path, runtime: Path) -> Tree:
-    """The jvm layer: the runtime under /opt/java and its libraries under /usr/lib."""
+def _find(roots: Sequence[Path], soname: str) -> Path | None:
+    return next((lib for root in roots if (lib := sysroot.find(root, soname)) is not None), None)
+
+
+def _shown(path: Path, runtime: Path, roots: Sequence[Path]) -> str:
+    """How an error names the file that needs a library."""
+    for top in (runtime, *roots):
+        if path.is_relative_to(top):
+            return str(path.relative_to(top))
+    return path.name
+
+
+def build_tree(roots: Sequence[Path], runtime: Path, shared: Sequence[Path] = (),
+               loads: Sequence[str] = ()) -> Tree:
+    """The jvm layer: the runtime under /opt/java, its libraries (``loads`` by dlopen) under
+    /usr/lib and the font configuration and fonts the package trees ``roots`` hold. Libraries
+    found only in the ``shared`` trees (the packages layer's) are left to that layer."""
     tree = Tree()
     tree.add_tree(runtime, JAVA_HOME)
-    for soname, lib in sorted(library_closure(root, runtime).items()):
-        tree.add_file(f"{LIB_DIR}/{soname}", source=lib.resolve(), mode=0o755)
+    for soname, lib in sorted(library_closure([*roots, *shared], runtime, loads).items()):
+        if any(lib.is_relative_to(top) for top in roots):
+            tree.add_file(f"{LIB_DIR}/{soname}", source=lib.resolve(), mode=0o755)
     tree.add_symlink(f"usr/lib64/{sysroot.LOADER}", f"../lib/x86_64-linux-gnu/{sysroot.LOADER}")
+    for root in roots[1:]:
+        for top in natives.FONT_DIRS:
+            if (root / top).is_dir():
+                tree.add_tree(root / top, top)
     return tree

@@ -99,6 +99,7 @@ class DebSpec:
     depends: str = ""
     pre_depends: str = ""
     provides: str = ""
+    recommends: str = ""
     files: dict[str, bytes] = field(default_factory=dict)  # path -> content
     modes: dict[str, int] = field(default_factory=dict)  # path -> mode
     symlinks: dict[str, str] = field(default_factory=dict)  # path -> target
@@ -122,6 +123,7 @@ def build_deb(workdir: Path, spec: DebSpec) -> Path:
         ("Pre-Depends", spec.pre_depends),
         ("Depends", spec.depends),
         ("Provides", spec.provides),
+        ("Recommends", spec.recommends),
     ):
         if value:
             control.append(f"{key}: {value}")
@@ -292,6 +294,8 @@ def _stanza(spec: DebSpec, filename: str, data: bytes) -> str:
         lines.append(f"Pre-Depends: {spec.pre_depends}")
     if spec.depends:
         lines.append(f"Depends: {spec.depends}")
+    if spec.recommends:
+        lines.append(f"Recommends: {spec.recommends}")
     lines += [
         f"Description: test package {spec.name}",
         " Depends: not-a-field (continuation lines must not be parsed as fields)",

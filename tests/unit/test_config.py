@@ -97,7 +97,7 @@ def test_minimal_file_takes_every_default(project: Path) -> None:
     )
     assert cfg.app.args == () and cfg.app.port is None and cfg.app.healthcheck == "/"
     assert cfg.app.packages == ()
-    assert (cfg.jvm.version, cfg.jvm.args) == (21, ())
+    assert (cfg.jvm.version, cfg.jvm.args, cfg.jvm.fonts) == (21, (), True)
     assert cfg.system == SystemSection("trixie", "debian-cloud", 1024, None)
     assert cfg.lock_path == project.absolute() / "imagebuilder.lock"
     assert load(project / "imagebuilder.toml") == cfg
@@ -243,6 +243,7 @@ INVALID = [
      f'{J}: app.packages[0]: expected a Debian package name, got "Fonts"'),
     (MINIMAL + "[jvm]\nversion = 11\n", f"{J}: jvm.version: expected 17, 21 or 25, got 11"),
     (MINIMAL + '[jvm]\nversion = "21"\n', f'{J}: jvm.version: expected 17, 21 or 25, got "21"'),
+    (MINIMAL + '[jvm]\nfonts = "no"\n', f'{J}: jvm.fonts: expected true or false, got "no"'),
     (MINIMAL + "[system]\nmemory = 64\n",
      f"{J}: system.memory: expected an integer number of MiB >= 128, got 64"),
     (MINIMAL + '[system]\nmirror = "ftp://example.org/debian"\n',

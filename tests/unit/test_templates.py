@@ -137,7 +137,8 @@ def test_app_conf_without_port_or_args(shell: list[str], tmp_path: Path) -> None
     out = _sourced(shell, app_conf(cfg), tmp_path,
                    'printf "[%s]\\n" "$APP_PORT"; printf "%s\\n" "$@"')
     assert out.split("\n")[:-1] == ["[]", *command(cfg)]
-    assert command(cfg) == ["/opt/java/bin/java", "-XX:-UsePerfData", "-jar", "/app/app.jar"]
+    assert command(cfg) == ["/opt/java/bin/java", "-XX:-UsePerfData", "-XX:MaxRAMPercentage=75",
+                            "-jar", "/app/app.jar"]
 
 
 def test_app_conf_is_deterministic(tricky: Config) -> None:
