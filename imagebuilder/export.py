@@ -54,7 +54,7 @@ class BootSource:
 
     @classmethod
     def of_image(cls, store: Store, image: Image) -> BootSource:
-        kernel, *layers = image.layers
+        kernel, layers = image.boot_layers()
         return cls(
             kernel=store.blob_path(kernel.digest),
             initrds=tuple(((layer.annotations or {}).get(TITLE, f"layer{i}"),

@@ -159,7 +159,17 @@ class Image:
     @property
     def layers(self) -> list[Descriptor]:
         """The manifest's layers (kernel first, then initrd layers, as the builder put them)."""
-        return [Descriptor.from_json(d) for d in self.manifest.get("layers", [])]
+        layers = self.manifest.get("layers")
+        return [Descriptor.from_json(d) for d in layers] if isinstance(layers, list) else []
+
+    def boot_layers(self) -> tuple[Descriptor, list[Descriptor]]:
+        """The kernel and the initrd layers; DamagedError if the manifest lacks them."""
+        layers = self.layers
+        if len(layers) < 2:
+            raise DamagedError(f"image {self.ref} has no kernel and initrd layers in its "
+                               f"manifest: remove it ('imagebuilder rm {self.ref}') and rebuild "
+                               "or pull it")
+        return layers[0], layers[1:]
 
 
 class Store:

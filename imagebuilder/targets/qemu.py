@@ -198,6 +198,7 @@ def qmp(run_dir: Path, command: str) -> None:
 
 def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
     """A run directory with the config drive; the VM id, the directory and the initrd."""
+    spec.image.boot_layers()
     for forward in spec.ports:
         check_port_free(forward)
     require("qemu-system-x86_64", "qemu-system-x86")

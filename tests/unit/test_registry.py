@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imagebuilder import registry
+from imagebuilder import regclient, registry
 from imagebuilder.errors import IntegrityError, NotFoundError, UserError
 from imagebuilder.registry import (
     BlobLocations,
@@ -158,7 +158,7 @@ def no_docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     config = tmp_path / "docker"
     config.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    monkeypatch.setattr(registry, "RETRY_BASE_DELAY", 0.0)
+    monkeypatch.setattr(regclient, "RETRY_BASE_DELAY", 0.0)
     return config
 
 
@@ -296,7 +296,7 @@ def test_5xx_is_retried_then_fails_and_pull_leaves_the_store(fake: FakeRegistry,
                       Client(fake.host, insecure=True))
     assert e.value.exit_code == 1
     assert _snapshot(store.root) == before
-    assert len(fake.requests) == registry.RETRIES + 1
+    assert len(fake.requests) == regclient.RETRIES + 1
 
 
 def test_registry_down(tmp_path: Path) -> None:

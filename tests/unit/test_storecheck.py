@@ -142,3 +142,17 @@ def test_damaged_cache_entries(tmp_path: Path) -> None:
     assert (problem.kind, problem.name) == ("cache", key)
     assert "the next build that uses it deletes and rebuilds it" in problem.repair
     assert check(store, None).ok
+
+
+def test_an_image_without_layers_is_one_line_for_export_and_run(home: Path, run: Any,
+                                                                 tmp_path: Path) -> None:
+    store = Store(home / "store")
+    store.put_image("empty:1.0", {"cmdline": "console=ttyS0"}, [])
+    for argv in (["export", "empty:1.0", "--format", "kernel-initrd", "-o",
+                  str(tmp_path / "out")],
+                 ["run", "empty:1.0", "--accel", "tcg"]):
+        code, _, err = run(*argv)
+        assert (code, err) == (1, "ERROR: image empty:1.0 has no kernel and initrd layers in "
+                                  "its manifest: remove it ('imagebuilder rm empty:1.0') and "
+                                  "rebuild or pull it\n")
+    assert run("rm", "empty:1.0")[0] == 0
