@@ -23,10 +23,7 @@ computes while serialising) in the written bytes, at their fixed ECMA-119 offset
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from pycdlib import dates
 from .config import ENV_NAME_RE, check_env_var
 from .envlimits import env_problem
 from .errors import ConfigError
+from .fsutil import write_private
 
 #: The volume label the guest looks for.
 VOLUME_ID = "IMAGEBUILDER"
@@ -78,19 +76,7 @@ def write_config_drive(dest: Path, env_name: str, vars: Mapping[str, str]) -> No
     The file appears complete or not at all (temporary name, fsync, rename). It is created with
     mode 0600: environment variables often hold secrets.
     """
-    dest = Path(dest)
-    image = build_iso(env_file(env_name, vars))
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(image)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_private(dest, build_iso(env_file(env_name, vars)))
 
 
 def build_iso(env_contents: bytes) -> bytes:

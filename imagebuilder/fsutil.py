@@ -36,3 +36,25 @@ def dir_lock(root: Path | str, exclusive: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def write_private(dest: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``dest`` readable by its owner only (mode 0600: it holds an
+    environment's secrets), complete or not at all: temporary name, fsync, rename."""
+    parent = os.path.dirname(os.fspath(dest)) or "."
+    tmp = os.path.join(parent, f".{os.path.basename(dest)}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(parent)

@@ -107,14 +107,25 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
 @click.command("userdata")
 @click.argument("ref")
 @click.option("--env", "env_name", required=True, help="The environment whose variables to use.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write it to this file (mode 0600: it holds the variables) instead of stdout.")
 @_config_option
-def userdata_cmd(ref: str, env_name: str, config_path: str | None) -> None:
+def userdata_cmd(ref: str, env_name: str, output: str | None, config_path: str | None) -> None:
     """Print the EC2 user-data for REF in environment ENV: the image's init reads it through
     IMDSv2 when the instance has no config drive (put it in the launch template)."""
     from ..targets import aws
     environment = _config(config_path).env(env_name)
     _home().store.resolve(ref)  # an image that was never built is an error
-    click.echo(aws.userdata(env_name, environment.vars), nl=False)
+    data = aws.userdata(env_name, environment.vars)
+    if output is None:
+        click.echo(data, nl=False)
+        return
+    from ..errors import UserError
+    from ..fsutil import write_private
+    try:
+        write_private(output, data.encode())
+    except OSError as e:
+        raise UserError(f"cannot write {output}: {e.strerror}") from None
 
 
 COMMANDS: list[click.Command] = [publish_cmd, userdata_cmd]

@@ -110,7 +110,7 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
     start, close = _progress(as_json)
     try:
         result = baremetal.flash(source, Path(target), verify=not no_verify, force=force,
-                                 progress=start)
+                                 progress=start, private=env_name is not None)
     finally:
         close()
     disk_size = source.disk().size if isinstance(source, baremetal.MappedImage) else source.size
@@ -126,20 +126,25 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
 @click.command("serve")
 @click.argument("ref")
 @click.option("--listen", required=True, metavar="IP:PORT",
-              help="Address to serve on, e.g. 0.0.0.0:8000; servers chain-load "
+              help="Address to serve on, e.g. 10.0.0.1:8000; servers chain-load "
                    "http://IP:PORT/boot.ipxe.")
 @click.option("--env", "env_name", help="Environment whose [env.NAME] vars the server gets "
               "(as an extra initrd).")
 @click.option("--config", "config_path", type=click.Path(),
               help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
+@click.option("--allow", "allow", multiple=True, metavar="CIDR",
+              help="With --env: a client network (or address) that may fetch the environment; "
+                   "repeatable. Required unless --listen is a loopback address; others get 403.")
 @click.option("--quiet", is_flag=True, help="Do not log requests.")
 def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | None,
-              quiet: bool) -> None:
+              allow: tuple[str, ...], quiet: bool) -> None:
     """Serve image REF (NAME:VERSION, or a kernel-initrd export directory) for network boot:
     /boot.ipxe, /vmlinuz and /initrd/N.img over HTTP, until interrupted."""
     from ..targets import netboot
 
     address = netboot.parse_listen(listen)
+    allowed = netboot.parse_allow(allow)
+    netboot.check_allow(address[0], allowed, env_name is not None)
     env_vars = _env_vars(env_name, config_path)
     path = Path(ref)
     if path.is_dir():
@@ -152,7 +157,7 @@ def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | No
     if env_name is not None:
         source = source.with_env(env_name, env_vars)
     log = None if quiet else (lambda line: click.echo(line, err=True))
-    server = netboot.NetbootServer(source, address, log=log)
+    server = netboot.NetbootServer(source, address, log=log, allow=allowed)
     click.echo(f"serving {source.title} at {server.url} (Ctrl-C stops)", err=True)
     try:
         server.serve_forever()

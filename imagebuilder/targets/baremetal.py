@@ -245,15 +245,21 @@ def _device_size(path: Path, node: Path | None) -> int:
         os.close(fd)
 
 
-def _open_target(target: Target, disk_size: int) -> tuple[int, int]:
-    """``(direct_fd, buffered_fd)``; the first is -1 when O_DIRECT is refused."""
+def _open_target(target: Target, disk_size: int, private: bool = False) -> tuple[int, int]:
+    """``(direct_fd, buffered_fd)``; the first is -1 when O_DIRECT is refused. A ``private``
+    file target (one that will hold an environment's secrets) is created 0600, and an existing
+    one loses its group and other permissions."""
     flags = os.O_RDWR | os.O_CLOEXEC
     if target.kind == "block":
         flags |= os.O_EXCL  # a mounted or otherwise claimed device gives EBUSY
     else:
         flags |= os.O_CREAT
     try:
-        fd = os.open(target.path, flags, 0o644)
+        fd = os.open(target.path, flags, 0o600 if private else 0o644)
+        if private and target.kind != "block":
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                os.fchmod(fd, mode & 0o700)
     except OSError as e:
         if e.errno == errno.EBUSY:
             raise UserError(f"{target.path} is in use (mounted, or held by another program): "
@@ -503,14 +509,15 @@ class FlashResult:
 
 def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
           force: bool = False, progress: Progress | None = None,
-          host: Host | None = None) -> FlashResult:
+          host: Host | None = None, private: bool = False) -> FlashResult:
     """Write ``disk`` (a disk model, or a raw image with its block map) onto ``target_path``
-    (a whole-disk block device or a file) and verify it."""
+    (a whole-disk block device or a file) and verify it. ``private``: the disk holds an
+    environment (a config partition), so a file target is made readable by its owner only."""
     image = disk if isinstance(disk, MappedImage) else None
     model = image.disk() if image is not None else disk
     assert isinstance(model, Disk)
     target = check_target(target_path, model.size, force=force, host=host)
-    direct, fd = _open_target(target, model.size)
+    direct, fd = _open_target(target, model.size, private)
     units: list[Unit] = []
     written = 0
     total = image.bmap.mapped_blocks * image.bmap.block_size if image else model.data_size()

@@ -6,12 +6,17 @@ the image's command line, one ``initrd`` line per layer fetches ``/initrd/<n>.im
 order (the kernel unpacks concatenated initramfs archives in turn, so the layers stay separate
 blobs), and ``boot`` starts the kernel. The script's URLs are absolute, built from the ``Host``
 header of the request for it, so they name this server as the client reached it (behind NAT,
-by name or by address).
+by name or by address). A ``Host`` header that is not ``host[:port]`` (a DNS name, an IPv4
+address or a bracketed IPv6 address) is never pasted into the script: the address the client
+connected to is used instead.
 
 The environment (``--env``) travels as one more initrd, ``/initrd/env.img``: an uncompressed
 newc cpio holding ``/etc/imagebuilder/env`` (mode 0600, the config drive's ``KEY=VALUE``
 format), unpacked last. The init reads it when it finds no config drive. The image's layers
 and digest are unchanged; only the script and the extra archive depend on the environment.
+Since it holds the environment's secrets, only the clients in ``allow`` (``--allow CIDR``) get
+it; others get 403. A server with an environment on an address other than loopback must name
+them: :func:`check_allow` refuses to start it otherwise.
 
 The source is a stored image or a ``kernel-initrd`` export directory (``vmlinuz``,
 ``initrd.img``, ``cmdline``). The server is the standard library's threading HTTP server:
@@ -26,7 +31,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +41,12 @@ from ..errors import HostError, UserError
 ENV_PATH = "etc/imagebuilder/env"
 """Where the environment layer puts the variables (read by the init)."""
 _LISTEN_RE = re.compile(r"^(?:\[(?P<ip6>[0-9a-fA-F:]+)\]|(?P<ip>[0-9.]+)):(?P<port>\d{1,5})$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_RE = re.compile(
+    rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{{1,5}}))?")
+ENV_ROUTE = "/initrd/env.img"
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -113,12 +124,55 @@ def parse_listen(text: str) -> tuple[str, int]:
     return ip, int(m["port"])
 
 
+def parse_allow(texts: Sequence[str]) -> tuple[Network, ...]:
+    """``--allow`` values (``10.0.0.0/24``, ``10.0.0.7``, ``fd00::/64``) to networks."""
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise UserError(f"--allow {text}: expected an address or CIDR network, e.g."
+                            " 10.0.0.0/24") from None
+    return tuple(networks)
+
+
+def check_allow(listen_ip: str, allow: Sequence[Network], has_env: bool) -> tuple[Network, ...]:
+    """The networks that may fetch the environment: ``allow``, or loopback when the server
+    listens on loopback. Serving an environment elsewhere without ``allow`` is refused."""
+    if allow and not has_env:
+        raise UserError("--allow names the clients that may fetch the environment: use it with"
+                        " --env")
+    if allow or not has_env:
+        return tuple(allow)
+    if ipaddress.ip_address(listen_ip).is_loopback:
+        return LOOPBACK
+    raise UserError(f"serve --env on {listen_ip} would hand the environment's variables to"
+                    " anyone who can reach it: name the clients that may fetch them with"
+                    " --allow CIDR (e.g. --allow 10.0.0.0/24), or listen on 127.0.0.1")
+
+
+def valid_host(header: str | None) -> str | None:
+    """``header`` if it is ``host[:port]``, else None."""
+    if not header or len(header) > 255:
+        return None
+    m = _HOST_RE.fullmatch(header)
+    if not m or (m["port"] is not None and not 0 < int(m["port"]) < 65536):
+        return None
+    if header.startswith("["):
+        try:
+            ipaddress.IPv6Address(header[1:header.index("]")])
+        except ValueError:
+            return None
+    return header
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], routes: Mapping[str, Path | bytes],
-                 source: NetbootSource, log: Callable[[str], None] | None) -> None:
+                 source: NetbootSource, log: Callable[[str], None] | None,
+                 allow: tuple[Network, ...]) -> None:
         import socket
 
         if ":" in address[0]:
@@ -126,7 +180,14 @@ class _Server(ThreadingHTTPServer):
         self.routes = routes
         self.source = source
         self.log = log
+        self.allow = allow
         super().__init__(address, _Handler)
+
+    def allowed(self, client: str) -> bool:
+        ip = ipaddress.ip_address(client.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allow)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,8 +207,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, body: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/boot.ipxe":
-            host = self.headers.get("Host") or _host_port(self.server.server_address)
+            host = (valid_host(self.headers.get("Host"))
+                    or _host_port(self.connection.getsockname()))
             data: Path | bytes = ipxe_script(self.server.source, f"http://{host}").encode()
+        elif path == ENV_ROUTE and not self.server.allowed(self.client_address[0]):
+            self.send_error(403, "forbidden: this client may not fetch the environment")
+            return
         elif path in self.server.routes:
             data = self.server.routes[path]
         else:
@@ -198,17 +263,19 @@ class NetbootServer:
     in the caller's."""
 
     def __init__(self, source: NetbootSource, listen: tuple[str, int], *,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 allow: Sequence[Network] = ()) -> None:
+        allowed = check_allow(listen[0], allow, source.env_layer is not None)
         routes: dict[str, Path | bytes] = {"/vmlinuz": source.kernel}
         for i, (_name, path) in enumerate(source.initrds, 1):
             routes[f"/initrd/{i}.img"] = path
         if source.env_layer is not None:
-            routes["/initrd/env.img"] = source.env_layer
+            routes[ENV_ROUTE] = source.env_layer
         for p in [source.kernel, *(p for _n, p in source.initrds)]:
             if not Path(p).is_file():
                 raise HostError(f"{p} is missing: the image store is incomplete")
         try:
-            self._server = _Server(listen, routes, source, log)
+            self._server = _Server(listen, routes, source, log, allowed)
         except OSError as e:
             raise UserError(f"cannot listen on {listen[0]}:{listen[1]}: {e.strerror}") from None
         self._thread: threading.Thread | None = None

@@ -4,6 +4,8 @@ reads the config (one ``ERROR:`` line, exit 2), and accepts everything up to the
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,24 @@ def test_cli_refuses_what_the_guest_cannot_carry_in_one_line(
     assert code == 2
     assert err.startswith("ERROR: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "disk.img").exists()
+
+
+def test_userdata_to_a_file_is_owner_only(tmp_path: Path, stored: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    project = _project(tmp_path, {"DB_PASSWORD": "s3cr3t"})
+    out = tmp_path / "user-data"
+    old = os.umask(0o022)
+    try:
+        code = main(["userdata", stored, "--env", "prod", "--config", str(project),
+                     "-o", str(out)])
+    finally:
+        os.umask(old)
+    assert code == 0, capsys.readouterr().err
+    assert out.read_bytes() == env_file("prod", {"DB_PASSWORD": "s3cr3t"})
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "imagebuilder.toml",
+                                                          "user-data"]
+    code = main(["userdata", stored, "--env", "prod", "--config", str(project),
+                 "-o", str(tmp_path / "nope" / "user-data")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("ERROR: cannot write ") and err.count("\n") == 1

@@ -105,6 +105,10 @@ def test_holds_loaders_configs_kernel_and_layers(tmp_path: Path, inputs: tuple[P
     assert directives["LINUX"] == "/vmlinuz"
     assert directives["INITRD"] == "/initrd/01-base.img,/initrd/02-jvm.img,/initrd/03-app.img"
     assert directives["APPEND"] == CMDLINE
+    # Nobody at the console changes what boots (tests/e2e/test_guest.py holds Shift).
+    assert (directives["PROMPT"], directives["NOESCAPE"], directives["ALLOWOPTIONS"]) == (
+        "0", "1", "0")
+    assert not {"UI", "MENU", "SERIAL", "F1", "SAY", "INCLUDE"} & set(directives)
 
 
 @needs_tools

@@ -394,3 +394,32 @@ def test_a_write_that_goes_wrong_is_caught_by_the_verify(
     what = "image" if with_map else "disk"
     assert f"differs from the {what} at bytes 1048576-" in str(info.value)
     assert (tmp_path / "t.img").read_bytes()[:512] == bytes(512)  # never made a disk
+
+
+# --- files that carry an environment -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_flash_with_env_onto_a_file_makes_it_owner_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], existing: bool) -> None:
+    image = tmp_path / "image.raw"
+    write_disk(sample_disk(tmp_path, size=18 << 20), image, "raw")
+    (tmp_path / "imagebuilder.toml").write_text(
+        '[image]\nname = "hello"\nversion = "1.0"\n[app]\npath = "app.jar"\n'
+        '[env.prod]\nvars = { DB_PASSWORD = "s3cr3t" }\n')
+    target = tmp_path / "server.img"
+    plain = tmp_path / "plain.img"
+    old = os.umask(0o022)
+    try:
+        if existing:
+            target.write_bytes(b"old")
+            target.chmod(0o664)
+        code, _, err = run_cli(capsys, "flash", str(image), str(target), "--env", "prod",
+                               "--config", str(tmp_path))
+        assert code == 0, err
+        assert run_cli(capsys, "flash", str(image), str(plain))[0] == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert b"DB_PASSWORD=s3cr3t" in target.read_bytes()
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o644  # no secrets: the usual mode

@@ -71,6 +71,8 @@ def test_files_configs_and_el_torito_entries(tmp_path: Path,
         assert "  LINUX /boot/vmlinuz" in cfg.splitlines()
         assert "  INITRD /boot/01_base.img,/boot/02_my_jvm.img,/boot/03_app.img" in cfg
         assert f"  APPEND {CMDLINE}" in cfg.splitlines()
+        # Nobody at the console changes what boots (tests/e2e/test_guest.py holds Shift).
+        assert {"PROMPT 0", "NOESCAPE 1", "ALLOWOPTIONS 0"} <= set(cfg.splitlines())
         assert _get(iso, "/isolinux/ldlinux.c32") == tb.boot_files().ldlinux_c32.read_bytes()
         # the ISO 9660 names say the same in capitals (isolinux may read either tree)
         out = io.BytesIO()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.cli import main
 from imagebuilder.errors import UserError
 from imagebuilder.targets.netboot import (
     ENV_PATH,
@@ -18,7 +19,9 @@ from imagebuilder.targets.netboot import (
     NetbootSource,
     env_layer,
     ipxe_script,
+    parse_allow,
     parse_listen,
+    valid_host,
 )
 
 
@@ -51,14 +54,20 @@ def test_script_boots_kernel_and_layers_in_order(source: NetbootSource) -> None:
     lines = [line for line in script.splitlines() if line and not line.startswith("#")]
     assert script.startswith("#!ipxe\n")
     assert lines[1:] == [
-        "kernel http://10.0.2.2:8000/vmlinuz console=ttyS0 quiet",
-        "initrd --name 1.img http://10.0.2.2:8000/initrd/1.img",
-        "initrd --name 2.img http://10.0.2.2:8000/initrd/2.img",
-        "initrd --name 3.img http://10.0.2.2:8000/initrd/3.img",
-        "boot",
+        "kernel http://10.0.2.2:8000/vmlinuz console=ttyS0 quiet || goto failed",
+        "initrd --name 1.img http://10.0.2.2:8000/initrd/1.img || goto failed",
+        "initrd --name 2.img http://10.0.2.2:8000/initrd/2.img || goto failed",
+        "initrd --name 3.img http://10.0.2.2:8000/initrd/3.img || goto failed",
+        "boot || goto failed",
+        ":failed",
+        "echo imagebuilder: network boot of hello:1.0.0 failed",
+        "exit 1",
     ]
+    # No command that waits for the console: nobody there can change the command line.
+    commands = {line.split()[0] for line in lines}
+    assert commands == {"echo", "kernel", "initrd", "boot", ":failed", "exit"}
     with_env = ipxe_script(source.with_env("test", {"A": "b"}), "http://h:1")
-    assert "initrd --name env.img http://h:1/initrd/env.img\nboot\n" in with_env
+    assert "initrd --name env.img http://h:1/initrd/env.img || goto failed\nboot" in with_env
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
@@ -78,7 +87,7 @@ def test_server_serves_script_kernel_and_layers(source: NetbootSource) -> None:
                        log=logged.append).start() as server:
         status, body, headers = get(server, "/boot.ipxe", host="10.0.2.2:8123")
         assert status == 200 and headers["Content-Type"] == "text/plain"
-        assert b"kernel http://10.0.2.2:8123/vmlinuz console=ttyS0 quiet\n" in body
+        assert b"kernel http://10.0.2.2:8123/vmlinuz console=ttyS0 quiet || goto failed\n" in body
         status, body, _ = get(server, "/vmlinuz")
         assert status == 200 and body == source.kernel.read_bytes()
         for i, (_name, path) in enumerate(source.initrds, 1):
@@ -125,3 +134,104 @@ def test_a_busy_port_is_a_user_error(source: NetbootSource) -> None:
         port = sock.getsockname()[1]
         with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
             NetbootServer(source, ("127.0.0.1", port))
+
+
+# --- who may fetch the environment, and what the Host header may put in the script ----------
+
+
+def test_env_on_loopback_is_served_to_loopback_clients(source: NetbootSource) -> None:
+    with NetbootServer(source.with_env("test", {"A": "b"}), ("127.0.0.1", 0)).start() as server:
+        assert get(server, "/initrd/env.img") == (200, env_layer("test", {"A": "b"}),
+                                                  get(server, "/initrd/env.img")[2])
+
+
+def test_env_is_403_for_clients_outside_allow(source: NetbootSource) -> None:
+    with NetbootServer(source.with_env("test", {"SECRET": "s3cr3t"}), ("127.0.0.1", 0),
+                       allow=parse_allow(["10.0.0.0/24"])).start() as server:
+        status, body, _ = get(server, "/initrd/env.img")
+        assert status == 403 and b"s3cr3t" not in body
+        assert get(server, "/initrd/env.img", method="HEAD")[0] == 403
+        # Everything else is still served: only the environment is secret.
+        assert get(server, "/vmlinuz")[0] == 200
+        assert get(server, "/boot.ipxe")[0] == 200
+    with NetbootServer(source.with_env("test", {"SECRET": "s3cr3t"}), ("127.0.0.1", 0),
+                       allow=parse_allow(["10.0.0.0/24", "127.0.0.1"])).start() as server:
+        assert get(server, "/initrd/env.img")[0] == 200
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_allow_matches_ipv4_clients_of_an_ipv6_server(source: NetbootSource) -> None:
+    try:
+        server = NetbootServer(source.with_env("test", {"A": "b"}), ("::", 0),
+                               allow=parse_allow(["127.0.0.0/8"]))
+    except UserError:
+        pytest.skip("cannot listen on ::")
+    with server.start():
+        port = server.address[1]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/initrd/env.img")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+
+def test_env_on_a_public_address_needs_allow(source: NetbootSource) -> None:
+    with pytest.raises(UserError) as info:
+        NetbootServer(source.with_env("prod", {"A": "b"}), ("0.0.0.0", 0))
+    assert str(info.value) == (
+        "serve --env on 0.0.0.0 would hand the environment's variables to anyone who can reach"
+        " it: name the clients that may fetch them with --allow CIDR (e.g. --allow"
+        " 10.0.0.0/24), or listen on 127.0.0.1")
+    # Without an environment there is nothing secret to guard.
+    NetbootServer(source, ("0.0.0.0", 0)).close()
+    with pytest.raises(UserError, match="use it with --env"):
+        NetbootServer(source, ("0.0.0.0", 0), allow=parse_allow(["10.0.0.0/8"]))
+
+
+@pytest.mark.parametrize("host", [
+    "10.0.0.1:8000/x rdinit=/bin/sh x",  # kernel options smuggled into the kernel line
+    "evil.example\tshell",
+    "a;b",
+    "[::1",
+    "[fe80::zz]:80",
+    "host:99999",
+    "x" * 300,
+    "",
+])
+def test_a_bad_host_header_never_reaches_the_script(source: NetbootSource, host: str) -> None:
+    assert valid_host(host) is None
+    with NetbootServer(source, ("127.0.0.1", 0)).start() as server:
+        port = server.address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"GET /boot.ipxe HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.0 200")
+    script = reply.split(b"\r\n\r\n", 1)[1].decode()
+    assert f"kernel http://127.0.0.1:{port}/vmlinuz console=ttyS0 quiet || goto failed" in script
+    assert "rdinit" not in script and (not host or host not in script)
+
+
+@pytest.mark.parametrize("host", ["10.0.2.2:8123", "boot.example.com", "boot.example.com.:80",
+                                  "[::1]:8000", "[fe80::1]", "my-host"])
+def test_good_host_headers(host: str) -> None:
+    assert valid_host(host) == host
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--env", "prod", "--listen", "0.0.0.0:8000"], "serve --env on 0.0.0.0 would hand"),
+    (["--env", "prod", "--listen", "10.1.2.3:8000"], "serve --env on 10.1.2.3 would hand"),
+    (["--env", "prod", "--listen", "0.0.0.0:8000", "--allow", "10.0.0.0/33"],
+     "--allow 10.0.0.0/33: expected an address or CIDR network"),
+    (["--listen", "0.0.0.0:8000", "--allow", "10.0.0.0/24"], "use it with --env"),
+])
+def test_cli_serve_refuses_an_unguarded_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], message: str) -> None:
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    code = main(["serve", "hello:1.0.0", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("ERROR: ") and message in err and err.count("\n") == 1
