@@ -4,14 +4,18 @@ Stages and what keys them (each key also holds the stage's own version):
 
 * ``kernel``   the kernel package's SHA-256                            -> vmlinuz
 * ``base``     busybox + kernel packages, module list, init templates  -> base layer
-* ``jdeps``    JDK packages + the JDK packages the app's classes use   -> module list
+* ``jdk``      JDK packages                                            -> JDK package index
 * ``natives``  JDK packages + module list + fonts                     -> library/font packages
 * ``jvm``      JDK, library and font packages + module list            -> jvm layer
 * ``packages`` the app's extra Debian packages                          -> packages layer
-* ``app``      the jar's bytes (xxh3) + the rendered app.conf          -> app layer
+* ``libs``     the app's third-party libraries (path, xxh3 of each)    -> libs layer
+* ``app``      the app's own files (path, xxh3 of each) + app.conf     -> app layer
 
-A new app version changes only the app key (and the jdeps key if it imports new JDK packages), so
-it rebuilds only the app layer. Package trees are unpacked lazily, only for stages that miss.
+Before any stage runs, the app is detected (:mod:`.apps.detect`) and every class it can load is
+read (:mod:`.apps.scan`), so a broken jar fails before anything is fetched or cached. The modules
+are the scan mapped through the JDK's package index (:mod:`.apps.modules`): milliseconds, no JVM.
+A new app version changes only the app key (and the jvm key if it uses a new JDK module), so it
+rebuilds only the app layer. Package trees are unpacked lazily, only for stages that miss.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import export, hashing, javaclass, natives, sysroot
+from . import export, hashing, natives, sysroot
+from .apps import modules as modules_mod
+from .apps.archive import Budget
+from .apps.detect import detect
+from .apps.scan import Usage, scan
+from .apps.shape import File, Shape
 from .config import Config
 from .errors import HostError
 from .export import BootSource
@@ -40,10 +49,12 @@ from .packages import NATIVES, Resolution, resolve
 from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from .store import TITLE_ANNOTATION as TITLE
 
-STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdeps": 1, "natives": 1, "jvm": 2, "packages": 1,
-                  "app": 1}
+STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdk": 1, "natives": 1, "jvm": 3, "packages": 1,
+                  "libs": 1, "app": 2}
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer fast.
-LEVELS = {"base": 19, "jvm": 19, "packages": 19, "app": 9}
+LEVELS = {"base": 19, "jvm": 19, "packages": 19, "libs": 19, "app": 9}
+#: Where the jvm layer lists the packages of the JDK modules left out, for the init's hint.
+MISSING_MODULES = "etc/imagebuilder/jdk-missing"
 
 
 @dataclass
@@ -113,19 +124,24 @@ class Builder:
     def run(self) -> BuildResult:
         cfg = self.cfg
         manifest = load_manifest(cfg.system.kernel)
-        jar = cfg.app.path
-        javaclass.main_class(jar)
+        budget = Budget()
+        shape = detect(cfg.app.path, cfg.app.main, budget)
+        usage = scan(shape, cfg.jvm.version, budget, cfg.app.path)
         resolution = resolve(cfg, manifest, self.home.downloads, mirror=self.mirror)
         with tempfile.TemporaryDirectory(prefix="imagebuilder-") as scratch:
             roots = _Sysroots(resolution, Path(scratch))
             kernel = self._kernel(resolution, roots)
             layers = [("base", self._base(manifest, resolution, roots))]
-            modules = self._jdeps(resolution, roots, jar)
-            layers.append(("jvm", self._jvm(resolution, roots, modules)))
+            index = self._jdk(resolution, roots)
+            modules = modules_mod.needed(usage, index, cfg.jvm.modules,
+                                         full=cfg.jvm.runtime == "full")
+            layers.append(("jvm", self._jvm(resolution, roots, modules, index)))
             if resolution.parts.get("packages"):
                 layers.append(("packages", self._packages(resolution, roots)))
-            layers.append(("app", self._app()))
-        return self._store(manifest, resolution, kernel, layers, modules)
+            if shape.libs:
+                layers.append(("libs", self._files_layer("libs", shape, shape.libs)))
+            layers.append(("app", self._app(shape)))
+        return self._store(manifest, resolution, kernel, layers, modules, shape, usage)
 
     def _kernel(self, resolution: Resolution, roots: _Sysroots) -> Path:
         def produce(dest: Path) -> None:
@@ -150,16 +166,16 @@ class Builder:
             return base_layer.build_tree(roots.get("base"), modules, present)
         return self._layer("base", inputs, make_tree)
 
-    def _jdeps(self, resolution: Resolution, roots: _Sysroots, jar: Path) -> list[str]:
+    def _jdk(self, resolution: Resolution, roots: _Sysroots) -> modules_mod.JdkIndex:
+        """The JDK's package index (which module holds which package), read from its jmods."""
         version = self.cfg.jvm.version
 
         def produce(dest: Path) -> None:
             root = roots.get("jvm")
-            modules = jvm_layer.jdeps_modules(root, jvm_layer.jdk_home(root, version), jar, version)
-            dest.write_text(json.dumps(modules))
-        inputs = {"debs": resolution.key("jvm"), "uses": javaclass.referenced_packages(jar)}
-        path = self._stage("jdeps", inputs, produce)
-        return list(json.loads(path.read_text()))
+            index = modules_mod.read_jmods(jvm_layer.jdk_home(root, version) / "jmods")
+            dest.write_text(index.to_json())
+        path = self._stage("jdk", {"debs": resolution.key("jvm"), "version": version}, produce)
+        return modules_mod.JdkIndex.from_json(path.read_text())
 
     def _natives(self, resolution: Resolution, roots: _Sysroots, modules: list[str]) -> bool:
         """Pin the packages of the libraries and fonts the runtime's natives need; True if some
@@ -181,7 +197,8 @@ class Builder:
         resolution.set_part(NATIVES, found["packages"])
         return bool(found["unresolved"])
 
-    def _jvm(self, resolution: Resolution, roots: _Sysroots, modules: list[str]) -> Path:
+    def _jvm(self, resolution: Resolution, roots: _Sysroots, modules: list[str],
+             index: modules_mod.JdkIndex) -> Path:
         version = self.cfg.jvm.version
         unresolved = self._natives(resolution, roots, modules)
         parts = ["jvm", NATIVES] if resolution.parts.get(NATIVES) else ["jvm"]
@@ -195,12 +212,15 @@ class Builder:
             jvm_layer.link_runtime(root, jvm_layer.jdk_home(root, version), modules, runtime,
                                    self.mtime)
             try:
-                return jvm_layer.build_tree(
+                tree = jvm_layer.build_tree(
                     [roots.get(p) for p in parts], runtime, [roots.get(p) for p in shared],
                     natives.dlopened(modules, fonts=self.cfg.jvm.fonts))
             except jvm_layer.MissingLibraryError as exc:
                 raise jvm_layer.MissingLibraryError(
                     exc.soname, exc.needer, resolution.suggest(exc.soname)) from None
+            missing = modules_mod.missing_packages(index, _linked(runtime))
+            tree.add_file(MISSING_MODULES, data=missing.encode(), mode=0o644)
+            return tree
         inputs = {"debs": [resolution.key(p) for p in (*parts, *shared)], "modules": modules,
                   "fonts": self.cfg.jvm.fonts}
         return self._layer("jvm", inputs, make_tree)
@@ -215,11 +235,14 @@ class Builder:
             return tree
         return self._layer("packages", {"debs": resolution.key("packages")}, make_tree)
 
-    def _app(self) -> Path:
+    def _files_layer(self, name: str, shape: Shape, files: tuple[File, ...]) -> Path:
+        return self._layer(name, {"files": shape.key(files)},
+                           lambda: app_layer.files_tree(files))
+
+    def _app(self, shape: Shape) -> Path:
         cfg = self.cfg
-        inputs = {"jar": hashing.xxh3_file(cfg.app.path), "jar_name": cfg.app.path.name,
-                  "conf": app_layer.app_conf(cfg)}
-        return self._layer("app", inputs, lambda: app_layer.build_tree(cfg))
+        inputs = {"files": shape.key(shape.app), "conf": app_layer.app_conf(cfg, shape)}
+        return self._layer("app", inputs, lambda: app_layer.build_tree(cfg, shape))
 
     def _disk(self, source: BootSource) -> tuple[str, int]:
         """The digest and size of the image's raw bootable disk (its ESP is a cached stage)."""
@@ -232,7 +255,8 @@ class Builder:
         return digest, disk.size
 
     def _store(self, manifest: KernelManifest, resolution: Resolution, kernel: Path,
-               layers: list[tuple[str, Path]], modules: list[str]) -> BuildResult:
+               layers: list[tuple[str, Path]], modules: list[str], shape: Shape,
+               usage: Usage) -> BuildResult:
         cfg = self.cfg
         store = self.home.store
         kernel_entry = next(e for e in resolution.parts["kernel"]
@@ -251,7 +275,8 @@ class Builder:
                        "release": kernel_entry.name.removeprefix("linux-image-")},
             "cmdline": manifest.cmdline,
             "layers": [name for name, _ in layers],
-            "app": {"jar": cfg.app.path.name, "port": cfg.app.port,
+            "app": {"jar": cfg.app.path.name, "shape": shape.kind, "main": shape.main,
+                    "classes": usage.classes, "port": cfg.app.port,
                     "healthcheck": cfg.app.healthcheck},
             "jvm": {"version": cfg.jvm.version, "modules": modules},
             "memory": cfg.system.memory,
@@ -262,6 +287,14 @@ class Builder:
         digest = store.put_image(ref, image_config, descriptors)
         return BuildResult(ref, digest, sum(d.size for d in descriptors), self.stages,
                            resolution.from_lock, disk_digest)
+
+
+def _linked(runtime: Path) -> set[str]:
+    """The modules jlink put into ``runtime`` (its ``release`` file's MODULES line)."""
+    for line in (runtime / "release").read_text().splitlines():
+        if line.startswith("MODULES="):
+            return set(line.partition("=")[2].strip('"').split())
+    raise HostError(f"{runtime}/release names no MODULES: jlink's output is not a runtime")
 
 
 def build(cfg: Config, home: Home | None = None, *, mirror: str | None = None,

@@ -49,6 +49,10 @@ SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]*$")
 KERNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 #: 21 and 25 on trixie; 17 is what bookworm has.
 JVM_VERSIONS = (17, 21, 25)
+#: A Java class name in dotted form ([app] main) and a JDK module name ([jvm] modules).
+CLASS_NAME_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
+MODULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+JVM_RUNTIMES = ("minimal", "full")
 MIN_MEMORY_MIB = 128
 
 _NAME_EXPECTED = (
@@ -64,8 +68,8 @@ _VERSION_EXPECTED = (
 _KEYS: dict[str, tuple[str, ...]] = {
     "": ("image", "app", "jvm", "system", "environments", "env"),
     "image": ("name", "version"),
-    "app": ("path", "args", "port", "healthcheck", "packages"),
-    "jvm": ("version", "args", "fonts"),
+    "app": ("path", "main", "args", "port", "healthcheck", "packages"),
+    "jvm": ("version", "args", "fonts", "modules", "runtime"),
     "system": ("suite", "kernel", "memory", "mirror"),
     "environments": ("order",),
     "env.*": ("vars",),
@@ -88,6 +92,7 @@ class AppSection:
     path: Path
     args: tuple[str, ...] = ()
     port: int | None = None
+    main: str | None = None
     healthcheck: str = "/"
     packages: tuple[str, ...] = ()
 
@@ -100,6 +105,8 @@ class JvmSection:
     args: tuple[str, ...] = ()
     #: With java.desktop linked: fontconfig and fonts-dejavu-core come along unless False.
     fonts: bool = True
+    modules: tuple[str, ...] = ()
+    runtime: str = "minimal"
 
 
 @dataclass(frozen=True)
@@ -312,8 +319,9 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     app_path = _abs(root / raw_path)
     if check_app and not app_path.exists():
         raise fail("app.path", f"file not found: {app_path}")
-    if check_app and not app_path.is_file():
-        raise fail("app.path", f"expected a file, got a directory: {app_path}")
+    main = app_t.get("main")
+    if main is not None and not (isinstance(main, str) and CLASS_NAME_RE.match(main)):
+        raise fail("app.main", f'expected a class name like "com.example.Main", got {_show(main)}')
     port = app_t.get("port")
     if port is not None and not (_is_int(port) and 1 <= port <= 65535):
         raise fail("app.port", f"expected an integer 1-65535, got {_show(port)}")
@@ -337,6 +345,7 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
         port=port,
         healthcheck=healthcheck,
         packages=packages,
+        main=main,
     )
 
     # [jvm]
@@ -347,7 +356,17 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     fonts = jvm_t.get("fonts", True)
     if not isinstance(fonts, bool):
         raise fail("jvm.fonts", f"expected true or false, got {_show(fonts)}")
-    jvm = JvmSection(version=jvm_version, args=_strings(jvm_t, "jvm", "args", fail), fonts=fonts)
+    modules = _strings(jvm_t, "jvm", "modules", fail)
+    for i, module in enumerate(modules):
+        if not MODULE_NAME_RE.match(module):
+            raise fail(f"jvm.modules[{i}]", f'expected a JDK module name like "java.sql", got'
+                       f" {_show(module)}")
+    runtime = jvm_t.get("runtime", "minimal")
+    if runtime not in JVM_RUNTIMES:
+        raise fail("jvm.runtime", 'expected "minimal" (the modules the app uses) or "full"'
+                   f" (the whole JDK), got {_show(runtime)}")
+    jvm = JvmSection(version=jvm_version, args=_strings(jvm_t, "jvm", "args", fail),
+                     fonts=fonts, modules=modules, runtime=runtime)
 
     # [system]
     system_t = table("system")

@@ -1,12 +1,16 @@
-"""The app layer: the application jar and the command line that runs it.
+"""The app and libs layers: the app's files, its third-party libraries, and how it starts.
 
-The only layer that changes with each app version, so it is small and quick to build: the jar,
-and ``/etc/imagebuilder/app.conf`` (name, version, port and the shell-quoted command) that the
-generic init sources.
+The app layer is the only layer that changes with each app version, so it is small and quick to
+build: the app's own files (its jar, or its classes taken out of a Spring Boot jar, its
+``-SNAPSHOT`` libraries) and ``/etc/imagebuilder/app.conf`` (name, version, port and the
+shell-quoted command) that the generic init sources. The libs layer holds the third-party
+libraries (``BOOT-INF/lib``, ``lib/``, ``Class-Path`` jars), which change rarely; it is left out
+when an app has none. Both come from the app's :class:`~imagebuilder.apps.shape.Shape`.
 """
 
 from __future__ import annotations
 
+from ..apps.shape import GUEST_DIR, File, Shape
 from ..config import Config
 from .cpio import Tree
 from .jvm import JAVA_HOME, heap_flags
@@ -16,21 +20,32 @@ from .templates import render
 DEFAULT_JVM_FLAGS = ("-XX:-UsePerfData",)
 
 
-def command(cfg: Config) -> list[str]:
+def command(cfg: Config, shape: Shape) -> list[str]:
     """The app's argv inside the guest."""
     return [f"/{JAVA_HOME}/bin/java", *DEFAULT_JVM_FLAGS, *heap_flags(cfg.jvm.args), *cfg.jvm.args,
-            "-jar", f"/app/{cfg.app.path.name}", *cfg.app.args]
+            *shape.argv, *cfg.app.args]
 
 
-def app_conf(cfg: Config) -> str:
+def app_conf(cfg: Config, shape: Shape) -> str:
     """The shell fragment the init sources."""
     return render("app.conf.j2", name=cfg.image.name, version=cfg.image.version,
-                  port=cfg.app.port if cfg.app.port is not None else "", command=command(cfg))
+                  port=cfg.app.port if cfg.app.port is not None else "",
+                  command=command(cfg, shape))
 
 
-def build_tree(cfg: Config) -> Tree:
-    """The app layer."""
+def files_tree(files: tuple[File, ...]) -> Tree:
+    """A tree holding ``files`` below /app."""
     tree = Tree()
-    tree.add_file(f"app/{cfg.app.path.name}", source=cfg.app.path, mode=0o644)
-    tree.add_file("etc/imagebuilder/app.conf", data=app_conf(cfg).encode(), mode=0o644)
+    for f in files:
+        if f.data is not None:
+            tree.add_file(f"{GUEST_DIR}/{f.dest}", data=f.data, mode=0o644)
+        else:
+            tree.add_file(f"{GUEST_DIR}/{f.dest}", source=f.source, mode=0o644)
+    return tree
+
+
+def build_tree(cfg: Config, shape: Shape) -> Tree:
+    """The app layer."""
+    tree = files_tree(shape.app)
+    tree.add_file("etc/imagebuilder/app.conf", data=app_conf(cfg, shape).encode(), mode=0o644)
     return tree

@@ -35,7 +35,7 @@ NOT_FOUND_HINT = (
 )
 NO_MAIN_CLASS = (
     "no Main-Class in META-INF/MANIFEST.MF: build it as an executable jar"
-    " (jar --main-class CLASS, or your build tool's manifest setting)"
+    " (jar --main-class CLASS, or your build tool's manifest setting) or set [app] main"
 )
 
 
@@ -170,8 +170,8 @@ def test_build_app_path_not_a_jar(invoke: Any, home: Path) -> None:
     project(Path("proj"))
     Path("proj/app.jar").write_text("#!/bin/sh\necho not a jar\n")
     assert_error(invoke("build", "proj"), 2,
-                 f"{Path.cwd() / 'proj/app.jar'}: not a jar file (File is not a zip file): "
-                 "app.path must name an executable jar")
+                 f"{Path.cwd() / 'proj/app.jar'}: not a valid jar (File is not a zip file): "
+                 "rebuild it or name a jar in app.path")
     assert_store_empty(invoke, home)
 
 

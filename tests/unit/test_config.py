@@ -204,8 +204,8 @@ INVALID = [
     (MINIMAL + "[imagee]\n", f"{J}: unknown key 'imagee' (did you mean 'image'?)"),
     (MINIMAL + "[jvm]\nverison = 21\n",
      f"{J}: unknown key 'jvm.verison' (did you mean 'version'?)"),
-    (MINIMAL + "zzz = 1\n", (f"{J}: unknown key 'app.zzz' (known: path, args, port, healthcheck,"
-     " packages)")),
+    (MINIMAL + "zzz = 1\n", (f"{J}: unknown key 'app.zzz' (known: path, main, args, port,"
+     " healthcheck, packages)")),
     (MINIMAL + '[env.test]\nvar = { A = "1" }\n',
      f"{J}: unknown key 'env.test.var' (did you mean 'vars'?)"),
     ('[image]\nversion = "1"\n[app]\npath = "hello.jar"\n',
@@ -231,8 +231,13 @@ INVALID = [
      f' with \'.\' or \'-\' (it becomes an OCI tag), got "{"v" * 56}...')),
     (MINIMAL.replace('"hello.jar"', '"missing.jar"'),
      "{J}: app.path: file not found: {root}/missing.jar"),
-    (MINIMAL.replace('"hello.jar"', '"."'),
-     "{J}: app.path: expected a file, got a directory: {root}"),
+    (MINIMAL + 'main = "com.example.Main()"\n',
+     f'{J}: app.main: expected a class name like "com.example.Main", got "com.example.Main()"'),
+    (MINIMAL + '[jvm]\nmodules = ["java sql"]\n',
+     f'{J}: jvm.modules[0]: expected a JDK module name like "java.sql", got "java sql"'),
+    (MINIMAL + '[jvm]\nruntime = "all"\n',
+     f'{J}: jvm.runtime: expected "minimal" (the modules the app uses) or "full" (the whole'
+     ' JDK), got "all"'),
     (MINIMAL.replace('"hello.jar"', "42"),
      f"{J}: app.path: expected a path to the application, got 42"),
     (MINIMAL + 'args = "--x"\n', f'{J}: app.args: expected a list of strings, got "--x"'),
@@ -442,3 +447,12 @@ def test_overrides_are_validated(project: Path, kwargs: dict[str, str], message:
 def test_errors_are_user_errors() -> None:
     assert issubclass(ConfigError, UserError) and issubclass(NotFoundError, UserError)
     assert config.check_env_var("GOOD_1", "any thing = $x") is None
+
+
+def test_app_shape_keys(project: Path) -> None:
+    (project / "imagebuilder.toml").write_text(
+        MINIMAL.replace('"hello.jar"', '"."') + 'main = "com.example.Other"\n'
+        '[jvm]\nmodules = ["java.sql", "jdk.localedata"]\nruntime = "full"\n')
+    cfg = load(project)
+    assert cfg.app.path == project and cfg.app.main == "com.example.Other"
+    assert cfg.jvm.modules == ("java.sql", "jdk.localedata") and cfg.jvm.runtime == "full"

@@ -14,6 +14,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from imagebuilder.apps.shape import File, Shape
 from imagebuilder.config import Config, load
 from imagebuilder.errors import ConfigError
 from imagebuilder.layers.app import app_conf, command
@@ -52,6 +53,13 @@ TRICKY_ARGS = [
     "#not a comment",
     "x=y",
 ]
+
+
+def _jar(cfg: Config) -> Shape:
+    """The shape of an executable jar named by ``cfg`` (run with -jar)."""
+    name = cfg.app.path.name
+    return Shape("jar", (File(name, source=cfg.app.path),), (), ("-jar", f"/app/{name}"),
+                 "com.example.Main", ())
 
 
 def _config(tmp_path: Path, app: str = "", jvm: str = "", image: str = "") -> Config:
@@ -99,7 +107,7 @@ def tricky(tmp_path: Path) -> Config:
 
 def test_config_keeps_the_tricky_args(tricky: Config) -> None:
     assert list(tricky.app.args) == TRICKY_ARGS
-    argv = command(tricky)
+    argv = command(tricky, _jar(tricky))
     assert argv[0] == "/opt/java/bin/java"
     assert argv[-len(TRICKY_ARGS):] == TRICKY_ARGS
     assert argv[argv.index("-jar") + 1] == "/app/app.jar"
@@ -109,8 +117,8 @@ def test_config_keeps_the_tricky_args(tricky: Config) -> None:
 @pytest.mark.parametrize("shell", SHELLS)
 def test_app_conf_gives_back_the_exact_argv(shell: list[str], tricky: Config, tmp_path: Path
                                             ) -> None:
-    out = _sourced(shell, app_conf(tricky), tmp_path, "printf '%s\\n' \"$@\"")
-    assert out.split("\n")[:-1] == command(tricky)
+    out = _sourced(shell, app_conf(tricky, _jar(tricky)), tmp_path, "printf '%s\\n' \"$@\"")
+    assert out.split("\n")[:-1] == command(tricky, _jar(tricky))
     # Nothing was expanded or executed while sourcing.
     assert not (tmp_path / "pwned").exists()
 
@@ -119,31 +127,32 @@ def test_app_conf_gives_back_the_exact_argv(shell: list[str], tricky: Config, tm
 def test_app_conf_gives_back_the_exact_argv_nul_separated(shell: list[str], tricky: Config,
                                                           tmp_path: Path) -> None:
     # Separated by NUL rather than newline: no word can hide a line break either.
-    out = _sourced(shell, app_conf(tricky), tmp_path, "for w; do printf '%s\\000' \"$w\"; done")
-    assert out.split("\0")[:-1] == command(tricky)
+    out = _sourced(shell, app_conf(tricky, _jar(tricky)), tmp_path,
+                   "for w; do printf '%s\\000' \"$w\"; done")
+    assert out.split("\0")[:-1] == command(tricky, _jar(tricky))
 
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_app_conf_variables(shell: list[str], tricky: Config, tmp_path: Path) -> None:
     script = 'printf "%s|%s|%s|%s\\n" "$IMAGE_NAME" "$IMAGE_VERSION" "$APP_PORT" "$#"'
-    out = _sourced(shell, app_conf(tricky), tmp_path, script)
-    assert out == f"hello|1.0.0|8080|{len(command(tricky))}\n"
+    out = _sourced(shell, app_conf(tricky, _jar(tricky)), tmp_path, script)
+    assert out == f"hello|1.0.0|8080|{len(command(tricky, _jar(tricky)))}\n"
 
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_app_conf_without_port_or_args(shell: list[str], tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     assert cfg.app.port is None
-    out = _sourced(shell, app_conf(cfg), tmp_path,
+    out = _sourced(shell, app_conf(cfg, _jar(cfg)), tmp_path,
                    'printf "[%s]\\n" "$APP_PORT"; printf "%s\\n" "$@"')
-    assert out.split("\n")[:-1] == ["[]", *command(cfg)]
-    assert command(cfg) == ["/opt/java/bin/java", "-XX:-UsePerfData", "-XX:MaxRAMPercentage=75",
-                            "-jar", "/app/app.jar"]
+    assert out.split("\n")[:-1] == ["[]", *command(cfg, _jar(cfg))]
+    assert command(cfg, _jar(cfg)) == ["/opt/java/bin/java", "-XX:-UsePerfData",
+                                       "-XX:MaxRAMPercentage=75", "-jar", "/app/app.jar"]
 
 
 def test_app_conf_is_deterministic(tricky: Config) -> None:
-    assert app_conf(tricky) == app_conf(tricky)
-    assert app_conf(tricky).endswith("\n")
+    assert app_conf(tricky, _jar(tricky)) == app_conf(tricky, _jar(tricky))
+    assert app_conf(tricky, _jar(tricky)).endswith("\n")
 
 
 @pytest.mark.parametrize("where", ["app", "jvm"])

@@ -1,0 +1,4 @@
+"""Java apps in the shapes people ship them: detection (:mod:`.detect`) into a
+:class:`~.shape.Shape`, capped reading of untrusted jars (:mod:`.archive`), one read of every
+class the app can load (:mod:`.scan`) and the JDK modules that follows from it (:mod:`.modules`).
+"""

@@ -1,0 +1,132 @@
+"""Reading jars someone else wrote: zip archives, with caps on what reading them may cost.
+
+An app's jars are untrusted input. A zip bomb declares small sizes or packs a huge ratio (1.5 MB
+that inflates to GBs, or many entries sharing one compressed stream), a truncated download has no
+central directory, a flipped bit fails the CRC or the inflater. Every entry read here is checked
+before it is inflated: its declared size against a per-entry cap, its compression ratio when it is
+large, and the bytes inflated so far for the whole app against a total cap shared by every
+archive (a :class:`Budget`). zipfile never returns more than the declared size, so memory stays
+bounded by the caps whatever the compressed stream holds. Every failure is one
+:class:`~imagebuilder.errors.UserError` line naming the jar and the entry.
+
+Nested jars (Spring Boot's ``BOOT-INF/lib/*.jar``) are opened from their bytes, with the label
+``outer.jar!/BOOT-INF/lib/x.jar`` in messages.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+import zlib
+from pathlib import Path
+
+from ..errors import UserError
+
+MiB = 1 << 20
+#: The most one entry may inflate to (a class, a resource or a nested jar).
+MAX_ENTRY_BYTES = 512 * MiB
+#: The most all entries read for one app may inflate to, together.
+MAX_TOTAL_BYTES = 4096 * MiB
+#: Entries larger than RATIO_FLOOR may not inflate more than MAX_RATIO times (deflate's own
+#: limit is about 1032; real classes and resources stay far below 100).
+MAX_RATIO = 200
+RATIO_FLOOR = 1 * MiB
+MAX_ENTRIES = 500_000
+
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+                RuntimeError, ValueError)
+
+
+class Budget:
+    """The bytes left to inflate for one app, shared by all its archives."""
+
+    def __init__(self, total: int = MAX_TOTAL_BYTES) -> None:
+        self.left = total
+
+    def take(self, n: int, where: str) -> None:
+        if n > self.left:
+            raise UserError(f"{where}: the app's jars inflate to more than "
+                            f"{MAX_TOTAL_BYTES // MiB} MiB: refusing a likely zip bomb")
+        self.left -= n
+
+
+class Jar:
+    """A zip archive (a jar, a war, a nested jar) opened for capped reading."""
+
+    def __init__(self, label: str, source: Path | bytes, budget: Budget) -> None:
+        self.label = label
+        self.budget = budget
+        try:
+            file = io.BytesIO(source) if isinstance(source, bytes) else source
+            self.zip = zipfile.ZipFile(file)
+            infos = self.zip.infolist()
+        except zipfile.LargeZipFile:
+            raise UserError(f"{label}: not a valid jar (too large): rebuild it") from None
+        except _READ_ERRORS as exc:
+            raise UserError(f"{label}: not a valid jar ({_why(exc)}): rebuild it or name a "
+                            "jar in app.path") from None
+        if len(infos) > MAX_ENTRIES:
+            raise UserError(f"{label}: {len(infos)} entries, more than {MAX_ENTRIES}: refusing "
+                            "a likely zip bomb")
+        #: name -> entry; the first of duplicated names wins, as in the JDK's jar reader.
+        self.entries: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            self.entries.setdefault(info.filename, info)
+
+    def __enter__(self) -> Jar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.zip.close()
+
+    def where(self, name: str) -> str:
+        return f"{self.label}!/{name}"
+
+    def read(self, name: str) -> bytes:
+        """The inflated bytes of entry ``name``, within the caps."""
+        info = self.entries[name]
+        where = self.where(name)
+        size = info.file_size
+        if size > MAX_ENTRY_BYTES:
+            raise UserError(f"{where}: declares {size} bytes, more than {MAX_ENTRY_BYTES // MiB}"
+                            " MiB: refusing a likely zip bomb")
+        if size > RATIO_FLOOR and size > MAX_RATIO * max(info.compress_size, 1):
+            raise UserError(f"{where}: inflates {size // max(info.compress_size, 1)} times "
+                            f"(more than {MAX_RATIO}): refusing a likely zip bomb")
+        self.budget.take(size, where)
+        try:
+            with self.zip.open(info) as f:
+                data = f.read(size + 1)
+        except _READ_ERRORS as exc:
+            raise UserError(f"{where}: corrupt entry ({_why(exc)}): rebuild the jar") from None
+        if len(data) != size:
+            raise UserError(f"{where}: corrupt entry ({len(data)} bytes, {size} declared): "
+                            "rebuild the jar")
+        return data
+
+    def text(self, name: str) -> str:
+        return self.read(name).decode("utf-8", "replace")
+
+    def manifest(self) -> dict[str, str]:
+        """The main section of META-INF/MANIFEST.MF (keys lower-cased); empty if there is none."""
+        if "META-INF/MANIFEST.MF" not in self.entries:
+            return {}
+        return parse_manifest(self.text("META-INF/MANIFEST.MF"))
+
+
+def parse_manifest(text: str) -> dict[str, str]:
+    """The main attributes of a jar manifest, keys lower-cased."""
+    # Lines are wrapped at 72 bytes with a leading space on continuations; the main section
+    # ends at the first empty line.
+    unwrapped = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n ", "")
+    attrs: dict[str, str] = {}
+    for line in unwrapped.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            attrs.setdefault(key.strip().lower(), value.strip())
+    return attrs
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
