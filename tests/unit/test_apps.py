@@ -277,16 +277,20 @@ def _zeros_deflated(mib: int) -> bytes:
     return block * mib + zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
 
 
+def _error_and_peak(jar: Path) -> tuple[str, int]:
+    """The error building ``jar`` gives, and the peak memory Python allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        return error(jar, main="com.example.App"), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_zip_bomb_is_refused_without_inflating_it(tmp_path: Path) -> None:
     payload = _zeros_deflated(1536)
     assert len(payload) < 2_000_000
     bomb = _raw_zip(tmp_path / "bomb.jar", "com/example/App.class", payload, 1536 << 20)
-    tracemalloc.start()
-    try:
-        message = error(bomb, main="com.example.App")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    message, peak = _error_and_peak(bomb)
     assert "refusing a likely zip bomb" in message
     assert peak < 64 << 20
 
@@ -294,12 +298,7 @@ def test_zip_bomb_is_refused_without_inflating_it(tmp_path: Path) -> None:
 def test_entry_inflating_past_its_declared_size(tmp_path: Path) -> None:
     # The header says 100 bytes, the stream holds 1.5 GiB: reading stops at 100 (CRC fails).
     bomb = _raw_zip(tmp_path / "liar.jar", "com/example/App.class", _zeros_deflated(1536), 100)
-    tracemalloc.start()
-    try:
-        message = error(bomb, main="com.example.App")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    message, peak = _error_and_peak(bomb)
     assert message.startswith(f"{bomb}!/com/example/App.class: corrupt entry (")
     assert peak < 64 << 20
 
