@@ -154,7 +154,7 @@ class Builder:
             "debs": resolution.key("base") + resolution.key("kernel"),
             "modules": list(manifest.modules),
             "templates": [hashing.xxh3_bytes(template_source(t))
-                          for t in ("init.sh.j2", "udhcpc.script")],
+                          for t in ("init.sh.j2", "udhcpc.script", "jdkhint.awk")],
             "env": [hashing.xxh3_bytes(base_layer.env_filter().encode()), base_layer.APPLETS],
         }
         def make_tree() -> Tree:

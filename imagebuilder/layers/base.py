@@ -26,9 +26,9 @@ MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "
 #: busybox applets the init and its helpers use. No getty, login, telnetd or httpd: nothing
 #: that could offer a shell to the network or the console.
 APPLETS = (
-    "awk", "cat", "echo", "env", "head", "ip", "kill", "ls", "mkdir", "modprobe", "mount", "nc",
-    "poweroff", "printf", "sh", "sleep", "start-stop-daemon", "setpriv", "sync", "udhcpc",
-    "umount", "uname",
+    "awk", "cat", "echo", "env", "head", "ip", "kill", "ls", "mkdir", "mkfifo", "modprobe",
+    "mount", "nc", "poweroff", "printf", "sh", "sleep", "start-stop-daemon", "setpriv", "sync",
+    "udhcpc", "umount", "uname",
 )
 
 
@@ -94,6 +94,8 @@ def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree, module_names:
     tree.add_file("usr/share/imagebuilder/udhcpc.script", data=render("udhcpc.script").encode(),
                   mode=0o755)
     tree.add_file("usr/share/imagebuilder/env.awk", data=env_filter().encode(), mode=0o644)
+    tree.add_file("usr/share/imagebuilder/jdkhint.awk", data=render("jdkhint.awk").encode(),
+                  mode=0o644)
     closure = modules.closure(list(module_names))
     kernel_mod.write_modules(closure, modules.kver, _UsrPrefix(tree),
                              builtin=modules.builtin_paths)

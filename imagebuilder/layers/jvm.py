@@ -1,12 +1,12 @@
 """The jvm layer: a jlink runtime with only the modules the app needs, and its libraries.
 
-The fetched JDK (not the host's) finds the modules with jdeps and links the runtime with jlink,
-both run through the sysroot's loader. The runtime is headless like Debian's
-``openjdk-N-jre-headless`` (see :mod:`imagebuilder.natives`), gets a class-data-sharing archive
-(CDS), which roughly halves JVM start-up under emulation, and the shared libraries its ELF files
-need (glibc, libstdc++, zlib, and for java.desktop freetype, lcms2, libjpeg...), found by walking
-DT_NEEDED through the Debian packages fetched for it. With java.desktop, fontconfig's
-configuration and fonts come along too.
+The fetched JDK (not the host's) links the runtime with jlink, run through the sysroot's loader,
+from the modules :mod:`imagebuilder.apps.modules` found in the app's classes. The runtime is
+headless like Debian's ``openjdk-N-jre-headless`` (see :mod:`imagebuilder.natives`), gets a
+class-data-sharing archive (CDS), which roughly halves JVM start-up under emulation, and the
+shared libraries its ELF files need (glibc, libstdc++, zlib, and for java.desktop freetype,
+lcms2, libjpeg...), found by walking DT_NEEDED through the Debian packages fetched for it. With
+java.desktop, fontconfig's configuration and fonts come along too.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .cpio import Tree
 JAVA_HOME = "opt/java"
 LIB_DIR = "usr/lib/x86_64-linux-gnu"
 #: Always linked when the JDK has them: java.base, and the elliptic-curve crypto provider that
-#: TLS to most servers needs (a service jdeps cannot see). jdeps adds what the classes use.
+#: TLS to most servers needs (a service no class names). The app's classes add the rest.
 BASE_MODULES = ("java.base", "jdk.crypto.ec")
 #: The heap may grow to this share of the guest's memory: the JVM has the VM to itself.
 MAX_RAM_PERCENTAGE = 75
@@ -60,17 +60,6 @@ def jdk_home(root: Path, version: int) -> Path:
 
 def _jdk_lib_path(home: Path) -> list[Path]:
     return [home / "lib", home / "lib/server"]
-
-
-def jdeps_modules(root: Path, home: Path, jar: Path, version: int) -> list[str]:
-    """The JDK modules the jar's classes use, as jdeps reports them."""
-    out = sysroot.run_in(root, home / "bin/jdeps", [
-        "--print-module-deps", "--ignore-missing-deps", "--multi-release", str(version), str(jar),
-    ], lib_path=_jdk_lib_path(home))
-    modules = [m.strip() for m in out.strip().split(",") if m.strip()]
-    if not modules:
-        raise UserError(f"{jar}: jdeps found no Java modules in it: is it a jar of classes?")
-    return modules
 
 
 def link_runtime(root: Path, home: Path, modules: list[str], dest: Path, mtime: int) -> None:

@@ -131,6 +131,7 @@ def guest(tmp_path: Path) -> Guest:
     (root / "init").write_text(render("init.sh.j2", stop_timeout=STOP_TIMEOUT))
     (root / "init").chmod(0o755)
     (root / "usr/share/imagebuilder/env.awk").write_text(env_filter())
+    (root / "usr/share/imagebuilder/jdkhint.awk").write_text(render("jdkhint.awk"))
     (root / "etc/imagebuilder/app.conf").write_text(APP_CONF)
     (root / "etc/passwd").write_text("root:x:0:0::/:/bin/false\napp:x:1000:1000::/app:/bin/false\n")
     (root / "etc/group").write_text("root:x:0:\napp:x:1000:\n")
