@@ -330,12 +330,12 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
 @click.option("--json", "as_json", is_flag=True, help="Print the VMs as JSON.")
 def ps_cmd(as_json: bool) -> None:
     """List VMs started with `run --wait` that are still running."""
-    from .targets import qemu
-    vms = qemu.running(_home().runs)
+    from .targets import vms
+    running = vms.running(_home().runs)
     if as_json:
-        click.echo(json.dumps([{"id": vm.id, "pid": vm.pid} for vm in vms]))
+        click.echo(json.dumps([{"id": vm.id, "pid": vm.pid} for vm in running]))
         return
-    for vm in vms:
+    for vm in running:
         image = (vm.dir / "image").read_text().split()[0] if (vm.dir / "image").exists() else "?"
         click.echo(f"{vm.id}  pid {vm.pid}  {image}")
 
@@ -344,10 +344,10 @@ def ps_cmd(as_json: bool) -> None:
 @click.argument("vm_ids", nargs=-1, required=True, metavar="ID...")
 def stop_cmd(vm_ids: Sequence[str]) -> None:
     """Stop VMs started with `run --wait` (ACPI power button, then kill after 30 s)."""
-    from .targets import qemu
+    from .targets import qemu, vms
     runs = _home().runs
     for vm_id in vm_ids:
-        qemu.stop_vm(qemu.find_vm(runs, vm_id))
+        qemu.stop_vm(vms.find_vm(runs, vm_id))
         click.echo(f"stopped {vm_id}")
 
 

@@ -18,7 +18,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +37,8 @@ from ..configdrive import write_config_drive
 from ..errors import HostError, UserError
 from ..proc import require
 from ..store import Image, Store
+from . import vms
+from .vms import Vm
 
 INIT_MARKER = b"imagebuilder: ["
 EXIT_RE = re.compile(rb"imagebuilder: \[[0-9.]+\] app exited with status (\d+)")
@@ -83,31 +84,6 @@ class RunSpec:
     memory: int = 1024
     cpus: int = 2
     boot: str = "direct"  # direct (-kernel/-initrd), bios (SeaBIOS) or uefi (OVMF) from the disk
-
-
-@dataclass
-class Vm:
-    """A VM started in the background by ``run --wait``."""
-
-    id: str
-    dir: Path
-
-    @property
-    def pid(self) -> int | None:
-        try:
-            return int((self.dir / "qemu.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def alive(self) -> bool:
-        pid = self.pid
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
 
 
 def check_port_free(forward: PortForward) -> None:
@@ -203,7 +179,7 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
         check_port_free(forward)
     require("qemu-system-x86_64", "qemu-system-x86")
     media = _boot_media(spec, store, runs.parent / "cache")
-    vm_id = f"{spec.image.name}-{secrets.token_hex(4)}"
+    vm_id = vms.new_vm_id(spec.image.name)
     run_dir = runs / vm_id
     run_dir.mkdir(parents=True)
     if spec.env_name is not None:
@@ -408,34 +384,15 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def running(runs: Path) -> list[Vm]:
-    """VMs started with ``run --wait`` that are still running."""
-    if not runs.is_dir():
-        return []
-    vms = [Vm(d.name, d) for d in sorted(runs.iterdir()) if d.is_dir()]
-    for vm in vms:
-        if not vm.alive():
-            shutil.rmtree(vm.dir, ignore_errors=True)
-    return [vm for vm in vms if vm.dir.exists()]
-
-
-def find_vm(runs: Path, vm_id: str) -> Vm:
-    for vm in running(runs):
-        if vm.id == vm_id:
-            return vm
-    known = ", ".join(vm.id for vm in running(runs)) or "none"
-    raise UserError(f"no running VM '{vm_id}' (running: {known})")
-
-
 def stop_vm(vm: Vm, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-    """Press the power button, wait for QEMU to exit, kill it if it does not."""
-    pid = vm.pid
-    if pid is not None:
-        powerdown(pid, vm.dir)
-        deadline = time.monotonic() + timeout
-        while vm.alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if vm.alive():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(vm.dir, ignore_errors=True)
+    """Press the power button, wait for QEMU to exit, kill it if it does not (see
+    :func:`imagebuilder.targets.vms.stop_vm`: only a process proven to be the VM)."""
+    vms.stop_vm(vm, _press_power_button, timeout)
+
+
+def _press_power_button(run_dir: Path) -> bool:
+    try:
+        qmp(run_dir, "system_powerdown")
+    except OSError:
+        return False
+    return True
