@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from .layers import jvm as jvm_layer
 from .layers.cpio import Tree, source_date_epoch, write_layer
 from .layers.templates import source as template_source
 from .packages import NATIVES, Resolution, resolve
+from .scratch import scratch_dir
 from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from .store import TITLE_ANNOTATION as TITLE
 
@@ -128,8 +128,8 @@ class Builder:
         shape = detect(cfg.app.path, cfg.app.main, budget)
         usage = scan(shape, cfg.jvm.version, budget, cfg.app.path)
         resolution = resolve(cfg, manifest, self.home.downloads, mirror=self.mirror)
-        with tempfile.TemporaryDirectory(prefix="imagebuilder-") as scratch:
-            roots = _Sysroots(resolution, Path(scratch))
+        with scratch_dir() as scratch:
+            roots = _Sysroots(resolution, scratch)
             kernel = self._kernel(resolution, roots)
             layers = [("base", self._base(manifest, resolution, roots))]
             index = self._jdk(resolution, roots)

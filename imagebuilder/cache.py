@@ -8,7 +8,8 @@ Layout under the cache root::
 
     stages/<key[:2]>/<key>        the output
     stages/<key[:2]>/<key>.xxh3   its XXH3-128, checked on every lookup
-    tmp/                          outputs being produced (same filesystem, so rename is atomic)
+    tmp/                          outputs being produced (same filesystem, so rename is atomic),
+                                  named by their process's owner token (imagebuilder.scratch)
     .lock                         fcntl lock serialising commits and deletions
 
 An entry is committed by writing the sidecar and then renaming the fsynced output into place, so a
@@ -31,6 +32,7 @@ from typing import Any
 
 from .fsutil import dir_lock, fsync_dir
 from .hashing import MultiHasher, key_of, xxh3_file
+from .scratch import owned, remove_stale
 
 _KEY_RE = re.compile(r"^[0-9a-f]{8,128}$")
 
@@ -116,36 +118,42 @@ class Cache:
         whatever it left is removed and the exception propagates; nothing enters the cache.
         """
         final = self.path_of(key)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_dir / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
-        try:
-            produce(tmp)
-            if tmp.is_symlink() or not tmp.is_file():
-                raise RuntimeError(f"stage producing {key} did not write a regular file at {tmp}")
-            hasher = MultiHasher(("xxh3",))
-            with open(tmp, "rb+") as f:
-                while chunk := f.read(1 << 20):
-                    hasher.update(chunk)
-                os.fsync(f.fileno())
-            digest = hasher.hexdigests()["xxh3"]
-            final.parent.mkdir(parents=True, exist_ok=True)
-            side_tmp = tmp.with_name(tmp.name + ".xxh3")
-            with open(side_tmp, "w") as f:
-                f.write(digest + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            with self._lock(exclusive=True):
-                os.replace(side_tmp, self._sidecar(key))
-                os.replace(tmp, final)
-                fsync_dir(final.parent)
-        except BaseException:
-            for leftover in (tmp, tmp.with_name(tmp.name + ".xxh3")):
-                if leftover.is_dir() and not leftover.is_symlink():
-                    shutil.rmtree(leftover, ignore_errors=True)
-                else:
-                    leftover.unlink(missing_ok=True)
-            raise
+        self.remove_stale()
+        with owned(self.tmp_dir) as token:
+            tmp = self.tmp_dir / f"{token}.{key}.{secrets.token_hex(4)}"
+            try:
+                produce(tmp)
+                if tmp.is_symlink() or not tmp.is_file():
+                    raise RuntimeError(
+                        f"stage producing {key} did not write a regular file at {tmp}")
+                hasher = MultiHasher(("xxh3",))
+                with open(tmp, "rb+") as f:
+                    while chunk := f.read(1 << 20):
+                        hasher.update(chunk)
+                    os.fsync(f.fileno())
+                digest = hasher.hexdigests()["xxh3"]
+                final.parent.mkdir(parents=True, exist_ok=True)
+                side_tmp = tmp.with_name(tmp.name + ".xxh3")
+                with open(side_tmp, "w") as f:
+                    f.write(digest + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                with self._lock(exclusive=True):
+                    os.replace(side_tmp, self._sidecar(key))
+                    os.replace(tmp, final)
+                    fsync_dir(final.parent)
+            except BaseException:
+                for leftover in (tmp, tmp.with_name(tmp.name + ".xxh3")):
+                    if leftover.is_dir() and not leftover.is_symlink():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
+                raise
         return final
+
+    def remove_stale(self) -> list[str]:
+        """Remove what killed commands left in tmp/ (see :mod:`imagebuilder.scratch`)."""
+        return remove_stale(self.tmp_dir)
 
     def get_or_make(self, key: str, produce: Callable[[Path], None]) -> tuple[Path, bool]:
         """``(path, was_hit)``: the output for ``key``, produced and stored on a miss."""

@@ -37,6 +37,7 @@ from typing import Any
 from . import blobs
 from .errors import DamagedError, ImageBuilderError, IntegrityError, NotFoundError, UserError
 from .fsutil import dir_lock, fsync_dir
+from .scratch import owned, remove_stale
 
 OCI_LAYOUT_VERSION = "1.0.0"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -57,6 +58,7 @@ HISTORY_TAG = "_promotions"
 
 MIN_DIGEST_PREFIX = 12
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HEX = re.compile(r"[0-9a-f]+")
 # annotations.md grammar for ref.name components; the version follows the last ':'.
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._+@]|--)[A-Za-z0-9]+)*"
 _NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
@@ -100,10 +102,12 @@ def _entry_ref(entry: dict[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class GcResult:
-    """What ``gc`` deleted: blob digests and the bytes they held."""
+    """What ``gc`` deleted: blob digests and the bytes they held, and scratch entries of
+    commands that were killed."""
 
     removed: list[str]
     bytes_freed: int
+    scratch: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -192,24 +196,26 @@ class Store:
     def _lock(self, exclusive: bool = True) -> contextlib.AbstractContextManager[None]:
         return dir_lock(self.root, exclusive)
 
-    def _tmp_path(self) -> Path:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        return self.tmp_dir / f"{os.getpid()}.{secrets.token_hex(8)}"
+    @contextlib.contextmanager
+    def _tmp_path(self) -> Iterator[Path]:
+        """A fresh name in .tmp/, owned by this process for the block (imagebuilder.scratch)."""
+        with owned(self.tmp_dir) as token:
+            yield self.tmp_dir / f"{token}.{secrets.token_hex(8)}"
 
     def _write_atomic(self, dest: Path, data: bytes) -> None:
-        tmp = self._tmp_path()
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(dest.parent)
+        with self._tmp_path() as tmp:
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            fsync_dir(dest.parent)
 
     def _ensure_layout(self) -> None:
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
@@ -257,39 +263,39 @@ class Store:
         """Add the file at ``path`` as a blob (hard-linked when possible, else copied)."""
         path = Path(path)
         self._ensure_layout()
-        tmp = self._tmp_path()
-        h = hashlib.sha256()
-        try:
+        with self._tmp_path() as tmp:
+            h = hashlib.sha256()
             try:
-                os.link(path, tmp)
-                with open(tmp, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        h.update(chunk)
-                    size = f.tell()
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                    raise
+                try:
+                    os.link(path, tmp)
+                    with open(tmp, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            h.update(chunk)
+                        size = f.tell()
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                        raise
+                    tmp.unlink(missing_ok=True)
+                    with open(path, "rb") as src, open(tmp, "wb") as dst:
+                        while chunk := src.read(1 << 20):
+                            h.update(chunk)
+                            dst.write(chunk)
+                        dst.flush()
+                        os.fsync(dst.fileno())
+                        size = dst.tell()
+                    os.chmod(tmp, 0o644)
+                digest = "sha256:" + h.hexdigest()
+                dest = self.blob_path(digest)
+                # what tmp holds was hashed just now: it replaces whatever dest holds (a blob of
+                # the same name may have been damaged since it was stored)
+                if dest.exists() and os.path.samefile(tmp, dest):
+                    tmp.unlink()  # rename() between two links of one file does nothing
+                else:
+                    os.replace(tmp, dest)
+                    fsync_dir(dest.parent)
+            except BaseException:
                 tmp.unlink(missing_ok=True)
-                with open(path, "rb") as src, open(tmp, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        h.update(chunk)
-                        dst.write(chunk)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                    size = dst.tell()
-                os.chmod(tmp, 0o644)
-            digest = "sha256:" + h.hexdigest()
-            dest = self.blob_path(digest)
-            # what tmp holds was hashed just now: it replaces whatever dest holds (a blob of
-            # the same name may have been damaged since it was stored)
-            if dest.exists() and os.path.samefile(tmp, dest):
-                tmp.unlink()  # rename() between two links of one file does nothing
-            else:
-                os.replace(tmp, dest)
-                fsync_dir(dest.parent)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+                raise
         return Descriptor(media_type, digest, size, dict(annotations) if annotations else None)
 
     def add_blob_bytes(
@@ -349,12 +355,12 @@ class Store:
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A scratch directory inside the store for blobs on their way in; removed on exit."""
-        path = self._tmp_path()
-        path.mkdir()
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        with self._tmp_path() as path:
+            path.mkdir()
+            try:
+                yield path
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
 
     @staticmethod
     def receive_blob(staging: Path, digest: str, size: int, chunks: Iterable[bytes]) -> Path:
@@ -436,6 +442,7 @@ class Store:
         split_ref(ref)
         self._ensure_layout()
         with self._lock():
+            remove_stale(self.tmp_dir)
             self._check_blobs(layers, {})
             config_desc = self.add_blob_bytes(canonical_json(config), CONFIG_MEDIA_TYPE)
             manifest = {
@@ -461,6 +468,7 @@ class Store:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         self._ensure_layout()
         with self._lock():
+            remove_stale(self.tmp_dir)
             current = {_entry_ref(m): m["digest"] for m in self._read_index()}.get(ref)
             if current is not None and current != digest and not force:
                 raise UserError(
@@ -662,7 +670,8 @@ class Store:
         return image.digest
 
     def gc(self, dry_run: bool = False) -> GcResult:
-        """Delete every blob no index entry reaches, and scratch files of dead processes."""
+        """Delete every blob no index entry reaches, and scratch files of dead processes
+        (proven dead: see :mod:`imagebuilder.scratch`)."""
         with self._lock():
             keep = self._reachable(self._read_index())
             removed, freed = [], 0
@@ -677,15 +686,17 @@ class Store:
                         path.unlink(missing_ok=True)
                 if removed and not dry_run:
                     fsync_dir(self.blobs_dir)
+            scratch = [] if dry_run else remove_stale(self.tmp_dir)
             if self.tmp_dir.exists() and not dry_run:
-                for path in self.tmp_dir.iterdir():
-                    pid = path.name.partition(".")[0]
-                    if pid.isdigit() and not _alive(int(pid)):
+                for path in self.tmp_dir.iterdir():  # named by pid, before owner tokens
+                    pid, _, rest = path.name.partition(".")
+                    if pid.isdigit() and _HEX.fullmatch(rest) and not _alive(int(pid)):
+                        scratch.append(path.name)
                         if path.is_dir():
                             shutil.rmtree(path, ignore_errors=True)
                         else:
                             path.unlink(missing_ok=True)
-        return GcResult(removed, freed)
+        return GcResult(removed, freed, scratch)
 
 
 def _alive(pid: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -199,14 +200,20 @@ def _aws_promotion(store: Store, ref: str, env_name: str, target_name: str | Non
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
 @_as_json
 def gc_cmd(dry_run: bool, as_json: bool) -> None:
-    """Delete the blobs of the local store that no image, environment tag or history uses."""
-    result = _home().store.gc(dry_run=dry_run)
+    """Delete the blobs of the local store that no image, environment tag or history uses, and
+    the scratch files and directories of killed commands (store, cache, temporary directory)."""
+    from ..scratch import remove_stale
+    home = _home()
+    result = home.store.gc(dry_run=dry_run)
+    scratch = [] if dry_run else [*result.scratch, *home.cache.remove_stale(),
+                                  *remove_stale(tempfile.gettempdir(), "imagebuilder-")]
     if as_json:
         click.echo(json.dumps({"removed": result.removed, "bytes_freed": result.bytes_freed,
-                               "dry_run": dry_run}))
+                               "scratch_removed": len(scratch), "dry_run": dry_run}))
         return
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(result.removed)} blobs ({_human(result.bytes_freed)})")
+    click.echo(f"{verb} {len(result.removed)} blobs ({_human(result.bytes_freed)})"
+               + (f" and {len(scratch)} scratch entries of killed commands" if scratch else ""))
 
 
 COMMANDS: list[click.Command] = [push_cmd, pull_cmd, promote_cmd, gc_cmd]

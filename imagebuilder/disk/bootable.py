@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
+from ..scratch import acquire, release, remove_stale
 from ..sparse import data_extents
 from . import gpt
 from .esp import BootFiles, build_esp
@@ -60,17 +61,28 @@ def bootable_disk(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: st
         raise UserError(f"disk size {size} bytes: give a positive multiple of 1 MiB")
     owned: Path | None = None
     if workdir is None:
-        owned = workdir = Path(tempfile.mkdtemp(prefix="imagebuilder-disk-"))
+        remove_stale(_TMP, _PREFIX)
+        token = acquire(_TMP, _PREFIX)
+        owned = workdir = Path(tempfile.mkdtemp(prefix=f"{token}.disk-", dir=_TMP))
     try:
         disk = _build(Path(kernel), initrds, cmdline, Path(workdir), boot_files=boot_files,
                       seed=seed, size=size, title=title)
     except BaseException:
         if owned is not None:
-            shutil.rmtree(owned, ignore_errors=True)
+            _discard(owned)
         raise
     if owned is not None:
-        weakref.finalize(disk, shutil.rmtree, owned, ignore_errors=True)  # also runs at exit
+        weakref.finalize(disk, _discard, owned)  # also runs at exit
     return disk
+
+
+_TMP = tempfile.gettempdir()
+_PREFIX = "imagebuilder-"
+
+
+def _discard(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)
+    release(_TMP, _PREFIX)
 
 
 def _build(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, workdir: Path, *,

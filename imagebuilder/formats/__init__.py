@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..disk import Disk
 from ..errors import HostError, UserError
 from ..fsutil import fsync_dir
+from ..scratch import lock_tmp, remove_stale_tmp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time (typing alone costs milliseconds of start-up)
@@ -110,9 +111,11 @@ def atomic_output(dest: Path | str, *, sync: bool = True) -> Iterator[int]:
         raise UserError(f"output directory {parent} does not exist")
     if os.path.isdir(dest):
         raise UserError(f"output path {dest} is a directory")
+    remove_stale_tmp(parent, name)
     tmp = os.path.join(parent, f".{name}.{os.urandom(6).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        lock_tmp(fd)
     except OSError as e:
         raise _os_error(e, dest) from None
     done = False

@@ -1,0 +1,169 @@
+"""Scratch space that a killed command does not leave behind for good.
+
+Builds unpack packages into scratch directories (hundreds of MB), and every commit goes through
+a temporary file; a SIGKILL or a power cut leaves them where they were. They are removed by the
+next command that works in the same place, but only once it is proven that no live process
+owns them, never by age or guess:
+
+- a process names everything it creates in a scratch directory (the cache's ``tmp/``, the
+  store's ``.tmp/``, the system temporary directory) with its *owner token*, and holds an flock
+  on ``<token>.owner`` there while it has entries there (the last one done removes the file).
+  The lock file is locked under a temporary name and renamed into place, so it is never visible
+  unlocked while its owner lives. The kernel drops the lock when the process dies, however it
+  dies; :func:`remove_stale` takes the lock of each owner file it finds and, when that succeeds,
+  removes the owner's entries, then the file.
+- an output written beside the user's file (``.NAME.XXXX.tmp``, see
+  :func:`imagebuilder.formats.atomic_output`) is flocked by its writer; :func:`remove_stale_tmp`
+  removes the siblings of the same destination that no writer holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+_OWNER = ".owner"
+_owners: dict[str, list[object]] = {}  # directory and prefix -> [token, locked fd, users]
+_lock = threading.Lock()
+
+
+def acquire(directory: Path | str, prefix: str = "") -> str:
+    """This process's owner token in ``directory``: entries it creates there are named
+    ``token + "." + anything`` (or that with leading dots) until the matching :func:`release`.
+    The first acquisition creates and locks ``token.owner``; the last release removes it."""
+    os.makedirs(directory, exist_ok=True)
+    key = f"{os.path.realpath(directory)}\0{prefix}\0{os.getpid()}"
+    with _lock:
+        if key in _owners:
+            _owners[key][2] = int(_owners[key][2]) + 1  # type: ignore[call-overload]
+            return str(_owners[key][0])
+        token = f"{prefix}{os.getpid()}-{os.urandom(6).hex()}"
+        pending = os.path.join(directory, f".{token}{_OWNER}.new")
+        fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(pending, os.path.join(directory, token + _OWNER))
+        _owners[key] = [token, fd, 1]
+        return token
+
+
+def release(directory: Path | str, prefix: str = "") -> None:
+    """Undo one :func:`acquire`; the last one removes the owner file (the entries are gone)."""
+    key = f"{os.path.realpath(directory)}\0{prefix}\0{os.getpid()}"
+    with _lock:
+        token, fd, users = _owners[key]
+        if int(users) > 1:  # type: ignore[call-overload]
+            _owners[key][2] = int(users) - 1  # type: ignore[call-overload]
+            return
+        del _owners[key]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, f"{token}{_OWNER}"))
+        os.close(int(fd))  # type: ignore[call-overload]
+
+
+@contextlib.contextmanager
+def owned(directory: Path | str, prefix: str = "") -> Iterator[str]:
+    """:func:`acquire` for the duration of a block."""
+    token = acquire(directory, prefix)
+    try:
+        yield token
+    finally:
+        release(directory, prefix)
+
+
+def _owned_by(name: str, token: str) -> bool:
+    return name.lstrip(".").startswith(token + ".") and name != token + _OWNER
+
+
+def remove_stale(directory: Path | str, prefix: str = "") -> list[str]:
+    """Remove the entries in ``directory`` whose owner (named ``PREFIX...``) is dead, proven by
+    taking its owner lock; the names removed. Entries of live owners are left alone."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    removed: list[str] = []
+    for owner in [n for n in names if n.startswith(prefix) and n.endswith(_OWNER)]:
+        path = os.path.join(directory, owner)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process lives
+            token = owner.removesuffix(_OWNER)
+            for name in names:
+                if _owned_by(name, token):
+                    _remove(os.path.join(directory, name))
+                    removed.append(name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            removed.append(owner)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path | str | None = None, prefix: str = "imagebuilder-"
+                ) -> Iterator[Path]:
+    """A new scratch directory in ``parent`` (default: the system temporary directory), owned
+    by this process and removed on exit; stale ones of dead processes go first."""
+    parent = Path(parent or tempfile.gettempdir())
+    remove_stale(parent, prefix)
+    with owned(parent, prefix) as token:
+        path = Path(tempfile.mkdtemp(prefix=token + ".", dir=parent))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def lock_tmp(fd: int) -> None:
+    """Mark the temporary file open at ``fd`` as written by a live process."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def remove_stale_tmp(parent: str, name: str) -> None:
+    """Remove ``.NAME.*.tmp`` in ``parent`` that no live writer holds (see :func:`lock_tmp`)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for entry in names:
+        if not (entry.startswith(f".{name}.") and entry.endswith(".tmp")):
+            continue
+        path = os.path.join(parent, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        finally:
+            os.close(fd)

@@ -1,0 +1,130 @@
+"""Scratch left by a command killed with SIGKILL (build sysroots, cache and store temporaries,
+half-written exports) is removed by the next command working in the same place, or by ``gc``;
+scratch of a live command is never touched. Real processes, really killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.cache import Cache
+from imagebuilder.cli import main
+from imagebuilder.formats import atomic_output
+from imagebuilder.scratch import remove_stale, scratch_dir
+from imagebuilder.store import KERNEL_MEDIA_TYPE, Store
+
+CHILD = """
+import os, sys, time
+from pathlib import Path
+from imagebuilder.cache import Cache
+from imagebuilder.formats import atomic_output
+from imagebuilder.scratch import scratch_dir
+from imagebuilder.store import Store
+home = Path(sys.argv[1])
+with scratch_dir(home / "tmp") as scratch:
+    (scratch / "sysroot").mkdir()
+    (scratch / "sysroot" / "big").write_bytes(b"x" * 100000)
+    store = Store(home / "store")
+    with store.staging() as staging:
+        (staging / "blob").write_bytes(b"half a blob")
+        cache = Cache(home / "cache")
+        def produce(dest):
+            dest.write_bytes(b"half an output")
+            with atomic_output(home / "out" / "disk.raw") as fd:
+                os.write(fd, b"half a disk")
+                print("ready", flush=True)
+                time.sleep(300)
+        cache.store("ab" * 16, produce)
+"""
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _start(home: Path, children: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    (home / "out").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD), str(home)],
+                            stdout=subprocess.PIPE, text=True)
+    children.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def _entries(home: Path) -> dict[str, list[str]]:
+    return {d: sorted(os.listdir(home / d)) for d in ("tmp", "store/.tmp", "cache/tmp", "out")}
+
+
+def test_a_live_commands_scratch_is_kept(tmp_path: Path, children: list[subprocess.Popen[str]]
+                                         ) -> None:
+    _start(tmp_path, children)
+    before = _entries(tmp_path)
+    assert all(before.values()), before
+    Cache(tmp_path / "cache").store("cd" * 16, lambda dest: dest.write_bytes(b"other"))
+    Store(tmp_path / "store").put_image(
+        "x:1", {}, [Store(tmp_path / "store").add_blob_bytes(b"k", KERNEL_MEDIA_TYPE)])
+    with scratch_dir(tmp_path / "tmp"):
+        pass
+    with atomic_output(tmp_path / "out" / "disk.raw") as fd:
+        os.write(fd, b"a whole disk")
+    after = _entries(tmp_path)
+    assert set(before["tmp"]) <= set(after["tmp"])
+    assert set(before["store/.tmp"]) <= set(after["store/.tmp"])
+    assert set(before["cache/tmp"]) <= set(after["cache/tmp"])
+    assert set(before["out"]) | {"disk.raw"} == set(after["out"])
+
+
+def test_the_next_command_removes_a_killed_commands_scratch(
+        tmp_path: Path, children: list[subprocess.Popen[str]]) -> None:
+    proc = _start(tmp_path, children)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = _entries(tmp_path)
+    assert [n for n in left["out"] if n.endswith(".tmp")]
+    assert any(n.endswith(".owner") for n in left["cache/tmp"])
+
+    Cache(tmp_path / "cache").store("cd" * 16, lambda dest: dest.write_bytes(b"other"))
+    store = Store(tmp_path / "store")
+    store.put_image("x:1", {}, [store.add_blob_bytes(b"k", KERNEL_MEDIA_TYPE)])
+    with scratch_dir(tmp_path / "tmp"):
+        pass
+    with atomic_output(tmp_path / "out" / "disk.raw") as fd:
+        os.write(fd, b"a whole disk")
+    after = _entries(tmp_path)
+    mine = {d: [n for n in names if n.startswith(f"{os.getpid()}-")
+                or n.startswith(f"imagebuilder-{os.getpid()}-")] for d, names in after.items()}
+    assert {d: sorted(set(names) - set(mine[d])) for d, names in after.items()} == {
+        "tmp": [], "store/.tmp": [], "cache/tmp": [], "out": ["disk.raw"]}
+    assert (tmp_path / "out" / "disk.raw").read_bytes() == b"a whole disk"
+
+
+def test_gc_removes_a_killed_commands_scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              children: list[subprocess.Popen[str]],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "systmp"))
+    (tmp_path / "systmp").mkdir()
+    proc = _start(home, children)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    capsys.readouterr()
+    assert main(["gc", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["scratch_removed"] >= 4
+    assert os.listdir(home / "store" / ".tmp") == []
+    assert os.listdir(home / "cache" / "tmp") == []
+    assert remove_stale(home / "tmp") != []  # not gc's: the child's own scratch parent
