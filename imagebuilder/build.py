@@ -32,7 +32,7 @@ from . import export, hashing, natives, sysroot
 from .apps import modules as modules_mod
 from .apps.archive import Budget
 from .apps.detect import detect
-from .apps.scan import Usage, scan
+from .apps.scan import Usage, load_memo, save_memo, scan
 from .apps.shape import File, Shape
 from .config import Config
 from .errors import HostError
@@ -53,6 +53,8 @@ STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdk": 1, "natives": 1, "jvm": 3, "pac
                   "libs": 1, "app": 2}
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer fast.
 LEVELS = {"base": 19, "jvm": 19, "packages": 19, "libs": 19, "app": 9}
+#: The class scan's memo (:data:`.apps.scan.Memo`), in the cache directory.
+SCAN_MEMO = "scan-memo.json"
 #: Where the jvm layer lists the packages of the JDK modules left out, for the init's hint.
 MISSING_MODULES = "etc/imagebuilder/jdk-missing"
 
@@ -126,7 +128,15 @@ class Builder:
         manifest = load_manifest(cfg.system.kernel)
         budget = Budget()
         shape = detect(cfg.app.path, cfg.app.main, budget)
-        usage = scan(shape, cfg.jvm.version, budget, cfg.app.path)
+        memo_path = self.home.root / "cache" / SCAN_MEMO
+        memo = load_memo(memo_path)
+        known = len(memo)
+        try:
+            usage = scan(shape, cfg.jvm.version, budget, cfg.app.path, memo)
+        finally:
+            budget.close()
+        if len(memo) != known:
+            save_memo(memo_path, memo)
         resolution = resolve(cfg, manifest, self.home.downloads, mirror=self.mirror)
         with scratch_dir() as scratch:
             roots = _Sysroots(resolution, scratch)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tarfile
 import zipfile
 from pathlib import Path
 
+WIREMOCK = "wiremock@3.13.2"
+WIREMOCK_JAR = "package/build/wiremock-standalone-3.13.2.jar"
 DEBIAN_JAVA = Path("/usr/share/java")
 JACKSON = tuple(DEBIAN_JAVA / f"jackson-{n}.jar" for n in ("databind", "core", "annotations"))
 MAIN = "com.example.shop.App"
@@ -56,6 +59,21 @@ public final class App {
     }
 }
 """
+
+
+def fetch_wiremock(cache_dir: Path) -> Path:
+    """WireMock's standalone jar, fetched once with ``npm pack`` into ``cache_dir``."""
+    jar = cache_dir / WIREMOCK_JAR.rpartition("/")[2]
+    if not jar.exists():
+        subprocess.run(["npm", "pack", WIREMOCK, "--silent"], cwd=cache_dir, check=True,
+                       capture_output=True, timeout=600)
+        with tarfile.open(cache_dir / "wiremock-3.13.2.tgz") as tar:
+            member = tar.extractfile(WIREMOCK_JAR)
+            assert member is not None
+            tmp = jar.with_suffix(".tmp")
+            tmp.write_bytes(member.read())
+        tmp.rename(jar)
+    return jar
 
 
 def have_tools() -> bool:

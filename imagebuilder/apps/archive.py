@@ -38,10 +38,25 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplemente
 
 
 class Budget:
-    """The bytes left to inflate for one app, shared by all its archives."""
+    """The bytes left to inflate for one app, shared by all its archives; and the jars on disk
+    already opened for it (their central directories are read once, not once per use)."""
 
     def __init__(self, total: int = MAX_TOTAL_BYTES) -> None:
         self.left = total
+        self._open: dict[Path, Jar] = {}
+
+    def open(self, label: str, source: Path | bytes) -> Jar:
+        """The jar at ``source`` (a path, opened once for this app, or a nested jar's bytes)."""
+        if isinstance(source, bytes):
+            return Jar(label, source, self)
+        if source not in self._open:
+            self._open[source] = Jar(label, source, self, shared=True)
+        return self._open[source]
+
+    def close(self) -> None:
+        for jar in self._open.values():
+            jar.zip.close()
+        self._open.clear()
 
     def take(self, n: int, where: str) -> None:
         if n > self.left:
@@ -53,9 +68,11 @@ class Budget:
 class Jar:
     """A zip archive (a jar, a war, a nested jar) opened for capped reading."""
 
-    def __init__(self, label: str, source: Path | bytes, budget: Budget) -> None:
+    def __init__(self, label: str, source: Path | bytes, budget: Budget, *,
+                 shared: bool = False) -> None:
         self.label = label
         self.budget = budget
+        self.shared = shared
         try:
             file = io.BytesIO(source) if isinstance(source, bytes) else source
             self.zip = zipfile.ZipFile(file)
@@ -77,7 +94,8 @@ class Jar:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.zip.close()
+        if not self.shared:
+            self.zip.close()
 
     def where(self, name: str) -> str:
         return f"{self.label}!/{name}"

@@ -41,7 +41,7 @@ def detect(path: Path, main: str | None, budget: Budget) -> Shape:
             raise UserError(f"app.main: {path.name} is a war, which runs on Tomcat, not from a "
                             "main class: remove [app] main")
         raise UserError(f"{path}: wars are not supported yet: build an executable jar")
-    with Jar(str(path), path, budget) as jar:
+    with budget.open(str(path), path) as jar:
         manifest = jar.manifest()
         if "start-class" in manifest or any(n.startswith(BOOT_CLASSES) for n in jar.entries):
             return _spring_boot(path, jar, manifest, main)
@@ -49,12 +49,18 @@ def detect(path: Path, main: str | None, budget: Budget) -> Shape:
             raise UserError(f"{path}: {NO_MAIN_CLASS}")
         chosen = main or manifest["main-class"]
         own = [File(path.name, source=path)]
-        libs = _class_path(path, path.parent, manifest, budget)
-        snapshots, third = split_libs(libs)
-        cp = [guest(path.name), *(guest(f.dest) for f in libs)]
+        libs, dirs = _class_path(path, path.parent, manifest, budget)
+        # Classes in a directory are the app's own; jars are libraries.
+        in_dirs = [f for f in libs if any(f.source and f.source.is_relative_to(d.resolve())
+                                          for d in dirs)]
+        snapshots, third = split_libs([f for f in libs if f not in in_dirs])
+        snapshots = (*snapshots, *in_dirs)
+        cp = [guest(path.name), *(guest(f.dest) for f in libs if f.dest.endswith(".jar"))]
         argv = ("-cp", ":".join(cp), chosen) if main else ("-jar", guest(path.name))
+        sources = [ClassSource(str(path), jar=path), *_sources(path.parent, libs),
+                   *(ClassSource(str(d), directory=d) for d in dirs)]
         return Shape("thin-jar" if libs else "jar", (*own, *snapshots), third, argv, chosen,
-                     (ClassSource(str(path), jar=path), *_sources(path.parent, libs)))
+                     tuple(sources))
 
 
 def _spring_boot(path: Path, jar: Jar, manifest: dict[str, str], main: str | None) -> Shape:
@@ -95,11 +101,13 @@ def _classpath_idx(jar: Jar) -> dict[str, int]:
 
 
 def _class_path(jar_path: Path, root: Path, manifest: dict[str, str],
-                budget: Budget) -> list[File]:
+                budget: Budget) -> tuple[list[File], list[Path]]:
     """The jars a manifest's Class-Path names, recursively. The app jar's entries must be inside
     ``root`` and exist; a library's own entries that do not (Debian's jars name
-    /usr/share/java/...) are left out, as the JVM skips what it cannot find."""
+    /usr/share/java/...) are left out, as the JVM skips what it cannot find. Also the
+    directories named (their files are among the files)."""
     found: dict[str, File] = {}
+    dirs: list[Path] = []
     todo = [(jar_path, manifest)]
     while todo:
         current, attrs = todo.pop()
@@ -121,13 +129,15 @@ def _class_path(jar_path: Path, root: Path, manifest: dict[str, str],
                                     "manifest")
                 continue
             if target.is_dir():
+                if target not in dirs:
+                    dirs.append(target)
                 for file in _walk(target, root):
                     found.setdefault(file.dest, file)
                 continue
             found[rel] = File(rel, source=target)
-            with Jar(str(target), target, budget) as lib:
+            with budget.open(str(target), target) as lib:
                 todo.append((target, lib.manifest()))
-    return [found[k] for k in sorted(found)]
+    return [found[k] for k in sorted(found)], dirs
 
 
 def _inside(root: Path, base: Path, entry: str, where: Path) -> str:
@@ -175,7 +185,7 @@ def _directory(path: Path, main: str | None, budget: Budget) -> Shape:
         if main is not None:
             raise UserError(f"app.main: {path} is a Quarkus app, started by quarkus-run.jar: "
                             "remove [app] main")
-        with Jar(str(path / "quarkus-run.jar"), path / "quarkus-run.jar", budget) as runner:
+        with budget.open(str(path / "quarkus-run.jar"), path / "quarkus-run.jar") as runner:
             chosen = runner.manifest().get("main-class")
         if not chosen:
             raise UserError(f"{path / 'quarkus-run.jar'}: {NO_MAIN_CLASS}")
@@ -196,7 +206,7 @@ def _directory(path: Path, main: str | None, budget: Budget) -> Shape:
     holders = []
     for f in jars:
         assert f.source is not None
-        with Jar(str(f.source), f.source, budget) as jar:
+        with budget.open(str(f.source), f.source) as jar:
             if entry in jar.entries:
                 holders.append(f)
     own_jar = holders[0] if holders else None

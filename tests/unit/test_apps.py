@@ -391,3 +391,46 @@ def test_cross_check_with_jdeps(shop: ShopBuild, tmp_path: Path,
                          capture_output=True, text=True, check=True).stdout
     theirs = {m for m in out.strip().split(",") if m}
     assert theirs and theirs <= ours, theirs - ours
+
+
+def test_memo_reads_only_changed_classes(shop: ShopBuild, tmp_path: Path) -> None:
+    from imagebuilder.apps.scan import load_memo, save_memo
+    v1 = shop.spring_boot(tmp_path / "v1.jar")
+    memo: dict[str, str] = {}
+    cold = Budget()
+    cold_shape = detect(v1, None, cold)
+    cold_detect = cold.left
+    first = scan(cold_shape, 21, cold, v1, memo)
+    save_memo(tmp_path / "memo.json", memo)
+    memo = load_memo(tmp_path / "memo.json")
+    assert len(memo) == first.classes  # the services and the rest are not class records
+    v2 = shop.spring_boot(tmp_path / "v2.jar", shop.compile("2"))
+    warm = Budget()
+    shape = detect(v2, None, warm)
+    after_detect = warm.left
+    again = scan(shape, 21, warm, v2, memo)
+    assert again == first
+    app_class = (shop.work / "app-2" / "com/example/shop/App.class").stat().st_size
+    # Only the changed class (and the services files) were inflated again.
+    assert after_detect - warm.left < app_class + 10_000 < cold_detect - cold.left
+    assert len(memo) == first.classes + 1
+
+
+def test_memo_that_is_not_a_memo_is_ignored(tmp_path: Path) -> None:
+    from imagebuilder.apps.scan import load_memo
+    (tmp_path / "memo.json").write_text("[1, 2]")
+    assert load_memo(tmp_path / "memo.json") == {}
+    assert load_memo(tmp_path / "missing.json") == {}
+
+
+def test_class_path_directory_is_read(shop: ShopBuild, tmp_path: Path) -> None:
+    from tests.java_apps import _jar
+    app = tmp_path / "app"
+    shutil.copytree(shop.greet, app / "classes")
+    shop._libs(app / "lib")
+    jar = _jar(shop.app, app / "shop.jar", {
+        "Main-Class": MAIN, "Class-Path": "classes/ " + " ".join(
+            f"lib/{j.name}" for j in JACKSON)})
+    shape, usage = shape_of(jar, main="com.example.greet.Greeting")
+    assert "classes/com/example/greet/Greeting.class" in {f.dest for f in shape.app}
+    assert usage.classes > 100

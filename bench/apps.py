@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Real apps benchmark: WireMock 3.13.2 and a Spring Boot-layout app, built, rebuilt and pushed.
+
+Why: issue 10 promises that real apps build fast and that a new app version costs only its own
+classes. Measured for WireMock (a shaded executable jar: its own code and its libraries are one
+jar) and for the shop app of tests/java_apps.py packed as a Spring Boot jar (BOOT-INF/classes
+and BOOT-INF/lib with Debian's Jackson):
+
+* cold build with the Debian packages already downloaded (a fresh IMAGEBUILDER_HOME whose
+  download cache is hard-linked from a first build): every stage built;
+* warm rebuild after a change to the app's own classes (target <= 1 s): for the shop a
+  recompiled App class, for WireMock one class added to the jar; whole ``imagebuilder build``
+  processes, interpreter start-up included; median of ``--runs``;
+* image size (kernel + layers) next to the jar's size, and the app layer's size;
+* bytes sent pushing the new version to Debian's docker-registry on 127.0.0.1 after the old
+  one (target <= 1.1x the app layer);
+* module detection: imagebuilder's (open the app, read every loadable class, map the packages
+  through the jmods; in process, median of ``--runs``) against ``jdeps --print-module-deps`` on
+  the same classes (median of 3), both with the host's JDK 17 and its jmods.
+
+Results replace the part of docs/benchmarks.md between ``<!-- apps:start -->`` and
+``<!-- apps:end -->``.
+
+    .venv/bin/python bench/apps.py [--runs N] [--out docs/benchmarks.md]
+
+Needs javac, jdeps, npm (or WireMock already in .pytest_cache/d/apps-inputs), docker-registry,
+Debian's libjackson2-databind-java and about 3 GiB in /var/tmp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchdoc import cpu_model, write_section  # noqa: E402
+
+from imagebuilder.apps import modules  # noqa: E402
+from imagebuilder.apps.archive import Budget  # noqa: E402
+from imagebuilder.apps.detect import detect  # noqa: E402
+from imagebuilder.apps.scan import scan  # noqa: E402
+from imagebuilder.store import Store  # noqa: E402
+from tests.e2e.registry_fixture import start_registry  # noqa: E402
+from tests.java_apps import JACKSON, ShopBuild, fetch_wiremock  # noqa: E402
+
+MiB = 1 << 20
+HOST_JDK = Path("/usr/lib/jvm/java-17-openjdk-amd64")
+
+
+def cli(home: Path, *args: str) -> tuple[float, Any]:
+    """One whole `imagebuilder ... --json` process; its wall time and output."""
+    argv = [str(Path(sys.executable).with_name("imagebuilder")), *args, "--json"]
+    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
+    start = time.monotonic()
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=REPO)
+    seconds = time.monotonic() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed: {result.stderr[-2000:]}")
+    return seconds, json.loads(result.stdout)
+
+
+def project(root: Path, name: str, app: str, extra: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "imagebuilder.toml").write_text(
+        f'[image]\nname = "{name}"\nversion = "1"\n\n[app]\npath = "{app}"\nport = 8080\n'
+        + extra)
+    return root
+
+
+def fresh_home(work: Path, seed: Path, name: str) -> Path:
+    """A new IMAGEBUILDER_HOME whose download cache is the seed's (hard links)."""
+    home = work / name
+    (home / "cache").mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(seed / "cache" / "archive"), str(home / "cache")],
+                   check=True)
+    return home
+
+
+class App:
+    """One benchmarked app: how to make version N of it, and the classes jdeps reads."""
+
+    def __init__(self, name: str, root: Path, jar: Path) -> None:
+        self.name, self.root, self.jar = name, root, jar
+
+    def change(self, n: int) -> None:
+        raise NotImplementedError
+
+    def jdeps_args(self) -> list[str]:
+        return [str(self.jar)]
+
+
+class WireMock(App):
+    def change(self, n: int) -> None:
+        # One more class of its own: a copy of a small class under a new name.
+        with zipfile.ZipFile(self.jar, "a") as zf:
+            zf.writestr(f"wiremock/BenchChange{n}.class", zf.read("wiremock/Run.class"))
+
+
+class Shop(App):
+    def __init__(self, name: str, root: Path, jar: Path, build: ShopBuild) -> None:
+        super().__init__(name, root, jar)
+        self.build = build
+
+    def change(self, n: int) -> None:
+        self.build.spring_boot(self.jar, self.build.compile(str(n)))
+
+    def jdeps_args(self) -> list[str]:
+        return ["-cp", ":".join(map(str, JACKSON)), str(self.build.app),
+                *map(str, JACKSON)]
+
+
+def detection(app: App, runs: int) -> tuple[float, float, list[str], list[str]]:
+    """(ours, jdeps) seconds, medians, and the modules each found."""
+    index = modules.read_jmods(HOST_JDK / "jmods")
+    ours_times, found = [], []
+    for _ in range(runs):
+        start = time.monotonic()
+        budget = Budget()
+        shape = detect(app.jar, None, budget)
+        found = modules.needed(scan(shape, 17, budget, app.jar), index)
+        ours_times.append(time.monotonic() - start)
+    jdeps_times, theirs = [], []
+    for _ in range(3):
+        start = time.monotonic()
+        out = subprocess.run([str(HOST_JDK / "bin/jdeps"), "--print-module-deps",
+                              "--ignore-missing-deps", "--multi-release", "17",
+                              *app.jdeps_args()], capture_output=True, text=True, check=True)
+        jdeps_times.append(time.monotonic() - start)
+        theirs = out.stdout.strip().split(",")
+    return statistics.median(ours_times), statistics.median(jdeps_times), found, theirs
+
+
+def measure(app: App, work: Path, seed: Path, runs: int) -> tuple[list[tuple[str, ...]],
+                                                                   list[str]]:
+    rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    home = fresh_home(work, seed, f"home-{app.name}")
+    cold, out = cli(home, "build", str(app.root))
+    built = [s["name"] for s in out["stages"] if not s["cached"]]
+    rows.append((f"{app.name}: cold build, packages downloaded", f"{cold:.1f} s",
+                 "", f"stages built: {', '.join(built)}"))
+    warm = []
+    for n in range(2, runs + 2):
+        app.change(n)
+        seconds, out = cli(home, "build", str(app.root), "--version", str(n))
+        rebuilt = {s["name"] for s in out["stages"] if not s["cached"]}
+        if rebuilt != {"app", "disk"}:
+            notes.append(f"{app.name} v{n} rebuilt {sorted(rebuilt)}, not only app and disk")
+        warm.append(seconds)
+    median = statistics.median(warm)
+    rows.append((f"{app.name}: rebuild after an own-code change", f"{median:.2f} s",
+                 "<= 1 s", "pass" if median <= 1.0 else "**miss**"))
+    notes.append(f"{app.name} rebuild runs (s): {', '.join(f'{t:.2f}' for t in warm)}")
+    store = Store(home / "store")
+    last = store.resolve(f"{app.name}:{runs + 1}")
+    sizes = {(d.annotations or {}).get("org.opencontainers.image.title", "?"): d.size
+             for d in last.layers}
+    rows.append((f"{app.name}: image (kernel + layers) / jar", f"{last.size / MiB:.1f} MiB / "
+                 f"{app.jar.stat().st_size / MiB:.1f} MiB", "",
+                 ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in sizes.items())))
+    reg = start_registry(work / f"reg-{app.name}")
+    try:
+        cli(home, "push", f"{app.name}:{runs}", f"{reg.host}/{app.name}", "--insecure")
+        _, sent = cli(home, "push", f"{app.name}:{runs + 1}", f"{reg.host}/{app.name}",
+                      "--insecure")
+    finally:
+        reg.stop()
+    ratio = int(sent["bytes_sent"]) / sizes["app"]
+    rows.append((f"{app.name}: bytes pushed after an own-code change / app layer",
+                 f"{sent['bytes_sent']} B / {sizes['app']} B = {ratio:.3f}", "<= 1.1",
+                 "pass" if ratio <= 1.1 else "**miss**"))
+    ours, theirs, ours_found, jdeps_found = detection(app, runs)
+    rows.append((f"{app.name}: module detection, ours vs jdeps", f"{ours:.2f} s vs "
+                 f"{theirs:.2f} s = {ours / theirs:.2f}", "", ""))
+    missing = sorted(set(jdeps_found) - set(ours_found))
+    notes.append(f"{app.name} modules: ours {', '.join(ours_found)}; jdeps "
+                 f"{', '.join(jdeps_found)}" + (f"; jdeps-only: {missing}" if missing else
+                                                 " (jdeps' are a subset of ours)"))
+    return rows, notes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "docs/benchmarks.md")
+    args = parser.parse_args()
+    inputs = REPO / ".pytest_cache" / "d" / "apps-inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-apps-", dir="/var/tmp"))
+    rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    try:
+        wm_root = project(work / "wiremock", "wiremock", "wiremock.jar",
+                          'args = ["--port", "8080"]\n')
+        shutil.copyfile(fetch_wiremock(inputs), wm_root / "wiremock.jar")
+        shop_root = project(work / "shop", "shop", "shop.jar")
+        build = ShopBuild(work / "shop-src")
+        build.spring_boot(shop_root / "shop.jar")
+        apps = [WireMock("wiremock", wm_root, wm_root / "wiremock.jar"),
+                Shop("shop", shop_root, shop_root / "shop.jar", build)]
+        seed = work / "seed"
+        for app in apps:  # downloads every package both apps need, once
+            cli(seed, "build", str(app.root))
+        for app in apps:
+            r, n = measure(app, work, seed, args.runs)
+            rows += r
+            notes += n
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()
+    section = "\n".join([
+        "## Real apps: WireMock and a Spring Boot-layout app (`bench/apps.py`)",
+        "",
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
+        f"({cpu_model()}), {platform.platform()}, Python {platform.python_version()}; load "
+        f"average at the end {load[0]:.1f} (the machine was shared with other jobs: times are "
+        f"upper bounds). Whole `imagebuilder` processes; {args.runs} rebuilds, medians.",
+        "",
+        "| metric | result | target | pass / detail |",
+        "|---|---|---|---|",
+        *(f"| {' | '.join(r)} |" for r in rows),
+        "",
+        *(f"- {n}" for n in notes),
+    ])
+    write_section(args.out, "apps", section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""End to end: real Java apps in every shape build, boot under QEMU (TCG) and serve.
+
+WireMock 3.13.2, a Jetty server nobody here wrote, is fetched with ``npm pack`` (cached under
+the pytest cache, so reruns do not fetch it again). The shop app (tests/java_apps.py: the JDK's
+HTTP server and Debian's Jackson) is built as a Spring Boot jar, a thin jar with
+``Class-Path: lib/...`` and an app directory with ``[app] main``. Four boots in all, one per
+shape; the own-code rebuild and the bad-jar checks need no boot.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.java_apps import MAIN, ShopBuild, fetch_wiremock, have_tools
+
+from .conftest import Cli, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.network]
+
+BOOT_TIMEOUT = "600"
+
+
+def wiremock_jar(cache_dir: Path) -> Path:
+    if shutil.which("npm") is None and not (cache_dir / "wiremock-standalone-3.13.2.jar").exists():
+        pytest.skip("npm is needed to fetch WireMock (npm pack wiremock@3.13.2)")
+    return fetch_wiremock(cache_dir)
+
+
+def project(root: Path, name: str, app: str, extra: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "imagebuilder.toml").write_text(textwrap.dedent(f"""\
+        [image]
+        name = "{name}"
+        version = "1.0.0"
+
+        [app]
+        path = "{app}"
+        port = 8080
+        """) + extra)
+    return root
+
+
+def _get(url: str, data: bytes | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, response.read().decode()
+
+
+def _layers(cli: Cli, ref: str) -> dict[str, str]:
+    info = cli.json("inspect", ref)
+    assert isinstance(info, dict)
+    return {layer["annotations"]["org.opencontainers.image.title"]: layer["digest"]
+            for layer in info["manifest"]["layers"]}
+
+
+def _listing(cli: Cli, digest: str) -> list[str]:
+    import zstandard
+    blob = cli.home / "store" / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    data = zstandard.ZstdDecompressor().stream_reader(blob.open("rb")).read()
+    out = subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True)
+    return out.stdout.decode().splitlines()
+
+
+class Booted:
+    """A VM started with `run --wait`, stopped when the block ends."""
+
+    def __init__(self, cli: Cli, ref: str) -> None:
+        self.cli, self.ref, self.port = cli, ref, free_port()
+
+    def __enter__(self) -> Booted:
+        out = self.cli("run", self.ref, "--accel", "tcg", "--wait", "--timeout", BOOT_TIMEOUT,
+                       "--json", "-p", f"127.0.0.1:{self.port}:8080", timeout=900)
+        self.id = json.loads(out.stdout)["id"]
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def console(self) -> str:
+        return (self.cli.home / "run" / self.id / "console.log").read_text(errors="replace")
+
+    def __exit__(self, *exc: object) -> None:
+        self.cli("stop", self.id, check=False)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> ShopBuild:
+    if not have_tools():
+        pytest.skip("needs javac, jar and Debian's libjackson2-databind-java")
+    return ShopBuild(tmp_path_factory.mktemp("shop"))
+
+
+@pytest.fixture(scope="module")
+def spring(cli: Cli, shop: ShopBuild, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = project(tmp_path_factory.mktemp("spring"), "shop-boot", "shop.jar")
+    shop.spring_boot(root / "shop.jar")
+    cli("build", str(root))
+    return root
+
+
+def test_wiremock_serves_a_stub_created_through_the_admin_api(
+        cli: Cli, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    jar = wiremock_jar(request.config.cache.mkdir("apps-inputs"))
+    root = project(tmp_path / "wiremock", "wiremock", str(jar),
+                   'args = ["--port", "8080"]\nhealthcheck = "/__admin/mappings"\n')
+    cli("build", str(root))
+    info = cli.json("inspect", "wiremock:1.0.0")
+    assert isinstance(info, dict)
+    config = info["config"]
+    assert config["app"]["shape"] == "jar"
+    # Jetty, Jackson and java.beans: what the classes use, found without a JVM.
+    assert {"java.desktop", "java.naming", "java.sql", "java.management"} <= set(
+        config["jvm"]["modules"])
+    stub = {"request": {"method": "GET", "url": "/hello"},
+            "response": {"status": 200, "body": "stubbed by imagebuilder"}}
+    with Booted(cli, "wiremock:1.0.0") as vm:
+        status, _ = _get(vm.url("/__admin/mappings"), json.dumps(stub).encode())
+        assert status == 201
+        assert _get(vm.url("/hello")) == (200, "stubbed by imagebuilder")
+        mappings = json.loads(_get(vm.url("/__admin/mappings"))[1])
+        assert [m["request"]["url"] for m in mappings["mappings"]] == ["/hello"]
+
+
+def test_spring_boot_layout_serves_json_through_jackson(cli: Cli, spring: Path) -> None:
+    layers = _layers(cli, "shop-boot:1.0.0")
+    assert list(layers) == ["vmlinuz", "base", "jvm", "libs", "app"]
+    libs = _listing(cli, layers["libs"])
+    assert "app/BOOT-INF/lib/jackson-databind.jar" in libs
+    app = _listing(cli, layers["app"])
+    assert "app/BOOT-INF/classes/com/example/shop/App.class" in app
+    assert "app/BOOT-INF/lib/greet-1.0-SNAPSHOT.jar" in app  # a -SNAPSHOT library is the app's
+    assert not any("jackson" in p for p in app)
+    with Booted(cli, "shop-boot:1.0.0") as vm:
+        status, body = _get(vm.url("/"))
+    assert status == 200
+    assert json.loads(body) == {"app": "shop", "version": "1",
+                                "greeting": "hello from a library"}
+
+
+def test_own_code_change_rebuilds_only_the_app_layer(cli: Cli, shop: ShopBuild,
+                                                     spring: Path, tmp_path: Path) -> None:
+    root = tmp_path / "v2"
+    shutil.copytree(spring, root)
+    shop.spring_boot(root / "shop.jar", shop.compile("2"))
+    out = cli.json("build", str(root), "--version", "2.0.0")
+    assert isinstance(out, dict)
+    assert {s["name"] for s in out["stages"] if not s["cached"]} == {"app", "disk"}
+    v1, v2 = _layers(cli, "shop-boot:1.0.0"), _layers(cli, "shop-boot:2.0.0")
+    assert {k for k in v1 if v1[k] != v2[k]} == {"app"}
+
+
+def test_thin_jar_with_class_path_serves(cli: Cli, shop: ShopBuild, tmp_path: Path) -> None:
+    root = project(tmp_path / "thin", "shop-thin", "shop.jar")
+    shop.thin_jar(root)
+    cli("build", str(root))
+    assert "libs" in _layers(cli, "shop-thin:1.0.0")
+    with Booted(cli, "shop-thin:1.0.0") as vm:
+        assert json.loads(_get(vm.url("/"))[1])["greeting"] == "hello from a library"
+
+
+def test_app_directory_with_main_serves(cli: Cli, shop: ShopBuild, tmp_path: Path) -> None:
+    root = project(tmp_path / "dir", "shop-dir", "dist", f'main = "{MAIN}"\n')
+    shop.app_dir(root / "dist")
+    cli("build", str(root))
+    with Booted(cli, "shop-dir:1.0.0") as vm:
+        assert json.loads(_get(vm.url("/"))[1])["app"] == "shop"
+
+
+@pytest.fixture
+def snapshot(cli: Cli) -> Iterator[None]:
+    """Asserts the store and the cache are as they were after the test."""
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(cli.home)) for p in cli.home.rglob("*")
+                      if "run" not in p.relative_to(cli.home).parts[:1])
+    before = listing()
+    yield
+    assert listing() == before
+
+
+def test_bad_jars_fail_in_one_line_leaving_nothing(cli: Cli, shop: ShopBuild, spring: Path,
+                                                   tmp_path: Path, snapshot: None) -> None:
+    cases = {}
+    truncated = project(tmp_path / "truncated", "bad", "shop.jar")
+    data = (spring / "shop.jar").read_bytes()
+    (truncated / "shop.jar").write_bytes(data[: len(data) // 3])
+    cases[truncated] = "not a valid jar"
+    escape = project(tmp_path / "escape" / "app", "bad", "shop.jar")
+    shop.thin_jar(escape)
+    from tests.java_apps import _jar
+    _jar(shop.app, escape / "shop.jar", {"Main-Class": MAIN, "Class-Path": "../lib/x.jar"})
+    cases[escape] = "escapes the app's directory"
+    nomain = project(tmp_path / "nomain", "bad", "shop.jar", f'main = "{MAIN}X"\n')
+    shop.spring_boot(nomain / "shop.jar")
+    cases[nomain] = f"main class {MAIN}X is not in the app's class path"
+    for root, expected in cases.items():
+        result = cli("build", str(root), check=False)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ERROR: ") and expected in lines[0], lines
