@@ -12,7 +12,7 @@ IMAGEBUILDER_HOME:
 2. Warm rebuild after an app-only change: a new class (that imports nothing new) is added to the
    jar, the jar is rebuilt with the example's build.sh (not timed), then the whole
    ``imagebuilder build`` command is timed; ``build --json`` must show every stage before ``app``
-   (kernel, base, jdeps, jvm, packages) cached: only ``app`` and what follows it ran.  Median
+   (kernel, base, jdk, jvm, packages) cached: only ``app`` and what follows it ran.  Median
    of --fast-runs.  Target <= 1 s.
 3. Image size: kernel + initrd layers as stored (``inspect --json``), target <= 40 MB; and the
    initrd decompressed (the root lives in RAM, so this is the guest's RAM cost of its root).
@@ -676,7 +676,7 @@ class Bench:
             names = all_stages(result)
             if "app" not in names:
                 raise BenchError(f"no `app` stage in build --json: {names}")
-            # Stages before `app` are its inputs' (kernel, base, jdeps, jvm, packages): an
+            # Stages before `app` are its inputs' (kernel, base, jdk, jvm, packages): an
             # app-only change must find them all cached.  Stages after it (e.g. the disk digest)
             # depend on the app layer and rightly run again.
             upstream = names[:names.index("app")]
@@ -873,7 +873,7 @@ def section(bench: Bench, v: dict[str, str], started: dt.datetime, elapsed: floa
         "its lock does): every stage runs, nothing is downloaded."),
         ("- *Warm rebuild*: a new class `hello.BenchExtra` (a string constant, no new imports) is "
         "added and the jar rebuilt with `build.sh` (not timed); `build --json` must report every "
-        "stage before `app` as cached (`jdeps` too: the referenced JDK packages are unchanged) "
+        "stage before `app` as cached (`jvm` too: the JDK modules the classes use are unchanged) "
         "and `app` as rebuilt."),
         ("- *Size*: sum of the kernel and initrd layer blobs from `inspect --json` (MB = 10^6 "
         "bytes). Uncompressed: each initrd layer's zstd stream decompressed and counted; the "
@@ -893,7 +893,7 @@ def section(bench: Bench, v: dict[str, str], started: dt.datetime, elapsed: floa
         "`sync-in`/`sync-out` hooks, so the *packages cached* runs download only the index. "
         "The peer root has no kernel and is not bootable as is, while our size includes a kernel "
         "and its modules; it carries the full JRE, apt, dpkg and perl-base, ours a jlink runtime "
-        "of the modules `jdeps` finds."),
+        "of the modules found in the app's classes."),
     ]
     lines += [f"- {note}" for note in bench.notes]
     foreign = bench.meter.foreign()
