@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import textwrap
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ import pytest
 from tests.java_apps import MAIN, ShopBuild, fetch_wiremock, have_tools
 
 from .conftest import Cli, free_port
+from .test_build import _cpio_listing
+from .test_build import _layers as layers_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -56,18 +57,7 @@ def _get(url: str, data: bytes | None = None) -> tuple[int, str]:
 
 
 def _layers(cli: Cli, ref: str) -> dict[str, str]:
-    info = cli.json("inspect", ref)
-    assert isinstance(info, dict)
-    return {layer["annotations"]["org.opencontainers.image.title"]: layer["digest"]
-            for layer in info["manifest"]["layers"]}
-
-
-def _listing(cli: Cli, digest: str) -> list[str]:
-    import zstandard
-    blob = cli.home / "store" / "blobs" / "sha256" / digest.removeprefix("sha256:")
-    data = zstandard.ZstdDecompressor().stream_reader(blob.open("rb")).read()
-    out = subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True)
-    return out.stdout.decode().splitlines()
+    return {name: str(layer["digest"]) for name, layer in layers_of(cli, ref).items()}
 
 
 class Booted:
@@ -133,9 +123,9 @@ def test_wiremock_serves_a_stub_created_through_the_admin_api(
 def test_spring_boot_layout_serves_json_through_jackson(cli: Cli, spring: Path) -> None:
     layers = _layers(cli, "shop-boot:1.0.0")
     assert list(layers) == ["vmlinuz", "base", "jvm", "libs", "app"]
-    libs = _listing(cli, layers["libs"])
+    libs = _cpio_listing(cli, layers["libs"])
     assert "app/BOOT-INF/lib/jackson-databind.jar" in libs
-    app = _listing(cli, layers["app"])
+    app = _cpio_listing(cli, layers["app"])
     assert "app/BOOT-INF/classes/com/example/shop/App.class" in app
     assert "app/BOOT-INF/lib/greet-1.0-SNAPSHOT.jar" in app  # a -SNAPSHOT library is the app's
     assert not any("jackson" in p for p in app)
