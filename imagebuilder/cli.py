@@ -393,6 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except OSError as exc:  # a disk or the system failed (EIO, ENOSPC, EFBIG...): exit 1
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        _err(f"ERROR: {exc.strerror or exc}{where}: fix the cause (a full or failing disk?) "
+             "and run the command again")
+        return 1
     return 0
 
 

@@ -436,3 +436,26 @@ def test_usage_error_exits_2(invoke: Any) -> None:
     assert result.code == 2
     assert "Missing argument 'REF'" in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_failing_disk_is_one_error_line_and_exit_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSError no layer turned into an ImageBuilderError (EIO, ENOSPC: the fault suite,
+    tests/e2e/test_faults.py, makes real ones) is one line, exit 1; --debug keeps it."""
+    import errno
+    import os
+
+    import imagebuilder.hashing as hashing
+
+    def fail(*_: Any, **__: Any) -> Any:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "f"))
+
+    (tmp_path / "f").write_bytes(b"x")
+    monkeypatch.setattr(hashing, "hash_paths", fail)
+    assert main(["hash", str(tmp_path / "f")]) == 1
+    assert capsys.readouterr().err == (
+        f"ERROR: Input/output error: {tmp_path / 'f'}: fix the cause (a full or failing disk?) "
+        "and run the command again\n")
+    with pytest.raises(OSError):
+        main(["--debug", "hash", str(tmp_path / "f")])
