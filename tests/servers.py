@@ -70,3 +70,30 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra}
     env.pop("AWS_PROFILE", None)
     return env
+
+
+def assert_snapshot_holds(ebs: object, snapshot_id: str, raw: Path) -> int:
+    """Read EBS snapshot ``snapshot_id`` back through the EBS direct APIs (``ebs``: a boto3
+    client on moto_server): every block it holds equals the raw disk's block and every block it
+    does not hold is zeros in the disk. The number of blocks held."""
+    size = 512 * 1024
+    blocks: dict[int, str] = {}
+    kwargs: dict[str, str] = {}
+    while True:
+        page = ebs.list_snapshot_blocks(SnapshotId=snapshot_id, **kwargs)  # type: ignore[attr-defined]
+        blocks.update((b["BlockIndex"], b["BlockToken"]) for b in page["Blocks"])
+        if not page.get("NextToken"):
+            break
+        kwargs = {"NextToken": page["NextToken"]}
+    with open(raw, "rb") as f:
+        index = 0
+        while chunk := f.read(size):
+            if index in blocks:
+                got = ebs.get_snapshot_block(  # type: ignore[attr-defined]
+                    SnapshotId=snapshot_id, BlockIndex=index,
+                    BlockToken=blocks[index])["BlockData"].read()
+                assert got == chunk.ljust(size, b"\0"), f"block {index} differs"
+            else:
+                assert chunk.count(0) == len(chunk), f"block {index} holds data but was not sent"
+            index += 1
+    return len(blocks)

@@ -48,7 +48,7 @@ class RCli(Cli):
 
 def rcli(home: Path, docker: Path, **extra: str) -> RCli:
     docker.mkdir(parents=True, exist_ok=True)
-    return RCli(home, {"DOCKER_CONFIG": str(docker), **extra})
+    return RCli(home, extra_env={"DOCKER_CONFIG": str(docker), **extra})
 
 
 @pytest.fixture(scope="module")
