@@ -22,6 +22,7 @@ import difflib
 import json
 import os
 import re
+import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -212,6 +213,21 @@ def load(path: Path, *, check_app: bool = True) -> Config:
     return _parse(data, file=path, shown=shown, check_app=check_app)
 
 
+def file_kind(path: Path) -> str:
+    """What is at ``path``, as an error message names it: "a file", "a directory", "missing",
+    "a FIFO (named pipe)", "a character device", "a block device" or "a socket"."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    for test, name in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def from_jar(jar: Path, name: str | None, version: str | None) -> Config:
     """The zero-config spec for ``imagebuilder build APP.jar --name N --version V``: every key
     takes its default and the lock file goes next to the jar."""
@@ -226,7 +242,8 @@ def from_jar(jar: Path, name: str | None, version: str | None) -> Config:
     _check_version("--version", version)
     jar_path = _abs(Path(jar))
     if not jar_path.is_file():
-        what = "expected a file, got a directory" if jar_path.is_dir() else "file not found"
+        kind = file_kind(jar_path)
+        what = "file not found" if kind == "missing" else f"expected a jar file, got {kind}"
         raise ConfigError(f"{jar}: {what}: {jar_path}")
     return Config(
         path=None,
@@ -319,8 +336,11 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     app_path = _abs(root / raw_path)
     if check_app and not app_path.exists():
         raise fail("app.path", f"file not found: {app_path}")
+    if check_app and file_kind(app_path) not in ("a file", "a directory"):
+        raise fail("app.path", f"{app_path} is {file_kind(app_path)}, not a jar, a war or an "
+                               "app directory")
     main = app_t.get("main")
-    if main is not None and not (isinstance(main, str) and CLASS_NAME_RE.match(main)):
+    if main is not None and not (isinstance(main, str) and CLASS_NAME_RE.fullmatch(main)):
         raise fail("app.main", f'expected a class name like "com.example.Main", got {_show(main)}')
     port = app_t.get("port")
     if port is not None and not (_is_int(port) and 1 <= port <= 65535):
@@ -358,7 +378,7 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
         raise fail("jvm.fonts", f"expected true or false, got {_show(fonts)}")
     modules = _strings(jvm_t, "jvm", "modules", fail)
     for i, module in enumerate(modules):
-        if not MODULE_NAME_RE.match(module):
+        if not MODULE_NAME_RE.fullmatch(module):
             raise fail(f"jvm.modules[{i}]", f'expected a JDK module name like "java.sql", got'
                        f" {_show(module)}")
     runtime = jvm_t.get("runtime", "minimal")
