@@ -10,7 +10,7 @@ PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils ovmf gpgv debian-archi
   syslinux syslinux-common isolinux systemd-boot-efi mtools dosfstools fdisk gdisk \
   openjdk-17-jdk-headless busybox-static cpio zstd xz-utils xxhash gnupg genisoimage gcc \
   skopeo time docker-registry bmap-tools ipxe-qemu libarchive-tools \
-  libjakarta-servlet-api-java libservlet-api-java"
+  libjakarta-servlet-api-java libservlet-api-java libjackson2-databind-java"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
