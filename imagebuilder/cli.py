@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
+from .commands import env_config, get_home
 from .commands import human_size as _human
-from .errors import ConfigError, ImageBuilderError, UserError
+from .errors import ImageBuilderError, UserError
 
 if TYPE_CHECKING:
     from . import config as config_mod
@@ -31,11 +32,6 @@ def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _home() -> Home:
-    from .home import Home
-    return Home()
-
-
 def _load_config(source: str | None, name: str | None, version: str | None,
                  mirror: str | None) -> config_mod.Config:
     from . import config as config_mod
@@ -45,15 +41,6 @@ def _load_config(source: str | None, name: str | None, version: str | None,
     else:
         cfg = config_mod.load(path)
     return config_mod.with_overrides(cfg, name=name, version=version, mirror=mirror)
-
-
-def _env_config(config_path: str | None) -> config_mod.Config:
-    from . import config as config_mod
-    path = Path(config_path or ".")
-    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
-        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
-                          "environments from: run from the app's directory or pass --config PATH")
-    return config_mod.load(path, check_app=False)
 
 
 
@@ -100,7 +87,7 @@ def build_cmd(source: str | None, name: str | None, version: str | None, mirror:
     if formats and not out_dir.is_dir():
         raise UserError(f"output directory {out_dir} does not exist")
     cfg = _load_config(source, name, version, mirror)
-    home = _home()
+    home = get_home()
     result = build(cfg, home, mirror=mirror, report=lambda s: None if as_json else _err(s))
     written = []
     if formats:
@@ -156,7 +143,7 @@ def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, with_bmap
     if with_bmap and fmt != "raw":
         raise UserError(f"--bmap goes with --format raw, not {fmt}")
     size = export.parse_size(size_text) if size_text is not None else None
-    home = _home()
+    home = get_home()
     image = home.store.resolve(ref)
     boot = export.BootSource.of_image(home.store, image)
     dest = Path(output)
@@ -211,7 +198,7 @@ def hash_cmd(files: Sequence[str], algo: str, as_json: bool) -> None:
 def images_cmd(as_json: bool) -> None:
     """List the images in the local store and the environments they are promoted to."""
     from .promote import environments_of
-    store = _home().store
+    store = get_home().store
     images = store.images()
     envs = {i.ref: environments_of(store, i.name, i.digest) for i in images}
     if as_json:
@@ -234,7 +221,7 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
 
     from .promote import environments_of, history
     from .store import TITLE_ANNOTATION
-    store = _home().store
+    store = get_home().store
     image = store.resolve(ref)
     envs = environments_of(store, image.name, image.digest)
     promotions = [dataclasses.asdict(p) for p in history(store, image.name)]
@@ -270,7 +257,7 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
 def rm_cmd(refs: Sequence[str]) -> None:
     """Remove images from the local store (blobs other images use are kept)."""
-    store = _home().store
+    store = get_home().store
     for ref in refs:
         digest = store.remove(ref)
         click.echo(f"removed {ref} ({digest})")
@@ -300,11 +287,11 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
     """Boot image REF (NAME:VERSION) in QEMU. The console is the app's output; Ctrl-C stops the
     VM cleanly. Exits with the app's exit status."""
     from .targets import qemu
-    home = _home()
+    home = get_home()
     image = home.store.resolve(ref)
     env_vars: dict[str, str] = {}
     if env_name is not None:
-        env_vars = dict(_env_config(config_path).env(env_name).vars)
+        env_vars = dict(env_config(config_path).env(env_name).vars)
     app = image.config.get("app", {})
     forwards = [qemu.PortForward.parse(p) for p in ports]
     if not forwards and app.get("port"):
@@ -331,7 +318,7 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
 def ps_cmd(as_json: bool) -> None:
     """List VMs started with `run --wait` that are still running."""
     from .targets import vms
-    running = vms.running(_home().runs)
+    running = vms.running(get_home().runs)
     if as_json:
         click.echo(json.dumps([{"id": vm.id, "pid": vm.pid} for vm in running]))
         return
@@ -345,7 +332,7 @@ def ps_cmd(as_json: bool) -> None:
 def stop_cmd(vm_ids: Sequence[str]) -> None:
     """Stop VMs started with `run --wait` (ACPI power button, then kill after 30 s)."""
     from .targets import qemu, vms
-    runs = _home().runs
+    runs = get_home().runs
     for vm_id in vm_ids:
         qemu.stop_vm(vms.find_vm(runs, vm_id))
         click.echo(f"stopped {vm_id}")

@@ -36,8 +36,8 @@ Per-block SHA-256 (``block_size=N``)
     :attr:`Digests.blocks` holds the SHA-256 of each ``N``-byte block (the last may be shorter), or
     None for a block that is all zeros, whether hole or written.
 
-All reading of whole files goes through :func:`digest_file`; :func:`iter_file_chunks` remains for
-callers that need the bytes themselves.
+All reading of whole files goes through :func:`digest_file`; readers that need the bytes
+themselves feed a :class:`MultiHasher` as they go (see :mod:`imagebuilder.blobs`).
 
 :func:`key_of` turns structured values (stage name, version, options, file digests) into one stable
 cache key with an unambiguous encoding, so that equal inputs give equal keys on every machine and
@@ -61,7 +61,7 @@ from .sparse import Extent, data_extents, layout
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Any, BinaryIO, Protocol
+    from typing import Any, Protocol
 
     class _Hash(Protocol):
         def update(self, data: Buffer, /) -> object: ...
@@ -654,29 +654,6 @@ def hash_paths(
         d = digest_file(p, (algo,))
         out.append((p, d[algo], d.size))
     return out
-
-
-def iter_chunks(f: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """The contents of the open file ``f`` from its current position, ``chunk_size`` at a time."""
-    while True:
-        chunk = f.read(chunk_size)
-        if not chunk:
-            return
-        yield chunk
-
-
-def iter_file_chunks(path: Path | str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """The contents of the file at ``path``, holes included, ``chunk_size`` bytes at a time."""
-    with open(path, "rb") as f:
-        yield from iter_chunks(f, chunk_size)
-
-
-def hash_chunks(chunks: Iterable[Buffer], algos: Sequence[str] = ("xxh3",)) -> dict[str, str]:
-    """Digests of the concatenation of ``chunks``."""
-    hasher = MultiHasher(algos)
-    for chunk in chunks:
-        hasher.update(chunk)
-    return hasher.hexdigests()
 
 
 def hash_file(path: Path | str, algos: Sequence[str] = ("xxh3",)) -> dict[str, str]:

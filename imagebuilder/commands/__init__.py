@@ -2,8 +2,43 @@
 
 Each module exposes ``COMMANDS``, a list of click commands that cli.py registers with
 ``cli.add_command``. Modules here import only click at load time; the library is imported when
-a command runs, as in cli.py.
+a command runs, as in cli.py. The helpers below are shared by cli.py and every module here.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..home import Home
+
+
+def get_home() -> Home:
+    """The imagebuilder home of this command ($IMAGEBUILDER_HOME or the default)."""
+    from ..home import Home
+    return Home()
+
+
+def env_config(config_path: str | None) -> Config:
+    """The imagebuilder.toml holding the environments: ``--config PATH`` (a file or the
+    directory holding one) or the current directory; the app itself need not exist."""
+    from pathlib import Path
+
+    from .. import config as config_mod
+    from ..errors import ConfigError
+    path = Path(config_path or ".")
+    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
+        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
+                          "environments from: run from the app's directory or pass --config PATH")
+    return config_mod.load(path, check_app=False)
+
+
+def env_vars(env_name: str | None, config_path: str | None) -> dict[str, str]:
+    """The variables of environment ``env_name`` ({} without one)."""
+    if env_name is None:
+        return {}
+    return dict(env_config(config_path).env(env_name).vars)
 
 
 def human_size(size: int) -> str:

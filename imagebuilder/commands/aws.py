@@ -9,29 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from . import env_config, get_home
+
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..home import Home
-
-
-def _home() -> Home:
-    from ..home import Home
-    return Home()
-
-
-def _config(config_path: str | None) -> Config:
-    from .. import config as config_mod
-    from ..errors import ConfigError
-    path = Path(config_path or ".")
-    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
-        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
-                          "environments from: run from the app's directory or pass --config PATH")
-    return config_mod.load(path, check_app=False)
+    pass
 
 
 def _regions(text: str | None) -> tuple[str, ...]:
@@ -73,8 +58,8 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
                         f"--env {env_name or 'ENV'} --target aws --region {region}"
                         + (f" --regions {regions}" if regions else ""))
     if env_name is not None:
-        _config(config_path).env(env_name)  # a one-line error naming the known environments
-    home = _home()
+        env_config(config_path).env(env_name)  # a one-line error naming the known environments
+    home = get_home()
     image = home.store.resolve(ref)
     other = _regions(regions)
     bar = None
@@ -114,8 +99,8 @@ def userdata_cmd(ref: str, env_name: str, output: str | None, config_path: str |
     """Print the EC2 user-data for REF in environment ENV: the image's init reads it through
     IMDSv2 when the instance has no config drive (put it in the launch template)."""
     from ..targets import aws
-    environment = _config(config_path).env(env_name)
-    _home().store.resolve(ref)  # an image that was never built is an error
+    environment = env_config(config_path).env(env_name)
+    get_home().store.resolve(ref)  # an image that was never built is an error
     data = aws.userdata(env_name, environment.vars)
     if output is None:
         click.echo(data, nl=False)

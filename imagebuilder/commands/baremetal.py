@@ -11,23 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import ConfigError, UserError
+from ..errors import UserError
+from . import env_vars as read_env_vars
+from . import get_home
 
 if TYPE_CHECKING:
     from ..disk.model import Disk
     from ..targets.baremetal import MappedImage
-
-
-def _env_vars(env_name: str | None, config_path: str | None) -> dict[str, str]:
-    if env_name is None:
-        return {}
-    from .. import config as config_mod
-
-    path = Path(config_path or ".")
-    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
-        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
-                          "environments from: run from the app's directory or pass --config PATH")
-    return dict(config_mod.load(path, check_app=False).env(env_name).vars)
 
 
 def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str]:
@@ -48,9 +38,7 @@ def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str]:
     if bmap_path:
         raise UserError("--bmap goes with a raw image file, not an image reference")
     from ..export import BootSource, bootable
-    from ..home import Home
-
-    home = Home()
+    home = get_home()
     image = home.store.resolve(ref)
     return bootable(home.cache, BootSource.of_image(home.store, image)), image.ref
 
@@ -98,7 +86,7 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
     /dev/sdb or a disk image file: only the blocks holding data, then read back and verified."""
     from ..targets import baremetal
 
-    env_vars = _env_vars(env_name, config_path)
+    env_vars = read_env_vars(env_name, config_path)
     source, name = _source(ref, bmap_path)
     if env_name is not None:
         if isinstance(source, baremetal.MappedImage):
@@ -145,14 +133,12 @@ def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | No
     address = netboot.parse_listen(listen)
     allowed = netboot.parse_allow(allow)
     netboot.check_allow(address[0], allowed, env_name is not None)
-    env_vars = _env_vars(env_name, config_path)
+    env_vars = read_env_vars(env_name, config_path)
     path = Path(ref)
     if path.is_dir():
         source = netboot.NetbootSource.of_directory(path)
     else:
-        from ..home import Home
-
-        home = Home()
+        home = get_home()
         source = netboot.NetbootSource.of_image(home.store, home.store.resolve(ref))
     if env_name is not None:
         source = source.with_env(env_name, env_vars)

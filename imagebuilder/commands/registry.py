@@ -13,21 +13,15 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from . import env_config, get_home
 from . import human_size as _human
 
 if TYPE_CHECKING:
-    from ..home import Home
     from ..store import Store
-
-
-def _home() -> Home:
-    from ..home import Home
-    return Home()
 
 
 
@@ -75,7 +69,7 @@ def push_cmd(ref: str, target: str, force: bool, chunk_size: int, insecure: bool
     registry lacks are uploaded; the manifest goes last."""
     from .. import registry
     dest = registry.RegistryRef.parse(target)
-    home = _home()
+    home = get_home()
     image = home.store.resolve(ref)
     client = _client(dest.host, insecure)
     locations = registry.BlobLocations(home.root / "cache" / "registry" / "blobs.json")
@@ -107,7 +101,7 @@ def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
     if src.tag is None and src.digest is None:
         from ..errors import UserError
         raise UserError(f"'{source}' names no tag or digest: add :TAG or @sha256:...")
-    home = _home()
+    home = get_home()
     client = _client(src.host, insecure)
     with _progress(f"pull {src}", as_json) as progress:
         result = registry.pull(home.store, src, client, force=force, local_ref=local_ref,
@@ -145,14 +139,8 @@ def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
     publish) is retagged for ENV too. No blob is uploaded and nothing is rebuilt; the
     promotion is recorded in the image's history, so a rollback is a promote of the previous
     digest."""
-    from .. import config as config_mod
     from .. import promote, registry
-    from ..errors import ConfigError
-    path = Path(config_path or ".")
-    if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():
-        raise ConfigError(f"no {config_mod.CONFIG_NAME} in {path.absolute()} to read the "
-                          "environments from: run from the app's directory or pass --config PATH")
-    cfg = config_mod.load(path, check_app=False)
+    cfg = env_config(config_path)
     cfg.env(env_name)  # a one-line error naming the known environments
     client = target = None
     if registry_repo is not None:
@@ -161,7 +149,7 @@ def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
             from ..errors import UserError
             raise UserError(f"--registry takes HOST/REPO without a tag: '{registry_repo}'")
         client = _client(target.host, insecure)
-    store = _home().store
+    store = get_home().store
     elsewhere = _aws_promotion(store, ref, env_name, target_name, region, regions, profile)
     result = promote.promote(store, ref, env_name, cfg.env_names, force=force,
                              client=client, target=target, config_path=cfg.path,
@@ -203,7 +191,7 @@ def gc_cmd(dry_run: bool, as_json: bool) -> None:
     """Delete the blobs of the local store that no image, environment tag or history uses, and
     the scratch files and directories of killed commands (store, cache, temporary directory)."""
     from ..scratch import remove_stale
-    home = _home()
+    home = get_home()
     result = home.store.gc(dry_run=dry_run)
     scratch = [] if dry_run else [*result.scratch, *home.cache.remove_stale(),
                                   *remove_stale(tempfile.gettempdir(), "imagebuilder-")]

@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..errors import DamagedError
+from . import get_home
 from . import human_size as _human
 
 
@@ -20,10 +21,9 @@ def check_cmd(no_cache: bool, as_json: bool) -> None:
     if anything is."""
     from tqdm import tqdm
 
-    from ..home import Home
     from ..storecheck import check
 
-    home = Home()
+    home = get_home()
     with tqdm(desc="check", unit="B", unit_scale=True, unit_divisor=1024, leave=False,
               disable=True if as_json else None) as bar:
         report = check(home.store, None if no_cache else home.cache, progress=bar.update)
