@@ -115,7 +115,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     """``IP:PORT`` (``[IPv6]:PORT``) to ``(ip, port)``."""
     m = _LISTEN_RE.match(text.strip())
     if not m or not 0 < int(m["port"]) < 65536:
-        raise UserError(f"--listen {text}: expected IP:PORT, e.g. 0.0.0.0:8000")
+        raise UserError(f"--listen {text}: expected IP:PORT, e.g. 10.0.0.1:8000")
     ip = m["ip6"] or m["ip"]
     try:
         ipaddress.ip_address(ip)
