@@ -3,7 +3,7 @@
 Stages and what keys them (each key also holds the stage's own version):
 
 * ``kernel``   the kernel package's SHA-256                            -> vmlinuz
-* ``base``     busybox + kernel packages, module list, init templates  -> base layer
+* ``base``     busybox, kernel, firmware packages, modules, init templates -> base layer
 * ``jdk``      JDK packages                                            -> JDK package index
 * ``natives``  JDK packages + module list + fonts                     -> library/font packages
 * ``jvm``      JDK, library and font packages + module list            -> jvm layer
@@ -37,6 +37,8 @@ from .apps.shape import File, Shape
 from .config import Config
 from .errors import HostError
 from .export import BootSource
+from .hardware import Selection, firmware_files, missing_firmware_message, present_modules
+from .hardware import select as select_drivers
 from .home import Home
 from .kernel import KernelManifest, ModuleTree, load_manifest
 from .layers import app as app_layer
@@ -49,7 +51,7 @@ from .scratch import scratch_dir
 from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from .store import TITLE_ANNOTATION as TITLE
 
-STAGE_VERSIONS = {"kernel": 1, "base": 1, "jdk": 1, "natives": 1, "jvm": 3, "packages": 1,
+STAGE_VERSIONS = {"kernel": 1, "base": 2, "jdk": 1, "natives": 1, "jvm": 3, "packages": 1,
                   "libs": 1, "app": 2}
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer, built
 #: for every version, fast (level 3 packs an 18 MiB fat jar 8 times faster than level 9, for
@@ -128,6 +130,7 @@ class Builder:
     def run(self) -> BuildResult:
         cfg = self.cfg
         manifest = load_manifest(cfg.system.kernel)
+        drivers = select_drivers(manifest, cfg.system.hardware, cfg.system.modules)
         budget = Budget()
         shape = detect(cfg.app.path, cfg.app.main, budget)
         memo_path = self.home.root / "cache" / SCAN_MEMO
@@ -139,11 +142,11 @@ class Builder:
             budget.close()
         if len(memo) != known:
             save_memo(memo_path, memo)
-        resolution = resolve(cfg, manifest, self.home.downloads, mirror=self.mirror)
+        resolution = resolve(cfg, drivers, self.home.downloads, mirror=self.mirror)
         with scratch_dir() as scratch:
             roots = _Sysroots(resolution, scratch)
             kernel = self._kernel(resolution, roots)
-            layers = [("base", self._base(manifest, resolution, roots))]
+            layers = [("base", self._base(drivers, resolution, roots))]
             index = self._jdk(resolution, roots)
             modules = modules_mod.needed(usage, index, cfg.jvm.modules,
                                          full=cfg.jvm.runtime == "full")
@@ -161,21 +164,28 @@ class Builder:
             dest.write_bytes(vmlinuz.read_bytes())
         return self._stage("kernel", {"debs": resolution.key("kernel")}, produce)
 
-    def _base(self, manifest: KernelManifest, resolution: Resolution, roots: _Sysroots) -> Path:
+    def _base(self, drivers: Selection, resolution: Resolution, roots: _Sysroots) -> Path:
         inputs = {
             "debs": resolution.key("base") + resolution.key("kernel"),
-            "modules": list(manifest.modules),
+            "firmware": resolution.key("firmware"),
+            "modules": list(drivers.modules),
+            "explicit": list(drivers.extra),
             "templates": [hashing.xxh3_bytes(template_source(t))
                           for t in ("init.sh.j2", "udhcpc.script", "jdkhint.awk")],
             "env": [hashing.xxh3_bytes(base_layer.env_filter().encode()), base_layer.APPLETS],
         }
         def make_tree() -> Tree:
             modules = ModuleTree.scan(roots.get("kernel"))
-            present = tuple(m for m in manifest.modules if m in modules or m in modules.builtin)
-            absent = sorted(set(manifest.modules) - set(present))
+            present, absent = present_modules(drivers, modules, modules.kver)
             if absent:
                 self.report(f"base: {modules.kver} has no {', '.join(absent)}: skipped")
-            return base_layer.build_tree(roots.get("base"), modules, present)
+            closure = modules.closure(list(present))
+            fw_roots = [roots.get("firmware")] if resolution.parts.get("firmware") else []
+            firmware, missing = firmware_files(closure, fw_roots)
+            if fw_roots:
+                for line in missing_firmware_message(missing, drivers.kernel.name):
+                    self.report(line)
+            return base_layer.build_tree(roots.get("base"), modules, closure, firmware)
         return self._layer("base", inputs, make_tree)
 
     def _jdk(self, resolution: Resolution, roots: _Sysroots) -> modules_mod.JdkIndex:
@@ -286,6 +296,8 @@ class Builder:
             "kernel": {"package": kernel_entry.name, "version": kernel_entry.version,
                        "release": kernel_entry.name.removeprefix("linux-image-")},
             "cmdline": manifest.cmdline,
+            "hardware": list(cfg.system.hardware),
+            "modules": list(cfg.system.modules),
             "layers": [name for name, _ in layers],
             "app": {"jar": cfg.app.path.name, "shape": shape.kind, "main": shape.main,
                     "classes": usage.classes, "port": cfg.app.port,

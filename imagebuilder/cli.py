@@ -291,7 +291,7 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
     image = home.store.resolve(ref)
     env_vars: dict[str, str] = {}
     if env_name is not None:
-        env_vars = dict(env_config(config_path).env(env_name).vars)
+        env_vars = env_config(config_path).env(env_name).boot_vars()
     app = image.config.get("app", {})
     forwards = [qemu.PortForward.parse(p) for p in ports]
     if not forwards and app.get("port"):

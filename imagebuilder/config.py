@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from . import envlimits
+from . import network as network_mod
 from .errors import ConfigError, NotFoundError
+from .resources import data_dir
 
 CONFIG_NAME = "imagebuilder.toml"
 LOCK_NAME = "imagebuilder.lock"
@@ -48,6 +50,7 @@ RESERVED_VAR_PREFIX = "IMAGEBUILDER_"
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]*$")
 KERNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+MODULE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 #: 21 and 25 on trixie; 17 is what bookworm has.
 JVM_VERSIONS = (17, 21, 25)
 #: A Java class name in dotted form ([app] main) and a JDK module name ([jvm] modules).
@@ -71,9 +74,9 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "image": ("name", "version"),
     "app": ("path", "main", "args", "port", "healthcheck", "packages"),
     "jvm": ("version", "args", "fonts", "modules", "runtime"),
-    "system": ("suite", "kernel", "memory", "mirror"),
+    "system": ("suite", "kernel", "hardware", "modules", "memory", "mirror"),
     "environments": ("order",),
-    "env.*": ("vars",),
+    "env.*": ("vars", "network"),
 }
 
 
@@ -115,21 +118,30 @@ class SystemSection:
     """``[system]``: where the kernel and userland come from, and the VM size for ``run``.
 
     ``mirror`` is a Debian mirror URL without a trailing slash, or None for the host's own apt
-    configuration.
+    configuration. ``hardware`` names driver sets (``kernels/hardware/<set>.toml``) and
+    ``modules`` single kernel modules, both added to the kernel manifest's own modules.
     """
 
     suite: str = "trixie"
-    kernel: str = "debian-cloud"
+    kernel: str = "debian"
     memory: int = 1024
     mirror: str | None = None
+    hardware: tuple[str, ...] = ("virtual",)
+    modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Environment:
-    """One ``[env.NAME]`` table: variables injected at boot, never baked into the image."""
+    """One ``[env.NAME]`` table: variables and static network settings injected at boot, never
+    baked into the image."""
 
     name: str
     vars: dict[str, str] = field(default_factory=dict, hash=False)
+    network: tuple[network_mod.StaticNetwork, ...] = ()
+
+    def boot_vars(self) -> dict[str, str]:
+        """What the guest receives: the variables and the network lines (IMAGEBUILDER_NET_n)."""
+        return {**self.vars, **network_mod.env_vars(self.network)}
 
 
 @dataclass(frozen=True)
@@ -393,12 +405,26 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     suite = system_t.get("suite", "trixie")
     if not (isinstance(suite, str) and SUITE_RE.fullmatch(suite)):
         raise fail("system.suite", f'expected a Debian suite like "trixie", got {_show(suite)}')
-    kernel = system_t.get("kernel", "debian-cloud")
+    kernel = system_t.get("kernel", "debian")
     if not (isinstance(kernel, str) and KERNEL_RE.fullmatch(kernel)):
         raise fail(
-            "system.kernel", f'expected a kernel manifest name like "debian-cloud", got'
+            "system.kernel", f'expected a kernel manifest name like "debian", got'
             f" {_show(kernel)}",
         )
+    hardware = _strings(system_t, "system", "hardware", fail) if "hardware" in system_t \
+        else SystemSection.hardware
+    known_sets = driver_sets()
+    for i, name in enumerate(hardware):
+        if name not in known_sets:
+            close = difflib.get_close_matches(name, known_sets, n=3, cutoff=0.4)
+            hint = "closest: " + ", ".join(close) if close else "known: " + ", ".join(known_sets)
+            raise fail(f"system.hardware[{i}]",
+                       f"kernel '{kernel}' has no driver set {_show(name)} ({hint})")
+    modules = _strings(system_t, "system", "modules", fail)
+    for i, module in enumerate(modules):
+        if not MODULE_RE.match(module):
+            raise fail(f"system.modules[{i}]",
+                       f'expected a kernel module name like "igb", got {_show(module)}')
     memory = system_t.get("memory", 1024)
     if not (_is_int(memory) and memory >= MIN_MEMORY_MIB):
         raise fail(
@@ -408,7 +434,8 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     mirror = system_t.get("mirror")
     if mirror is not None:
         mirror = _check_mirror("system.mirror", mirror, fail)
-    system = SystemSection(suite=suite, kernel=kernel, memory=memory, mirror=mirror)
+    system = SystemSection(suite=suite, kernel=kernel, hardware=tuple(dict.fromkeys(hardware)),
+                           modules=modules, memory=memory, mirror=mirror)
 
     # [env.*] and [environments]
     env_t = table("env")
@@ -436,7 +463,11 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
         problem = envlimits.env_problem(env_name, env_vars)
         if problem:
             raise fail(f"{key}.vars", problem)
-        environments[env_name] = Environment(name=env_name, vars=dict(env_vars))
+        settings: tuple[network_mod.StaticNetwork, ...] = ()
+        if "network" in body:
+            settings = network_mod.parse(body["network"], f"{key}.network", fail)
+        environments[env_name] = Environment(name=env_name, vars=dict(env_vars),
+                                             network=settings)
 
     order_t = table("environments")
     if "order" in order_t:
@@ -474,6 +505,12 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def driver_sets() -> list[str]:
+    """The driver sets shipped in ``kernels/hardware/``, sorted."""
+    folder = data_dir("kernels") / "hardware"
+    return sorted(p.name[: -len(".toml")] for p in folder.glob("*.toml"))
 
 
 def _default_fail(key: str, message: str) -> ConfigError:

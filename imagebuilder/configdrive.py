@@ -4,12 +4,13 @@ Images carry no environment values (so one image digest serves test and prod); `
 ``flash`` attach this small ISO 9660 volume instead. Its volume identifier is ``IMAGEBUILDER``
 (:data:`VOLUME_ID`), so the guest's init finds it by label, mounts it read-only and reads
 ``/imagebuilder/env``: one ``KEY=VALUE`` line per variable, sorted by key, always including
-``IMAGEBUILDER_ENV=<environment name>``. Values are written verbatim (no quoting or escaping:
-spaces, quotes, ``$`` and ``=`` survive): the guest's init never evaluates them, it hands each
-line as one ``NAME=VALUE`` string to ``env -i``, which splits it at its first ``=`` only. One
-line per variable is also why a value can never contain a newline (nor a NUL): ``config``
-rejects such values, and sizes the guest cannot carry (:mod:`imagebuilder.envlimits`), and
-:func:`write_config_drive` refuses them.
+``IMAGEBUILDER_ENV=<environment name>`` and, for an environment with static network settings,
+one ``IMAGEBUILDER_NET_<n>`` line per network card (see :mod:`imagebuilder.network`). Values
+are written verbatim (no quoting or escaping: spaces, quotes, ``$`` and ``=`` survive): the
+init never evaluates them, it hands each line as one ``NAME=VALUE`` string to ``env -i``,
+which splits it at its first ``=`` only. One line per variable is also why a value can never
+contain a newline (nor a NUL): ``config`` rejects such values, and sizes the guest cannot carry
+(:mod:`imagebuilder.envlimits`), and :func:`write_config_drive` refuses them.
 
 The volume has Rock Ridge 1.09 and Joliet directory trees as well as the plain ISO 9660 one, so
 the names keep their lower case however the guest mounts it.
@@ -31,6 +32,7 @@ from typing import Any
 import pycdlib
 from pycdlib import dates
 
+from . import network
 from .config import ENV_NAME_RE, check_env_var
 from .envlimits import env_problem
 from .errors import ConfigError
@@ -60,7 +62,9 @@ def env_file(env_name: str, vars: Mapping[str, str]) -> bytes:
             " starting with a letter"
         )
     for key, value in vars.items():
-        problem = check_env_var(key, value)
+        # The static network lines (Environment.boot_vars) use the reserved prefix.
+        problem = (network.check_env_value(value) if network.is_network_var(key)
+                   else check_env_var(key, value))
         if problem:
             raise ConfigError(f"env.{env_name}.vars.{key}: {problem}")
     problem = env_problem(env_name, vars)

@@ -5,7 +5,9 @@ from, the drivers an image needs and the default kernel command line. Debian's k
 ship the modules (often ``.ko.xz``) without ``modules.dep`` or ``modules.alias``: depmod runs at
 install time. So this module reads each module's ``.modinfo`` section (``depends=``,
 ``softdep=``, ``alias=``), computes the closure of the requested drivers in load order, and writes
-the modules, uncompressed, into the base layer together with the ``modules.dep``,
+the modules, still xz-compressed as Debian ships them (busybox ``modprobe`` decompresses ``.ko.xz``
+itself, so they cost the guest's RAM their compressed size), into the base layer together with
+the ``modules.dep``,
 ``modules.alias`` and ``modules.builtin`` files that busybox ``modprobe`` reads.
 
 Notes on busybox ``modprobe`` (modutils/modprobe.c, 1.37 as shipped by Debian), which the formats
@@ -137,6 +139,13 @@ class Module:
     depends: tuple[str, ...]  # modules it needs loaded first (modinfo "depends=")
     softdeps: tuple[str, ...]  # "softdep=pre: ..." names; may be aliases; "post:" ones ignored
     aliases: tuple[str, ...]  # fnmatch patterns matched against a device's modalias
+    firmware: tuple[str, ...] = ()  # files it may load from /lib/firmware (modinfo "firmware=")
+
+    @property
+    def file_relpath(self) -> str:
+        """Where the file goes under lib/modules/<kver>/: ``.ko.xz`` stays compressed (busybox
+        decompresses xz), ``.ko.zst`` is stored uncompressed (busybox has no zstd)."""
+        return self.relpath + (".xz" if self.path.name.endswith(".ko.xz") else "")
 
 
 def decompress_module(path: Path) -> bytes:
@@ -175,6 +184,7 @@ def read_module(path: Path, relpath: str) -> Module:
     depends: list[str] = []
     softdeps: list[str] = []
     aliases: list[str] = []
+    firmware: list[str] = []
     for entry in (info or b"").split(b"\0"):
         key, sep, raw = entry.partition(b"=")
         if not sep:
@@ -186,6 +196,8 @@ def read_module(path: Path, relpath: str) -> Module:
             softdeps.extend(_parse_softdep(value))
         elif key == b"alias":
             aliases.append(value)
+        elif key == b"firmware":
+            firmware.append(value)
     name = modname(relpath)
     return Module(
         name=name,
@@ -194,6 +206,7 @@ def read_module(path: Path, relpath: str) -> Module:
         depends=tuple(sorted(set(depends) - {name})),
         softdeps=tuple(dict.fromkeys(s for s in softdeps if s != name)),
         aliases=tuple(dict.fromkeys(aliases)),
+        firmware=tuple(dict.fromkeys(firmware)),
     )
 
 
@@ -414,7 +427,8 @@ def modules_dep(modules: list[Module]) -> str:
             needed.add(dep)
             stack.extend(_direct_deps(by_name[dep], by_name))
         deps = sorted(needed, key=position.__getitem__, reverse=True)
-        lines.append(f"{mod.relpath}:" + "".join(f" {by_name[d].relpath}" for d in deps))
+        lines.append(f"{mod.file_relpath}:"
+                     + "".join(f" {by_name[d].file_relpath}" for d in deps))
     return "".join(f"{line}\n" for line in lines)
 
 
@@ -434,19 +448,20 @@ def write_modules(
     *,
     builtin: Iterable[str] = (),
 ) -> None:
-    """Add ``modules`` (uncompressed) and their index files under ``lib/modules/<kver>/``.
+    """Add ``modules`` (as shipped, compressed or not) and their index files under
+    ``lib/modules/<kver>/``.
 
     ``builtin`` is the lines of the kernel's ``modules.builtin`` (``ModuleTree.builtin_paths``),
-    copied so modprobe knows built-in names. Modules are decompressed one at a time.
+    copied so modprobe knows built-in names.
     """
     base = f"lib/modules/{kver}"
     by_name = {m.name: m for m in modules}
     for mod in _load_order(modules, by_name):
-        target = f"{base}/{mod.relpath}"
-        if mod.path.name.endswith(".ko"):
-            tree.add_file(target, source=mod.path, mode=0o644)
+        if mod.path.name.endswith(".zst"):
+            tree.add_file(f"{base}/{mod.file_relpath}", data=decompress_module(mod.path),
+                          mode=0o644)
         else:
-            tree.add_file(target, data=decompress_module(mod.path), mode=0o644)
+            tree.add_file(f"{base}/{mod.file_relpath}", source=mod.path, mode=0o644)
     tree.add_file(f"{base}/modules.dep", data=modules_dep(modules).encode(), mode=0o644)
     tree.add_file(f"{base}/modules.alias", data=modules_alias(modules).encode(), mode=0o644)
     builtin_text = "".join(f"{line}\n" for line in builtin)

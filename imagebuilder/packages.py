@@ -24,7 +24,7 @@ from .fetch.debian import Archive, Package, fetch_locked
 from .fetch.http import NotOnMirrorError
 from .fetch.lock import Lock, LockEntry
 from .fetch.sources import mirror_from_apt
-from .kernel import KernelManifest
+from .hardware import Selection
 
 #: Shared libraries the JVM's ELF files need (DT_NEEDED closure of a jlink runtime).
 JVM_LIBRARIES = ("libc6", "libgcc-s1", "libstdc++6", "zlib1g")
@@ -33,28 +33,32 @@ BASE_PACKAGES = ("busybox-static",)
 #: libraries and fonts of the JVM's natives. The lock pins them like the rest.
 NATIVES = "natives"
 DERIVED = (NATIVES,)
+#: The archive component that holds Debian's firmware packages (since bookworm).
+FIRMWARE_COMPONENT = "non-free-firmware"
 
 
 def jdk_package(version: int) -> str:
     return f"openjdk-{version}-jdk-headless"
 
 
-def roots(cfg: Config, kernel: KernelManifest) -> dict[str, list[str]]:
+def roots(cfg: Config, drivers: Selection) -> dict[str, list[str]]:
     """The root packages of each part of the image."""
     parts = {
-        "kernel": [kernel.package],
+        "kernel": [drivers.kernel.package],
         "base": list(BASE_PACKAGES),
         "jvm": [jdk_package(cfg.jvm.version), *JVM_LIBRARIES],
     }
     if cfg.app.packages:
         parts["packages"] = sorted(cfg.app.packages)
+    if drivers.firmware_packages:
+        parts["firmware"] = list(drivers.firmware_packages)
     return parts
 
 
 def _follow(part: str) -> Callable[[Package], bool]:
     if part == "kernel":
         return lambda p: p.name.startswith("linux-image-")
-    if part == "base":
+    if part in ("base", "firmware"):
         return lambda p: False
     if part == "jvm":
         return lambda p: p.name.startswith("openjdk-") or p.name in JVM_LIBRARIES
@@ -167,10 +171,14 @@ class Resolution:
             _lock(self.suite, self.roots, self.parts).write(self.lock_path)
 
 
-def resolve(cfg: Config, kernel: KernelManifest, cache_dir: Path, *, mirror: str | None = None,
+def resolve(cfg: Config, drivers: Selection, cache_dir: Path, *, mirror: str | None = None,
             update: bool = False) -> Resolution:
-    """The packages of the image, from the lock file if it matches, else from the archive."""
-    wanted = roots(cfg, kernel)
+    """The packages of the image, from the lock file if it matches, else from the archive.
+
+    Firmware packages come from the archive's non-free-firmware component, whose index is
+    verified against the same signed Release as main's.
+    """
+    wanted = roots(cfg, drivers)
     chosen_mirror: list[str] = []
 
     def get_mirror() -> str:
@@ -185,7 +193,8 @@ def resolve(cfg: Config, kernel: KernelManifest, cache_dir: Path, *, mirror: str
         parts = {part: [by_name[n] for n in names] for part, names in lock.sets.items()}
         return Resolution(parts, get_mirror, cache_dir, lock_path=cfg.lock_path,
                           suite=cfg.system.suite, roots=dict(lock.roots))
-    archive = Archive(get_mirror(), cfg.system.suite, cache_dir)
+    components = ("main", FIRMWARE_COMPONENT) if "firmware" in wanted else ("main",)
+    archive = Archive(get_mirror(), cfg.system.suite, cache_dir, components=components)
     parts = {part: [p.lock_entry() for p in archive.resolve(names, follow=_follow(part))]
              for part, names in wanted.items()}
     _lock(cfg.system.suite, wanted, parts).write(cfg.lock_path)

@@ -35,10 +35,11 @@ def env_config(config_path: str | None) -> Config:
 
 
 def env_vars(env_name: str | None, config_path: str | None) -> dict[str, str]:
-    """The variables of environment ``env_name`` ({} without one)."""
+    """What environment ``env_name`` hands the guest ({} without one): its variables and its
+    static network lines."""
     if env_name is None:
         return {}
-    return dict(env_config(config_path).env(env_name).vars)
+    return env_config(config_path).env(env_name).boot_vars()
 
 
 def human_size(size: int) -> str:

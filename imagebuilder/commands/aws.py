@@ -101,7 +101,7 @@ def userdata_cmd(ref: str, env_name: str, output: str | None, config_path: str |
     from ..targets import aws
     environment = env_config(config_path).env(env_name)
     get_home().store.resolve(ref)  # an image that was never built is an error
-    data = aws.userdata(env_name, environment.vars)
+    data = aws.userdata(env_name, environment.boot_vars())
     if output is None:
         click.echo(data, nl=False)
         return

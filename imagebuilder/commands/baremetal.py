@@ -40,7 +40,20 @@ def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str]:
     from ..export import BootSource, bootable
     home = get_home()
     image = home.store.resolve(ref)
+    warn_without_metal(image.config)
     return bootable(home.cache, BootSource.of_image(home.store, image)), image.ref
+
+
+def warn_without_metal(config: dict[str, Any]) -> None:
+    """Warn that a physical server may find no network driver in an image built without the
+    ``metal`` driver set (images built before driver sets existed have none)."""
+    if "metal" in config.get("hardware", []):
+        return
+    sets = config.get("hardware", [])
+    suggested = ", ".join(f'"{s}"' for s in [*sets, "metal"])
+    click.echo(f"WARNING: {config.get('name', 'the image')} was built without the 'metal' driver"
+               " set: a physical server may have no driver for its network card; add"
+               f" [system] hardware = [{suggested}] to imagebuilder.toml and rebuild", err=True)
 
 
 Start = Callable[[str, int], Callable[[int], None]]
@@ -139,7 +152,9 @@ def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | No
         source = netboot.NetbootSource.of_directory(path)
     else:
         home = get_home()
-        source = netboot.NetbootSource.of_image(home.store, home.store.resolve(ref))
+        image = home.store.resolve(ref)
+        warn_without_metal(image.config)
+        source = netboot.NetbootSource.of_image(home.store, image)
     if env_name is not None:
         source = source.with_env(env_name, env_vars)
     log = None if quiet else (lambda line: click.echo(line, err=True))

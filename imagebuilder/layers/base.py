@@ -27,8 +27,8 @@ MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "
 #: that could offer a shell to the network or the console.
 APPLETS = (
     "awk", "cat", "echo", "env", "head", "ip", "kill", "ls", "mkdir", "mkfifo", "modprobe",
-    "mount", "nc", "poweroff", "printf", "sh", "sleep", "start-stop-daemon", "setpriv", "sync",
-    "udhcpc", "umount", "uname",
+    "mount", "nc", "poweroff", "printf", "readlink", "sh", "sleep", "start-stop-daemon",
+    "setpriv", "sync", "tee", "udhcpc", "umount", "uname",
 )
 
 
@@ -84,9 +84,10 @@ def env_filter() -> str:
     return render("env.awk", var_max=envlimits.VAR_MAX, total_max=envlimits.TOTAL_MAX)
 
 
-def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree, module_names: tuple[str, ...],
-               ) -> Tree:
-    """The whole base layer as a Tree."""
+def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree,
+               closure: list[kernel_mod.Module], firmware: dict[str, Path] | None = None) -> Tree:
+    """The whole base layer as a Tree: ``closure`` is the modules to ship (dependencies
+    included), ``firmware`` the files for /lib/firmware by name."""
     tree = Tree()
     skeleton(tree)
     busybox(tree, busybox_root)
@@ -96,7 +97,8 @@ def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree, module_names:
     tree.add_file("usr/share/imagebuilder/env.awk", data=env_filter().encode(), mode=0o644)
     tree.add_file("usr/share/imagebuilder/jdkhint.awk", data=render("jdkhint.awk").encode(),
                   mode=0o644)
-    closure = modules.closure(list(module_names))
     kernel_mod.write_modules(closure, modules.kver, _UsrPrefix(tree),
                              builtin=modules.builtin_paths)
+    for name, source in sorted((firmware or {}).items()):
+        tree.add_file(f"usr/lib/firmware/{name}", source=source, mode=0o644)
     return tree

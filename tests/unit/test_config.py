@@ -22,6 +22,7 @@ from imagebuilder.config import (
     with_overrides,
 )
 from imagebuilder.errors import ConfigError, NotFoundError, UserError
+from imagebuilder.network import StaticNetwork
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,7 @@ def test_minimal_file_takes_every_default(project: Path) -> None:
     assert cfg.app.args == () and cfg.app.port is None and cfg.app.healthcheck == "/"
     assert cfg.app.packages == ()
     assert (cfg.jvm.version, cfg.jvm.args, cfg.jvm.fonts) == (21, (), True)
-    assert cfg.system == SystemSection("trixie", "debian-cloud", 1024, None)
+    assert cfg.system == SystemSection("trixie", "debian", 1024, None)
     assert cfg.lock_path == project.absolute() / "imagebuilder.lock"
     assert load(project / "imagebuilder.toml") == cfg
     assert load(Path("hello/imagebuilder.toml")) == cfg  # relative paths work too
@@ -258,7 +259,7 @@ INVALID = [
     (MINIMAL + '[system]\nsuite = "Trixie"\n',
      f'{J}: system.suite: expected a Debian suite like "trixie", got "Trixie"'),
     (MINIMAL + '[system]\nkernel = "../x"\n',
-     f'{J}: system.kernel: expected a kernel manifest name like "debian-cloud", got "../x"'),
+     f'{J}: system.kernel: expected a kernel manifest name like "debian", got "../x"'),
     ('app = "x"\n' + MINIMAL.replace("[app]\n", "[other]\n"),
      f"{J}: unknown key 'other' (known: image, app, jvm, system, environments, env)"),
     ('jvm = "x"\n' + MINIMAL, f'{J}: jvm: expected a table [jvm], got "x"'),
@@ -296,6 +297,40 @@ INVALID = [
      f"{J}: environments.order: lists 'test' more than once"),
     (MINIMAL + '[environments]\norder = "test"\n[env.test]\n',
      f'{J}: environments.order: expected a list of strings, got "test"'),
+    (MINIMAL + '[system]\nhardware = ["metl"]\n',
+     f"{J}: system.hardware[0]: kernel 'debian' has no driver set \"metl\" (closest: metal)"),
+    (MINIMAL + '[system]\nhardware = "metal"\n',
+     f'{J}: system.hardware: expected a list of strings, got "metal"'),
+    (MINIMAL + '[system]\nmodules = ["../igb"]\n',
+     f'{J}: system.modules[0]: expected a kernel module name like "igb", got "../igb"'),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5" }\n',
+     (f'{J}: env.prod.network.address: expected an IPv4 address with its prefix length like'
+      ' "10.0.0.5/24", got "10.0.0.5"')),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.300/24" }\n',
+     (f'{J}: env.prod.network.address: expected an IPv4 address with its prefix length like'
+      ' "10.0.0.5/24", got "10.0.0.300/24"')),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.0/24" }\n',
+     f"{J}: env.prod.network.address: 10.0.0.0/24 is the network's own or broadcast address,"
+     " not a host's"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", gateway = "10.1.0.1" }\n',
+     f"{J}: env.prod.network.gateway: 10.1.0.1 is not in the card's network 10.0.0.0/24"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", dns = "10.0.0.2" }\n',
+     (f'{J}: env.prod.network.dns: expected a list of IPv4 addresses like ["10.0.0.2"], got'
+      ' "10.0.0.2"')),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", dns = ["dns.example"] }\n',
+     f'{J}: env.prod.network.dns[0]: expected an IPv4 address like "10.0.0.1", got "dns.example"'),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", mask = "255.255.255.0" }\n',
+     f"{J}: env.prod.network.mask: unknown key (known: mac, address, gateway, dns)"),
+    (MINIMAL + ('[env.prod]\nnetwork = [{ address = "10.0.0.5/24" },'
+                ' { address = "10.0.1.5/24", mac = "52:54:00:00:00:01" }]\n'),
+     (f"{J}: env.prod.network[0].mac: required when several cards are configured: the card's"
+      ' MAC address, e.g. "52:54:00:12:34:56"')),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", mac = "52:54:00:00:01" }\n',
+     f'{J}: env.prod.network.mac: expected a MAC address like "52:54:00:12:34:56", got'
+     ' "52:54:00:00:01"'),
+    (MINIMAL + '[env.prod]\nnetwork = "dhcp"\n',
+     (f'{J}: env.prod.network: expected a table like {{ address = "10.0.0.5/24", gateway ='
+      ' "10.0.0.1", dns = ["10.0.0.2"] } or a list of them, each with a mac')),
     (MINIMAL + "port = \n",
      f"{J}: invalid TOML: Invalid value (at line 7, column 8)"),
     (MINIMAL + MINIMAL,
@@ -359,6 +394,35 @@ def test_relative_app_path_is_taken_from_the_config_directory(
 def test_mirror_loses_its_trailing_slash(project: Path) -> None:
     write(project, MINIMAL + '[system]\nmirror = "https://mirror.example/debian/"\n')
     assert load(project).system.mirror == "https://mirror.example/debian"
+
+
+def test_hardware_modules_and_static_network(project: Path) -> None:
+    cfg = load(write(project, MINIMAL + textwrap.dedent("""\
+        [system]
+        kernel = "debian-cloud"
+        hardware = ["virtual", "metal", "virtual"]
+        modules = ["igb", "8139too"]
+
+        [env.prod]
+        vars = { A = "1" }
+        network = { address = "10.0.0.5/24", gateway = "10.0.0.1", dns = ["10.0.0.2", "1.1.1.1"] }
+
+        [env.lab]
+        network = [{ mac = "52-54-00-AA-BB-01", address = "192.168.7.5/24" },
+                   { mac = "52:54:00:aa:bb:02", address = "10.9.0.2/31" }]
+        """)))
+    assert cfg.system.kernel == "debian-cloud"
+    assert cfg.system.hardware == ("virtual", "metal")
+    assert cfg.system.modules == ("igb", "8139too")
+    prod = cfg.env("prod")
+    assert prod.network == (StaticNetwork("10.0.0.5/24", "10.0.0.1", ("10.0.0.2", "1.1.1.1")),)
+    assert prod.boot_vars() == {
+        "A": "1",
+        "IMAGEBUILDER_NET_1": "mac=any address=10.0.0.5/24 gateway=10.0.0.1 dns=10.0.0.2,1.1.1.1"}
+    assert cfg.env("lab").boot_vars() == {
+        "IMAGEBUILDER_NET_1": "mac=52:54:00:aa:bb:01 address=192.168.7.5/24",
+        "IMAGEBUILDER_NET_2": "mac=52:54:00:aa:bb:02 address=10.9.0.2/31"}
+    assert load(write(project, MINIMAL + "[system]\nhardware = []\n")).system.hardware == ()
 
 
 def test_jvm_25_and_memory(project: Path) -> None:

@@ -13,8 +13,10 @@ import pycdlib
 import pytest
 
 from imagebuilder import configdrive
+from imagebuilder.config import Environment
 from imagebuilder.configdrive import VOLUME_ID, write_config_drive
 from imagebuilder.errors import ConfigError
+from imagebuilder.network import StaticNetwork
 
 TRICKY = {
     "GREETING": "hello, production",
@@ -68,6 +70,16 @@ def test_lines_sorted_with_env_name(tmp_path: Path) -> None:
     write_config_drive(dest, "test", {"ZED": "1", "ALPHA": "2"})
     text = _read_pycdlib(dest, rr_path="/imagebuilder/env").decode()
     assert text == "ALPHA=2\nIMAGEBUILDER_ENV=test\nZED=1\n"
+
+
+def test_static_network_lines_ride_along(tmp_path: Path) -> None:
+    dest = tmp_path / "c.iso"
+    setting = StaticNetwork("10.0.0.5/24", "10.0.0.1", ("10.0.0.2",))
+    environment = Environment("prod", {"A": "1"}, (setting,))
+    write_config_drive(dest, "prod", environment.boot_vars())
+    text = _read_pycdlib(dest, rr_path="/imagebuilder/env").decode()
+    assert text == ("A=1\nIMAGEBUILDER_ENV=prod\nIMAGEBUILDER_NET_1=mac=any address=10.0.0.5/24"
+                    " gateway=10.0.0.1 dns=10.0.0.2\n")
 
 
 def test_empty_vars_still_names_the_environment(tmp_path: Path) -> None:
@@ -187,6 +199,10 @@ def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
         ("prod", {"IMAGEBUILDER_ENV": "x"}, "names starting with IMAGEBUILDER_ are reserved"),
         ("prod", {"1A": "x"}, "env.prod.vars.1A: expected a variable name"),
         ("Prod", {}, "environment name 'Prod'"),
+        ("prod", {"IMAGEBUILDER_NET_1": "mac=any address=10.0.0.5/24; reboot"},
+         "env.prod.vars.IMAGEBUILDER_NET_1: expected 'mac=... address=A/N"),
+        ("prod", {"IMAGEBUILDER_NET_X": "mac=any address=10.0.0.5/24"},
+         "names starting with IMAGEBUILDER_ are reserved"),
     ],
 )
 def test_rejects_what_the_guest_cannot_read(

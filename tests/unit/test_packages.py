@@ -21,7 +21,8 @@ from imagebuilder.config import Config, load
 from imagebuilder.errors import FetchError
 from imagebuilder.fetch import http
 from imagebuilder.fetch.debian import deb_path
-from imagebuilder.kernel import KernelManifest, load_manifest
+from imagebuilder.hardware import Selection, select
+from imagebuilder.kernel import load_manifest
 from imagebuilder.packages import Resolution, jdk_package, resolve, roots
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None,
@@ -85,8 +86,8 @@ def mirror(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def manifest() -> KernelManifest:
-    return load_manifest("debian-cloud")
+def drivers() -> Selection:
+    return select(load_manifest("debian-cloud"), [], [])
 
 
 def _config(root: Path, mirror: str, *, jvm: int = 21, packages: bool = True,
@@ -137,32 +138,40 @@ def _seed_cache(cache: Path, debs: dict[str, Deb]) -> None:
 
 
 @pytest.fixture
-def locked(tmp_path: Path, debs: dict[str, Deb], mirror: str, manifest: KernelManifest
+def locked(tmp_path: Path, debs: dict[str, Deb], mirror: str, drivers: Selection
            ) -> tuple[Config, Path]:
     """A config whose lock matches it, and a cache holding every locked .deb."""
     cfg = _config(tmp_path, mirror)
-    _write_lock(cfg.lock_path, debs, roots(cfg, manifest))
+    _write_lock(cfg.lock_path, debs, roots(cfg, drivers))
     cache = tmp_path / "cache"
     _seed_cache(cache, debs)
     return cfg, cache
 
 
-def test_roots_follow_the_config(tmp_path: Path, mirror: str, manifest: KernelManifest) -> None:
+def test_roots_follow_the_config(tmp_path: Path, mirror: str, drivers: Selection) -> None:
     cfg = _config(tmp_path, mirror, jvm=25)
-    assert roots(cfg, manifest) == {
+    assert roots(cfg, drivers) == {
         "kernel": ["linux-image-cloud-amd64"],
         "base": ["busybox-static"],
         "jvm": [jdk_package(25), "libc6", "libgcc-s1", "libstdc++6", "zlib1g"],
         "packages": ["fonts-dejavu-core"],
     }
-    assert "packages" not in roots(_config(tmp_path, mirror, packages=False), manifest)
+    assert "packages" not in roots(_config(tmp_path, mirror, packages=False), drivers)
+    assert "firmware" not in roots(cfg, select(load_manifest("debian"), ["virtual"], []))
+
+
+def test_metal_adds_its_firmware_packages(tmp_path: Path, mirror: str) -> None:
+    cfg = _config(tmp_path, mirror)
+    parts = roots(cfg, select(load_manifest("debian"), ["virtual", "metal"], ["igb"]))
+    assert parts["kernel"] == ["linux-image-amd64"]
+    assert "firmware-bnx2x" in parts["firmware"] and "firmware-realtek" in parts["firmware"]
 
 
 def test_matching_lock_resolves_without_the_archive(locked: tuple[Config, Path],
-                                                    manifest: KernelManifest) -> None:
+                                                    drivers: Selection) -> None:
     cfg, cache = locked
     before = cfg.lock_path.read_bytes()
-    resolution = resolve(cfg, manifest, cache)
+    resolution = resolve(cfg, drivers, cache)
     assert isinstance(resolution, Resolution)
     assert resolution.from_lock
     assert {part: [e.name for e in entries] for part, entries in resolution.parts.items()} == SETS
@@ -171,9 +180,9 @@ def test_matching_lock_resolves_without_the_archive(locked: tuple[Config, Path],
 
 def test_debs_come_from_the_cache_without_network(locked: tuple[Config, Path],
                                                   debs: dict[str, Deb],
-                                                  manifest: KernelManifest) -> None:
+                                                  drivers: Selection) -> None:
     cfg, cache = locked
-    resolution = resolve(cfg, manifest, cache)
+    resolution = resolve(cfg, drivers, cache)
     for part, names in SETS.items():
         paths = resolution.debs(part)
         assert paths == [deb_path(cache, debs[n].sha256) for n in names]
@@ -184,12 +193,12 @@ def test_debs_come_from_the_cache_without_network(locked: tuple[Config, Path],
 
 
 def test_a_cache_miss_does_go_to_the_mirror(locked: tuple[Config, Path], debs: dict[str, Deb],
-                                            manifest: KernelManifest, mirror: str) -> None:
+                                            drivers: Selection, mirror: str) -> None:
     # The control experiment for the test above: without the cached file, the mirror (a closed
     # port) is asked, and fails.
     cfg, cache = locked
     deb_path(cache, debs["busybox-static"].sha256).unlink()
-    resolution = resolve(cfg, manifest, cache)
+    resolution = resolve(cfg, drivers, cache)
     with pytest.raises(FetchError) as info:
         resolution.debs("base")
     assert f"{mirror}/{debs['busybox-static'].filename}" in str(info.value)
@@ -198,13 +207,13 @@ def test_a_cache_miss_does_go_to_the_mirror(locked: tuple[Config, Path], debs: d
 
 
 def test_a_corrupted_cached_deb_is_not_used(locked: tuple[Config, Path], debs: dict[str, Deb],
-                                            manifest: KernelManifest) -> None:
+                                            drivers: Selection) -> None:
     cfg, cache = locked
     damaged = deb_path(cache, debs["libc6"].sha256)
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0xFF
     damaged.write_bytes(bytes(data))
-    resolution = resolve(cfg, manifest, cache)
+    resolution = resolve(cfg, drivers, cache)
     with pytest.raises(FetchError):
         resolution.debs("jvm")
     # Never handed out, and not left where a later build would find it again.
@@ -212,83 +221,83 @@ def test_a_corrupted_cached_deb_is_not_used(locked: tuple[Config, Path], debs: d
 
 
 def test_a_corrupted_cached_deb_is_fetched_again_from_the_mirror(
-        locked: tuple[Config, Path], debs: dict[str, Deb], manifest: KernelManifest,
+        locked: tuple[Config, Path], debs: dict[str, Deb], drivers: Selection,
         mirror: str) -> None:
     cfg, cache = locked
     deb_path(cache, debs["libc6"].sha256).write_bytes(b"garbage")
-    resolution = resolve(cfg, manifest, cache)
+    resolution = resolve(cfg, drivers, cache)
     with pytest.raises(FetchError) as info:
         resolution.debs("jvm")
     assert f"{mirror}/{debs['libc6'].filename}" in str(info.value)
 
 
-def _assert_tries_the_archive(cfg: Config, cache: Path, manifest: KernelManifest, mirror: str,
+def _assert_tries_the_archive(cfg: Config, cache: Path, drivers: Selection, mirror: str,
                               update: bool = False) -> None:
     before = cfg.lock_path.read_bytes()
     with pytest.raises(FetchError) as info:
-        resolve(cfg, manifest, cache, update=update)
+        resolve(cfg, drivers, cache, update=update)
     assert str(info.value).startswith(
         f"the mirror is unreachable: {mirror}/dists/{cfg.system.suite}/InRelease failed after ")
     assert cfg.lock_path.read_bytes() == before  # a failed resolution leaves the lock alone
 
 
 def test_lock_for_another_jvm_version_is_not_used(tmp_path: Path, debs: dict[str, Deb],
-                                                  mirror: str, manifest: KernelManifest) -> None:
+                                                  mirror: str, drivers: Selection) -> None:
     old = _config(tmp_path, mirror, jvm=21)
-    _write_lock(old.lock_path, debs, roots(old, manifest))
+    _write_lock(old.lock_path, debs, roots(old, drivers))
     cache = tmp_path / "cache"
     _seed_cache(cache, debs)
-    assert resolve(old, manifest, cache).from_lock  # it did match the old config
+    assert resolve(old, drivers, cache).from_lock  # it did match the old config
     new = _config(tmp_path, mirror, jvm=25)
-    _assert_tries_the_archive(new, cache, manifest, mirror)
+    _assert_tries_the_archive(new, cache, drivers, mirror)
 
 
 def test_lock_without_the_apps_packages_is_not_used(tmp_path: Path, debs: dict[str, Deb],
-                                                    mirror: str, manifest: KernelManifest
+                                                    mirror: str, drivers: Selection
                                                     ) -> None:
     cfg = _config(tmp_path, mirror, packages=True)
-    lock_roots = roots(_config(tmp_path, mirror, packages=False), manifest)
+    lock_roots = roots(_config(tmp_path, mirror, packages=False), drivers)
     _write_lock(cfg.lock_path, debs, lock_roots)
-    _assert_tries_the_archive(cfg, tmp_path / "cache", manifest, mirror)
+    _assert_tries_the_archive(cfg, tmp_path / "cache", drivers, mirror)
 
 
 def test_lock_for_another_suite_is_not_used(tmp_path: Path, debs: dict[str, Deb], mirror: str,
-                                            manifest: KernelManifest) -> None:
+                                            drivers: Selection) -> None:
     cfg = _config(tmp_path, mirror, suite="forky")
-    _write_lock(cfg.lock_path, debs, roots(cfg, manifest), suite="trixie")
-    _assert_tries_the_archive(cfg, tmp_path / "cache", manifest, mirror)
+    _write_lock(cfg.lock_path, debs, roots(cfg, drivers), suite="trixie")
+    _assert_tries_the_archive(cfg, tmp_path / "cache", drivers, mirror)
 
 
 def test_lock_without_sets_is_not_used(tmp_path: Path, debs: dict[str, Deb], mirror: str,
-                                       manifest: KernelManifest) -> None:
+                                       drivers: Selection) -> None:
     cfg = _config(tmp_path, mirror)
-    _write_lock(cfg.lock_path, debs, roots(cfg, manifest), sets={})
-    _assert_tries_the_archive(cfg, tmp_path / "cache", manifest, mirror)
+    _write_lock(cfg.lock_path, debs, roots(cfg, drivers), sets={})
+    _assert_tries_the_archive(cfg, tmp_path / "cache", drivers, mirror)
 
 
-def test_update_ignores_a_matching_lock(locked: tuple[Config, Path], manifest: KernelManifest,
+def test_update_ignores_a_matching_lock(locked: tuple[Config, Path], drivers: Selection,
                                         mirror: str) -> None:
     cfg, cache = locked
-    _assert_tries_the_archive(cfg, cache, manifest, mirror, update=True)
+    _assert_tries_the_archive(cfg, cache, drivers, mirror, update=True)
 
 
 def test_no_lock_needs_the_archive_and_writes_none(tmp_path: Path, mirror: str,
-                                                   manifest: KernelManifest) -> None:
+                                                   drivers: Selection) -> None:
     cfg = _config(tmp_path, mirror)
     with pytest.raises(FetchError, match="the mirror is unreachable"):
-        resolve(cfg, manifest, tmp_path / "cache")
+        resolve(cfg, drivers, tmp_path / "cache")
     assert not cfg.lock_path.exists()
 
 
-def test_command_line_mirror_wins(tmp_path: Path, mirror: str, manifest: KernelManifest) -> None:
+def test_command_line_mirror_wins(tmp_path: Path, mirror: str, drivers: Selection) -> None:
     cfg = _config(tmp_path, "http://127.0.0.1:1/unused")
     with pytest.raises(FetchError) as info:
-        resolve(cfg, manifest, tmp_path / "cache", mirror=mirror)
+        resolve(cfg, drivers, tmp_path / "cache", mirror=mirror)
     assert f"{mirror}/dists/trixie/InRelease" in str(info.value)
 
 
 def test_a_locked_package_gone_from_the_mirror_says_to_delete_the_lock(
-        locked: tuple[Config, Path], debs: dict[str, Deb], manifest: KernelManifest,
+        locked: tuple[Config, Path], debs: dict[str, Deb], drivers: Selection,
         tmp_path: Path) -> None:
     """Debian replaces old versions when a suite is updated: a stale lock must say what to do."""
     import functools
@@ -303,7 +312,7 @@ def test_a_locked_package_gone_from_the_mirror_says_to_delete_the_lock(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        resolution = resolve(cfg, manifest, cache,
+        resolution = resolve(cfg, drivers, cache,
                              mirror=f"http://127.0.0.1:{server.server_address[1]}")
         with pytest.raises(FetchError) as info:
             resolution.debs("base")
