@@ -102,12 +102,14 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
     env_vars = read_env_vars(env_name, config_path)
     source, name = _source(ref, bmap_path)
     if env_name is not None:
+        from ..disk.configpart import with_config_partition
+
         if isinstance(source, baremetal.MappedImage):
             from ..bmap import check_image
 
             check_image(source.path, source.bmap)
             source = source.disk()
-        source = baremetal.with_config_partition(source, env_name, env_vars)
+        source = with_config_partition(source, env_name, env_vars)
     start, close = _progress(as_json)
     try:
         result = baremetal.flash(source, Path(target), verify=not no_verify, force=force,

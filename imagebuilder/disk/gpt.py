@@ -228,3 +228,33 @@ def layout(sizes: Sequence[int], *, min_disk_size: int = 0,
         offset += length
     disk_size = max(offset + align, align_up(min_disk_size, align))
     return disk_size, spans
+
+
+def parse(head: bytes, disk_size: int) -> Gpt:
+    """The partition table whose protective MBR, primary header and entries are ``head`` (the
+    first :data:`FIRST_USABLE_LBA` sectors of a disk of ``disk_size`` bytes), checked by its
+    CRCs; ValueError naming what is wrong."""
+    if len(head) < FIRST_USABLE_LBA * SECTOR:
+        raise ValueError("too short to hold a GPT")
+    fields = _HEADER.unpack_from(head, SECTOR)
+    sig, _rev, hsize, crc, _r, _my, _alt, _first, _last, guid, elba, count, esize, ecrc = fields
+    if sig != SIGNATURE:
+        raise ValueError("no GPT")
+    if not (HEADER_SIZE <= hsize <= SECTOR and esize == ENTRY_SIZE and count <= ENTRY_COUNT
+            and elba * SECTOR + count * esize <= len(head)):
+        raise ValueError("GPT header out of bounds")
+    check = bytearray(head[SECTOR:SECTOR + hsize])
+    check[16:20] = bytes(4)
+    entries = head[elba * SECTOR:elba * SECTOR + count * esize]
+    if zlib.crc32(check) != crc or zlib.crc32(entries) != ecrc:
+        raise ValueError("GPT is corrupt (CRC mismatch)")
+    parts = []
+    for i in range(count):
+        t, g, first, last, attrs, name = _ENTRY.unpack_from(entries, i * esize)
+        if t == bytes(16):
+            continue
+        parts.append(Partition(uuid.UUID(bytes_le=t), uuid.UUID(bytes_le=g), first, last,
+                               name.decode("utf-16-le").rstrip("\0"), attrs))
+    boot_code = head[:MBR_BOOT_CODE_SIZE].rstrip(b"\0")
+    signature = int.from_bytes(head[440:444], "little")
+    return Gpt(disk_size, uuid.UUID(bytes_le=guid), tuple(parts), boot_code, signature)

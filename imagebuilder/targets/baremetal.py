@@ -45,11 +45,8 @@ import mmap
 import os
 import queue
 import stat
-import struct
 import threading
-import uuid
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +54,7 @@ import xxhash
 
 from ..bmap import BLOCK_SIZE, Bmap, disk_of_image, mapped_runs
 from ..disk import gpt
-from ..disk.model import Disk, DiskBuilder, Extent, FileSlice
+from ..disk.model import Disk
 from ..errors import HostError, UserError
 
 UNIT = 4 << 20
@@ -66,7 +63,6 @@ BUFFERS = 6
 """Buffers between the reader and the writer: the flash's memory is about BUFFERS * UNIT."""
 VERIFY_THREADS = 2
 """Read-back threads, each with its own UNIT buffer."""
-CONFIG_PARTITION_NAME = "imagebuilder-config"
 _HEAD = gpt.FIRST_USABLE_LBA * gpt.SECTOR  # the protective MBR, primary header and entries
 _WIPE = 5 * BLOCK_SIZE  # whole 4 KiB blocks over the primary GPT
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -686,72 +682,3 @@ def _open_for_verify(target: Path, direct: bool = True) -> tuple[int, bool]:
 def verify_target(disk: Disk, target: Path, *, progress: Progress | None = None) -> None:
     """Check that ``target`` holds ``disk`` (its non-zero blocks), as a flash's verify does."""
     verify_units(Path(target), plan_of(disk), progress=progress)
-
-
-# --- the config partition ----------------------------------------------------------------------
-
-_HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")
-_ENTRY = struct.Struct("<16s16sQQQ72s")
-
-
-def read_gpt(disk: Disk) -> gpt.Gpt:
-    """The partition table of ``disk`` (its primary GPT), checked by its CRCs."""
-    head = disk.read(0, _HEAD)
-    fields = _HEADER.unpack_from(head, gpt.SECTOR)
-    sig, _rev, hsize, crc, _r, _my, _alt, _first, _last, guid, elba, count, esize, ecrc = fields
-    if sig != gpt.SIGNATURE:
-        raise UserError("the disk has no GPT: cannot add a config partition")
-    check = bytearray(head[gpt.SECTOR:gpt.SECTOR + hsize])
-    check[16:20] = bytes(4)
-    entries = head[elba * gpt.SECTOR:elba * gpt.SECTOR + count * esize]
-    if zlib.crc32(check) != crc or zlib.crc32(entries) != ecrc:
-        raise UserError("the disk's GPT is corrupt (CRC mismatch)")
-    parts = []
-    for i in range(count):
-        t, g, first, last, attrs, name = _ENTRY.unpack_from(entries, i * esize)
-        if t == bytes(16):
-            continue
-        parts.append(gpt.Partition(uuid.UUID(bytes_le=t), uuid.UUID(bytes_le=g), first, last,
-                                   name.decode("utf-16-le").rstrip("\0"), attrs))
-    boot_code = head[:gpt.MBR_BOOT_CODE_SIZE].rstrip(b"\0")
-    signature = int.from_bytes(head[440:444], "little")
-    return gpt.Gpt(disk.size, uuid.UUID(bytes_le=guid), tuple(parts), boot_code, signature)
-
-
-def with_config_partition(disk: Disk, env_name: str, env_vars: Mapping[str, str]) -> Disk:
-    """``disk`` with a config-drive partition after its partitions and both GPTs rewritten."""
-    from ..configdrive import build_iso, env_file
-
-    iso = build_iso(env_file(env_name, env_vars))
-    table = read_gpt(disk)
-    lo, hi = _HEAD, disk.size - gpt.BACKUP_SIZE
-    used = max([(p.last_lba + 1) * gpt.SECTOR for p in table.partitions]
-               + [min(e.end, hi) for e in disk.extents if e.offset < hi])
-    start = gpt.align_up(used)  # after the partitions and any data outside them
-    length = gpt.align_up(len(iso))
-    size = start + length + gpt.ALIGN
-    config = gpt.Partition(gpt.LINUX_FILESYSTEM_TYPE,
-                           gpt.derived_guid(table.disk_guid.bytes, "config partition"),
-                           start // gpt.SECTOR, (start + length) // gpt.SECTOR - 1,
-                           CONFIG_PARTITION_NAME)
-    new = gpt.Gpt(size, table.disk_guid, (*table.partitions, config), table.boot_code,
-                  table.mbr_signature)
-    builder = DiskBuilder(size)
-    for offset, data in new.regions():
-        builder.put(offset, data)
-    for ext in disk.extents:
-        for piece in _clip(ext, lo, hi):
-            builder.put(piece.offset, piece.source, piece.length)
-    builder.put(start, iso)
-    return builder.build()
-
-
-def _clip(ext: Extent, lo: int, hi: int) -> list[Extent]:
-    a, b = max(ext.offset, lo), min(ext.end, hi)
-    if a >= b:
-        return []
-    rel = a - ext.offset
-    src = ext.source
-    if isinstance(src, bytes):
-        return [Extent(a, b - a, src[rel:rel + b - a])]
-    return [Extent(a, b - a, FileSlice(src.path, src.offset + rel))]

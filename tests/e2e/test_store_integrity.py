@@ -1,15 +1,21 @@
 """End to end, no boot: a damaged blob in the local store is never pushed to a real registry
-(Debian's docker-registry on 127.0.0.1), whether sent in one PUT or in chunks, and a pull
-replaces a damaged local blob so that ``imagebuilder check`` passes again."""
+(Debian's docker-registry on 127.0.0.1), whether sent in one PUT or in chunks; a pull replaces a
+damaged local blob so that ``imagebuilder check`` passes again; and a flipped byte in the real
+jvm layer of examples/hello stops export, flash and serve."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from imagebuilder.store import TITLE_ANNOTATION as TITLE
+from imagebuilder.store import Store
+
+from .conftest import Built, Cli, free_port
 from .registry_fixture import Registry, available, start_registry
 from .test_registry import _has_blob, _manifest_digest, _one_line_error, _synthetic, rcli
 
@@ -58,3 +64,31 @@ def test_pull_replaces_a_damaged_local_blob(registry: Registry, tmp_path: Path) 
     pulled = r.json("pull", f"{registry.host}/fix:1.0.0", "--insecure")
     assert isinstance(pulled, dict) and pulled["blobs_received"] == 1
     assert json.loads(r("check", "--json").stdout)["ok"] is True
+
+
+def test_a_flipped_byte_in_the_real_jvm_layer(cli: Cli, hello: Built, tmp_path: Path) -> None:
+    """The issue's reproduction on examples/hello (a copy of its store, an empty cache): every
+    command that would read the damaged layer stops with one line and writes nothing; check
+    names the layer and the image."""
+    home = tmp_path / "home"
+    shutil.copytree(cli.home / "store", home / "store")
+    r = Cli(home)
+    image = Store(home / "store").resolve(hello.ref)
+    jvm = next(d for d in image.layers if (d.annotations or {}).get(TITLE) == "jvm")
+    assert json.loads(r("check", "--json").stdout)["ok"] is True
+    _flip(Store(home / "store").blob_path(jvm.digest), jvm.size // 2)
+
+    damaged = r("check", check=False)
+    assert damaged.returncode == 1
+    assert f"DAMAGED blob {jvm.digest[:19]}: the jvm layer of {hello.ref} is damaged" in \
+        damaged.stdout
+    out = tmp_path / "out"
+    out.mkdir()
+    for argv in (["export", hello.ref, "--format", "raw", "-o", str(out / "x.raw")],
+                 ["export", hello.ref, "--format", "kernel-initrd", "-o", str(out / "ki")],
+                 ["export", hello.ref, "--format", "iso", "-o", str(out / "x.iso")],
+                 ["flash", hello.ref, str(out / "disk.img")],
+                 ["serve", hello.ref, "--listen", f"127.0.0.1:{free_port()}"]):
+        _one_line_error(r(*argv, check=False), 1, f"blob {jvm.digest[:19]} in the image store "
+                                                  "is damaged")
+    assert [p.name for p in out.iterdir()] == []

@@ -20,6 +20,7 @@ from imagebuilder.bmap import write_raw_with_bmap
 from imagebuilder.commands.baremetal import COMMANDS
 from imagebuilder.configdrive import build_iso, env_file
 from imagebuilder.disk import gpt
+from imagebuilder.disk.configpart import read_gpt, with_config_partition
 from imagebuilder.disk.model import Disk
 from imagebuilder.errors import HostError, UserError
 from imagebuilder.formats import write_disk
@@ -28,9 +29,7 @@ from imagebuilder.targets.baremetal import (
     Host,
     check_target,
     flash,
-    read_gpt,
     verify_target,
-    with_config_partition,
 )
 
 FAKE_MAJOR = 60  # "local/experimental use": no driver answers it

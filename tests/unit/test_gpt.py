@@ -176,3 +176,19 @@ def test_sgdisk_verifies_the_table(tmp_path: Path) -> None:
                           check=True).stdout
     assert "EFI system partition" in info or "EFI System" in info, info
     assert "legacy BIOS bootable" in info.lower() or "0000000000000004" in info, info
+
+
+def test_parse_reads_back_what_primary_writes_and_refuses_damage() -> None:
+    table = _table(parts=2)
+    head = table.primary()
+    assert gpt.parse(head, table.disk_size) == table
+    damaged = bytearray(head)
+    damaged[gpt.SECTOR * 2 + 60] ^= 0xFF  # an entry's bytes: the entries CRC no longer holds
+    with pytest.raises(ValueError, match="CRC mismatch"):
+        gpt.parse(bytes(damaged), table.disk_size)
+    with pytest.raises(ValueError, match="no GPT"):
+        gpt.parse(bytes(len(head)), table.disk_size)
+    huge = bytearray(head)
+    struct.pack_into("<I", huge, gpt.SECTOR + 80, 1 << 20)  # an entry count past the head
+    with pytest.raises(ValueError, match="out of bounds"):
+        gpt.parse(bytes(huge), table.disk_size)
