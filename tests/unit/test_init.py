@@ -235,3 +235,101 @@ def test_stub_layout_matches_the_base_layer() -> None:
     for path in re.findall(r"/usr/bin/([a-z-]+)", init):
         assert path in APPLETS
     assert "-f /usr/share/imagebuilder/env.awk" in init
+
+
+# -- network cards --------------------------------------------------------------------------------
+# The sandbox's network namespace gets real veth cards named like a guest's (eth0, ...), so the
+# init's busybox ip and udhcpc act on real links; their sysfs files (address, carrier) are laid
+# out by hand in the chroot. A peer may run busybox udhcpd, a real DHCP server.
+
+
+def _network_guest(guest: Guest, cards: list[tuple[str, str, str]], dhcp: set[str]) -> list[str]:
+    """Set up ``cards`` (name, MAC, carrier) and return the shell lines that create them."""
+    (guest.root / "usr/share/imagebuilder/udhcpc.script").write_text(render("udhcpc.script"))
+    (guest.root / "usr/share/imagebuilder/udhcpc.script").chmod(0o755)
+    (guest.root / "usr/sbin/udhcpc").unlink()  # the real one (busybox), not the sandbox's stub
+    lines = []
+    for i, (name, mac, carrier) in enumerate(cards):
+        card = guest.root / "sys/class/net" / name
+        card.mkdir(parents=True)
+        (card / "address").write_text(f"{mac}\n")
+        (card / "carrier").write_text(f"{carrier}\n")
+        peer = f"peer{i}"
+        lines += [f"ip link add {name} type veth peer name {peer}",
+                  f"ip link set {name} address {mac}", f"ip link set {peer} up"]
+        if name in dhcp:
+            conf = guest.root.parent / f"udhcpd-{name}.conf"
+            conf.write_text(f"start 10.9.{i}.100\nend 10.9.{i}.110\ninterface {peer}\n"
+                            f"lease_file {guest.root.parent}/leases-{name}\n"
+                            f"option subnet 255.255.255.0\noption router 10.9.{i}.1\npidfile"
+                            f" {guest.root.parent}/udhcpd-{name}.pid\n")
+            lines += [f"ip addr add 10.9.{i}.1/24 dev {peer}", f"{BUSYBOX} udhcpd -S {conf}"]
+    return lines
+
+
+def _boot_with_cards(guest: Guest, env: bytes, setup: list[str]) -> Booted:
+    (guest.root / "etc/imagebuilder/env").write_bytes(env)
+    script = "set -e\n" + "\n".join(setup) + f"\nexec {CHROOT} {guest.root} /init\n"
+    result = subprocess.run([*SANDBOX, "sh", "-c", script], capture_output=True, check=False,
+                            timeout=120, env={"PATH": os.environ["PATH"]})
+    console = (guest.root / "dev/console").read_text(errors="replace")
+    return Booted(guest.root, result.returncode, console + result.stderr.decode())
+
+
+needs_veth = pytest.mark.skipif(
+    shutil.which("ip") is None
+    or subprocess.run(["unshare", "--net", "ip", "link", "add", "v0", "type", "veth", "peer",
+                       "name", "v1"], capture_output=True, check=False).returncode != 0,
+    reason="needs iproute2 and veth")
+
+
+@needs_veth
+def test_static_settings_by_mac_and_for_any_card(guest: Guest) -> None:
+    setup = _network_guest(guest, [("eth0", "52:54:00:12:34:56", "1"),
+                                   ("eth1", "52:54:00:12:34:57", "1")], dhcp=set())
+    booted = _boot_with_cards(guest, (
+        b"GREETING=hi\n"
+        b"IMAGEBUILDER_NET_1=mac=52:54:00:12:34:57 address=192.168.7.5/24\n"
+        b"IMAGEBUILDER_NET_2=mac=any address=10.0.0.5/24 gateway=10.0.0.1 dns=10.0.0.2,10.0.0.3\n"
+        b"IMAGEBUILDER_NET_3=mac=any address=10.0.0.6/24; reboot\n"), setup)
+    assert booted.exit_status == 7, booted.console
+    assert ("network eth0: driver none, mac 52:54:00:12:34:56, link up,"
+            " address 10.0.0.5/24 (static)") in booted.console
+    assert ("network eth1: driver none, mac 52:54:00:12:34:57, link up,"
+            " address 192.168.7.5/24 (static)") in booted.console
+    assert (guest.root / "run/resolv.conf").read_text() == (
+        "nameserver 10.0.0.2\nnameserver 10.0.0.3\n")
+    assert booted.app_env is not None and booted.app_env["GREETING"] == "hi"
+
+
+@needs_veth
+def test_cards_without_settings_get_dhcp_at_once(guest: Guest) -> None:
+    setup = _network_guest(guest, [("eth0", "52:54:00:12:34:56", "1"),
+                                   ("eth1", "52:54:00:12:34:57", "1"),
+                                   ("eth2", "52:54:00:12:34:58", "1"),
+                                   ("eth3", "52:54:00:12:34:59", "0")], dhcp={"eth0", "eth2"})
+    booted = _boot_with_cards(
+        guest, b"IMAGEBUILDER_NET_1=mac=52:54:00:12:34:57 address=192.168.7.5/24\n", setup)
+    assert booted.exit_status == 7, booted.console
+    # Two real DHCP servers answered, each on its own card; eth1 is static; eth3 has no link.
+    assert re.search(r"network eth0: driver none, mac 52:54:00:12:34:56, link up, address"
+                     r" 10\.9\.0\.1\d\d/24\n", booted.console), booted.console
+    assert re.search(r"network eth2: driver none, mac 52:54:00:12:34:58, link up, address"
+                     r" 10\.9\.2\.1\d\d/24\n", booted.console), booted.console
+    assert "address 192.168.7.5/24 (static)" in booted.console
+    assert "network eth3: driver none, mac 52:54:00:12:34:59, link down, address none" in \
+        booted.console
+
+
+def test_no_card_names_the_controllers_without_a_driver(guest: Guest) -> None:
+    for address, klass, vendor, device in (("0000:00:03.0", "0x020000", "0x8086", "0x10d3"),
+                                           ("0000:00:1f.0", "0x060100", "0x8086", "0x2918")):
+        pci = guest.root / "sys/bus/pci/devices" / address
+        pci.mkdir(parents=True)
+        for name, value in (("class", klass), ("vendor", vendor), ("device", device)):
+            (pci / name).write_text(f"{value}\n")
+    booted = guest.boot(None)
+    assert booted.exit_status == 7, booted.console
+    assert ("no network card has a driver: PCI network controllers without one: 0000:00:03.0"
+            " [8086:10d3]; add its module to [system] modules (or hardware = [\"virtual\","
+            " \"metal\"]) in imagebuilder.toml") in booted.console
