@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .fsutil import dir_lock, fsync_dir
-from .hashing import MultiHasher, key_of, xxh3_file
+from .hashing import MultiHasher, xxh3_file
+from .keys import key_of
 from .scratch import owned, remove_stale
 
 _KEY_RE = re.compile(r"^[0-9a-f]{8,128}$")
@@ -54,7 +55,7 @@ class Cache:
         """The cache key of running ``stage`` (code ``version``) on ``inputs``.
 
         ``inputs`` holds values only (option values, file digests), never paths or timestamps;
-        see :func:`imagebuilder.hashing.key_of` for what it accepts.
+        see :func:`imagebuilder.keys.key_of` for what it accepts.
         """
         return key_of("stage", stage, version, dict(inputs))
 

@@ -39,9 +39,7 @@ Per-block SHA-256 (``block_size=N``)
 All reading of whole files goes through :func:`digest_file`; readers that need the bytes
 themselves feed a :class:`MultiHasher` as they go (see :mod:`imagebuilder.blobs`).
 
-:func:`key_of` turns structured values (stage name, version, options, file digests) into one stable
-cache key with an unambiguous encoding, so that equal inputs give equal keys on every machine and
-different inputs never collide by concatenation.
+Cache keys over structured values are :func:`imagebuilder.keys.key_of`.
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import xxhash
 
@@ -61,7 +59,7 @@ from .sparse import Extent, data_extents, layout
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Any, Protocol
+    from typing import Protocol
 
     class _Hash(Protocol):
         def update(self, data: Buffer, /) -> object: ...
@@ -456,97 +454,6 @@ def _digest_stream(fd: int, hasher: MultiHasher) -> None:
         hasher.update(buf[:got])
 
 
-def _leaf_jobs(extents: list[Extent], size: int) -> Iterator[tuple[int, list[Extent]]]:
-    """``(leaf index, data pieces within it)`` for each leaf holding data, and the last leaf if
-    it is partial (its all-zero digest is not the precomputed one)."""
-    cur = -1
-    pieces: list[Extent] = []
-    for start, length in extents:
-        end = min(start + length, size)
-        pos = start
-        while pos < end:
-            leaf = pos // XXH3_LEAF_SIZE
-            stop = min(end, (leaf + 1) * XXH3_LEAF_SIZE)
-            if leaf != cur:
-                if cur >= 0:
-                    yield cur, pieces
-                cur, pieces = leaf, []
-            pieces.append((pos, stop - pos))
-            pos = stop
-    last = (size - 1) // XXH3_LEAF_SIZE
-    if cur >= 0:
-        yield cur, pieces
-    if size % XXH3_LEAF_SIZE and cur != last:
-        yield last, []
-
-
-def _xxh3_parallel(fd: int, size: int, extents: list[Extent], threads: int) -> str:
-    """The ``xxh3`` digest, leaves hashed by ``threads`` threads (reads release the GIL)."""
-    tree = _Tree()
-    n_leaves = -(-size // XXH3_LEAF_SIZE)
-    jobs = _leaf_jobs(extents, size)
-    pending = next(jobs, None)
-    for w0 in range(0, n_leaves, _WINDOW_LEAVES):
-        w1 = min(n_leaves, w0 + _WINDOW_LEAVES)
-        window: list[tuple[int, list[Extent]]] = []
-        while pending is not None and pending[0] < w1:
-            window.append(pending)
-            pending = next(jobs, None)
-        leaves = bytearray(_ZERO_LEAF * (w1 - w0))
-        if window:
-            _hash_leaves(fd, size, window, leaves, w0, threads)
-        tree.add_leaves(leaves, w1 - w0, min(size, w1 * XXH3_LEAF_SIZE) - w0 * XXH3_LEAF_SIZE)
-    return tree.hexdigest() if n_leaves else xxhash.xxh3_128_hexdigest(b"")
-
-
-def _hash_leaves(
-    fd: int,
-    size: int,
-    window: list[tuple[int, list[Extent]]],
-    leaves: bytearray,
-    w0: int,
-    threads: int,
-) -> None:
-    counter = itertools.count()
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        buf = memoryview(bytearray(XXH3_LEAF_SIZE))
-        try:
-            while not errors and (i := next(counter)) < len(window):
-                leaf, pieces = window[i]
-                base = leaf * XXH3_LEAF_SIZE
-                leaf_len = min(XXH3_LEAF_SIZE, size - base)
-                if len(pieces) == 1 and pieces[0] == (base, leaf_len):  # all data
-                    _pread_full(fd, buf[:leaf_len], base)
-                    digest = xxhash.xxh3_128_digest(buf[:leaf_len])
-                else:  # data and holes: stream the data, and the gaps from the zero buffer
-                    h, pos = xxhash.xxh3_128(), 0
-                    for start, length in pieces:
-                        rel = start - base
-                        _feed_zeros(h, rel - pos)
-                        _pread_full(fd, buf[:length], start)
-                        h.update(buf[:length])
-                        pos = rel + length
-                    _feed_zeros(h, leaf_len - pos)
-                    digest = h.digest()
-                j = (leaf - w0) * 16
-                leaves[j : j + 16] = digest
-        except BaseException as e:
-            errors.append(e)
-
-    import threading
-
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(threads - 1)]
-    for t in workers:
-        t.start()
-    work()
-    for t in workers:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
 def _auto_threads() -> int:
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -575,7 +482,9 @@ def digest_fd(
     if threads is None:
         threads = _auto_threads() if data >= PARALLEL_MIN_BYTES else 1
     if threads > 1 and hasher.algos == (_TREE,) and block_size is None:
-        digest = _xxh3_parallel(fd, size, extents, threads)
+        from .hashparallel import xxh3_parallel  # only big files need the threads
+
+        digest = xxh3_parallel(fd, size, extents, threads)
         return Digests(size=size, hexdigests={_TREE: digest}, data_bytes=data)
     _digest_sequential(fd, size, extents, hasher)
     return hasher.digests()
@@ -685,68 +594,3 @@ def sha256_bytes(data: Buffer) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
-
-
-# --- cache keys -------------------------------------------------------------------------------
-
-_KEY_DOMAIN = b"imagebuilder-key-v1\x00"
-
-
-def _encode(value: Any, out: list[bytes]) -> None:
-    """Append the canonical type-length-value encoding of ``value`` to ``out``.
-
-    Every value carries a one-byte type tag and every variable-length value an explicit length,
-    so no two different values share an encoding: ("ab", "c") != ("a", "bc"), 1 != "1" != b"1",
-    [1, 2] != [[1], 2]. Dicts are encoded with their keys sorted, so insertion order is irrelevant.
-    """
-    if value is None:
-        out.append(b"N")
-    elif value is True:
-        out.append(b"T")
-    elif value is False:
-        out.append(b"F")
-    elif isinstance(value, int):
-        text = str(value).encode()
-        out.append(b"i%d:" % len(text) + text)
-    elif isinstance(value, str):
-        raw = value.encode("utf-8", "surrogateescape")
-        out.append(b"s%d:" % len(raw) + raw)
-    elif isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        out.append(b"b%d:" % len(raw) + raw)
-    elif isinstance(value, Mapping):
-        items = []
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"cache key dicts need str keys, not {type(k).__name__} {k!r}")
-            items.append((k.encode("utf-8", "surrogateescape"), v))
-        items.sort(key=lambda kv: kv[0])
-        out.append(b"d%d:" % len(items))
-        for k_raw, v in items:
-            out.append(b"s%d:" % len(k_raw) + k_raw)
-            _encode(v, out)
-    elif isinstance(value, list | tuple):
-        out.append(b"l%d:" % len(value))
-        for item in value:
-            _encode(item, out)
-    elif isinstance(value, os.PathLike):
-        raise TypeError(
-            f"cache keys never contain paths ({value}): hash the file and use its digest"
-        )
-    else:
-        raise TypeError(f"cannot use {type(value).__name__} {value!r} in a cache key")
-
-
-def key_of(*parts: Any) -> str:
-    """XXH3-128 hex over the canonical encoding of ``parts``.
-
-    Accepts None, bool, int, str, bytes and (nested) lists, tuples and str-keyed dicts. Floats,
-    paths and other objects are refused: a key must depend on values, never on locations or on
-    representations that may differ between machines. Lists and tuples encode alike.
-    """
-    out: list[bytes] = [_KEY_DOMAIN]
-    _encode(list(parts), out)
-    h = xxhash.xxh3_128()
-    for piece in out:
-        h.update(piece)
-    return h.hexdigest()

@@ -18,13 +18,13 @@ from imagebuilder.hashing import (
     digest_regions,
     hash_file,
     hash_paths,
-    key_of,
     sha256_bytes,
     sha256_file,
     supported_algos,
     xxh3_bytes,
     xxh3_file,
 )
+from imagebuilder.keys import key_of
 from imagebuilder.sparse import data_extents, iter_regions
 
 # Published constants: SHA-256("") and SHA-256("abc"); XXH3-128 of "" with seed 0.
