@@ -80,7 +80,9 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
         return
     how = "reused" if result["reused"] else "published"
     click.echo(f"{how} {image.ref} as {result['image_id']} in {region}"
-               + (f" for {env_name}" if env_name else ""))
+               + (f" for {env_name}" if env_name else "")
+               + (f" (from the completed snapshot {result['snapshot_id']} of an interrupted "
+                  "publish)" if result.get("resumed") else ""))
     upload = result.get("upload")
     if upload:
         click.echo(f"sent {upload['blocks_sent']} blocks ({upload['bytes_sent'] >> 20} MiB) in "

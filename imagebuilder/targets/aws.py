@@ -13,7 +13,9 @@ reused (and retagged for the environment). A publish that fails part-way deletes
 (the snapshot, the AMI, a copy in another region and its snapshot) and names, with the command
 that deletes it, anything it could not delete: a registered AMI or a completed snapshot never
 expires. Complete AMIs published before a later region's copy failed are kept (the error names
-them) and reused by the next publish. An AMI is registered only once its snapshot is complete.
+them) and reused by the next publish. An AMI is registered only once its snapshot is complete;
+a publish killed after completing its snapshot but before registering the AMI leaves a whole
+snapshot, which the next publish registers instead of uploading the disk again.
 :func:`promote_aws` (``imagebuilder promote --target aws``) moves an existing AMI to another
 environment by retagging it, uploading nothing. boto3 is an optional dependency
 (``pip install imagebuilder[aws]``), imported only here.
@@ -53,6 +55,8 @@ BLOCK_SIZE = 512 * 1024
 """The EBS direct APIs' block: every PutSnapshotBlock carries exactly this many bytes."""
 GIB = 1 << 30
 TAG = "imagebuilder:"
+COMPLETE_TAG = {"Key": f"{TAG}upload", "Value": "complete"}
+"""Set on a snapshot once its upload is complete and verified by EBS."""
 RETRY_ATTEMPTS = 8
 """Attempts per block (throttling, "snapshot not ready", transient server errors)."""
 BACKOFF = 0.25
@@ -107,6 +111,8 @@ class PublishResult:
     env: str | None
     reused: bool
     copies: dict[str, str] = field(default_factory=dict)
+    resumed: bool = False
+    """Registered from the completed snapshot of an interrupted publish, uploading nothing."""
     upload: UploadStats | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -442,23 +448,54 @@ def _create(session: Any, ec2: Any, disk: Disk, result: PublishResult,
             tags: list[dict[str, str]], label: str, description: str, kms_key_id: str | None,
             workers: int, progress: Callable[[int], None] | None) -> None:
     region = result.region
-    ebs = _client(session, "ebs", region, workers=workers, retries=1)
     snapshot_id: str | None = None
     image_id: str | None = None
+    orphan = None if kms_key_id else _orphan_snapshot(ec2, region, result.disk_digest)
     try:
-        stats = upload_snapshot(ebs, disk, tags=tags, description=description, region=region,
-                                kms_key_id=kms_key_id, workers=workers, progress=progress)
-        snapshot_id = result.snapshot_id = stats.snapshot_id
-        result.upload = stats
-        _wait_snapshot(ec2, snapshot_id, region)
-        image_id = register(ec2, snapshot_id, label, description, region)
+        if orphan is not None:  # an interrupted publish completed it: whole, verified by EBS
+            result.snapshot_id, result.resumed = orphan, True
+        else:
+            ebs = _client(session, "ebs", region, workers=workers, retries=1)
+            stats = upload_snapshot(ebs, disk, tags=tags, description=description,
+                                    region=region, kms_key_id=kms_key_id, workers=workers,
+                                    progress=progress)
+            snapshot_id = result.snapshot_id = stats.snapshot_id
+            result.upload = stats
+            _wait_snapshot(ec2, snapshot_id, region)
+            with aws_errors(region):  # the mark an orphan needs to be trusted (see below)
+                ec2.create_tags(Resources=[snapshot_id], Tags=[COMPLETE_TAG])
+        assert result.snapshot_id is not None
+        image_id = register(ec2, result.snapshot_id, label, description, region)
         with aws_errors(region):
-            ec2.create_tags(Resources=[image_id, snapshot_id], Tags=tags)
+            ec2.create_tags(Resources=[image_id, result.snapshot_id], Tags=tags)
         result.image_id = image_id
     except BaseException as e:
         snapshot_id = snapshot_id or getattr(e, "snapshot_id", None)
         _raise_with_leftovers(e, _cleanup(ec2, region, image_id, [snapshot_id]), region)
         raise
+
+
+def _orphan_snapshot(ec2: Any, region: str, disk_digest: str) -> str | None:
+    """A completed, unencrypted snapshot of this disk that no AMI uses: what a publish killed
+    between completing its snapshot and registering the AMI leaves. Only a snapshot carrying
+    :data:`COMPLETE_TAG` counts: that tag is set once CompleteSnapshot succeeded (EBS checked
+    every block's checksum and the aggregate) and the snapshot reads as completed, so it holds
+    the whole disk and is registered rather than uploaded again. Any other snapshot of an
+    interrupted publish is never used."""
+    with aws_errors(region):
+        snaps = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+            {"Name": f"tag:{TAG}disk-digest", "Values": [disk_digest]},
+            {"Name": f"tag:{COMPLETE_TAG['Key']}", "Values": [COMPLETE_TAG["Value"]]}],
+        )["Snapshots"]
+        snaps = [s for s in snaps if s.get("State") == "completed" and not s.get("Encrypted")]
+        if not snaps:
+            return None
+        used = {sid for ami in ec2.describe_images(Owners=["self"])["Images"]
+                for sid in _snapshots_of(ami)}
+    for snap in sorted(snaps, key=lambda s: str(s.get("StartTime", "")), reverse=True):
+        if snap["SnapshotId"] not in used:
+            return str(snap["SnapshotId"])
+    return None
 
 
 def _cleanup(ec2: Any, region: str, image_id: str | None,

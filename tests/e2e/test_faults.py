@@ -306,29 +306,35 @@ def clear_account(session_url: Any) -> None:
     """No AMI and no snapshot left in moto: the next publish uploads everything."""
     session, url = session_url
     ec2 = session.client("ec2", endpoint_url=url)
-    ours = [{"Name": "tag-key", "Values": ["imagebuilder:disk-digest"]}]
+    ours = [{"Name": "tag-key", "Values": ["imagebuilder:disk-digest"]}]  # not moto's own
     for image in ec2.describe_images(Owners=["self"], Filters=ours)["Images"]:
         ec2.deregister_image(ImageId=image["ImageId"])
     for snapshot in ec2.describe_snapshots(OwnerIds=["self"], Filters=ours)["Snapshots"]:
         ec2.delete_snapshot(SnapshotId=snapshot["SnapshotId"])
 
 
-def published_whole(session_url: Any, raw: Path, disk_digest: str) -> None:
-    """Exactly one completed snapshot carries the disk's digest, and it holds exactly the raw
-    disk (moto's RegisterImage names a snapshot of its own, so it is found by its tag)."""
+def published_whole(session_url: Any, raw: Path, out: dict[str, Any]) -> None:
+    """Every snapshot marked complete (the mark a later publish trusts) holds exactly the raw
+    disk, and a publish that uploaded or resumed names one of them. (moto reports every
+    snapshot as completed, even one a kill left half-written, and its RegisterImage names a
+    snapshot of its own; the mark is what tells them apart.)"""
     session, url = session_url
     ec2 = session.client("ec2", endpoint_url=url)
-    snapshots = ec2.describe_snapshots(OwnerIds=["self"], Filters=[
-        {"Name": "tag:imagebuilder:disk-digest", "Values": [disk_digest]}])["Snapshots"]
-    completed = [s["SnapshotId"] for s in snapshots if s["State"] == "completed"]
-    assert len(completed) == 1, snapshots
-    assert_snapshot_holds(session.client("ebs", endpoint_url=url), completed[0], raw)
+    marked = [s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "tag:imagebuilder:disk-digest", "Values": [out["disk_digest"]]},
+        {"Name": "tag:imagebuilder:upload", "Values": ["complete"]}])["Snapshots"]]
+    assert marked
+    for snapshot in marked:
+        assert_snapshot_holds(session.client("ebs", endpoint_url=url), snapshot, raw)
+    if not out["reused"]:
+        assert out["snapshot_id"] in marked
 
 
 def test_kill_publish(moto: tuple[FaultProxy, Cli, Any], hello: Built, raw: Path,
                       log: FaultLog, rng: random.Random) -> None:
-    """Killed mid-upload (moto behind a proxy throttled to 16 MiB/s): no AMI is ever
-    registered from a snapshot the kill left pending, and the rerun publishes the whole disk."""
+    """Killed mid-upload (moto behind a proxy throttled to 16 MiB/s): a snapshot the kill left
+    half-written is never trusted, and the rerun publishes the whole disk (or registers the
+    snapshot a kill left complete)."""
     proxy, acli, session_url = moto
     proxy.reset(rate=16 * MIB)
     argv = ["publish", hello.ref, "--target", "aws", "--region", "us-east-1"]
@@ -337,7 +343,7 @@ def test_kill_publish(moto: tuple[FaultProxy, Cli, Any], hello: Built, raw: Path
         intact(acli)
         out = acli.json(*argv)
         assert isinstance(out, dict)
-        published_whole(session_url, raw, out["disk_digest"])
+        published_whole(session_url, raw, out)
 
     kill_loop(log, rng, "publish", acli, lambda: argv, lambda: clear_account(session_url),
               after)
@@ -423,7 +429,7 @@ def test_aws_fails_mid_stream(moto: tuple[FaultProxy, Cli, Any], hello: Built, r
         intact(acli)
         out = acli.json(*argv)
         assert isinstance(out, dict)
-        published_whole(session_url, raw, out["disk_digest"])
+        published_whole(session_url, raw, out)
 
     _mid_stream(log, rng, proxy, "publish", publish, after)
 

@@ -410,7 +410,8 @@ def _copied_ids(session: Any) -> list[str]:
 
 
 def _fail_copy_tags(params: dict[str, Any], **_: Any) -> None:
-    if len(params["Resources"]) == 1:  # the copy (the source AMI is tagged with its snapshot)
+    if [r[:4] for r in params["Resources"]] == ["ami-"]:  # the copy (the source AMI goes with
+        # its snapshot)
         raise ClientError({"Error": {"Code": "InternalError", "Message": "boom"}}, "CreateTags")
 
 
@@ -572,3 +573,25 @@ def test_promote_target_aws_user_errors(
     assert capsys.readouterr().err.strip() == (
         "ERROR: --promote-only is now a command of its own: imagebuilder promote hello:1.0 "
         f"--env prod --target aws --region {REGION}")
+
+
+def test_a_completed_orphan_snapshot_is_registered_not_uploaded_again(moto: str) -> None:
+    """A publish killed between CompleteSnapshot and RegisterImage leaves a whole snapshot:
+    the next publish registers it (uploading nothing); a pending one is never used."""
+    disk = _disk()
+    image_digest, disk_digest = _digests()
+    tags = aws.tags_of("hello", "1.0.0", image_digest, disk_digest, None)
+    ebs = boto3.client("ebs", region_name=REGION)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    pending = ebs.start_snapshot(VolumeSize=1, Tags=tags)["SnapshotId"]  # killed mid-upload
+    orphan = aws.upload_snapshot(ebs, disk, tags=tags, description="d", region=REGION)
+    unmarked = aws.upload_snapshot(ebs, disk, tags=tags, description="d", region=REGION)
+    ec2.create_tags(Resources=[orphan.snapshot_id], Tags=[aws.COMPLETE_TAG])
+    result = _publish(disk, image_digest, disk_digest)
+    assert result.resumed and result.upload is None and not result.reused
+    assert result.snapshot_id == orphan.snapshot_id  # not pending, nor unmarked
+    assert pending != orphan.snapshot_id != unmarked.snapshot_id
+    ami = ec2.describe_images(ImageIds=[result.image_id])["Images"][0]
+    assert _tags(ami)["imagebuilder:disk-digest"] == disk_digest
+    again = _publish(disk, image_digest, disk_digest)
+    assert again.reused and again.image_id == result.image_id
