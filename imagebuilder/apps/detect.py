@@ -73,6 +73,9 @@ def _spring_boot(path: Path, jar: Jar, manifest: dict[str, str], main: str | Non
     for name, info in sorted(jar.entries.items()):
         if info.is_dir():
             continue
+        if name.startswith(("BOOT-INF/", "/")) and not _safe_name(name):
+            raise UserError(f"{jar.where(name)}: an entry name that would leave the app's "
+                            "directory (an absolute path, '..' or a NUL): rebuild the jar")
         if name.startswith(BOOT_CLASSES):
             own.append(File(name, data=jar.read(name)))
         elif name.startswith(BOOT_LIB) and name.endswith(".jar"):
@@ -85,6 +88,12 @@ def _spring_boot(path: Path, jar: Jar, manifest: dict[str, str], main: str | Non
     sources += [ClassSource(f"{path}!/{f.dest}", jar=f.data) for f in libs]
     return Shape("spring-boot", (*own, *snapshots), third, ("-cp", ":".join(cp), chosen),
                  chosen, tuple(sources))
+
+
+def _safe_name(name: str) -> bool:
+    """An entry name that stays below the directory it is extracted to."""
+    parts = name.split("/")
+    return not name.startswith("/") and ".." not in parts and "\0" not in name and "\\" not in name
 
 
 def _classpath_idx(jar: Jar) -> dict[str, int]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import javaclass
 from ..errors import UserError
 from ..fsutil import fsync_dir
-from .archive import Budget
+from .archive import MAX_ENTRY_BYTES, Budget
 from .shape import ClassSource, Shape
 
 #: Top-level packages of every JDK module (java.base ... jdk.*), in internal form.
@@ -77,6 +77,10 @@ def _entries(source: ClassSource, budget: Budget) -> Iterator[
             for name in sorted(names):
                 path = Path(dirpath, name)
                 rel = path.relative_to(top).as_posix()
+                if (rel.endswith(".class") or rel.startswith(SERVICES)) \
+                        and path.stat().st_size > MAX_ENTRY_BYTES:
+                    raise UserError(f"{path}: more than {MAX_ENTRY_BYTES >> 20} MiB: not a class "
+                                    "file")
                 yield rel, str(path), path.read_bytes, None
         return
     assert source.jar is not None

@@ -434,3 +434,15 @@ def test_class_path_directory_is_read(shop: ShopBuild, tmp_path: Path) -> None:
     shape, usage = shape_of(jar, main="com.example.greet.Greeting")
     assert "classes/com/example/greet/Greeting.class" in {f.dest for f in shape.app}
     assert usage.classes > 100
+
+
+@pytest.mark.parametrize("name", ["BOOT-INF/classes/../../etc/passwd", "BOOT-INF/lib/../../x.jar",
+                                  "/BOOT-INF/classes/a/B.class"])
+def test_spring_boot_entry_escaping_app_dir(tmp_path: Path, name: str) -> None:
+    jar = tmp_path / "slip.jar"
+    with zipfile.ZipFile(jar, "w") as zf:
+        zf.writestr("META-INF/MANIFEST.MF", "Start-Class: a.B\r\n\r\n")
+        zf.writestr("BOOT-INF/classes/a/B.class", b"\xca\xfe\xba\xbe\0\0\0\x3d\0\1")
+        zf.writestr(name, b"x")
+    assert error(jar) == (f"{jar}!/{name}: an entry name that would leave the app's directory (an "
+                          "absolute path, '..' or a NUL): rebuild the jar")
