@@ -162,6 +162,9 @@ def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | No
     log = None if quiet else (lambda line: click.echo(line, err=True))
     server = netboot.NetbootServer(source, address, log=log, allow=allowed)
     click.echo(f"serving {source.title} at {server.url} (Ctrl-C stops)", err=True)
+    if env_name is not None:
+        clients = ", ".join(str(n) for n in server.env_clients)
+        click.echo(f"environment {env_name} only for {clients}; other clients get 403", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

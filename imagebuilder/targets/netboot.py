@@ -286,6 +286,11 @@ class NetbootServer:
         return str(host), int(port)
 
     @property
+    def env_clients(self) -> tuple[Network, ...]:
+        """The networks whose clients may fetch the environment."""
+        return self._server.allow
+
+    @property
     def url(self) -> str:
         host, port = self.address
         shown = f"[{host}]" if ":" in host else host

@@ -148,6 +148,7 @@ def test_env_on_loopback_is_served_to_loopback_clients(source: NetbootSource) ->
 def test_env_is_403_for_clients_outside_allow(source: NetbootSource) -> None:
     with NetbootServer(source.with_env("test", {"SECRET": "s3cr3t"}), ("127.0.0.1", 0),
                        allow=parse_allow(["10.0.0.0/24"])).start() as server:
+        assert [str(n) for n in server.env_clients] == ["10.0.0.0/24"]
         status, body, _ = get(server, "/initrd/env.img")
         assert status == 403 and b"s3cr3t" not in body
         assert get(server, "/initrd/env.img", method="HEAD")[0] == 403
