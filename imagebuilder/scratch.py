@@ -81,9 +81,11 @@ def _owned_by(name: str, token: str) -> bool:
     return name.lstrip(".").startswith(token + ".") and name != token + _OWNER
 
 
-def remove_stale(directory: Path | str, prefix: str = "") -> list[str]:
+def remove_stale(directory: Path | str, prefix: str = "", *, dry_run: bool = False
+                 ) -> list[str]:
     """Remove the entries in ``directory`` whose owner (named ``PREFIX...``) is dead, proven by
-    taking its owner lock; the names removed. Entries of live owners are left alone."""
+    taking its owner lock; the names removed (with ``dry_run``: that would be). Entries of live
+    owners are left alone."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -103,10 +105,12 @@ def remove_stale(directory: Path | str, prefix: str = "") -> list[str]:
             token = owner.removesuffix(_OWNER)
             for name in names:
                 if _owned_by(name, token):
-                    _remove(os.path.join(directory, name))
+                    if not dry_run:
+                        _remove(os.path.join(directory, name))
                     removed.append(name)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             removed.append(owner)
         finally:
             os.close(fd)

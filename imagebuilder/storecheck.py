@@ -6,8 +6,8 @@ drive. It reads every blob of the store once through the hashing core (SHA-256, 
 and every cache entry once (its XXH3 sidecar), parses index.json and every manifest it names, and
 checks that each manifest's config and layers are present, of the size it records and intact.
 Each problem comes with what it affects (the images whose blob it is) and how to repair it.
-Scratch files left by killed commands are counted but are not damage: ``gc``, or the next command
-that takes the same lock, removes them.
+Scratch left by killed commands (proven dead: :mod:`imagebuilder.scratch`) is counted but is not
+damage: ``gc``, or the next command working in the same place, removes it.
 
 The check only reads (under the store's and the cache's shared locks); it repairs nothing.
 """
@@ -25,6 +25,7 @@ from .cache import Cache
 from .errors import ImageBuilderError
 from .fsutil import dir_lock
 from .hashing import digest_file
+from .scratch import remove_stale
 from .store import ENV_ANNOTATION, HISTORY_ANNOTATION, REF_NAME_ANNOTATION, TITLE_ANNOTATION, Store
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -87,6 +88,8 @@ def check(store: Store, cache: Cache | None = None,
     if cache is not None and cache.stages_dir.exists():
         with dir_lock(cache.root, exclusive=False):
             _check_cache(cache, report, progress)
+    if cache is not None:
+        report.scratch += len(remove_stale(cache.tmp_dir, dry_run=True))
     return report
 
 
@@ -171,8 +174,7 @@ def _check_store(store: Store, report: Report, progress: Callable[[int], None]) 
             if p.images:
                 p.repair = _rebuild_hint(p.images)
     _merge_duplicates(report)
-    if store.tmp_dir.is_dir():
-        report.scratch += sum(1 for _ in store.tmp_dir.iterdir())
+    report.scratch += len(remove_stale(store.tmp_dir, dry_run=True))
 
 
 def _merge_duplicates(report: Report) -> None:
@@ -261,5 +263,3 @@ def _check_cache(cache: Cache, report: Report, progress: Callable[[int], None]) 
                     "is damaged: its content does not match its recorded XXH3"
                     if expected else "has no recorded XXH3",
                     repair="none needed: the next build that uses it deletes and rebuilds it"))
-    if cache.tmp_dir.is_dir():
-        report.scratch += sum(1 for _ in cache.tmp_dir.iterdir())

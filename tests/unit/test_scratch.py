@@ -122,9 +122,25 @@ def test_gc_removes_a_killed_commands_scratch(tmp_path: Path, monkeypatch: pytes
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     capsys.readouterr()
+    assert main(["check", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["stale_scratch"] >= 4
     assert main(["gc", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["scratch_removed"] >= 4
     assert os.listdir(home / "store" / ".tmp") == []
     assert os.listdir(home / "cache" / "tmp") == []
     assert remove_stale(home / "tmp") != []  # not gc's: the child's own scratch parent
+    assert main(["check", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stale_scratch"] == 0
+
+
+def test_check_does_not_count_a_live_commands_scratch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, children: list[subprocess.Popen[str]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(home))
+    _start(home, children)
+    capsys.readouterr()
+    assert main(["check", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stale_scratch"] == 0
