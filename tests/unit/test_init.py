@@ -48,18 +48,27 @@ STUBS = {
 }
 
 
-def _can_sandbox() -> bool:
-    if BUSYBOX is None or shutil.which("unshare") is None or os.geteuid() != 0:
-        return False
-    result = subprocess.run([*SANDBOX, "true"], capture_output=True, check=False)
-    return result.returncode == 0
-
-
 # Own PID, mount, network, UTS and IPC namespaces: the init is PID 1 of its own namespace,
 # where poweroff (reboot(2)) ends that namespace and nothing else.
 SANDBOX = ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--net", "--uts", "--ipc"]
-pytestmark = pytest.mark.skipif(not _can_sandbox(),
-                                reason="needs busybox, root and unshare(1)")
+
+
+def _why_not() -> str | None:
+    """Why the sandbox cannot run here (None if it can)."""
+    if BUSYBOX is None:
+        return "busybox not installed (apt-get install busybox-static)"
+    if os.geteuid() != 0:
+        return "needs root (start-stop-daemon switches to the app's uid 1000)"
+    if shutil.which("unshare") is None:
+        return "unshare not installed (apt-get install util-linux)"
+    result = subprocess.run([*SANDBOX, "true"], capture_output=True, check=False)
+    if result.returncode != 0:
+        return "namespaces are not allowed here (unshare --pid --mount --net failed)"
+    return None
+
+
+WHY_NOT = _why_not()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 
 @dataclass
