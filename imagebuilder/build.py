@@ -8,11 +8,13 @@ Stages and what keys them (each key also holds the stage's own version):
 * ``natives``  JDK packages + module list + fonts                     -> library/font packages
 * ``jvm``      JDK, library and font packages + module list            -> jvm layer
 * ``packages`` the app's extra Debian packages                          -> packages layer
+* ``tomcat``   for a war, Debian's Tomcat 10 packages                   -> tomcat layer
 * ``libs``     the app's third-party libraries (path, xxh3 of each)    -> libs layer
 * ``app``      the app's own files (path, xxh3 of each) + app.conf     -> app layer
 
 Before any stage runs, the app is detected (:mod:`.apps.detect`) and every class it can load is
-read (:mod:`.apps.scan`), so a broken jar fails before anything is fetched or cached. The modules
+read (:mod:`.apps.scan`), so a broken jar fails before anything is fetched or cached (a war's
+classes are read with Tomcat's, once its packages are fetched). The modules
 are the scan mapped through the JDK's package index (:mod:`.apps.modules`): milliseconds, no JVM.
 A new app version changes only the app key (and the jvm key if it uses a new JDK module), so it
 rebuilds only the app layer. Package trees are unpacked lazily, only for stages that miss.
@@ -30,6 +32,7 @@ from typing import Any
 
 from . import export, hashing, natives, sysroot
 from .apps import modules as modules_mod
+from .apps import war
 from .apps.archive import Budget
 from .apps.detect import detect
 from .apps.scan import Usage, load_memo, save_memo, scan
@@ -51,12 +54,14 @@ from .scratch import scratch_dir
 from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from .store import TITLE_ANNOTATION as TITLE
 
-STAGE_VERSIONS = {"kernel": 1, "base": 2, "jdk": 1, "natives": 1, "jvm": 3, "packages": 1,
-                  "libs": 1, "app": 2}
+STAGE_VERSIONS = {"kernel": 1, "base": 2, "jdk": 1, "natives": 1, "jvm": 3, "packages": 2,
+                  "tomcat": 1, "libs": 1, "app": 2}
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer, built
 #: for every version, fast (level 3 packs an 18 MiB fat jar 8 times faster than level 9, for
 #: under 1% more bytes: a jar is compressed already).
-LEVELS = {"base": 19, "jvm": 19, "packages": 19, "libs": 19, "app": 3}
+LEVELS = {"base": 19, "jvm": 19, "packages": 19, "tomcat": 19, "libs": 19, "app": 3}
+#: What the packages layer takes from the app's extra packages.
+PACKAGES_DIRS = ("etc", "opt", "usr", "var")
 #: The class scan's memo (:data:`.apps.scan.Memo`), in the cache directory.
 SCAN_MEMO = "scan-memo.json"
 #: Where the jvm layer lists the packages of the JDK modules left out, for the init's hint.
@@ -132,31 +137,41 @@ class Builder:
         manifest = load_manifest(cfg.system.kernel)
         drivers = select_drivers(manifest, cfg.system.hardware, cfg.system.modules)
         budget = Budget()
-        shape = detect(cfg.app.path, cfg.app.main, budget)
+        try:
+            shape = detect(cfg.app.path, cfg.app.main, budget)
+            # A war's classes are scanned with Tomcat's, once its packages are at hand.
+            usage = None if shape.kind == "war" else self._scan(shape, budget)
+            resolution = resolve(cfg, drivers, self.home.downloads, mirror=self.mirror)
+            with scratch_dir() as scratch:
+                roots = _Sysroots(resolution, scratch)
+                if usage is None:
+                    shape = war.with_tomcat(shape, roots.get("tomcat"), cfg.app.port)
+                    usage = self._scan(shape, budget)
+                kernel = self._kernel(resolution, roots)
+                layers = [("base", self._base(drivers, resolution, roots))]
+                index = self._jdk(resolution, roots)
+                modules = modules_mod.needed(usage, index, cfg.jvm.modules,
+                                             full=cfg.jvm.runtime == "full")
+                layers.append(("jvm", self._jvm(resolution, roots, modules, index)))
+                for part, dirs in (("packages", PACKAGES_DIRS), ("tomcat", war.TOMCAT_DIRS)):
+                    if resolution.parts.get(part):
+                        layers.append((part, self._packages(part, dirs, resolution, roots)))
+                if shape.libs:
+                    layers.append(("libs", self._files_layer("libs", shape, shape.libs)))
+                layers.append(("app", self._app(shape)))
+        finally:
+            budget.close()
+        return self._store(manifest, resolution, kernel, layers, modules, shape, usage)
+
+    def _scan(self, shape: Shape, budget: Budget) -> Usage:
+        cfg = self.cfg
         memo_path = self.home.root / "cache" / SCAN_MEMO
         memo = load_memo(memo_path)
         known = len(memo)
-        try:
-            usage = scan(shape, cfg.jvm.version, budget, cfg.app.path, memo)
-        finally:
-            budget.close()
+        usage = scan(shape, cfg.jvm.version, budget, cfg.app.path, memo)
         if len(memo) != known:
             save_memo(memo_path, memo)
-        resolution = resolve(cfg, drivers, self.home.downloads, mirror=self.mirror)
-        with scratch_dir() as scratch:
-            roots = _Sysroots(resolution, scratch)
-            kernel = self._kernel(resolution, roots)
-            layers = [("base", self._base(drivers, resolution, roots))]
-            index = self._jdk(resolution, roots)
-            modules = modules_mod.needed(usage, index, cfg.jvm.modules,
-                                         full=cfg.jvm.runtime == "full")
-            layers.append(("jvm", self._jvm(resolution, roots, modules, index)))
-            if resolution.parts.get("packages"):
-                layers.append(("packages", self._packages(resolution, roots)))
-            if shape.libs:
-                layers.append(("libs", self._files_layer("libs", shape, shape.libs)))
-            layers.append(("app", self._app(shape)))
-        return self._store(manifest, resolution, kernel, layers, modules, shape, usage)
+        return usage
 
     def _kernel(self, resolution: Resolution, roots: _Sysroots) -> Path:
         def produce(dest: Path) -> None:
@@ -247,15 +262,17 @@ class Builder:
                   "fonts": self.cfg.jvm.fonts}
         return self._layer("jvm", inputs, make_tree)
 
-    def _packages(self, resolution: Resolution, roots: _Sysroots) -> Path:
+    def _packages(self, part: str, dirs: tuple[str, ...], resolution: Resolution,
+                  roots: _Sysroots) -> Path:
+        """A layer of the files below ``dirs`` of the unpacked packages of ``part``."""
         def make_tree() -> Tree:
-            root = roots.get("packages")
+            root = roots.get(part)
             tree = Tree()
-            for top in ("etc", "opt", "usr", "var"):
+            for top in dirs:
                 if (root / top).is_dir():
                     tree.add_tree(root / top, top)
             return tree
-        return self._layer("packages", {"debs": resolution.key("packages")}, make_tree)
+        return self._layer(part, {"debs": resolution.key(part), "dirs": list(dirs)}, make_tree)
 
     def _files_layer(self, name: str, shape: Shape, files: tuple[File, ...]) -> Path:
         return self._layer(name, {"files": shape.key(files)},

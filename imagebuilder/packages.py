@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 from . import natives
+from .apps import war
 from .config import Config
 from .errors import FetchError
 from .fetch.deb import list_deb
@@ -52,6 +53,8 @@ def roots(cfg: Config, drivers: Selection) -> dict[str, list[str]]:
         parts["packages"] = sorted(cfg.app.packages)
     if drivers.firmware_packages:
         parts["firmware"] = list(drivers.firmware_packages)
+    if war.is_war(cfg.app.path):
+        parts["tomcat"] = list(war.PACKAGES)
     return parts
 
 
@@ -60,6 +63,9 @@ def _follow(part: str) -> Callable[[Package], bool]:
         return lambda p: p.name.startswith("linux-image-")
     if part in ("base", "firmware"):
         return lambda p: False
+    if part == "tomcat":
+        # Its Java libraries (the Eclipse compiler Jasper compiles JSPs with), not a JRE.
+        return lambda p: p.name.startswith("lib") and p.name.endswith("-java")
     if part == "jvm":
         return lambda p: p.name.startswith("openjdk-") or p.name in JVM_LIBRARIES
     if part == NATIVES:

@@ -23,6 +23,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..errors import UserError
+from . import war
 from .archive import Budget, Jar
 from .shape import ClassSource, File, Shape, guest, is_snapshot, split_libs
 
@@ -36,11 +37,8 @@ def detect(path: Path, main: str | None, budget: Budget) -> Shape:
     """The shape of the app at ``path`` (a jar, a war or a directory); UserError if it is none."""
     if path.is_dir():
         return _directory(path, main, budget)
-    if path.suffix.lower() == ".war":
-        if main is not None:
-            raise UserError(f"app.main: {path.name} is a war, which runs on Tomcat, not from a "
-                            "main class: remove [app] main")
-        raise UserError(f"{path}: wars are not supported yet: build an executable jar")
+    if war.is_war(path):
+        return war.detect(path, main, budget)
     with budget.open(str(path), path) as jar:
         manifest = jar.manifest()
         if "start-class" in manifest or any(n.startswith(BOOT_CLASSES) for n in jar.entries):

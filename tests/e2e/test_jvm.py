@@ -3,7 +3,8 @@
 An app compiled here with javac draws text with Graphics2D into a PNG through ImageIO and serves
 it (java.desktop: the X11 natives left out, freetype/lcms/libjpeg/fontconfig and a font fetched
 by themselves); a class that only calls java.beans.Introspector builds, with ``[jvm] fonts =
-false``; examples/hello boots on JDK 25. Two boots; JDK 17 on bookworm is test_bookworm.py's.
+false``; a war compiled against Debian's Jakarta Servlet API is served by Debian's Tomcat 10;
+examples/hello boots on JDK 25. Three boots; JDK 17 on bookworm is test_bookworm.py's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ..wars import build_war
 from .conftest import Cli, compile_example, free_port
 from .test_build import _cpio_listing, _layers
 
@@ -230,6 +232,37 @@ def test_jdk_25_boots_hello(cli: Cli, tmp_path: Path, vms: list[str]) -> None:
     vms.append(started["id"])
     body = json.loads(_get(f"http://127.0.0.1:{port}/info"))
     assert body["java"].startswith("25")
+    cli("stop", started["id"])
+    vms.remove(started["id"])
+    cli("rm", built["ref"])
+
+
+def test_war_is_served_at_root_by_tomcat_10(cli: Cli, tmp_path: Path, vms: list[str]) -> None:
+    app = tmp_path / "web"
+    app.mkdir()
+    build_war(app / "shop.war")
+    (app / "imagebuilder.toml").write_text(
+        '[image]\nname = "web"\nversion = "1"\n\n[app]\npath = "shop.war"\nport = 8080\n')
+    built = cli.json("build", str(app))
+    info = cli.json("inspect", built["ref"])
+    assert info["config"]["app"]["shape"] == "war"
+    layers = _layers(cli, built["ref"])
+    assert list(layers) == ["vmlinuz", "base", "jvm", "tomcat", "app"]
+    tomcat = set(_cpio_listing(cli, str(layers["tomcat"]["digest"])))
+    assert "usr/share/tomcat10/bin/bootstrap.jar" in tomcat
+    app_files = set(_cpio_listing(cli, str(layers["app"]["digest"])))
+    assert {"app/webapps/ROOT.war", "app/tomcat/conf/server.xml"} <= app_files
+    port = free_port()
+    started = json.loads(cli("run", built["ref"], "--accel", "tcg", "--wait", "--json",
+                             "--timeout", "300", "-p", f"127.0.0.1:{port}:8080",
+                             cwd=app).stdout)
+    vms.append(started["id"])
+    base = f"http://127.0.0.1:{port}"
+    hello = _get(f"{base}/hello").decode()
+    # Served by Tomcat 10 at / (the context path is empty).
+    assert hello.startswith("hello from a war on Apache Tomcat/10.") and hello.endswith(" at []")
+    assert b"static index of the war" in _get(f"{base}/")
+    assert _get(f"{base}/answer.jsp").decode().strip() == "six times seven is 42"
     cli("stop", started["id"])
     vms.remove(started["id"])
     cli("rm", built["ref"])
