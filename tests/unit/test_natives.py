@@ -241,3 +241,27 @@ def test_heap_default_unless_the_user_sizes_the_heap() -> None:
     assert jvm_layer.heap_flags(["-Dx=y", "-XX:+UseSerialGC"]) == ["-XX:MaxRAMPercentage=75"]
     for sized in ("-Xmx512m", "-XX:MaxRAMPercentage=50", "-XX:MaxHeapSize=1g", "-XX:MaxRAM=2g"):
         assert jvm_layer.heap_flags(["-Dx=y", sized]) == []
+
+
+def test_the_jvm_layer_leaves_libraries_of_the_apps_packages_to_their_layer(
+        tmp_path: Path) -> None:
+    """A library no JDK package names, added through [app] packages: found there (the build
+    passes) and not copied into the jvm layer; the natives' fonts are."""
+    jvm_root, lib_root, pkg_root = tmp_path / "jvm", tmp_path / "natives", tmp_path / "packages"
+    runtime = tmp_path / "runtime"
+    _touch(jvm_root, f"{LIB}/ld-linux-x86-64.so.2")
+    shutil.copy(Path("/lib/x86_64-linux-gnu/libc.so.6"), jvm_root / LIB / "libc.so.6")
+    _gcc_lib(pkg_root / LIB / "libfoo.so.1", "libfoo.so.1")
+    (pkg_root / LIB / "libfoo.so").symlink_to("libfoo.so.1")
+    _touch(lib_root, "etc/fonts/fonts.conf", "usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+           "usr/share/doc/libx/copyright")
+    _gcc_lib(runtime / "lib/libfontmanager.so", "libfontmanager.so", f"-L{pkg_root / LIB}",
+             "-lfoo")
+    with pytest.raises(jvm_layer.MissingLibraryError):
+        jvm_layer.build_tree([jvm_root, lib_root], runtime)
+    tree = jvm_layer.build_tree([jvm_root, lib_root], runtime, shared=[pkg_root])
+    assert f"{LIB}/libc.so.6" in tree and "opt/java/lib/libfontmanager.so" in tree
+    assert f"{LIB}/libfoo.so.1" not in tree
+    assert "etc/fonts/fonts.conf" in tree
+    assert "usr/share/fonts/truetype/dejavu/DejaVuSans.ttf" in tree
+    assert "usr/share/doc/libx/copyright" not in tree
