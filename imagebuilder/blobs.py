@@ -13,21 +13,25 @@ reads it through here, and the check costs no extra read:
   which the program reads from the page cache.
 
 A file verified once in a process is not hashed again unless it changed (inode, size or mtime).
+Blobs coming in (a pull) are hashed as they are written, by :func:`receive`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import DamagedError
+from .errors import DamagedError, IntegrityError
 from .hashing import CHUNK_SIZE, MultiHasher, digest_file
 
 REPAIR_HINT = ("run 'imagebuilder check' to see which images it affects, then rebuild them "
                "('imagebuilder build' in the app's directory) or pull them again")
 
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _verified: set[tuple[str, str, int, int, int]] = set()
 _lock = threading.Lock()
 
@@ -83,3 +87,38 @@ def verified_chunks(path: Path | str, digest: str,
         raise mismatch(path, digest, actual)
     with _lock:
         _verified.add(ident)
+
+
+def receive(staging: Path, digest: str, size: int, chunks: Iterable[bytes]) -> Path:
+    """Write ``chunks`` (a blob arriving from a registry) to a file in ``staging`` while hashing;
+    the file if it is blob ``digest`` of ``size`` bytes, else an IntegrityError (and the file is
+    gone). Writing stops as soon as more than ``size`` bytes arrive."""
+    if not _DIGEST.fullmatch(digest):
+        raise IntegrityError(f"not a sha256 digest: {digest!r}")
+    dest = staging / digest.removeprefix("sha256:")
+    h = hashlib.sha256()
+    written = 0
+    try:
+        with open(dest, "wb") as f:
+            for chunk in chunks:
+                written += len(chunk)
+                if written > size:
+                    raise IntegrityError(
+                        f"blob {digest} is larger than the {size} bytes its manifest says; "
+                        "discarded"
+                    )
+                h.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        actual = "sha256:" + h.hexdigest()
+        if actual != digest or written != size:
+            raise IntegrityError(
+                f"blob {digest} did not verify: got sha256 {actual}, {written} of {size} "
+                "bytes; discarded"
+            )
+        os.chmod(dest, 0o644)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return dest

@@ -55,14 +55,6 @@ def split_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
-def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural order: 1.9 < 1.10, digits compare as numbers."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part)
-        for part in re.findall(r"\d+|\D+", version)
-    )
-
-
 @dataclass(frozen=True)
 class Descriptor:
     """An OCI content descriptor: what a blob is, its digest and size."""

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import blobs
-from .errors import DamagedError, ImageBuilderError, IntegrityError, NotFoundError, UserError
+from .errors import DamagedError, ImageBuilderError, UserError
 from .fsutil import dir_lock, fsync_dir
 from .oci import (
     ARTIFACT_TYPE,
@@ -54,10 +54,10 @@ from .oci import (
     TITLE_ANNOTATION,
     Descriptor,
     Image,
-    _version_key,
     canonical_json,
     split_ref,
 )
+from .refs import pick, version_key
 from .scratch import owned, remove_stale
 
 # The OCI structures are importable from here too, where they were first defined.
@@ -294,39 +294,7 @@ class Store:
             finally:
                 shutil.rmtree(path, ignore_errors=True)
 
-    @staticmethod
-    def receive_blob(staging: Path, digest: str, size: int, chunks: Iterable[bytes]) -> Path:
-        """Write ``chunks`` to a file in ``staging`` while hashing; the file if it is blob
-        ``digest`` of ``size`` bytes, else an IntegrityError (and the file is gone)."""
-        if not _DIGEST_RE.fullmatch(digest):
-            raise IntegrityError(f"not a sha256 digest: {digest!r}")
-        dest = staging / digest.removeprefix("sha256:")
-        h = hashlib.sha256()
-        written = 0
-        try:
-            with open(dest, "wb") as f:
-                for chunk in chunks:
-                    written += len(chunk)
-                    if written > size:
-                        raise IntegrityError(
-                            f"blob {digest} is larger than the {size} bytes its manifest says; "
-                            "discarded"
-                        )
-                    h.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            actual = "sha256:" + h.hexdigest()
-            if actual != digest or written != size:
-                raise IntegrityError(
-                    f"blob {digest} did not verify: got sha256 {actual}, {written} of {size} "
-                    "bytes; discarded"
-                )
-            os.chmod(dest, 0o644)
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
-        return dest
+    receive_blob = staticmethod(blobs.receive)
 
     def _check_blobs(self, descriptors: Iterable[Descriptor], staged: dict[str, Path]) -> None:
         for desc in descriptors:
@@ -484,56 +452,11 @@ class Store:
             refs.sort()
         return out
 
-    def _not_found(self, ref: str) -> NotFoundError:
-        return NotFoundError(
-            f"no image '{ref}' in the store; list images with 'imagebuilder images'"
-        )
-
     def _resolve_unlocked(self, ref: str) -> Image:
-        by_digest = self._refs_by_digest()
-        if ref.startswith("sha256:"):
-            prefix = ref.lower()
-            if not re.fullmatch(r"sha256:[0-9a-f]+", prefix):
-                raise UserError(f"'{ref}' is not a sha256 digest")
-            if len(prefix) - 7 < MIN_DIGEST_PREFIX:
-                raise UserError(
-                    f"digest prefix '{ref}' is too short: give at least {MIN_DIGEST_PREFIX} "
-                    "hex digits"
-                )
-            matches = sorted(d for d in by_digest if d.startswith(prefix))
-            if not matches:
-                raise self._not_found(ref)
-            if len(matches) > 1:
-                raise NotFoundError(
-                    f"'{ref}' matches several images ({', '.join(matches)}); "
-                    "give more digits of the digest"
-                )
-            refs = by_digest[matches[0]]
-            return self._load(refs[0] if refs else matches[0], matches[0], refs)
-
-        ref_to_digest = {r: d for d, refs in by_digest.items() for r in refs}
-        if ref in ref_to_digest:
-            digest = ref_to_digest[ref]
-            return self._load(ref, digest, by_digest[digest])
-        for m in self._read_index():  # an environment tag: hello:prod
-            if _entry_ref(m) == ref and ENV_ANNOTATION in (m.get("annotations") or {}):
-                refs = by_digest.get(m["digest"], [])
-                return self._load(refs[0] if refs else ref, m["digest"], refs)
-        if ":" not in ref:
-            candidates = sorted(
-                (r for r in ref_to_digest if r.rpartition(":")[0] == ref),
-                key=lambda r: _version_key(r.rpartition(":")[2]),
-            )
-            if len(candidates) == 1:
-                digest = ref_to_digest[candidates[0]]
-                return self._load(candidates[0], digest, by_digest[digest])
-            if candidates:
-                versions = ", ".join(r.rpartition(":")[2] for r in candidates)
-                raise NotFoundError(
-                    f"image '{ref}' has several versions ({versions}); "
-                    f"name one, e.g. '{candidates[-1]}'"
-                )
-        raise self._not_found(ref)
+        env_tags = {str(_entry_ref(m)): str(m["digest"]) for m in self._read_index()
+                    if ENV_ANNOTATION in (m.get("annotations") or {})}
+        shown, digest, refs = pick(ref, self._refs_by_digest(), env_tags)
+        return self._load(shown, digest, refs)
 
     def resolve(self, ref: str) -> Image:
         """The image named by ``ref``: NAME:VERSION, NAME:ENVIRONMENT (the image promoted to
@@ -550,7 +473,7 @@ class Store:
                 self._load(ref, digest, refs)
                 for digest, refs in by_digest.items() for ref in refs
             ]
-        out.sort(key=lambda im: (im.name, _version_key(im.version), im.version))
+        out.sort(key=lambda im: (im.name, version_key(im.version), im.version))
         return out
 
     # --- removing -----------------------------------------------------------------------------
