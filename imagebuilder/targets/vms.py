@@ -4,8 +4,9 @@ Each VM has a run directory ``run/<id>`` holding QEMU's pid file, its QMP socket
 A pid file outlives its process: after a crash or a reboot the number may belong to anything
 else, and signalling it would hit an innocent process. So a process counts as the VM only after
 proof: a pidfd is opened on the pid (it then names that one process, whatever happens to the
-number), and /proc/PID/cmdline, read after that, holds the VM's own pid file path, which only the
-QEMU started for this run directory has on its command line. Signals go through the pidfd, so
+number), and /proc/PID/cmdline, read after that, has ``-pidfile`` naming the VM's own pid file
+(the same file, however its path was spelt), which only the QEMU started for this run directory
+has on its command line. Signals go through the pidfd, so
 even a process that exits and has its number reused meanwhile is never hit.
 
 VM ids are ``NAME-XXXXXXXX`` made of safe characters only (an image name's ``/`` becomes ``-``),
@@ -15,6 +16,7 @@ so an id is one directory entry and nothing outside ``run/`` is ever listed or r
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import secrets
@@ -70,7 +72,7 @@ class Vm:
             fd = os.pidfd_open(pid)
         except OSError:
             return None
-        if os.fsencode(self.dir / "qemu.pid") not in _argv(pid):
+        if not _names_pid_file(pid, self.dir / "qemu.pid"):
             os.close(fd)
             return None
         return fd
@@ -92,6 +94,29 @@ def _argv(pid: int) -> list[bytes]:
             return raw.split(b"\0")
         time.sleep(0.01)
     return []
+
+
+def _names_pid_file(pid: int, pid_file: Path) -> bool:
+    """Whether process ``pid`` was started with ``-pidfile`` naming ``pid_file``: the same file
+    (device and inode), however the path was spelt (relative to its working directory, through
+    a symlink)."""
+    argv = _argv(pid)
+    try:
+        want = os.stat(pid_file)
+    except OSError:
+        return False
+    for flag, value in itertools.pairwise(argv):
+        if flag != b"-pidfile":
+            continue
+        path = os.fsdecode(value)
+        try:
+            if not os.path.isabs(path):
+                path = os.path.join(os.readlink(f"/proc/{pid}/cwd"), path)
+            got = os.stat(path)
+        except OSError:
+            return False
+        return (got.st_dev, got.st_ino) == (want.st_dev, want.st_ino)
+    return False
 
 
 def running(runs: Path) -> list[Vm]:

@@ -103,3 +103,19 @@ def test_vm_ids_are_safe_names_and_ps_touches_nothing_else(
     assert code == 2 and err.startswith("ERROR: no running VM 'team/hello-00000000'")
     code, _, _ = _cli(capsys, "stop", "../team")
     assert code == 2 and nested.exists() and vm.poll() is None
+
+
+def test_the_vm_is_recognised_however_its_pid_file_path_was_spelt(
+        runs: Path, procs: Any, tmp_path: Path) -> None:
+    d = runs / "hello-0badcafe"
+    d.mkdir()
+    # started from the run directory with a relative path, then looked at through a symlink
+    vm = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
+                           "-pidfile", "qemu.pid"], cwd=d)
+    procs.append(vm)
+    (d / "qemu.pid").write_text(f"{vm.pid}\n")
+    link = tmp_path / "link"
+    link.symlink_to(runs)
+    assert [v.id for v in vms.running(link)] == ["hello-0badcafe"]
+    assert [v.id for v in vms.running(runs)] == ["hello-0badcafe"]
+    assert vm.poll() is None
