@@ -286,7 +286,7 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
             as_json: bool) -> None:
     """Boot image REF (NAME:VERSION) in QEMU. The console is the app's output; Ctrl-C stops the
     VM cleanly. Exits with the app's exit status."""
-    from .targets import qemu
+    from .targets import bootlog, qemu
     home = get_home()
     image = home.store.resolve(ref)
     env_vars: dict[str, str] = {}
@@ -304,11 +304,14 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
                                       timeout, warn=_warn)
     forward = forwards[0]
     url = f"http://{forward.host_ip}:{forward.host_port}{app.get('healthcheck', '/')}"
+    phases = qemu.boot_phases(vm)
     if as_json:
         click.echo(json.dumps({"id": vm.id, "pid": vm.pid, "url": url, "seconds": seconds,
-                               "console": str(vm.dir / "console.log")}))
+                               "phases": phases, "console": str(vm.dir / "console.log")}))
     else:
         click.echo(f"{image.ref} answered {url} in {seconds:.1f} s")
+        if phases:
+            click.echo(f"boot phases (guest uptime): {bootlog.describe(phases)}")
         click.echo(f"running as {vm.id} (console: {vm.dir / 'console.log'}); "
                    f"stop it with: imagebuilder stop {vm.id}")
 

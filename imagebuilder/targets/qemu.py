@@ -37,7 +37,7 @@ from ..configdrive import write_config_drive
 from ..errors import HostError, UserError
 from ..proc import require
 from ..store import Image, Store
-from . import vms
+from . import bootlog, vms
 from .vms import Vm
 
 INIT_MARKER = b"imagebuilder: ["
@@ -359,6 +359,15 @@ def run_background(spec: RunSpec, store: Store, runs: Path, healthcheck: str, ti
             raise HostError(f"the app did not answer {url} within {timeout:.0f} s "
                             f"(console: {_tail(console)})")
         time.sleep(0.1)
+
+
+def boot_phases(vm: Vm) -> dict[str, float]:
+    """The init's boot phases so far (guest uptime seconds), from the VM's console log."""
+    try:
+        text = (vm.dir / "console.log").read_bytes().decode(errors="replace")
+    except OSError:
+        return {}
+    return bootlog.parse_phases(text)
 
 
 def _console_has(path: Path, marker: bytes) -> bool:

@@ -47,6 +47,10 @@ def test_run_wait_serves_http_with_injected_env_as_unprivileged_user_on_ro_root(
     vms.append(started["id"])
     assert started["url"] == f"http://127.0.0.1:{port}/health"
     assert [vm["id"] for vm in cli.json("ps")] == [started["id"]]
+    # The init's boot phases, in order, as the guest's uptime (seconds since the kernel started).
+    phases = started["phases"]
+    assert list(phases) == ["kernel", "drivers", "network", "environment", "app"]
+    assert phases["kernel"] > 0 and list(phases.values()) == sorted(phases.values())
 
     assert _get(f"http://127.0.0.1:{port}/") == "hello from imagebuilder: GREETING=hi\n"
     info = json.loads(_get(f"http://127.0.0.1:{port}/info"))
