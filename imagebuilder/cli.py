@@ -22,7 +22,7 @@ from .errors import ImageBuilderError, UserError
 if TYPE_CHECKING:
     from . import config as config_mod
     from .home import Home
-    from .store import Image
+    from .store import Image, Store
 
 # Commands import what they need when they run: `imagebuilder hash` or `images` must not pay
 # for loading the build pipeline.
@@ -215,7 +215,10 @@ def images_cmd(as_json: bool) -> None:
 @cli.command("inspect")
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and config as JSON.")
-def inspect_cmd(ref: str, as_json: bool) -> None:
+@click.option("--sizes", is_flag=True,
+              help="Show what each layer carries: its size stored and unpacked, the directories "
+                   "holding most of it and its largest files.")
+def inspect_cmd(ref: str, as_json: bool, sizes: bool) -> None:
     """Show an image's kernel, command line, layers, environments and promotion history."""
     import dataclasses
 
@@ -223,6 +226,9 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
     from .store import TITLE_ANNOTATION
     store = get_home().store
     image = store.resolve(ref)
+    if sizes:
+        _print_sizes(store, image, as_json)
+        return
     envs = environments_of(store, image.name, image.digest)
     promotions = [dataclasses.asdict(p) for p in history(store, image.name)]
     if as_json:
@@ -251,6 +257,26 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
     for layer in image.layers:
         title = (layer.annotations or {}).get(TITLE_ANNOTATION, "?")
         click.echo(f"  {title:<9} {_human(layer.size):>10}  {layer.digest}")
+
+
+def _print_sizes(store: Store, image: Image, as_json: bool) -> None:
+    from .sizes import layer_sizes
+    report = layer_sizes(store, image)
+    if as_json:
+        click.echo(json.dumps({"ref": image.ref, "digest": image.digest,
+                               "stored": sum(layer.stored for layer in report),
+                               "unpacked": sum(layer.unpacked for layer in report),
+                               "layers": [layer.to_json() for layer in report]}))
+        return
+    click.echo(f"image:    {image.ref} ({_human(sum(r.stored for r in report))} stored, "
+               f"{_human(sum(r.unpacked for r in report[1:]))} unpacked in RAM)")
+    for layer in report:
+        click.echo(f"{layer.title}: {_human(layer.stored)} stored, {_human(layer.unpacked)} "
+                   f"unpacked, {layer.files} files")
+        for path, size in layer.dirs:
+            click.echo(f"  {_human(size):>10}  {path.rstrip('/')}/  (directory)")
+        for path, size in layer.largest:
+            click.echo(f"  {_human(size):>10}  {path}")
 
 
 @cli.command("rm")
