@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .layers.cpioread import layer_members
-from .oci import TITLE_ANNOTATION
+from .oci import TITLE_ANNOTATION, Descriptor
 from .store import Image, Store
 
 TOP_FILES = 8
@@ -47,12 +47,16 @@ def _group(path: str) -> str:
     return "/" + "/".join(parent.split("/")[:DIR_DEPTH]) if parent else "/"
 
 
+def _title(layer: Descriptor, default: str) -> str:
+    return (layer.annotations or {}).get(TITLE_ANNOTATION, default)
+
+
 def layer_sizes(store: Store, image: Image) -> list[LayerSizes]:
     """Sizes of the kernel and of every initrd layer of ``image``, in boot order."""
     kernel, layers = image.boot_layers()
-    report = [LayerSizes("kernel", kernel.digest, kernel.size, kernel.size, 1)]
+    report = [LayerSizes(_title(kernel, "kernel"), kernel.digest, kernel.size, kernel.size, 1)]
     for layer in layers:
-        title = (layer.annotations or {}).get(TITLE_ANNOTATION, "?")
+        title = _title(layer, "?")
         sizes = LayerSizes(title, layer.digest, layer.size)
         by_dir: Counter[str] = Counter()
         files: list[tuple[int, str]] = []

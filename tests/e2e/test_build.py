@@ -59,6 +59,29 @@ def test_layers_hold_what_they_should(cli: Cli, hello: Built) -> None:
     assert "app/hello.jar" in app and "etc/imagebuilder/app.conf" in app
 
 
+def test_inspect_sizes_says_what_each_layer_carries(cli: Cli, hello: Built) -> None:
+    report = cli.json("inspect", hello.ref, "--sizes")
+    assert isinstance(report, dict)
+    layers = {layer["title"]: layer for layer in report["layers"]}
+    assert list(layers) == ["vmlinuz", "base", "jvm", "app"]
+    stored = {title: int(layer["size"]) for title, layer in _layers(cli, hello.ref).items()}
+    assert {title: layer["stored"] for title, layer in layers.items()} == stored
+    jvm = layers["jvm"]
+    largest = [f["path"] for f in jvm["largest"]]
+    assert "/opt/java/lib/modules" in largest and "/opt/java/lib/server/libjvm.so" in largest
+    assert jvm["dirs"][0]["path"] == "/opt/java/lib"
+    # The counts are the archive's own: GNU cpio lists the same regular files and bytes.
+    blob = cli.home / "store" / "blobs" / "sha256" / str(jvm["digest"]).removeprefix("sha256:")
+    data = zstandard.ZstdDecompressor().stream_reader(blob.open("rb")).read()
+    listing = subprocess.run(["cpio", "-itv", "--quiet"], input=data, capture_output=True,
+                             check=True).stdout.decode().splitlines()
+    sizes = [int(line.split()[4]) for line in listing if line.startswith("-")]
+    assert (jvm["files"], jvm["unpacked"]) == (len(sizes), sum(sizes))
+    assert layers["app"]["largest"][0]["path"] == "/app/hello.jar"
+    text = cli("inspect", hello.ref, "--sizes").stdout
+    assert "jvm: " in text and "/opt/java/lib/server/libjvm.so" in text
+
+
 def test_same_inputs_same_digest_all_cached(cli: Cli, hello: Built) -> None:
     out = cli.json("build", str(hello.app))
     assert out["digest"] == hello.digest
