@@ -25,12 +25,8 @@ from imagebuilder.disk.model import Disk
 from imagebuilder.errors import HostError, UserError
 from imagebuilder.formats import write_disk
 from imagebuilder.targets import baremetal
-from imagebuilder.targets.baremetal import (
-    Host,
-    check_target,
-    flash,
-    verify_target,
-)
+from imagebuilder.targets.baremetal import flash, verify_target
+from imagebuilder.targets.blockdev import Host, check_target
 
 FAKE_MAJOR = 60  # "local/experimental use": no driver answers it
 
