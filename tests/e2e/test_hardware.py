@@ -263,7 +263,6 @@ CLOUD = {
     "hv_netvsc": "vmbus:635161f83edfc546913ff2d2f965ed0e",  # Hyper-V network
     "hv_storvsc": "vmbus:d96361baa104294db60572e2ffb1dc7f",  # Hyper-V SCSI
     "mana": "pci:v00001414d000000BAsv00001414sd00000000bc02sc00i00",  # Azure MANA
-    "mlx5_core": "pci:v000015B3d00001016sv000015B3sd00000000bc02sc00i00",  # ConnectX-4 Lx VF
 }
 SERVERS = {
     "bnxt_en": "pci:v000014E4d000016D7sv000014E4sd00001402bc02sc00i00",  # BCM57414
@@ -272,6 +271,7 @@ SERVERS = {
     "tg3": "pci:v000014E4d0000165Fsv00001028sd000004F7bc02sc00i00",  # BCM5720
     "r8169": "pci:v000010ECd00008168sv00001043sd00008677bc02sc00i00",  # RTL8168
     "mlx5_core": "pci:v000015B3d00001017sv000015B3sd00000020bc02sc00i00",  # ConnectX-5
+    "mlx4_core": "pci:v000015B3d00001004sv000015B3sd00000000bc02sc00i00",  # ConnectX-3 VF
 }
 
 
@@ -317,10 +317,9 @@ def test_cloud_and_server_devices_resolve_to_shipped_drivers(cli: Cli, hello: Bu
     virtual = _resolver(cli, hello.ref)
     for module, modalias in CLOUD.items():
         assert virtual(modalias) == {module}, (module, modalias)
-    # Server cards are not in the virtual set (apart from mlx5, which Azure uses too) ...
+    # Server cards (and Azure's older Mellanox VFs) are not in the virtual set ...
     for module, modalias in SERVERS.items():
-        if module != "mlx5_core":
-            assert virtual(modalias) == set(), module
+        assert virtual(modalias) == set(), module
     # ... and metal has them all, the cloud ones as well.
     both = _resolver(cli, metal.ref)
     for module, modalias in {**CLOUD, **SERVERS}.items():
