@@ -170,7 +170,8 @@ def section(measured: list[tuple[str, list[dict[str, Any]]]], args: argparse.Nam
         "## AWS publish through the EBS direct APIs (`bench/aws.py`)",
         "",
         f"Run on {when} against `moto_server` on 127.0.0.1 ({os.cpu_count()} CPUs, "
-        f"{cpu_model()}), {args.workers} blocks of 512 KiB in flight, median of {args.runs} "
+        f"{cpu_model()}, load average {os.getloadavg()[0]:.1f} at the end: the machine is "
+        f"shared), {args.workers} blocks of 512 KiB in flight, median of {args.runs} "
         f"runs, a fresh moto_server per run (publishing is idempotent). The first disk is "
         f"{source}. moto's speed, not AWS's, bounds the throughput: the numbers that carry "
         "over are bytes, requests and memory.",

@@ -10,8 +10,11 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from ..servers import free_port
 
@@ -101,3 +104,11 @@ def start_registry(workdir: Path, users: dict[str, str] | None = None) -> Regist
 
 def skopeo() -> str | None:
     return shutil.which("skopeo")
+
+
+@pytest.fixture(scope="module", name="registry")
+def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """``registry``: a docker-registry for one test module (import ``registry_fixture``)."""
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()

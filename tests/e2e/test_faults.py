@@ -39,7 +39,7 @@ from imagebuilder.store import TITLE_ANNOTATION
 from ..servers import assert_snapshot_holds, aws_env, moto_executable, moto_server
 from .conftest import Built, Cli
 from .faults_fixture import SEED, FaultLog, FaultProxy, run_killed, timed, tmpfs
-from .registry_fixture import Registry, start_registry
+from .registry_fixture import Registry, registry_fixture, start_registry  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network, pytest.mark.faults]
 
@@ -200,13 +200,6 @@ def test_kill_flash(fcli: Cli, hello: Built, facts: dict[str, Any], log: FaultLo
 
     kill_loop(log, rng, "flash", fcli, lambda: ["flash", hello.ref, str(target)],
               lambda: target.unlink(missing_ok=True), after)
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    reg = start_registry(tmp_path_factory.mktemp("fregistry"))
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture(scope="module")
