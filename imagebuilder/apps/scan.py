@@ -10,6 +10,10 @@ methods called, string literals that look like JDK class names, the service type
 ``META-INF/services``. It is small, sorted and so a stable cache key. The checks a JVM would only
 fail at boot are made here: no classes at all, a main class that is not there, classes compiled
 for a newer Java than ``[jvm] version``.
+
+What each class contributes is kept in a :data:`Memo` keyed by the CRC-32 and size the zip's
+central directory gives for its bytes, so a rebuild inflates and parses only the classes that
+changed (a fat jar of 10,000 classes with one new class: one class read).
 """
 
 from __future__ import annotations
