@@ -299,9 +299,11 @@ def rm_cmd(refs: Sequence[str]) -> None:
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True, help="QEMU accelerator; auto falls back to TCG if KVM hangs.")
 @click.option("--memory", type=click.IntRange(128, 1 << 20), help="Guest memory in MiB.")
-@click.option("--boot", type=click.Choice(["bios", "uefi", "direct"]), default="bios",
-              show_default=True,
-              help="Boot the image's disk through SeaBIOS or OVMF, or the kernel directly.")
+@click.option("--boot", type=click.Choice(["auto", "microvm", "bios", "uefi", "direct"]),
+              default="auto", show_default=True,
+              help="microvm: the kernel directly on QEMU's microvm machine (the fastest); bios, "
+                   "uefi: the image's disk through SeaBIOS or OVMF; direct: the kernel directly "
+                   "on the pc machine; auto: microvm if the image carries virtio_mmio, else bios.")
 @click.option("--wait", is_flag=True,
               help="Return once the app answers HTTP, leaving the VM running in the background.")
 @click.option("--timeout", type=float, default=180.0, show_default=True,

@@ -1,6 +1,9 @@
 """Booting an image in QEMU: `imagebuilder run`, in the foreground or in the background.
 
-The kernel boots directly (-kernel/-initrd) with virtio devices, user-mode networking with the
+The kernel boots directly (-kernel/-initrd) on QEMU's microvm machine (no firmware, no PCI:
+virtio over MMIO) when the image carries virtio_mmio, else the image's disk boots through
+SeaBIOS (or OVMF, or the kernel directly on the pc machine, on request), with virtio devices,
+user-mode networking with the
 requested port forwards, and the environment's config drive as a read-only virtio disk. The
 serial console is the app's stdout. A QMP socket lets imagebuilder press the ACPI power button
 (`system_powerdown`) so the init stops the app cleanly; the init prints the app's exit status,
@@ -37,7 +40,7 @@ from ..configdrive import write_config_drive
 from ..errors import HostError, UserError
 from ..proc import require
 from ..store import Image, Store
-from . import bootlog, vms
+from . import bootlog, microvm, vms
 from .vms import Vm
 
 INIT_MARKER = b"imagebuilder: ["
@@ -83,7 +86,9 @@ class RunSpec:
     accel: str = "auto"
     memory: int = 1024
     cpus: int = 2
-    boot: str = "direct"  # direct (-kernel/-initrd), bios (SeaBIOS) or uefi (OVMF) from the disk
+    # direct (-kernel/-initrd on pc), microvm (-kernel/-initrd on QEMU's microvm machine), bios
+    # (SeaBIOS) or uefi (OVMF) from the disk; auto: microvm when the image can, else bios.
+    boot: str = "direct"
 
 
 def check_port_free(forward: PortForward) -> None:
@@ -133,18 +138,25 @@ def qemu_argv(spec: RunSpec, store: Store, media: Path, run_dir: Path, accel: st
     kernel = store.verified_blob(spec.image.layers[0].digest)
     cmdline = spec.image.config.get("cmdline", "console=ttyS0")
     netdev = ",".join(["user,id=net0", *(p.qemu() for p in spec.ports)])
+    on_microvm = spec.boot == "microvm"
+    # microvm: virtio over MMIO, described to the kernel by ACPI (which also carries the power
+    # button), so QEMU need not add virtio_mmio.device= to the command line.
+    machine = "microvm,acpi=on,auto-kernel-cmdline=off" if on_microvm else "pc"
+    bus = "device" if on_microvm else "pci"
     argv = [
         qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-machine", f"pc,accel={accel}", "-cpu", "host" if accel == "kvm" else "max",
+        "-machine", f"{machine},accel={accel}", "-cpu", "host" if accel == "kvm" else "max",
         "-m", str(spec.memory), "-smp", str(spec.cpus),
         "-chardev", f"{console},id=console", "-serial", "chardev:console",
-        "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
-        "-device", "virtio-rng-pci",
+        "-netdev", netdev, "-device", f"virtio-net-{bus},netdev=net0",
+        "-device", f"virtio-rng-{bus}",
         "-qmp", f"unix:{_opt(run_dir / 'qmp.sock')},server=on,wait=off",
         "-pidfile", str(run_dir / "qemu.pid"),
     ]
-    if spec.boot == "direct":
-        argv += ["-kernel", str(kernel), "-initrd", str(media), "-append", cmdline]
+    if spec.boot in ("direct", "microvm"):
+        append = microvm.cmdline(cmdline, accel, microvm.host_tsc_khz()) if on_microvm \
+            else cmdline
+        argv += ["-kernel", str(kernel), "-initrd", str(media), "-append", append]
     else:
         argv += ["-drive", f"file={_opt(media)},if=none,id=boot,format=raw,readonly=on",
                  "-device", "virtio-blk-pci,drive=boot,bootindex=0"]
@@ -153,8 +165,26 @@ def qemu_argv(spec: RunSpec, store: Store, media: Path, run_dir: Path, accel: st
                  "-drive", f"if=pflash,format=raw,file={_opt(run_dir / 'ovmf-vars.fd')}"]
     drive = run_dir / "config.iso"
     if drive.exists():
-        argv += ["-drive", f"file={_opt(drive)},if=virtio,format=raw,readonly=on"]
+        argv += ["-drive", f"file={_opt(drive)},if=none,id=config,format=raw,readonly=on",
+                 "-device", f"virtio-blk-{bus},drive=config"]
     return argv
+
+
+def resolve_boot(spec: RunSpec, store: Store) -> str:
+    """``auto`` made concrete: microvm when the image and host can boot there, else BIOS."""
+    if spec.boot not in ("auto", "microvm"):
+        return spec.boot
+    accels, tsc_khz = _accels(spec.accel), microvm.host_tsc_khz()
+    if spec.boot == "auto":
+        usable = microvm.usable(store, spec.image, accels, tsc_khz)
+        return "microvm" if usable else "bios"
+    if "tcg" in accels and tsc_khz is None:
+        raise UserError("--boot microvm under TCG needs the host's TSC rate, which this host's "
+                        "/proc/cpuinfo does not give: use --boot bios (or --accel kvm)")
+    if not microvm.image_can_boot(store, spec.image):
+        raise UserError(f"{spec.image.ref} has no virtio_mmio driver for microvm: add "
+                        "\"virtio_mmio\" to [system] modules, or use --boot bios")
+    return "microvm"
 
 
 def qmp(run_dir: Path, command: str) -> None:
@@ -178,6 +208,7 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
     for forward in spec.ports:
         check_port_free(forward)
     require("qemu-system-x86_64", "qemu-system-x86")
+    spec.boot = resolve_boot(spec, store)
     media = _boot_media(spec, store, runs.parent / "cache")
     vm_id = vms.new_vm_id(spec.image.name)
     run_dir = runs / vm_id
@@ -192,7 +223,7 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
 
 def _boot_media(spec: RunSpec, store: Store, cache_dir: Path) -> Path:
     """The initrd for a direct boot, else the image's raw bootable disk (cached by content)."""
-    if spec.boot == "direct":
+    if spec.boot in ("direct", "microvm"):
         return initrd_for(store, spec.image, cache_dir / "initrd")
     if spec.boot == "uefi" and not (OVMF_CODE.exists() and OVMF_VARS.exists()):
         raise HostError(f"{OVMF_CODE} not found: install it with 'apt-get install ovmf'")

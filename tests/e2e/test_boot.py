@@ -1,8 +1,9 @@
 """End to end: examples/hello boots under QEMU (TCG) and behaves as a production server should.
 
-Three boots in all: one in the background (`run --wait`, from the raw disk by BIOS, the
-default) for the HTTP checks, one in the foreground (direct kernel boot) with 256 MiB of memory
-whose app exits with a status, and one by UEFI stopped by SIGTERM.
+Three boots in all: one in the background (`run --wait`, from the raw disk by BIOS) for the
+HTTP checks and the boot phases, one in the foreground (the default: the kernel directly on
+QEMU's microvm machine) with 256 MiB of memory whose app exits with a status, and one by UEFI
+stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def _wait_http(url: str, proc: subprocess.Popen[str], seconds: float = 120) -> N
 def test_run_wait_serves_http_with_injected_env_as_unprivileged_user_on_ro_root(
         cli: Cli, hello: Built, vms: list[str]) -> None:
     port = free_port()
-    result = cli("run", hello.ref, "--env", "test", "--accel", "tcg", "--wait", "--json",
-                 "-p", f"127.0.0.1:{port}:8080", cwd=hello.app)
+    result = cli("run", hello.ref, "--env", "test", "--accel", "tcg", "--boot", "bios", "--wait",
+                 "--json", "-p", f"127.0.0.1:{port}:8080", cwd=hello.app)
     started = json.loads(result.stdout)
     vms.append(started["id"])
     assert started["url"] == f"http://127.0.0.1:{port}/health"
@@ -71,7 +72,7 @@ def test_foreground_run_in_256_mib_exits_with_the_apps_status(cli: Cli, hello: B
     port = free_port()
     proc = subprocess.Popen(
         cli.argv(["run", hello.ref, "--config", str(hello.app), "--env", "prod", "--accel",
-                  "tcg", "--memory", "256", "--boot", "direct", "-p", f"127.0.0.1:{port}:8080"]),
+                  "tcg", "--memory", "256", "-p", f"127.0.0.1:{port}:8080"]),
         env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
@@ -83,6 +84,10 @@ def test_foreground_run_in_256_mib_exits_with_the_apps_status(cli: Cli, hello: B
             proc.kill()
     assert proc.returncode == 3, err
     assert "app exited with status 3" in out
+    # microvm: virtio over MMIO, found by the init through the ACPI device's modalias.
+    drivers = next(line for line in out.splitlines() if "] drivers: " in line).split()
+    assert "virtio_mmio" in drivers and "virtio_net" in drivers
+    assert "environment prod from config drive /dev/vda" in out
 
 
 def test_sigterm_stops_the_vm_cleanly_and_exits_0(cli: Cli, hello: Built) -> None:

@@ -226,7 +226,8 @@ def test_prepare_with_env_writes_a_config_drive(store: Store, tmp_path: Path) ->
         b"DB_URL=jdbc:postgresql://test-db/app\nGREETING=hi there $USER\nIMAGEBUILDER_ENV=test\n")
 
     argv = qemu_argv(spec, store, initrd, run_dir, "tcg", "stdio")
-    assert _option(argv, "-drive") == [f"file={drive},if=virtio,format=raw,readonly=on"]
+    assert _option(argv, "-drive") == [f"file={drive},if=none,id=config,format=raw,readonly=on"]
+    assert "virtio-blk-pci,drive=config" in _option(argv, "-device")
 
 
 @needs_qemu

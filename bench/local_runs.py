@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Local runs: how long `imagebuilder run --wait` takes for examples/hello under TCG, by boot path.
+
+For each of ``--boot microvm`` (the kernel directly on QEMU's microvm machine, `run`'s default
+where it can), ``--boot direct`` (the kernel directly on the pc machine) and ``--boot bios``
+(the image's disk through SeaBIOS, the fallback), --runs boots of the same image, one at a time:
+the time `run --wait --json` reports to the app's first HTTP answer (counted on the host from
+QEMU's start) and the guest-uptime boot phases the init printed (kernel = the init starts,
+drivers, network, environment, app = the app is executed). Medians of the runs; the VM is
+stopped after each. /proc/loadavg is read before and after, since on a shared machine other
+work slows TCG down.
+
+Run from the repository with the project's virtualenv::
+
+    .venv/bin/python bench/local_runs.py [--runs N] [--home DIR] [--out docs/benchmarks.md]
+
+With --home, the hello:1.0.0 image in that IMAGEBUILDER_HOME is used (built there first if
+missing); else examples/hello is built in a throwaway home. Results replace the section
+between ``<!-- local_runs:start -->`` and ``<!-- local_runs:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchdoc import cpu_model, write_section
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.servers import free_port  # noqa: E402
+
+EXAMPLE = REPO / "examples" / "hello"
+MODES = ("microvm", "direct", "bios")
+PHASES = ("kernel", "drivers", "network", "environment", "app")
+
+
+def _cli(home: Path, *args: str, cwd: Path | None = None) -> str:
+    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise SystemExit(f"imagebuilder {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def _build(home: Path, work: Path) -> str:
+    app = work / "hello"
+    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("hello.jar", "imagebuilder.lock"))
+    subprocess.run(["sh", str(app / "build.sh")], check=True, capture_output=True)
+    return str(json.loads(_cli(home, "build", str(app), "--json"))["ref"])
+
+
+def _boot(home: Path, ref: str, mode: str) -> dict[str, object]:
+    port = free_port()
+    out = json.loads(_cli(home, "run", ref, "--accel", "tcg", "--boot", mode, "--wait",
+                          "--json", "--timeout", "600", "-p", f"127.0.0.1:{port}:8080"))
+    _cli(home, "stop", out["id"])
+    return out
+
+
+def _load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--home", type=Path)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="local-runs-") as tmp:
+        home = args.home or Path(tmp) / "home"
+        images = _cli(home, "images", "--json") if (home / "store").exists() else "[]"
+        refs = [image["ref"] for image in json.loads(images)]
+        ref = "hello:1.0.0" if "hello:1.0.0" in refs else _build(home, Path(tmp))
+        load_before = _load()
+        results: dict[str, list[dict[str, object]]] = {mode: [] for mode in MODES}
+        for _ in range(args.runs):
+            for mode in MODES:  # interleaved, so a change of load hits every mode alike
+                results[mode].append(_boot(home, ref, mode))
+                print(f"{mode}: {results[mode][-1]['seconds']:.2f} s", file=sys.stderr)
+        load_after = _load()
+    rows = ["| boot path | run --wait to HTTP (host) | " + " | ".join(PHASES) + " |",
+            "|---|---|" + "---|" * len(PHASES)]
+    for mode in MODES:
+        runs = results[mode]
+        seconds = [float(r["seconds"]) for r in runs]  # type: ignore[arg-type]
+        phases = [r["phases"] for r in runs]
+        cells = [_median([float(p[name]) for p in phases if name in p])  # type: ignore[index]
+                 for name in PHASES]
+        rows.append(f"| {mode} | {_median(seconds)} s ({', '.join(f'{s:.1f}' for s in seconds)})"
+                    f" | " + " | ".join(cells) + " |")
+    text = "\n".join([
+        "## Local runs: `run --wait` of examples/hello under TCG, by boot path",
+        "",
+        f"Medians of {args.runs} runs per path (interleaved), 2 vCPUs, 1024 MiB, `--accel tcg`, "
+        f"on {cpu_model()} with {os.cpu_count()} CPUs. The host column is the time from QEMU's "
+        "start to the app's first HTTP answer (all runs in brackets); the phase columns are the "
+        "guest's uptime (from the kernel's start) at the end of each boot phase, as the init "
+        "prints them. microvm is `run`'s default where the image and the host allow it; bios is "
+        "the fallback (the image's disk through SeaBIOS).",
+        "",
+        *rows,
+        "",
+        f"Load average before: {load_before:.2f}, after: {load_after:.2f}"
+        + (" (a shared, loaded machine: absolute times are inflated, compare the paths with "
+           "each other)" if max(load_before, load_after) > 1.5 else "") + ".",
+    ])
+    write_section(args.out, "local_runs", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
