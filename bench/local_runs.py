@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from benchdoc import cpu_model, write_section
+from hardware import _cli  # the same `imagebuilder` runner (own home, fails loudly)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -40,15 +41,6 @@ from tests.servers import free_port  # noqa: E402
 EXAMPLE = REPO / "examples" / "hello"
 MODES = ("microvm", "direct", "bios")
 PHASES = ("kernel", "drivers", "network", "environment", "app")
-
-
-def _cli(home: Path, *args: str, cwd: Path | None = None) -> str:
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise SystemExit(f"imagebuilder {' '.join(args)} failed:\n{result.stderr}")
-    return result.stdout
 
 
 def _build(home: Path, work: Path) -> str:
