@@ -54,7 +54,7 @@ from .scratch import scratch_dir
 from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from .store import TITLE_ANNOTATION as TITLE
 
-STAGE_VERSIONS = {"kernel": 1, "base": 2, "jdk": 1, "natives": 1, "jvm": 3, "packages": 2,
+STAGE_VERSIONS = {"kernel": 1, "base": 2, "jdk": 1, "natives": 1, "jvm": 4, "packages": 2,
                   "tomcat": 1, "libs": 1, "app": 2}
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer, built
 #: for every version, fast (level 3 packs an 18 MiB fat jar 8 times faster than level 9, for
