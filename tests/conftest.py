@@ -23,6 +23,10 @@ ALLOWED_SKIPS = re.compile(
     r"needs root"  # device nodes and loop devices: the privileges of the CI user
     r"|cannot make device nodes here|losetup does not work here"  # a container without them
     r"|namespaces are not allowed here"  # a container that forbids unshare(2)
+    r"|cannot mount a tmpfs here"  # the fault suite's ENOSPC (tests/e2e/faults_fixture.py)
+    r"|needs iproute2 and veth"  # veth pairs in a network namespace (iproute2: setup.sh)
+    r"|no IPv6|cannot listen on ::"  # the host's network stack
+    r"|no multiarch libc on this host"
     r"|set IMAGEBUILDER_TEST_KERNEL_DEB"  # opt-in; the e2e builds use the real kernel anyway
 )
 """Skip reasons strict mode accepts: what the machine forbids, not what it lacks."""
