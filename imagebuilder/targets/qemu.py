@@ -46,6 +46,8 @@ from .vms import Vm
 INIT_MARKER = b"imagebuilder: ["
 EXIT_RE = re.compile(rb"imagebuilder: \[[0-9.]+\] app exited with status (\d+)")
 KVM_GRACE_SECONDS = 8.0
+CONSOLE_TAIL_LINES = 20
+"""Console lines quoted when a VM stops before its app answers: enough for a JVM crash header."""
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 STOP_TIMEOUT_SECONDS = 30.0
@@ -380,9 +382,10 @@ def run_background(spec: RunSpec, store: Store, runs: Path, healthcheck: str, ti
         break
     while True:
         if proc.poll() is not None:
-            tail = _tail(console)
+            kept = _keep_console(console, runs / f"{vm_id}.console.log")
             shutil.rmtree(run_dir, ignore_errors=True)
-            raise HostError(f"the VM stopped before the app answered {url}: {tail}")
+            raise HostError(f"the VM stopped before the app answered {url}; the console "
+                            f"({kept}) ends: {_tail(kept, CONSOLE_TAIL_LINES)}")
         if _http_ok(url):
             return vm, time.monotonic() - start
         if time.monotonic() - start > timeout:
@@ -408,12 +411,21 @@ def _console_has(path: Path, marker: bytes) -> bool:
         return False
 
 
-def _tail(path: Path) -> str:
+def _keep_console(console: Path, kept: Path) -> Path:
+    """Move a stopped VM's console log out of its run directory, so it can be read later."""
+    try:
+        console.replace(kept)
+    except OSError:
+        return console
+    return kept
+
+
+def _tail(path: Path, count: int = 3) -> str:
     try:
         lines = path.read_bytes().decode(errors="replace").strip().splitlines()
     except OSError:
         return "no console output"
-    return " | ".join(lines[-3:]) or "no console output"
+    return " | ".join(lines[-count:]) or "no console output"
 
 
 def _http_ok(url: str) -> bool:
