@@ -111,7 +111,7 @@ def main() -> int:
     text = "\n".join([
         "## Local runs: `run --wait` of examples/hello under TCG, by boot path",
         "",
-        f"Medians of {args.runs} runs per path (interleaved), 2 vCPUs, 1024 MiB, `--accel tcg`, "
+        f"Medians of {args.runs} runs per path (interleaved), 1 vCPU, 1024 MiB, `--accel tcg`, "
         f"on {cpu_model()} with {os.cpu_count()} CPUs. The host column is the time from QEMU's "
         "start to the app's first HTTP answer (all runs in brackets); the phase columns are the "
         "guest's uptime (from the kernel's start) at the end of each boot phase, as the init "

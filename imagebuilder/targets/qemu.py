@@ -46,6 +46,11 @@ from .vms import Vm
 INIT_MARKER = b"imagebuilder: ["
 EXIT_RE = re.compile(rb"imagebuilder: \[[0-9.]+\] app exited with status (\d+)")
 KVM_GRACE_SECONDS = 8.0
+TCG_CPUS = 1
+"""vCPUs of an emulated (TCG) guest. With 2, QEMU 7.2's multi-threaded TCG broke about one boot
+in four on a busy host: a guest kernel died of an int3 left from patching its own text, and
+JIT-compiled Java code computed an ArrayDeque index of -757281608 (code rewritten on one vCPU
+apparently run stale on the other). With one vCPU (one TCG thread) the same boots never failed."""
 CONSOLE_TAIL_LINES = 20
 """Console lines quoted when a VM stops before its app answers: enough for a JVM crash header."""
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -148,7 +153,7 @@ def qemu_argv(spec: RunSpec, store: Store, media: Path, run_dir: Path, accel: st
     argv = [
         qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-machine", f"{machine},accel={accel}", "-cpu", "host" if accel == "kvm" else "max",
-        "-m", str(spec.memory), "-smp", str(spec.cpus),
+        "-m", str(spec.memory), "-smp", str(spec.cpus if accel == "kvm" else TCG_CPUS),
         "-chardev", f"{console},id=console", "-serial", "chardev:console",
         "-netdev", netdev, "-device", f"virtio-net-{bus},netdev=net0",
         "-device", f"virtio-rng-{bus}",

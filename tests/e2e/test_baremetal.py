@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.targets.qemu import TCG_CPUS
+
 from .conftest import Built, Cli, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
@@ -134,7 +136,7 @@ def _wait_http(proc: subprocess.Popen[bytes], port: int, seconds: float = 180) -
 
 def _qemu(port: int, *extra: str, netdev: str = "") -> subprocess.Popen[bytes]:
     argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot",
-            "-accel", "tcg", "-m", "1024", "-smp", "2", "-serial", "stdio",
+            "-accel", "tcg", "-m", "1024", "-smp", str(TCG_CPUS), "-serial", "stdio",
             "-netdev", f"user,id=n,hostfwd=tcp:127.0.0.1:{port}-:8080{netdev}",
             "-device", "virtio-net-pci,netdev=n", "-device", "virtio-rng-pci", *extra]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.targets.qemu import OVMF_CODE, OVMF_VARS
+from imagebuilder.targets.qemu import OVMF_CODE, OVMF_VARS, TCG_CPUS
 
 from .conftest import Built, Cli, free_port
 
@@ -116,7 +116,7 @@ def _boot_and_get(argv: list[str], port: int, seconds: float = 180) -> str:
 
 def _qemu(port: int) -> list[str]:
     return ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot",
-            "-accel", "tcg", "-m", "1024", "-smp", "2", "-serial", "stdio",
+            "-accel", "tcg", "-m", "1024", "-smp", str(TCG_CPUS), "-serial", "stdio",
             "-netdev", f"user,id=n,hostfwd=tcp:127.0.0.1:{port}-:8080",
             "-device", "virtio-net-pci,netdev=n", "-device", "virtio-rng-pci"]
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.targets.qemu import TCG_CPUS
+
 from .conftest import Built, Cli, free_port
 from .keyboard import Monitor, attack_boot_loader
 
@@ -70,7 +72,8 @@ def test_held_shift_and_typing_never_reach_a_boot_prompt(
     port = free_port()
     proc = subprocess.Popen([
         "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
-        "-no-reboot", "-machine", "pc,accel=tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
+        "-no-reboot", "-machine", "pc,accel=tcg", "-cpu", "max", "-m", "1024",
+        "-smp", str(TCG_CPUS),
         "-device", "VGA", "-boot", "menu=on,splash-time=5000",
         "-serial", f"file:{console}", "-qmp", f"unix:{qmp},server=on,wait=off",
         "-netdev", f"user,id=n,hostfwd=tcp:127.0.0.1:{port}-:8080",

@@ -33,6 +33,7 @@ import pytest
 import zstandard
 
 from imagebuilder.home import Home
+from imagebuilder.targets.qemu import TCG_CPUS
 
 from .conftest import Built, Cli, compile_example, free_port
 
@@ -78,7 +79,7 @@ def disks(cli: Cli, hello: Built, tmp_path_factory: pytest.TempPathFactory) -> d
 def _qemu(machine: str, console: Path, qmp: Path, *devices: str) -> list[str]:
     return ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
             "-no-reboot", "-machine", f"{machine},accel=tcg", "-cpu", "max", "-m", "1024",
-            "-smp", "2", "-serial", f"file:{console}",
+            "-smp", str(TCG_CPUS), "-serial", f"file:{console}",
             "-qmp", f"unix:{qmp},server=on,wait=off", *devices]
 
 

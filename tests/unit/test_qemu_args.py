@@ -167,7 +167,7 @@ def test_qemu_argv(store: Store, tmp_path: Path) -> None:
     assert _option(argv, "-initrd") == [str(initrd)]
     assert _option(argv, "-append") == ["console=ttyS0 quiet panic=-1"]
     assert _option(argv, "-m") == ["768"]
-    assert _option(argv, "-smp") == ["2"]
+    assert _option(argv, "-smp") == ["1"]  # TCG: one vCPU, see TCG_CPUS
     assert _option(argv, "-machine") == ["pc,accel=tcg"]
     assert _option(argv, "-cpu") == ["max"]
     assert _option(argv, "-netdev") == [
