@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """AWS publish benchmark: the EBS direct APIs path against moto_server on 127.0.0.1.
 
-Why: imagebuilder/targets/aws.py promises that (1) only the blocks holding data are sent, so a
+Why: imagebuilder/targets/ebs.py promises that (1) only the blocks holding data are sent, so a
 2 GiB disk with little data costs about its data, not 2 GiB as with a whole-disk uploader (S3 +
 ImportSnapshot, or a dd-style upload); (2) many blocks are in flight at once; (3) memory is
 bounded by the blocks in flight, whatever the disk's size.

@@ -1,12 +1,9 @@
 """Publish an image to AWS as an AMI, uploaded through the EBS direct APIs.
 
-The raw bootable disk goes straight into a new EBS snapshot (StartSnapshot, PutSnapshotBlock for
-each 512 KiB block with its SHA-256, CompleteSnapshot with the linear aggregate checksum): no S3
-bucket, no import task, only the blocks that hold data. Many blocks are in flight at once, but
-the blocks read ahead are bounded, so memory is bounded by ``workers`` blocks whatever the disk's
-size. The snapshot becomes an AMI (hvm, x86_64, ENA, root /dev/xvda, boot mode uefi-preferred,
-IMDSv2 required), tagged with the image's name, version, digests and environment, and is copied
-to the other regions asked for.
+The raw bootable disk goes straight into a new EBS snapshot (:mod:`.ebs`: only the blocks that
+hold data, no S3 bucket, no import task). The snapshot becomes an AMI (hvm, x86_64, ENA, root
+/dev/xvda, boot mode uefi-preferred, IMDSv2 required), tagged with the image's name, version,
+digests and environment, and is copied to the other regions asked for.
 
 Publishing is idempotent: an AMI tagged with the same disk digest in the account and region is
 reused (and retagged for the environment). A publish that fails part-way deletes what it created
@@ -17,84 +14,37 @@ them) and reused by the next publish. An AMI is registered only once its snapsho
 a publish killed after completing its snapshot but before registering the AMI leaves a whole
 snapshot, which the next publish registers instead of uploading the disk again.
 :func:`promote_aws` (``imagebuilder promote --target aws``) moves an existing AMI to another
-environment by retagging it, uploading nothing. boto3 is an optional dependency
-(``pip install imagebuilder[aws]``), imported only here.
+environment by retagging it, uploading nothing. Sessions, clients and errors come from
+:mod:`.awsapi`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..configdrive import env_file
 from ..disk.model import Disk
 from ..envlimits import USERDATA_MAX
-from ..errors import (
-    ConfigError,
-    FetchError,
-    HostError,
-    ImageBuilderError,
-    NotFoundError,
-    UserError,
-)
+from ..errors import ConfigError, FetchError, ImageBuilderError, NotFoundError, UserError
+from .awsapi import REGION_RE, aws_errors, client, make_session
+from .ebs import UploadStats, upload_snapshot
 
 if TYPE_CHECKING:
     from ..cache import Cache
     from ..store import Image, Store
 
-BLOCK_SIZE = 512 * 1024
-"""The EBS direct APIs' block: every PutSnapshotBlock carries exactly this many bytes."""
-GIB = 1 << 30
 TAG = "imagebuilder:"
 COMPLETE_TAG = {"Key": f"{TAG}upload", "Value": "complete"}
 """Set on a snapshot once its upload is complete and verified by EBS."""
-RETRY_ATTEMPTS = 8
-"""Attempts per block (throttling, "snapshot not ready", transient server errors)."""
-BACKOFF = 0.25
-"""First retry delay in seconds; doubled per attempt, capped at :data:`BACKOFF_MAX`."""
-BACKOFF_MAX = 8.0
 SNAPSHOT_WAIT = 1800.0
 """Seconds to wait for a completed snapshot to become usable."""
 POLL_INTERVAL = 2.0
-SNAPSHOT_TIMEOUT_MINUTES = 60
-"""An abandoned snapshot (a crash before cleanup) moves to the error state after this."""
 
-_RETRY_CODES = frozenset({
-    "ThrottlingException", "RequestThrottledException", "Throttling", "RequestLimitExceeded",
-    "ServiceUnavailableException", "InternalServerException", "InternalServerError",
-    "ConcurrentLimitExceededException", "SlowDown",
-})
-_DENIED_CODES = frozenset({
-    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthFailure",
-    "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
-    "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "OptInRequired",
-})
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _NAME_BAD = re.compile(r"[^A-Za-z0-9()\[\]./\-'@_]")
-_ZERO = bytes(BLOCK_SIZE)
-_ZERO_SUM = hashlib.sha256(_ZERO).digest()
-
-
-@dataclass
-class UploadStats:
-    """What one snapshot upload sent."""
-
-    snapshot_id: str
-    blocks_sent: int = 0
-    blocks_skipped: int = 0
-    bytes_sent: int = 0
-    requests: int = 0
-    retries: int = 0
-    seconds: float = 0.0
 
 
 @dataclass
@@ -149,207 +99,7 @@ def tags_of(name: str, version: str, image_digest: str, disk_digest: str,
 # --- sessions and errors ---------------------------------------------------------------------
 
 
-def _boto() -> Any:
-    try:
-        import boto3
-    except ImportError:
-        raise HostError("publishing to AWS needs boto3: pip install 'imagebuilder[aws]'") from None
-    return boto3
-
-
-def make_session(region: str, profile: str | None = None) -> Any:
-    """A boto3 session with the usual credential chain (environment, profile, SSO, role)."""
-    boto3 = _boto()
-    if not _REGION_RE.fullmatch(region):
-        raise UserError(f"'{region}' is not an AWS region name: use one like us-east-1")
-    with aws_errors(region):
-        return boto3.Session(profile_name=profile, region_name=region)
-
-
-def _client(session: Any, service: str, region: str, *, workers: int = 8,
-            retries: int | None = None) -> Any:
-    from botocore.config import Config
-    config = Config(max_pool_connections=max(10, workers + 2),
-                    retries={"max_attempts": retries} if retries is not None else None,
-                    connect_timeout=10, read_timeout=60)
-    with aws_errors(region):
-        return session.client(service, region_name=region, config=config)
-
-
-@contextmanager
-def aws_errors(region: str, kms_key_id: str | None = None) -> Iterator[None]:
-    """Turn botocore's exceptions into one-line ImageBuilderErrors."""
-    from botocore import exceptions as bx
-    try:
-        yield
-    except ImageBuilderError:
-        raise
-    except (bx.NoCredentialsError, bx.PartialCredentialsError):
-        raise UserError("no AWS credentials found: set AWS_ACCESS_KEY_ID and "
-                        "AWS_SECRET_ACCESS_KEY, pass --profile, or run 'aws sso login'") from None
-    except bx.ProfileNotFound as e:
-        raise UserError(f"{e}: check --profile and ~/.aws/config") from None
-    except bx.NoRegionError:
-        raise UserError("no AWS region given: pass --region") from None
-    except bx.EndpointConnectionError as e:
-        if not _known_region(region):
-            raise UserError(f"unknown AWS region '{region}': use one like us-east-1 "
-                            "(aws ec2 describe-regions lists them)") from None
-        raise FetchError(f"cannot reach AWS in region {region} ({e.kwargs.get('endpoint_url')})"
-                         ": check the region name and the network") from None
-    except bx.ClientError as e:
-        raise _client_error(e, region, kms_key_id) from None
-    except bx.BotoCoreError as e:
-        raise FetchError(f"AWS in region {region}: {e}") from None
-
-
-def _known_region(region: str) -> bool:
-    """Whether botocore knows ``region`` in any partition (aws, aws-cn, aws-us-gov, ...)."""
-    import boto3
-    session = boto3.Session()
-    return any(region in session.get_available_regions("ec2", partition)
-               for partition in session.get_available_partitions())
-
-
-def _code(e: Any) -> tuple[str, str]:
-    err = getattr(e, "response", {}).get("Error", {})
-    return str(err.get("Code", "")), str(err.get("Message", "")).strip()
-
-
-def _client_error(e: Any, region: str, kms_key_id: str | None) -> ImageBuilderError:
-    code, message = _code(e)
-    op = getattr(e, "operation_name", "request")
-    lowered = message.lower()
-    if kms_key_id and ("kms" in code.lower() or "kms" in lowered):
-        return UserError(f"KMS key {kms_key_id} cannot be used in region {region} ({code}: "
-                         f"{message}): check --kms-key-id and the key's policy")
-    if code in _DENIED_CODES:
-        return UserError(f"AWS denied {op} in region {region} ({code}: {message}): check the "
-                         "credentials' permissions and that the region is enabled")
-    if code.endswith(".NotFound") or code.endswith("NotFoundException"):
-        return NotFoundError(f"AWS {op} in region {region}: {code}: {message}")
-    return FetchError(f"AWS {op} failed in region {region}: {code}: {message}")
-
-
-def _retryable(e: Exception) -> bool:
-    from botocore import exceptions as bx
-    if isinstance(e, bx.ClientError):
-        code, message = _code(e)
-        if code in _RETRY_CODES:
-            return True
-        lowered = message.lower()
-        return code == "ValidationException" and ("not ready" in lowered or "pending" in lowered)
-    return isinstance(e, bx.EndpointConnectionError | bx.ConnectionClosedError
-                      | bx.ReadTimeoutError | bx.ConnectTimeoutError)
-
-
-def _with_retries(call: Callable[[], Any], stats: UploadStats, lock: threading.Lock) -> Any:
-    delay = BACKOFF
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
-        with lock:
-            stats.requests += 1
-        try:
-            return call()
-        except Exception as e:
-            if attempt == RETRY_ATTEMPTS or not _retryable(e):
-                raise
-            with lock:
-                stats.retries += 1
-            time.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
-    raise AssertionError("unreachable")
-
-
 # --- the snapshot upload ---------------------------------------------------------------------
-
-
-def _blocks(disk: Disk, volume_bytes: int, encrypted: bool) -> Iterator[tuple[int, bytes]]:
-    """``(index, data)`` of the blocks to write: those holding data, and for an encrypted
-    snapshot every block of the volume (its unwritten blocks would not read as zeros)."""
-    nxt = 0
-    for off, data in disk.iter_blocks(BLOCK_SIZE):
-        index = off // BLOCK_SIZE
-        if encrypted:
-            for gap in range(nxt, index):
-                yield gap, _ZERO
-        nxt = index + 1
-        yield index, data
-    if encrypted:
-        for gap in range(nxt, volume_bytes // BLOCK_SIZE):
-            yield gap, _ZERO
-
-
-def upload_snapshot(ebs: Any, disk: Disk, *, tags: list[dict[str, str]], description: str,
-                    region: str, kms_key_id: str | None = None, workers: int = 8,
-                    progress: Callable[[int], None] | None = None) -> UploadStats:
-    """Upload ``disk`` to a new, completed EBS snapshot; on failure nothing is left but the
-    snapshot id in the raised error's ``snapshot_id`` (the caller deletes it)."""
-    volume_gib = -(-disk.size // GIB)
-    encrypted = kms_key_id is not None
-    start: dict[str, Any] = {"VolumeSize": volume_gib, "Tags": tags, "Description": description,
-                             "ClientToken": str(uuid.uuid4()),
-                             "Timeout": SNAPSHOT_TIMEOUT_MINUTES}
-    if encrypted:
-        start.update(Encrypted=True, KmsKeyArn=kms_key_id)
-    began = time.monotonic()
-    with aws_errors(region, kms_key_id):
-        snapshot_id = str(ebs.start_snapshot(**start)["SnapshotId"])
-    stats = UploadStats(snapshot_id=snapshot_id, requests=1)
-    try:
-        _put_blocks(ebs, disk, stats, volume_gib * GIB, encrypted, workers, region, kms_key_id,
-                    progress)
-    except BaseException as e:
-        e.snapshot_id = snapshot_id  # type: ignore[attr-defined]
-        raise
-    stats.seconds = time.monotonic() - began
-    return stats
-
-
-def _put_blocks(ebs: Any, disk: Disk, stats: UploadStats, volume_bytes: int, encrypted: bool,
-                workers: int, region: str, kms_key_id: str | None,
-                progress: Callable[[int], None] | None) -> None:
-    sums: dict[int, bytes] = {}
-    lock = threading.Lock()
-    workers = max(1, workers)
-    snapshot_id = stats.snapshot_id
-
-    def put(index: int, data: bytes) -> None:
-        digest = _ZERO_SUM if data is _ZERO else hashlib.sha256(data).digest()
-        checksum = base64.b64encode(digest).decode()
-        _with_retries(lambda: ebs.put_snapshot_block(
-            SnapshotId=snapshot_id, BlockIndex=index, BlockData=data, DataLength=BLOCK_SIZE,
-            Checksum=checksum, ChecksumAlgorithm="SHA256"), stats, lock)
-        with lock:
-            sums[index] = digest
-            stats.blocks_sent += 1
-            stats.bytes_sent += BLOCK_SIZE
-        if progress is not None:
-            progress(BLOCK_SIZE)
-
-    pending: set[Future[None]] = set()
-    with aws_errors(region, kms_key_id), ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="ebs-put") as pool:
-        try:
-            for index, data in _blocks(disk, volume_bytes, encrypted):
-                if not encrypted and data.count(0) == BLOCK_SIZE:
-                    stats.blocks_skipped += 1
-                    continue
-                while len(pending) >= 2 * workers:  # bounded read-ahead: bounded memory
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        f.result()
-                pending.add(pool.submit(put, index, data))
-            for f in pending:
-                f.result()
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
-        aggregate = hashlib.sha256(b"".join(sums[i] for i in sorted(sums))).digest()
-        _with_retries(lambda: ebs.complete_snapshot(
-            SnapshotId=snapshot_id, ChangedBlocksCount=len(sums),
-            Checksum=base64.b64encode(aggregate).decode(), ChecksumAlgorithm="SHA256",
-            ChecksumAggregationMethod="LINEAR"), stats, lock)
 
 
 def _wait_snapshot(ec2: Any, snapshot_id: str, region: str) -> None:
@@ -414,7 +164,7 @@ def publish_disk(disk: Disk, *, name: str, version: str, image_digest: str, disk
     """Publish ``disk`` as an AMI in ``region`` (reusing one with the same disk digest) and
     copy it to ``regions``; see the module docstring."""
     session = session or make_session(region, profile)
-    ec2 = _client(session, "ec2", region)
+    ec2 = client(session, "ec2", region)
     tags = tags_of(name, version, image_digest, disk_digest, env)
     label = ami_name(name, version, image_digest)
     description = f"imagebuilder {name}:{version} {image_digest}"
@@ -455,7 +205,7 @@ def _create(session: Any, ec2: Any, disk: Disk, result: PublishResult,
         if orphan is not None:  # an interrupted publish completed it: whole, verified by EBS
             result.snapshot_id, result.resumed = orphan, True
         else:
-            ebs = _client(session, "ebs", region, workers=workers, retries=1)
+            ebs = client(session, "ebs", region, workers=workers, retries=1)
             stats = upload_snapshot(ebs, disk, tags=tags, description=description,
                                     region=region, kms_key_id=kms_key_id, workers=workers,
                                     progress=progress)
@@ -530,7 +280,7 @@ def _raise_with_leftovers(e: BaseException, left: list[str], region: str) -> Non
 def _copy(session: Any, result: PublishResult, region: str, tags: list[dict[str, str]],
           label: str, description: str, env: str | None, kms_key_id: str | None) -> str:
     """The AMI's copy in ``region`` (reused when one with the disk digest exists), tagged."""
-    ec2 = _client(session, "ec2", region)
+    ec2 = client(session, "ec2", region)
     existing = find_ami(ec2, region, "disk-digest", result.disk_digest)
     if existing is not None:
         image_id = str(existing["ImageId"])
@@ -565,7 +315,7 @@ def _copy_snapshots(ec2: Any, image_id: str) -> list[str | None]:
 
 def _check_regions(regions: Sequence[str]) -> None:
     for other in regions:
-        if not _REGION_RE.fullmatch(other):
+        if not REGION_RE.fullmatch(other):
             raise UserError(f"'{other}' is not an AWS region name: use one like us-east-1")
 
 
@@ -599,7 +349,7 @@ def promote_aws(image: Image, *, region: str, env: str, regions: Sequence[str] =
     out: dict[str, Any] = {"name": image.name, "version": image.version,
                            "image_digest": image.digest, "env": env, "images": {}}
     for where in dict.fromkeys((region, *regions)):
-        ec2 = _client(session, "ec2", where)
+        ec2 = client(session, "ec2", where)
         ami = find_ami(ec2, where, "image-digest", image.digest)
         if ami is None:
             raise NotFoundError(

@@ -33,10 +33,11 @@ from imagebuilder.disk.model import Disk, Extent  # noqa: E402
 from imagebuilder.errors import FetchError, NotFoundError, UserError  # noqa: E402
 from imagebuilder.layers.base import render  # noqa: E402
 from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store  # noqa: E402
-from imagebuilder.targets import aws  # noqa: E402
+from imagebuilder.targets import aws, awsapi  # noqa: E402
+from imagebuilder.targets import ebs as ebsdirect  # noqa: E402
 from tests.servers import MOTO_REGION, aws_env, free_port, moto_executable, moto_server  # noqa: E402
 
-B = aws.BLOCK_SIZE
+B = ebsdirect.BLOCK_SIZE
 REGION = MOTO_REGION
 
 
@@ -54,7 +55,7 @@ def moto(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     for key, value in aws_env(moto_url).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setattr(aws, "BACKOFF", 0.01)
+    monkeypatch.setattr(awsapi, "BACKOFF", 0.01)
     return moto_url
 
 
@@ -181,7 +182,7 @@ def test_publish_of_a_stored_image_uses_its_disk_digest(
 
 
 def test_failure_part_way_deletes_the_snapshot(moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aws, "RETRY_ATTEMPTS", 3)
+    monkeypatch.setattr(awsapi, "RETRY_ATTEMPTS", 3)
     session = boto3.Session(region_name=REGION)
     calls: dict[int, int] = {}
 
@@ -277,8 +278,8 @@ def test_unknown_kms_key_is_a_user_error_and_nothing_is_left() -> None:
 
 def test_encrypted_snapshots_write_every_block() -> None:
     disk = Disk(3 * B, [Extent(B + 1, 1, b"x")])
-    assert [i for i, _ in aws._blocks(disk, 4 * B, encrypted=True)] == [0, 1, 2, 3]
-    assert [i for i, _ in aws._blocks(disk, 4 * B, encrypted=False)] == [1]
+    assert [i for i, _ in ebsdirect._blocks(disk, 4 * B, encrypted=True)] == [0, 1, 2, 3]
+    assert [i for i, _ in ebsdirect._blocks(disk, 4 * B, encrypted=False)] == [1]
 
 
 def test_no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -391,10 +392,10 @@ def test_init_reads_user_data_through_imdsv2(tmp_path: Path) -> None:
 def test_unreachable_unknown_region_is_a_user_error() -> None:
     from botocore.exceptions import EndpointConnectionError
     with (pytest.raises(UserError, match="unknown AWS region 'us-east-17'"),
-          aws.aws_errors("us-east-17")):
+          awsapi.aws_errors("us-east-17")):
         raise EndpointConnectionError(endpoint_url="https://ec2.us-east-17.amazonaws.com")
     with (pytest.raises(FetchError, match="cannot reach AWS in region us-east-1"),
-          aws.aws_errors("us-east-1")):
+          awsapi.aws_errors("us-east-1")):
         raise EndpointConnectionError(endpoint_url="https://ec2.us-east-1.amazonaws.com")
 
 
@@ -584,8 +585,8 @@ def test_a_completed_orphan_snapshot_is_registered_not_uploaded_again(moto: str)
     ebs = boto3.client("ebs", region_name=REGION)
     ec2 = boto3.client("ec2", region_name=REGION)
     pending = ebs.start_snapshot(VolumeSize=1, Tags=tags)["SnapshotId"]  # killed mid-upload
-    orphan = aws.upload_snapshot(ebs, disk, tags=tags, description="d", region=REGION)
-    unmarked = aws.upload_snapshot(ebs, disk, tags=tags, description="d", region=REGION)
+    orphan = ebsdirect.upload_snapshot(ebs, disk, tags=tags, description="d", region=REGION)
+    unmarked = ebsdirect.upload_snapshot(ebs, disk, tags=tags, description="d", region=REGION)
     ec2.create_tags(Resources=[orphan.snapshot_id], Tags=[aws.COMPLETE_TAG])
     result = _publish(disk, image_digest, disk_digest)
     assert result.resumed and result.upload is None and not result.reused
