@@ -1,7 +1,8 @@
 """Booting an image in QEMU: `imagebuilder run`, in the foreground or in the background.
 
 The kernel boots directly (-kernel/-initrd) on QEMU's microvm machine (no firmware, no PCI:
-virtio over MMIO) when the image carries virtio_mmio, else the image's disk boots through
+virtio over MMIO; the kernel and layers decompressed on the host, see directboot) when the
+image carries virtio_mmio, else the image's disk boots through
 SeaBIOS (or OVMF, or the kernel directly on the pc machine, on request), with virtio devices,
 user-mode networking with the
 requested port forwards, and the environment's config drive as a read-only virtio disk. The
@@ -40,7 +41,7 @@ from ..configdrive import write_config_drive
 from ..errors import HostError, UserError
 from ..proc import require
 from ..store import Image, Store
-from . import bootlog, microvm, vms
+from . import bootlog, directboot, microvm, vms
 from .vms import Vm
 
 INIT_MARKER = b"imagebuilder: ["
@@ -96,6 +97,9 @@ class RunSpec:
     # direct (-kernel/-initrd on pc), microvm (-kernel/-initrd on QEMU's microvm machine), bios
     # (SeaBIOS) or uefi (OVMF) from the disk; auto: microvm when the image can, else bios.
     boot: str = "direct"
+    # The kernel to boot directly when it is not the image's bzImage (set by prepare: see
+    # directboot).
+    kernel_file: Path | None = None
 
 
 def check_port_free(forward: PortForward) -> None:
@@ -142,7 +146,7 @@ def qemu_argv(spec: RunSpec, store: Store, media: Path, run_dir: Path, accel: st
     """The qemu-system-x86_64 command line; ``console`` is a -chardev backend spec, ``media``
     the initrd (direct boot) or the raw bootable disk (bios, uefi)."""
     qemu = require("qemu-system-x86_64", "qemu-system-x86")
-    kernel = store.verified_blob(spec.image.layers[0].digest)
+    kernel = spec.kernel_file or store.verified_blob(spec.image.layers[0].digest)
     cmdline = spec.image.config.get("cmdline", "console=ttyS0")
     netdev = ",".join(["user,id=net0", *(p.qemu() for p in spec.ports)])
     on_microvm = spec.boot == "microvm"
@@ -229,7 +233,13 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
 
 
 def _boot_media(spec: RunSpec, store: Store, cache_dir: Path) -> Path:
-    """The initrd for a direct boot, else the image's raw bootable disk (cached by content)."""
+    """The initrd for a direct boot, else the image's raw bootable disk (cached by content).
+    On microvm, the kernel and the initrd decompressed where they can be (see directboot)."""
+    if spec.boot == "microvm":
+        spec.kernel_file = directboot.kernel_for(store, spec.image, cache_dir / "kernel")
+        plain = directboot.plain_initrd_for(store, spec.image, cache_dir / "initrd")
+        if directboot.fits(plain, spec.memory):
+            return plain
     if spec.boot in ("direct", "microvm"):
         return initrd_for(store, spec.image, cache_dir / "initrd")
     if spec.boot == "uefi" and not (OVMF_CODE.exists() and OVMF_VARS.exists()):
