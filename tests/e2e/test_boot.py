@@ -9,6 +9,7 @@ stopped by SIGTERM.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -87,6 +88,10 @@ def test_foreground_run_in_256_mib_exits_with_the_apps_status(cli: Cli, hello: B
     # microvm: virtio over MMIO, found by the init through the ACPI device's modalias.
     drivers = next(line for line in out.splitlines() if "] drivers: " in line).split()
     assert "virtio_mmio" in drivers and "virtio_net" in drivers
+    # Under TCG, run adds what spares emulated work to the image's own command line.
+    cmdline = next(line for line in out.splitlines() if "] kernel command line: " in line)
+    assert re.search(r": console=tty0 console=ttyS0 quiet panic=-1 pci=off tsc_early_khz=\d+ "
+                     r"tsc=reliable lpj=\d+ cryptomgr\.notests$", cmdline), cmdline
     assert "environment prod from config drive /dev/vda" in out
 
 
