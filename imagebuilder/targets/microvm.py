@@ -29,10 +29,6 @@ CMDLINE = "pci=off"
 #: self-tests of every algorithm at boot (0.28 s; they check the implementations against test
 #: vectors, a development aid, and the image's own command line keeps them everywhere else).
 TCG_CMDLINE = "cryptomgr.notests"
-#: The timer frequency of Debian's x86 kernels (CONFIG_HZ). ``lpj`` (loops per jiffy) is the TSC
-#: rate divided by it: what the boot CPU derives from the TSC itself, while each other CPU
-#: calibrates its delay loop for 0.6 s of TCG without it.
-KERNEL_HZ = 250
 CPUINFO = Path("/proc/cpuinfo")
 _VIRTIO_MMIO = re.compile(r"(?:^|/)virtio_mmio\.ko(?:\.xz|\.zst|\.gz)?$")
 
@@ -69,7 +65,7 @@ def cmdline(base: str, accel: str, tsc_khz: int | None) -> str:
     rate (KVM guests have kvmclock) and what spares emulated work (see :data:`TCG_CMDLINE`)."""
     parts = [base, CMDLINE]
     if accel == "tcg" and tsc_khz:
-        parts.append(f"tsc_early_khz={tsc_khz} tsc=reliable lpj={tsc_khz * 1000 // KERNEL_HZ}")
+        parts.append(f"tsc_early_khz={tsc_khz} tsc=reliable")
         parts.append(TCG_CMDLINE)
     return " ".join(parts)
 

@@ -69,7 +69,7 @@ def test_host_tsc_rate_only_from_a_virtual_machine_host_with_a_constant_tsc(
 def test_kernel_command_line() -> None:
     assert microvm.cmdline("console=ttyS0", "kvm", 2596122) == "console=ttyS0 pci=off"
     assert microvm.cmdline("console=ttyS0", "tcg", 2596122) == (
-        "console=ttyS0 pci=off tsc_early_khz=2596122 tsc=reliable lpj=10384488 "
+        "console=ttyS0 pci=off tsc_early_khz=2596122 tsc=reliable "
         "cryptomgr.notests")
 
 
@@ -108,7 +108,7 @@ def test_microvm_argv(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPa
                and i + 1 < len(argv) and word not in ("-device", "-drive")}
     assert options["-machine"] == "microvm,acpi=on,auto-kernel-cmdline=off,accel=tcg"
     assert options["-append"] == (
-        "console=ttyS0 quiet pci=off tsc_early_khz=2000000 tsc=reliable lpj=8000000 "
+        "console=ttyS0 quiet pci=off tsc_early_khz=2000000 tsc=reliable "
         "cryptomgr.notests")
     assert options["-initrd"] == str(tmp_path / "x.initrd")
     devices = [argv[i + 1] for i, word in enumerate(argv) if word == "-device"]
