@@ -11,6 +11,9 @@ Stages and what keys them (each key also holds the stage's own version):
 * ``tomcat``   for a war, Debian's Tomcat 10 packages                   -> tomcat layer
 * ``libs``     the app's third-party libraries (path, xxh3 of each)    -> libs layer
 * ``app``      the app's own files (path, xxh3 of each) + app.conf     -> app layer
+* ``aot``      with ``[jvm] aot``: every layer above (xxh3), the command line, the training
+               environment's variables                                 -> aot layer (the class
+               data a training run of the app leaves, and app.conf passing it to the JVM)
 
 Before any stage runs, the app is detected (:mod:`.apps.detect`) and every class it can load is
 read (:mod:`.apps.scan`), so a broken jar fails before anything is fetched or cached (a war's
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import export, hashing, natives, sysroot
+from . import aot, export, hashing, natives, sysroot
 from .apps import modules as modules_mod
 from .apps import war
 from .apps.archive import Budget
@@ -48,6 +51,7 @@ from .layers import app as app_layer
 from .layers import base as base_layer
 from .layers import jvm as jvm_layer
 from .layers.cpio import Tree, source_date_epoch, write_layer
+from .layers.cpioread import extract_layer
 from .layers.templates import source as template_source
 from .packages import NATIVES, Resolution, resolve
 from .scratch import scratch_dir
@@ -55,11 +59,11 @@ from .store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from .store import TITLE_ANNOTATION as TITLE
 
 STAGE_VERSIONS = {"kernel": 1, "base": 2, "jdk": 1, "natives": 1, "jvm": 4, "packages": 2,
-                  "tomcat": 1, "libs": 1, "app": 2}
+                  "tomcat": 1, "libs": 1, "app": 2, "aot": 1}
 #: zstd level of each layer: the big, rarely rebuilt layers compress hard; the app layer, built
 #: for every version, fast (level 3 packs an 18 MiB fat jar 8 times faster than level 9, for
 #: under 1% more bytes: a jar is compressed already).
-LEVELS = {"base": 19, "jvm": 19, "packages": 19, "tomcat": 19, "libs": 19, "app": 3}
+LEVELS = {"base": 19, "jvm": 19, "packages": 19, "tomcat": 19, "libs": 19, "app": 3, "aot": 3}
 #: What the packages layer takes from the app's extra packages.
 PACKAGES_DIRS = ("etc", "opt", "usr", "var")
 #: The class scan's memo (:data:`.apps.scan.Memo`), in the cache directory.
@@ -159,6 +163,8 @@ class Builder:
                 if shape.libs:
                     layers.append(("libs", self._files_layer("libs", shape, shape.libs)))
                 layers.append(("app", self._app(shape)))
+                if cfg.jvm.aot:
+                    layers.append(("aot", self._aot(layers, shape, scratch)))
         finally:
             budget.close()
         return self._store(manifest, resolution, kernel, layers, modules, shape, usage)
@@ -282,6 +288,35 @@ class Builder:
         cfg = self.cfg
         inputs = {"files": shape.key(shape.app), "conf": app_layer.app_conf(cfg, shape)}
         return self._layer("app", inputs, lambda: app_layer.build_tree(cfg, shape))
+
+    def _aot(self, layers: list[tuple[str, Path]], shape: Shape, scratch: Path) -> Path:
+        """The class data of a training run of the app in the image's root (see :mod:`.aot`),
+        and the app.conf that hands it to the JVM."""
+        cfg, train, version = self.cfg, self.cfg.jvm.train, self.cfg.jvm.version
+        env = next((e for e in cfg.environments if e.name == train.env), None)
+        variables = aot.guest_env(cfg.app.port, env.vars if env else {}, train.env)
+        argv = app_layer.command(cfg, shape)
+        url = None if train.seconds else f"http://127.0.0.1:{cfg.app.port}{cfg.app.healthcheck}"
+        archive = aot.archive_path(version)
+
+        def make_tree() -> Tree:
+            root = scratch / "aot-root"
+            for _name, path in layers:
+                extract_layer(path, root)
+            made, outcome = aot.train(root, argv, variables, version, url=url,
+                                      seconds=train.seconds or 0, timeout=train.timeout)
+            self.report(f"aot: trained in {outcome.total:.1f} s (the app "
+                        f"{'answered' if url else 'ran'} after {outcome.seconds:.1f} s), "
+                        f"{made.stat().st_size / (1 << 20):.1f} MiB of class data")
+            tree = Tree()
+            tree.add_file(archive, source=made, mode=0o644)
+            conf = app_layer.app_conf(cfg, shape, aot.run_flags(version), f"/{archive}")
+            tree.add_file("etc/imagebuilder/app.conf", data=conf.encode(), mode=0o644)
+            return tree
+        inputs = {"layers": [[name, hashing.xxh3_file(path)] for name, path in layers],
+                  "argv": argv, "env": variables, "url": url, "seconds": train.seconds,
+                  "train": hashing.xxh3_bytes(template_source("train.sh"))}
+        return self._layer("aot", inputs, make_tree)
 
     def _disk(self, source: BootSource) -> tuple[str, int]:
         """The digest and size of the image's raw bootable disk (its ESP is a cached stage)."""

@@ -74,9 +74,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--sync", is_flag=True,
               help="fsync the output before it appears (default: like qemu-img convert, leave "
                    "writing it to disk to the kernel; it still appears whole or not at all).")
+@click.option("--aot/--no-aot", default=None,
+              help="Run the app once at build time and ship the class data it leaves, so it "
+                   "starts faster (overrides [jvm] aot; see the README before you do).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build_cmd(source: str | None, name: str | None, version: str | None, mirror: str | None,
-              formats: Sequence[str], output: str, sync: bool, as_json: bool) -> None:
+              formats: Sequence[str], output: str, sync: bool, aot: bool | None,
+              as_json: bool) -> None:
     """Build the app in DIR (its imagebuilder.toml; default: the current directory), or a bare
     executable jar with --name and --version, into the local image store."""
     from . import export
@@ -86,7 +90,8 @@ def build_cmd(source: str | None, name: str | None, version: str | None, mirror:
     out_dir = Path(output)
     if formats and not out_dir.is_dir():
         raise UserError(f"output directory {out_dir} does not exist")
-    cfg = _load_config(source, name, version, mirror)
+    from .config import with_aot
+    cfg = with_aot(_load_config(source, name, version, mirror), aot)
     home = get_home()
     result = build(cfg, home, mirror=mirror, report=lambda s: None if as_json else _err(s))
     written = []

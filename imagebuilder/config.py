@@ -73,7 +73,8 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "": ("image", "app", "jvm", "system", "environments", "env"),
     "image": ("name", "version"),
     "app": ("path", "main", "args", "port", "healthcheck", "packages"),
-    "jvm": ("version", "args", "fonts", "modules", "runtime"),
+    "jvm": ("version", "args", "fonts", "modules", "runtime", "aot", "train"),
+    "jvm.train": ("env", "timeout", "seconds"),
     "system": ("suite", "kernel", "hardware", "modules", "memory", "mirror"),
     "environments": ("order",),
     "env.*": ("vars", "network"),
@@ -102,6 +103,17 @@ class AppSection:
 
 
 @dataclass(frozen=True)
+class TrainSection:
+    """``[jvm] train``: how the training run of ``aot`` goes. ``env`` names the environment
+    whose variables the app gets (none: no variables); the run lasts until the healthcheck
+    answers, or ``seconds`` if given; ``timeout`` bounds the wait."""
+
+    env: str | None = None
+    timeout: int = 120
+    seconds: int | None = None
+
+
+@dataclass(frozen=True)
 class JvmSection:
     """``[jvm]``: which JDK the runtime is linked from and the options it starts with."""
 
@@ -111,6 +123,9 @@ class JvmSection:
     fonts: bool = True
     modules: tuple[str, ...] = ()
     runtime: str = "minimal"
+    #: Run the app once at build time and ship the class data it leaves (imagebuilder.aot).
+    aot: bool = False
+    train: TrainSection = field(default_factory=lambda: TrainSection())
 
 
 @dataclass(frozen=True)
@@ -284,6 +299,17 @@ def with_overrides(
     return dataclasses.replace(cfg, image=image, system=system)
 
 
+def with_aot(cfg: Config, aot: bool | None) -> Config:
+    """``cfg`` with the command line's ``--aot``/``--no-aot`` applied (None: as the file says)."""
+    if aot is None or aot == cfg.jvm.aot:
+        return cfg
+    if aot and cfg.app.port is None and cfg.jvm.train.seconds is None:
+        raise ConfigError("--aot: the training run waits for the healthcheck on [app] port, which"
+                          " is not set: set [app] port, or [jvm] train = { seconds = N } to train"
+                          " for N s")
+    return dataclasses.replace(cfg, jvm=dataclasses.replace(cfg.jvm, aot=aot))
+
+
 def check_env_var(name: str, value: object) -> str | None:
     """What is wrong with an environment variable (None if nothing): the name must be a shell
     identifier outside the reserved IMAGEBUILDER_ prefix, the value a one-line string."""
@@ -397,8 +423,12 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     if runtime not in JVM_RUNTIMES:
         raise fail("jvm.runtime", 'expected "minimal" (the modules the app uses) or "full"'
                    f" (the whole JDK), got {_show(runtime)}")
+    aot = jvm_t.get("aot", False)
+    if not isinstance(aot, bool):
+        raise fail("jvm.aot", f"expected true or false, got {_show(aot)}")
+    train = _train(jvm_t.get("train", {}), shown, fail)
     jvm = JvmSection(version=jvm_version, args=_strings(jvm_t, "jvm", "args", fail),
-                     fonts=fonts, modules=modules, runtime=runtime)
+                     fonts=fonts, modules=modules, runtime=runtime, aot=aot, train=train)
 
     # [system]
     system_t = table("system")
@@ -491,6 +521,12 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
         ordered = tuple(environments[n] for n in order)
     else:
         ordered = tuple(environments.values())
+    if train.env is not None and train.env not in environments:
+        raise fail("jvm.train.env", f"no environment {_show(train.env)} (defined: "
+                   f"{', '.join(environments) or 'none'}; add [env.{train.env}])")
+    if aot and port is None and train.seconds is None:
+        raise fail("jvm.aot", "the training run waits for the healthcheck on [app] port, which is"
+                   " not set: set [app] port, or [jvm] train = { seconds = N } to train for N s")
 
     return Config(
         path=file,
@@ -552,6 +588,25 @@ def _check_unknown(tbl: Mapping[str, Any], prefix: str, shown: str) -> None:
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(allowed)}"
         raise ConfigError(f"{shown}: unknown key '{dotted}' ({hint})")
+
+
+def _train(value: object, shown: str, fail: Any) -> TrainSection:
+    """``[jvm] train``, checked (its environment's existence is checked by the caller)."""
+    if not isinstance(value, dict):
+        raise fail("jvm.train", 'expected a table like { env = "test", timeout = 120 }, got '
+                   f"{_show(value)}")
+    _check_unknown(value, "jvm.train", shown)
+    env = value.get("env")
+    if env is not None and not (isinstance(env, str) and ENV_NAME_RE.fullmatch(env)):
+        raise fail("jvm.train.env", f"expected the name of an [env.NAME] table, got {_show(env)}")
+    timeout = value.get("timeout", TrainSection.timeout)
+    if not (_is_int(timeout) and 1 <= timeout <= 3600):
+        raise fail("jvm.train.timeout", f"expected seconds, 1-3600, got {_show(timeout)}")
+    seconds = value.get("seconds")
+    if seconds is not None and not (_is_int(seconds) and 1 <= seconds <= timeout):
+        raise fail("jvm.train.seconds", f"expected seconds, 1 to the timeout ({timeout}), got "
+                   f"{_show(seconds)}")
+    return TrainSection(env=env, timeout=timeout, seconds=seconds)
 
 
 def _strings(tbl: Mapping[str, Any], section: str, key: str, fail: Any) -> tuple[str, ...]:

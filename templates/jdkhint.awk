@@ -5,12 +5,38 @@
 # (NoClassDefFoundError, ClassNotFoundException) of a module the image leaves out, it adds a line
 # naming that module and the keys that add it, once per module. The map, written by the build
 # into the jvm layer, lists "package module" for every JDK module not linked.
+#
+# With -v aot=PATH (the image holds AOT class data from a training run; app.conf passes it to the
+# JVM with its class-data-sharing log at info level), that log's info lines stay off the console:
+# at the app's first line of its own (or the end of its output) one line says whether the JVM
+# mapped the archive, or the reason it gave for not using it. Its warnings pass through.
+function aot_verdict() {
+    aot_told = 1
+    if (aot_used && aot_why == "")
+        printf "imagebuilder: AOT class data %s in use\n", aot
+    else
+        printf "imagebuilder: the JVM rejected the AOT class data %s (%s): the app runs without it and starts slower; rebuild the image\n", aot, (aot_why == "" ? "it logged no reason" : aot_why)
+    fflush()
+}
 BEGIN {
     while ((getline line < map) > 0) {
         split(line, f, " ")
         module[f[1]] = f[2]
     }
 }
+aot != "" && /^\[[0-9.]+s\]\[[a-z]+ *\]\[(cds|aot)[a-z,]* *\] / {
+    msg = $0
+    sub(/^\[[^]]*\]\[[^]]*\]\[[^]]*\] /, "", msg)
+    if (!aot_told) {
+        if (msg ~ /^Mapped dynamic region #0|^Using AOT-linked classes|^Opened AOT cache/)
+            aot_used = 1
+        if (aot_why == "" && ($0 ~ /^\[[0-9.]+s\]\[(warning|error)/ || msg ~ /not found|[Uu]nable to use|[Ff]ailed|[Mm]ismatch|[Dd]isabled/))
+            aot_why = msg
+    }
+    if ($0 ~ /^\[[0-9.]+s\]\[info/)
+        next
+}
+aot != "" && !aot_told && !/^\[[0-9.]+s\]\[[a-z]+ *\]\[(cds|aot)/ { aot_verdict() }
 { print; fflush() }
 /NoClassDefFoundError|ClassNotFoundException/ {
     if (match($0, /(NoClassDefFoundError|ClassNotFoundException):? +[A-Za-z0-9_$.\/]+/)) {
@@ -26,3 +52,4 @@ BEGIN {
         }
     }
 }
+END { if (aot != "" && !aot_told) aot_verdict() }

@@ -10,6 +10,8 @@ when an app has none. Both come from the app's :class:`~imagebuilder.apps.shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..apps.shape import GUEST_DIR, File, Shape
 from ..config import Config
 from .cpio import Tree
@@ -20,17 +22,18 @@ from .templates import render
 DEFAULT_JVM_FLAGS = ("-XX:-UsePerfData",)
 
 
-def command(cfg: Config, shape: Shape) -> list[str]:
-    """The app's argv inside the guest."""
-    return [f"/{JAVA_HOME}/bin/java", *DEFAULT_JVM_FLAGS, *heap_flags(cfg.jvm.args), *cfg.jvm.args,
-            *shape.argv, *cfg.app.args]
+def command(cfg: Config, shape: Shape, extra: Sequence[str] = ()) -> list[str]:
+    """The app's argv inside the guest, with the JVM options ``extra`` first."""
+    return [f"/{JAVA_HOME}/bin/java", *extra, *DEFAULT_JVM_FLAGS, *heap_flags(cfg.jvm.args),
+            *cfg.jvm.args, *shape.argv, *cfg.app.args]
 
 
-def app_conf(cfg: Config, shape: Shape) -> str:
-    """The shell fragment the init sources."""
+def app_conf(cfg: Config, shape: Shape, extra: Sequence[str] = (), aot: str = "") -> str:
+    """The shell fragment the init sources; ``aot`` is the path of the AOT class data the JVM
+    options ``extra`` name, for the init's console line about it."""
     return render("app.conf.j2", name=cfg.image.name, version=cfg.image.version,
                   port=cfg.app.port if cfg.app.port is not None else "",
-                  command=command(cfg, shape))
+                  command=command(cfg, shape, extra), aot=aot)
 
 
 def files_tree(files: tuple[File, ...]) -> Tree:
