@@ -83,8 +83,8 @@ def train_flags(version: int) -> list[str]:
 def run_flags(version: int) -> list[str]:
     """JVM options of the guest: use the archive if the JVM accepts it, and log why not."""
     path = "/" + archive_path(version)
-    if version >= 25:
-        return [f"-XX:AOTCache={path}", "-Xshare:auto", "-Xlog:aot=info,cds=info"]
+    if version >= 25:  # where -XX:AOTCache may not be given with -Xshare: auto is its default
+        return [f"-XX:AOTCache={path}", "-Xlog:aot=info,cds=info"]
     return [f"-XX:SharedArchiveFile={path}", "-Xshare:auto", "-Xlog:cds=info"]
 
 

@@ -298,6 +298,7 @@ class Builder:
         argv = app_layer.command(cfg, shape)
         url = None if train.seconds else f"http://127.0.0.1:{cfg.app.port}{cfg.app.healthcheck}"
         archive = aot.archive_path(version)
+        conf = app_layer.app_conf(cfg, shape, aot.run_flags(version), f"/{archive}")
 
         def make_tree() -> Tree:
             root = scratch / "aot-root"
@@ -310,11 +311,10 @@ class Builder:
                         f"{made.stat().st_size / (1 << 20):.1f} MiB of class data")
             tree = Tree()
             tree.add_file(archive, source=made, mode=0o644)
-            conf = app_layer.app_conf(cfg, shape, aot.run_flags(version), f"/{archive}")
             tree.add_file("etc/imagebuilder/app.conf", data=conf.encode(), mode=0o644)
             return tree
         inputs = {"layers": [[name, hashing.xxh3_file(path)] for name, path in layers],
-                  "argv": argv, "env": variables, "url": url, "seconds": train.seconds,
+                  "argv": argv, "conf": conf, "env": variables, "url": url, "seconds": train.seconds,
                   "train": hashing.xxh3_bytes(template_source("train.sh"))}
         return self._layer("aot", inputs, make_tree)
 

@@ -28,7 +28,7 @@ aot != "" && /^\[[0-9.]+s\]\[[a-z]+ *\]\[(cds|aot)[a-z,]* *\] / {
     msg = $0
     sub(/^\[[^]]*\]\[[^]]*\]\[[^]]*\] /, "", msg)
     if (!aot_told) {
-        if (msg ~ /^Mapped dynamic region #0|^Using AOT-linked classes|^Opened AOT cache/)
+        if (msg ~ /^Mapped dynamic region #0|^Using AOT-linked classes: true/)
             aot_used = 1
         if (aot_why == "" && ($0 ~ /^\[[0-9.]+s\]\[(warning|error)/ || msg ~ /not found|[Uu]nable to use|[Ff]ailed|[Mm]ismatch|[Dd]isabled/))
             aot_why = msg
