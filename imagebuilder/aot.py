@@ -153,7 +153,7 @@ def run_app(root: Path, argv: Sequence[str], env: Mapping[str, str], *, url: str
            str(seconds), f"/{WORK_DIR}/app.log", "--", *command]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, env={"PATH": GUEST_PATH})
     try:
         out, err = proc.communicate(timeout=timeout + STOP_SECONDS)
     except subprocess.TimeoutExpired:

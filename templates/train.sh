@@ -22,7 +22,8 @@ while :; do
     read -r _ _ state _ 2>/dev/null < "/proc/$pid/stat"
     [ "$state" = Z ] && break
     if [ -n "$url" ]; then
-        busybox wget -q -O /dev/null -T 2 "$url" 2>/dev/null && ready=1 && break
+        # (busybox timeout, not wget -T: that crashes the wget of busybox 1.35, bookworm's)
+        busybox timeout 5 busybox wget -q -O /dev/null "$url" 2>/dev/null && ready=1 && break
     elif [ $(($(now) - start)) -ge $((seconds * 100)) ]; then
         ready=1
         break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -520,3 +521,53 @@ def test_app_shape_keys(project: Path) -> None:
     cfg = load(project)
     assert cfg.app.path == project and cfg.app.main == "com.example.Other"
     assert cfg.jvm.modules == ("java.sql", "jdk.localedata") and cfg.jvm.runtime == "full"
+
+
+AOT = MINIMAL + """port = 8080
+
+[jvm]
+aot = true
+train = { env = "test", timeout = 30 }
+
+[env.test]
+vars = { DB_URL = "jdbc:h2:mem:train" }
+"""
+
+
+def test_aot_and_its_training_run(project: Path) -> None:
+    write(project, MINIMAL)
+    assert load(project).jvm.aot is False
+    assert load(project).jvm.train == config.TrainSection(env=None, timeout=120, seconds=None)
+    write(project, AOT)
+    cfg = load(project)
+    assert cfg.jvm.aot is True
+    assert cfg.jvm.train == config.TrainSection(env="test", timeout=30, seconds=None)
+    assert config.with_aot(cfg, False).jvm.aot is False
+    assert config.with_aot(cfg, None) == cfg
+    write(project, MINIMAL + "\n[jvm]\ntrain = { seconds = 5 }\n")
+    assert config.with_aot(load(project), True).jvm.train.seconds == 5
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("[jvm]\naot = 1\n", "jvm.aot: expected true or false, got 1"),
+    ("[jvm]\naot = true\n", "jvm.aot: the training run waits for the healthcheck on [app] port,"
+                            " which is not set"),
+    ("[jvm]\ntrain = 5\n", "jvm.train: expected a table like"),
+    ("[jvm]\ntrain = { timeot = 5 }\n", "unknown key 'jvm.train.timeot' (did you mean 'timeout'?)"),
+    ("[jvm]\ntrain = { env = \"prod\" }\n", 'jvm.train.env: no environment "prod" (defined: none;'
+                                           " add [env.prod])"),
+    ("[jvm]\ntrain = { env = \"Prod!\" }\n", "jvm.train.env: expected the name of an [env.NAME]"),
+    ("[jvm]\ntrain = { timeout = 0 }\n", "jvm.train.timeout: expected seconds, 1-3600, got 0"),
+    ("[jvm]\ntrain = { seconds = 200 }\n", "jvm.train.seconds: expected seconds, 1 to the timeout"
+                                          " (120), got 200"),
+])
+def test_bad_aot_settings_are_one_line_each(project: Path, extra: str, message: str) -> None:
+    write(project, MINIMAL + "\n" + extra)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(project)
+
+
+def test_aot_from_the_command_line_needs_something_to_wait_for(project: Path) -> None:
+    write(project, MINIMAL)
+    with pytest.raises(ConfigError, match=r"^--aot: the training run waits for the healthcheck"):
+        config.with_aot(load(project), True)
