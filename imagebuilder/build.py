@@ -314,7 +314,8 @@ class Builder:
             tree.add_file("etc/imagebuilder/app.conf", data=conf.encode(), mode=0o644)
             return tree
         inputs = {"layers": [[name, hashing.xxh3_file(path)] for name, path in layers],
-                  "argv": argv, "conf": conf, "env": variables, "url": url, "seconds": train.seconds,
+                  "argv": argv, "conf": conf, "env": variables, "url": url,
+                  "seconds": train.seconds,
                   "train": hashing.xxh3_bytes(template_source("train.sh"))}
         return self._layer("aot", inputs, make_tree)
 
