@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""AOT class data benchmark: boot-to-HTTP under TCG of WireMock and the Spring Boot-layout shop
+app, with and without ``[jvm] aot`` (issue 13, item 2; target: with <= 0.6x without).
+
+Why: on the host, most of a Java server's start is the JVM loading, verifying and linking
+classes; under emulation every one of those instructions is slower still. A training run at
+build time (imagebuilder/aot.py) leaves an archive the guest maps instead. Measured:
+
+* ``run --accel tcg --wait --json`` (the default boot path) of each image, --runs times,
+  interleaved (app x with/without), each VM stopped before the next: the host's time from
+  QEMU's start to the app's first HTTP answer and the init's boot phases (guest uptime at the
+  end of kernel, drivers, network, environment, and when the app is executed); "JVM" is the
+  first HTTP answer minus the app phase, the part the archive can change;
+* the build's training run (the app's start to its answer inside the namespaces, and the
+  whole aot stage: unpacking the root, training, writing the layer) and the aot layer's size;
+* that every aot boot's console says the archive was in use.
+
+WireMock 3.13.2 comes from ``npm pack`` (tests/java_apps.fetch_wiremock), the shop app is
+compiled by tests/java_apps.ShopBuild (javac and Debian's Jackson). Results replace the section
+between ``<!-- aot:start -->`` and ``<!-- aot:end -->`` of docs/benchmarks.md.
+
+    .venv/bin/python bench/aot.py [--runs N] [--home DIR] [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchdoc import cpu_model, write_section  # noqa: E402
+
+from tests.java_apps import ShopBuild, fetch_wiremock  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+
+PHASES = ("kernel", "drivers", "network", "environment", "app")
+IN_USE = "imagebuilder: AOT class data /opt/aot/"
+TRAINED = re.compile(r"aot: trained in ([\d.]+) s \(the app answered after ([\d.]+) s\), "
+                     r"([\d.]+) MiB of class data")
+MiB = 1 << 20
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], env=env,
+                            capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise SystemExit(f"imagebuilder {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def _project(root: Path, name: str, app: str, extra: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "imagebuilder.toml").write_text(textwrap.dedent(f"""\
+        [image]
+        name = "{name}"
+        version = "1.0.0"
+
+        [app]
+        path = "{app}"
+        port = 8080
+        """) + extra)
+    return root
+
+
+def _build(home: Path, root: Path, version: str, aot: bool) -> dict[str, Any]:
+    """Build ``root`` as NAME:version; the training figures and the aot layer's size."""
+    result = _cli(home, "build", str(root), "--version", version,
+                  "--aot" if aot else "--no-aot")
+    ref = result.stdout.split()[0]
+    info: dict[str, Any] = {"ref": ref}
+    found = TRAINED.search(result.stderr)
+    stage = re.search(r"aot: built in ([\d.]+) s", result.stderr)
+    if found and stage:
+        info.update(train=float(found[1]), answered=float(found[2]), archive=float(found[3]),
+                    stage=float(stage[1]))
+    inspect = json.loads(_cli(home, "inspect", ref, "--json").stdout)
+    for layer in inspect["manifest"]["layers"]:
+        if layer["annotations"]["org.opencontainers.image.title"] == "aot":
+            info["layer"] = layer["size"] / MiB
+    return info
+
+
+def _boot(home: Path, ref: str) -> dict[str, Any] | None:
+    port = free_port()
+    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "run", ref, "--accel",
+                             "tcg", "--wait", "--json", "--timeout", "600",
+                             "-p", f"127.0.0.1:{port}:8080"], env=env, capture_output=True,
+                            text=True, timeout=900)
+    if result.returncode != 0:
+        print(f"{ref}: failed: {result.stderr.strip()}", file=sys.stderr)
+        return None
+    out: dict[str, Any] = json.loads(result.stdout)
+    console = Path(out["console"]).read_text(errors="replace")
+    out["in_use"] = any(line.startswith(IN_USE) for line in console.splitlines())
+    _cli(home, "stop", str(out["id"]))
+    return out
+
+
+def _load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def _med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--home", type=Path)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-aot-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        home = args.home or work / "home"
+        inputs = REPO / ".pytest_cache" / "d" / "apps-inputs"
+        inputs.mkdir(parents=True, exist_ok=True)
+        wiremock = _project(work / "wiremock", "wiremock", str(fetch_wiremock(inputs)),
+                            'args = ["--port", "8080"]\nhealthcheck = "/__admin/mappings"\n')
+        shop = _project(work / "shop", "shop-boot", "shop.jar", "")
+        ShopBuild(work / "shop-src").spring_boot(shop / "shop.jar")
+        apps = {"WireMock 3.13.2": wiremock, "shop (Spring Boot layout)": shop}
+        builds = {(app, aot): _build(home, root, "aot" if aot else "plain", aot)
+                  for app, root in apps.items() for aot in (False, True)}
+        load_before = _load()
+        runs: dict[tuple[str, bool], list[dict[str, Any]]] = {key: [] for key in builds}
+        failed = dict.fromkeys(builds, 0)
+        for _ in range(args.runs):
+            for key, info in builds.items():  # interleaved: load changes hit every image alike
+                out = _boot(home, info["ref"])
+                if out is None:
+                    failed[key] += 1
+                else:
+                    runs[key].append(out)
+                    print(f"{info['ref']}: {out['seconds']:.2f} s", file=sys.stderr)
+        load_after = _load()
+    rows = ["| app | aot | run --wait to HTTP (host) | " + " | ".join(PHASES)
+            + " | JVM (HTTP - app) | archive in use |",
+            "|---|---|---|" + "---|" * len(PHASES) + "---|---|"]
+    ratios = []
+    for app in apps:
+        medians = {}
+        for aot in (False, True):
+            done = runs[(app, aot)]
+            seconds = [float(r["seconds"]) for r in done]
+            jvm = [float(r["seconds"]) - float(r["phases"]["app"]) for r in done
+                   if "app" in r["phases"]]
+            medians[aot] = (_med(seconds), _med(jvm))
+            cells = [f"{_med([float(r['phases'][p]) for r in done if p in r['phases']]):.2f}"
+                     for p in PHASES]
+            note = f"; {failed[(app, aot)]} failed" if failed[(app, aot)] else ""
+            used = f"{sum(r['in_use'] for r in done)}/{len(done)}" if aot else "-"
+            rows.append(f"| {app} | {'yes' if aot else 'no'} | {medians[aot][0]:.2f} s ("
+                        + ", ".join(f"{s:.1f}" for s in seconds) + f"{note}) | "
+                        + " | ".join(cells) + f" | {medians[aot][1]:.2f} s | {used} |")
+        ratios.append(f"{app}: {medians[True][0] / medians[False][0]:.2f}x boot-to-HTTP "
+                      f"({'meets' if medians[True][0] / medians[False][0] <= 0.6 else 'misses'}"
+                      f" the <= 0.6x target), {medians[True][1] / medians[False][1]:.2f}x the "
+                      "JVM's part")
+    train_rows = ["| app | training run: app answered after | whole training run | aot stage "
+                  "(unpack, train, write) | archive | aot layer (zstd) |",
+                  "|---|---|---|---|---|---|"]
+    for app in apps:
+        info = builds[(app, True)]
+        train_rows.append(f"| {app} | {info['answered']:.1f} s | {info['train']:.1f} s | "
+                          f"{info['stage']:.1f} s | {info['archive']:.1f} MiB | "
+                          f"{info['layer']:.1f} MiB |")
+    text = "\n".join([
+        "## AOT class data: boot-to-HTTP under TCG with and without a training run",
+        "",
+        f"JDK 21 (dynamic AppCDS archive), `run --accel tcg --wait --json` on the default boot "
+        f"path, 1024 MiB, medians of {args.runs} runs per image, interleaved, on {cpu_model()} "
+        f"with {os.cpu_count()} CPUs. The host column is the time from QEMU's start to the app's"
+        " first HTTP answer (all runs in brackets); the phase columns are the guest's uptime at "
+        "the end of each boot phase, as the init prints them; JVM is the first answer minus the "
+        "app phase (host and guest clocks, so approximate). \"Archive in use\" counts the boots "
+        "whose console said so.",
+        "",
+        *rows,
+        "",
+        "Ratios with/without aot (medians): " + "; ".join(ratios) + ".",
+        "",
+        "The training run at build time (on the host, in the image's root and namespaces):",
+        "",
+        *train_rows,
+        "",
+        f"Load average before: {load_before:.2f}, after: {load_after:.2f}"
+        + (" (a shared, loaded machine: absolute times are inflated, compare the rows with "
+           "each other)" if max(load_before, load_after) > 1.5 else "") + ".",
+    ])
+    write_section(args.out, "aot", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
