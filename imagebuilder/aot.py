@@ -42,6 +42,8 @@ WORK_DIR = ".imagebuilder"
 STOP_SECONDS = 300
 #: Lines of the app's output quoted by a failed training run.
 TAIL_LINES = 20
+#: The runtime's own CDS archive, which a dynamic archive (JDK 17 and 21) extends.
+BASE_ARCHIVE = "opt/java/lib/server/classes.jsa"
 #: The guest's PATH, as the init sets it.
 GUEST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -181,6 +183,11 @@ def train(root: Path, argv: Sequence[str], env: Mapping[str, str], version: int,
     """Run the app's command line ``argv`` in ``root`` with the training options; the archive
     it wrote and how the run went. A run that fails, never answers or writes no archive raises
     TrainingError with the app's last lines and the time waited."""
+    if version < 25 and not (root / BASE_ARCHIVE).is_file():
+        raise TrainingError(f"[jvm] aot on JDK {version} needs the runtime's own class data "
+                            f"archive (/{BASE_ARCHIVE}, which the jvm layer dumps), and this "
+                            "image's runtime has none: rebuild the jvm layer or set [jvm] aot = "
+                            "false")
     archive = root / archive_path(version)
     archive.parent.mkdir(parents=True, exist_ok=True)
     outcome = run_app(root, with_flags(argv, train_flags(version)), env, url=url,

@@ -52,6 +52,8 @@ def root(tmp_path: Path) -> Path:
                                  check=True).stdout.split():
         if applet != "busybox":
             os.symlink("busybox", root / "bin" / applet)
+    (root / aot.BASE_ARCHIVE).parent.mkdir(parents=True)
+    (root / aot.BASE_ARCHIVE).write_bytes(b"the runtime's own CDS archive")
     (root / "www").mkdir()
     (root / "www/index.html").write_text("up\n")
     (root / "app").mkdir()
@@ -106,6 +108,13 @@ def test_an_app_that_never_answers_fails_after_the_timeout(root: Path) -> None:
 def test_an_app_that_leaves_no_archive_fails(root: Path) -> None:
     with pytest.raises(aot.TrainingError, match="the JVM wrote no archive when stopped"):
         _train(root, "no-archive")
+
+
+def test_a_runtime_without_its_own_cds_archive_cannot_train_on_jdk_21(root: Path) -> None:
+    (root / aot.BASE_ARCHIVE).unlink()
+    with pytest.raises(aot.TrainingError, match=r"^\[jvm\] aot on JDK 21 needs the runtime's own "
+                       r"class data archive \(/opt/java/lib/server/classes.jsa"):
+        _train(root, "run")
 
 
 def test_jvm_options_by_version() -> None:
