@@ -192,7 +192,7 @@ class Builder:
             "modules": list(drivers.modules),
             "explicit": list(drivers.extra),
             "templates": [hashing.xxh3_bytes(template_source(t))
-                          for t in ("init.sh.j2", "udhcpc.script", "jdkhint.awk")],
+                          for t in ("init.sh.j2", "udhcpc.script", "jdkhint.awk", "layers.sh")],
             "env": [hashing.xxh3_bytes(base_layer.env_filter().encode()), base_layer.APPLETS],
         }
         def make_tree() -> Tree:

@@ -2,8 +2,16 @@
 
 Every output is derived from the image's kernel, initrd layers and command line alone, so the
 same image gives the same bytes whatever the environment or machine. The ESP (the FAT partition
-holding kernel, layers and both boot loaders) is the one slow part; it is cached like a build
+holding kernel, base layer and both boot loaders) is the one slow part; it is cached like a build
 stage, keyed by the layers' digests, and the disk around it is assembled in memory as extents.
+
+Two roots. The disk formats (raw, qcow2, vmdk, vhd: what BIOS and UEFI firmware boot) keep the
+root on the disk: every layer is also an EROFS partition (named ``ib-`` + the first 32 hex digits
+of the layer's digest; its image is cached by that digest), the boot loader loads only the kernel
+and the base layer, and the base layer's init mounts the partitions that the kernel command line
+lists (``imagebuilder.layers=NAME:HEX,...``, lowest first) and stacks them with overlayfs: the
+page cache then holds what the app reads, not the whole root. The ISO and kernel-initrd (and so
+netboot and `run`'s direct kernel boot) unpack every layer into RAM (an initramfs), as before.
 """
 
 from __future__ import annotations
@@ -25,13 +33,17 @@ from .formats import DISK_FORMATS, Progress, write_disk
 from .formats.iso import write_iso
 from .fsutil import fsync_dir
 from .hashing import digest_regions
+from .layers.erofslayer import write_erofs
 from .store import TITLE_ANNOTATION as TITLE
 from .store import Image, Store
 
 FORMATS: tuple[str, ...] = (*DISK_FORMATS, "iso", "kernel-initrd")
 SUFFIXES = {"raw": ".raw", "qcow2": ".qcow2", "vmdk": ".vmdk", "vhd": ".vhd", "iso": ".iso",
             "kernel-initrd": ""}
-ESP_STAGE_VERSION = 2  # 2: blobs verified and the disk checked before an ESP is cached
+ESP_STAGE_VERSION = 3  # 3: the kernel and the base layer only; the layers are EROFS partitions
+EROFS_STAGE_VERSION = 1
+LAYERS_PARAM = "imagebuilder.layers"
+PARTITION_PREFIX = "ib-"
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,19 @@ class BootSource:
             disk_digest=(image.config.get("disk") or {}).get("digest"),
         )
 
+    @property
+    def partitions(self) -> tuple[tuple[str, str], ...]:
+        """Each layer's name and the name of its EROFS partition on the disk, lowest first."""
+        return tuple((name, PARTITION_PREFIX + digest.split(":")[-1][:32])
+                     for (name, _), digest in zip(self.initrds, self.digests[1:], strict=True))
+
+    @property
+    def disk_cmdline(self) -> str:
+        """The command line of a disk boot: the image's, and the layer partitions to mount."""
+        layers = ",".join(f"{name}:{part.removeprefix(PARTITION_PREFIX)}"
+                          for name, part in self.partitions)
+        return f"{self.cmdline} {LAYERS_PARAM}={layers}"
+
     def verify(self) -> None:
         """Check the kernel and every layer against their digests (DamagedError if one is
         missing or differs); a file already verified in this process is not read again."""
@@ -93,12 +118,28 @@ def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> tuple[
 
     def produce(dest: Path) -> None:
         source.verify()
-        write_esp(dest, source.kernel, list(source.initrds), source.cmdline,
+        write_esp(dest, source.kernel, list(source.initrds[:1]), source.disk_cmdline,
                   boot_files=boot_files, seed=source.seed)
         if source.disk_digest is not None:  # proven once here, the cache then keeps it intact
-            check_disk(disk_from_esp(dest, boot_files=boot_files, seed=source.seed),
+            check_disk(disk_from_esp(dest, boot_files=boot_files, seed=source.seed,
+                                     layers=layer_images(cache, source)),
                        source.disk_digest)
     return cache.get_or_make(key, produce)
+
+
+def layer_images(cache: Cache, source: BootSource) -> list[tuple[str, Path]]:
+    """Each layer's EROFS image (cached by the layer's digest, made on a miss from the verified
+    layer), with its partition name, lowest layer first."""
+    images = []
+    for (_, layer), digest, (_, part) in zip(source.initrds, source.digests[1:],
+                                             source.partitions, strict=True):
+        key = cache.stage_key("erofs", EROFS_STAGE_VERSION, {"layer": digest})
+
+        def produce(dest: Path, layer: Path = layer, digest: str = digest) -> None:
+            blobs.verify(layer, digest)
+            write_erofs(layer, dest, seed=digest.encode())
+        images.append((part, cache.get_or_make(key, produce)[0]))
+    return images
 
 
 def check_disk(disk: Disk, recorded: str) -> None:
@@ -123,7 +164,8 @@ def bootable_with_hit(cache: Cache, source: BootSource, boot_files: BootFiles | 
     """:func:`bootable`, and whether its ESP came from the cache."""
     files = boot_files or BootFiles.from_host()
     esp, hit = esp_image(cache, source, files)
-    return disk_from_esp(esp, boot_files=files, seed=source.seed, size=size), hit
+    return disk_from_esp(esp, boot_files=files, seed=source.seed, size=size,
+                         layers=layer_images(cache, source)), hit
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -6,11 +6,13 @@ So every disk imagebuilder writes boots either way, from one partition:
 
 - LBA 0 is a protective MBR carrying syslinux's ``gptmbr.bin``: a BIOS runs it, it finds the GPT
   partition marked "legacy BIOS bootable" and runs that partition's boot sector (syslinux);
-- the GPT holds one partition, the EFI system partition (FAT32, at 1 MiB, marked legacy BIOS
+- the GPT holds the EFI system partition (FAT32, at 1 MiB, marked legacy BIOS
   bootable), which UEFI firmware finds by its type and boots ``\\EFI\\BOOT\\BOOTX64.EFI`` from
   (systemd-boot);
 - both loaders read the kernel and the initrd layers from that partition (see
-  :mod:`imagebuilder.disk.esp`), with the same command line.
+  :mod:`imagebuilder.disk.esp`), with the same command line;
+- an image's disk (see :mod:`imagebuilder.export`) puts only the base layer there and carries
+  every layer as an EROFS partition after the ESP, which the base layer's init mounts.
 
 The result is a :class:`~imagebuilder.disk.Disk` (extents), not a file: the partition table is
 bytes in memory and the partition is the FAT image file, whose holes are never read. Nothing
@@ -102,15 +104,18 @@ def write_esp(dest: Path, kernel: Path, initrds: Sequence[tuple[str, Path]], cmd
 
 
 def disk_from_esp(esp: Path, *, boot_files: BootFiles, seed: bytes,
-                  size: int | None = None) -> Disk:
-    """The bootable GPT disk around an ESP image made by :func:`write_esp` with the same seed."""
+                  size: int | None = None, layers: Sequence[tuple[str, Path]] = ()) -> Disk:
+    """The bootable GPT disk around an ESP image made by :func:`write_esp` with the same seed,
+    and after it one partition per ``layers`` entry ``(partition name, filesystem image)``,
+    in order (the layers a disk boot mounts, see :mod:`imagebuilder.export`)."""
     boot_files.require("gptmbr")
     esp_size = esp.stat().st_size
-    disk_size, spans = gpt.layout([esp_size], min_disk_size=size or 0)
+    sizes = [esp_size, *(image.stat().st_size for _, image in layers)]
+    disk_size, spans = gpt.layout(sizes, min_disk_size=size or 0)
     if size is not None and disk_size > size:
         raise UserError(f"the image needs a disk of {_mib(disk_size)} MiB; {_mib(size)} MiB is "
                         "too small: give a larger size or leave it unset")
-    ((first, last),) = spans
+    (first, last), *layer_spans = spans
     assert first == _ESP_FIRST_LBA, "the FAT's hidden sectors must match the partition start"
     esp_part = gpt.Partition(
         type_guid=gpt.ESP_TYPE,
@@ -120,18 +125,25 @@ def disk_from_esp(esp: Path, *, boot_files: BootFiles, seed: bytes,
         name=ESP_NAME,
         attributes=gpt.ATTR_LEGACY_BIOS_BOOTABLE,
     )
+    layer_parts = [
+        gpt.Partition(type_guid=gpt.LINUX_FILESYSTEM_TYPE,
+                      guid=gpt.derived_guid(seed, f"layer partition {i}"),
+                      first_lba=a, last_lba=b, name=name)
+        for i, ((name, _), (a, b)) in enumerate(zip(layers, layer_spans, strict=True), 1)
+    ]
     table = gpt.Gpt(
         disk_size=disk_size,
         disk_guid=gpt.derived_guid(seed, "disk"),
-        partitions=(esp_part,),
+        partitions=(esp_part, *layer_parts),
         boot_code=Path(boot_files.gptmbr).read_bytes(),
         mbr_signature=gpt.derived_u32(seed, "mbr signature"),
     )
     builder = DiskBuilder(disk_size)
     for offset, data in table.regions():
         builder.put(offset, data)
-    for offset, length in data_extents(esp):
-        builder.put(esp_part.offset + offset, FileSlice(esp, offset), length)
+    for part, path in [(esp_part, esp), *zip(layer_parts, (p for _, p in layers), strict=True)]:
+        for offset, length in data_extents(path):
+            builder.put(part.offset + offset, FileSlice(path, offset), length)
     return builder.build()
 
 

@@ -28,7 +28,7 @@ MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "
 APPLETS = (
     "awk", "cat", "echo", "env", "head", "ip", "kill", "ls", "mkdir", "mkfifo", "modprobe",
     "mount", "nc", "poweroff", "printf", "readlink", "sh", "sleep", "start-stop-daemon",
-    "setpriv", "sync", "tee", "udhcpc", "umount", "uname",
+    "setpriv", "switch_root", "sync", "tee", "udhcpc", "umount", "uname",
 )
 
 
@@ -92,6 +92,8 @@ def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree,
     skeleton(tree)
     busybox(tree, busybox_root)
     tree.add_file("init", data=render("init.sh.j2", stop_timeout=STOP_TIMEOUT).encode(), mode=0o755)
+    tree.add_file("usr/share/imagebuilder/layers.sh", data=render("layers.sh").encode(),
+                  mode=0o644)
     tree.add_file("usr/share/imagebuilder/udhcpc.script", data=render("udhcpc.script").encode(),
                   mode=0o755)
     tree.add_file("usr/share/imagebuilder/env.awk", data=env_filter().encode(), mode=0o644)

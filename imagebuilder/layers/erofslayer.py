@@ -127,13 +127,10 @@ def scan(stream: BinaryIO) -> Iterator[tuple[Header, Iterator[bytes]]]:
 
 
 def _open(layer: Path) -> Iterator[BinaryIO]:
-    with open(layer, "rb") as raw:
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(
-                    raw, read_size=_CHUNK, read_across_frames=True) as stream:
-                yield stream  # type: ignore[misc]
-        except zstandard.ZstdError as exc:
-            raise DamagedError(f"layer {layer.name} does not decompress: {exc}") from None
+    """The layer's archive, decompressed as it is read (a ZstdError on a damaged frame)."""
+    with open(layer, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(
+            raw, read_size=_CHUNK, read_across_frames=True) as stream:
+        yield stream  # type: ignore[misc]
 
 
 def tree_of(headers: Iterable[tuple[Header, bytes]]) -> tuple[Node, int]:
@@ -205,7 +202,10 @@ def write_erofs(layer: Path, dest: Path, *, name: str = "", seed: bytes = b"") -
             for h, body in scan(stream):
                 yield h, (b"".join(body) if h.kind == "symlink" else b"")
 
-    root, build_time = tree_of(headers())
+    try:
+        root, build_time = tree_of(headers())
+    except zstandard.ZstdError as exc:
+        raise DamagedError(f"layer {layer.name} does not decompress: {exc}") from None
     wanted = {node.body for node in _files(root)}
 
     def bodies() -> Iterator[tuple[int, Iterable[bytes]]]:
@@ -219,8 +219,11 @@ def write_erofs(layer: Path, dest: Path, *, name: str = "", seed: bytes = b"") -
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            size = write_image(root, out, bodies, build_time=build_time, uuid=uuid,
-                               volume=name)
+            try:
+                size = write_image(root, out, bodies, build_time=build_time, uuid=uuid,
+                                   volume=name)
+            except zstandard.ZstdError as exc:
+                raise DamagedError(f"layer {layer.name} does not decompress: {exc}") from None
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)

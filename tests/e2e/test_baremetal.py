@@ -159,10 +159,13 @@ def test_flashed_disk_with_env_boots_and_keeps_the_image_partition(
     ib(cli, "flash", hello.ref, str(target), "--env", "test", cwd=hello.app)
     table = json.loads(subprocess.run(["sfdisk", "--json", str(target)], capture_output=True,
                                       text=True, check=True).stdout)["partitiontable"]
-    esp, config = table["partitions"]
-    assert config["name"] == "imagebuilder-config" and config["start"] > esp["start"]
-    ours = sha256_of(target, esp["size"] * 512, esp["start"] * 512)
-    assert ours == sha256_of(raw, esp["size"] * 512, esp["start"] * 512)
+    # the image's partitions (the ESP, then the layers' EROFS images) unchanged, then the config
+    *image_parts, config = table["partitions"]
+    assert config["name"] == "imagebuilder-config" and config["start"] > image_parts[-1]["start"]
+    assert [p["name"][:3] for p in image_parts[1:]] == ["ib-"] * 3
+    for part in image_parts:
+        ours = sha256_of(target, part["size"] * 512, part["start"] * 512)
+        assert ours == sha256_of(raw, part["size"] * 512, part["start"] * 512)
     port = free_port()
     proc = _qemu(port, "-drive", f"file={target},format=raw,if=virtio,snapshot=on")
     processes.append(proc)

@@ -1,7 +1,8 @@
 """End to end: examples/hello boots under QEMU (TCG) and behaves as a production server should.
 
-Three boots in all: one in the background (`run --wait`, from the raw disk by BIOS) for the
-HTTP checks and the boot phases, one in the foreground (the default: the kernel directly on
+Three boots in all: one in the background (`run --wait`, from the raw disk by BIOS, in 128 MiB:
+the root's layers are EROFS partitions, not unpacked into RAM) for the HTTP checks and the boot
+phases, one in the foreground (the default: the kernel directly on
 QEMU's microvm machine) with 256 MiB of memory whose app exits with a status, and one by UEFI
 stopped by SIGTERM.
 """
@@ -44,7 +45,7 @@ def test_run_wait_serves_http_with_injected_env_as_unprivileged_user_on_ro_root(
         cli: Cli, hello: Built, vms: list[str]) -> None:
     port = free_port()
     result = cli("run", hello.ref, "--env", "test", "--accel", "tcg", "--boot", "bios", "--wait",
-                 "--json", "-p", f"127.0.0.1:{port}:8080", cwd=hello.app)
+                 "--memory", "128", "--json", "-p", f"127.0.0.1:{port}:8080", cwd=hello.app)
     started = json.loads(result.stdout)
     vms.append(started["id"])
     assert started["url"] == f"http://127.0.0.1:{port}/health"
@@ -64,6 +65,10 @@ def test_run_wait_serves_http_with_injected_env_as_unprivileged_user_on_ro_root(
 
     console = (cli.home / "run" / started["id"] / "console.log").read_text()
     assert "environment test from config drive /dev/vdb" in console
+    # The disk's root: the layers' EROFS partitions stacked by overlayfs, in 128 MiB.
+    assert "root: EROFS layers base=vda2 jvm=vda3 app=vda4 mounted and stacked read-only" \
+        in console, console
+    assert "MemTotal" in console and "FATAL" not in console
     cli("stop", started["id"])
     vms.remove(started["id"])
     assert cli.json("ps") == []

@@ -164,15 +164,27 @@ def test_disk_size_option_and_bad_input(cli: Cli, hello: Built, tmp_path: Path) 
     assert not (tmp_path / "out.img").exists()
 
 
-def test_a_corrupted_cached_esp_is_rebuilt(cli: Cli, hello: Built, exported: dict[str, Path],
-                                           tmp_path: Path) -> None:
+def _cached(stages: Path, offset: int, magic: bytes) -> list[Path]:
+    found = []
+    for path in stages.rglob("*"):
+        if path.is_file() and path.suffix != ".xxh3" and path.stat().st_size > offset + 8:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                if f.read(len(magic)) == magic:
+                    found.append(path)
+    return found
+
+
+def test_a_corrupted_cached_esp_or_layer_image_is_rebuilt(
+        cli: Cli, hello: Built, exported: dict[str, Path], tmp_path: Path) -> None:
     stages = cli.home / "cache" / "stages"
-    esps = [p for p in stages.rglob("*") if p.is_file() and p.suffix != ".xxh3"
-            and p.stat().st_size == exported["raw"].stat().st_size - 2 * (1 << 20)]
+    esps = _cached(stages, 82, b"FAT32   ")
+    erofs = _cached(stages, 1024, (0xE0F5E1E2).to_bytes(4, "little"))
     assert esps, "no cached ESP found"
-    for esp in esps:
-        with open(esp, "r+b") as f:
-            f.seek(1 << 20)
+    assert len(erofs) >= 3, "no cached EROFS image of each layer"
+    for path in [*esps, erofs[0]]:
+        with open(path, "r+b") as f:
+            f.seek(1 << 20 if path in esps else 2048)
             f.write(b"corrupted")
     again = tmp_path / "again.raw"
     cli("export", hello.ref, "--format", "raw", "-o", str(again))

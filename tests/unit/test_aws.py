@@ -36,6 +36,7 @@ from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image
 from imagebuilder.targets import aws, awsapi  # noqa: E402
 from imagebuilder.targets import ebs as ebsdirect  # noqa: E402
 from tests.servers import MOTO_REGION, aws_env, free_port, moto_executable, moto_server  # noqa: E402
+from tests.unit.layer_fixture import tiny_layer  # noqa: E402
 
 B = ebsdirect.BLOCK_SIZE
 REGION = MOTO_REGION
@@ -170,7 +171,7 @@ def test_publish_of_a_stored_image_uses_its_disk_digest(
     import imagebuilder.export as export
     store = Store(tmp_path / "store")
     kernel = store.add_blob_bytes(b"kernel", KERNEL_MEDIA_TYPE)
-    layer = store.add_blob_bytes(uuid.uuid4().bytes, INITRD_LAYER_MEDIA_TYPE)
+    layer = store.add_blob_bytes(tiny_layer(uuid.uuid4().bytes), INITRD_LAYER_MEDIA_TYPE)
     _, disk_digest = _digests()
     store.put_image("hello:2.0", {"name": "hello", "version": "2.0",
                                   "disk": {"digest": disk_digest}}, [kernel, layer])
@@ -326,7 +327,7 @@ def test_commands_user_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert isinstance(res.exception, UserError) and "--env" in str(res.exception)
     store = Store(tmp_path / "home" / "store")
     kernel = store.add_blob_bytes(b"kernel", KERNEL_MEDIA_TYPE)
-    layer = store.add_blob_bytes(b"app", INITRD_LAYER_MEDIA_TYPE)
+    layer = store.add_blob_bytes(tiny_layer(b"app"), INITRD_LAYER_MEDIA_TYPE)
     store.put_image("hello:1.0", {"name": "hello", "version": "1.0"}, [kernel, layer])
     res = runner.invoke(userdata_cmd, ["hello:1.0", "--env", "test", "--config", cfg])
     assert res.exit_code == 0 and res.output == env_file("test", {"DB": "t"}).decode()
@@ -488,7 +489,7 @@ def _home_with_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[S
                    '[env.test]\nvars = { DB = "t" }\n[env.prod]\nvars = { DB = "p" }\n')
     store = Store(tmp_path / "home" / "store")
     kernel = store.add_blob_bytes(b"kernel", KERNEL_MEDIA_TYPE)
-    layer = store.add_blob_bytes(uuid.uuid4().bytes, INITRD_LAYER_MEDIA_TYPE)
+    layer = store.add_blob_bytes(tiny_layer(uuid.uuid4().bytes), INITRD_LAYER_MEDIA_TYPE)
     store.put_image("hello:1.0", {"name": "hello", "version": "1.0"}, [kernel, layer])
     return store, str(cfg)
 

@@ -14,13 +14,15 @@ from imagebuilder.disk.bootable import BootFiles
 from imagebuilder.errors import DamagedError, HostError
 from imagebuilder.export import BootSource, esp_image, export
 from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from tests.unit.layer_fixture import tiny_layer
 
 TITLE = "org.opencontainers.image.title"
 
 
 def _image(store: Store) -> BootSource:
     kernel = store.add_blob_bytes(b"K" * 5000, KERNEL_MEDIA_TYPE, {TITLE: "vmlinuz"})
-    layers = [store.add_blob_bytes(name.encode() * 3000, INITRD_LAYER_MEDIA_TYPE, {TITLE: name})
+    layers = [store.add_blob_bytes(tiny_layer(name.encode() * 3000), INITRD_LAYER_MEDIA_TYPE,
+                                   {TITLE: name})
               for name in ("base", "jvm", "app")]
     store.put_image("hello:1.0.0", {"cmdline": "console=ttyS0"}, [kernel, *layers])
     return BootSource.of_image(store, store.resolve("hello:1.0.0"))
@@ -64,8 +66,8 @@ def test_kernel_initrd_export_of_a_damaged_layer_writes_nothing(tmp_path: Path) 
     store = Store(tmp_path / "store")
     source = _image(store)
     export(Cache(tmp_path / "cache"), source, "kernel-initrd", tmp_path / "good")
-    assert (tmp_path / "good" / "initrd.img").read_bytes() == b"base" * 3000 + b"jvm" * 3000 \
-        + b"app" * 3000
+    assert (tmp_path / "good" / "initrd.img").read_bytes() == b"".join(
+        tiny_layer(name * 3000) for name in (b"base", b"jvm", b"app"))
     _flip(_jvm(source))
     with pytest.raises(DamagedError):
         export(Cache(tmp_path / "cache"), source, "kernel-initrd", tmp_path / "bad")
@@ -106,12 +108,15 @@ def test_an_esp_whose_disk_is_not_the_recorded_disk_digest_is_refused(tmp_path: 
                        disk_digest="sha256:" + "0" * 64)
     with pytest.raises(DamagedError, match="not its recorded disk digest sha256:000000000000"):
         esp_image(cache, wrong, files)
-    assert not any(p.is_file() for p in cache.stages_dir.rglob("*"))
-    from imagebuilder.export import disk_digest, disk_from_esp
+    from imagebuilder.export import disk_digest, disk_from_esp, layer_images
+    layers = layer_images(cache, source)
+    # no ESP is kept; the layers' EROFS images, right whatever the disk, are
+    stored = {p for p in cache.stages_dir.rglob("*") if p.is_file()
+              and not p.name.endswith(".xxh3")}
+    assert stored == {image for _, image in layers}
     esp, hit = esp_image(cache, source, files)
-    right = disk_digest(disk_from_esp(esp, boot_files=files, seed=source.seed))
-    cache.invalidate(next(p.name for p in cache.stages_dir.rglob("*") if p.is_file()
-                          and not p.name.endswith(".xxh3")))
+    right = disk_digest(disk_from_esp(esp, boot_files=files, seed=source.seed, layers=layers))
+    cache.invalidate(esp.name)
     esp, hit = esp_image(cache, BootSource(source.kernel, source.initrds, source.cmdline,
                                            source.digests, disk_digest=right), files)
     assert not hit

@@ -24,6 +24,7 @@ import pytest
 from imagebuilder.envlimits import TOTAL_MAX, VAR_MAX
 from imagebuilder.layers.base import APPLETS, STOP_TIMEOUT, env_filter
 from imagebuilder.layers.templates import render
+from imagebuilder.memory import APP_FLOOR_MIB
 from imagebuilder.targets.qemu import EXIT_RE
 
 BUSYBOX = shutil.which("busybox")
@@ -236,6 +237,48 @@ def test_a_root_that_stays_writable_powers_off_without_starting_the_app(guest: G
     assert booted.app_env is None and booted.exit_status is None
     assert booted.stub_log[-1] == "poweroff -f"
     assert not (guest.root / "tmp/app.args").exists()
+
+
+MEMINFO = "MemTotal:       {total} kB\nMemFree:        1000 kB\nMemAvailable:   {avail} kB\n"
+
+
+def test_a_machine_short_of_memory_says_so_and_does_not_start_the_app(guest: Guest) -> None:
+    (guest.root / "proc/meminfo").write_text(MEMINFO.format(total=60000, avail=30000))
+    booted = guest.boot(b"IMAGEBUILDER_ENV=test\n")
+    assert "memory: MemTotal 58 MiB, MemAvailable 29 MiB, in use 29 MiB" in booted.console
+    assert (f"FATAL: not enough memory: 29 MiB available, the app needs at least "
+            f"{APP_FLOOR_MIB} MiB to start: give the machine more memory; powering off"
+            ) in booted.console
+    assert booted.app_env is None and booted.stub_log[-1] == "poweroff -f"
+
+
+def test_enough_memory_starts_the_app(guest: Guest) -> None:
+    (guest.root / "proc/meminfo").write_text(MEMINFO.format(total=200000,
+                                                            avail=(APP_FLOOR_MIB + 1) * 1024))
+    booted = guest.boot(b"IMAGEBUILDER_ENV=test\n")
+    assert f"MemAvailable {APP_FLOOR_MIB + 1} MiB" in booted.console
+    assert "FATAL" not in booted.console and booted.exit_status == 7
+
+
+def test_an_initramfs_cut_short_names_the_lack_of_memory(guest: Guest) -> None:
+    """The kernel stopped unpacking the layers: no app.conf, and no disk layers to mount."""
+    (guest.root / "etc/imagebuilder/app.conf").unlink()
+    (guest.root / "usr/share/imagebuilder/layers.sh").write_text(render("layers.sh"))
+    (guest.root / "proc/cmdline").write_text("console=ttyS0 quiet\n")
+    (guest.root / "proc/meminfo").write_text(MEMINFO.format(total=102400, avail=4000))
+    booted = guest.boot(None)
+    lines = [line for line in booted.console.splitlines() if "imagebuilder:" in line]
+    assert lines[-1].endswith(
+        "FATAL: not enough memory: the root filesystem did not fit in this machine's 100 MiB "
+        "(it is unpacked into RAM): give the machine more memory ('imagebuilder inspect' shows "
+        "what the image needs); powering off")
+    assert len(lines) == 1  # before anything else: no drivers, no network, no app
+    assert booted.stub_log[-1] == "poweroff -f"
+
+
+def test_the_inits_memory_floor_is_the_one_imagebuilder_knows() -> None:
+    init = render("init.sh.j2", stop_timeout=STOP_TIMEOUT)
+    assert f"app_floor={APP_FLOOR_MIB} " in init
 
 
 def test_stub_layout_matches_the_base_layer() -> None:
