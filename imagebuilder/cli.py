@@ -236,10 +236,12 @@ def inspect_cmd(ref: str, as_json: bool, sizes: bool) -> None:
         return
     envs = environments_of(store, image.name, image.digest)
     promotions = [dataclasses.asdict(p) for p in history(store, image.name)]
+    needs = _memory_needs(image)
     if as_json:
         click.echo(json.dumps({**_image_json(image), "config": image.config,
                                "manifest": image.manifest, "environments": envs,
-                               "promotions": promotions}))
+                               "promotions": promotions,
+                               "memory": needs.to_json() if needs else None}))
         return
     cfg = image.config
     click.echo(f"image:    {image.ref}")
@@ -258,10 +260,26 @@ def inspect_cmd(ref: str, as_json: bool, sizes: bool) -> None:
                f"healthcheck {app.get('healthcheck')}")
     jvm = cfg.get("jvm", {})
     click.echo(f"jvm:      {jvm.get('version')} ({', '.join(jvm.get('modules', []))})")
+    if needs:
+        click.echo(f"memory:   {needs.disk} MiB from its disk (run --boot bios|uefi and the disk "
+                   f"formats: the root is EROFS on the disk); {needs.initramfs} MiB with its "
+                   f"root in RAM (run --boot microvm|direct, iso, kernel-initrd, serve: "
+                   f"{needs.root_in_ram} MiB unpacked)")
     click.echo("layers:")
     for layer in image.layers:
         title = (layer.annotations or {}).get(TITLE_ANNOTATION, "?")
         click.echo(f"  {title:<9} {_human(layer.size):>10}  {layer.digest}")
+
+
+def _memory_needs(image: Image) -> Any:
+    """The image's :class:`~imagebuilder.memory.Needs`, or None if its layers cannot be read."""
+    from . import memory
+    home = get_home()
+    try:
+        return memory.image_needs(home.cache, home.store, image)
+    except ImageBuilderError as exc:
+        _warn(f"memory needs unknown: {exc}")
+        return None
 
 
 def _print_sizes(store: Store, image: Image, as_json: bool) -> None:

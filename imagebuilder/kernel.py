@@ -18,7 +18,9 @@ below follow:
 * it does not recurse: each ``modules.dep`` line must list the *full* dependency set, and it loads
   them from the last to the first, then the module itself (kmod's order);
 * it ignores ``softdep``: a ``softdep pre:`` module that is in the image is therefore written as a
-  dependency in ``modules.dep`` so that it loads first;
+  dependency in ``modules.dep`` so that it loads first (of the modules providing a softdep's
+  alias, the portable ones: a dependency that fails to load, like crc32c-intel on a CPU without
+  SSE4.2, stops the whole modprobe);
 * ``modules.alias`` (``alias <fnmatch pattern> <module>``) is read when a name is not in
   ``modules.dep`` (FEATURE_MODUTILS_ALIAS), so ``modprobe "$(cat .../modalias)"`` works;
 * ``modules.builtin`` marks built-in names: ``modprobe <builtin>`` then says so instead of
@@ -395,14 +397,14 @@ def _direct_deps(mod: Module, by_name: dict[str, Module]) -> list[str]:
     if missing:
         raise ValueError(f"module {mod.name} needs {', '.join(missing)}, not in the module list")
     soft = [s for s in mod.softdeps if s in by_name]
-    soft += sorted(
-        {
-            m.name
-            for m in by_name.values()
-            for s in mod.softdeps
-            if s not in by_name and _provides(m, s)
-        }
-    )
+    for name in mod.softdeps:
+        if name not in by_name:
+            providers = [m for m in by_name.values() if _provides(m, name)]
+            # A CPU-specific implementation (crc32c-intel for "crc32c") fails to load on a CPU
+            # without its feature, and busybox modprobe then loads nothing: a portable one is
+            # the dependency, and the CPU's modalias loads the fast one where it can.
+            portable = [m for m in providers if not any(a.startswith("cpu:") for a in m.aliases)]
+            soft += sorted(m.name for m in portable or providers)
     return [d for d in dict.fromkeys([*mod.depends, *soft]) if d != mod.name]
 
 

@@ -1,13 +1,134 @@
 """The memory an image needs to boot and start its app, by the root it boots with.
 
-An initramfs root (netboot, the ISO, kernel-initrd and `run`'s direct kernel boot) is unpacked
-into RAM and stays there: the machine needs the kernel's own share, the compressed layers while
-the kernel unpacks them, the whole unpacked root, and room for the JVM. A disk boot's root is
-EROFS on the disk (see :mod:`imagebuilder.export`): only the base layer is unpacked (and freed
-again once the init switches to the disk's root), and the page cache holds what the app reads.
+An initramfs root (netboot, the ISO, kernel-initrd, and so `run`'s direct kernel boots) is
+unpacked into RAM and stays there: the machine needs the kernel's own share, the compressed
+layers while the kernel unpacks them, the whole unpacked root, and room for the JVM. A disk
+boot's root is EROFS on the disk (see :mod:`imagebuilder.export`): only the base layer is
+unpacked (and freed again once the init switches to the disk's root), and the page cache holds
+what the app reads, which the kernel can drop and read again.
+
+The numbers are a model calibrated by bench/memory.py (the smallest ``run --memory`` that
+serves examples/hello and WireMock by each path): what the kernel keeps from a machine of that
+size or uses itself before the app starts, plus the root in RAM, plus the least memory a JVM
+starts in (``APP_FLOOR_MIB``, which the init checks too, against MemAvailable, before it starts
+the app). A layer's size in RAM is read from the layer once and cached by its digest.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import Cache
+from .errors import UserError
+from .layers.cpioread import layer_members
+from .store import Image, Store
+
 #: The least MemAvailable (MiB) the init starts the app (a JVM) in; less and it says so.
-APP_FLOOR_MIB = 48
+APP_FLOOR_MIB = 32
+#: What the kernel keeps of the machine's memory or uses before the app starts (MiB): memory
+#: MemTotal never shows (firmware, the kernel's image, struct pages) and what is in use at the
+#: app's start (slab, modules, page tables, the init).
+KERNEL_MIB = 64
+#: A file in a ramfs takes whole pages, and each entry an inode and a dentry.
+_PAGE = 4096
+_ENTRY_BYTES = 1024
+_STAGE_VERSION = 1
+_ROUND_MIB = 8
+_MIB = 1 << 20
+
+INITRAMFS_PATHS = ("microvm", "direct")
+DISK_PATHS = ("bios", "uefi")
+
+
+@dataclass(frozen=True)
+class LayerRam:
+    """A layer's size compressed (as the boot loader loads it) and unpacked into a ramfs."""
+
+    stored: int
+    unpacked: int
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The least guest memory (MiB) by root: unpacked into RAM, or EROFS on the disk."""
+
+    initramfs: int
+    disk: int
+    root_in_ram: int
+    """The unpacked root's size in RAM, MiB (rounded up)."""
+
+    def for_boot(self, boot: str) -> int:
+        return self.disk if boot in DISK_PATHS else self.initramfs
+
+    def to_json(self) -> dict[str, int]:
+        return {"initramfs_mib": self.initramfs, "disk_mib": self.disk,
+                "root_in_ram_mib": self.root_in_ram, "app_floor_mib": APP_FLOOR_MIB}
+
+
+def ram_of_members(sizes: Sequence[tuple[str, int]]) -> int:
+    """Bytes a ramfs holding members ``(kind, size)`` takes."""
+    return sum(-(-size // _PAGE) * _PAGE if kind == "file" else 0 for kind, size in sizes) \
+        + _ENTRY_BYTES * len(sizes)
+
+
+def layer_ram(cache: Cache, layer: Path, digest: str) -> LayerRam:
+    """``layer``'s :class:`LayerRam` (read once from the verified layer, then cached)."""
+    key = cache.stage_key("layer-ram", _STAGE_VERSION, {"layer": digest})
+
+    def produce(dest: Path) -> None:
+        from . import blobs
+        blobs.verify(layer, digest)
+        members = [(m.kind, m.size) for m in layer_members(layer)]
+        dest.write_text(json.dumps({"stored": layer.stat().st_size,
+                                    "unpacked": ram_of_members(members)}))
+    path, _ = cache.get_or_make(key, produce)
+    data = json.loads(path.read_text())
+    return LayerRam(int(data["stored"]), int(data["unpacked"]))
+
+
+def _mib_up(n: float) -> int:
+    return -(-int(n) // _MIB)
+
+
+def _rounded(mib: int) -> int:
+    return -(-mib // _ROUND_MIB) * _ROUND_MIB
+
+
+def needs(layers: Sequence[LayerRam]) -> Needs:
+    """What an image of ``layers`` (base first) needs, by root."""
+    if not layers:
+        raise ValueError("an image has at least one layer")
+    stored = sum(layer.stored for layer in layers)
+    unpacked = sum(layer.unpacked for layer in layers)
+    # The compressed layers are freed once unpacked, before the app allocates anything.
+    initramfs = KERNEL_MIB + _mib_up(unpacked) + max(_mib_up(stored), APP_FLOOR_MIB)
+    base = layers[0]
+    disk = KERNEL_MIB + max(_mib_up(base.stored + base.unpacked), APP_FLOOR_MIB)
+    return Needs(_rounded(initramfs), _rounded(disk), _mib_up(unpacked))
+
+
+def image_needs(cache: Cache, store: Store, image: Image) -> Needs:
+    """What the stored ``image`` needs (its layers read once, then cached by digest)."""
+    _, layers = image.boot_layers()
+    return needs([layer_ram(cache, store.blob_path(layer.digest), layer.digest)
+                  for layer in layers])
+
+
+def check(needs: Needs, memory: int, boot: str, ref: str) -> None:
+    """UserError (one line, naming the minimum) when ``memory`` MiB is too little for ``ref``
+    booted by ``boot`` (microvm, direct, bios or uefi)."""
+    least = needs.for_boot(boot)
+    if memory >= least:
+        return
+    if boot in DISK_PATHS:
+        raise UserError(f"{ref} needs at least {least} MiB of memory to boot from its disk "
+                        f"(--boot {boot}); {memory} MiB is too little: give --memory {least} "
+                        "or more")
+    hint = (f", or --boot bios: its root stays on the disk and {needs.disk} MiB is enough"
+            if needs.disk <= memory else "")
+    raise UserError(f"{ref} needs at least {least} MiB of memory to boot by {boot} (its root, "
+                    f"{needs.root_in_ram} MiB, is unpacked into RAM); {memory} MiB is too "
+                    f"little: give --memory {least} or more{hint}")

@@ -220,6 +220,10 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
         check_port_free(forward)
     require("qemu-system-x86_64", "qemu-system-x86")
     spec.boot = resolve_boot(spec, store)
+    from .. import memory
+    from ..cache import Cache
+    needs = memory.image_needs(Cache(runs.parent / "cache"), store, spec.image)
+    memory.check(needs, spec.memory, spec.boot, spec.image.ref)
     media = _boot_media(spec, store, runs.parent / "cache")
     vm_id = vms.new_vm_id(spec.image.name)
     run_dir = runs / vm_id

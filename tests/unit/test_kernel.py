@@ -247,6 +247,27 @@ def test_closure_softdeps(tree: ModuleTree) -> None:
     assert names(tree.closure(["e"])) == ["f", "foo_generic", "e"]
 
 
+def test_a_cpu_specific_softdep_provider_is_shipped_but_not_a_dependency(tmp_path: Path) -> None:
+    """erofs needs libcrc32c, whose softdep "crc32c" crc32c-intel (SSE4.2 CPUs only) and
+    crc32c_generic provide: busybox modprobe stops at a dependency that fails to load."""
+    root = tmp_path / "pkg"
+    _package(root, [])
+    _add(tmp_path, root, "kernel/lib/libcrc32c.ko.xz", ["softdep=pre: crc32c", "depends="])
+    _add(tmp_path, root, "kernel/arch/x86/crypto/crc32c-intel.ko.xz",
+         ["alias=crypto-crc32c", "alias=crc32c", "alias=cpu:type:x86,ven*fam*mod*:feature:*0094*",
+          "depends="])
+    _add(tmp_path, root, "kernel/crypto/crc32c_generic.ko.xz",
+         ["alias=crypto-crc32c", "alias=crc32c", "depends="])
+    _add(tmp_path, root, "kernel/fs/erofs/erofs.ko.xz", ["depends=libcrc32c"])
+    tree = ModuleTree.scan(root)
+    mods = tree.closure(["erofs"])
+    assert sorted(names(mods)) == ["crc32c_generic", "crc32c_intel", "erofs", "libcrc32c"]
+    dep = kernel.modules_dep(mods)
+    assert "kernel/fs/erofs/erofs.ko.xz: kernel/lib/libcrc32c.ko.xz " \
+           "kernel/crypto/crc32c_generic.ko.xz\n" in dep
+    assert "crc32c-intel.ko.xz:\n" in dep  # shipped, loaded by the CPU's modalias
+
+
 def test_closure_cycle_terminates(tree: ModuleTree) -> None:
     assert names(tree.closure(["p"])) == ["q", "p"]
     assert names(tree.closure(["q"])) == ["p", "q"]

@@ -24,6 +24,7 @@ from imagebuilder.targets.qemu import (
     qemu_argv,
 )
 from tests.servers import free_port
+from tests.unit.layer_fixture import tiny_layer
 
 needs_qemu = pytest.mark.skipif(
     shutil.which("qemu-system-x86_64") is None,
@@ -33,6 +34,8 @@ needs_qemu = pytest.mark.skipif(
 KERNEL = b"\x7fbzImage: not really a kernel"
 LAYERS = [("base", b"base layer bytes " * 100), ("jvm", b"jvm layer " * 300),
           ("app", b"app layer")]
+# Real (tiny) layers, for `prepare`, which reads what the root takes in RAM.
+CPIO_LAYERS = [(name, tiny_layer(data)) for name, data in LAYERS]
 
 
 def _image(store: Store, ref: str = "hello:1.0.0", port: int | None = 8080,
@@ -193,11 +196,12 @@ def test_qemu_argv_kvm_and_no_ports(store: Store, tmp_path: Path) -> None:
 @needs_qemu
 def test_prepare_without_env_has_no_config_drive(store: Store, tmp_path: Path) -> None:
     runs = tmp_path / "home" / "run"
-    spec = RunSpec(_image(store), None, {}, [PortForward("127.0.0.1", free_port(), 8080)])
+    spec = RunSpec(_image(store, layers=CPIO_LAYERS), None, {},
+                   [PortForward("127.0.0.1", free_port(), 8080)])
     vm_id, run_dir, initrd = prepare(spec, store, runs)
     assert vm_id.startswith("hello-") and run_dir == runs / vm_id
     assert initrd.parent == tmp_path / "home" / "cache" / "initrd"
-    assert initrd.read_bytes() == b"".join(data for _, data in LAYERS)
+    assert initrd.read_bytes() == b"".join(data for _, data in CPIO_LAYERS)
     assert not (run_dir / "config.iso").exists()
     assert (run_dir / "image").read_text() == f"hello:1.0.0 {spec.image.digest}\n"
     argv = qemu_argv(spec, store, initrd, run_dir, "tcg", "stdio")
@@ -208,7 +212,7 @@ def test_prepare_without_env_has_no_config_drive(store: Store, tmp_path: Path) -
 def test_prepare_with_env_writes_a_config_drive(store: Store, tmp_path: Path) -> None:
     runs = tmp_path / "home" / "run"
     env = {"DB_URL": "jdbc:postgresql://test-db/app", "GREETING": "hi there $USER"}
-    spec = RunSpec(_image(store), "test", env, [])
+    spec = RunSpec(_image(store, layers=CPIO_LAYERS), "test", env, [])
     _, run_dir, initrd = prepare(spec, store, runs)
     drive = run_dir / "config.iso"
     assert drive.is_file()
