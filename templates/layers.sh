@@ -36,13 +36,14 @@ while [ "$round" -lt 20 ]; do
         read -r alias < "$f" 2>/dev/null || continue
         case " $seen " in *" $alias "*) continue ;; esac
         seen="$seen $alias"
-        new=1
-        modprobe -q -b "$alias" 2>/dev/null
+        new="$new $alias"
     done
     [ -n "$new" ] || break
+    set -f  # one word per alias, never a file name pattern; one modprobe per round
+    modprobe -q -b -a $new 2>/dev/null
+    set +f
 done
-modprobe -q erofs 2>/dev/null
-modprobe -q overlay 2>/dev/null
+modprobe -q -a erofs overlay 2>/dev/null
 # The partition of each layer: the disks' partitions name themselves in uevent (PARTNAME);
 # a controller may still be probing its disks, so look again for up to 10 s.
 part_of() {
