@@ -190,8 +190,9 @@ def disk_digest(disk: Disk) -> str:
 
 
 def raw_disk_file(cache: Cache, source: BootSource, dest_dir: Path) -> Path:
-    """The raw disk as a (sparse) file, kept by content for QEMU to boot from."""
-    path = dest_dir / f"{source.seed.hex()}.raw"
+    """The raw disk as a (sparse) file, kept by content (and the disk layout's version) for
+    QEMU to boot from."""
+    path = dest_dir / f"{source.seed.hex()}.v{ESP_STAGE_VERSION}.raw"
     if not path.exists():
         dest_dir.mkdir(parents=True, exist_ok=True)
         write_disk(bootable(cache, source), path, "raw")
