@@ -164,10 +164,13 @@ def _network_lines(log: str) -> dict[str, str]:
 
 
 def _screen_text(vm: Vm, dest: Path) -> str:
-    """The VGA text screen (80x25 at 0xB8000: character, attribute, ...) as lines."""
-    vm.qmp("pmemsave", val=0xB8000, size=80 * 25 * 2, filename=str(dest))
+    """The VGA text memory (80-column rows from 0xB8000: character, attribute, ...) as lines:
+    all 32 KiB of it, since the kernel's console scrolls by moving the visible 80x25 window
+    through that memory, not the text."""
+    size = 0x8000
+    vm.qmp("pmemsave", val=0xB8000, size=size, filename=str(dest))
     deadline = time.monotonic() + 10
-    while (not dest.exists() or dest.stat().st_size < 4000) and time.monotonic() < deadline:
+    while (not dest.exists() or dest.stat().st_size < size) and time.monotonic() < deadline:
         time.sleep(0.1)
     cells = dest.read_bytes()[0::2]
     return "\n".join(cells[i:i + 80].decode("cp437").rstrip() for i in range(0, len(cells), 80))
