@@ -62,6 +62,9 @@ def skeleton(tree: Tree) -> None:
     tree.add_file("etc/hostname", data=b"imagebuilder\n")
     tree.add_file("etc/hosts", data=b"127.0.0.1\tlocalhost\n::1\tlocalhost\n")
     tree.add_file("etc/nsswitch.conf", data=b"passwd: files\ngroup: files\nhosts: files dns\n")
+    # SCSI hosts scan their disks before their driver's modprobe returns, so the init's next
+    # driver round sees the disks; modprobe applies this to scsi_mod when a driver pulls it in.
+    tree.add_file("etc/modprobe.d/imagebuilder.conf", data=b"options scsi_mod scan=sync\n")
     tree.add_symlink("etc/resolv.conf", "../run/resolv.conf")
     tree.add_symlink("etc/mtab", "../proc/self/mounts")
 
