@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchdoc import cpu_model, write_section
@@ -54,6 +55,7 @@ def _boot(home: Path, ref: str, mode: str) -> dict[str, object] | None:
     """One `run --wait`, then `stop`; None (and the error on stderr) if the app never answered."""
     port = free_port()
     env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
+    start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "run", ref, "--accel",
                              "tcg", "--boot", mode, "--wait", "--json", "--timeout", "600",
                              "-p", f"127.0.0.1:{port}:8080"], env=env, capture_output=True,
@@ -62,6 +64,7 @@ def _boot(home: Path, ref: str, mode: str) -> dict[str, object] | None:
         print(f"{mode}: failed: {result.stderr.strip()}", file=sys.stderr)
         return None
     out: dict[str, object] = json.loads(result.stdout)
+    out["wall"] = time.monotonic() - start
     _cli(home, "stop", str(out["id"]))
     return out
 
@@ -95,28 +98,32 @@ def main() -> int:
                     failed[mode] += 1
                     continue
                 results[mode].append(out)
-                print(f"{mode}: {out['seconds']:.2f} s", file=sys.stderr)
+                print(f"{mode}: {out['seconds']:.2f} s, wall {out['wall']:.2f} s",
+                      file=sys.stderr)
         load_after = _load()
-    rows = ["| boot path | run --wait to HTTP (host) | " + " | ".join(PHASES) + " |",
-            "|---|---|" + "---|" * len(PHASES)]
+    rows = ["| boot path | run --wait, wall | run --wait to HTTP (host) | " + " | ".join(PHASES)
+            + " |", "|---|---|---|" + "---|" * len(PHASES)]
     for mode in MODES:
         runs = results[mode]
         seconds = [float(r["seconds"]) for r in runs]  # type: ignore[arg-type]
+        walls = [float(r["wall"]) for r in runs]  # type: ignore[arg-type]
         phases = [r["phases"] for r in runs]
         cells = [_median([float(p[name]) for p in phases if name in p])  # type: ignore[index]
                  for name in PHASES]
         note = f"; {failed[mode]} failed" if failed[mode] else ""
-        rows.append(f"| {mode} | {_median(seconds)} s ({', '.join(f'{s:.1f}' for s in seconds)}"
-                    f"{note}) | " + " | ".join(cells) + " |")
+        rows.append(f"| {mode} | {_median(walls)} s | {_median(seconds)} s "
+                    f"({', '.join(f'{s:.1f}' for s in seconds)}{note}) | "
+                    + " | ".join(cells) + " |")
     text = "\n".join([
         "## Local runs: `run --wait` of examples/hello under TCG, by boot path",
         "",
         f"Medians of {args.runs} runs per path (interleaved), 1 vCPU, 1024 MiB, `--accel tcg`, "
-        f"on {cpu_model()} with {os.cpu_count()} CPUs. The host column is the time from QEMU's "
-        "start to the app's first HTTP answer (all runs in brackets); the phase columns are the "
-        "guest's uptime (from the kernel's start) at the end of each boot phase, as the init "
-        "prints them. microvm is `run`'s default where the image and the host allow it; bios is "
-        "the fallback (the image's disk through SeaBIOS).",
+        f"on {cpu_model()} with {os.cpu_count()} CPUs. The wall column is the whole `run --wait` "
+        "command (the issue's target for microvm: <= 4 s); the host column is the time from "
+        "QEMU's start to the app's first HTTP answer (all runs in brackets); the phase columns "
+        "are the guest's uptime (from the kernel's start) at the end of each boot phase, as the "
+        "init prints them. microvm is `run`'s default where the image and the host allow it; "
+        "bios is the fallback (the image's disk through SeaBIOS).",
         "A failed run is one whose app never answered (it is counted, not timed).",
         "",
         *rows,
