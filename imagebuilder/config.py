@@ -20,23 +20,38 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 import re
 import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import envlimits
 from . import network as network_mod
-from .errors import ConfigError, NotFoundError
+from .errors import ConfigError
 from .resources import data_dir
+from .spec import (
+    CONFIG_NAME,
+    LOCK_NAME,
+    AppSection,
+    Config,
+    Environment,
+    ImageSection,
+    JvmSection,
+    SystemSection,
+    TrainSection,
+    absolute,
+)
+from .spec import shown as shown_path
 
-CONFIG_NAME = "imagebuilder.toml"
-LOCK_NAME = "imagebuilder.lock"
+__all__ = [
+    "CONFIG_NAME", "LOCK_NAME", "AppSection", "Config", "Environment", "ImageSection",
+    "JvmSection", "SystemSection", "TrainSection", "check_env_var", "driver_sets", "file_kind",
+    "from_jar", "load", "with_aot", "with_overrides",
+]
+
 
 #: An image name becomes (part of) an OCI reference.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -81,128 +96,6 @@ _KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class ImageSection:
-    """``[image]``: what the image is called; ``name:version`` is its reference."""
-
-    name: str
-    version: str
-
-
-@dataclass(frozen=True)
-class AppSection:
-    """``[app]``: what to run. ``path`` is absolute (relative paths are taken from the config's
-    directory)."""
-
-    path: Path
-    args: tuple[str, ...] = ()
-    port: int | None = None
-    main: str | None = None
-    healthcheck: str = "/"
-    packages: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    """``[jvm] train``: how the training run of ``aot`` goes. ``env`` names the environment
-    whose variables the app gets (none: no variables); the run lasts until the healthcheck
-    answers, or ``seconds`` if given; ``timeout`` bounds the wait."""
-
-    env: str | None = None
-    timeout: int = 120
-    seconds: int | None = None
-
-
-@dataclass(frozen=True)
-class JvmSection:
-    """``[jvm]``: which JDK the runtime is linked from and the options it starts with."""
-
-    version: int = 21
-    args: tuple[str, ...] = ()
-    #: With java.desktop linked: fontconfig and fonts-dejavu-core come along unless False.
-    fonts: bool = True
-    modules: tuple[str, ...] = ()
-    runtime: str = "minimal"
-    #: Run the app once at build time and ship the class data it leaves (imagebuilder.aot).
-    aot: bool = False
-    train: TrainSection = field(default_factory=lambda: TrainSection())
-
-
-@dataclass(frozen=True)
-class SystemSection:
-    """``[system]``: where the kernel and userland come from, and the VM size for ``run``.
-
-    ``mirror`` is a Debian mirror URL without a trailing slash, or None for the host's own apt
-    configuration. ``hardware`` names driver sets (``kernels/hardware/<set>.toml``) and
-    ``modules`` single kernel modules, both added to the kernel manifest's own modules.
-    """
-
-    suite: str = "trixie"
-    kernel: str = "debian"
-    memory: int = 1024
-    mirror: str | None = None
-    hardware: tuple[str, ...] = ("virtual",)
-    modules: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Environment:
-    """One ``[env.NAME]`` table: variables and static network settings injected at boot, never
-    baked into the image."""
-
-    name: str
-    vars: dict[str, str] = field(default_factory=dict, hash=False)
-    network: tuple[network_mod.StaticNetwork, ...] = ()
-
-    def boot_vars(self) -> dict[str, str]:
-        """What the guest receives: the variables and the network lines (IMAGEBUILDER_NET_n)."""
-        return {**self.vars, **network_mod.env_vars(self.network)}
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole, validated spec. ``path`` is the toml file (None for zero-config); ``root`` is
-    the directory the lock file lives in."""
-
-    path: Path | None
-    root: Path
-    image: ImageSection
-    app: AppSection
-    jvm: JvmSection = JvmSection()
-    system: SystemSection = SystemSection()
-    environments: tuple[Environment, ...] = ()
-
-    @property
-    def lock_path(self) -> Path:
-        return self.root / LOCK_NAME
-
-    @property
-    def env_names(self) -> tuple[str, ...]:
-        """Environment names in promotion order."""
-        return tuple(e.name for e in self.environments)
-
-    def env(self, name: str) -> Environment:
-        """The environment called ``name``; NotFoundError naming the known ones if there is
-        none."""
-        for environment in self.environments:
-            if environment.name == name:
-                return environment
-        if self.path is None:
-            raise NotFoundError(
-                f"unknown environment '{name}': no {CONFIG_NAME} was used; environments are"
-                f" defined in it as [env.{name}] tables with vars = {{ KEY = \"value\" }}"
-            )
-        where = _shown(self.path)
-        if not self.environments:
-            raise NotFoundError(
-                f"unknown environment '{name}' in {where}: it defines no environments; add an"
-                f" [env.{name}] table with vars = {{ KEY = \"value\" }}"
-            )
-        raise NotFoundError(
-            f"unknown environment '{name}' in {where}: known: {', '.join(self.env_names)}"
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # entry points
 
@@ -218,15 +111,15 @@ def load(path: Path, *, check_app: bool = True) -> Config:
         path = path / CONFIG_NAME
         if not path.exists():
             raise ConfigError(
-                f"{_shown(path)}: not found; write one (see examples/hello/{CONFIG_NAME}) or"
+                f"{shown_path(path)}: not found; write one (see examples/hello/{CONFIG_NAME}) or"
                 f" build a jar without one: imagebuilder build APP.jar --name N --version V"
             )
     elif not path.exists():
         raise ConfigError(
-            f"{_shown(path)}: not found; pass an {CONFIG_NAME} or the directory holding it, or"
+            f"{shown_path(path)}: not found; pass an {CONFIG_NAME} or the directory holding it, or"
             f" build a jar without one: imagebuilder build APP.jar --name N --version V"
         )
-    shown = _shown(path)
+    shown = shown_path(path)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -267,7 +160,7 @@ def from_jar(jar: Path, name: str | None, version: str | None) -> Config:
     assert name is not None and version is not None
     _check_name("--name", name)
     _check_version("--version", version)
-    jar_path = _abs(Path(jar))
+    jar_path = absolute(Path(jar))
     if not jar_path.is_file():
         kind = file_kind(jar_path)
         what = "file not found" if kind == "missing" else f"expected a jar file, got {kind}"
@@ -371,7 +264,7 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
     raw_path = required(app_t, "app", "path", '"target/app.jar"')
     if not isinstance(raw_path, str) or not raw_path or "\0" in raw_path:
         raise fail("app.path", f"expected a path to the application, got {_show(raw_path)}")
-    app_path = _abs(root / raw_path)
+    app_path = absolute(root / raw_path)
     if check_app and not app_path.exists():
         raise fail("app.path", f"file not found: {app_path}")
     if check_app and file_kind(app_path) not in ("a file", "a directory"):
@@ -636,20 +529,3 @@ def _show(value: object) -> str:
         return "a table"
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _abs(path: Path) -> Path:
-    """Absolute and normalised, without resolving symlinks (a jar keeps the name it was given)."""
-    return Path(os.path.normpath(path.absolute()))
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the working directory when it is below it, else absolute."""
-    absolute = _abs(path)
-    cwd = _abs(Path.cwd())
-    if cwd == Path(cwd.anchor):
-        return str(absolute)
-    try:
-        return str(absolute.relative_to(cwd))
-    except ValueError:
-        return str(absolute)
