@@ -165,16 +165,16 @@ def main() -> int:
                 full = _boot(home, ref, health, boot, 1024)
                 used = f"{full['used']} MiB (MemTotal {full['total']})" if full else "failed"
                 model = needs.for_boot(boot)
-                # below the root in RAM (and the kernel's share) nothing can serve
-                lo = 48 + (needs.root_in_ram if boot == "microvm" else 0)
-                smallest = 0
+                smallest = "-"
                 if full is not None:
                     if _boot(home, ref, health, boot, model) is not None:
-                        smallest = _smallest(home, ref, health, boot, min(lo, model - STEP),
-                                             model)
+                        # how much less would do, down to 4 steps below the model
+                        low = model - 4 * STEP
+                        found = _smallest(home, ref, health, boot, low, model)
+                        smallest = f"{found} MiB" if found > low + STEP else f"<= {found} MiB"
                     else:
-                        smallest = _smallest(home, ref, health, boot, model, 1024)
-                rows.append(f"| {name} | {root} | {used} | {smallest} MiB | {model} MiB |")
+                        smallest = f"{_smallest(home, ref, health, boot, model, 1024)} MiB"
+                rows.append(f"| {name} | {root} | {used} | {smallest} | {model} MiB |")
                 print(rows[-1], file=sys.stderr)
             erofs_data, erofs_size, esp_data, esp_size = _disk_sizes(home, ref, Path(tmp))
             disk_rows.append(
@@ -191,10 +191,12 @@ def main() -> int:
         "unpacked into RAM, as netboot, the ISO and kernel-initrd boot; disk (EROFS) is `run "
         "--boot bios`: the layers are EROFS partitions of the disk, mounted and stacked by "
         "overlayfs, as every exported disk format boots. In use is MemTotal - MemAvailable "
-        "from the guest's /proc/meminfo once the app listens (the init prints it). The smallest "
-        f"memory serving HTTP is found by bisection in {STEP} MiB steps, one boot per step (a "
-        "size at the edge can pass or fail from run to run); `run` refuses less than the "
-        "model's minimum (`imagebuilder inspect` shows it), switched off here.",
+        "from the guest's /proc/meminfo once the app listens (the init prints it; the JVM sizes "
+        "its heap by the machine's memory, so this grows with it). The smallest memory serving "
+        f"HTTP is found by bisection in {STEP} MiB steps, one boot per step (a size at the edge "
+        "can pass or fail from run to run), from the model's minimum (`imagebuilder inspect` "
+        "shows it; `run` refuses less, switched off here) down to 4 steps below it, or up from "
+        "it if it fails.",
         "",
         *rows,
         "",

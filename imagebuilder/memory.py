@@ -7,11 +7,12 @@ boot's root is EROFS on the disk (see :mod:`imagebuilder.export`): only the base
 unpacked (and freed again once the init switches to the disk's root), and the page cache holds
 what the app reads, which the kernel can drop and read again.
 
-The numbers are a model calibrated by bench/memory.py (the smallest ``run --memory`` that
-serves examples/hello and WireMock by each path): what the kernel keeps from a machine of that
-size or uses itself before the app starts, plus the root in RAM, plus the least memory a JVM
-starts in (``APP_FLOOR_MIB``, which the init checks too, against MemAvailable, before it starts
-the app). A layer's size in RAM is read from the layer once and cached by its digest.
+The numbers are a model checked by bench/memory.py (the smallest ``run --memory`` that serves
+examples/hello and WireMock by each path): what the machine loses before MemTotal, the kernel's
+own use, the root in RAM (which must also fit the kernel's rootfs while it is unpacked: see
+:func:`needs`), and the least memory a JVM starts in (``APP_FLOOR_MIB``, which the init checks
+too, against MemAvailable, before it starts the app). A layer's size in RAM is read from the
+layer once and cached by its digest.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from .store import Image, Store
 
 #: The least MemAvailable (MiB) the init starts the app (a JVM) in; less and it says so.
 APP_FLOOR_MIB = 32
-#: What the kernel keeps of the machine's memory or uses before the app starts (MiB): memory
-#: MemTotal never shows (firmware, the kernel's image, struct pages) and what is in use at the
-#: app's start (slab, modules, page tables, the init).
-KERNEL_MIB = 64
+#: Machine memory MemTotal never shows (firmware, the kernel's image, struct pages), MiB.
+RESERVED_MIB = 48
+#: What the kernel and the init use when the app starts, besides the root (slab, modules,
+#: page tables, the init's processes), MiB.
+KERNEL_USE_MIB = 24
 #: A file in a ramfs takes whole pages, and each entry an inode and a dentry.
 _PAGE = 4096
 _ENTRY_BYTES = 1024
@@ -98,15 +100,22 @@ def _rounded(mib: int) -> int:
 
 
 def needs(layers: Sequence[LayerRam]) -> Needs:
-    """What an image of ``layers`` (base first) needs, by root."""
+    """What an image of ``layers`` (base first) needs, by root.
+
+    The kernel unpacks an initramfs into its rootfs, a tmpfs limited to half the memory the
+    kernel has at that moment (MemTotal less the initrd it is unpacking, freed afterwards): the
+    root must fit in that half. Then the root stays, and the app needs its floor beside the
+    kernel's own use. A disk root unpacks only the base layer, and is then read on demand.
+    """
     if not layers:
         raise ValueError("an image has at least one layer")
     stored = sum(layer.stored for layer in layers)
     unpacked = sum(layer.unpacked for layer in layers)
-    # The compressed layers are freed once unpacked, before the app allocates anything.
-    initramfs = KERNEL_MIB + _mib_up(unpacked) + max(_mib_up(stored), APP_FLOOR_MIB)
+    initramfs = RESERVED_MIB + max(_mib_up(stored) + 2 * _mib_up(unpacked),
+                                   KERNEL_USE_MIB + _mib_up(unpacked) + APP_FLOOR_MIB)
     base = layers[0]
-    disk = KERNEL_MIB + max(_mib_up(base.stored + base.unpacked), APP_FLOOR_MIB)
+    disk = RESERVED_MIB + max(_mib_up(base.stored) + 2 * _mib_up(base.unpacked),
+                              KERNEL_USE_MIB + APP_FLOOR_MIB)
     return Needs(_rounded(initramfs), _rounded(disk), _mib_up(unpacked))
 
 

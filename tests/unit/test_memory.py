@@ -12,7 +12,14 @@ from imagebuilder import memory
 from imagebuilder.cache import Cache
 from imagebuilder.errors import UserError
 from imagebuilder.layers.cpio import Tree, write_layer
-from imagebuilder.memory import APP_FLOOR_MIB, KERNEL_MIB, LayerRam, Needs, needs
+from imagebuilder.memory import (
+    APP_FLOOR_MIB,
+    KERNEL_USE_MIB,
+    RESERVED_MIB,
+    LayerRam,
+    Needs,
+    needs,
+)
 from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 from imagebuilder.targets.qemu import RunSpec, prepare
 
@@ -31,12 +38,13 @@ def test_the_initramfs_root_counts_in_full_the_disk_root_only_the_base() -> None
     got = needs([base, jvm, app])
     root = 5 + 70 + 2
     assert got.root_in_ram == root
-    assert got.initramfs == -(-(KERNEL_MIB + root + max(21, APP_FLOOR_MIB)) // 8) * 8
-    assert got.disk == -(-(KERNEL_MIB + max(8, APP_FLOOR_MIB)) // 8) * 8
+    # unpacking: the root fits half of what the kernel has beside the compressed layers
+    assert got.initramfs == -(-(RESERVED_MIB + 21 + 2 * root) // 8) * 8
+    assert got.disk == -(-(RESERVED_MIB + KERNEL_USE_MIB + APP_FLOOR_MIB) // 8) * 8
     assert got.disk < got.initramfs
-    # a huge compressed root needs its compressed copy and its unpacked one at once
-    big = needs([base, LayerRam(stored=400 * MIB, unpacked=900 * MIB)])
-    assert big.initramfs >= KERNEL_MIB + 905 + 403
+    # a small root: the app's floor beside it decides
+    small = needs([LayerRam(stored=1 * MIB, unpacked=2 * MIB)])
+    assert small.initramfs == -(-(RESERVED_MIB + KERNEL_USE_MIB + 2 + APP_FLOOR_MIB) // 8) * 8
     assert got.initramfs % 8 == 0 and got.disk % 8 == 0
 
 
@@ -107,10 +115,10 @@ def test_run_refuses_less_than_the_image_needs_before_writing_anything(tmp_path:
     store, image = _store_image(tmp_path, big=True)
     runs = tmp_path / "home" / "run"
     spec = RunSpec(image, None, {}, [], memory=256, boot="direct")  # type: ignore[arg-type]
-    with pytest.raises(UserError, match=r"^x:1 needs at least 3\d\d MiB of memory to boot by "
+    with pytest.raises(UserError, match=r"^x:1 needs at least 4\d\d MiB of memory to boot by "
                                         r"direct \(its root, 20\d MiB, is unpacked into RAM\); "
-                                        r"256 MiB is too little: give --memory 3\d\d or more, "
-                                        r"or --boot bios: its root stays on the disk and 96 MiB "
+                                        r"256 MiB is too little: give --memory 4\d\d or more, "
+                                        r"or --boot bios: its root stays on the disk and 104 MiB "
                                         r"is enough$"):
         prepare(spec, store, runs)
     assert not runs.exists()
