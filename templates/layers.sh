@@ -24,8 +24,7 @@ if [ -z "$layers" ]; then
 fi
 say "root: on disk, layers $layers"
 # The disks' drivers: each device's modalias names its driver (the init loads the rest later);
-# SCSI hosts scan their disks before their driver's modprobe returns.
-modprobe -q scsi_mod 2>/dev/null && echo sync 2>/dev/null > /sys/module/scsi_mod/parameters/scan
+# SCSI hosts scan their disks before their driver's modprobe returns (/etc/modprobe.d).
 seen=""
 round=0
 while [ "$round" -lt 20 ]; do
