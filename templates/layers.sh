@@ -24,24 +24,29 @@ if [ -z "$layers" ]; then
 fi
 say "root: on disk, layers $layers"
 # The disks' drivers: each device's modalias names its driver (the init loads the rest later);
-# SCSI hosts scan their disks before their driver's modprobe returns (/etc/modprobe.d).
+# SCSI hosts scan their disks before their driver's modprobe returns (/etc/modprobe.d). Devices
+# that appear later (a disk a controller is still probing) get theirs while the partitions are
+# waited for.
 seen=""
-round=0
-while [ "$round" -lt 20 ]; do
-    round=$((round + 1))
-    new=""
-    for f in /sys/bus/*/devices/*/modalias; do
-        [ -r "$f" ] || continue
-        read -r alias < "$f" 2>/dev/null || continue
-        case " $seen " in *" $alias "*) continue ;; esac
-        seen="$seen $alias"
-        new="$new $alias"
+load_drivers() {
+    round=0
+    while [ "$round" -lt 20 ]; do
+        round=$((round + 1))
+        new=""
+        for f in /sys/bus/*/devices/*/modalias; do
+            [ -r "$f" ] || continue
+            read -r alias < "$f" 2>/dev/null || continue
+            case " $seen " in *" $alias "*) continue ;; esac
+            seen="$seen $alias"
+            new="$new $alias"
+        done
+        [ -n "$new" ] || break
+        set -f  # one word per alias, never a file name pattern; one modprobe per round
+        modprobe -q -b -a $new 2>/dev/null
+        set +f
     done
-    [ -n "$new" ] || break
-    set -f  # one word per alias, never a file name pattern; one modprobe per round
-    modprobe -q -b -a $new 2>/dev/null
-    set +f
-done
+}
+load_drivers
 modprobe -q -a erofs overlay 2>/dev/null
 # The partition of each layer: the disks' partitions name themselves in uevent (PARTNAME);
 # a controller may still be probing its disks, so look again for up to 10 s.
@@ -70,6 +75,7 @@ for item in "$@"; do
         tries=$((tries + 1))
         [ "$tries" -le 100 ] || root_fail "layer $name: no partition ib-$hex on any disk (drivers loaded: $(awk '{ printf "%s%s", sep, $1; sep = " " }' /proc/modules))"
         sleep 0.1
+        load_drivers
     done
     mkdir -p "/layers/$name"
     mount -t erofs -o ro "$dev" "/layers/$name" \
