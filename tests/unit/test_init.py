@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,43 @@ def test_an_initramfs_cut_short_names_the_lack_of_memory(guest: Guest) -> None:
         "what the image needs); powering off")
     assert len(lines) == 1  # before anything else: no drivers, no network, no app
     assert booted.stub_log[-1] == "poweroff -f"
+
+
+def test_a_disk_boot_mounts_its_layers_by_partition_name_and_switches_to_them(
+        guest: Guest) -> None:
+    """The base layer alone (no app.conf): layers.sh finds each layer's partition by its
+    PARTNAME, mounts it as EROFS, stacks them (the top layer first in lowerdir) and
+    switch_roots; the partitions are found whatever the order of the disks."""
+    root = guest.root
+    (root / "etc/imagebuilder/app.conf").unlink()
+    (root / "usr/share/imagebuilder/layers.sh").write_text(render("layers.sh"))
+    (root / "proc/cmdline").write_text(
+        "console=ttyS0 imagebuilder.layers=base:aaaa,jvm:bbbb,app:cccc\n")
+    for i, (dev, part) in enumerate((("vda4", "ib-cccc"), ("vda2", "ib-aaaa"), ("sdb1", "x"),
+                                     ("vda3", "ib-bbbb"))):
+        (root / "sys/class/block" / dev).mkdir(parents=True)
+        (root / "sys/class/block" / dev / "uevent").write_text(
+            f"MAJOR=254\nMINOR={i}\nDEVNAME={dev}\nDEVTYPE=partition\nPARTN=1\n"
+            f"PARTNAME={part}\n")
+        os.mknod(root / "dev" / dev, 0o600 | stat.S_IFBLK, os.makedev(254, i))
+    (root / "newroot").mkdir()
+    (root / "newroot/init").write_text("#!/bin/sh\n")
+    (root / "newroot/init").chmod(0o755)
+    (root / "usr/sbin/switch_root").write_text(
+        '#!/bin/sh\necho "switch_root $*" >> /stub.log\nexec /usr/bin/busybox poweroff -f -n\n')
+    (root / "usr/sbin/switch_root").chmod(0o755)
+    booted = guest.boot(None)
+    log = booted.stub_log
+    assert [line for line in log if "erofs" in line or "overlay" in line] == [
+        "-t erofs -o ro /dev/vda2 /layers/base",
+        "-t erofs -o ro /dev/vda3 /layers/jvm",
+        "-t erofs -o ro /dev/vda4 /layers/app",
+        "-t overlay -o ro,lowerdir=/layers/app:/layers/jvm:/layers/base overlay /newroot",
+    ]
+    assert log[-1] == "switch_root /newroot /init"
+    assert ("root: EROFS layers base=vda2 jvm=vda3 app=vda4 mounted and stacked read-only "
+            "(overlayfs); switching to it") in booted.console
+    assert booted.app_env is None
 
 
 def test_the_inits_memory_floor_is_the_one_imagebuilder_knows() -> None:
