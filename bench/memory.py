@@ -168,10 +168,12 @@ def main() -> int:
                 smallest = "-"
                 if full is not None:
                     if _boot(home, ref, health, boot, model) is not None:
-                        # how much less would do, down to 4 steps below the model
-                        low = model - 4 * STEP
-                        found = _smallest(home, ref, health, boot, low, model)
-                        smallest = f"{found} MiB" if found > low + STEP else f"<= {found} MiB"
+                        # whether one step less would do
+                        less = model - STEP
+                        if _boot(home, ref, health, boot, less) is None:
+                            smallest = f"{model} MiB"
+                        else:
+                            smallest = f"<= {less} MiB"
                     else:
                         smallest = f"{_smallest(home, ref, health, boot, model, 1024)} MiB"
                 rows.append(f"| {name} | {root} | {used} | {smallest} | {model} MiB |")
@@ -194,9 +196,9 @@ def main() -> int:
         "from the guest's /proc/meminfo once the app listens (the init prints it; the JVM sizes "
         "its heap by the machine's memory, so this grows with it). The smallest memory serving "
         f"HTTP is found by bisection in {STEP} MiB steps, one boot per step (a size at the edge "
-        "can pass or fail from run to run), from the model's minimum (`imagebuilder inspect` "
-        "shows it; `run` refuses less, switched off here) down to 4 steps below it, or up from "
-        "it if it fails.",
+        "can pass or fail from run to run): the model's minimum (`imagebuilder inspect` shows "
+        "it; `run` refuses less, switched off here) and one step below it, or, if the model's "
+        "fails, a bisection up from it.",
         "",
         *rows,
         "",

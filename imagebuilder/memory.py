@@ -29,11 +29,15 @@ from .store import Image, Store
 
 #: The least MemAvailable (MiB) the init starts the app (a JVM) in; less and it says so.
 APP_FLOOR_MIB = 32
-#: Machine memory MemTotal never shows (firmware, the kernel's image, struct pages), MiB.
-RESERVED_MIB = 48
+#: Machine memory MemTotal never shows (firmware, the kernel's image), MiB, besides the
+#: struct pages, 1/64 of it.
+RESERVED_MIB = 40
 #: What the kernel and the init use when the app starts, besides the root (slab, modules,
 #: page tables, the init's processes), MiB.
 KERNEL_USE_MIB = 24
+#: While the kernel unpacks the initramfs its init sections are not yet freed (about 8 MiB),
+#: and some slack: MiB.
+UNPACK_SLACK_MIB = 16
 #: A file in a ramfs takes whole pages, and each entry an inode and a dentry.
 _PAGE = 4096
 _ENTRY_BYTES = 1024
@@ -109,14 +113,19 @@ def needs(layers: Sequence[LayerRam]) -> Needs:
     """
     if not layers:
         raise ValueError("an image has at least one layer")
-    stored = sum(layer.stored for layer in layers)
-    unpacked = sum(layer.unpacked for layer in layers)
-    initramfs = RESERVED_MIB + max(_mib_up(stored) + 2 * _mib_up(unpacked),
-                                   KERNEL_USE_MIB + _mib_up(unpacked) + APP_FLOOR_MIB)
+    stored = _mib_up(sum(layer.stored for layer in layers))
+    unpacked = _mib_up(sum(layer.unpacked for layer in layers))
+    initramfs = _machine(max(stored + 2 * unpacked + UNPACK_SLACK_MIB,
+                             KERNEL_USE_MIB + unpacked + APP_FLOOR_MIB))
     base = layers[0]
-    disk = RESERVED_MIB + max(_mib_up(base.stored) + 2 * _mib_up(base.unpacked),
-                              KERNEL_USE_MIB + APP_FLOOR_MIB)
-    return Needs(_rounded(initramfs), _rounded(disk), _mib_up(unpacked))
+    disk = _machine(max(_mib_up(base.stored) + 2 * _mib_up(base.unpacked) + UNPACK_SLACK_MIB,
+                        KERNEL_USE_MIB + APP_FLOOR_MIB))
+    return Needs(_rounded(initramfs), _rounded(disk), unpacked)
+
+
+def _machine(memtotal: int) -> int:
+    """The machine size (MiB) whose MemTotal is ``memtotal``."""
+    return -(-(memtotal + RESERVED_MIB) * 64 // 63)
 
 
 def image_needs(cache: Cache, store: Store, image: Image) -> Needs:
