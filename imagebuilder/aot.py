@@ -21,14 +21,18 @@ console line: the archive is in use, or why the JVM rejected it.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import signal
 import subprocess
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .apps.shape import GUEST_DIR, File, Shape
 from .errors import HostError, UserError
 from .layers.templates import source as template_source
 from .proc import require
@@ -93,6 +97,36 @@ def run_flags(version: int) -> list[str]:
 def with_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
     """``argv`` (java first) with JVM ``flags`` right after the program."""
     return [argv[0], *flags, *argv[1:]]
+
+
+def jarred(shape: Shape) -> Shape:
+    """``shape`` with each directory of its own files on the ``-cp`` (a Spring Boot jar's
+    BOOT-INF/classes) packed into a jar beside it: class data sharing refuses a class path
+    holding a non-empty directory. The jar is deterministic (sorted, stored, fixed times)."""
+    argv = list(shape.argv)
+    if "-cp" not in argv:
+        return shape
+    at = argv.index("-cp") + 1
+    entries = argv[at].split(":")
+    files = list(shape.app)
+    for i, entry in enumerate(entries):
+        prefix = entry.removeprefix(f"{GUEST_DIR}/").rstrip("/") + "/"
+        inside = sorted((f for f in files if f.dest.startswith(prefix)), key=lambda f: f.dest)
+        if not entry.startswith(f"{GUEST_DIR}/") or entry.endswith((".jar", "*")) or not inside:
+            continue
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+            for f in inside:
+                info = zipfile.ZipInfo(f.dest.removeprefix(prefix), (1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, f.data if f.data is not None else
+                            f.source.read_bytes())  # type: ignore[union-attr]
+        dest = prefix.rstrip("/") + ".jar"
+        files = [f for f in files if not f.dest.startswith(prefix)] + [File(dest,
+                                                                             data=out.getvalue())]
+        entries[i] = f"{GUEST_DIR}/{dest}"
+    argv[at] = ":".join(entries)
+    return dataclasses.replace(shape, app=tuple(files), argv=tuple(argv))
 
 
 def guest_env(port: int | None, variables: Mapping[str, str], env_name: str | None

@@ -145,6 +145,8 @@ class Builder:
             shape = detect(cfg.app.path, cfg.app.main, budget)
             # A war's classes are scanned with Tomcat's, once its packages are at hand.
             usage = None if shape.kind == "war" else self._scan(shape, budget)
+            if cfg.jvm.aot:
+                shape = aot.jarred(shape)
             resolution = resolve(cfg, drivers, self.home.downloads, mirror=self.mirror)
             with scratch_dir() as scratch:
                 roots = _Sysroots(resolution, scratch)

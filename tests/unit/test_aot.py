@@ -6,14 +6,17 @@ console line the init's filter (templates/jdkhint.awk) makes of the JVM's class-
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from imagebuilder import aot
+from imagebuilder.apps.shape import File, Shape
 from imagebuilder.errors import HostError
 from imagebuilder.resources import data_dir
 
@@ -169,3 +172,24 @@ def test_the_console_names_why_the_jvm_rejected_the_archive() -> None:
 def test_without_aot_the_filter_passes_the_jvms_log_through() -> None:
     line = "[0.008s][info][cds] trying to map /opt/java/lib/server/classes.jsa"
     assert _filter(f"{line}\n", "") == [line]
+
+
+def test_a_classes_directory_on_the_class_path_becomes_a_jar() -> None:
+    own = (File("BOOT-INF/classes/com/example/App.class", data=b"\xca\xfe"),
+           File("BOOT-INF/classes/application.properties", data=b"server.port=8080\n"),
+           File("BOOT-INF/lib/greet-1.0-SNAPSHOT.jar", data=b"PK"))
+    shape = Shape("spring-boot", own, (), ("-cp", "/app/BOOT-INF/classes:/app/BOOT-INF/lib/"
+                                            "greet-1.0-SNAPSHOT.jar", "com.example.App"),
+                  "com.example.App", ())
+    packed = aot.jarred(shape)
+    assert packed.argv == ("-cp", "/app/BOOT-INF/classes.jar:/app/BOOT-INF/lib/"
+                           "greet-1.0-SNAPSHOT.jar", "com.example.App")
+    assert [f.dest for f in packed.app] == ["BOOT-INF/lib/greet-1.0-SNAPSHOT.jar",
+                                            "BOOT-INF/classes.jar"]
+    data = packed.app[1].data
+    assert data is not None and data == aot.jarred(shape).app[1].data  # deterministic
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.namelist() == ["application.properties", "com/example/App.class"]
+        assert zf.read("com/example/App.class") == b"\xca\xfe"
+    jar = Shape("jar", (File("app.jar", data=b"PK"),), (), ("-jar", "/app/app.jar"), "M", ())
+    assert aot.jarred(jar) == jar
