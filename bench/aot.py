@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from benchdoc import cpu_model, write_section  # noqa: E402
 
-from tests.java_apps import ShopBuild, fetch_wiremock  # noqa: E402
+from tests.java_apps import ShopBuild, fetch_wiremock, project  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 PHASES = ("kernel", "drivers", "network", "environment", "app")
@@ -60,20 +59,6 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     if result.returncode != 0:
         raise SystemExit(f"imagebuilder {' '.join(args)} failed:\n{result.stderr}")
     return result
-
-
-def _project(root: Path, name: str, app: str, extra: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "imagebuilder.toml").write_text(textwrap.dedent(f"""\
-        [image]
-        name = "{name}"
-        version = "1.0.0"
-
-        [app]
-        path = "{app}"
-        port = 8080
-        """) + extra)
-    return root
 
 
 def _build(home: Path, root: Path, jdk: int, aot: bool) -> dict[str, Any]:
@@ -138,9 +123,9 @@ def main() -> int:
         home = args.home or work / "home"
         inputs = REPO / ".pytest_cache" / "d" / "apps-inputs"
         inputs.mkdir(parents=True, exist_ok=True)
-        wiremock = _project(work / "wiremock", "wiremock", str(fetch_wiremock(inputs)),
+        wiremock = project(work / "wiremock", "wiremock", str(fetch_wiremock(inputs)),
                             'args = ["--port", "8080"]\nhealthcheck = "/__admin/mappings"\n')
-        shop = _project(work / "shop", "shop-boot", "shop.jar", "")
+        shop = project(work / "shop", "shop-boot", "shop.jar", "")
         ShopBuild(work / "shop-src").spring_boot(shop / "shop.jar")
         apps = {"WireMock 3.13.2": wiremock, "shop (Spring Boot layout)": shop}
         jdks = [int(v) for v in args.jdks.split(",")]

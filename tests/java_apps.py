@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tarfile
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -59,6 +60,22 @@ public final class App {
     }
 }
 """
+
+
+def project(root: Path, name: str, app: str, extra: str = "") -> Path:
+    """``root`` with an imagebuilder.toml for app NAME:1.0.0 at ``app`` on port 8080, plus
+    ``extra`` (more [app] keys, then other tables)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "imagebuilder.toml").write_text(textwrap.dedent(f"""\
+        [image]
+        name = "{name}"
+        version = "1.0.0"
+
+        [app]
+        path = "{app}"
+        port = 8080
+        """) + extra)
+    return root
 
 
 def fetch_wiremock(cache_dir: Path) -> Path:

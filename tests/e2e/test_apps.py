@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.java_apps import MAIN, ShopBuild, fetch_wiremock, have_tools
+from tests.java_apps import MAIN, ShopBuild, fetch_wiremock, have_tools, project
 
 from .conftest import Cli, free_port
 from .test_build import _cpio_listing
@@ -33,20 +32,6 @@ def wiremock_jar(cache_dir: Path) -> Path:
     if shutil.which("npm") is None and not (cache_dir / "wiremock-standalone-3.13.2.jar").exists():
         pytest.skip("npm is needed to fetch WireMock (npm pack wiremock@3.13.2)")
     return fetch_wiremock(cache_dir)
-
-
-def project(root: Path, name: str, app: str, extra: str = "") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "imagebuilder.toml").write_text(textwrap.dedent(f"""\
-        [image]
-        name = "{name}"
-        version = "1.0.0"
-
-        [app]
-        path = "{app}"
-        port = 8080
-        """) + extra)
-    return root
 
 
 def _get(url: str, data: bytes | None = None) -> tuple[int, str]:
