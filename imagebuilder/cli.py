@@ -327,13 +327,17 @@ def rm_cmd(refs: Sequence[str]) -> None:
               help="microvm: the kernel directly on QEMU's microvm machine (the fastest); bios, "
                    "uefi: the image's disk through SeaBIOS or OVMF; direct: the kernel directly "
                    "on the pc machine; auto: microvm if the image carries virtio_mmio, else bios.")
+@click.option("--jit", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
+              help="auto: under TCG, a microvm or direct boot runs the JVM with C1 only "
+                   "(-XX:TieredStopAtLevel=1), which starts faster emulated; full: the JVM's "
+                   "own tiers, as in production.")
 @click.option("--wait", is_flag=True,
               help="Return once the app answers HTTP, leaving the VM running in the background.")
 @click.option("--timeout", type=float, default=180.0, show_default=True,
               help="With --wait: seconds to wait for the app.")
 @click.option("--json", "as_json", is_flag=True, help="With --wait: print the result as JSON.")
 def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequence[str],
-            accel: str, memory: int | None, boot: str, wait: bool, timeout: float,
+            accel: str, memory: int | None, boot: str, jit: str, wait: bool, timeout: float,
             as_json: bool) -> None:
     """Boot image REF (NAME:VERSION) in QEMU. The console is the app's output; Ctrl-C stops the
     VM cleanly. Exits with the app's exit status."""
@@ -348,7 +352,7 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
     if not forwards and app.get("port"):
         forwards = [qemu.PortForward("127.0.0.1", app["port"], app["port"])]
     spec = qemu.RunSpec(image, env_name, env_vars, forwards, accel,
-                        memory or image.config.get("memory", 1024), boot=boot)
+                        memory or image.config.get("memory", 1024), boot=boot, jit=jit)
     if not wait:
         sys.exit(qemu.run_foreground(spec, home.store, home.runs, warn=_warn))
     vm, seconds = qemu.run_background(spec, home.store, home.runs, app.get("healthcheck", "/"),

@@ -423,3 +423,32 @@ def test_no_card_names_the_controllers_without_a_driver(guest: Guest) -> None:
     assert ("no network card has a driver: PCI network controllers without one: 0000:00:03.0"
             " [8086:10d3]; add its module to [system] modules (or hardware = [\"virtual\","
             " \"metal\"]) in imagebuilder.toml") in booted.console
+
+
+JAVA_STUB = '#!/bin/sh\nprintf "%s\\n" "$@" > /tmp/app.args\nexit 7\n'
+
+
+@pytest.mark.parametrize("cmdline, expected", [
+    ("console=ttyS0 imagebuilder.jit=c1", ["-XX:TieredStopAtLevel=1", "-Xss1m", "Main"]),
+    ("console=ttyS0", ["-Xss1m", "Main"]),
+    ("console=ttyS0 imagebuilder.jit=c1x", ["-Xss1m", "Main"]),
+])
+def test_an_emulated_run_asks_the_jvm_for_c1_only(guest: Guest, cmdline: str,
+                                                   expected: list[str]) -> None:
+    java = guest.root / "opt/java/bin/java"
+    java.parent.mkdir(parents=True)
+    java.write_text(JAVA_STUB)
+    java.chmod(0o755)
+    (guest.root / "etc/imagebuilder/app.conf").write_text(
+        "IMAGE_NAME=hello\nIMAGE_VERSION=1.0.0\nAPP_PORT=8080\nset -- /opt/java/bin/java -Xss1m Main\n")
+    (guest.root / "proc/cmdline").write_text(cmdline + "\n")
+    booted = guest.boot(b"IMAGEBUILDER_ENV=test\n")
+    assert booted.exit_status == 7, booted.console
+    assert booted.app_args == expected
+    assert ("the JVM compiles with C1 only" in booted.console) == (len(expected) == 3)
+
+
+def test_c1_only_leaves_a_command_other_than_java_alone(guest: Guest) -> None:
+    (guest.root / "proc/cmdline").write_text("console=ttyS0 imagebuilder.jit=c1\n")
+    booted = guest.boot(b"IMAGEBUILDER_ENV=test\n")
+    assert booted.app_args == ["one arg", "$HOME", "x=y"]

@@ -109,7 +109,7 @@ def test_microvm_argv(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert options["-machine"] == "microvm,acpi=on,auto-kernel-cmdline=off,accel=tcg"
     assert options["-append"] == (
         "console=ttyS0 quiet pci=off tsc_early_khz=2000000 tsc=reliable "
-        "cryptomgr.notests")
+        "cryptomgr.notests imagebuilder.jit=c1")
     assert options["-initrd"] == str(tmp_path / "x.initrd")
     devices = [argv[i + 1] for i, word in enumerate(argv) if word == "-device"]
     assert devices == ["virtio-net-device,netdev=net0", "virtio-rng-device",

@@ -168,7 +168,11 @@ def test_qemu_argv(store: Store, tmp_path: Path) -> None:
     assert _option(argv, "-kernel") == [str(store.blob_path(image.layers[0].digest))]
     assert store.blob_path(image.layers[0].digest).read_bytes() == KERNEL
     assert _option(argv, "-initrd") == [str(initrd)]
-    assert _option(argv, "-append") == ["console=ttyS0 quiet panic=-1"]
+    # Under TCG the init is asked for C1 only; --jit full keeps the JVM's own tiers.
+    assert _option(argv, "-append") == ["console=ttyS0 quiet panic=-1 imagebuilder.jit=c1"]
+    spec.jit = "full"
+    assert _option(qemu_argv(spec, store, initrd, run_dir, "tcg", "stdio"), "-append") == [
+        "console=ttyS0 quiet panic=-1"]
     assert _option(argv, "-m") == ["768"]
     assert _option(argv, "-smp") == ["1"]  # TCG: one vCPU, see TCG_CPUS
     assert _option(argv, "-machine") == ["pc,accel=tcg"]
@@ -188,6 +192,7 @@ def test_qemu_argv_kvm_and_no_ports(store: Store, tmp_path: Path) -> None:
     argv = qemu_argv(spec, store, tmp_path / "i", tmp_path, "kvm", "file,path=/x/console.log")
     assert _option(argv, "-machine") == ["pc,accel=kvm"]
     assert _option(argv, "-cpu") == ["host"]
+    assert _option(argv, "-append") == ["console=ttyS0 quiet panic=-1"]  # KVM: all JIT tiers
     assert _option(argv, "-netdev") == ["user,id=net0"]
     assert _option(argv, "-m") == ["1024"]
     assert _option(argv, "-chardev") == ["file,path=/x/console.log,id=console"]
