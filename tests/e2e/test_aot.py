@@ -2,9 +2,11 @@
 
 One build with ``[jvm] aot`` trains WireMock in its own root on the host; the aot layer comes
 after the app layer and a warm rebuild reuses it without training again. One boot under TCG shows
-the console line saying the JVM mapped the archive. A mismatched archive (the app's jar changed
-under it) is run on the host, in the image's root and namespaces: no boot. A training run whose
-app exits fails the build with exit 2 and leaves no image: no boot either.
+the console line saying the JVM mapped the archive, and WireMock serving a stub made through its
+admin API (the only WireMock boot: test_apps.py builds the same image without the AOT layer). A
+mismatched archive (the app's jar changed under it) is run on the host, in the image's root and
+namespaces: no boot. A training run whose app exits fails the build with exit 2 and leaves no
+image: no boot either.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from imagebuilder.resources import data_dir
 from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, Store
 
 from .conftest import Cli
-from .test_apps import Booted, _get, _layers, project, wiremock_jar
+from .test_apps import Booted, _layers, project, serves_a_stub, wiremock_jar
 from .test_build import _cpio_listing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
@@ -74,7 +76,7 @@ def test_the_archive_is_a_layer_of_its_own_reused_by_a_warm_rebuild(
 
 def test_the_guest_maps_the_archive(cli: Cli, trained: tuple[Path, object]) -> None:
     with Booted(cli, REF) as vm:
-        assert _get(vm.url("/__admin/mappings"))[0] == 200
+        serves_a_stub(vm)
         console = vm.console()
     assert IN_USE in console.splitlines(), console[-3000:]
     assert "rejected the AOT class data" not in console

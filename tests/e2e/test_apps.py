@@ -3,8 +3,9 @@
 WireMock 3.13.2, a Jetty server nobody here wrote, is fetched with ``npm pack`` (cached under
 the pytest cache, so reruns do not fetch it again). The shop app (tests/java_apps.py: the JDK's
 HTTP server and Debian's Jackson) is built as a Spring Boot jar, a thin jar with
-``Class-Path: lib/...`` and an app directory with ``[app] main``. Four boots in all, one per
-shape; the own-code rebuild and the bad-jar checks need no boot.
+``Class-Path: lib/...`` and an app directory with ``[app] main``. Three boots, one per shape of
+the shop; WireMock's image boots in test_aot.py with its AOT layer. The own-code rebuild and the
+bad-jar checks need no boot.
 """
 
 from __future__ import annotations
@@ -82,8 +83,23 @@ def spring(cli: Cli, shop: ShopBuild, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
-def test_wiremock_serves_a_stub_created_through_the_admin_api(
+WIREMOCK_STUB = {"request": {"method": "GET", "url": "/hello"},
+                 "response": {"status": 200, "body": "stubbed by imagebuilder"}}
+
+
+def serves_a_stub(vm: Booted) -> None:
+    """WireMock in ``vm`` takes a stub through its admin API and serves it."""
+    status, _ = _get(vm.url("/__admin/mappings"), json.dumps(WIREMOCK_STUB).encode())
+    assert status == 201
+    assert _get(vm.url("/hello")) == (200, "stubbed by imagebuilder")
+    mappings = json.loads(_get(vm.url("/__admin/mappings"))[1])
+    assert [m["request"]["url"] for m in mappings["mappings"]] == ["/hello"]
+
+
+def test_wiremock_builds_with_the_modules_its_classes_use(
         cli: Cli, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Built here; booted by test_aot.py, whose image is this one plus its AOT layer (one
+    WireMock boot for both: each takes a minute under TCG)."""
     jar = wiremock_jar(request.config.cache.mkdir("apps-inputs"))
     root = project(tmp_path / "wiremock", "wiremock", str(jar),
                    'args = ["--port", "8080"]\nhealthcheck = "/__admin/mappings"\n')
@@ -95,14 +111,6 @@ def test_wiremock_serves_a_stub_created_through_the_admin_api(
     # Jetty, Jackson and java.beans: what the classes use, found without a JVM.
     assert {"java.desktop", "java.naming", "java.sql", "java.management"} <= set(
         config["jvm"]["modules"])
-    stub = {"request": {"method": "GET", "url": "/hello"},
-            "response": {"status": 200, "body": "stubbed by imagebuilder"}}
-    with Booted(cli, "wiremock:1.0.0") as vm:
-        status, _ = _get(vm.url("/__admin/mappings"), json.dumps(stub).encode())
-        assert status == 201
-        assert _get(vm.url("/hello")) == (200, "stubbed by imagebuilder")
-        mappings = json.loads(_get(vm.url("/__admin/mappings"))[1])
-        assert [m["request"]["url"] for m in mappings["mappings"]] == ["/hello"]
 
 
 def test_spring_boot_layout_serves_json_through_jackson(cli: Cli, spring: Path) -> None:

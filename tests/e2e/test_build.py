@@ -110,14 +110,21 @@ def test_app_only_change_rebuilds_only_the_app_layer(cli: Cli, hello: Built,
 def test_reproducible_and_offline_from_lock_and_warm_packages(cli: Cli, hello: Built,
                                                               tmp_path: Path) -> None:
     """A fresh store and stage cache, the lock file and the downloaded packages only: the same
-    digest, and no network (the mirror is a closed port)."""
+    digest and byte-identical raw and qcow2 disks, and no network (the mirror is a closed
+    port)."""
     other = Cli(tmp_path / "home")
     shutil.copytree(cli.home / "cache" / "archive" / "debs", other.home / "cache" / "archive" /
                     "debs")
     closed = f"http://127.0.0.1:{free_port()}/debian"
-    out = other.json("build", str(hello.app), "--mirror", closed)
+    disks = tmp_path / "disks"
+    out = other.json("build", str(hello.app), "--mirror", closed, "--format", "raw",
+                     "--format", "qcow2", "-o", str(disks))
     assert out["digest"] == hello.digest
     assert not any(stage["cached"] for stage in out["stages"])
+    for fmt in ("raw", "qcow2"):
+        first = tmp_path / f"first.{fmt}"
+        cli("export", hello.ref, "--format", fmt, "-o", str(first))
+        assert (disks / f"hello-1.0.0.{fmt}").read_bytes() == first.read_bytes(), f"{fmt} differs"
 
 
 def test_app_packages_become_a_layer(cli: Cli, hello: Built, tmp_path: Path) -> None:

@@ -440,7 +440,8 @@ def test_an_emulated_run_asks_the_jvm_for_c1_only(guest: Guest, cmdline: str,
     java.write_text(JAVA_STUB)
     java.chmod(0o755)
     (guest.root / "etc/imagebuilder/app.conf").write_text(
-        "IMAGE_NAME=hello\nIMAGE_VERSION=1.0.0\nAPP_PORT=8080\nset -- /opt/java/bin/java -Xss1m Main\n")
+        "IMAGE_NAME=hello\nIMAGE_VERSION=1.0.0\nAPP_PORT=8080\n"
+        "set -- /opt/java/bin/java -Xss1m Main\n")
     (guest.root / "proc/cmdline").write_text(cmdline + "\n")
     booted = guest.boot(b"IMAGEBUILDER_ENV=test\n")
     assert booted.exit_status == 7, booted.console
