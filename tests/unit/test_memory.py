@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import shutil
 from pathlib import Path
@@ -49,11 +51,13 @@ def test_the_initramfs_root_counts_in_full_the_disk_root_only_the_base() -> None
     assert got.root_in_ram == root
     # unpacking: the root fits half of what the kernel has beside the compressed layers
     assert got.initramfs == _round(_machine(21 + 2 * root + UNPACK_SLACK_MIB))
-    assert got.disk == _round(_machine(KERNEL_USE_MIB + APP_FLOOR_MIB))
+    # the disk root: the kernel's share and the working set of what is above the base
+    assert got.disk == _round(_machine(KERNEL_USE_MIB + math.ceil(0.6 * 72)))
     assert got.disk < got.initramfs
     # a small root: the app's floor beside it decides
     small = needs([LayerRam(stored=1 * MIB, unpacked=2 * MIB)])
     assert small.initramfs == _round(_machine(KERNEL_USE_MIB + 2 + APP_FLOOR_MIB))
+    assert small.disk == _round(_machine(KERNEL_USE_MIB + APP_FLOOR_MIB))  # the JVM's floor
     assert got.initramfs % 8 == 0 and got.disk % 8 == 0
 
 
@@ -61,9 +65,9 @@ def test_measured_edges_are_inside_the_model() -> None:
     """bench/memory.py: hello (stored 18.9 MiB, 71 MiB unpacked) served in 216 MiB by microvm,
     not in 208; in 104 MiB from its disk, not in 96. WireMock (51.5, 165) did not in 432."""
     hello = needs([LayerRam(2_900_000, 5 * MIB), LayerRam(16_900_000, 66 * MIB)])
-    assert 216 <= hello.initramfs <= 232 and hello.disk == 104
+    assert 216 <= hello.initramfs <= 232 and 104 <= hello.disk <= 128
     wiremock = needs([LayerRam(2_900_000, 5 * MIB), LayerRam(51_000_000, 160 * MIB)])
-    assert wiremock.initramfs > 432
+    assert wiremock.initramfs > 432 and wiremock.disk > 104
 
 
 NEEDS = Needs(initramfs=176, disk=96, root_in_ram=75)
@@ -136,7 +140,7 @@ def test_run_refuses_less_than_the_image_needs_before_writing_anything(tmp_path:
     with pytest.raises(UserError, match=r"^x:1 needs at least 4\d\d MiB of memory to boot by "
                                         r"direct \(its root, 20\d MiB, is unpacked into RAM\); "
                                         r"256 MiB is too little: give --memory 4\d\d or more, "
-                                        r"or --boot bios: its root stays on the disk and 104 MiB "
+                                        r"or --boot bios: its root stays on the disk and 1\d\d MiB "
                                         r"is enough$"):
         prepare(spec, store, runs)
     assert not runs.exists()
