@@ -34,21 +34,29 @@ ALLOWED_SKIPS = re.compile(
 
 #: Modules whose tests run on one pytest-xdist worker with another's: test_aot.py trains and boots
 #: the WireMock image whose other layers test_apps.py builds, and both fetch its jar.
-SHARED_WORKER = {"test_aot": "test_apps"}
+SHARED_WORKER = {"tests/e2e/test_aot.py": "tests/e2e/test_apps.py"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist (``-n 2``, the README's command) each test module runs whole on one
+    worker, so that its module fixtures (built images, registries) are made once, and
+    :data:`SHARED_WORKER` joins modules that share work. (``--dist loadgroup`` would do this
+    with markers, but with pytest 9 it groups nothing.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(module, module)
+
+    return ByModule(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A network test is an e2e test. Under pytest-xdist (``-n 2 --dist loadgroup``, the
-    README's command) each e2e module runs whole on one worker, so that its module fixtures
-    (built images, registries) are made once; unit tests spread one by one."""
-    grouped = config.pluginmanager.hasplugin("xdist")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("network") and not item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.e2e)
-        if grouped and item.get_closest_marker("e2e"):
-            module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid
-            item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))
 
 
 def skip_reason(report: pytest.TestReport) -> str:

@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -72,14 +73,17 @@ class GpgKey:
             check=False,
             capture_output=True,
         )
+        shutil.rmtree(self.homedir, ignore_errors=True)
 
 
 def make_gpg_key(workdir: Path, uid: str = "Test Archive <t@example.invalid>") -> GpgKey:
     """Generate an ed25519 signing key under ``workdir`` and export its keyring."""
     if shutil.which("gpg") is None:
         pytest.skip("gpg is not installed (apt-get install gnupg)")
-    homedir = workdir / "gnupg"
-    homedir.mkdir(parents=True, mode=0o700)
+    # Not below workdir: gpg-agent's socket lives in the home, and a socket's path is limited to
+    # 107 bytes, which pytest-xdist's deeper temporary directories pass.
+    workdir.mkdir(parents=True, exist_ok=True)
+    homedir = Path(tempfile.mkdtemp(prefix="gpg-"))
     key = GpgKey(homedir, workdir / "keyring.gpg")
     key.gpg("--quick-gen-key", uid, "ed25519", "sign", "never")
     key.keyring.write_bytes(key.gpg("--export").stdout)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import hashlib
+import math
 import shutil
 from pathlib import Path
 
