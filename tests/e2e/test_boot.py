@@ -96,7 +96,8 @@ def test_foreground_run_in_256_mib_exits_with_the_apps_status(cli: Cli, hello: B
     # Under TCG, run adds what spares emulated work to the image's own command line.
     cmdline = next(line for line in out.splitlines() if "] kernel command line: " in line)
     assert re.search(r": console=tty0 console=ttyS0 quiet panic=-1 pci=off tsc_early_khz=\d+ "
-                     r"tsc=reliable cryptomgr\.notests$", cmdline), cmdline
+                     r"tsc=reliable cryptomgr\.notests imagebuilder\.jit=c1$", cmdline), cmdline
+    assert "imagebuilder.jit=c1: the JVM compiles with C1 only" in out
     assert "environment prod from config drive /dev/vda" in out
 
 
@@ -116,4 +117,5 @@ def test_sigterm_stops_the_vm_cleanly_and_exits_0(cli: Cli, hello: Built) -> Non
             proc.kill()
     assert proc.returncode == 0, err
     assert "no environment config found" in out
+    assert "C1 only" not in out  # a disk boot's loader takes no added option
     assert "stopping the app" in out and "app exited with status" in out

@@ -117,6 +117,7 @@ def test_reproducible_and_offline_from_lock_and_warm_packages(cli: Cli, hello: B
                     "debs")
     closed = f"http://127.0.0.1:{free_port()}/debian"
     disks = tmp_path / "disks"
+    disks.mkdir()
     out = other.json("build", str(hello.app), "--mirror", closed, "--format", "raw",
                      "--format", "qcow2", "-o", str(disks))
     assert out["digest"] == hello.digest
