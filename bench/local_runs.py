@@ -40,7 +40,10 @@ sys.path.insert(0, str(REPO))
 from tests.servers import free_port  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello"
-MODES = ("microvm", "direct", "bios")
+#: (row label, --boot, --jit): run's defaults on each path, and microvm with the JVM's own JIT
+#: tiers (under TCG, microvm and direct boots otherwise run it with C1 only; bios cannot).
+MODES = (("microvm", "microvm", "auto"), ("microvm, --jit full", "microvm", "full"),
+         ("direct", "direct", "auto"), ("bios", "bios", "auto"))
 PHASES = ("kernel", "drivers", "network", "environment", "app")
 
 
@@ -51,17 +54,19 @@ def _build(home: Path, work: Path) -> str:
     return str(json.loads(_cli(home, "build", str(app), "--json"))["ref"])
 
 
-def _boot(home: Path, ref: str, mode: str) -> dict[str, object] | None:
+def _boot(home: Path, ref: str, mode: tuple[str, str, str]) -> dict[str, object] | None:
     """One `run --wait`, then `stop`; None (and the error on stderr) if the app never answered."""
+    label, boot, jit = mode
     port = free_port()
     env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "run", ref, "--accel",
-                             "tcg", "--boot", mode, "--wait", "--json", "--timeout", "600",
+                             "tcg", "--boot", boot, "--jit", jit, "--wait", "--json",
+                             "--timeout", "600",
                              "-p", f"127.0.0.1:{port}:8080"], env=env, capture_output=True,
                             text=True, timeout=900)
     if result.returncode != 0:
-        print(f"{mode}: failed: {result.stderr.strip()}", file=sys.stderr)
+        print(f"{label}: failed: {result.stderr.strip()}", file=sys.stderr)
         return None
     out: dict[str, object] = json.loads(result.stdout)
     out["wall"] = time.monotonic() - start
@@ -89,29 +94,29 @@ def main() -> int:
         refs = [image["ref"] for image in json.loads(images)]
         ref = "hello:1.0.0" if "hello:1.0.0" in refs else _build(home, Path(tmp))
         load_before = _load()
-        results: dict[str, list[dict[str, object]]] = {mode: [] for mode in MODES}
-        failed = dict.fromkeys(MODES, 0)
+        results: dict[str, list[dict[str, object]]] = {mode[0]: [] for mode in MODES}
+        failed = dict.fromkeys((mode[0] for mode in MODES), 0)
         for _ in range(args.runs):
             for mode in MODES:  # interleaved, so a change of load hits every mode alike
                 out = _boot(home, ref, mode)
                 if out is None:
-                    failed[mode] += 1
+                    failed[mode[0]] += 1
                     continue
-                results[mode].append(out)
-                print(f"{mode}: {out['seconds']:.2f} s, wall {out['wall']:.2f} s",
+                results[mode[0]].append(out)
+                print(f"{mode[0]}: {out['seconds']:.2f} s, wall {out['wall']:.2f} s",
                       file=sys.stderr)
         load_after = _load()
     rows = ["| boot path | run --wait, wall | run --wait to HTTP (host) | " + " | ".join(PHASES)
             + " |", "|---|---|---|" + "---|" * len(PHASES)]
-    for mode in MODES:
-        runs = results[mode]
+    for label, _, _ in MODES:
+        runs = results[label]
         seconds = [float(r["seconds"]) for r in runs]  # type: ignore[arg-type]
         walls = [float(r["wall"]) for r in runs]  # type: ignore[arg-type]
         phases = [r["phases"] for r in runs]
-        cells = [_median([float(p[name]) for p in phases if name in p])  # type: ignore[index]
+        cells = [_median([float(p[name]) for p in phases if name in p])  # type: ignore[index,operator]
                  for name in PHASES]
-        note = f"; {failed[mode]} failed" if failed[mode] else ""
-        rows.append(f"| {mode} | {_median(walls)} s | {_median(seconds)} s "
+        note = f"; {failed[label]} failed" if failed[label] else ""
+        rows.append(f"| {label} | {_median(walls)} s | {_median(seconds)} s "
                     f"({', '.join(f'{s:.1f}' for s in seconds)}{note}) | "
                     + " | ".join(cells) + " |")
     text = "\n".join([
@@ -123,7 +128,9 @@ def main() -> int:
         "QEMU's start to the app's first HTTP answer (all runs in brackets); the phase columns "
         "are the guest's uptime (from the kernel's start) at the end of each boot phase, as the "
         "init prints them. microvm is `run`'s default where the image and the host allow it; "
-        "bios is the fallback (the image's disk through SeaBIOS).",
+        "bios is the fallback (the image's disk through SeaBIOS). Under TCG, `run` boots by "
+        "microvm and direct run the JVM with C1 only (`imagebuilder.jit=c1`); `--jit full` "
+        "keeps its own tiers, and a bios boot cannot take the option.",
         "A failed run is one whose app never answered (it is counted, not timed).",
         "",
         *rows,
