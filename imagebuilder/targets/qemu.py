@@ -53,6 +53,8 @@ in four on a busy host: a guest kernel died of an int3 left from patching its ow
 JIT-compiled Java code computed an ArrayDeque index of -757281608 (code rewritten on one vCPU
 apparently run stale on the other). With one vCPU (one TCG thread) the same boots never failed."""
 CONSOLE_TAIL_LINES = 20
+#: Console logs of VMs that stopped before their app answered, kept in the run directory.
+KEPT_CONSOLES = 10
 """Console lines quoted when a VM stops before its app answers: enough for a JVM crash header."""
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -443,11 +445,18 @@ def _console_has(path: Path, marker: bytes) -> bool:
 
 
 def _keep_console(console: Path, kept: Path) -> Path:
-    """Move a stopped VM's console log out of its run directory, so it can be read later."""
+    """Move a stopped VM's console log out of its run directory, so it can be read later; only
+    the newest :data:`KEPT_CONSOLES` such logs stay."""
     try:
         console.replace(kept)
     except OSError:
         return console
+    logs = []
+    for log in kept.parent.glob("*.console.log"):
+        with contextlib.suppress(OSError):
+            logs.append((log.stat().st_mtime_ns, log.name, log))
+    for _, _, old in sorted(logs, reverse=True)[KEPT_CONSOLES:]:
+        old.unlink(missing_ok=True)
     return kept
 
 

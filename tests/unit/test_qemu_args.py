@@ -4,6 +4,7 @@ the config drive, over a real image store."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -247,3 +248,21 @@ def test_prepare_refuses_a_busy_port_before_writing_anything(store: Store, tmp_p
     with pytest.raises(UserError, match=f"host port 127.0.0.1:{held_port} is not free"):
         prepare(spec, store, runs)
     assert not runs.exists()
+
+
+def test_only_the_newest_kept_console_logs_stay(tmp_path: Path) -> None:
+    from imagebuilder.targets.qemu import KEPT_CONSOLES, _keep_console
+    runs = tmp_path / "run"
+    runs.mkdir()
+    for i in range(KEPT_CONSOLES + 2):
+        log = runs / f"old{i:02d}.console.log"
+        log.write_text("x")
+        os.utime(log, ns=(i * 10**9, i * 10**9))
+    (runs / "vm-1").mkdir()
+    (runs / "vm-1" / "console.log").write_text("FATAL")
+    kept = _keep_console(runs / "vm-1" / "console.log", runs / "vm-1.console.log")
+    assert kept.read_text() == "FATAL"
+    names = sorted(p.name for p in runs.glob("*.console.log"))
+    assert len(names) == KEPT_CONSOLES and "vm-1.console.log" in names
+    assert "old00.console.log" not in names and "old02.console.log" not in names
+    assert "old11.console.log" in names
