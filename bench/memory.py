@@ -188,11 +188,12 @@ def main() -> int:
     text = "\n".join([
         "## Memory: the root in RAM or on the disk (`bench/memory.py`)",
         "",
-        f"examples/hello and WireMock 3.13.2 (JDK 21), `--accel tcg`, 2 vCPUs, on {cpu_model()} "
-        f"with {os.cpu_count()} CPUs. RAM (initramfs) is `run --boot microvm`: every layer "
-        "unpacked into RAM, as netboot, the ISO and kernel-initrd boot; disk (EROFS) is `run "
-        "--boot bios`: the layers are EROFS partitions of the disk, mounted and stacked by "
-        "overlayfs, as every exported disk format boots. In use is MemTotal - MemAvailable "
+        f"examples/hello and WireMock 3.13.2 (JDK 21), `--accel tcg`, {qemu.TCG_CPUS} vCPU, on "
+        f"{cpu_model()} with {os.cpu_count()} CPUs. RAM (initramfs) is `run --boot microvm`: "
+        "every layer unpacked into RAM, as netboot, the ISO and kernel-initrd boot (the JVM with "
+        "C1 only, `run`'s default there under TCG); disk (EROFS) is `run --boot bios`: the "
+        "layers are EROFS partitions of the disk, mounted and stacked by overlayfs, as every "
+        "exported disk format boots (the JVM's own tiers). In use is MemTotal - MemAvailable "
         "from the guest's /proc/meminfo once the app listens (the init prints it; the JVM sizes "
         "its heap by the machine's memory, so this grows with it). The smallest memory serving "
         f"HTTP is found by bisection in {STEP} MiB steps, one boot per step (a size at the edge "
