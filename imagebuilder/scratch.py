@@ -13,7 +13,7 @@ owns them, never by age or guess:
   dies; :func:`remove_stale` takes the lock of each owner file it finds and, when that succeeds,
   removes the owner's entries, then the file.
 - an output written beside the user's file (``.NAME.XXXX.tmp``, see
-  :func:`imagebuilder.formats.atomic_output`) is flocked by its writer; :func:`remove_stale_tmp`
+  :func:`imagebuilder.fsutil.atomic_output`) is flocked by its writer; :func:`remove_stale_tmp`
   removes the siblings of the same destination that no writer holds.
 """
 

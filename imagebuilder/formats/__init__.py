@@ -20,18 +20,16 @@ imagebuilder.formats`` stays cheap); :func:`write_disk` is the one call the CLI 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from ..disk import Disk
 from ..errors import HostError, UserError
-from ..fsutil import fsync_dir
-from ..scratch import lock_tmp, remove_stale_tmp
+from ..fsutil import atomic_output as atomic_output  # the writers import it from here
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time (typing alone costs milliseconds of start-up)
@@ -83,64 +81,6 @@ def write_disk(disk: Disk, dest: Path | str, fmt: str, *, progress: Progress | N
 def zero_block(size: int) -> bytes:
     """A shared all-zero buffer to compare blocks against (``block == zero_block(n)``)."""
     return bytes(size)
-
-
-def _os_error(e: OSError, dest: Path | str) -> Exception:
-    """The one-line error for a failure writing ``dest``."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return HostError(f"no space left on device writing {dest}")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UserError(f"cannot write {dest}: {e.strerror}")
-    if e.errno == errno.EFBIG:
-        return HostError(f"cannot write {dest}: the file system does not allow a file this large")
-    return HostError(f"cannot write {dest}: {e.strerror or e}")
-
-
-@contextlib.contextmanager
-def atomic_output(dest: Path | str, *, sync: bool = True) -> Iterator[int]:
-    """A file descriptor on a new temporary file that becomes ``dest`` on success.
-
-    On leaving the block normally the file is renamed over ``dest``, with ``sync`` after an
-    fsync of it and followed by one of the directory; on any exception it is removed and
-    ``dest`` is left as it was. OSErrors
-    become one-line errors: a full disk is a HostError "no space left on device writing X".
-    """
-    parent, name = os.path.split(os.fspath(dest))
-    parent = parent or "."
-    if not os.path.isdir(parent):
-        raise UserError(f"output directory {parent} does not exist")
-    if os.path.isdir(dest):
-        raise UserError(f"output path {dest} is a directory")
-    remove_stale_tmp(parent, name)
-    tmp = os.path.join(parent, f".{name}.{os.urandom(6).hex()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        lock_tmp(fd)
-    except OSError as e:
-        raise _os_error(e, dest) from None
-    done = False
-    try:
-        try:
-            yield fd
-            if sync:
-                os.fsync(fd)
-        except OSError as e:
-            raise _os_error(e, dest) from None
-        os.close(fd)
-        fd = -1
-        try:
-            os.replace(tmp, dest)
-            if sync:
-                fsync_dir(parent)
-        except OSError as e:
-            raise _os_error(e, dest) from None
-        done = True
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if not done:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:

@@ -23,7 +23,7 @@ a file whichever tree it reads.
 The bytes are reproducible: pycdlib's dates are fixed with the config drive's helpers
 (:mod:`imagebuilder.configdrive`), and the isohybrid MBR id, which pycdlib draws at random, is
 derived from the caller's seed. The file is written to a temporary name, fsynced
-and renamed (:func:`imagebuilder.formats.atomic_output`).
+and renamed (:func:`imagebuilder.fsutil.atomic_output`).
 """
 
 from __future__ import annotations

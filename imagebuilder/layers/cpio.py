@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -25,7 +24,7 @@ from typing import BinaryIO, Literal
 import zstandard
 
 from ..errors import HostError, UserError
-from ..fsutil import fsync_dir
+from ..fsutil import atomic_output
 
 Kind = Literal["file", "dir", "symlink", "char", "block"]
 
@@ -339,28 +338,15 @@ def write_layer(tree: Tree, dest: Path, *, mtime: int, level: int = 19, threads:
     """Write ``tree`` to ``dest`` as one zstd frame holding a newc cpio archive.
 
     The result is byte-identical for the same tree, ``mtime`` and ``level`` whatever ``threads``
-    is (given the same zstandard/libzstd version). Written to a temporary file in ``dest``'s
-    directory, fsynced, then renamed, so ``dest`` is either absent, the old file, or complete.
+    is (given the same zstandard/libzstd version). Committed by :func:`fsutil.atomic_output`:
+    ``dest`` is either absent, the old file, or complete, and a full disk is one line.
     """
-    dest = Path(dest)
     params = compression_params(level, threads)
     compressor = zstandard.ZstdCompressor(compression_params=params)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with compressor.stream_writer(raw, closefd=False) as zw:
-                write_cpio(tree, zw, mtime=mtime)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
-
-
+    with atomic_output(dest) as fd, open(fd, "wb", closefd=False) as raw:
+        with compressor.stream_writer(raw, closefd=False) as zw:
+            write_cpio(tree, zw, mtime=mtime)
+        raw.flush()
 
 
 def source_date_epoch() -> int:

@@ -17,9 +17,7 @@ have none).
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import BinaryIO
 import zstandard
 
 from ..errors import DamagedError
-from ..fsutil import fsync_dir
+from ..fsutil import atomic_output
 from .erofs import Kind, Node, write_image
 
 _MAGIC = b"070701"
@@ -194,7 +192,8 @@ def _implicit_mtimes(root: Node, build_time: int) -> None:
 
 def write_erofs(layer: Path, dest: Path, *, name: str = "", seed: bytes = b"") -> int:
     """Write the EROFS image of the layer file ``layer`` (a zstd-compressed newc cpio) to
-    ``dest``; return its size. ``dest`` appears complete (fsynced) or not at all. The UUID is
+    ``dest``; return its size. ``dest`` appears complete (fsynced) or not at all
+    (:func:`fsutil.atomic_output`). The UUID is
     derived from ``seed`` (e.g. the layer's digest), the volume name is ``name``."""
 
     def headers() -> Iterator[tuple[Header, bytes]]:
@@ -215,23 +214,13 @@ def write_erofs(layer: Path, dest: Path, *, name: str = "", seed: bytes = b"") -
                     yield h.index, body
 
     uuid = hashlib.sha256(b"erofs uuid\0" + seed).digest()[:16]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                size = write_image(root, out, bodies, build_time=build_time, uuid=uuid,
-                                   volume=name)
-            except zstandard.ZstdError as exc:
-                raise DamagedError(f"layer {layer.name} does not decompress: {exc}") from None
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
+    with atomic_output(dest) as fd, open(fd, "wb", closefd=False) as out:
+        try:
+            size = write_image(root, out, bodies, build_time=build_time, uuid=uuid,
+                               volume=name)
+        except zstandard.ZstdError as exc:
+            raise DamagedError(f"layer {layer.name} does not decompress: {exc}") from None
+        out.flush()
     return size
 
 

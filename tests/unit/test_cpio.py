@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -300,3 +301,26 @@ def test_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "-5")
     with pytest.raises(UserError):
         source_date_epoch()
+
+
+def test_a_layer_too_large_for_the_file_system_is_one_line_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    """write_layer commits through fsutil.atomic_output: EFBIG (RLIMIT_FSIZE in a child) is one
+    line naming the layer, and neither the layer nor a temporary file is left."""
+    script = f"""
+import os, resource, sys
+from imagebuilder.errors import ImageBuilderError
+from imagebuilder.layers.cpio import Tree, write_layer
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+tree = Tree()
+tree.add_file("big", data=os.urandom(1 << 20))
+try:
+    write_layer(tree, {str(tmp_path / "layer.cpio.zst")!r}, mtime=0, level=1)
+except ImageBuilderError as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == (f"cannot write {tmp_path / 'layer.cpio.zst'}: the file system does not allow "
+                   "a file this large")
+    assert list(tmp_path.iterdir()) == []
