@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import textwrap
 import urllib.request
 import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from tests.java_apps import project
 
 from ..wars import build_war
 from .conftest import Cli, compile_example, free_port
@@ -111,15 +112,7 @@ def _jar_app(dest: Path, name: str, source: str, toml_extra: str = "") -> Path:
                    capture_output=True)
     subprocess.run(["jar", "--create", "--file", str(dest / f"{name}.jar"), "--main-class",
                     f"{package}.Main", "-C", str(classes), "."], check=True, capture_output=True)
-    (dest / "imagebuilder.toml").write_text(textwrap.dedent(f"""\
-        [image]
-        name = "{name}"
-        version = "1"
-
-        [app]
-        path = "{name}.jar"
-        port = 8080
-        """) + toml_extra)
+    project(dest, name, f"{name}.jar", toml_extra)
     return dest
 
 
@@ -241,8 +234,7 @@ def test_war_is_served_at_root_by_tomcat_10(cli: Cli, tmp_path: Path, vms: list[
     app = tmp_path / "web"
     app.mkdir()
     build_war(app / "shop.war")
-    (app / "imagebuilder.toml").write_text(
-        '[image]\nname = "web"\nversion = "1"\n\n[app]\npath = "shop.war"\nport = 8080\n')
+    project(app, "web", "shop.war")
     built = cli.json("build", str(app))
     info = cli.json("inspect", built["ref"])
     assert info["config"]["app"]["shape"] == "war"
