@@ -110,20 +110,27 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
             check_image(source.path, source.bmap)
             source = source.disk()
         source = with_config_partition(source, env_name, env_vars)
+    home = get_home()
     start, close = _progress(as_json)
     try:
         result = baremetal.flash(source, Path(target), verify=not no_verify, force=force,
-                                 progress=start, private=env_name is not None)
+                                 progress=start, private=env_name is not None,
+                                 protected=(home.store.root, home.cache.root))
     finally:
         close()
     disk_size = source.disk().size if isinstance(source, baremetal.MappedImage) else source.size
     if as_json:
         click.echo(json.dumps({"ref": name, "target": str(result.target), "kind": result.kind,
-                               "written": result.written, "verified": result.verified,
+                               "written": result.written, "ranges": result.units,
+                               "verified": result.verified,
+                               "verified_bytes": result.verified_bytes,
+                               "compared_with": result.against if result.verified else None,
                                "env": env_name, "disk_size": disk_size}))
         return
-    state = "verified" if result.verified else "NOT verified (--no-verify)"
-    click.echo(f"flashed {name} onto {result.target}: {result.written} bytes written, {state}")
+    state = (f"verified: all {result.verified_bytes} bytes read back from the target equal "
+             f"{result.against}" if result.verified else "NOT verified (--no-verify)")
+    click.echo(f"flashed {name} onto {result.target}: {result.written} bytes written in "
+               f"{result.units} ranges, {state}")
 
 
 @click.command("serve")

@@ -26,7 +26,15 @@ target without a valid partition table, which firmware does not boot and verific
 flashing again rewrites it whole.
 
 Refusals (UserError, exit 2) of a target that must not be written (mounted, the host's own disk,
-too small, a partition without ``--force``): :mod:`imagebuilder.targets.blockdev`.
+too small, a partition without ``--force``), or one that holds what the image is read from (the
+source file, also through a symlink or a hard link, a loop device backed by it, the store or
+the cache): :mod:`imagebuilder.targets.blockdev`, checked before the target is opened.
+
+What "verified" means: every written range was read back from the target and its XXH3-128
+equals that of the image's bytes for the range, as read from the image's extents (for a raw
+image with a block map: as checked against the map's SHA-256). :class:`FlashResult` says how
+many bytes and ranges were compared, and against what; a flash that wrote nothing verifies
+nothing, so a disk without data is refused before the target is touched.
 
 ``--env``: :func:`imagebuilder.disk.configpart.with_config_partition` adds a second GPT
 partition after the image's, holding the environment's config drive (ISO 9660, see
@@ -45,7 +53,7 @@ import os
 import queue
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,9 +61,9 @@ import xxhash
 
 from ..bmap import BLOCK_SIZE, Bmap, disk_of_image, mapped_runs
 from ..disk import gpt
-from ..disk.model import Disk
+from ..disk.model import Disk, FileSlice
 from ..errors import HostError, UserError
-from .blockdev import Host, Target, check_target
+from .blockdev import Host, Target, check_target, refuse_sources
 
 UNIT = 4 << 20
 """Largest write (and verify read): aligned, so O_DIRECT accepts it."""
@@ -148,6 +156,14 @@ class MappedImage:
 
     def disk(self) -> Disk:
         return disk_of_image(self.path, self.bmap)
+
+
+def source_files(disk: Disk, image: MappedImage | None = None) -> list[Path]:
+    """The files the flash reads the image from."""
+    paths = {Path(e.source.path) for e in disk.extents if isinstance(e.source, FileSlice)}
+    if image is not None:
+        paths.add(image.path)
+    return sorted(paths)
 
 
 def _take(pool: queue.Queue[mmap.mmap], stop: threading.Event) -> mmap.mmap | None:
@@ -331,17 +347,29 @@ class FlashResult:
     verified: bool
     o_direct: bool
     digests: list[Unit] = field(default_factory=list, repr=False)
+    against: str = "the image's extents"
+    """What the read-back bytes were compared with."""
+
+    @property
+    def verified_bytes(self) -> int:
+        return sum(u.length for u in self.digests) if self.verified else 0
 
 
 def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
           force: bool = False, progress: Progress | None = None,
-          host: Host | None = None, private: bool = False) -> FlashResult:
+          host: Host | None = None, private: bool = False,
+          protected: Sequence[Path] = ()) -> FlashResult:
     """Write ``disk`` (a disk model, or a raw image with its block map) onto ``target_path``
     (a whole-disk block device or a file) and verify it. ``private``: the disk holds an
-    environment (a config partition), so a file target is made readable by its owner only."""
+    environment (a config partition), so a file target is made readable by its owner only.
+    ``protected``: directories the target must not be in (the store and the cache)."""
     image = disk if isinstance(disk, MappedImage) else None
     model = image.disk() if image is not None else disk
     assert isinstance(model, Disk)
+    refuse_sources(target_path, source_files(model, image), protected)
+    if (image.bmap.mapped_blocks if image else model.data_size()) == 0:
+        raise UserError(f"{image.path if image else 'the disk'} holds no data (all zeros): "
+                        "there is nothing to flash")
     target = check_target(target_path, model.size, force=force, host=host)
     direct, fd = _open_target(target, model.size, private)
     units: list[Unit] = []
@@ -419,8 +447,10 @@ def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
         for f in (direct, fd):
             if f >= 0:
                 os.close(f)
+    against = ("the image's bytes, checked against its block map (SHA-256 per range)"
+               if image is not None else "the image's bytes, read from its extents")
     return FlashResult(target.path, target.kind, written, len(units), verify, direct >= 0,
-                       units)
+                       units, against)
 
 
 def _prepare(target: Target, fd: int, disk_size: int) -> None:

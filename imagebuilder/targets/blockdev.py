@@ -10,8 +10,11 @@ the disk, or is a partition rather than a whole disk (the one refusal ``--force`
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,3 +188,65 @@ def _device_size(path: Path, node: Path | None) -> int:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
+
+
+# --- the image's own files ---------------------------------------------------------------------
+
+_LOOP_MAJOR = 7
+_LOOP_GET_STATUS64 = 0x4C05
+_LOOP_INFO64 = struct.Struct("=QQQQQIIII64s64s32s2Q")  # struct loop_info64 (linux/loop.h)
+
+
+def refuse_sources(path: Path, sources: Iterable[Path | str],
+                   protected: Iterable[Path] = ()) -> None:
+    """UserError when writing ``path`` would overwrite a file the image is read from: the same
+    file (also through a symlink or a hard link), a loop device backed by one, or a path inside
+    one of the ``protected`` directories (the store, the cache). Checked before the target is
+    opened for writing."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    for root in protected:
+        if real == Path(os.path.realpath(root)) or Path(os.path.realpath(root)) in real.parents:
+            raise UserError(f"{path} is inside {root}, where imagebuilder keeps the images "
+                            "it reads: give a target outside it")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # a new file: check_target reports what is wrong with its path
+    block = stat.S_ISBLK(st.st_mode)
+    ident = _loop_backing(path, st.st_rdev) if block else (st.st_dev, st.st_ino)
+    if ident is None:
+        return
+    for source in sources:
+        try:
+            sst = os.stat(source)
+        except OSError:
+            continue
+        if (sst.st_dev, sst.st_ino) == ident:
+            what = "is backed by" if block else "is the same file as"
+            raise UserError(f"{path} {what} {source}, which the image is read from: flashing "
+                            "would destroy the image; give another target")
+
+
+def _loop_backing(path: Path, rdev: int) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file behind loop device ``path``, or None."""
+    if os.major(rdev) != _LOOP_MAJOR:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = fcntl.ioctl(fd, _LOOP_GET_STATUS64, bytes(_LOOP_INFO64.size))
+    except OSError:  # ENXIO: no file attached
+        return None
+    finally:
+        os.close(fd)
+    device, inode = _LOOP_INFO64.unpack(info)[:2]
+    return _dev_of_kernel(device), inode
+
+
+def _dev_of_kernel(dev: int) -> int:
+    """The kernel's ``lo_device`` (new_encode_dev) as ``st_dev`` numbers it."""
+    major, minor = (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+    return os.makedev(major, minor)

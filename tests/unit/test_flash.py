@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,7 +82,9 @@ def test_flash_from_a_raw_image_and_its_block_map_on_the_command_line(
                              str(tmp_path / "t.img"))
     assert code == 0, err
     assert out.startswith(f"flashed {tmp_path / 'disk.raw'} onto {tmp_path / 't.img'}: ")
-    assert out.rstrip().endswith("verified")
+    assert out.rstrip().endswith("verified: all 1085440 bytes read back from the target equal "
+                                 "the image's bytes, checked against its block map (SHA-256 per "
+                                 "range)")
     assert sha256(tmp_path / "t.img") == sha256(tmp_path / "disk.raw")
     # An image changed after its map was written: refused before anything is written.
     with open(tmp_path / "disk.raw", "r+b") as f:
@@ -106,6 +110,109 @@ def test_a_wrong_device_path_is_a_one_line_error(tmp_path: Path, disk: Disk,
     code, _, err = run_cli(capsys, "flash", str(tmp_path / "disk.raw"),
                            str(tmp_path / "no" / "t.img"))
     assert code == 2 and "does not exist" in err
+
+
+def cli_run(*argv: str | Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """``imagebuilder ARGV`` as a person runs it: a process of its own."""
+    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", *map(str, argv)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "IMAGEBUILDER_HOME": str(home)})
+
+
+def gpt_of(path: Path) -> dict[str, object]:
+    done = subprocess.run(["sfdisk", "--json", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_flashing_an_image_onto_itself_is_refused_and_leaves_it_whole(
+        tmp_path: Path, disk: Disk, how: str, as_json: bool) -> None:
+    image = tmp_path / "IMAGE.raw"
+    write_disk(disk, image, "raw")
+    before, table = sha256(image), gpt_of(image)
+    target = {"same": image, "symlink": tmp_path / "link.raw",
+              "hardlink": tmp_path / "hard.raw"}[how]
+    if how == "symlink":
+        target.symlink_to(image.name)
+    elif how == "hardlink":
+        os.link(image, target)
+    done = cli_run("flash", *(["--json"] if as_json else []), image, target,
+                   home=tmp_path / "home")
+    assert done.returncode == 2, done.stdout
+    assert done.stderr == (f"ERROR: {target} is the same file as {image}, which the image is "
+                           "read from: flashing would destroy the image; give another target\n")
+    assert done.stdout == ""
+    assert sha256(image) == before and gpt_of(image) == table
+
+
+def test_a_loop_device_backed_by_the_image_is_refused(tmp_path: Path, disk: Disk) -> None:
+    losetup = shutil.which("losetup")
+    if losetup is None or os.geteuid() != 0:
+        pytest.skip("needs root and losetup")
+    image = tmp_path / "IMAGE.raw"
+    write_disk(disk, image, "raw")
+    before = sha256(image)
+    made = subprocess.run([losetup, "-f", "--show", str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"losetup does not work here: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        done = cli_run("flash", image, device, home=tmp_path / "home")
+    finally:
+        subprocess.run([losetup, "-d", device], check=False)
+    assert done.returncode == 2
+    assert done.stderr == (f"ERROR: {device} is backed by {image}, which the image is read "
+                           "from: flashing would destroy the image; give another target\n")
+    assert sha256(image) == before
+
+
+def test_a_target_in_the_store_or_the_cache_is_refused(tmp_path: Path, disk: Disk) -> None:
+    image = tmp_path / "IMAGE.raw"
+    write_disk(disk, image, "raw")
+    home = tmp_path / "home"
+    for where in ("store", "cache"):
+        (home / where / "blobs").mkdir(parents=True)
+        done = cli_run("flash", image, home / where / "blobs" / "x", home=home)
+        assert done.returncode == 2
+        assert done.stderr == (f"ERROR: {home / where / 'blobs' / 'x'} is inside {home / where}, "
+                               "where imagebuilder keeps the images it reads: give a target "
+                               "outside it\n")
+        assert not (home / where / "blobs" / "x").exists()
+
+
+def test_a_disk_of_zeros_is_refused_not_verified(tmp_path: Path) -> None:
+    image = tmp_path / "zeros.raw"
+    with open(image, "wb") as f:
+        f.truncate(4 << 20)
+    done = cli_run("flash", image, tmp_path / "t.img", home=tmp_path / "home")
+    assert done.returncode == 2 and "verified" not in done.stdout
+    assert done.stderr == ("ERROR: the disk holds no data (all zeros): there is nothing to "
+                           "flash\n")
+    assert not (tmp_path / "t.img").exists()
+
+
+def test_flash_says_what_it_compared(tmp_path: Path, disk: Disk) -> None:
+    image = tmp_path / "IMAGE.raw"
+    write_disk(disk, image, "raw")
+    done = cli_run("flash", image, tmp_path / "t.img", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    written = disk.data_size()
+    assert done.stdout == (f"flashed {image} onto {tmp_path / 't.img'}: 1085440 bytes written "
+                           "in 6 ranges, verified: all 1085440 bytes read back from the target "
+                           "equal the image's bytes, read from its extents\n")
+    assert sha256(tmp_path / "t.img") == sha256(image)
+    done = cli_run("flash", "--json", image, tmp_path / "u.img", home=tmp_path / "home")
+    result = json.loads(done.stdout)
+    assert result["verified"] and result["verified_bytes"] == result["written"] == 1085440
+    assert result["compared_with"] == "the image's bytes, read from its extents"
+    assert written >= result["written"]
+    done = cli_run("flash", "--no-verify", "--json", image, tmp_path / "v.img",
+                   home=tmp_path / "home")
+    result = json.loads(done.stdout)
+    assert not result["verified"] and result["verified_bytes"] == 0
+    assert result["compared_with"] is None
 
 
 @pytest.mark.parametrize("path", ["/dev/null", "/"])
