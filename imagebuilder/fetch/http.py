@@ -4,7 +4,9 @@ Everything imagebuilder takes from the network goes through ``download``: it res
 transfers, retries the failures a busy mirror produces (timeouts, dropped connections, 5xx, 429)
 with exponential backoff, checks size and SHA-256, and only then renames the file into place. A
 file that did not verify is never left at its destination, so a later run can trust whatever it
-finds there.
+finds there. Redirects are followed here, not by requests: at most :data:`MAX_REDIRECTS`, to
+``http``/``https`` only, so a redirect to ``file://`` or a loop is one line naming the URL and
+the redirect, not a retried "unreachable" or a bad local file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import os
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +30,8 @@ RETRIES = 4
 RETRY_BASE_DELAY = 1.0  # seconds; doubled on each retry (tests patch it down)
 TIMEOUT = (15.0, 60.0)  # (connect, read) seconds
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
 
 
 class NotOnMirrorError(FetchError):
@@ -89,7 +94,7 @@ def _fetch_once(
     offset = _resume_offset(part, size)
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
-        with session.get(url, headers=headers, stream=True, timeout=TIMEOUT) as response:
+        with _get(session, url, headers) as response:
             status = response.status_code
             if status == 416:  # our partial file is no prefix of the body: start over
                 part.unlink(missing_ok=True)
@@ -104,6 +109,28 @@ def _fetch_once(
         raise FetchError(f"bad mirror URL {url}: {_short(exc)}") from None
     except requests.RequestException as exc:  # refused, timed out, cut off mid-body, ...
         raise _Transient(f"{type(exc).__name__}: {_short(exc)}") from None
+
+
+def _get(session: requests.Session, url: str, headers: dict[str, str]) -> requests.Response:
+    """GET ``url`` (streamed), following http(s) redirects up to MAX_REDIRECTS; FetchError, not
+    retried, for a redirect anywhere else, without a Location, or one too many."""
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        response = session.get(current, headers=headers, stream=True, timeout=TIMEOUT,
+                                allow_redirects=False)
+        if response.status_code not in REDIRECT_STATUS:
+            return response
+        location = response.headers.get("Location")
+        response.close()
+        if not location:
+            raise FetchError(f"{url} answered HTTP {response.status_code} without a Location")
+        target = urllib.parse.urljoin(current, location)
+        if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+            raise FetchError(f"{url} redirected to {_text(target)}: only http and https "
+                             "redirects are followed")
+        current = target
+    raise FetchError(f"{url} redirected more than {MAX_REDIRECTS} times (last to "
+                     f"{_text(current)}): a redirect loop?")
 
 
 def _resume_offset(part: Path, size: int | None) -> int:
@@ -178,8 +205,11 @@ def _hash_prefix(out: BinaryIO, offset: int, digest: hashlib._Hash) -> None:
     out.seek(offset)
 
 
-
-
 def _short(exc: BaseException) -> str:
-    text = str(exc)
+    return _text(str(exc))
+
+
+def _text(text: str) -> str:
+    """``text`` for a one-line message: printable and at most 200 characters."""
+    text = text if text.isprintable() else repr(text)
     return text if len(text) <= 200 else text[:200] + "..."

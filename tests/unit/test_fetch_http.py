@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,75 @@ def test_existing_destination_is_only_replaced_by_a_verified_file(
     with pytest.raises(IntegrityError):
         get(blob_server, session, dest, sha256="1" * 64)
     assert dest.read_bytes() == b"previous"
+
+
+class _Redirects(ThreadingHTTPServer):
+    """Answers each path in ``routes`` with a 302 to its target; anything else is BLOB."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RedirectHandler)
+        self.routes: dict[str, str] = {}
+        self.paths: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _RedirectHandler(BaseHTTPRequestHandler):
+    server: _Redirects
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)
+        target = self.server.routes.get(self.path)
+        self.send_response(302 if target else 200)
+        if target:
+            self.send_header("Location", target)
+        body = b"" if target else BLOB
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def redirects(fast_retries: None) -> Iterator[_Redirects]:
+    server = _Redirects()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_redirect_is_followed(redirects: _Redirects, session: requests.Session,
+                                tmp_path: Path) -> None:
+    redirects.routes["/old/blob.bin"] = "/pool/blob.bin"
+    dest = http.download(session, f"{redirects.url}/old/blob.bin", tmp_path / "blob", sha256=SHA)
+    assert dest.read_bytes() == BLOB
+    assert redirects.paths == ["/old/blob.bin", "/pool/blob.bin"]
+
+
+def test_a_redirect_to_a_file_url_is_one_line(redirects: _Redirects, session: requests.Session,
+                                              tmp_path: Path) -> None:
+    redirects.routes["/blob.bin"] = "file:///etc/passwd"
+    with pytest.raises(FetchError) as e:
+        http.download(session, f"{redirects.url}/blob.bin", tmp_path / "blob", sha256=SHA)
+    assert str(e.value) == (f"{redirects.url}/blob.bin redirected to file:///etc/passwd: only "
+                            "http and https redirects are followed")
+    assert redirects.paths == ["/blob.bin"]  # not retried
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_loop_is_capped(redirects: _Redirects, session: requests.Session,
+                                   tmp_path: Path) -> None:
+    redirects.routes.update({"/a": "/b", "/b": "/a"})
+    with pytest.raises(FetchError, match=rf"^{redirects.url}/a redirected more than "
+                       rf"{http.MAX_REDIRECTS} times \(last to {redirects.url}/a\): a redirect "
+                       "loop"):
+        http.download(session, f"{redirects.url}/a", tmp_path / "a")
+    assert len(redirects.paths) == http.MAX_REDIRECTS + 1
+    assert list(tmp_path.iterdir()) == []
