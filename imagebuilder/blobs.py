@@ -14,19 +14,26 @@ reads it through here, and the check costs no extra read:
 
 A file verified once in a process is not hashed again unless it changed (inode, size or mtime).
 Blobs coming in (a pull) are hashed as they are written, by :func:`receive`.
+
+Nothing that is not a regular file is ever opened as a blob or a cache entry
+(:func:`open_regular`): a symbolic link (which could lead out of the store, to ``/dev/zero`` or
+to someone's files), a FIFO (whose open or read would wait forever) or a device is damage,
+reported as such.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import DamagedError, IntegrityError
-from .hashing import CHUNK_SIZE, MultiHasher, digest_file
+from .hashing import CHUNK_SIZE, MultiHasher, digest_fd
 
 REPAIR_HINT = ("run 'imagebuilder check' to see which images it affects, then rebuild them "
                "('imagebuilder build' in the app's directory) or pull them again")
@@ -34,6 +41,47 @@ REPAIR_HINT = ("run 'imagebuilder check' to see which images it affects, then re
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _verified: set[tuple[str, str, int, int, int]] = set()
 _lock = threading.Lock()
+
+
+class NotRegularError(Exception):
+    """What should be a stored file is something else: ``kind`` says what."""
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.path, self.kind = path, kind
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def open_regular(path: Path | str) -> int:
+    """A read-only descriptor of the regular file at ``path``. Anything else raises
+    :class:`NotRegularError` without being followed, waited on or read: ``lstat`` first, then
+    ``open`` with O_NOFOLLOW|O_NONBLOCK (the name may have changed in between), then ``fstat``.
+    A missing file raises FileNotFoundError."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularError(path, _kind(mode))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularError(path, "a symbolic link") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularError(path, _kind(mode))
+    return fd
+
+
+def not_regular(path: Path | str, digest: str, kind: str) -> DamagedError:
+    return DamagedError(f"blob {digest[:19]} in the image store is {kind}, not a file ({path}): "
+                        f"{REPAIR_HINT}")
 
 
 def _identity(path: Path | str, digest: str, st: os.stat_result) -> tuple[str, str, int, int, int]:
@@ -53,18 +101,38 @@ def mismatch(path: Path | str, digest: str, actual: str) -> DamagedError:
 def verify(path: Path | str, digest: str) -> None:
     """Check the file at ``path`` against ``digest`` (``sha256:<hex>``); DamagedError if it is
     missing or differs."""
+    fd = _open_blob(path, digest)
     try:
-        ident = _identity(path, digest, os.stat(path))
-    except FileNotFoundError:
-        raise missing(path, digest) from None
-    with _lock:
-        if ident in _verified:
-            return
-    actual = digest_file(path, ("sha256",)).sha256
+        ident = _identity(path, digest, os.fstat(fd))
+        with _lock:
+            if ident in _verified:
+                return
+        actual = digest_fd(fd, ("sha256",)).sha256
+    finally:
+        os.close(fd)
     if "sha256:" + actual != digest:
         raise mismatch(path, digest, actual)
     with _lock:
         _verified.add(ident)
+
+
+def _open_blob(path: Path | str, digest: str) -> int:
+    try:
+        return open_regular(path)
+    except FileNotFoundError:
+        raise missing(path, digest) from None
+    except NotRegularError as e:
+        raise not_regular(path, digest, e.kind) from None
+
+
+def read_small(path: Path | str, digest: str) -> bytes:
+    """The bytes of a small blob (a manifest, a config), checked against ``digest``."""
+    with os.fdopen(_open_blob(path, digest), "rb") as f:
+        data = f.read()
+    actual = hashlib.sha256(data).hexdigest()
+    if "sha256:" + actual != digest:
+        raise mismatch(path, digest, actual)
+    return data
 
 
 def verified_chunks(path: Path | str, digest: str,
@@ -73,10 +141,7 @@ def verified_chunks(path: Path | str, digest: str,
     if they were not ``digest``. The caller must discard what it made of them when that
     happens (write to a temporary name, rename only after the loop ends)."""
     hasher = MultiHasher(("sha256",))
-    try:
-        f = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise missing(path, digest) from None
+    f = os.fdopen(_open_blob(path, digest), "rb")
     with f:
         ident = _identity(path, digest, os.fstat(f.fileno()))
         while chunk := f.read(chunk_size):

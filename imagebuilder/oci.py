@@ -84,6 +84,26 @@ class Descriptor:
             raise ImageBuilderError(f"malformed OCI descriptor {obj!r}: {e}") from None
 
 
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def index_entry_problem(entry: object) -> str | None:
+    """What is wrong with one entry of an OCI image index's ``manifests`` (None if nothing):
+    imagebuilder reads an object with a ``sha256:<64 hex>`` digest and, if present, annotations
+    that are an object of strings."""
+    if not isinstance(entry, dict):
+        return "an entry is not a JSON object"
+    digest = entry.get("digest")
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        return f"entry digest {str(digest)[:80]!r} is not sha256:<64 hex digits>"
+    annotations = entry.get("annotations")
+    if annotations is not None and not (
+            isinstance(annotations, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+        return f"the annotations of entry {digest[:19]} are not an object of strings"
+    return None
+
+
 @dataclass
 class Image:
     """An image in the store: its reference, manifest digest, manifest and config."""

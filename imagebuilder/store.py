@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ from .oci import (
     Descriptor,
     Image,
     canonical_json,
+    index_entry_problem,
     split_ref,
 )
 from .refs import pick, version_key
@@ -98,6 +100,11 @@ def _entry_ref(entry: dict[str, Any]) -> str | None:
     return ref if isinstance(ref, str) else None
 
 
+def _digests(descriptors: list[Any]) -> list[str]:
+    return [d["digest"] for d in descriptors
+            if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+
+
 @dataclass(frozen=True)
 class GcResult:
     """What ``gc`` deleted: blob digests and the bytes they held, and scratch entries of
@@ -126,7 +133,20 @@ class Store:
         return self.blobs_dir / digest.removeprefix("sha256:")
 
     def _lock(self, exclusive: bool = True) -> contextlib.AbstractContextManager[None]:
+        self._refuse_links()
         return dir_lock(self.root, exclusive)
+
+    def _refuse_links(self) -> None:
+        """UserError if a directory (or the index) of the store is a symbolic link: nothing
+        that deletes or reads blobs may be led out of the store."""
+        for path in (self.root / "blobs", self.blobs_dir, self.tmp_dir, self.index_path):
+            try:
+                is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                continue
+            if is_link:
+                raise UserError(f"{path} is a symbolic link: imagebuilder does not follow links "
+                                "out of its store; put the real directory (or file) there")
 
     @contextlib.contextmanager
     def _tmp_path(self) -> Iterator[Path]:
@@ -167,10 +187,13 @@ class Store:
         except ValueError as e:
             raise ImageBuilderError(f"{self.index_path} is corrupt ({e}); restore it") from None
         manifests = index.get("manifests") if isinstance(index, dict) else None
-        if not isinstance(manifests, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("digest"), str) for m in manifests
-        ):
+        if not isinstance(manifests, list):
             raise ImageBuilderError(f"{self.index_path} is not an OCI image index; restore it")
+        for m in manifests:
+            problem = index_entry_problem(m)
+            if problem is not None:
+                raise ImageBuilderError(f"{self.index_path} is not a valid OCI image index "
+                                        f"({problem}); restore it or fix that entry")
         return manifests
 
     def _write_index(self, manifests: list[dict[str, Any]]) -> None:
@@ -274,15 +297,7 @@ class Store:
 
     def read_blob(self, digest: str) -> bytes:
         """The bytes of a small blob (a manifest or a config), checked against its digest."""
-        path = self.blob_path(digest)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise blobs.missing(path, digest) from None
-        actual = hashlib.sha256(data).hexdigest()
-        if "sha256:" + actual != digest:
-            raise blobs.mismatch(path, digest, actual)
-        return data
+        return blobs.read_small(self.blob_path(digest), digest)
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
@@ -478,17 +493,50 @@ class Store:
 
     # --- removing -----------------------------------------------------------------------------
 
-    def _reachable(self, entries: list[dict[str, Any]]) -> set[str]:
+    def _reachable(self, entries: list[dict[str, Any]]) -> tuple[set[str], list[str]]:
+        """The digests ``entries`` reach (manifests, configs, layers, nested indexes), and a
+        line for each manifest or index among them that is missing, not a regular file, does
+        not match its digest or is not JSON: what it reaches is then unknown."""
         keep: set[str] = set()
-        for m in entries:
-            keep.add(m["digest"])
-            try:
-                manifest = self._read_json_blob(m["digest"])
-            except ImageBuilderError:
+        damaged: list[str] = []
+        todo = [(str(m["digest"]), _entry_ref(m) or "an index entry") for m in entries]
+        while todo:
+            digest, ref = todo.pop()
+            if digest in keep:
                 continue
-            keep.add((manifest.get("config") or {}).get("digest", ""))
-            keep.update(d.get("digest", "") for d in manifest.get("layers", []))
-        return keep
+            keep.add(digest)
+            manifest, problem = self._manifest_or_problem(digest)
+            if manifest is None:
+                damaged.append(f"manifest {digest[:19]} of {ref} {problem}")
+                continue
+            layers, nested = manifest.get("layers"), manifest.get("manifests")
+            keep.update(_digests([manifest.get("config")]))
+            keep.update(_digests(layers if isinstance(layers, list) else []))
+            todo += [(d, ref) for d in _digests(nested if isinstance(nested, list) else [])]
+        return keep, damaged
+
+    def _manifest_or_problem(self, digest: str) -> tuple[dict[str, Any] | None, str]:
+        """The manifest (or index) blob ``digest`` as JSON, or None and what is wrong with it."""
+        if not _DIGEST_RE.fullmatch(digest):
+            return None, "is not named by a sha256 digest"
+        path = self.blob_path(digest)
+        try:
+            fd = blobs.open_regular(path)
+        except FileNotFoundError:
+            return None, "is missing"
+        except blobs.NotRegularError as e:
+            return None, f"is {e.kind}, not a file"
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            return None, "does not match its digest"
+        try:
+            manifest = json.loads(data)
+        except ValueError:
+            return None, "is not JSON"
+        if not isinstance(manifest, dict):
+            return None, "is not a JSON object"
+        return manifest, ""
 
     def remove(self, ref: str) -> str:
         """Remove ``ref`` (or, for a digest, every ref to it); delete blobs nothing else uses.
@@ -516,7 +564,9 @@ class Store:
 
             candidates = {image.digest, image.manifest.get("config", {}).get("digest", "")}
             candidates.update(layer.digest for layer in image.layers)
-            keep = self._reachable(remaining)
+            keep, damaged = self._reachable(remaining)
+            if damaged:  # what the damaged manifests use is unknown: delete no blob
+                candidates = set()
             for digest in sorted(candidates - keep):
                 if _DIGEST_RE.fullmatch(digest):
                     self.blob_path(digest).unlink(missing_ok=True)
@@ -526,32 +576,77 @@ class Store:
 
     def gc(self, dry_run: bool = False) -> GcResult:
         """Delete every blob no index entry reaches, and scratch files of dead processes
-        (proven dead: see :mod:`imagebuilder.scratch`)."""
+        (proven dead: see :mod:`imagebuilder.scratch`). Every manifest and index reached is
+        read and checked against its digest first: if one is damaged, what it uses is unknown,
+        so DamagedError names it and nothing is deleted. Links are never followed: the blob
+        directory is walked through descriptors opened with O_NOFOLLOW, and a blob that is a
+        symbolic link is removed as a link."""
         with self._lock():
-            keep = self._reachable(self._read_index())
-            removed, freed = [], 0
-            if self.blobs_dir.exists():
-                for path in sorted(self.blobs_dir.iterdir()):
-                    digest = "sha256:" + path.name
-                    if digest in keep:
-                        continue
-                    removed.append(digest)
-                    freed += path.stat().st_size
-                    if not dry_run:
-                        path.unlink(missing_ok=True)
-                if removed and not dry_run:
-                    fsync_dir(self.blobs_dir)
+            keep, damaged = self._reachable(self._read_index())
+            if damaged:
+                raise DamagedError(f"gc deleted nothing: {damaged[0]}"
+                                   + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1
+                                      else "")
+                                   + "; 'imagebuilder check' tells more")
+            removed, freed = self._sweep(keep, dry_run)
             scratch = [] if dry_run else remove_stale(self.tmp_dir)
             if self.tmp_dir.exists() and not dry_run:
                 for path in self.tmp_dir.iterdir():  # named by pid, before owner tokens
                     pid, _, rest = path.name.partition(".")
                     if pid.isdigit() and _HEX.fullmatch(rest) and not _alive(int(pid)):
                         scratch.append(path.name)
-                        if path.is_dir():
+                        if path.is_dir() and not path.is_symlink():
                             shutil.rmtree(path, ignore_errors=True)
                         else:
                             path.unlink(missing_ok=True)
         return GcResult(removed, freed, scratch)
+
+    def _sweep(self, keep: set[str], dry_run: bool) -> tuple[list[str], int]:
+        """Delete the entries of blobs/sha256 not in ``keep`` (directories stay); what went
+        and the bytes it held."""
+        fd = self._open_blobs_dir()
+        if fd is None:
+            return [], 0
+        removed, freed = [], 0
+        try:
+            for name in sorted(os.listdir(fd)):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode) or "sha256:" + name in keep:
+                    continue
+                removed.append("sha256:" + name)
+                freed += st.st_size if stat.S_ISREG(st.st_mode) else 0
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+            if removed and not dry_run:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return removed, freed
+
+    def _open_blobs_dir(self) -> int | None:
+        """A descriptor of blobs/sha256, reached without following a link (None if absent)."""
+        fd = -1
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            for part in ("blobs", "sha256"):
+                sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+                os.close(fd)
+                fd = sub
+        except FileNotFoundError:
+            if fd >= 0:
+                os.close(fd)
+            return None
+        except OSError as e:
+            if fd >= 0:
+                os.close(fd)
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UserError(f"{self.blobs_dir} is not a directory of the store (a symbolic "
+                                "link?): imagebuilder does not follow links out of its store"
+                                ) from None
+            raise
+        return fd
 
 
 def _alive(pid: int) -> bool:

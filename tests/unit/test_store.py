@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from imagebuilder.errors import IntegrityError, NotFoundError, UserError
+from imagebuilder.errors import DamagedError, IntegrityError, NotFoundError, UserError
 from imagebuilder.store import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -292,3 +294,97 @@ def test_put_manifest_verifies_and_refuses_to_retag(tmp_path: Path) -> None:
         assert dst.put_manifest("hello:2.0.0", src.read_blob(v2), staged=staged) == v2
     assert dst.resolve("hello:2.0.0").config == image.config
     assert not dst.tmp_dir.exists() or list(dst.tmp_dir.iterdir()) == []
+
+
+# --- gc never leaves the store, and deletes nothing while a manifest is damaged -----------------
+
+
+def _cli(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``imagebuilder ARGV`` as a person runs it, on the store in ``home``."""
+    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", *argv],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "IMAGEBUILDER_HOME": str(home)})
+
+
+@pytest.mark.parametrize("link", ["blobs", "blobs/sha256", ".tmp"])
+def test_gc_refuses_a_store_whose_directories_are_links(tmp_path: Path, link: str) -> None:
+    store = Store(tmp_path / "home" / "store")
+    _put(store, "hello:1.0.0", b"app v1")
+    store.tmp_dir.mkdir(exist_ok=True)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(store.root / link, elsewhere)
+    (store.root / link).symlink_to(elsewhere)
+    precious = elsewhere / ("ab" * 32)  # named like a blob no image uses
+    precious.write_bytes(b"someone's file")
+    (elsewhere / "999999999.deadbeef").write_bytes(b"named like scratch of a dead process")
+    before = sorted(p.name for p in elsewhere.iterdir())
+    done = _cli(tmp_path / "home", "gc")
+    assert done.returncode == 2, done.stdout
+    assert done.stderr == (f"ERROR: {store.root / link} is a symbolic link: imagebuilder does not "
+                           "follow links out of its store; put the real directory (or file) "
+                           "there\n")
+    assert sorted(p.name for p in elsewhere.iterdir()) == before
+
+
+def test_gc_removes_a_linked_blob_as_a_link(tmp_path: Path) -> None:
+    store = Store(tmp_path / "home" / "store")
+    digest = _put(store, "hello:1.0.0", b"app v1")
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"someone's file")
+    (store.blobs_dir / ("ab" * 32)).symlink_to(precious)
+    layer = store.resolve(digest).layers[2].digest  # a used blob that is a link: kept
+    store.blob_path(layer).unlink()
+    store.blob_path(layer).symlink_to(precious)
+    done = _cli(tmp_path / "home", "gc", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["removed"] == ["sha256:" + "ab" * 32]
+    assert precious.read_bytes() == b"someone's file"
+    assert store.blob_path(layer).is_symlink()
+    with pytest.raises(DamagedError, match="is a symbolic link, not a file"):
+        store.verified_blob(layer)  # never read through the link
+
+
+def test_gc_deletes_nothing_while_a_manifest_is_damaged(tmp_path: Path) -> None:
+    store = Store(tmp_path / "home" / "store")
+    digest = _put(store, "hello:1.0.0", b"app v1")
+    other = _put(store, "other:1.0.0", b"other app", kernel=b"other kernel")
+    orphan = store.add_blob_bytes(b"left by an interrupted build", INITRD_LAYER_MEDIA_TYPE)
+    manifest = store.blob_path(digest)
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    manifest.write_bytes(bytes(data))
+    before = _blobs(store)
+    done = _cli(tmp_path / "home", "gc")
+    assert done.returncode == 1, done.stdout
+    assert done.stderr == (f"ERROR: gc deleted nothing: manifest {digest[:19]} of hello:1.0.0 "
+                           "does not match its digest; 'imagebuilder check' tells more\n")
+    assert _blobs(store) == before and orphan.digest in before
+    manifest.unlink()
+    done = _cli(tmp_path / "home", "gc", "--dry-run")
+    assert done.returncode == 1
+    assert f"manifest {digest[:19]} of hello:1.0.0 is missing" in done.stderr
+    # rm of another image: its entry goes, but no blob while what the damaged one uses is unknown
+    store.remove("other:1.0.0")
+    assert _blobs(store) == before - {digest}
+    assert other in before
+
+
+@pytest.mark.parametrize(("entry", "problem"), [
+    ({"annotations": ["not", "an", "object"]}, "the annotations of entry sha256:"),
+    ({"digest": "md5:abc"}, "entry digest 'md5:abc' is not sha256:<64 hex digits>"),
+    ({"digest": "sha256:../../../etc/passwd"}, "is not sha256:<64 hex digits>"),
+])
+def test_a_malformed_index_entry_is_one_line(tmp_path: Path, entry: dict[str, object],
+                                             problem: str) -> None:
+    store = Store(tmp_path / "home" / "store")
+    _put(store, "hello:1.0.0", b"app v1")
+    index = json.loads(store.index_path.read_text())
+    index["manifests"][0].update(entry)
+    store.index_path.write_text(json.dumps(index))
+    before = _blobs(store)
+    for argv in (["images"], ["gc"], ["inspect", "hello:1.0.0"]):
+        done = _cli(tmp_path / "home", *argv)
+        assert done.returncode == 1, (argv, done.stdout)
+        assert done.stderr.startswith(f"ERROR: {store.index_path} is not a valid OCI image index")
+        assert problem in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert _blobs(store) == before
