@@ -5,6 +5,13 @@ it names, with the credentials of :mod:`imagebuilder.regcreds`. Transient failur
 errors, 429, 5xx) are retried; every other answer becomes one line naming what was being done.
 Plain HTTP (``insecure``) is only allowed on loopback.
 
+Credentials go to the registry's own origin (scheme, host and port) and nowhere else. The
+distribution spec lets a registry send an upload ``Location`` or a blob download elsewhere (blob
+storage, a CDN): we go there (following GET and HEAD redirects ourselves, at most
+:data:`MAX_REDIRECTS`) without the Authorization header, and never from HTTPS to plain HTTP nor
+over plain HTTP off loopback (:meth:`Client.is_own`). A Bearer token realm gets the Docker-config
+credentials only over HTTPS or on the registry's own origin, and its redirects are not followed.
+
 What the registry sends is bounded before it is trusted: a manifest is read as a stream and the
 read stops at :data:`imagebuilder.ocimanifest.MAX_MANIFEST_BYTES`, whatever Content-Length says;
 a blob is streamed into the store's staging directory, hashed as it arrives and cut off at the
@@ -42,6 +49,8 @@ RETRY_BASE_DELAY = 0.5  # seconds, doubled each time (tests patch it down)
 TIMEOUT = (10.0, 300.0)
 WORKERS = 3
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
 ACCEPT = ", ".join([
     MANIFEST_MEDIA_TYPE,
     "application/vnd.oci.image.index.v1+json",
@@ -69,6 +78,7 @@ class Client:
                             f"not {host}; use HTTPS")
         self.host = host
         self.base = f"{'http' if insecure else 'https'}://{host}"
+        self.origin = _origin(self.base)
         self.insecure = insecure
         self.docker_config = docker_config
         self.session = session or requests.Session()
@@ -77,6 +87,28 @@ class Client:
         self._auth: dict[str, str] = {}  # scope -> Authorization header
         self._basic: str | None = None
         self._lock = threading.Lock()
+
+    # where requests may go
+
+    def is_own(self, url: str, what: str) -> bool:
+        """Whether ``url`` is on the registry's own origin, where credentials go; a
+        RegistryError for a URL nothing is sent to (``what`` names where it came from): not
+        http(s), plain HTTP from an HTTPS registry, or plain HTTP to a host off loopback."""
+        try:
+            origin = _origin(url)
+        except ValueError:
+            origin = ("", "", 0)
+        if origin == self.origin:
+            return True
+        scheme, host, _ = origin
+        if scheme == "https" or (scheme == "http" and self.insecure and is_loopback(host)):
+            return False
+        if scheme == "http":
+            reason = ("from an HTTPS registry: a downgrade to plain HTTP" if not self.insecure
+                      else "plain HTTP off loopback")
+        else:
+            reason = "not an http(s) URL"
+        raise RegistryError(f"registry {self.host} sent {what} {_url(url)}, {reason}; refused")
 
     # authentication
 
@@ -108,19 +140,25 @@ class Client:
     def _fetch_token(self, params: dict[str, str], scope: str,
                      creds: tuple[str, str] | None) -> str:
         realm = params["realm"]
+        if not self._realm_allowed(realm):
+            raise RegistryError(f"registry {self.host} names the token service {_url(realm)}: "
+                                "plain HTTP to another origin than the registry's; refused, the "
+                                "credentials would travel in clear")
         scopes = params.get("scope", "").split() or scope.split()
         try:
             if creds and creds[0] == "<token>":
                 response = self.session.post(realm, data={
                     "grant_type": "refresh_token", "refresh_token": creds[1],
                     "service": params.get("service", ""), "scope": " ".join(scopes),
-                    "client_id": "imagebuilder"}, timeout=TIMEOUT, stream=True)
+                    "client_id": "imagebuilder"}, timeout=TIMEOUT, stream=True,
+                    allow_redirects=False)
             else:
                 query: list[tuple[str, str]] = [("scope", s) for s in scopes]
                 if params.get("service"):
                     query.append(("service", params["service"]))
                 response = self.session.get(realm, params=query, timeout=TIMEOUT,
-                                            auth=creds if creds else None, stream=True)
+                                            auth=creds if creds else None, stream=True,
+                                            allow_redirects=False)
         except requests.RequestException as e:
             raise RegistryError(f"cannot get a token for {self.host} from {realm}: "
                                 f"{_short(e)}") from None
@@ -131,6 +169,10 @@ class Client:
                 f"the token service {realm} refused "
                 f"{'the credentials' if creds else 'anonymous access'} for {self.host} "
                 f"(HTTP {response.status_code}); log in with 'docker login {self.host}'")
+        if response.status_code in REDIRECT_STATUS:
+            raise RegistryError(f"token service {realm} answered HTTP {response.status_code} "
+                                f"(a redirect to {_url(response.headers.get('Location', ''))}, "
+                                "not followed with credentials)")
         if response.status_code != 200:
             raise RegistryError(f"token service {realm} answered HTTP {response.status_code}")
         with response:
@@ -140,6 +182,13 @@ class Client:
             return str(answer.get("token") or answer["access_token"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise RegistryError(f"token service {realm} sent no token") from None
+
+    def _realm_allowed(self, realm: str) -> bool:
+        try:
+            origin = _origin(realm)
+        except ValueError:
+            return False
+        return origin == self.origin or origin[0] == "https"
 
     # requests
 
@@ -180,19 +229,41 @@ class Client:
 
     def _send(self, method: str, url: str, scope: str, body: Callable[[], Any] | None,
               kwargs: dict[str, Any]) -> requests.Response:
-        """One request, sent again once with new credentials if a 401 challenge asks."""
+        """One request, following the redirects of a GET or HEAD (at most MAX_REDIRECTS, each
+        checked by is_own; credentials only on the registry's own origin)."""
         extra = {"stream": True, **kwargs}  # bodies are read by read_capped, never whole
         headers = extra.pop("headers", {})
-        sent = self._header_for(scope)
+        start, what = url, "a URL"
+        for _ in range(MAX_REDIRECTS + 1):
+            own = self.is_own(url, what)
+            response = self._send_once(method, url, scope, body, headers, extra, own)
+            if response.status_code not in REDIRECT_STATUS or method not in ("GET", "HEAD"):
+                return response
+            response.close()
+            location = response.headers.get("Location")
+            if not location:
+                raise RegistryError(f"registry {self.host} answered HTTP "
+                                    f"{response.status_code} without a Location for {_url(url)}")
+            url, what = urllib.parse.urljoin(url, location), "a redirect to"
+            extra.pop("params", None)  # the Location is the whole next URL
+        raise RegistryError(f"registry {self.host}: {_url(start)} redirected more than "
+                            f"{MAX_REDIRECTS} times (last to {_url(url)}): a redirect loop?")
+
+    def _send_once(self, method: str, url: str, scope: str, body: Callable[[], Any] | None,
+                   headers: dict[str, str], extra: dict[str, Any], own: bool
+                   ) -> requests.Response:
+        """One request, sent again once with new credentials if the registry's 401 challenge
+        asks; elsewhere (``own`` false) without any Authorization."""
+        sent = self._header_for(scope) if own else {}
         response = self.session.request(
             method, url, headers={**headers, **sent}, timeout=TIMEOUT,
-            data=body() if body else None, **extra)
-        if response.status_code == 401 and self._authenticate(
+            data=body() if body else None, allow_redirects=False, **extra)
+        if own and response.status_code == 401 and self._authenticate(
                 response, scope, sent.get("Authorization")):
             response.close()
             response = self.session.request(
                 method, url, headers={**headers, **self._header_for(scope)}, timeout=TIMEOUT,
-                data=body() if body else None, **extra)
+                data=body() if body else None, allow_redirects=False, **extra)
         return response
 
     def _raise_for(self, response: requests.Response, what: str) -> None:
@@ -308,7 +379,9 @@ class Client:
         location = response.headers.get("Location")
         if not location:
             raise RegistryError(f"registry {self.host} gave no upload Location")
-        return urllib.parse.urljoin(self.base + "/", location)
+        url = urllib.parse.urljoin(response.url or self.base + "/", location)  # RFC 9110
+        self.is_own(url, "an upload Location")
+        return url
 
     def upload(self, repo: str, url: str, path: Path, desc: Descriptor, chunk_size: int,
                progress: Callable[[int], None]) -> None:
@@ -432,6 +505,22 @@ def _push(repo: str) -> str:
 def _with_query(url: str, **params: str) -> str:
     sep = "&" if urllib.parse.urlsplit(url).query else "?"
     return url + sep + urllib.parse.urlencode(params)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``url``, the port made explicit; ValueError if it has none."""
+    parts = urllib.parse.urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    if not host or port is None:
+        raise ValueError(f"no origin in {url!r}")
+    return scheme, f"[{host}]" if ":" in host else host, port
+
+
+def _url(url: str) -> str:
+    """``url`` for a one-line message: printable, at most 200 characters."""
+    text = url if url.isprintable() else repr(url)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def sha256_of(data: bytes) -> str:
