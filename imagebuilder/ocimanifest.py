@@ -78,13 +78,18 @@ def _descriptor(obj: Any, what: str, media_types: tuple[str, ...], max_size: int
         raise MalformedError(f"{what} has no sha256 digest ({_short(digest)})")
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= max_size:
         raise MalformedError(f"{what} has size {_short(size)}; at most {max_size} bytes allowed")
-    annotations = obj.get("annotations")
-    if annotations is not None and not (
-            isinstance(annotations, dict)
+    annotations = _annotations(obj.get("annotations"), what)
+    return Descriptor(media_type, digest, size, annotations)
+
+
+def _annotations(value: Any, what: str) -> dict[str, str] | None:
+    """``value`` as annotations (an object of strings, each at most 1 KiB), or None if absent."""
+    if value is not None and not (
+            isinstance(value, dict)
             and all(isinstance(k, str) and isinstance(v, str) and len(v) <= 1024
-                    for k, v in annotations.items())):
+                    for k, v in value.items())):
         raise MalformedError(f"{what} has annotations that are not short strings")
-    return Descriptor(media_type, digest, size, dict(annotations) if annotations else None)
+    return dict(value) if value else None
 
 
 def parse_manifest(data: bytes, where: str) -> ImageManifest:
@@ -104,6 +109,7 @@ def parse_manifest(data: bytes, where: str) -> ImageManifest:
     if manifest.get("schemaVersion") != 2:
         raise MalformedError(f"the manifest of {where} has schemaVersion "
                              f"{_short(manifest.get('schemaVersion'))}, not 2")
+    _annotations(manifest.get("annotations"), f"the manifest of {where}")
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not 2 <= len(layers) <= MAX_LAYERS:
         count = len(layers) if isinstance(layers, list) else "no list of"
@@ -118,6 +124,17 @@ def parse_manifest(data: bytes, where: str) -> ImageManifest:
                         MAX_LAYER_BYTES)
             for i, layer in enumerate(layers)),
     )
+
+
+def parse_artifact_layer(data: bytes, where: str, media_type: str, max_size: int) -> Descriptor:
+    """The one layer of the artifact manifest ``data`` from ``where`` (a promotion history),
+    checked like an image's: a sha256 digest, a size up to ``max_size``, string annotations."""
+    manifest = load_object(data, f"the manifest of {where}")
+    _annotations(manifest.get("annotations"), f"the manifest of {where}")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or len(layers) != 1:
+        raise MalformedError(f"the manifest of {where} has no list of one layer")
+    return _descriptor(layers[0], f"the layer of {where}", (media_type,), max_size)
 
 
 _CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {

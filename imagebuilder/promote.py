@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FetchError, NotFoundError, UserError
+from .ocimanifest import parse_artifact_layer
 from .registry import DEFAULT_CHUNK_SIZE, Client, RegistryError, RegistryRef
 from .store import HISTORY_TAG, MANIFEST_MEDIA_TYPE, Descriptor, Store, canonical_json
 
@@ -137,15 +138,14 @@ class _Remote:
         got = self.client.get_manifest(self.repo, HISTORY_TAG)
         if got is None:
             return []
-        layer = json.loads(got[0])["layers"][0]
-        if int(layer["size"]) > MAX_HISTORY_BYTES:
-            raise RegistryError(f"the promotion history in {self.target} is too large")
+        layer = parse_artifact_layer(got[0], f"{self.target.with_tag(HISTORY_TAG)}",
+                                     PROMOTIONS_MEDIA_TYPE, MAX_HISTORY_BYTES)
         response = self.client.request(
-            "GET", f"/v2/{self.repo}/blobs/{layer['digest']}",
+            "GET", f"/v2/{self.repo}/blobs/{layer.digest}",
             scope=f"repository:{self.repo}:pull", ok=(200,), what="get the promotion history")
         with response:
-            data = response.content
-        if _digest(data) != layer["digest"]:
+            data = self.client.read_capped(response, layer.size, "the promotion history")
+        if _digest(data) != layer.digest:
             raise RegistryError(f"the promotion history in {self.target} does not match its "
                                 "digest")
         return _parse_history(data)

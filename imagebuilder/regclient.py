@@ -304,8 +304,8 @@ class Client:
         response.close()
         if response.status_code == 404:
             return None
-        digest = response.headers.get("Docker-Content-Digest")
-        if digest:
+        digest = response.headers.get("Docker-Content-Digest", "")
+        if DIGEST_RE.fullmatch(digest):
             return digest
         data = self.get_manifest(repo, reference)
         return None if data is None else sha256_of(data[0])
@@ -355,7 +355,7 @@ class Client:
         echoed = response.headers.get("Docker-Content-Digest")
         if echoed and echoed != digest:
             raise RegistryError(f"registry {self.host} stored manifest {repo}:{reference} as "
-                                f"{echoed}, not {digest}")
+                                f"{_url(echoed)}, not {digest}")
         return digest
 
     def mount_blob(self, repo: str, digest: str, source: str) -> str | None:

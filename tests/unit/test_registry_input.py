@@ -64,10 +64,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.gets.append(self.path)
-        if self.path == "/v2/":
-            status, headers, body = 200, {}, b"{}"
-        else:
-            status, headers, body = self.server.routes.get(self.path, (404, {}, b""))
+        route: tuple[int, dict[str, str], Body] = (200, {}, b"{}") if self.path == "/v2/" \
+            else self.server.routes.get(self.path, (404, {}, b""))
+        status, headers, body = route
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -233,3 +232,64 @@ def test_a_huge_error_body_is_not_read(hostile: Hostile, tmp_path: Path) -> None
     error = _pull(hostile, Store(tmp_path / "store"))
     assert "HTTP 400" in str(error)
     assert hostile.sent < 64 << 20
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("x", "the manifest of .* has annotations that are not short strings"),
+    (["x"], "the manifest of .* has annotations that are not short strings"),
+    ({"a": 1}, "the manifest of .* has annotations that are not short strings"),
+])
+def test_manifest_annotations_must_be_an_object_of_strings(hostile: Hostile, tmp_path: Path,
+                                                           value: Any, message: str) -> None:
+    hostile.manifest(_with(_valid(hostile), "annotations", value))
+    assert re.search(message, str(_pull(hostile, Store(tmp_path / "store"))))
+    assert not [g for g in hostile.gets if "/blobs/" in g]
+
+
+def _history(server: Hostile, layers: Any) -> None:
+    server.routes["/v2/demo/manifests/_promotions"] = (200, {
+        "Content-Type": MANIFEST_MEDIA_TYPE}, json.dumps({
+            "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                       **server.blob(b"{}")},
+            "layers": layers}).encode())
+
+
+_PROMOTIONS = "application/vnd.imagebuilder.promotions.v1+json"
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ("x", "has no list of one layer"),
+    ([], "has no list of one layer"),
+    (["x"], "the layer of .* is not a descriptor object"),
+    ([{"mediaType": _PROMOTIONS, "digest": "sha256:../../../v2/", "size": 2}],
+     "has no sha256 digest"),
+    ([{"mediaType": _PROMOTIONS, "digest": "sha256:" + "a" * 64, "size": "big"}], "has size big"),
+    ([{"mediaType": _PROMOTIONS, "digest": "sha256:" + "a" * 64, "size": 1 << 40}],
+     "has size 1099511627776"),
+    ([{"mediaType": _PROMOTIONS, "digest": "sha256:" + "a" * 64, "size": 2,
+       "annotations": "x"}], "annotations that are not short strings"),
+])
+def test_a_malformed_promotion_history_is_one_line(hostile: Hostile, tmp_path: Path,
+                                                   layers: Any, message: str) -> None:
+    from imagebuilder.promote import promote
+    store = Store(tmp_path / "store")
+    kernel = store.add_blob_bytes(b"k", KERNEL_MEDIA_TYPE)
+    layer = store.add_blob_bytes(b"l", INITRD_LAYER_MEDIA_TYPE)
+    store.put_image("demo:1.0", {"name": "demo", "version": "1.0"}, [kernel, layer])
+    _history(hostile, layers)
+    with pytest.raises(ImageBuilderError) as e:
+        promote(store, "demo:1.0", "test", ["test"], client=Client(hostile.host, insecure=True),
+                target=RegistryRef.parse(f"{hostile.host}/demo"))
+    assert re.search(message, str(e.value)), str(e.value)
+    assert "\n" not in str(e.value) and e.value.exit_code == 1
+    assert not [g for g in hostile.gets if "/blobs/" in g]  # nothing fetched by that digest
+
+
+@pytest.mark.parametrize("echoed", ["sha512:" + "a" * 128, "sha256:../../x", "sha256:" + "A" * 64])
+def test_a_manifest_digest_header_that_is_no_sha256_digest_is_not_believed(
+        hostile: Hostile, echoed: str) -> None:
+    body = json.dumps(_valid(hostile)).encode()
+    hostile.manifest(body, {"Docker-Content-Digest": echoed})
+    client = Client(hostile.host, insecure=True)
+    assert client.manifest_digest("demo", "1.0") == "sha256:" + hashlib.sha256(body).hexdigest()
