@@ -142,7 +142,10 @@ class Builder:
         drivers = select_drivers(manifest, cfg.system.hardware, cfg.system.modules)
         budget = Budget()
         try:
-            shape = detect(cfg.app.path, cfg.app.main, budget)
+            shape = detect(cfg.app.path, cfg.app.main, budget,
+                           config_dir=cfg.root if cfg.path else None)
+            for warning in shape.warnings:
+                self.report(f"WARNING: {warning}")
             # A war's classes are scanned with Tomcat's, once its packages are at hand.
             usage = None if shape.kind == "war" else self._scan(shape, budget)
             if cfg.jvm.aot:

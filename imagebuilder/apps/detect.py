@@ -17,15 +17,12 @@ unless their name says ``-SNAPSHOT``; everything else is the app's own.
 
 from __future__ import annotations
 
-import os
-import posixpath
-import urllib.parse
 from pathlib import Path
 
 from ..errors import UserError
-from . import war
+from . import thin, war
 from .archive import Budget, Jar
-from .shape import ClassSource, File, Shape, guest, is_snapshot, split_libs
+from .shape import ClassSource, File, Shape, app_files, guest, is_snapshot, split_libs
 
 NO_MAIN_CLASS = ("no Main-Class in META-INF/MANIFEST.MF: build it as an executable jar (jar "
                  "--main-class CLASS, or your build tool's manifest setting) or set [app] main")
@@ -33,9 +30,16 @@ BOOT_CLASSES = "BOOT-INF/classes/"
 BOOT_LIB = "BOOT-INF/lib/"
 
 
-def detect(path: Path, main: str | None, budget: Budget) -> Shape:
-    """The shape of the app at ``path`` (a jar, a war or a directory); UserError if it is none."""
+def detect(path: Path, main: str | None, budget: Budget, *,
+           config_dir: Path | None = None) -> Shape:
+    """The shape of the app at ``path`` (a jar, a war or a directory); UserError if it is none.
+    ``config_dir`` is where imagebuilder.toml is (None for a bare jar): an app directory must
+    be inside it; a single jar or war may be anywhere."""
     if path.is_dir():
+        if config_dir is not None and not path.resolve().is_relative_to(config_dir.resolve()):
+            raise UserError(f"app.path: {path} is an app directory outside {config_dir}, where "
+                            "imagebuilder.toml is: only a single jar or war may be outside it; "
+                            "move the directory into it")
         return _directory(path, main, budget)
     if war.is_war(path):
         return war.detect(path, main, budget)
@@ -45,20 +49,25 @@ def detect(path: Path, main: str | None, budget: Budget) -> Shape:
             return _spring_boot(path, jar, manifest, main)
         if main is None and not manifest.get("main-class"):
             raise UserError(f"{path}: {NO_MAIN_CLASS}")
-        chosen = main or manifest["main-class"]
-        own = [File(path.name, source=path)]
-        libs, dirs = _class_path(path, path.parent, manifest, budget)
-        # Classes in a directory are the app's own; jars are libraries.
-        in_dirs = [f for f in libs if any(f.source and f.source.is_relative_to(d.resolve())
-                                          for d in dirs)]
-        snapshots, third = split_libs([f for f in libs if f not in in_dirs])
-        snapshots = (*snapshots, *in_dirs)
-        cp = [guest(path.name), *(guest(f.dest) for f in libs if f.dest.endswith(".jar"))]
-        argv = ("-cp", ":".join(cp), chosen) if main else ("-jar", guest(path.name))
-        sources = [ClassSource(str(path), jar=path), *_sources(path.parent, libs),
-                   *(ClassSource(str(d), directory=d) for d in dirs)]
-        return Shape("thin-jar" if libs else "jar", (*own, *snapshots), third, argv, chosen,
-                     tuple(sources))
+        return _thin(path, main or manifest["main-class"], main is not None, budget, config_dir)
+
+
+def _thin(path: Path, chosen: str, explicit: bool, budget: Budget,
+          config_dir: Path | None) -> Shape:
+    """An executable jar, with the libraries its Class-Path names (:mod:`.thin`)."""
+    found = thin.follow(path, budget, config_dir)
+    jar_dests = {f.dest for f in found.jars}
+    # Classes in a directory are the app's own; jars are libraries.
+    in_dirs = [f for f in found.dir_files if f.dest not in jar_dests and f.dest != path.name]
+    snapshots, third = split_libs(found.jars)
+    cp = [guest(path.name), *(guest(f.dest) for f in found.jars)]
+    argv = ("-cp", ":".join(cp), chosen) if explicit else ("-jar", guest(path.name))
+    sources = [ClassSource(str(path), jar=path),
+               *(ClassSource(str(path.parent / f.dest), jar=f.source) for f in found.jars),
+               *(ClassSource(str(d), directory=d) for d in found.dirs)]
+    kind = "thin-jar" if found.jars or found.dirs else "jar"
+    return Shape(kind, (File(path.name, source=path), *snapshots, *in_dirs), third, argv,
+                 chosen, tuple(sources), tuple(found.warnings))
 
 
 def _spring_boot(path: Path, jar: Jar, manifest: dict[str, str], main: str | None) -> Shape:
@@ -107,77 +116,6 @@ def _classpath_idx(jar: Jar) -> dict[str, int]:
     return order
 
 
-def _class_path(jar_path: Path, root: Path, manifest: dict[str, str],
-                budget: Budget) -> tuple[list[File], list[Path]]:
-    """The jars a manifest's Class-Path names, recursively. The app jar's entries must be inside
-    ``root`` and exist; a library's own entries that do not (Debian's jars name
-    /usr/share/java/...) are left out, as the JVM skips what it cannot find. Also the
-    directories named (their files are among the files)."""
-    found: dict[str, File] = {}
-    dirs: list[Path] = []
-    todo = [(jar_path, manifest)]
-    while todo:
-        current, attrs = todo.pop()
-        strict = current == jar_path
-        for entry in attrs.get("class-path", "").split():
-            try:
-                rel = _inside(root, current.parent, entry, current)
-            except UserError:
-                if strict:
-                    raise
-                continue
-            target = root / rel
-            if rel in found or target == jar_path:
-                continue
-            if not target.exists():
-                if strict:
-                    raise UserError(f"{current}: Class-Path entry {entry} does not exist "
-                                    f"({target}): put it beside the jar or remove it from the "
-                                    "manifest")
-                continue
-            if target.is_dir():
-                if target not in dirs:
-                    dirs.append(target)
-                for file in _walk(target, root):
-                    found.setdefault(file.dest, file)
-                continue
-            found[rel] = File(rel, source=target)
-            with budget.open(str(target), target) as lib:
-                todo.append((target, lib.manifest()))
-    return [found[k] for k in sorted(found)], dirs
-
-
-def _inside(root: Path, base: Path, entry: str, where: Path) -> str:
-    """A Class-Path entry as a path relative to ``root``; UserError if it leaves it."""
-    url = urllib.parse.urlsplit(entry)
-    if url.scheme or url.netloc or entry.startswith("/"):
-        raise UserError(f"{where}: Class-Path entry {entry} is not a relative path: list "
-                        "libraries beside the jar (lib/x.jar)")
-    full = posixpath.normpath(posixpath.join(
-        base.relative_to(root).as_posix(), urllib.parse.unquote(url.path)))
-    if full == ".." or full.startswith("../") or full == ".":
-        raise UserError(f"{where}: Class-Path entry {entry} escapes the app's directory "
-                        f"{root}: keep libraries beside the jar (lib/x.jar)")
-    return full
-
-
-def _walk(top: Path, root: Path) -> list[File]:
-    """Every regular file below ``top`` (symlinks must stay inside ``root``), sorted."""
-    files: list[File] = []
-    real_root = root.resolve()
-    for dirpath, dirs, names in os.walk(top, followlinks=False):
-        dirs.sort()
-        for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            path = Path(dirpath, name)
-            real = path.resolve()
-            if not real.is_relative_to(real_root):
-                raise UserError(f"{path}: a symbolic link out of the app's directory {root}: copy "
-                                "the file into it instead")
-            if real.is_file():
-                files.append(File(path.relative_to(root).as_posix(), source=real))
-    return files
-
-
 def _sources(root: Path, files: list[File] | tuple[File, ...]) -> list[ClassSource]:
     """Class sources of the jars among ``files``."""
     return [ClassSource(str(root / f.dest), jar=f.source)
@@ -186,8 +124,11 @@ def _sources(root: Path, files: list[File] | tuple[File, ...]) -> list[ClassSour
 
 def _directory(path: Path, main: str | None, budget: Budget) -> Shape:
     if (path / "quarkus-app" / "quarkus-run.jar").is_file():
+        if not (path / "quarkus-app").resolve().is_relative_to(path.resolve()):
+            raise UserError(f"{path / 'quarkus-app'}: a symbolic link out of the app's directory "
+                            f"{path}: name the Quarkus app's own directory in app.path instead")
         path = path / "quarkus-app"
-    files = _walk(path, path)
+    files = app_files(path, path)
     if (path / "quarkus-run.jar").is_file():
         if main is not None:
             raise UserError(f"app.main: {path} is a Quarkus app, started by quarkus-run.jar: "

@@ -12,19 +12,24 @@ libraries beside it, an app directory, a war). Each detector in :mod:`.detect` t
   ``-cp CLASSPATH MAIN``);
 * ``classpath``: every place the app's class loader reads classes from (jars on disk, nested
   jars, a prefix inside a jar, directories), for module detection and for the checks that the
-  main class exists and that no class is newer than the JVM.
+  main class exists and that no class is newer than the JVM;
+* ``warnings``: what detection left out and why (one line each; the build prints them).
 
 Guest paths in ``File.dest`` are relative to ``/app``, the app's working directory.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import hashing
+from ..errors import UserError
 
 GUEST_DIR = "/app"
+#: The deepest an app's directory tree may go (real apps stay under 30 levels).
+MAX_DEPTH = 256
 
 
 def guest(dest: str) -> str:
@@ -74,6 +79,7 @@ class Shape:
     argv: tuple[str, ...]
     main: str
     classpath: tuple[ClassSource, ...]
+    warnings: tuple[str, ...] = ()
 
     def key(self, files: tuple[File, ...]) -> list[tuple[str, str]]:
         """A content key of ``files`` (guest path, digest), for a layer's cache key."""
@@ -84,3 +90,36 @@ def split_libs(files: list[File]) -> tuple[tuple[File, ...], tuple[File, ...]]:
     """Library files split into (own: ``-SNAPSHOT``, third-party)."""
     own = tuple(f for f in files if is_snapshot(f.dest))
     return own, tuple(f for f in files if not is_snapshot(f.dest))
+
+
+def app_files(top: Path, root: Path) -> list[File]:
+    """Every regular file below ``top`` (a directory inside the app's directory ``root``),
+    sorted, each at its path relative to ``root``; UserError for a symbolic link whose real path
+    is outside ``root``, a tree deeper than :data:`MAX_DEPTH` or one that cannot be read."""
+    files: list[File] = []
+    real_root = root.resolve()
+    todo = [(top, 0)]
+    while todo:
+        folder, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise UserError(f"{top}: directories nested more than {MAX_DEPTH} levels deep: not "
+                            "an app's directory; name the app's jar or a shallower directory")
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            subdirs = []
+            for entry in entries:
+                path = Path(entry.path)
+                real = path.resolve()
+                if not real.is_relative_to(real_root):
+                    raise UserError(f"{path}: a symbolic link out of the app's directory {root}: "
+                                    "copy the file into it instead")
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(path)
+                elif real.is_file():
+                    files.append(File(path.relative_to(root).as_posix(), source=real))
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of symbolic links
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise UserError(f"{folder}: cannot read it ({why}): fix it or leave it out of the "
+                            "app's directory") from None
+        todo += [(d, depth + 1) for d in reversed(subdirs)]
+    return sorted(files, key=lambda f: f.dest)

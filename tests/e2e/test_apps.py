@@ -179,8 +179,8 @@ def test_bad_jars_fail_in_one_line_leaving_nothing(cli: Cli, shop: ShopBuild, sp
     escape = project(tmp_path / "escape" / "app", "bad", "shop.jar")
     shop.thin_jar(escape)
     from tests.java_apps import _jar
-    _jar(shop.app, escape / "shop.jar", {"Main-Class": MAIN, "Class-Path": "../lib/x.jar"})
-    cases[escape] = "escapes the app's directory"
+    _jar(shop.app, escape / "shop.jar", {"Main-Class": MAIN, "Class-Path": "bogus:x.jar"})
+    cases[escape] = "so the JVM cannot load it"
     nomain = project(tmp_path / "nomain", "bad", "shop.jar", f'main = "{MAIN}X"\n')
     shop.spring_boot(nomain / "shop.jar")
     cases[nomain] = f"main class {MAIN}X is not in the app's class path"

@@ -55,3 +55,49 @@ def test_a_directory_as_a_bare_jar(work: Path, capsys: pytest.CaptureFixture[str
     (work / "app.jar").mkdir()
     assert _error(capsys, "build", "app.jar", "--name", "a", "--version", "1") == (
         f"ERROR: app.jar: expected a jar file, got a directory: {work}/app.jar")
+
+
+def _jar(path: Path, manifest: str) -> None:
+    import zipfile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("META-INF/MANIFEST.MF", manifest)
+        zf.writestr("readme.txt", "no classes")
+
+
+def test_build_warns_of_class_path_entries_it_leaves_out(
+        work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The warnings go through the build's report, one line each, before any error."""
+    _jar(work / "app.jar", "Main-Class: a.B\r\nClass-Path: lib/gone.jar /usr/share/java/x.jar"
+         "\r\n\r\n")
+    _config(work, "app.jar")
+    capsys.readouterr()
+    assert main(["build"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"WARNING: {work}/app.jar: Class-Path entry lib/gone.jar ({work}/lib/gone.jar) does not "
+        "exist: left out, as the JVM skips it",
+        f"WARNING: {work}/app.jar: Class-Path entry /usr/share/java/x.jar is /usr/share/java/x.jar"
+        f" in the image, outside the app's directory /app: left out (nothing outside {work} is "
+        f"taken from this machine); to include it, copy it into {work} and name it relative to "
+        "the jar, or install the Debian package that ships it with [app] packages (the image "
+        "resolves the same path)",
+        f"ERROR: {work}/app.jar: no class files in it: app.path must name a Java app (a jar of "
+        "classes, a Spring Boot jar, an app directory)"]
+
+
+def test_an_app_directory_outside_the_config_directory(
+        work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "elsewhere" / "lib").mkdir(parents=True)
+    _jar(work / "elsewhere" / "lib" / "app.jar", "Main-Class: a.B\r\n\r\n")
+    project = work / "project"
+    project.mkdir()
+    _config(project, "../elsewhere")
+    assert _error(capsys, "build", str(project)) == (
+        f"ERROR: app.path: {work}/elsewhere is an app directory outside {project}, where "
+        "imagebuilder.toml is: only a single jar or war may be outside it; move the directory "
+        "into it")
+    os.symlink(work / "elsewhere", project / "linked")  # a symbolic link is no way in
+    _config(project, "linked")
+    assert "is an app directory outside" in _error(capsys, "build", str(project))
+    _config(project, "../elsewhere/lib/app.jar")  # a single jar may be anywhere
+    assert "no class files in it" in _error(capsys, "build", str(project))
