@@ -141,8 +141,8 @@ class Client:
                      creds: tuple[str, str] | None) -> str:
         realm = params["realm"]
         if not self._realm_allowed(realm):
-            raise RegistryError(f"registry {self.host} names the token service {_url(realm)}: "
-                                "plain HTTP to another origin than the registry's; refused, the "
+            raise RegistryError(f"registry {self.host} names the token service {_url(realm)}, "
+                                "neither HTTPS nor the registry's own origin; refused: the "
                                 "credentials would travel in clear")
         scopes = params.get("scope", "").split() or scope.split()
         try:

@@ -327,8 +327,8 @@ def test_a_plain_http_token_realm_elsewhere_gets_nothing(
     _login(docker_config, reg.host)
     with pytest.raises(RegistryError) as e:
         _push(_store(tmp_path), reg, _client(reg, tls))
-    _one_line(e, rf"^registry {reg.host} names the token service {auth.url}/token: plain HTTP "
-                 "to another origin than the registry's; refused")
+    _one_line(e, rf"^registry {reg.host} names the token service {auth.url}/token, neither "
+                 "HTTPS nor the registry's own origin; refused: the credentials would travel")
     assert auth.seen == [] and reg.authorizations() == []
 
 
