@@ -327,10 +327,12 @@ def rm_cmd(refs: Sequence[str]) -> None:
               help="microvm: the kernel directly on QEMU's microvm machine (the fastest); bios, "
                    "uefi: the image's disk through SeaBIOS or OVMF; direct: the kernel directly "
                    "on the pc machine; auto: microvm if the image carries virtio_mmio, else bios.")
-@click.option("--jit", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
-              help="auto: under TCG, a microvm or direct boot runs the JVM with C1 only "
-                   "(-XX:TieredStopAtLevel=1), which starts faster emulated; full: the JVM's "
-                   "own tiers, as in production.")
+@click.option("--jit", type=click.Choice(["auto", "full", "c1"]), default="auto",
+              show_default=True,
+              help="auto, full: the JVM's own tiers, as in production; c1: a microvm or direct "
+                   "boot runs the JVM with C1 only (-XX:TieredStopAtLevel=1) and 16 MiB thread "
+                   "stacks unless the app sets -Xss: faster under TCG, but C1's larger frames "
+                   "can overflow a deep recursion that C2 runs.")
 @click.option("--wait", is_flag=True,
               help="Return once the app answers HTTP, leaving the VM running in the background.")
 @click.option("--timeout", type=float, default=180.0, show_default=True,

@@ -102,15 +102,19 @@ class RunSpec:
     # The kernel to boot directly when it is not the image's bzImage (set by prepare: see
     # directboot).
     kernel_file: Path | None = None
-    # auto: under TCG, a direct or microvm boot asks the init for C1 only (see JIT_C1); full:
-    # the JVM's own tiers, as on KVM and in production.
+    # auto, full: the JVM's own tiers, as in production; c1: a direct or microvm boot asks the
+    # init for C1 only (see JIT_C1).
     jit: str = "auto"
 
 
-#: Added to a direct or microvm boot's command line under TCG: the init then runs the JVM with
-#: -XX:TieredStopAtLevel=1. Emulated, C2's start-up compilations cost more than they return in
-#: a local run (Tomcat with a war answered in 43 s instead of 68 s). Disk boots cannot take it:
-#: their boot loaders refuse added options.
+#: Added to a direct or microvm boot's command line by ``run --jit c1``: the init then runs the
+#: JVM with -XX:TieredStopAtLevel=1 and, unless the app sets its own, 16 MiB thread stacks
+#: (-Xss16m). Emulated, C2's start-up compilations cost more than they return in a local run
+#: (Tomcat with a war answered in 43 s instead of 68 s). It is not the default: C1's frames are
+#: larger than C2's, by a factor that grows with the calls C2 inlines (4.6x for a recursive
+#: descent parser, 10x for a three-method visitor, 16x for six; README), so no stack size
+#: keeps every deep recursion that runs in production from overflowing. Disk boots cannot
+#: take it: their boot loaders refuse added options.
 JIT_C1 = "imagebuilder.jit=c1"
 
 
@@ -179,7 +183,7 @@ def qemu_argv(spec: RunSpec, store: Store, media: Path, run_dir: Path, accel: st
     if spec.boot in ("direct", "microvm"):
         append = microvm.cmdline(cmdline, accel, microvm.host_tsc_khz()) if on_microvm \
             else cmdline
-        if accel == "tcg" and spec.jit == "auto":
+        if spec.jit == "c1":
             append += " " + JIT_C1
         argv += ["-kernel", str(kernel), "-initrd", str(media), "-append", append]
     else:
@@ -234,6 +238,9 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
         check_port_free(forward)
     require("qemu-system-x86_64", "qemu-system-x86")
     spec.boot = resolve_boot(spec, store)
+    if spec.jit == "c1" and spec.boot not in ("direct", "microvm"):
+        raise UserError(f"--jit c1 needs a microvm or direct boot ({spec.boot} boots the disk, "
+                        "whose boot loader takes no added option): add --boot microvm or direct")
     from .. import memory
     from ..cache import Cache
     needs = memory.image_needs(Cache(runs.parent / "cache"), store, spec.image)

@@ -78,7 +78,7 @@ def test_foreground_run_in_256_mib_exits_with_the_apps_status(cli: Cli, hello: B
     port = free_port()
     proc = subprocess.Popen(
         cli.argv(["run", hello.ref, "--config", str(hello.app), "--env", "prod", "--accel",
-                  "tcg", "--memory", "256", "-p", f"127.0.0.1:{port}:8080"]),
+                  "tcg", "--memory", "256", "-p", f"127.0.0.1:{port}:8080", "--jit", "c1"]),
         env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)
@@ -93,11 +93,13 @@ def test_foreground_run_in_256_mib_exits_with_the_apps_status(cli: Cli, hello: B
     # microvm: virtio over MMIO, found by the init through the ACPI device's modalias.
     drivers = next(line for line in out.splitlines() if "] drivers: " in line).split()
     assert "virtio_mmio" in drivers and "virtio_net" in drivers
-    # Under TCG, run adds what spares emulated work to the image's own command line.
+    # Under TCG, run adds what spares emulated work to the image's own command line, and
+    # --jit c1 asks for C1 only, with stacks large enough for its frames.
     cmdline = next(line for line in out.splitlines() if "] kernel command line: " in line)
     assert re.search(r": console=tty0 console=ttyS0 quiet panic=-1 pci=off tsc_early_khz=\d+ "
                      r"tsc=reliable cryptomgr\.notests imagebuilder\.jit=c1$", cmdline), cmdline
-    assert "imagebuilder.jit=c1: the JVM compiles with C1 only" in out
+    assert ("imagebuilder.jit=c1: the JVM compiles with C1 only (-XX:TieredStopAtLevel=1), with"
+            " 16 MiB thread stacks (-Xss16m: C1's frames are larger than C2's), in this run") in out
     assert "environment prod from config drive /dev/vda" in out
 
 

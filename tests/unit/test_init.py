@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from imagebuilder.envlimits import TOTAL_MAX, VAR_MAX
 from imagebuilder.layers.base import APPLETS, STOP_TIMEOUT, env_filter
 from imagebuilder.layers.templates import render
 from imagebuilder.memory import APP_FLOOR_MIB
-from imagebuilder.targets.qemu import EXIT_RE
+from imagebuilder.store import Store
+from imagebuilder.targets.qemu import EXIT_RE, RunSpec, qemu_argv
+from tests.unit.test_qemu_args import _image, needs_qemu
 
 BUSYBOX = shutil.which("busybox")
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
@@ -69,6 +72,8 @@ def _why_not() -> str | None:
     return None
 
 
+needs_java = pytest.mark.skipif(shutil.which("javac") is None or shutil.which("java") is None,
+                                reason="javac/java not installed (openjdk-17-jdk-headless)")
 WHY_NOT = _why_not()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
@@ -199,6 +204,20 @@ def test_hostile_environment_never_stops_the_init(guest: Guest) -> None:
     assert not (guest.root / "tmp/pwned").exists()
     assert booted.stub_log[-1] == "poweroff -f"
     assert "-o remount,ro /" in booted.stub_log
+
+
+def test_ten_thousand_variables_all_reach_the_app(guest: Guest) -> None:
+    """The app's argv is built in one pass: appending the lines one by one took time quadratic
+    in their number (10,000: 9.4 s to 26 s; in one pass 0.4 s to 0.8 s, the whole sandboxed
+    boot). The bound is loose, as test_aot's: it fails the quadratic way even on a quiet host."""
+    env = {f"V{i}": f"{i} ${{x}} *" for i in range(10_000)}  # 178 KB: under TOTAL_MAX
+    start = time.monotonic()
+    booted = guest.boot("".join(f"{k}={v}\n" for k, v in env.items()).encode())
+    seconds = time.monotonic() - start
+    assert booted.exit_status == 7, booted.console
+    assert seconds < 5, f"the init took {seconds:.1f} s to start an app with 10,000 variables"
+    assert booted.app_env == {**BASE_ENV, **env}
+    assert booted.app_args == ["one arg", "$HOME", "x=y"]
 
 
 def test_app_environment_file_is_root_only(guest: Guest) -> None:
@@ -453,3 +472,104 @@ def test_c1_only_leaves_a_command_other_than_java_alone(guest: Guest) -> None:
     (guest.root / "proc/cmdline").write_text("console=ttyS0 imagebuilder.jit=c1\n")
     booted = guest.boot(b"IMAGEBUILDER_ENV=test\n")
     assert booted.app_args == ["one arg", "$HOME", "x=y"]
+    assert "C1 only" not in booted.console
+
+
+def _java_args(guest: Guest, cmdline: str, command: str = "Main",
+               env: bytes = b"IMAGEBUILDER_ENV=test\n") -> tuple[list[str], str]:
+    """What the init hands java (app.conf runs ``java COMMAND``) and the console."""
+    java = guest.root / "opt/java/bin/java"
+    java.parent.mkdir(parents=True, exist_ok=True)
+    java.write_text(JAVA_STUB)
+    java.chmod(0o755)
+    (guest.root / "etc/imagebuilder/app.conf").write_text(
+        "IMAGE_NAME=hello\nIMAGE_VERSION=1.0.0\nAPP_PORT=8080\n"
+        f"set -- /opt/java/bin/java {command}\n")
+    (guest.root / "proc/cmdline").write_text(cmdline + "\n")
+    booted = guest.boot(env)
+    assert booted.exit_status == 7, booted.console
+    assert booted.app_args is not None
+    return booted.app_args, booted.console
+
+
+C1 = "console=ttyS0 imagebuilder.jit=c1"
+
+
+@pytest.mark.parametrize("command, env, flags", [
+    ("Main", b"", ["-XX:TieredStopAtLevel=1", "-Xss16m"]),
+    ("-jar app.jar -Xss1m", b"", ["-XX:TieredStopAtLevel=1", "-Xss16m"]),  # the app's argument
+    ("-cp -Xss1m Main", b"", ["-XX:TieredStopAtLevel=1", "-Xss16m"]),  # a class path
+    ("-XX:ThreadStackSize=2048 Main", b"", ["-XX:TieredStopAtLevel=1"]),
+    ("-cp /app/lib -Xss512k -jar app.jar", b"", ["-XX:TieredStopAtLevel=1"]),
+    ("@jvm.args Main", b"", ["-XX:TieredStopAtLevel=1"]),
+    ("Main", b"JAVA_TOOL_OPTIONS=-Xmx1g -Xss2m\n", ["-XX:TieredStopAtLevel=1"]),
+    ("Main", b"JDK_JAVA_OPTIONS=-XX:ThreadStackSize=4096\n", ["-XX:TieredStopAtLevel=1"]),
+    ("Main", b"OTHER=-Xss2m\n", ["-XX:TieredStopAtLevel=1", "-Xss16m"]),
+])
+def test_c1_only_gets_large_stacks_unless_the_app_sets_its_own(
+        guest: Guest, command: str, env: bytes, flags: list[str]) -> None:
+    (guest.root / "app/jvm.args").write_text("-Xmx256m\n-Xss2m\n")
+    args, console = _java_args(guest, C1, command, b"IMAGEBUILDER_ENV=test\n" + env)
+    assert args == [*flags, *command.split()]
+    stack = ("16 MiB thread stacks (-Xss16m: C1's frames are larger than C2's)"
+             if "-Xss16m" in flags else "its own thread stack size")
+    assert (f"imagebuilder.jit=c1: the JVM compiles with C1 only (-XX:TieredStopAtLevel=1), with"
+            f" {stack}, in this run") in console
+
+
+# -- the JVM's semantics under `run` ------------------------------------------------------------
+# C1's frames are larger than C2's, so a deep recursion that production (C2) runs can overflow
+# under C1 only. tests/unit/recursion/Depths.java measures how deep several kinds of recursion
+# get; it runs on the host's JDK with the options the init hands java, and without them. Both
+# runs take -Xbatch (compilation in the foreground) so that the compiled frames, not the timing
+# of background compilation, decide the depths.
+
+DEPTH_KINDS = ("plain", "lambda", "descent", "wide", "build", "chain")
+
+
+@pytest.fixture(scope="module")
+def depths_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("depths")
+    source = Path(__file__).parent / "recursion" / "Depths.java"
+    subprocess.run(["javac", "-d", str(out), str(source)], check=True)
+    return out
+
+
+def _depths(classes: Path, flags: list[str], where: str) -> dict[str, int]:
+    """Each kind's depth with the JVM options ``flags``, on the main thread or a new one."""
+    result = subprocess.run(["java", "-Xbatch", *flags, "-cp", str(classes), "Depths", where,
+                             *DEPTH_KINDS], capture_output=True, text=True, check=True,
+                            timeout=300)
+    return {kind: int(depth) for kind, depth in (line.split() for line in
+                                                 result.stdout.splitlines())}
+
+
+def _assert_as_deep(classes: Path, flags: list[str]) -> None:
+    for where in ("main", "thread"):
+        default, ours = _depths(classes, [], where), _depths(classes, flags, where)
+        shallower = {k: (ours[k], default[k]) for k in DEPTH_KINDS if ours[k] < default[k]}
+        assert not shallower, f"{where}: {flags} reach (depth, default's): {shallower}"
+
+
+def _run_cmdline(tmp_path: Path, jit: str) -> str:
+    """The kernel command line of `run --jit JIT` on a direct boot under TCG."""
+    store = Store(tmp_path / "store")
+    spec = RunSpec(_image(store), None, {}, [])
+    if jit != "default":
+        spec.jit = jit
+    argv = qemu_argv(spec, store, tmp_path / "initrd", tmp_path, "tcg", "stdio")
+    return argv[argv.index("-append") + 1]
+
+
+@needs_java
+@needs_qemu
+@pytest.mark.parametrize("jit", ["default", "c1"])
+def test_run_keeps_the_depth_production_reaches(guest: Guest, tmp_path: Path,
+                                                depths_classes: Path, jit: str) -> None:
+    """`run` (its defaults, and --jit c1) gives the JVM options with which every kind of
+    recursion gets at least as deep as with the JVM's defaults."""
+    args, _ = _java_args(guest, _run_cmdline(tmp_path, jit))
+    assert args[-1] == "Main"
+    flags = args[:-1]
+    _assert_as_deep(depths_classes, flags)
+    assert (flags == []) == (jit == "default")

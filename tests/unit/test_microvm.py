@@ -108,8 +108,10 @@ def test_microvm_argv(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPa
                and i + 1 < len(argv) and word not in ("-device", "-drive")}
     assert options["-machine"] == "microvm,acpi=on,auto-kernel-cmdline=off,accel=tcg"
     assert options["-append"] == (
-        "console=ttyS0 quiet pci=off tsc_early_khz=2000000 tsc=reliable "
-        "cryptomgr.notests imagebuilder.jit=c1")
+        "console=ttyS0 quiet pci=off tsc_early_khz=2000000 tsc=reliable cryptomgr.notests")
+    spec.jit = "c1"
+    assert qemu_argv(spec, store, tmp_path / "x.initrd", tmp_path, "tcg", "stdio")[
+        argv.index("-append") + 1].endswith(" cryptomgr.notests imagebuilder.jit=c1")
     assert options["-initrd"] == str(tmp_path / "x.initrd")
     devices = [argv[i + 1] for i, word in enumerate(argv) if word == "-device"]
     assert devices == ["virtio-net-device,netdev=net0", "virtio-rng-device",

@@ -169,11 +169,11 @@ def test_qemu_argv(store: Store, tmp_path: Path) -> None:
     assert _option(argv, "-kernel") == [str(store.blob_path(image.layers[0].digest))]
     assert store.blob_path(image.layers[0].digest).read_bytes() == KERNEL
     assert _option(argv, "-initrd") == [str(initrd)]
-    # Under TCG the init is asked for C1 only; --jit full keeps the JVM's own tiers.
-    assert _option(argv, "-append") == ["console=ttyS0 quiet panic=-1 imagebuilder.jit=c1"]
-    spec.jit = "full"
+    # The JVM's own tiers, as in production, even under TCG; --jit c1 asks the init for C1 only.
+    assert _option(argv, "-append") == ["console=ttyS0 quiet panic=-1"]
+    spec.jit = "c1"
     assert _option(qemu_argv(spec, store, initrd, run_dir, "tcg", "stdio"), "-append") == [
-        "console=ttyS0 quiet panic=-1"]
+        "console=ttyS0 quiet panic=-1 imagebuilder.jit=c1"]
     assert _option(argv, "-m") == ["768"]
     assert _option(argv, "-smp") == ["1"]  # TCG: one vCPU, see TCG_CPUS
     assert _option(argv, "-machine") == ["pc,accel=tcg"]
@@ -212,6 +212,18 @@ def test_prepare_without_env_has_no_config_drive(store: Store, tmp_path: Path) -
     assert (run_dir / "image").read_text() == f"hello:1.0.0 {spec.image.digest}\n"
     argv = qemu_argv(spec, store, initrd, run_dir, "tcg", "stdio")
     assert "-drive" not in argv
+
+
+@needs_qemu
+@pytest.mark.parametrize("boot", ["bios", "uefi"])
+def test_c1_only_needs_a_kernel_boot(store: Store, tmp_path: Path, boot: str) -> None:
+    runs = tmp_path / "home" / "run"
+    spec = RunSpec(_image(store, layers=CPIO_LAYERS), None, {}, [], "tcg", boot=boot, jit="c1")
+    with pytest.raises(UserError, match=f"^--jit c1 needs a microvm or direct boot \\({boot} boots"
+                                        " the disk, whose boot loader takes no added option\\): "
+                                        "add --boot microvm or direct$"):
+        prepare(spec, store, runs)
+    assert not runs.exists()
 
 
 @needs_qemu
