@@ -87,6 +87,7 @@ def _spring_boot(path: Path, jar: Jar, manifest: dict[str, str], main: str | Non
             own.append(File(name, data=jar.read(name)))
         elif name.startswith(BOOT_LIB) and name.endswith(".jar"):
             libs.append(File(name, data=jar.read(name)))
+    _check_file_or_directory(jar, [*own, *libs])
     order = _classpath_idx(jar)
     libs.sort(key=lambda f: (order.get(f.dest, len(order)), f.dest))
     snapshots, third = split_libs(libs)
@@ -95,6 +96,19 @@ def _spring_boot(path: Path, jar: Jar, manifest: dict[str, str], main: str | Non
     sources += [ClassSource(f"{path}!/{f.dest}", jar=f.data) for f in libs]
     return Shape("spring-boot", (*own, *snapshots), third, ("-cp", ":".join(cp), chosen),
                  chosen, tuple(sources))
+
+
+def _check_file_or_directory(jar: Jar, files: list[File]) -> None:
+    """UserError if a name is a file and also a directory of another file (zip entries can
+    be both; the image cannot)."""
+    names = {f.dest for f in files}
+    for f in files:
+        parent = f.dest.rpartition("/")[0]
+        while parent:
+            if parent in names:
+                raise UserError(f"{jar.where(parent)} is a file, and a directory of "
+                                f"{f.dest} too: the image cannot hold both; rebuild the jar")
+            parent = parent.rpartition("/")[0]
 
 
 def _safe_name(name: str) -> bool:

@@ -6,6 +6,7 @@ The apps are real: compiled by the host's javac against Debian's Jackson
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -451,3 +452,62 @@ def test_spring_boot_entry_escaping_app_dir(tmp_path: Path, name: str) -> None:
         zf.writestr(name, b"x")
     assert error(jar) == (f"{jar}!/{name}: an entry name that would leave the app's directory (an "
                           "absolute path, '..' or a NUL): rebuild the jar")
+
+
+@pytest.mark.parametrize(("file", "inside"), [
+    ("BOOT-INF/classes/a", "BOOT-INF/classes/a/B.class"),
+    ("BOOT-INF/lib/x.jar", "BOOT-INF/lib/x.jar/y.jar"),
+])
+def test_spring_boot_name_as_file_and_directory(tmp_path: Path, file: str, inside: str) -> None:
+    jar = tmp_path / "both.jar"
+    with zipfile.ZipFile(jar, "w") as zf:
+        zf.writestr("META-INF/MANIFEST.MF", "Start-Class: a.B\r\n\r\n")
+        zf.writestr(file, b"x" if file.endswith("a") else _empty_jar())
+        zf.writestr(inside, b"\xca\xfe\xba\xbe\0\0\0\x3d\0\1" if inside.endswith(".class")
+                    else _empty_jar())
+        if not inside.endswith(".class"):
+            zf.writestr("BOOT-INF/classes/a/B.class", b"\xca\xfe\xba\xbe\0\0\0\x3d\0\1")
+    assert error(jar) == (f"{jar}!/{file} is a file, and a directory of {inside} too: the image "
+                          "cannot hold both; rebuild the jar")
+
+
+def _empty_jar() -> bytes:
+    import io
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
+    return out.getvalue()
+
+
+def test_app_directory_too_deep(tmp_path: Path) -> None:
+    root = tmp_path / "deep"
+    (root / "lib").mkdir(parents=True)
+    with zipfile.ZipFile(root / "lib" / "app.jar", "w") as zf:
+        zf.writestr("a/B.class", b"\xca\xfe\xba\xbe\0\0\0\x3d\0\1")
+    fd = os.open(root, os.O_RDONLY)
+    try:  # 1000 levels, made relative to a directory fd (the path is longer than PATH_MAX)
+        for _ in range(1000):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        assert error(root, main="a.B") == (f"{root}: directories nested more than 256 levels "
+                                           "deep: not an app's directory; name the app's jar or "
+                                           "a shallower directory")
+    finally:
+        os.close(fd)
+        while (root / "d" / "d").exists():  # unnest (rmtree recurses as deep as the tree)
+            os.rename(root / "d" / "d", root / "e")
+            os.rmdir(root / "d")
+            os.rename(root / "e", root / "d")
+
+
+def test_quarkus_app_symlinked_out_of_the_app(shop: ShopBuild, tmp_path: Path) -> None:
+    from tests.java_apps import _jar
+    real = tmp_path / "elsewhere" / "quarkus-app"
+    _jar(shop.greet, real / "quarkus-run.jar", {"Main-Class": "com.example.greet.Greeting"})
+    (tmp_path / "target").mkdir()
+    os.symlink(real, tmp_path / "target" / "quarkus-app")
+    assert error(tmp_path / "target") == (
+        f"{tmp_path}/target/quarkus-app: a symbolic link out of the app's directory "
+        f"{tmp_path}/target: name the Quarkus app's own directory in app.path instead")
