@@ -389,6 +389,10 @@ def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = Tr
         settings: tuple[network_mod.StaticNetwork, ...] = ()
         if "network" in body:
             settings = network_mod.parse(body["network"], f"{key}.network", fail)
+            lines = network_mod.env_vars(settings)
+            problem = envlimits.env_problem(env_name, {**env_vars, **lines})
+            if problem:
+                raise fail(f"{key}.network", f"with its {network_mod.VAR_PREFIX}n lines, {problem}")
         environments[env_name] = Environment(name=env_name, vars=dict(env_vars),
                                              network=settings)
 

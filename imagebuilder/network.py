@@ -106,6 +106,10 @@ def _one(table: dict[str, Any], key: str, fail: Fail, *, need_mac: bool) -> Stat
                    f'expected an IPv4 address with its prefix length like "10.0.0.5/24", got'
                    f" {_show(raw)}") from None
     network = interface.network
+    if network.prefixlen == 0:
+        raise fail(f"{key}.address", f"{raw}: a /0 network makes every address a neighbour (no"
+                                     " gateway is ever used): give the subnet's prefix, e.g. /24")
+    _check_unicast(interface.ip, f"{key}.address", fail)
     if network.prefixlen < 31 and interface.ip in (network.network_address,
                                                     network.broadcast_address):
         raise fail(f"{key}.address", f"{raw} is the network's own or broadcast address, not a"
@@ -113,7 +117,7 @@ def _one(table: dict[str, Any], key: str, fail: Fail, *, need_mac: bool) -> Stat
     gateway = table.get("gateway")
     gw = None
     if gateway is not None:
-        gw = _ip(gateway, f"{key}.gateway", fail)
+        gw = _check_unicast(_ip(gateway, f"{key}.gateway", fail), f"{key}.gateway", fail)
         if gw not in network:
             raise fail(f"{key}.gateway", f"{gateway} is not in the card's network {network}")
         if gw == interface.ip:
@@ -122,7 +126,11 @@ def _one(table: dict[str, Any], key: str, fail: Fail, *, need_mac: bool) -> Stat
     if not isinstance(dns, list):
         raise fail(f"{key}.dns", f'expected a list of IPv4 addresses like ["10.0.0.2"], got'
                                  f" {_show(dns)}")
-    servers = tuple(str(_ip(d, f"{key}.dns[{i}]", fail)) for i, d in enumerate(dns))
+    if len(dns) > MAX_DNS:
+        raise fail(f"{key}.dns", f"{len(dns)} servers given; the guest's resolver (glibc) asks at"
+                                 f" most {MAX_DNS}")
+    servers = tuple(str(_check_unicast(_ip(d, f"{key}.dns[{i}]", fail), f"{key}.dns[{i}]", fail))
+                    for i, d in enumerate(dns))
     mac = table.get("mac")
     if mac is None:
         if need_mac:
@@ -145,6 +153,27 @@ def _ip(value: object, key: str, fail: Fail) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(value)
     except ValueError:
         raise fail(key, f'expected an IPv4 address like "10.0.0.1", got {_show(value)}') from None
+
+
+#: What an address of a card, a gateway or a DNS server cannot be, and why, in the order checked.
+_NOT_UNICAST = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "is in 0.0.0.0/8 (\"this network\"), never a host's"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "is a loopback address (127.0.0.0/8): it never leaves"
+                                           " the machine"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "is a multicast address (224.0.0.0/4), never a host's"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "is reserved (240.0.0.0/4, with the broadcast"
+                                           " address 255.255.255.255), never a host's"),
+)
+#: glibc's MAXNS: the resolver asks the first three nameservers of resolv.conf only.
+MAX_DNS = 3
+
+
+def _check_unicast(ip: ipaddress.IPv4Address, key: str, fail: Fail) -> ipaddress.IPv4Address:
+    """``ip`` if a host on a network can have it."""
+    for network, why in _NOT_UNICAST:
+        if ip in network:
+            raise fail(key, f"{ip} {why}")
+    return ip
 
 
 def _show(value: object) -> str:

@@ -22,6 +22,7 @@ from imagebuilder.config import (
     load,
     with_overrides,
 )
+from imagebuilder.envlimits import TOTAL_MAX
 from imagebuilder.errors import ConfigError, NotFoundError, UserError
 from imagebuilder.network import StaticNetwork
 
@@ -329,6 +330,37 @@ INVALID = [
     (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", mac = "52:54:00:00:01" }\n',
      f'{J}: env.prod.network.mac: expected a MAC address like "52:54:00:12:34:56", got'
      ' "52:54:00:00:01"'),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/0" }\n',
+     f"{J}: env.prod.network.address: 10.0.0.5/0: a /0 network makes every address a"
+     " neighbour (no gateway is ever used): give the subnet's prefix, e.g. /24"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "0.0.0.0/32" }\n',
+     f'{J}: env.prod.network.address: 0.0.0.0 is in 0.0.0.0/8 ("this network"), never a'
+     " host's"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "127.0.0.5/8" }\n',
+     f"{J}: env.prod.network.address: 127.0.0.5 is a loopback address (127.0.0.0/8): it"
+     " never leaves the machine"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "224.0.0.5/24" }\n',
+     f"{J}: env.prod.network.address: 224.0.0.5 is a multicast address (224.0.0.0/4),"
+     " never a host's"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "255.255.255.255/32" }\n',
+     f"{J}: env.prod.network.address: 255.255.255.255 is reserved (240.0.0.0/4, with the"
+     " broadcast address 255.255.255.255), never a host's"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", gateway = "127.0.0.1" }\n',
+     f"{J}: env.prod.network.gateway: 127.0.0.1 is a loopback address (127.0.0.0/8): it"
+     " never leaves the machine"),
+    (MINIMAL + ('[env.prod]\nnetwork = { address = "10.0.0.5/24",'
+                ' dns = ["10.0.0.2", "0.0.0.0"] }\n'),
+     f'{J}: env.prod.network.dns[1]: 0.0.0.0 is in 0.0.0.0/8 ("this network"), never a'
+     " host's"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", dns = ["127.0.0.53"] }\n',
+     f"{J}: env.prod.network.dns[0]: 127.0.0.53 is a loopback address (127.0.0.0/8): it"
+     " never leaves the machine"),
+    (MINIMAL + '[env.prod]\nnetwork = { address = "10.0.0.5/24", dns = ["224.0.0.251"] }\n',
+     f"{J}: env.prod.network.dns[0]: 224.0.0.251 is a multicast address (224.0.0.0/4),"
+     " never a host's"),
+    (MINIMAL + ('[env.prod]\nnetwork = { address = "10.0.0.5/24",'
+                ' dns = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.6"] }\n'),
+     f"{J}: env.prod.network.dns: 4 servers given; the guest's resolver (glibc) asks at most 3"),
     (MINIMAL + '[env.prod]\nnetwork = "dhcp"\n',
      (f'{J}: env.prod.network: expected a table like {{ address = "10.0.0.5/24", gateway ='
       ' "10.0.0.1", dns = ["10.0.0.2"] } or a list of them, each with a mac')),
@@ -395,6 +427,26 @@ def test_relative_app_path_is_taken_from_the_config_directory(
 def test_mirror_loses_its_trailing_slash(project: Path) -> None:
     write(project, MINIMAL + '[system]\nmirror = "https://mirror.example/debian/"\n')
     assert load(project).system.mirror == "https://mirror.example/debian"
+
+
+def test_network_lines_count_towards_the_environments_size(project: Path) -> None:
+    """The guest skips lines past TOTAL_MAX: the network's must fit with the variables."""
+    network = 'network = { address = "10.0.0.5/24", gateway = "10.0.0.1" }\n'
+    line = len("IMAGEBUILDER_NET_1=mac=any address=10.0.0.5/24 gateway=10.0.0.1\n")
+    room = TOTAL_MAX - len("IMAGEBUILDER_ENV=prod\n") - 4 * len("A=\n")
+    sizes = [room // 4] * 3 + [room - 3 * (room // 4) - line]  # exactly full with the line
+    body = "".join(f'{name} = "{"x" * size}"\n' for name, size in zip("ABCD", sizes, strict=True))
+    write(project, MINIMAL + "[env.prod]\n" + network + "[env.prod.vars]\n" + body)
+    assert load(project).env("prod").network
+    body = body.replace('D = "x', 'D = "xx')  # one byte more
+    write(project, MINIMAL + "[env.prod]\n" + network + "[env.prod.vars]\n" + body)
+    with pytest.raises(ConfigError) as e:
+        load(project)
+    assert str(e.value) == (
+        f"{J}: env.prod.network: with its IMAGEBUILDER_NET_n lines, the variables come to"
+        f" {TOTAL_MAX + 1} bytes; an environment may hold at most {TOTAL_MAX} (what the guest"
+        " can pass to the app)")
+    assert e.value.exit_code == 2
 
 
 def test_hardware_modules_and_static_network(project: Path) -> None:
