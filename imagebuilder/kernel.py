@@ -42,7 +42,8 @@ from typing import Protocol
 import zstandard
 
 from imagebuilder import elf
-from imagebuilder.errors import ConfigError, ImageBuilderError
+from imagebuilder.cmdline import check_cmdline
+from imagebuilder.errors import ConfigError, ImageBuilderError, UserError
 from imagebuilder.resources import data_dir
 
 __all__ = [
@@ -113,6 +114,10 @@ def load_manifest(name: str) -> KernelManifest:
     if not all(isinstance(m, str) and m for m in modules):
         raise ConfigError(f"{source}: 'modules' must be a list of module names")
     names = tuple(dict.fromkeys(modname(m) for m in modules))
+    try:  # the image's command line: boot-loader and iPXE text (see cmdline.py)
+        check_cmdline(data["cmdline"])
+    except UserError as e:
+        raise ConfigError(f"{source}: cmdline: {e}") from None
     return KernelManifest(
         name=name, package=data["package"], modules=names, cmdline=data["cmdline"]
     )

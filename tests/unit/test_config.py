@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import textwrap
@@ -446,6 +447,27 @@ def test_network_lines_count_towards_the_environments_size(project: Path) -> Non
         f"{J}: env.prod.network: with its IMAGEBUILDER_NET_n lines, the variables come to"
         f" {TOTAL_MAX + 1} bytes; an environment may hold at most {TOTAL_MAX} (what the guest"
         " can pass to the app)")
+    assert e.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("cmdline", "problem"), [
+    ("console=ttyS0\nkernel http://evil/x", "has '\\n' at offset 13: only printable ASCII on one"
+                                             " line is allowed"),
+    ("console=ttyS0 " + "x" * 2048, "is 2062 bytes; the kernel takes at most 2047"),
+])
+def test_a_kernel_command_line_boot_loaders_would_split_stops_the_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmdline: str, problem: str) -> None:
+    """The image's cmdline comes from its kernel manifest: build reads it with load_manifest,
+    which checks it as pull does (imagebuilder.cmdline)."""
+    from imagebuilder import kernel
+    shutil.copytree(kernel._manifest_dir(), tmp_path / "kernels")
+    (tmp_path / "kernels/bad.toml").write_text(
+        f'package = "linux-image-amd64"\nmodules = []\ncmdline = {json.dumps(cmdline)}\n')
+    monkeypatch.setattr(kernel, "_manifest_dir", lambda: tmp_path / "kernels")
+    assert kernel.load_manifest("debian").cmdline
+    with pytest.raises(ConfigError) as e:
+        kernel.load_manifest("bad")
+    assert str(e.value) == f"kernels/bad.toml: cmdline: kernel command line {problem}"
     assert e.value.exit_code == 2
 
 
