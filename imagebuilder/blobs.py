@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import DamagedError, IntegrityError
-from .hashing import CHUNK_SIZE, MultiHasher, digest_fd
+from .hashing import CHUNK_SIZE, Digests, MultiHasher, digest_fd
 
 REPAIR_HINT = ("run 'imagebuilder check' to see which images it affects, then rebuild them "
                "('imagebuilder build' in the app's directory) or pull them again")
@@ -77,6 +77,22 @@ def open_regular(path: Path | str) -> int:
         os.close(fd)
         raise NotRegularError(path, _kind(mode))
     return fd
+
+
+def digest_regular(path: Path | str, algos: tuple[str, ...]) -> Digests:
+    """The ``algos`` digests of the regular file at ``path`` (:func:`open_regular`)."""
+    fd = open_regular(path)
+    try:
+        return digest_fd(fd, algos)
+    finally:
+        os.close(fd)
+
+
+def read_regular(path: Path | str, limit: int = 1 << 16) -> bytes:
+    """At most ``limit`` bytes of the regular file at ``path`` (:func:`open_regular`): for small
+    files such as a cache entry's hash."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read(limit)
 
 
 def not_regular(path: Path | str, digest: str, kind: str) -> DamagedError:

@@ -16,7 +16,8 @@ An entry is committed by writing the sidecar and then renaming the fsynced outpu
 reader never sees an output without its hash, and an interrupted build leaves at most a file in
 tmp/. Two builds producing the same key at once both succeed: the second rename replaces the first
 with (for a deterministic stage) identical bytes. An entry whose bytes no longer match its hash is
-deleted and reported as a miss, so it gets rebuilt.
+deleted and reported as a miss, so it gets rebuilt; so is anything else than a regular file in
+an entry's place (a symbolic link, a FIFO, a device), without being followed or opened.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .blobs import NotRegularError, digest_regular, read_regular
 from .fsutil import dir_lock, fsync_dir
-from .hashing import MultiHasher, xxh3_file
+from .hashing import MultiHasher
 from .keys import key_of
 from .scratch import owned, remove_stale
 
@@ -76,12 +78,12 @@ class Cache:
     def _verified(self, key: str) -> bool | None:
         """True if the entry is intact, False if corrupt, None if absent."""
         path, sidecar = self.path_of(key), self._sidecar(key)
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
-        try:
-            expected = sidecar.read_text().strip()
-            return xxh3_file(path) == expected
-        except FileNotFoundError:
+        try:  # a link, FIFO or device where an entry should be is damage, never opened
+            expected = read_regular(sidecar).decode("ascii", "replace").strip()
+            return digest_regular(path, ("xxh3",)).xxh3 == expected
+        except (FileNotFoundError, NotRegularError):
             return False
 
     def lookup(self, key: str) -> Path | None:

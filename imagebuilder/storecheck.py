@@ -9,22 +9,26 @@ Each problem comes with what it affects (the images whose blob it is) and how to
 Scratch left by killed commands (proven dead: :mod:`imagebuilder.scratch`) is counted but is not
 damage: ``gc``, or the next command working in the same place, removes it.
 
-The check only reads (under the store's and the cache's shared locks); it repairs nothing.
+The check only reads (under the store's and the cache's shared locks); it repairs nothing. It
+never opens anything but a regular file (:func:`imagebuilder.blobs.open_regular`): a blob, a
+cache entry or its hash that is a symbolic link (to ``/dev/zero``, say), a FIFO or a device is
+reported as damage instead of being followed or read, so the check cannot hang on one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .blobs import NotRegularError, digest_regular, read_regular
 from .cache import Cache
 from .errors import ImageBuilderError
 from .fsutil import dir_lock
-from .hashing import digest_file
 from .scratch import remove_stale
 from .store import ENV_ANNOTATION, HISTORY_ANNOTATION, REF_NAME_ANNOTATION, TITLE_ANNOTATION, Store
 
@@ -98,13 +102,19 @@ def _check_store(store: Store, report: Report, progress: Callable[[int], None]) 
     sizes: dict[str, int] = {}
     if store.blobs_dir.is_dir():
         for path in sorted(store.blobs_dir.iterdir()):
-            if not _HEX64.fullmatch(path.name) or not path.is_file():
+            if not _HEX64.fullmatch(path.name):
                 report.problems.append(Problem(
                     "blob", path.name, str(path), "is not a blob (its name is not a SHA-256)",
                     repair=f"remove {path}"))
                 continue
             try:
-                d = digest_file(path, ("sha256",))
+                d = digest_regular(path, ("sha256",))
+            except NotRegularError as e:
+                actual["sha256:" + path.name] = None
+                report.problems.append(Problem("blob", "sha256:" + path.name, str(path),
+                                               f"is {e.kind}, not a file (never followed)",
+                                               repair=f"remove {path}"))
+                continue
             except OSError as e:
                 actual["sha256:" + path.name] = None
                 report.problems.append(Problem("blob", "sha256:" + path.name, str(path),
@@ -140,7 +150,7 @@ def _check_store(store: Store, report: Report, progress: Callable[[int], None]) 
                 else "promote the image again"))
             continue
         try:
-            manifest = json.loads(store.blob_path(digest).read_bytes())
+            manifest = json.loads(read_regular(store.blob_path(digest), 1 << 24))
             parts = _parts(manifest, history=not is_version)
         except (ValueError, TypeError, KeyError) as e:
             report.problems.append(Problem(
@@ -231,35 +241,54 @@ def _parts(manifest: Any, *, history: bool) -> list[tuple[str, int, str]]:
 
 def _check_cache(cache: Cache, report: Report, progress: Callable[[int], None]) -> None:
     for shard in sorted(cache.stages_dir.iterdir()):
+        if shard.is_symlink():
+            report.problems.append(Problem(
+                "cache", shard.name, str(shard), "is a symbolic link, not a directory "
+                "(never followed)", repair=f"remove {shard}"))
+            continue
         if not shard.is_dir():
             continue
         for path in sorted(shard.iterdir()):
             if path.name.endswith(".xxh3"):
-                if not path.with_name(path.name.removesuffix(".xxh3")).exists():
+                if not os.path.lexists(path.with_name(path.name.removesuffix(".xxh3"))):
                     path_key = path.name.removesuffix(".xxh3")
                     report.problems.append(Problem(
                         "cache", path_key, str(path), "is a hash with no cache entry",
                         repair=f"remove {path} (harmless: a build rewrites it)"))
                 continue
-            if not _KEY.fullmatch(path.name):
-                continue
-            report.cache_entries += 1
-            sidecar = path.with_name(path.name + ".xxh3")
-            try:
-                expected = sidecar.read_text().strip()
-            except FileNotFoundError:
-                expected = ""
-            try:
-                got = digest_file(path, ("xxh3",))
-            except OSError as e:
-                report.problems.append(Problem("cache", path.name, str(path),
-                                               f"cannot be read: {e.strerror}",
-                                               repair=f"remove {path}"))
-                continue
-            progress(got.data_bytes)
-            if got.xxh3 != expected:
-                report.problems.append(Problem(
-                    "cache", path.name, str(path),
-                    "is damaged: its content does not match its recorded XXH3"
-                    if expected else "has no recorded XXH3",
-                    repair="none needed: the next build that uses it deletes and rebuilds it"))
+            if _KEY.fullmatch(path.name):
+                _check_entry(path, report, progress)
+
+
+def _check_entry(path: Path, report: Report, progress: Callable[[int], None]) -> None:
+    """One cache entry against its XXH3 sidecar; only regular files are ever opened."""
+    report.cache_entries += 1
+    try:
+        expected = _sidecar(path)
+        got = digest_regular(path, ("xxh3",))
+    except NotRegularError as e:
+        report.problems.append(Problem(
+            "cache", path.name, str(e.path), f"is {e.kind}, not a file (never followed)",
+            repair=f"remove {e.path}; the next build that needs it rebuilds it"))
+        return
+    except OSError as e:
+        report.problems.append(Problem("cache", path.name, str(path),
+                                       f"cannot be read: {e.strerror}",
+                                       repair=f"remove {path}"))
+        return
+    progress(got.data_bytes)
+    if got.xxh3 != expected:
+        report.problems.append(Problem(
+            "cache", path.name, str(path),
+            "is damaged: its content does not match its recorded XXH3"
+            if expected else "has no recorded XXH3",
+            repair="none needed: the next build that uses it deletes and rebuilds it"))
+
+
+def _sidecar(entry: Path) -> str:
+    """The XXH3 recorded beside cache entry ``entry`` ("" if there is none)."""
+    try:
+        data = read_regular(entry.with_name(entry.name + ".xxh3"))
+    except FileNotFoundError:
+        return ""
+    return data.decode("ascii", "replace").strip()

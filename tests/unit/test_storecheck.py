@@ -4,6 +4,9 @@ affects and how to repair it, and the command exits 1 (human and --json modes)."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +159,43 @@ def test_an_image_without_layers_is_one_line_for_export_and_run(home: Path, run:
                                   "its manifest: remove it ('imagebuilder rm empty:1.0') and "
                                   "rebuild or pull it\n")
     assert run("rm", "empty:1.0")[0] == 0
+
+
+# --- what is not a regular file is damage, never opened ----------------------------------------
+
+
+def _check_cli(home: Path) -> subprocess.CompletedProcess[str]:
+    """``imagebuilder check --json`` as a person runs it; a hang fails the test (timeout)."""
+    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", "check", "--json"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "IMAGEBUILDER_HOME": str(home)})
+
+
+def _plant(path: Path, what: str) -> None:
+    path.unlink()
+    if what == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("what", ["zero-link", "fifo"])
+@pytest.mark.parametrize("where", ["entry", "sidecar", "blob"])
+def test_check_reports_links_and_fifos_without_opening_them(tmp_path: Path, what: str,
+                                                            where: str) -> None:
+    home = tmp_path / "home"
+    cache = Cache(home / "cache")
+    key = "cd" * 16
+    path = cache.store(key, lambda dest: dest.write_bytes(b"stage output" * 100))
+    parts = _put(Store(home / "store"), "hello:1.0.0", b"app one")
+    planted = {"entry": path, "sidecar": path.with_name(key + ".xxh3"),
+               "blob": Store(home / "store").blob_path(parts["app"])}[where]
+    _plant(planted, what)
+    done = _check_cli(home)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    kind = "a FIFO" if what == "fifo" else "a symbolic link"
+    assert [(p["path"], p["problem"]) for p in report["problems"]] == [
+        (str(planted), f"is {kind}, not a file (never followed)")]
+    if where != "blob":  # a build treats it as a miss: removed, without opening it
+        assert cache.lookup(key) is None and not os.path.lexists(path)
