@@ -30,6 +30,7 @@ import ipaddress
 import os
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,6 +184,17 @@ class _Server(ThreadingHTTPServer):
         self.allow = allow
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that resets the connection or stops reading is one quiet log line; any
+        other error in a handler is a bug and keeps its traceback."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, _GONE):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+            return
+        if self.log is not None:
+            client = client_address[0] if isinstance(client_address, tuple) else client_address
+            self.log(f"{escape(str(client))} {_gone(error)}")
+
     def allowed(self, client: str) -> bool:
         ip = ipaddress.ip_address(client.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -195,8 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "imagebuilder"
 
     def log_message(self, format: str, *args: object) -> None:
-        if self.server.log is not None:
-            self.server.log(f"{self.client_address[0]} {format % args}")
+        if self.server.log is not None:  # the request line and path are the client's bytes
+            self.server.log(escape(f"{self.client_address[0]} {format % args}"))
 
     def do_HEAD(self) -> None:
         self._serve(body=False)
@@ -233,8 +245,29 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 with open(data, "rb") as f:
                     _send_file(self.connection.fileno(), f, size, self.wfile)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except _GONE as e:
+            self.log_message("%s (%s)", _gone(e), path)
+
+
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+"""What a client that went away mid-request raises in its handler."""
+
+
+def _gone(error: BaseException) -> str:
+    if isinstance(error, BrokenPipeError):
+        return "closed the connection before the reply was sent (broken pipe)"
+    return "reset the connection"
+
+
+def escape(text: str) -> str:
+    """``text`` with every character that is not printable (ESC, CR, other control and
+    format characters) as a ``\\xNN`` (or ``\\uNNNN``) escape: what a client sends must
+    not drive the operator's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                   if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text)
 
 
 def _host_port(address: tuple[str | bytes | bytearray, int] | tuple[object, ...]) -> str:

@@ -4,9 +4,16 @@ the HTTP server, against real HTTP clients and GNU cpio."""
 from __future__ import annotations
 
 import http.client
+import os
+import select
 import shutil
+import signal
 import socket
+import struct
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -236,3 +243,63 @@ def test_cli_serve_refuses_an_unguarded_environment(
     code = main(["serve", "hello:1.0.0", *argv])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("ERROR: ") and message in err and err.count("\n") == 1
+
+
+# --- what clients send never reaches the operator's terminal raw --------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _lines_until(proc: subprocess.Popen[bytes], done: Callable[[list[bytes]], bool]
+                 ) -> list[bytes]:
+    """stderr lines of ``proc`` until ``done(lines)`` (or 30 s without it)."""
+    assert proc.stderr is not None
+    lines: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while not done(lines) and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
+def test_serve_escapes_client_bytes_and_logs_a_reset_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "vmlinuz").write_bytes(b"k" * 1000)
+    (out / "initrd.img").write_bytes(b"i" * 1000)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagebuilder.cli", "serve", str(out), "--listen",
+         f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "IMAGEBUILDER_HOME": str(tmp_path / "home")})
+    try:
+        assert b"serving" in _lines_until(proc, lambda ls: any(b"serving" in x for x in ls))[-1]
+        for request, status in ((b"GET /\x1b[2J\x1b]0;pwned\x07x\x9b HTTP/1.1", b"404"),
+                                (b"GET /a\rb\x1b[1A HTTP/1.1", b"400")):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                c.sendall(request + b"\r\n\r\n")
+                assert c.recv(100).startswith(b"HTTP/1.0 " + status)
+        reset = socket.create_connection(("127.0.0.1", port), timeout=10)
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.sendall(b"GET /vmlinuz HTTP/1.1\r\n")  # headers never finished: then a RST
+        reset.close()
+        lines = _lines_until(proc, lambda ls: any(b"reset" in x for x in ls))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[1]
+    text = b"".join(lines) + rest
+    assert not set(text) & (set(range(0x20)) - {0x0a}) and 0x7f not in text
+    assert b"\xc2\x9b" not in text and b"\x9b" not in text
+    assert b'127.0.0.1 "GET /\\x1b[2J\\x1b]0;pwned\\x07x\\x9b HTTP/1.1" 404 -\n' in text
+    assert b'127.0.0.1 "GET /a\\x0db\\x1b[1A HTTP/1.1" 400 -\n' in text
+    assert b"127.0.0.1 reset the connection\n" in text
+    assert b"Traceback" not in text and text.count(b"reset") == 1
