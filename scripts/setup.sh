@@ -10,7 +10,10 @@ PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils ovmf gpgv debian-archi
   syslinux syslinux-common isolinux systemd-boot-efi mtools dosfstools fdisk gdisk \
   openjdk-17-jdk-headless busybox-static cpio zstd xz-utils xxhash gnupg genisoimage gcc \
   skopeo time docker-registry bmap-tools ipxe-qemu libarchive-tools iproute2 erofs-utils \
-  libjakarta-servlet-api-java libservlet-api-java libjackson2-databind-java"
+  libjakarta-servlet-api-java libservlet-api-java libjackson2-databind-java \
+  jython libzookeeper-java tomcat10-common libtomcat10-java"
+# The last line: the corpus of tests/corpus.py runs Jython and ZooKeeper on the host with the
+# libraries their jars name in /usr/share/java, and the examples war on Debian's Tomcat.
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
