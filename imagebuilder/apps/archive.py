@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UserError
@@ -89,6 +90,8 @@ class Jar:
         self.entries: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             self.entries.setdefault(info.filename, info)
+        #: The entries inflated whole and found sound (size and CRC-32).
+        self.checked: set[str] = set()
 
     def __enter__(self) -> Jar:
         return self
@@ -102,6 +105,18 @@ class Jar:
 
     def read(self, name: str) -> bytes:
         """The inflated bytes of entry ``name``, within the caps."""
+        chunks = list(self._inflate(name, whole=True))
+        return chunks[0] if chunks else b""
+
+    def check(self, name: str) -> None:
+        """Inflate entry ``name`` within the caps and check its size and CRC-32, keeping none of
+        it; an entry read or checked already is not read again."""
+        if name not in self.checked:
+            for _ in self._inflate(name, whole=False):
+                pass
+
+    def _inflate(self, name: str, *, whole: bool) -> Iterator[bytes]:
+        """The bytes of entry ``name``: in one piece, or in chunks of at most 1 MiB."""
         info = self.entries[name]
         where = self.where(name)
         size = info.file_size
@@ -112,15 +127,23 @@ class Jar:
             raise UserError(f"{where}: inflates {size // max(info.compress_size, 1)} times "
                             f"(more than {MAX_RATIO}): refusing a likely zip bomb")
         self.budget.take(size, where)
+        got = 0
         try:
             with self.zip.open(info) as f:
-                data = f.read(size + 1)
+                while got <= size:
+                    data = f.read(size + 1 if whole else MiB)
+                    if not data:
+                        break
+                    got += len(data)
+                    yield data
+                    if whole:
+                        break
         except _READ_ERRORS as exc:
             raise UserError(f"{where}: corrupt entry ({_why(exc)}): rebuild the jar") from None
-        if len(data) != size:
-            raise UserError(f"{where}: corrupt entry ({len(data)} bytes, {size} declared): "
+        if got != size:
+            raise UserError(f"{where}: corrupt entry ({got} bytes, {size} declared): "
                             "rebuild the jar")
-        return data
+        self.checked.add(name)
 
     def text(self, name: str) -> str:
         return self.read(name).decode("utf-8", "replace")

@@ -11,9 +11,12 @@ methods called, string literals that look like JDK class names, the service type
 fail at boot are made here: no classes at all, a main class that is not there, classes compiled
 for a newer Java than ``[jvm] version``.
 
-What each class contributes is kept in a :data:`Memo` keyed by the CRC-32 and size the zip's
-central directory gives for its bytes, so a rebuild inflates and parses only the classes that
-changed (a fat jar of 10,000 classes with one new class: one class read).
+What each jar contributes is kept in a :data:`Memo` keyed by the jar's content (its xxh3 over
+the whole file, from :mod:`imagebuilder.hashing`): a jar seen before, byte for byte, costs one
+hash and no inflating; a jar that changed in any byte is read whole again, every entry inflated
+and checked against its CRC-32 (its classes and services recorded, the rest verified and
+dropped), so a corrupt entry behind an intact central directory is refused however warm the
+memo is.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import javaclass
+from .. import hashing, javaclass
 from ..errors import UserError
 from ..fsutil import fsync_dir
 from .archive import MAX_ENTRY_BYTES, Budget
@@ -41,15 +44,18 @@ _VERSIONED = re.compile(r"^META-INF/versions/(\d+)/(.+)$")
 SERVICES = "META-INF/services/"
 #: Java releases the [jvm] version key accepts (kept equal to config.JVM_VERSIONS).
 SUPPORTED = (17, 21, 25)
-#: A memo holding more class records than this starts afresh.
+#: The most class records the memo keeps (the jars used longest ago go first).
 MEMO_MAX = 400_000
 
-#: What one class file contributes, by the CRC-32 and size of its bytes (from the zip's central
-#: directory): "major<TAB>packages<TAB>methods<TAB>names", each list space-separated, methods as
-#: owner.name. A rebuild after a small change reads and parses only the classes whose bytes
-#: changed; the rest come from here. (Strings, not lists: a memo of 10,000 classes loads in
-#: a few milliseconds.)
-Memo = dict[str, str]
+#: What each jar (or a prefix inside it) contributes, by its content key (``xxh3:prefix``): a
+#: list of [name, record] for its class files (name as in the jar, before multi-release
+#: mapping) and [name, ""] for its ``META-INF/services`` files. A class record is
+#: "major<TAB>packages<TAB>methods<TAB>names", each list space-separated, methods as
+#: owner.name; "!reason" for bytes that are not a class file (an error only if the JVM would
+#: load them). A jar is recorded only once every entry of it has inflated and matched its CRC.
+Memo = dict[str, list[list[str]]]
+#: A record: (name in the source, where for messages, record or "" for a services file).
+_Record = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -71,39 +77,72 @@ def _is_jdk(name: str) -> bool:
     return name.startswith(JDK_PREFIXES)
 
 
-def _entries(source: ClassSource, budget: Budget) -> Iterator[
-        tuple[str, str, Callable[[], bytes], str | None]]:
-    """(name relative to the source, where for messages, reader, memo key) of each file."""
+def _wanted(rel: str) -> bool:
+    """Whether the scan may need this file of a source (a class or a services file, possibly
+    below META-INF/versions/N/)."""
+    versioned = _VERSIONED.match(rel)
+    rel = versioned[2] if versioned else rel
+    return rel.startswith(SERVICES) or (
+        rel.endswith(".class") and not rel.startswith("META-INF/")
+        and rel.rpartition("/")[2] != "module-info.class")
+
+
+def _records(source: ClassSource, budget: Budget, memo: Memo) -> list[_Record]:
+    """The records of every file of ``source`` the scan may need: from the memo if the jar's
+    content is known, else read (a jar whole, every entry checked) and remembered."""
     if source.directory is not None:
-        top = source.directory
-        for dirpath, dirs, names in os.walk(top):
-            dirs.sort()
-            for name in sorted(names):
-                path = Path(dirpath, name)
-                rel = path.relative_to(top).as_posix()
-                if (rel.endswith(".class") or rel.startswith(SERVICES)) \
-                        and path.stat().st_size > MAX_ENTRY_BYTES:
-                    raise UserError(f"{path}: more than {MAX_ENTRY_BYTES >> 20} MiB: not a class "
-                                    "file")
-                yield rel, str(path), path.read_bytes, None
-        return
+        return list(_directory_records(source.directory))
     assert source.jar is not None
+    digest = (hashing.xxh3_bytes(source.jar) if isinstance(source.jar, bytes)
+              else hashing.xxh3_file(source.jar))
+    key = f"{digest}:{source.prefix}"
+    known = memo.pop(key, None)
+    if not isinstance(known, list):
+        known = _read_jar(source, budget)
+    memo[key] = known  # last used, last out
+    return [(rel, f"{source.label}!/{rel}", record) for rel, record in known]
+
+
+def _directory_records(top: Path) -> Iterator[_Record]:
+    for dirpath, dirs, names in os.walk(top):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(dirpath, name)
+            rel = path.relative_to(top).as_posix()
+            if not _wanted(rel):
+                continue
+            if path.stat().st_size > MAX_ENTRY_BYTES:
+                raise UserError(f"{path}: more than {MAX_ENTRY_BYTES >> 20} MiB: not a class file")
+            yield rel, str(path), "" if _is_services(rel) else _record(path.read_bytes())
+
+
+def _read_jar(source: ClassSource, budget: Budget) -> list[list[str]]:
+    """Every entry of a jar inflated and checked; the records of those below its prefix."""
+    assert source.jar is not None
+    found: list[list[str]] = []
     with budget.open(source.label, source.jar) as jar:
         for name, info in jar.entries.items():
-            if info.is_dir() or not name.startswith(source.prefix):
+            if info.is_dir():
                 continue
             rel = name[len(source.prefix):]
-            if rel.endswith(".class") or rel.startswith(SERVICES):
-                yield (rel, f"{source.label}!/{rel}", lambda n=name: jar.read(n),  # type: ignore[misc]
-                       f"{info.CRC:08x}-{info.file_size}")
+            if name.startswith(source.prefix) and _wanted(rel):
+                found.append([rel, "" if _is_services(rel) else _record(jar.read(name))])
+            else:
+                jar.check(name)
+    return found
 
 
-def _record(data: bytes, where: str) -> str:
+def _is_services(rel: str) -> bool:
+    versioned = _VERSIONED.match(rel)
+    return (versioned[2] if versioned else rel).startswith(SERVICES)
+
+
+def _record(data: bytes) -> str:
     """A class file's memo record (see :data:`Memo`)."""
     try:
         refs = javaclass.parse(data)
     except javaclass.ClassFormatError as exc:
-        raise UserError(f"{where}: not a valid class file ({exc}): rebuild the jar") from None
+        return f"!{exc}"
     packages = sorted({c.rpartition("/")[0] for c in refs.classes if _is_jdk(c)})
     methods = sorted({f"{o}.{n}" for o, n in refs.methods if _is_jdk(o) and " " not in n})
     names = sorted({s for s in refs.strings if _DOTTED_JDK_CLASS.match(s)})
@@ -111,16 +150,23 @@ def _record(data: bytes, where: str) -> str:
 
 
 def load_memo(path: Path) -> Memo:
-    """The memo at ``path``; empty if there is none or it is unreadable."""
+    """The memo at ``path``; empty if there is none, it is unreadable or of an older form."""
     try:
         memo = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return memo if isinstance(memo, dict) and len(memo) <= MEMO_MAX else {}
+    if not isinstance(memo, dict):
+        return {}
+    return {k: v for k, v in memo.items() if isinstance(v, list)}
 
 
 def save_memo(path: Path, memo: Memo) -> None:
     """Replace the memo at ``path`` (temporary name, fsync, rename)."""
+    total = sum(len(v) for v in memo.values())
+    for key in list(memo):
+        if total <= MEMO_MAX:
+            break
+        total -= len(memo.pop(key))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".scan-memo-", dir=path.parent)
     try:
@@ -147,7 +193,7 @@ def scan(shape: Shape, version: int, budget: Budget, app: Path, memo: Memo | Non
     defined: set[str] = set()
     newest: tuple[int, str] = (0, "")
     for source in shape.classpath:
-        for rel, where, read, key in _entries(source, budget):
+        for rel, where, record in _records(source, budget, memo):
             versioned = _VERSIONED.match(rel)
             if versioned:
                 if int(versioned[1]) > version:
@@ -158,13 +204,9 @@ def scan(shape: Shape, version: int, budget: Budget, app: Path, memo: Memo | Non
                 if service and "/" not in service:
                     services.add(service)
                 continue
-            if rel.rpartition("/")[2] == "module-info.class" or rel.startswith("META-INF/"):
-                continue
-            record = memo.get(key) if key else None
-            if record is None:
-                record = _record(read(), where)
-                if key:
-                    memo[key] = record
+            if record.startswith("!"):
+                raise UserError(f"{where}: not a valid class file ({record[1:]}): rebuild the "
+                                "jar")
             defined.add(rel[:-len(".class")])
             major, used, calls, named = record.split("\t")
             if int(major) > newest[0]:

@@ -6,6 +6,7 @@ The apps are real: compiled by the host's javac against Debian's Jackson
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import struct
@@ -399,27 +400,79 @@ def test_cross_check_with_jdeps(shop: ShopBuild, tmp_path: Path,
     assert theirs and theirs <= ours, theirs - ours
 
 
-def test_memo_reads_only_changed_classes(shop: ShopBuild, tmp_path: Path) -> None:
+def test_memo_skips_unchanged_jars_and_reads_changed_ones_whole(shop: ShopBuild,
+                                                                tmp_path: Path) -> None:
     from imagebuilder.apps.scan import load_memo, save_memo
     v1 = shop.spring_boot(tmp_path / "v1.jar")
-    memo: dict[str, str] = {}
+    memo: dict[str, list[list[str]]] = {}
     cold = Budget()
-    cold_shape = detect(v1, None, cold)
-    cold_detect = cold.left
-    first = scan(cold_shape, 21, cold, v1, memo)
+    first = scan(detect(v1, None, cold), 21, cold, v1, memo)
     save_memo(tmp_path / "memo.json", memo)
     memo = load_memo(tmp_path / "memo.json")
-    assert len(memo) == first.classes  # the services and the rest are not class records
+    # The outer jar's classes and each of its four nested libraries, by content.
+    assert len(memo) == 5
+
+    def inflated_by_scan(jar: Path) -> tuple[int, object]:
+        budget = Budget()
+        shape = detect(jar, None, budget)
+        after_detect = budget.left
+        usage = scan(shape, 21, budget, jar, memo)
+        return after_detect - budget.left, usage
+
+    assert inflated_by_scan(v1) == (0, first)  # the same bytes: nothing inflated again
     v2 = shop.spring_boot(tmp_path / "v2.jar", shop.compile("2"))
-    warm = Budget()
-    shape = detect(v2, None, warm)
-    after_detect = warm.left
-    again = scan(shape, 21, warm, v2, memo)
-    assert again == first
-    app_class = (shop.work / "app-2" / "com/example/shop/App.class").stat().st_size
-    # Only the changed class (and the services files) were inflated again.
-    assert after_detect - warm.left < app_class + 10_000 < cold_detect - cold.left
-    assert len(memo) == first.classes + 1
+    with zipfile.ZipFile(v1) as old, zipfile.ZipFile(v2) as new:
+        changed = sum(i.file_size for i in new.infolist() if i.filename.endswith(".class"))
+        libs = 0  # the -SNAPSHOT library is rewritten with a new time stamp after a second
+        for name in (n for n in new.namelist() if n.endswith(".jar")):
+            if old.read(name) != new.read(name):
+                libs += 1
+                with zipfile.ZipFile(io.BytesIO(new.read(name))) as lib:
+                    changed += sum(i.file_size for i in lib.infolist())
+    # A changed jar is read whole: every class of it; and so is each changed library.
+    assert inflated_by_scan(v2) == (changed, first)
+    assert len(memo) == 6 + libs
+
+
+def test_warm_memo_does_not_trust_a_corrupt_jar(shop: ShopBuild, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build's own memo file (Builder._scan): a jar whose compressed data is corrupt behind
+    an intact central directory (CRC-32 and sizes unchanged) is refused, warm or cold."""
+    from imagebuilder.build import Builder
+    from imagebuilder.config import load
+    from imagebuilder.home import Home
+    from tests.java_apps import project
+    root = project(tmp_path / "p", "shop", "shop.jar", f'main = "{MAIN}"\n')
+    jar = _plain_jar(shop, root / "shop.jar", {"res/data.txt": b"resource " * 1000})
+    builder = Builder(load(root), Home(tmp_path / "home"))
+
+    def build_scan() -> Usage:
+        budget = Budget()
+        try:
+            return builder._scan(detect(jar, MAIN, budget), budget)
+        finally:
+            budget.close()
+
+    assert build_scan().classes == 2
+    assert (tmp_path / "home" / "cache" / "scan-memo.json").is_file()
+    good = jar.read_bytes()
+    for entry in ("com/example/shop/App.class", "res/data.txt"):
+        with zipfile.ZipFile(jar) as zf:
+            info = zf.getinfo(entry)
+        data = bytearray(good)
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+        for i in range(start + 5, start + 25):
+            data[i] ^= 0x5A
+        jar.write_bytes(bytes(data))
+        with pytest.raises(UserError) as warm:
+            build_scan()
+        assert str(warm.value).startswith(f"{jar}!/{entry}: corrupt entry (")
+        builder = Builder(load(root), Home(tmp_path / f"empty-{len(entry)}"))
+        with pytest.raises(UserError) as cold:
+            build_scan()
+        assert str(cold.value) == str(warm.value)
+        builder = Builder(load(root), Home(tmp_path / "home"))
+        jar.write_bytes(good)
 
 
 def test_memo_that_is_not_a_memo_is_ignored(tmp_path: Path) -> None:
@@ -472,7 +525,6 @@ def test_spring_boot_name_as_file_and_directory(tmp_path: Path, file: str, insid
 
 
 def _empty_jar() -> bytes:
-    import io
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as zf:
         zf.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
