@@ -73,6 +73,34 @@ def normalize_path(path: str | os.PathLike[str]) -> str:
     return "/".join(parts)
 
 
+NAME_MAX = 255
+"""Longest name (one path component) in bytes: Linux's NAME_MAX, EROFS's EROFS_NAME_LEN."""
+PATH_MAX = 4096
+"""Longest path in bytes with its NUL: Linux's PATH_MAX, the largest name the kernel's
+initramfs unpacker accepts."""
+
+
+def check_entry_path(path: bytes, layer: str = "the layer") -> None:
+    """UserError unless ``path`` (an entry's path in a layer, relative, '/'-separated) has no
+    component over :data:`NAME_MAX` bytes and fits :data:`PATH_MAX` with its NUL. The kernel
+    would not create such an entry (a file silently missing), and an EROFS image holding one
+    is corrupt; so the cpio and EROFS writers refuse it, naming it."""
+    if len(path) + 1 > PATH_MAX:
+        raise UserError(f"{layer}: entry {_shown(path)} is a path of {len(path)} bytes; Linux "
+                        f"allows at most {PATH_MAX - 1}: shorten it")
+    for part in path.split(b"/"):
+        if len(part) > NAME_MAX:
+            raise UserError(f"{layer}: entry {_shown(path)} has a name of {len(part)} bytes; "
+                            f"Linux allows at most {NAME_MAX}: rename it")
+
+
+def _shown(path: bytes) -> str:
+    """``path`` for a one-line message: printable, its middle cut when it is long."""
+    text = path.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return repr(text if len(text) <= 120 else f"{text[:60]}...{text[-50:]}")
+
+
 def _check_mode(mode: int) -> int:
     if not isinstance(mode, int) or mode < 0 or mode & ~0o7777:
         raise ValueError(f"mode {mode!r} is not a set of permission bits (0..0o7777)")
@@ -112,6 +140,7 @@ class Tree:
         return self._entries.get(normalize_path(path))
 
     def _put(self, entry: Entry) -> None:
+        check_entry_path(_path_key(entry.path))
         self._entries[entry.path] = entry
 
     def add_file(

@@ -18,6 +18,10 @@ checks:
 - a directory's data is blocks of 12-byte dirents (nid, name offset, type) followed by their
   names, sorted by name bytes ('.' and '..' included), a block never split inside an entry.
 
+A name over 255 bytes (EROFS_NAME_LEN, which ``fsck.erofs`` and the kernel reject as a bogus
+dirent) or a path over 4095 bytes (PATH_MAX with its NUL) is refused with a UserError naming the
+entry, before anything is written.
+
 The image is a pure function of its input (nodes in a fixed order, every field from the
 input or a constant), so the same layer gives the same bytes on any machine. Nothing needs
 root: modes, owners and device numbers are just numbers written into inodes.
@@ -30,6 +34,8 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
+
+from .cpio import check_entry_path
 
 BLOCK_BITS = 12
 BLOCK = 1 << BLOCK_BITS
@@ -216,6 +222,7 @@ def write_image(root: Node, out: BinaryIO, bodies: Bodies, *, build_time: int = 
     """
     if len(uuid) != 16:
         raise ValueError("uuid must be 16 bytes")
+    check_names(root, volume or "the layer")
     plan = layout(root, build_time)
     size = plan.blocks * BLOCK
     fd = out.fileno()
@@ -244,6 +251,19 @@ def write_image(root: Node, out: BinaryIO, bodies: Bodies, *, build_time: int = 
     if by_body:
         raise ValueError(f"{len(by_body)} file(s) got no bytes")
     return size
+
+
+def check_names(root: Node, layer: str) -> None:
+    """UserError naming the first entry under ``root`` whose name is over 255 bytes or whose
+    path is over 4095 (:func:`imagebuilder.layers.cpio.check_entry_path`): EROFS cannot hold
+    the first, Linux cannot open the second."""
+    stack: list[tuple[bytes, Node]] = [(b"", root)]
+    while stack:
+        path, node = stack.pop()
+        for name in sorted(node.children, reverse=True):
+            child_path = path + b"/" + name if path else name
+            check_entry_path(child_path, layer)
+            stack.append((child_path, node.children[name]))
 
 
 def _write_body(fd: int, node: Node, chunks: Iterable[bytes]) -> None:

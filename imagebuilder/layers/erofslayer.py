@@ -11,7 +11,8 @@ The result is what the kernel's initramfs unpacker would make of the same archiv
 member replaces an earlier one at the same path (a directory stays a directory, keeping its
 contents), missing parent directories appear as root-owned 0755 directories, and the root is
 root-owned 0755 unless the archive names ``.``. Hard links are refused (imagebuilder's layers
-have none).
+have none), and so is an entry with a name over 255 bytes or a path over 4095 (one line naming
+it, before anything is written): the kernel would not unpack it either.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import zstandard
 
 from ..errors import DamagedError
 from ..fsutil import atomic_output
-from .erofs import Kind, Node, write_image
+from .erofs import Kind, Node, check_names, write_image
 
 _MAGIC = b"070701"
 _HEADER_SIZE = 110
@@ -205,6 +206,7 @@ def write_erofs(layer: Path, dest: Path, *, name: str = "", seed: bytes = b"") -
         root, build_time = tree_of(headers())
     except zstandard.ZstdError as exc:
         raise DamagedError(f"layer {layer.name} does not decompress: {exc}") from None
+    check_names(root, f"layer {name or layer.name}")
     wanted = {node.body for node in _files(root)}
 
     def bodies() -> Iterator[tuple[int, Iterable[bytes]]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from imagebuilder.errors import DamagedError
+from imagebuilder.errors import DamagedError, UserError
 from imagebuilder.layers import erofs
 from imagebuilder.layers.cpio import Tree, write_cpio, write_layer
 from imagebuilder.layers.erofslayer import write_erofs
@@ -203,3 +203,78 @@ def test_the_cpio_writer_and_the_erofs_writer_agree_on_the_tree(tmp_path: Path) 
     write_erofs(raw, tmp_path / "plain.erofs", name="layer", seed=b"seed")
     _, image = _write(tmp_path, tree)
     assert (tmp_path / "plain.erofs").read_bytes() == image.read_bytes()
+
+
+# --- names Linux cannot hold: refused by both writers, with the entry named ----------------------
+
+
+def _deep(total: int) -> str:
+    """A relative path of ``total`` bytes made of 200-byte directory names."""
+    parts, size = [], 0
+    while size + 201 < total:
+        parts.append(chr(ord("a") + len(parts) % 26) * 200)
+        size += 201
+    return "/".join([*parts, "f" * (total - size)])
+
+
+def _node_tree(path: bytes) -> erofs.Node:
+    root = node = erofs.Node("dir", 0o755)
+    *dirs, name = path.split(b"/")
+    for part in dirs:
+        node.children[part] = node = erofs.Node("dir", 0o755)
+    node.children[name] = erofs.Node("file", 0o644, size=2, body=1)
+    return root
+
+
+def _image(root: erofs.Node, dest: Path) -> None:
+    with open(dest, "wb") as out:
+        erofs.write_image(root, out, lambda: [(1, [b"hi"])], volume="app")
+
+
+@needs_erofs_utils
+def test_a_name_over_255_bytes_is_refused_by_both_writers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = "app/lib/" + "n" * 256
+    shown = f"'app/lib/{'n' * 52}...{'n' * 50}'"
+    with pytest.raises(UserError) as info:
+        Tree().add_file(path, data=b"hi")
+    assert str(info.value) == (f"the layer: entry {shown} has a name of 256 bytes; Linux allows "
+                               "at most 255: rename it")
+    layer = _raw_layer(tmp_path, [(path, 0o100644, 1, b"hi")])  # an archive made elsewhere
+    with pytest.raises(UserError) as info:
+        write_erofs(layer, tmp_path / "out.erofs", name="app")
+    assert str(info.value) == (f"layer app: entry {shown} has a name of 256 bytes; Linux allows "
+                               "at most 255: rename it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.cpio.zst"]
+    with pytest.raises(UserError, match="has a name of 256 bytes"):
+        _image(_node_tree(path.encode()), tmp_path / "direct.erofs")
+    # What such an image was: erofs-utils finds it corrupt.
+    monkeypatch.setattr(erofs, "check_names", lambda root, layer: None)
+    _image(_node_tree(path.encode()), tmp_path / "corrupt.erofs")
+    done = subprocess.run(["fsck.erofs", str(tmp_path / "corrupt.erofs")], capture_output=True,
+                          text=True)
+    assert done.returncode != 0 and "bogus dirent namelen" in done.stderr + done.stdout
+
+
+@needs_erofs_utils
+def test_a_path_over_4095_bytes_is_refused_by_both_writers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ok, too_long = _deep(4095), _deep(4096)
+    tree = Tree()
+    tree.add_file(ok, data=b"hi")  # the longest path Linux opens
+    _write(tmp_path, tree, "ok")
+    subprocess.run(["fsck.erofs", str(tmp_path / "ok.erofs")], check=True, capture_output=True)
+    with pytest.raises(UserError) as info:
+        Tree().add_file(too_long, data=b"hi")
+    assert str(info.value).startswith(f"the layer: entry '{too_long[:60]}...")
+    assert str(info.value).endswith("is a path of 4096 bytes; Linux allows at most 4095: "
+                                    "shorten it")
+    with pytest.raises(UserError, match="is a path of 4096 bytes"):
+        _image(_node_tree(too_long.encode()), tmp_path / "direct.erofs")
+    assert (tmp_path / "direct.erofs").stat().st_size == 0  # refused before writing
+    # What such an image was: fsck.erofs cannot extract it.
+    monkeypatch.setattr(erofs, "check_names", lambda root, layer: None)
+    _image(_node_tree(_deep(4300).encode()), tmp_path / "deep.erofs")
+    done = subprocess.run(["fsck.erofs", f"--extract={tmp_path / 'x'}",
+                           str(tmp_path / "deep.erofs")], capture_output=True)
+    assert done.returncode != 0
