@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import hashing, javaclass
@@ -44,16 +44,33 @@ _VERSIONED = re.compile(r"^META-INF/versions/(\d+)/(.+)$")
 SERVICES = "META-INF/services/"
 #: Java releases the [jvm] version key accepts (kept equal to config.JVM_VERSIONS).
 SUPPORTED = (17, 21, 25)
-#: The most class records the memo keeps (the jars used longest ago go first).
+#: The most class entries the memo's jars keep (the jars used longest ago go first).
 MEMO_MAX = 400_000
 
-#: What each jar (or a prefix inside it) contributes, by its content key (``xxh3:prefix``): a
-#: list of [name, record] for its class files (name as in the jar, before multi-release
-#: mapping) and [name, ""] for its ``META-INF/services`` files. A class record is
-#: "major<TAB>packages<TAB>methods<TAB>names", each list space-separated, methods as
-#: owner.name; "!reason" for bytes that are not a class file (an error only if the JVM would
-#: load them). A jar is recorded only once every entry of it has inflated and matched its CRC.
-Memo = dict[str, list[list[str]]]
+
+@dataclass
+class Memo:
+    """What the scan has read before, by content only.
+
+    ``jars``: for each jar (or a prefix inside it) by its content key (``xxh3:prefix``, the
+    digest of the whole file or of a nested jar's bytes), the files the scan needs from it:
+    [name, class digest] for its class files (name as in the jar, before multi-release mapping)
+    and [name, ""] for its ``META-INF/services`` files. A jar is recorded only once every entry
+    of it has inflated and matched its CRC-32; a jar not recorded is read whole.
+
+    ``classes``: what each class file contributes, by the xxh3 of its bytes:
+    "major<TAB>packages<TAB>methods<TAB>names", each list space-separated, methods as
+    owner.name; "!reason" for bytes that are not a class file (an error only if the JVM would
+    load them). A changed jar is read whole, but only its changed classes are parsed again.
+    """
+
+    jars: dict[str, list[list[str]]] = field(default_factory=dict)
+    classes: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.jars) + len(self.classes)
+
+
 #: A record: (name in the source, where for messages, record or "" for a services file).
 _Record = tuple[str, str, str]
 
@@ -96,11 +113,11 @@ def _records(source: ClassSource, budget: Budget, memo: Memo) -> list[_Record]:
     digest = (hashing.xxh3_bytes(source.jar) if isinstance(source.jar, bytes)
               else hashing.xxh3_file(source.jar))
     key = f"{digest}:{source.prefix}"
-    known = memo.pop(key, None)
-    if not isinstance(known, list):
-        known = _read_jar(source, budget)
-    memo[key] = known  # last used, last out
-    return [(rel, f"{source.label}!/{rel}", record) for rel, record in known]
+    known = memo.jars.pop(key, None)
+    if not isinstance(known, list) or any(d and d not in memo.classes for _, d in known):
+        known = _read_jar(source, budget, memo)
+    memo.jars[key] = known  # last used, last out
+    return [(rel, f"{source.label}!/{rel}", memo.classes[d] if d else "") for rel, d in known]
 
 
 def _directory_records(top: Path) -> Iterator[_Record]:
@@ -116,8 +133,9 @@ def _directory_records(top: Path) -> Iterator[_Record]:
             yield rel, str(path), "" if _is_services(rel) else _record(path.read_bytes())
 
 
-def _read_jar(source: ClassSource, budget: Budget) -> list[list[str]]:
-    """Every entry of a jar inflated and checked; the records of those below its prefix."""
+def _read_jar(source: ClassSource, budget: Budget, memo: Memo) -> list[list[str]]:
+    """Every entry of a jar inflated and checked; the classes below its prefix recorded in
+    ``memo.classes`` (parsed only if their bytes are new); its entry in ``memo.jars``."""
     assert source.jar is not None
     found: list[list[str]] = []
     with budget.open(source.label, source.jar) as jar:
@@ -125,10 +143,17 @@ def _read_jar(source: ClassSource, budget: Budget) -> list[list[str]]:
             if info.is_dir():
                 continue
             rel = name[len(source.prefix):]
-            if name.startswith(source.prefix) and _wanted(rel):
-                found.append([rel, "" if _is_services(rel) else _record(jar.read(name))])
-            else:
+            if not (name.startswith(source.prefix) and _wanted(rel)):
                 jar.check(name)
+            elif _is_services(rel):
+                jar.check(name)
+                found.append([rel, ""])
+            else:
+                data = jar.read(name)
+                digest = hashing.xxh3_bytes(data)
+                if digest not in memo.classes:
+                    memo.classes[digest] = _record(data)
+                found.append([rel, digest])
     return found
 
 
@@ -152,26 +177,38 @@ def _record(data: bytes) -> str:
 def load_memo(path: Path) -> Memo:
     """The memo at ``path``; empty if there is none, it is unreadable or of an older form."""
     try:
-        memo = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
-    if not isinstance(memo, dict):
-        return {}
-    return {k: v for k, v in memo.items() if isinstance(v, list)}
+        return Memo()
+    if not (isinstance(data, dict) and isinstance(data.get("jars"), dict)
+            and isinstance(data.get("classes"), dict)):
+        return Memo()
+    return Memo({k: v for k, v in data["jars"].items() if _pairs(v)},
+                {k: v for k, v in data["classes"].items() if isinstance(v, str)})
+
+
+def _pairs(value: object) -> bool:
+    """Whether ``value`` is a jar's entry of the memo: a list of [name, digest]."""
+    return isinstance(value, list) and all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], str)
+        for e in value)
 
 
 def save_memo(path: Path, memo: Memo) -> None:
-    """Replace the memo at ``path`` (temporary name, fsync, rename)."""
-    total = sum(len(v) for v in memo.values())
-    for key in list(memo):
+    """Replace the memo at ``path`` (temporary name, fsync, rename), keeping the jars used last
+    (:data:`MEMO_MAX`) and the class records they name."""
+    total = sum(len(v) for v in memo.jars.values())
+    for key in list(memo.jars):
         if total <= MEMO_MAX:
             break
-        total -= len(memo.pop(key))
+        total -= len(memo.jars.pop(key))
+    named = {d for files in memo.jars.values() for _, d in files}
+    data = {"jars": memo.jars, "classes": {d: r for d, r in memo.classes.items() if d in named}}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".scan-memo-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(memo, f, separators=(",", ":"))
+            json.dump(data, f, separators=(",", ":"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -185,7 +222,7 @@ def scan(shape: Shape, version: int, budget: Budget, app: Path, memo: Memo | Non
          ) -> Usage:
     """Read every class of ``shape`` for a JVM of release ``version``; UserError if the app
     cannot run there. ``memo`` (see :data:`Memo`) is read and extended."""
-    memo = {} if memo is None else memo
+    memo = Memo() if memo is None else memo
     packages: set[str] = set()
     methods: set[str] = set()
     names: set[str] = set()

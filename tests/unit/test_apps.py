@@ -402,15 +402,15 @@ def test_cross_check_with_jdeps(shop: ShopBuild, tmp_path: Path,
 
 def test_memo_skips_unchanged_jars_and_reads_changed_ones_whole(shop: ShopBuild,
                                                                 tmp_path: Path) -> None:
-    from imagebuilder.apps.scan import load_memo, save_memo
+    from imagebuilder.apps.scan import Memo, load_memo, save_memo
     v1 = shop.spring_boot(tmp_path / "v1.jar")
-    memo: dict[str, list[list[str]]] = {}
+    memo = Memo()
     cold = Budget()
     first = scan(detect(v1, None, cold), 21, cold, v1, memo)
     save_memo(tmp_path / "memo.json", memo)
     memo = load_memo(tmp_path / "memo.json")
     # The outer jar's classes and each of its four nested libraries, by content.
-    assert len(memo) == 5
+    assert len(memo.jars) == 5 and len(memo.classes) == first.classes
 
     def inflated_by_scan(jar: Path) -> tuple[int, object]:
         budget = Budget()
@@ -431,7 +431,7 @@ def test_memo_skips_unchanged_jars_and_reads_changed_ones_whole(shop: ShopBuild,
                     changed += sum(i.file_size for i in lib.infolist())
     # A changed jar is read whole: every class of it; and so is each changed library.
     assert inflated_by_scan(v2) == (changed, first)
-    assert len(memo) == 6 + libs
+    assert len(memo.jars) == 6 + libs and len(memo.classes) == first.classes + 1
 
 
 def test_warm_memo_does_not_trust_a_corrupt_jar(shop: ShopBuild, tmp_path: Path,
@@ -476,10 +476,11 @@ def test_warm_memo_does_not_trust_a_corrupt_jar(shop: ShopBuild, tmp_path: Path,
 
 
 def test_memo_that_is_not_a_memo_is_ignored(tmp_path: Path) -> None:
-    from imagebuilder.apps.scan import load_memo
-    (tmp_path / "memo.json").write_text("[1, 2]")
-    assert load_memo(tmp_path / "memo.json") == {}
-    assert load_memo(tmp_path / "missing.json") == {}
+    from imagebuilder.apps.scan import Memo, load_memo
+    for text in ("[1, 2]", '{"a-1": "61\\t\\t\\t"}', '{"jars": {"k": [["a"]]}, "classes": {}}'):
+        (tmp_path / "memo.json").write_text(text)
+        assert not load_memo(tmp_path / "memo.json").jars
+    assert load_memo(tmp_path / "missing.json") == Memo()
 
 
 def test_class_path_directory_is_read(shop: ShopBuild, tmp_path: Path) -> None:
