@@ -14,7 +14,9 @@ checks:
   the *extended* (64-byte) form;
 - a file's (directory's, symlink's) data is its whole blocks in the data area after the
   metadata (``FLAT_PLAIN``), and its last partial block is kept *inline*, right after the inode
-  (``FLAT_INLINE``), when it fits in the rest of the inode's block;
+  (``FLAT_INLINE``), when it fits in the rest of the inode's block; a file's blocks of zeros
+  are never written, so they stay holes of the image file (a 2 GB sparse file costs the image
+  no disk space; EROFS reads them back as zeros all the same);
 - a directory's data is blocks of 12-byte dirents (nid, name offset, type) followed by their
   names, sorted by name bytes ('.' and '..' included), a block never split inside an entry.
 
@@ -266,6 +268,34 @@ def check_names(root: Node, layer: str) -> None:
             stack.append((child_path, node.children[name]))
 
 
+def _write_sparse(fd: int, data: bytes, length: int, offset: int) -> None:
+    """Write ``data[:length]`` at ``offset`` of the image, leaving out its blocks of zeros:
+    the image was truncated to its size, so they stay holes that read as zeros, and a sparse
+    (or zero-filled) file of the layer costs no disk space in the image."""
+    if data.count(0, 0, length) == length:
+        return
+    view = memoryview(data)
+    run = -1  # start of the pending run of blocks holding data
+    pos = 0
+    while pos < length:
+        stop = min(length, pos + BLOCK - (offset + pos) % BLOCK)
+        zero = data.count(0, pos, stop) == stop - pos
+        if zero and run >= 0:
+            _pwrite_all(fd, view[run:pos], offset + run)
+            run = -1
+        elif not zero and run < 0:
+            run = pos
+        pos = stop
+    if run >= 0:
+        _pwrite_all(fd, view[run:length], offset + run)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def _write_body(fd: int, node: Node, chunks: Iterable[bytes]) -> None:
     """A file's bytes: the whole blocks to its data blocks, an inline tail after its inode."""
     whole = node.size // BLOCK * BLOCK if node._inline else node.size
@@ -277,7 +307,7 @@ def _write_body(fd: int, node: Node, chunks: Iterable[bytes]) -> None:
         view = memoryview(chunk)
         if done < whole:
             n = min(len(view), whole - done)
-            os.pwrite(fd, view[:n], node._blkaddr * BLOCK + done)
+            _write_sparse(fd, chunk, n, node._blkaddr * BLOCK + done)
             view = view[n:]
             done += n
         if len(view):

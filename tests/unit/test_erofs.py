@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from imagebuilder.cache import Cache
 from imagebuilder.errors import DamagedError, UserError
 from imagebuilder.layers import erofs
 from imagebuilder.layers.cpio import Tree, write_cpio, write_layer
@@ -278,3 +279,44 @@ def test_a_path_over_4095_bytes_is_refused_by_both_writers(
     done = subprocess.run(["fsck.erofs", f"--extract={tmp_path / 'x'}",
                            str(tmp_path / "deep.erofs")], capture_output=True)
     assert done.returncode != 0
+
+
+# --- holes stay holes ---------------------------------------------------------------------------
+
+
+@needs_erofs_utils
+def test_a_sparse_file_gives_a_sparse_cache_entry(tmp_path: Path) -> None:
+    big = 64 << 20
+    sparse = tmp_path / "sparse.bin"
+    with open(sparse, "wb") as f:  # data at the start, in the middle and at the end
+        f.write(b"head")
+        f.seek(big // 2)
+        f.write(_noise(10_000, 1))
+        f.truncate(big)
+        f.seek(big - 3)
+        f.write(b"end")
+    tree = Tree()
+    tree.add_file("app/sparse.bin", source=sparse)
+    tree.add_file("app/zeros.bin", data=bytes(3 << 20))  # zeros that were written out
+    layer = tmp_path / "layer.cpio.zst"
+    write_layer(tree, layer, mtime=1700000000, level=3)
+    cache = Cache(tmp_path / "cache")
+    entry = cache.store("ab" * 16, lambda dest: write_erofs(layer, dest))
+    assert entry.stat().st_size > big
+    assert entry.stat().st_blocks * 512 < 1 << 20  # allocated: the data and metadata only
+    subprocess.run(["fsck.erofs", str(entry)], check=True, capture_output=True)
+    out = tmp_path / "out"
+    subprocess.run(["fsck.erofs", f"--extract={out}", str(entry)], check=True,
+                   capture_output=True)
+    assert _same_file(out / "app" / "sparse.bin", sparse)
+    assert (out / "app" / "zeros.bin").read_bytes() == bytes(3 << 20)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
