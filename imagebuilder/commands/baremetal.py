@@ -20,9 +20,10 @@ if TYPE_CHECKING:
     from ..targets.baremetal import MappedImage
 
 
-def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str]:
-    """What to flash: a stored image's bootable disk, or a raw image file (with the block map
-    beside it or given: then its ranges are what is written and checked)."""
+def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str, str | None]:
+    """What to flash: a stored image's bootable disk (with its recorded disk digest), or a raw
+    image file (with the block map beside it or given: then its ranges are what is written and
+    checked)."""
     from .. import bmap as bmap_mod
     from ..disk.model import Disk
     from ..targets.baremetal import MappedImage
@@ -31,17 +32,18 @@ def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str]:
     if path.is_file():
         map_path = Path(bmap_path) if bmap_path else path.with_name(path.name + ".bmap")
         if map_path.exists():
-            return MappedImage(path, bmap_mod.read_bmap(map_path)), str(path)
+            return MappedImage(path, bmap_mod.read_bmap(map_path)), str(path), None
         if bmap_path:
             raise UserError(f"block map {bmap_path} does not exist")
-        return Disk.from_file(path), str(path)
+        return Disk.from_file(path), str(path), None
     if bmap_path:
         raise UserError("--bmap goes with a raw image file, not an image reference")
     from ..export import BootSource, bootable
     home = get_home()
     image = home.store.resolve(ref)
     warn_without_metal(image.config)
-    return bootable(home.cache, BootSource.of_image(home.store, image)), image.ref
+    boot = BootSource.of_image(home.store, image)
+    return bootable(home.cache, boot), image.ref, boot.disk_digest
 
 
 def warn_without_metal(config: dict[str, Any]) -> None:
@@ -100,8 +102,9 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
     from ..targets import baremetal
 
     env_vars = read_env_vars(env_name, config_path)
-    source, name = _source(ref, bmap_path)
-    if env_name is not None:
+    source, name, disk_digest = _source(ref, bmap_path)
+    if env_name is not None:  # another disk than the one the digest was recorded for
+        disk_digest = None
         from ..disk.configpart import with_config_partition
 
         if isinstance(source, baremetal.MappedImage):
@@ -115,7 +118,8 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
     try:
         result = baremetal.flash(source, Path(target), verify=not no_verify, force=force,
                                  progress=start, private=env_name is not None,
-                                 protected=(home.store.root, home.cache.root))
+                                 protected=(home.store.root, home.cache.root),
+                                 disk_digest=disk_digest)
     finally:
         close()
     disk_size = source.disk().size if isinstance(source, baremetal.MappedImage) else source.size

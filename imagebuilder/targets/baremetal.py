@@ -63,6 +63,7 @@ from ..bmap import BLOCK_SIZE, Bmap, disk_of_image, mapped_runs
 from ..disk import gpt
 from ..disk.model import Disk, FileSlice
 from ..errors import HostError, UserError
+from ..hashing import digest_fd
 from .blockdev import Host, Target, check_target, refuse_sources
 
 UNIT = 4 << 20
@@ -358,11 +359,13 @@ class FlashResult:
 def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
           force: bool = False, progress: Progress | None = None,
           host: Host | None = None, private: bool = False,
-          protected: Sequence[Path] = ()) -> FlashResult:
+          protected: Sequence[Path] = (), disk_digest: str | None = None) -> FlashResult:
     """Write ``disk`` (a disk model, or a raw image with its block map) onto ``target_path``
     (a whole-disk block device or a file) and verify it. ``private``: the disk holds an
     environment (a config partition), so a file target is made readable by its owner only.
-    ``protected``: directories the target must not be in (the store and the cache)."""
+    ``protected``: directories the target must not be in (the store and the cache).
+    ``disk_digest``: the image's recorded disk digest; a file target is then also hashed whole
+    (SHA-256, holes included as zeros) and must match it."""
     image = disk if isinstance(disk, MappedImage) else None
     model = image.disk() if image is not None else disk
     assert isinstance(model, Disk)
@@ -449,6 +452,9 @@ def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
                 os.close(f)
     against = ("the image's bytes, checked against its block map (SHA-256 per range)"
                if image is not None else "the image's bytes, read from its extents")
+    if verify and disk_digest is not None and target.kind == "file":
+        check_disk_digest(target.path, model.size, disk_digest)
+        against += f"; the whole target's SHA-256 is the image's disk digest {disk_digest[:19]}"
     return FlashResult(target.path, target.kind, written, len(units), verify, direct >= 0,
                        units, against)
 
@@ -494,6 +500,19 @@ def _write_error(target: Target, e: OSError, what: str) -> Exception:
         return HostError(f"{target.path} disappeared while {what}: the disk is incomplete")
     return HostError(f"{what} of {target.path} failed: {e.strerror or e}; the disk is "
                      "incomplete")
+
+
+def check_disk_digest(target: Path, size: int, digest: str) -> None:
+    """HostError unless the file ``target`` is ``size`` bytes whose SHA-256 is ``digest``."""
+    fd, _ = _open_for_verify(target, direct=False)
+    try:
+        got = digest_fd(fd, ("sha256",))
+    finally:
+        os.close(fd)
+    if got.size != size or f"sha256:{got.sha256}" != digest:
+        raise HostError(f"verify: {target} hashes to sha256:{got.sha256[:12]} ({got.size} bytes),"
+                        f" not the image's disk digest {digest[:19]} ({size} bytes); flash it "
+                        "again")
 
 
 def verify_units(target: Path, units: list[Unit], *, progress: Progress | None = None) -> None:

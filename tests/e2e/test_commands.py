@@ -150,7 +150,7 @@ def test_flash_and_serve(cli: Cli, hello: Built, tmp_path: Path) -> None:
     lines = human(cli, "flash", hello.ref, str(target), "--env", "test", cwd=hello.app,
                   bar="flash")
     assert len(lines) == 1 and lines[0].startswith(f"flashed {hello.ref} onto {target}: ")
-    assert lines[0].endswith(" bytes written, verified"), lines
+    assert " bytes written in " in lines[0] and ", verified: all " in lines[0], lines
     again = as_json(cli, "flash", hello.ref, str(tmp_path / "disk2.img"))
     assert again["ref"] == hello.ref and again["target"] == str(tmp_path / "disk2.img")  # type: ignore[index]
     port = free_port()

@@ -215,6 +215,20 @@ def test_flash_says_what_it_compared(tmp_path: Path, disk: Disk) -> None:
     assert result["compared_with"] is None
 
 
+def test_a_file_target_is_checked_against_the_disk_digest(tmp_path: Path, disk: Disk) -> None:
+    digest = f"sha256:{raw_digest(disk, tmp_path)}"
+    result = flash(disk, tmp_path / "t.img", disk_digest=digest)
+    assert result.against == ("the image's bytes, read from its extents; the whole target's "
+                              f"SHA-256 is the image's disk digest {digest[:19]}")
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(HostError) as info:
+        flash(disk, tmp_path / "u.img", disk_digest=wrong)
+    assert str(info.value).startswith(f"verify: {tmp_path / 'u.img'} hashes to sha256:")
+    assert str(info.value).endswith(f"not the image's disk digest {wrong[:19]} ({disk.size} "
+                                    "bytes); flash it again")
+    assert flash(disk, tmp_path / "v.img", verify=False, disk_digest=wrong).against  # not read
+
+
 @pytest.mark.parametrize("path", ["/dev/null", "/"])
 def test_not_a_disk_is_refused(path: str) -> None:
     with pytest.raises(UserError, match="give a whole disk"):
