@@ -6,7 +6,9 @@
   as Spring recommends for production: ``-cp /app/BOOT-INF/classes:/app/BOOT-INF/lib/... MAIN``
   with the libraries in ``BOOT-INF/classpath.idx`` order (else by name);
 * a **thin jar** whose manifest ``Class-Path`` names libraries beside it (followed through the
-  libraries' own ``Class-Path``), each kept at its path relative to the jar;
+  libraries' own ``Class-Path``), each kept at its path relative to the jar: resolved as the
+  JVM resolves them, and taken only from inside the jar's directory (:mod:`.thin`; what is left
+  out is a warning of the shape);
 * an **app directory**: a Quarkus fast-jar (``quarkus-run.jar``, ``lib/``, ``app/``,
   ``quarkus/``; also when given the directory holding ``quarkus-app/``), or a Gradle
   ``installDist`` / Maven assembly layout (``lib/*.jar``, and jars at the top) with ``[app] main``.
