@@ -27,11 +27,13 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .blobs import NotRegularError, digest_regular, read_regular
+from .errors import UserError
 from .fsutil import dir_lock, fsync_dir
 from .hashing import MultiHasher
 from .keys import key_of
@@ -71,7 +73,20 @@ class Cache:
         return self.path_of(key).with_name(key + ".xxh3")
 
     def _lock(self, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        self.refuse_links()
         return dir_lock(self.root, exclusive)
+
+    def refuse_links(self) -> None:
+        """UserError if ``stages`` or ``tmp`` is a symbolic link: nothing that deletes or reads
+        entries may be led out of the cache."""
+        for path in (self.stages_dir, self.tmp_dir):
+            try:
+                is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                continue
+            if is_link:
+                raise UserError(f"{path} is a symbolic link: imagebuilder does not follow links "
+                                "out of its cache; put the real directory there")
 
     # --- lookup -----------------------------------------------------------------------------
 
@@ -156,6 +171,7 @@ class Cache:
 
     def remove_stale(self) -> list[str]:
         """Remove what killed commands left in tmp/ (see :mod:`imagebuilder.scratch`)."""
+        self.refuse_links()
         return remove_stale(self.tmp_dir)
 
     def get_or_make(self, key: str, produce: Callable[[Path], None]) -> tuple[Path, bool]:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from imagebuilder.cache import Cache
+from imagebuilder.errors import UserError
 from imagebuilder.hashing import xxh3_bytes
 
 
@@ -119,3 +124,24 @@ def test_concurrent_stores_of_one_key(tmp_path: Path) -> None:
     key = Cache.stage_key("s", 1, {"shared": True})
     assert Cache(tmp_path).lookup(key) is not None
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("link", ["stages", "tmp"])
+def test_a_cache_whose_directories_are_links_is_refused(tmp_path: Path, link: str) -> None:
+    home = tmp_path / "home"
+    cache = Cache(home / "cache")
+    cache.store("ab" * 16, lambda dest: dest.write_bytes(b"output"))
+    cache.tmp_dir.mkdir(exist_ok=True)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(cache.root / link, elsewhere)
+    (cache.root / link).symlink_to(elsewhere)
+    before = sorted(p.name for p in elsewhere.rglob("*"))
+    done = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "gc"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "IMAGEBUILDER_HOME": str(home)})
+    assert done.returncode == 2, done.stdout
+    assert done.stderr == (f"ERROR: {cache.root / link} is a symbolic link: imagebuilder does "
+                           "not follow links out of its cache; put the real directory there\n")
+    with pytest.raises(UserError, match="is a symbolic link"):
+        cache.lookup("ab" * 16)
+    assert sorted(p.name for p in elsewhere.rglob("*")) == before
