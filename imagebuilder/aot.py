@@ -3,10 +3,12 @@ classes it loaded that the JVM maps at the next start instead of parsing and lin
 
 The app runs exactly as the guest would run it: the image's own root (its layers unpacked into a
 scratch directory), its own runtime and command line from app.conf, at the guest's paths, with
-the guest's variables (PATH, HOME, LANG, JAVA_HOME, PORT and the training environment's). It
-runs chrooted, as PID 1's child in private user, mount, network and PID namespaces, so no root
-is needed and the only network is loopback; when it answers its healthcheck (or after a fixed
-time), it gets SIGTERM and the JVM writes the archive as it exits:
+the guest's variables (PATH, HOME, LANG, JAVA_HOME, PORT and the training environment's). It is
+code we did not write, so it runs in a sandbox (:mod:`.sandbox`): the image's app user with no
+privileges, pivoted into that root in its own namespaces, loopback its only network; the archive
+and the log are read back without following a link the app may have planted. When it answers
+its healthcheck (or after a fixed time), it gets SIGTERM (SIGKILL after a grace) and the JVM
+writes the archive as it exits:
 
 * JDK 17 and 21: a dynamic AppCDS archive (``-XX:ArchiveClassesAtExit``), on top of the
   runtime's own CDS archive;
@@ -23,50 +25,43 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
-import signal
-import subprocess
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from . import sandbox
 from .apps.shape import GUEST_DIR, File, Shape
 from .errors import HostError, UserError
-from .layers.templates import source as template_source
-from .proc import require
+from .layers.base import APP_UID
+from .sandbox import readback
+from .sandbox.watch import Plan
 
 #: Where the archive lives in the image (and in the training root).
 ARCHIVE_DIR = "opt/aot"
-#: The training script (templates/train.sh) and the app's output, inside the training root.
+#: The app's output, inside the training root.
 WORK_DIR = ".imagebuilder"
-#: Seconds the JVM gets, after SIGTERM, to write its archive (JDK 25 assembles the AOT cache in a
-#: second JVM then).
+LOG = f"{WORK_DIR}/app.log"
+#: Seconds the JVM gets, after SIGTERM, to write its archive before SIGKILL (the guest's init
+#: gives an app 20 s too).
+GRACE_SECONDS = 20
+#: JDK 25 assembles the AOT cache in a second JVM after the first exits: SIGKILL only once
+#: nothing in /opt/aot changed for this many seconds, and at most STOP_SECONDS after SIGTERM.
+GRACE_SECONDS_25 = 60
 STOP_SECONDS = 300
+#: The largest archive taken from a training run.
+ARCHIVE_CAP = 2 << 30
+#: The end of the app's output read back (bytes), and the longest line kept of it.
+LOG_CAP = 64 << 10
+LINE_CAP = 400
 #: Lines of the app's output quoted by a failed training run.
 TAIL_LINES = 20
 #: The runtime's own CDS archive, which a dynamic archive (JDK 17 and 21) extends.
 BASE_ARCHIVE = "opt/java/lib/server/classes.jsa"
 #: The guest's PATH, as the init sets it.
 GUEST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-
-# Mounts the training root needs, made by the host's sh inside the namespaces, then the chroot.
-_OUTER = """set -e
-root=$1
-shift
-mkdir -p "$root/proc" "$root/dev" "$root/tmp"
-mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
-mount -t tmpfs -o nosuid,mode=0755 tmpfs "$root/dev"
-for node in null zero full random urandom tty; do
-    : > "$root/dev/$node"
-    mount --bind "/dev/$node" "$root/dev/$node"
-done
-mkdir "$root/dev/shm"
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$root/dev/shm"
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$root/tmp"
-exec chroot "$root" /bin/sh "/$WORK/train.sh" "$@"
-"""
 
 
 class TrainingError(UserError):
@@ -146,70 +141,89 @@ def guest_env(port: int | None, variables: Mapping[str, str], env_name: str | No
 class Outcome:
     """How a run in the image's root went: ``state`` is ready (then stopped), exited or
     timeout; ``seconds`` until that state, ``status`` the app's exit status (None if it never
-    ended by itself), ``log`` its whole output."""
+    ended by itself), ``log`` the end of its output, ``stop`` the seconds from SIGTERM to its
+    end, ``killed`` whether the grace ran out."""
 
     state: str
     seconds: float
     status: int | None
     total: float
     log: str
+    stop: float = 0.0
+    killed: bool = False
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         kept = [line for line in self.log.splitlines() if line.strip()][-lines:]
         return " | ".join(kept) or "no output"
 
 
+def training_code() -> bytes:
+    """The code that runs a training run (the sandbox's), for the aot layer's cache key."""
+    here = Path(sandbox.__file__).parent
+    return b"".join(path.read_bytes() for path in sorted(here.glob("*.py")))
+
+
 def check_host() -> None:
-    """unshare and chroot are there and this kernel lets an unprivileged user make namespaces."""
-    require("unshare", "util-linux")
-    require("chroot", "coreutils")
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--net", "true"],
-                           capture_output=True, check=False)
-    if probe.returncode != 0:
-        raise HostError("the AOT training run needs user namespaces, which this host refuses ("
-                        + probe.stderr.decode(errors="replace").strip() + "): allow them "
-                        "(sysctl kernel.unprivileged_userns_clone=1 or "
-                        "user.max_user_namespaces) or build without [jvm] aot")
+    """This kernel lets an unprivileged user make the sandbox's namespaces."""
+    sandbox.check_host(APP_UID, APP_UID)
+
+
+def grace(version: int) -> tuple[int, int]:
+    """Seconds without progress, and seconds in all, the JVM gets after SIGTERM."""
+    if version >= 25:
+        return GRACE_SECONDS_25, STOP_SECONDS
+    return GRACE_SECONDS, GRACE_SECONDS
+
+
+def _plan(argv: Sequence[str], env: Mapping[str, str], url: str | None, seconds: int,
+          timeout: int, stop: tuple[int, int]) -> Plan:
+    port, path = _target(url) if url else (None, "/")
+    return Plan(argv=list(argv), env=dict(env), cwd="/app", log=f"/{LOG}", port=port, path=path,
+                seconds=seconds, timeout=timeout, grace=stop[0], limit=stop[1],
+                progress=f"/{ARCHIVE_DIR}")
+
+
+def _target(url: str) -> tuple[int, str]:
+    """The port and the path (with its query) of a healthcheck URL on loopback."""
+    parts = urlsplit(url)
+    return parts.port or 80, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _log(root: Path) -> str:
+    """The end of the app's output, read back without following links."""
+    try:
+        return readback.tail(root, LOG, LOG_CAP, LINE_CAP)
+    except FileNotFoundError:
+        return ""
+    except readback.Unsafe as exc:
+        return f"(the app's output is unreadable: {exc})"
 
 
 def run_app(root: Path, argv: Sequence[str], env: Mapping[str, str], *, url: str | None,
-            seconds: int, timeout: int) -> Outcome:
-    """Run ``argv`` in the image root ``root`` (unpacked, writable, owned by this user) in
-    private namespaces until ``url`` (on loopback) answers, or for ``seconds`` when there is no
-    url, at most ``timeout`` seconds; then stop it with SIGTERM and wait for it to exit."""
+            seconds: int, timeout: int, stop: tuple[int, int] = (GRACE_SECONDS, GRACE_SECONDS)
+            ) -> Outcome:
+    """Run ``argv`` in the image root ``root`` (unpacked, writable, owned by this user) in the
+    sandbox (:mod:`.sandbox`) until ``url`` (on loopback) answers, or for ``seconds`` when there
+    is no url, at most ``timeout`` seconds; then stop it with SIGTERM, and SIGKILL after the
+    grace ``stop`` (see :func:`grace`)."""
     check_host()
     work = root / WORK_DIR
     work.mkdir(exist_ok=True)
-    (work / "train.sh").write_bytes(template_source("train.sh"))
-    log = work / "app.log"
-    command = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
-    outer = _OUTER.replace("$WORK", WORK_DIR)
-    cmd = ["unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork",
-           "--kill-child", "--", "sh", "-c", outer, "sh", str(root), str(timeout), url or "",
-           str(seconds), f"/{WORK_DIR}/app.log", "--", *command]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, env={"PATH": GUEST_PATH})
-    try:
-        out, err = proc.communicate(timeout=timeout + STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+    done = sandbox.run(root, _plan(argv, env, url, seconds, timeout, stop), uid=APP_UID,
+                       gid=APP_UID, seconds=timeout + stop[1] + 30)
     total = time.monotonic() - start
-    text = log.read_text(errors="replace") if log.exists() else ""
-    said = {line.split()[0]: line.split()[1:] for line in
-            out.decode(errors="replace").splitlines() if line.strip()}
-    state = next((s for s in ("ready", "exited", "timeout") if s in said), None)
-    if state is None:
+    ready = next((r for r in done.reports if "ready" in r), None)
+    end = next((r for r in done.reports if "end" in r), None)
+    if end is None:
         raise HostError("the training run did not start: "
-                        + (err.decode(errors="replace").strip() or f"exit {proc.returncode}"))
-    status: int | None = None
-    if state == "exited":
-        status = int(said["exited"][0])
-    elif "stopped" in said:
-        status = int(said["stopped"][0])
-    first = int(said[state][-1]) / 100
-    return Outcome(state, first, status, total, text)
+                        + (done.stderr or f"exit {done.returncode}"))
+    state = "ready" if ready is not None else str(end["end"])
+    status = end.get("status")
+    return Outcome(state, float(end["seconds"]),  # type: ignore[arg-type]
+                   None if status is None else int(status),  # type: ignore[call-overload]
+                   total, _log(root), float(end.get("stop", 0.0)),  # type: ignore[arg-type]
+                   bool(end.get("killed")))
 
 
 def train(root: Path, argv: Sequence[str], env: Mapping[str, str], version: int, *,
@@ -222,10 +236,9 @@ def train(root: Path, argv: Sequence[str], env: Mapping[str, str], version: int,
                             f"archive (/{BASE_ARCHIVE}, which the jvm layer dumps), and this "
                             "image's runtime has none: rebuild the jvm layer or set [jvm] aot = "
                             "false")
-    archive = root / archive_path(version)
-    archive.parent.mkdir(parents=True, exist_ok=True)
+    (root / ARCHIVE_DIR).mkdir(parents=True, exist_ok=True)
     outcome = run_app(root, with_flags(argv, train_flags(version)), env, url=url,
-                      seconds=seconds, timeout=timeout)
+                      seconds=seconds, timeout=timeout, stop=grace(version))
     what = f"{url} to answer" if url else f"{seconds} s of training"
     if outcome.state == "exited":
         raise TrainingError(
@@ -235,9 +248,25 @@ def train(root: Path, argv: Sequence[str], env: Mapping[str, str], version: int,
         raise TrainingError(
             f"training run for [jvm] aot: waited {outcome.seconds:.1f} s for {what} (the limit, "
             f"[jvm] train timeout = {timeout}); the app's last lines: {outcome.tail()}")
-    if not archive.is_file() or archive.stat().st_size == 0:
+    return _archive(root, version, outcome), outcome
+
+
+def _archive(root: Path, version: int, outcome: Outcome) -> Path:
+    """The archive the run left, copied out of ``root`` (beside it) without following links."""
+    rel = archive_path(version)
+    dest = root.with_name(f"{root.name}.{Path(rel).name}")
+    dest.unlink(missing_ok=True)
+    how = (f"killed {outcome.stop:.0f} s after SIGTERM" if outcome.killed
+           else f"status {outcome.status}")
+    try:
+        size = readback.copy_out(root, rel, dest, ARCHIVE_CAP)
+    except FileNotFoundError:
+        size = 0
+    except readback.Unsafe as exc:
+        raise TrainingError(f"training run for [jvm] aot: the app left no usable archive ({exc})"
+                            "; nothing was read from it") from None
+    if size == 0:
         raise TrainingError(
             f"training run for [jvm] aot: the app answered after {outcome.seconds:.1f} s but the "
-            f"JVM wrote no archive when stopped (status {outcome.status}); its last lines: "
-            f"{outcome.tail()}")
-    return archive, outcome
+            f"JVM wrote no archive when stopped ({how}); its last lines: {outcome.tail()}")
+    return dest

@@ -321,7 +321,7 @@ class Builder:
         inputs = {"layers": [[name, hashing.xxh3_file(path)] for name, path in layers],
                   "argv": argv, "conf": conf, "env": variables, "url": url,
                   "seconds": train.seconds,
-                  "train": hashing.xxh3_bytes(template_source("train.sh"))}
+                  "train": hashing.xxh3_bytes(aot.training_code())}
         return self._layer("aot", inputs, make_tree)
 
     def _disk(self, source: BootSource) -> tuple[str, int]:

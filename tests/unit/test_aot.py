@@ -1,7 +1,8 @@
-"""The AOT training run (imagebuilder/aot.py, templates/train.sh) for real, without a JVM: a root
-of the host's busybox, chrooted in private namespaces, whose "app" is a shell script serving HTTP
-with busybox httpd and writing its "archive" when SIGTERM stops it, as the JVM does. And the
-console line the init's filter (templates/jdkhint.awk) makes of the JVM's class-data log.
+"""The AOT training run (imagebuilder/aot.py, imagebuilder/sandbox/) for real, without a JVM: a
+root of the host's busybox, in the sandbox (tests/unit/test_sandbox.py tries to break out of it),
+whose "app" is a shell script serving HTTP with busybox httpd and writing its "archive" when
+SIGTERM stops it, as the JVM does. And the console line the init's filter
+(templates/jdkhint.awk) makes of the JVM's class-data log.
 """
 
 from __future__ import annotations
@@ -75,12 +76,13 @@ def _train(root: Path, app: str, **kwargs: object) -> tuple[Path, aot.Outcome]:
 
 def test_the_app_runs_with_the_guests_variables_until_it_answers_then_stops(root: Path) -> None:
     archive, outcome = _train(root, "run")
-    assert archive == root / "opt/aot/app.jsa"
+    # Copied out of the root, beside it.
+    assert archive == root.with_name("root.app.jsa")
     assert archive.read_text() == "classes of jdbc:h2:mem:train\n"
     assert (outcome.state, outcome.status) == ("ready", 0)
     assert outcome.seconds < 30
-    # Root of its own namespace (no root on the host needed), in /app, loopback only.
-    assert "starting on port 8080 as 0, env test, in /app" in outcome.log
+    # The image's app user (no root on the host needed), in /app, loopback only.
+    assert "starting on port 8080 as 1000, env test, in /app" in outcome.log
     assert "links: 1" in outcome.log
 
 

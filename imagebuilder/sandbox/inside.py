@@ -1,0 +1,183 @@
+"""What the sandbox's processes do to themselves, through libc (Python 3.11 has no os.unshare):
+enter new namespaces, map the builder's uid to the image's app user, build the root's mounts,
+pivot into it, and give up every privilege before the app runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import signal
+import socket
+import struct
+
+from . import seccomp
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NAMESPACES = (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
+              | CLONE_NEWUTS | CLONE_NEWCGROUP)
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = 155  # x86_64 (seccomp.check_arch refuses others first)
+
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+#: Host device nodes the app gets, bind-mounted on a /dev of its own.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def prctl(option: int, arg: int = 0) -> None:
+    _check(libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
+
+
+def die_with_parent(parent_alive: int | None = None) -> None:
+    """SIGKILL when the parent dies; exit now if it already has (``parent_alive``: the read end
+    of a pipe whose only writer is the parent, for a parent in another PID namespace)."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_alive is not None:
+        os.set_blocking(parent_alive, False)
+        try:
+            gone = os.read(parent_alive, 1) == b""
+        except BlockingIOError:
+            gone = False
+        if gone:
+            os._exit(1)
+
+
+def enter_namespaces(uid: int, gid: int) -> None:
+    """New user, mount, network, PID, IPC, UTS and cgroup namespaces, the builder's uid and gid
+    being ``uid`` and ``gid`` in them (an unprivileged user can map only its own)."""
+    outer_uid, outer_gid = os.geteuid(), os.getegid()
+    _check(libc.unshare(NAMESPACES), "unshare")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {outer_uid} 1"),
+                       ("gid_map", f"{gid} {outer_gid} 1")):
+        with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
+            f.write(text)
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    _check(libc.mount(source and source.encode(), target.encode(), fstype and fstype.encode(),
+                      ctypes.c_ulong(flags), data and data.encode()), f"mount {target}")
+
+
+def _at(dir_fd: int, name: str, *, create: bool) -> int:
+    """An O_PATH fd of the directory ``name`` in ``dir_fd``, no link followed; made if missing."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+    return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   dir_fd=dir_fd)
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _mount_at(root_fd: int, name: str, fstype: str, flags: int, data: str | None) -> None:
+    fd = _at(root_fd, name, create=True)
+    try:
+        _mount(fstype, _fd_path(fd), fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
+def _devices(root_fd: int) -> None:
+    """A tmpfs on /dev with the host's harmless nodes bound onto empty files, and /dev/shm."""
+    _mount_at(root_fd, "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    dev = _at(root_fd, "dev", create=False)  # the tmpfs now, not the directory under it
+    try:
+        for node in DEVICES:
+            os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666,
+                             dir_fd=dev))
+            _mount(f"/dev/{node}", f"{_fd_path(dev)}/{node}", None, MS_BIND)
+        _mount_at(dev, "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    finally:
+        os.close(dev)
+
+
+def _keep_locked_flags(path: str) -> int:
+    """The flags of the mount under ``path`` a remount must keep (the kernel locks them)."""
+    keep = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME
+    flags = os.statvfs(path).f_flag & keep
+    return flags | (MS_RELATIME if os.statvfs(path).f_flag & 4096 else 0)
+
+
+def build_root(root: str) -> int:
+    """Mount the sandbox's view on ``root`` in this mount namespace: the root bound on itself
+    (nosuid, nodev), a /proc of this PID namespace, /dev, /dev/shm and /tmp; its fd."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount(root, root, None, MS_BIND)
+    _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+           | _keep_locked_flags(root))
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    _mount_at(root_fd, "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    _devices(root_fd)
+    _mount_at(root_fd, "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    return root_fd
+
+
+def loopback_up() -> None:
+    """Bring up lo, the network namespace's only interface."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, request))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def pivot(root_fd: int) -> None:
+    """Make the root this namespace's /, the old one unmounted (detached) and out of reach."""
+    os.fchdir(root_fd)
+    _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_privileges(last_cap: int) -> None:
+    """No capability in any set (bounding, ambient, effective, permitted, inheritable), not
+    dumpable, no_new_privs, and the seccomp filter: for this process and all it starts."""
+    prctl(PR_SET_DUMPABLE, 0)
+    for cap in range(last_cap + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(libc.capset(ctypes.byref(header), data), "capset")
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    seccomp.install(libc)
+
+
+def last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
+        return int(f.read())

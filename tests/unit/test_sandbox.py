@@ -1,0 +1,290 @@
+"""The training run's sandbox (imagebuilder/sandbox/, through imagebuilder/aot.py's entry point)
+against an app that tries every way out: a static C program (sandbox_escape/escape.c, compiled
+here with gcc -static) in a root of the host's busybox. And what the build reads back from a root
+the app had its hands on: links planted for the archive and the log, a huge log; secrets never on
+a command line; nothing of the sandbox outliving a killed builder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import aot
+from imagebuilder.errors import HostError
+from imagebuilder.layers.base import APP_UID
+
+BUSYBOX = shutil.which("busybox")
+GCC = shutil.which("gcc")
+ESCAPE_C = Path(__file__).with_name("sandbox_escape") / "escape.c"
+SECRET = "host secret: root:$6$not-for-the-app"
+LOG = ".imagebuilder/app.log"
+
+
+def _busybox_root(root: Path) -> Path:
+    if BUSYBOX is None:
+        pytest.skip("needs busybox (busybox-static)")
+    try:
+        aot.check_host()
+    except HostError as exc:
+        pytest.skip(str(exc))
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, root / "bin/busybox")
+    for applet in ("sh", "sleep", "cat", "ln", "rm", "head", "mkfifo", "echo", "httpd", "yes"):
+        os.symlink("busybox", root / "bin" / applet)
+    (root / "app").mkdir()
+    (root / "www").mkdir()
+    (root / "www/index.html").write_text("up\n")
+    (root / aot.BASE_ARCHIVE).parent.mkdir(parents=True)
+    (root / aot.BASE_ARCHIVE).write_bytes(b"the runtime's own CDS archive")
+    return root
+
+
+@pytest.fixture(scope="module")
+def escape(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if GCC is None:
+        pytest.skip("needs gcc and libc6-dev (a static libc)")
+    out = tmp_path_factory.mktemp("escape") / "escape"
+    subprocess.run([GCC, "-static", "-pthread", "-O1", "-o", str(out), str(ESCAPE_C)],
+                   check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def escaped(escape: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """The escape program's report, by the first word of its lines, and the host's files."""
+    base = tmp_path_factory.mktemp("sandbox")
+    root = _busybox_root(base / "root")
+    shutil.copy(escape, root / "escape")
+    secret, marker = base / "secret", base / "marker"
+    secret.write_text(SECRET)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        argv = ["/escape", str(secret), str(marker), str(listener.getsockname()[1])]
+        outcome = aot.run_app(root, argv, {"PATH": aot.GUEST_PATH}, url=None, seconds=30,
+                              timeout=30)
+    assert (outcome.state, outcome.status) == ("exited", 0), outcome.log
+    report: dict[str, list[str]] = {}
+    for line in outcome.log.splitlines():
+        word, _, rest = line.partition(" ")
+        report.setdefault(word, []).append(rest)
+    report["host"] = [secret.read_text(), str(marker.exists())]
+    return report
+
+
+ATTEMPTS = ["chroot", "proc1root", "procselfroot", "procpids", "direct", "mount", "bindmount",
+            "unshare", "clonens", "ptrace1", "traceme", "proc1mem", "setuid0", "hostloopback",
+            "outside", "setns", "umount2", "pivot_root", "process_vm_readv", "process_vm_writev",
+            "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "open_by_handle_at",
+            "name_to_handle_at", "init_module", "finit_module", "delete_module", "kexec_load",
+            "kexec_file_load", "reboot", "swapon", "swapoff", "fsopen", "fsmount", "move_mount",
+            "open_tree", "fsconfig", "fspick", "mount_setattr", "clone3"]
+
+
+@pytest.mark.parametrize("attempt", ATTEMPTS)
+def test_every_way_out_is_blocked(escaped: dict[str, list[str]], attempt: str) -> None:
+    assert [r.split()[0] for r in escaped[attempt]] == ["blocked"], escaped[attempt]
+
+
+def test_the_host_files_are_untouched(escaped: dict[str, list[str]]) -> None:
+    assert escaped["host"] == [SECRET, "False"]
+
+
+def test_the_app_is_the_image_user_without_privileges(escaped: dict[str, list[str]]) -> None:
+    status = {line.split(":")[0]: line.split(":")[1].split() for line in escaped["status"]}
+    assert status["Uid"] == [str(APP_UID)] * 4
+    assert status["Gid"] == [str(APP_UID)] * 4
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert status[caps] == ["0000000000000000"], caps
+    assert status["NoNewPrivs"] == ["1"]
+    assert status["Seccomp"] == ["2"]
+    # Threads still work: glibc falls back from clone3 (ENOSYS) to clone, as the JVM's do.
+    assert escaped["thread"] == ["ran"]
+
+
+def test_no_host_mount_is_visible(escaped: dict[str, list[str]]) -> None:
+    points = sorted(line.split()[4] for line in escaped["mountinfo"])
+    assert points == sorted(
+        ["/", "/proc", "/dev", "/dev/null", "/dev/zero", "/dev/full", "/dev/random",
+         "/dev/urandom", "/dev/tty", "/dev/shm", "/tmp"])
+
+
+def test_loopback_is_the_only_network(escaped: dict[str, list[str]]) -> None:
+    assert [line.split(":")[0].strip() for line in escaped["netdev"]] == ["lo"]
+
+
+def _app(root: Path, name: str, script: str) -> str:
+    (root / "app" / name).write_text("#!/bin/sh\n" + script)
+    (root / "app" / name).chmod(0o755)
+    return f"/app/{name}"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return _busybox_root(tmp_path / "root")
+
+
+def _train(root: Path, app: str, **kwargs: object) -> tuple[Path, aot.Outcome]:
+    options = {"url": "http://127.0.0.1:8080/", "seconds": 0, "timeout": 30, **kwargs}
+    return aot.train(root, [app], aot.guest_env(8080, {}, None), 21,  # type: ignore[arg-type]
+                     **options)
+
+
+SERVE = "busybox httpd -f -p 127.0.0.1:$PORT -h /www &\n"
+
+
+@pytest.mark.parametrize("plant", [f"ln -s {{secret}} {aot.archive_path(21)}",
+                                   "rm -r opt/aot && ln -s {secret_dir} opt/aot",
+                                   f"mkfifo {aot.archive_path(21)}"])
+def test_an_archive_planted_as_a_link_is_never_read(root: Path, tmp_path: Path, plant: str
+                                                    ) -> None:
+    secret = tmp_path / "app.jsa"
+    secret.write_text(SECRET)
+    command = plant.format(secret=secret, secret_dir=tmp_path)
+    app = _app(root, "plant", f"trap 'cd / && {command}; exit 0' TERM\n{SERVE}"
+                              "while :; do sleep 0.1; done\n")
+    with pytest.raises(aot.TrainingError, match=r"^training run for \[jvm\] aot: the app left "
+                       r"no usable archive \(/opt/aot/app.jsa is a symbolic link or not a "
+                       r"regular file .*\); nothing was read from it$") as caught:
+        _train(root, app)
+    assert SECRET not in str(caught.value)
+    assert not (tmp_path / "root.app.jsa").exists()
+
+
+def test_a_log_planted_as_a_link_is_never_quoted(root: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_text(SECRET + "\n")
+    app = _app(root, "plant-log", f"rm /.imagebuilder/app.log\nln -s {secret} "
+                                  "/.imagebuilder/app.log\nexit 3\n")
+    with pytest.raises(aot.TrainingError, match=r"the app exited with status 3 .* its last lines: "
+                       r"\(the app's output is unreadable: /.imagebuilder/app.log is a symbolic "
+                       r"link or not a regular file") as caught:
+        _train(root, app)
+    assert SECRET not in str(caught.value)
+
+
+def test_a_huge_log_is_read_capped(root: Path) -> None:
+    # 4 MiB of output, then a line of 32 KiB: the error quotes 400 bytes of it.
+    app = _app(root, "loud", "yes 'a line of noise' 2>/dev/null | head -c 4194304\n"
+                             "head -c 32768 /dev/zero | busybox tr '\\0' x\necho\n"
+                             "echo 'the last words'\nexit 1\n")
+    os.symlink("busybox", root / "bin/tr")
+    with pytest.raises(aot.TrainingError) as caught:
+        _train(root, app)
+    message = str(caught.value)
+    assert message.endswith(f"its last lines: {'a line of noise | ' * 18}{'x' * 400} | the last "
+                            "words"), message[-600:]
+
+
+def test_an_app_ignoring_sigterm_is_killed_after_the_grace(root: Path) -> None:
+    app = _app(root, "stubborn", f"trap '' TERM\n{SERVE}while :; do sleep 0.1; done\n")
+    outcome = aot.run_app(root, [app], aot.guest_env(8080, {}, None),
+                          url="http://127.0.0.1:8080/", seconds=0, timeout=30, stop=(1, 1))
+    assert (outcome.state, outcome.killed) == ("ready", True)
+    assert 1 <= outcome.stop < 5
+    assert outcome.total < 15
+
+
+def test_the_grace_lasts_while_the_archive_grows(root: Path) -> None:
+    # Like JDK 25 assembling its AOT cache after SIGTERM: 2.5 s of writing, with a 1 s grace.
+    app = _app(root, "slow-writer", "trap 'for i in 1 2 3 4 5; do echo $i >> /opt/aot/app.jsa; "
+                                    "sleep 0.5; done; exit 0' TERM\n"
+                                    f"{SERVE}while :; do sleep 0.1; done\n")
+    (root / aot.ARCHIVE_DIR).mkdir(parents=True)
+    outcome = aot.run_app(root, [app], aot.guest_env(8080, {}, None),
+                          url="http://127.0.0.1:8080/", seconds=0, timeout=30, stop=(1, 60))
+    assert (outcome.state, outcome.status, outcome.killed) == ("ready", 0, False)
+    assert (root / "opt/aot/app.jsa").read_text() == "1\n2\n3\n4\n5\n"
+
+
+def _cmdlines() -> dict[int, bytes]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+    return found
+
+
+def _wait_for(path: Path, text: str, seconds: float = 20) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never said {text!r}")
+
+
+def test_secrets_reach_the_app_but_no_command_line(root: Path) -> None:
+    token = f"s3cret-{uuid.uuid4().hex}"
+    app = _app(root, "secretive", '[ "$DB_PASSWORD" = "$1" ] || exit 9\n'
+                                  'echo "started with $# args"\nsleep 1\n')
+    log = root / LOG
+    result: list[aot.Outcome] = []
+    env = aot.guest_env(None, {"DB_PASSWORD": token}, "test")
+    runner = threading.Thread(target=lambda: result.append(aot.run_app(
+        root, ["/bin/sh", app, "-"], env, url=None, seconds=30, timeout=30)))
+    # The app compares its argument with the secret: give it the secret's name, not its value.
+    (root / "app/secretive").write_text((root / "app/secretive").read_text().replace(
+        '"$1"', f'"{token}"'))
+    runner.start()
+    try:
+        _wait_for(log, "started with 1 args")
+        leaks = {pid: c for pid, c in _cmdlines().items() if token.encode() in c}
+    finally:
+        runner.join()
+    assert leaks == {}
+    assert result[0].state == "exited" and result[0].status == 0, result[0].log
+
+
+BUILDER = """
+import sys
+from pathlib import Path
+from imagebuilder import aot
+aot.run_app(Path(sys.argv[1]), [sys.argv[2]], aot.guest_env(8080, {}, None),
+            url="http://127.0.0.1:8080/never", seconds=0, timeout=120)
+"""
+
+
+def _alive(token: str) -> list[int]:
+    return [pid for pid, c in _cmdlines().items() if token.encode() in c and pid != os.getpid()]
+
+
+def test_nothing_outlives_a_killed_builder(tmp_path: Path) -> None:
+    token = uuid.uuid4().hex
+    root = _busybox_root(tmp_path / f"root-{token}")
+    app = _app(root, f"daemon-{token}", "trap '' TERM\necho started\n"
+                                        "(trap '' TERM; while :; do sleep 1; done) &\n"
+                                        "while :; do sleep 1; done\n")
+    builder = subprocess.Popen([sys.executable, "-c", BUILDER, str(root), app],
+                               start_new_session=True)
+    try:
+        _wait_for(root / LOG, "started")
+        # The sandbox (its root on the command line), its PID 1 and watcher, the app.
+        assert len(_alive(token)) >= 4, _alive(token)
+        builder.send_signal(signal.SIGKILL)
+        builder.wait()
+        end = time.monotonic() + 5
+        while _alive(token) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _alive(token) == []
+    finally:
+        for pid in _alive(token):
+            os.kill(pid, signal.SIGKILL)
+        if builder.poll() is None:
+            builder.kill()
+            builder.wait()
+
