@@ -109,13 +109,14 @@ def app_files(top: Path, root: Path) -> list[File]:
             subdirs = []
             for entry in entries:
                 path = Path(entry.path)
-                real = path.resolve()
-                if not real.is_relative_to(real_root):
-                    raise UserError(f"{path}: a symbolic link out of the app's directory {root}: "
-                                    "copy the file into it instead")
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(path)
-                elif real.is_file():
+                    continue
+                real = path.resolve() if entry.is_symlink() else path
+                if entry.is_symlink() and not real.is_relative_to(real_root):
+                    raise UserError(f"{path}: a symbolic link out of the app's directory {root}: "
+                                    "copy the file into it instead")
+                if real.is_file():  # a link to a directory inside the app is not followed
                     files.append(File(path.relative_to(root).as_posix(), source=real))
         except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of symbolic links
             why = getattr(exc, "strerror", None) or str(exc)

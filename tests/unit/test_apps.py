@@ -6,6 +6,7 @@ The apps are real: compiled by the host's javac against Debian's Jackson
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -537,22 +538,47 @@ def test_app_directory_too_deep(tmp_path: Path) -> None:
     (root / "lib").mkdir(parents=True)
     with zipfile.ZipFile(root / "lib" / "app.jar", "w") as zf:
         zf.writestr("a/B.class", b"\xca\xfe\xba\xbe\0\0\0\x3d\0\1")
-    fd = os.open(root, os.O_RDONLY)
-    try:  # 1000 levels, made relative to a directory fd (the path is longer than PATH_MAX)
-        for _ in range(1000):
-            os.mkdir("d", dir_fd=fd)
-            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
+    try:
+        _nest(root, 1000)  # the os.walk of app directories recursed once per level
         assert error(root, main="a.B") == (f"{root}: directories nested more than 256 levels "
                                            "deep: not an app's directory; name the app's jar or "
                                            "a shallower directory")
     finally:
+        _unnest(root, 1000)
+
+
+def _nest(root: Path, levels: int) -> None:
+    """``root/d/d/...``, ``levels`` deep (made relative to directory fds: the path is longer
+    than PATH_MAX)."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
         os.close(fd)
-        while (root / "d" / "d").exists():  # unnest (rmtree recurses as deep as the tree)
-            os.rename(root / "d" / "d", root / "e")
-            os.rmdir(root / "d")
-            os.rename(root / "e", root / "d")
+
+
+def _unnest(root: Path, levels: int, chunk: int = 100) -> None:
+    """Remove what :func:`_nest` made, from the bottom, ``chunk`` levels at a time (rmtree
+    recurses as deep as the tree; a path through all of it is longer than PATH_MAX)."""
+    for top in range(levels - chunk, -1, -chunk):
+        fds = [os.open(root, os.O_RDONLY)]
+        try:
+            for _ in range(top):
+                fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+                os.close(fds.pop(-2))
+            for _ in range(chunk - 1):
+                fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+            while fds:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir("d", dir_fd=fds[-1])
+                os.close(fds.pop())
+        except FileNotFoundError:  # not that deep (the test failed before it was made)
+            for fd in fds:
+                os.close(fd)
 
 
 def test_quarkus_app_symlinked_out_of_the_app(shop: ShopBuild, tmp_path: Path) -> None:
