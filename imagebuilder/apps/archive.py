@@ -156,7 +156,8 @@ class Jar:
 
 
 def parse_manifest(text: str) -> dict[str, str]:
-    """The main attributes of a jar manifest, keys lower-cased."""
+    """The main attributes of a jar manifest, keys lower-cased; a repeated name keeps its last
+    value, as ``java.util.jar.Attributes`` does."""
     # Lines are wrapped at 72 bytes with a leading space on continuations; the main section
     # ends at the first empty line.
     unwrapped = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n ", "")
@@ -164,7 +165,7 @@ def parse_manifest(text: str) -> dict[str, str]:
     for line in unwrapped.split("\n\n", 1)[0].splitlines():
         key, sep, value = line.partition(":")
         if sep:
-            attrs.setdefault(key.strip().lower(), value.strip())
+            attrs[key.strip().lower()] = value.strip()
     return attrs
 
 

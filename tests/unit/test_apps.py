@@ -339,6 +339,16 @@ def test_jar_reads_manifest_continuations(tmp_path: Path) -> None:
             "org.example.averyveryverylongpackagename.anotherlong.Main")
 
 
+def test_manifest_repeated_name_keeps_the_last_value(tmp_path: Path) -> None:
+    """As java.util.jar.Attributes (and the java launcher) read it."""
+    jar = tmp_path / "twice.jar"
+    with zipfile.ZipFile(jar, "w") as zf:
+        zf.writestr("META-INF/MANIFEST.MF", "Main-Class: first.Main\r\nmain-class: second.Main"
+                    "\r\n\r\n")
+    with Jar(str(jar), jar, Budget()) as opened:
+        assert opened.manifest()["main-class"] == "second.Main"
+
+
 # -- modules ------------------------------------------------------------------------------------
 
 
