@@ -179,9 +179,13 @@ class Store:
 
     def _read_index(self) -> list[dict[str, Any]]:
         try:
-            raw = self.index_path.read_bytes()
+            with os.fdopen(blobs.open_regular(self.index_path), "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
             return []
+        except blobs.NotRegularError as e:
+            raise ImageBuilderError(f"{self.index_path} is {e.kind}, not a file; restore "
+                                    "it") from None
         try:
             index = json.loads(raw)
         except ValueError as e:

@@ -388,3 +388,13 @@ def test_a_malformed_index_entry_is_one_line(tmp_path: Path, entry: dict[str, ob
         assert done.stderr.startswith(f"ERROR: {store.index_path} is not a valid OCI image index")
         assert problem in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert _blobs(store) == before
+
+
+def test_an_index_that_is_a_fifo_is_one_line_not_a_hang(tmp_path: Path) -> None:
+    store = Store(tmp_path / "home" / "store")
+    _put(store, "hello:1.0.0", b"app v1")
+    store.index_path.unlink()
+    os.mkfifo(store.index_path)
+    done = _cli(tmp_path / "home", "images")  # a hang fails on the timeout
+    assert done.returncode == 1
+    assert done.stderr == f"ERROR: {store.index_path} is a FIFO, not a file; restore it\n"
