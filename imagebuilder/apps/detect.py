@@ -156,8 +156,9 @@ def _directory(path: Path, main: str | None, budget: Budget) -> Shape:
         libs = [f for f in files if f.dest.startswith("lib/") and not is_snapshot(f.dest)]
         lib_dests = {f.dest for f in libs}
         own = [f for f in files if f.dest not in lib_dests]
+        found = thin.follow(path / "quarkus-run.jar", budget, root=path)
         return Shape("quarkus", tuple(own), tuple(libs), ("-jar", guest("quarkus-run.jar")),
-                     chosen, tuple(_sources(path, files)))
+                     chosen, tuple(_sources(path, files)), tuple(found.warnings))
     jars = [f for f in files if f.dest.endswith(".jar") and f.dest.count("/") <= 1
             and (f.dest.count("/") == 0 or f.dest.startswith("lib/"))]
     if not jars:
@@ -179,4 +180,22 @@ def _directory(path: Path, main: str | None, budget: Budget) -> Shape:
     third_dests = {f.dest for f in third}
     own = [f for f in files if f.dest not in third_dests]
     argv = ("-cp", ":".join(guest(f.dest) for f in jars), main)
-    return Shape("app-dir", tuple(own), tuple(third), argv, main, tuple(_sources(path, jars)))
+    more, warnings = _class_paths(path, jars, budget)
+    return Shape("app-dir", tuple(own), tuple(third), argv, main,
+                 (*_sources(path, jars), *more), warnings)
+
+
+def _class_paths(root: Path, jars: list[File], budget: Budget
+                 ) -> tuple[list[ClassSource], tuple[str, ...]]:
+    """What the Class-Path of the jars on an app directory's ``-cp`` adds (the app's files are
+    in the image already; the classes of those the JVM loads must be scanned too), and the
+    warnings about what it names outside the app."""
+    seen = {guest(f.dest) for f in jars}
+    sources: list[ClassSource] = []
+    warnings: list[str] = []
+    for f in jars:
+        found = thin.follow(root / f.dest, budget, root=root, app=False, seen=seen)
+        sources += [ClassSource(str(root / j.dest), jar=j.source) for j in found.jars]
+        sources += [ClassSource(str(d), directory=d) for d in found.dirs]
+        warnings += found.warnings
+    return sources, tuple(warnings)

@@ -50,16 +50,20 @@ class _Named:
 
 
 def follow(jar: Path, budget: Budget, config_dir: Path | None = None, *,
-           guest_dir: str = GUEST_DIR) -> ClassPath:
-    """Follow the Class-Path of the app jar ``jar`` (its directory is the app's directory,
-    ``guest_dir`` in the guest). Directories of classes are taken only inside ``config_dir``
-    (where imagebuilder.toml is), when there is one: an app outside it may only be a single
-    file."""
-    root = jar.parent
+           root: Path | None = None, guest_dir: str = GUEST_DIR, app: bool = True,
+           seen: set[str] | None = None) -> ClassPath:
+    """Follow the Class-Path of the jar ``jar`` in the app's directory ``root`` (by default the
+    jar's directory; ``guest_dir`` in the guest). ``app``: the JVM starts from this jar, so a
+    Class-Path it cannot read fails the build (else it is a warning). ``seen``: the guest paths
+    already on the class path (extended). Directories of classes are taken only inside
+    ``config_dir`` (where imagebuilder.toml is), when there is one: an app outside it may only be
+    a single file."""
+    root = jar.parent if root is None else root
     result = ClassPath()
-    at = f"{guest_dir}/{jar.name}"
-    seen = {at}
-    todo = _named(jar, at, budget, result, app=True) or []
+    at = f"{guest_dir}/{jar.relative_to(root).as_posix()}"
+    seen = set() if seen is None else seen
+    seen.add(at)
+    todo = _named(jar, at, budget, result, app=app) or []
     while todo:
         item = todo.pop(0)
         if item.guest in seen:
@@ -127,7 +131,8 @@ def _named(jar: Path, at: str, budget: Budget, result: ClassPath, *, app: bool =
 def _dropped(label: str, why: str, result: ClassPath, app: bool) -> None:
     if app:
         raise UserError(f"{label}: {why}, so the JVM cannot load it: fix the jar's manifest")
-    result.warnings.append(f"{label}: {why}, so the JVM drops it and what it names: left out")
+    result.warnings.append(f"{label}: {why}, so the JVM drops it and what it names from the "
+                           "class path: left out")
 
 
 def _below(top: str, path: str) -> str | None:

@@ -238,7 +238,7 @@ def test_library_class_path_and_its_failures(shop: ShopBuild, tmp_path: Path) ->
     assert [f.dest for f in shape.libs] == ["lib/greet.jar", "lib/core.jar"]  # the JVM's order
     assert shape.warnings == (f"{app}/lib/broken.jar: its Class-Path entry foo:x.jar is not a "
                               "URL the JVM accepts (unknown protocol foo), so the JVM drops it "
-                              "and what it names: left out",)
+                              "and what it names from the class path: left out",)
     bad = _jar(shop.app, tmp_path / "bad" / "shop.jar", {"Main-Class": MAIN,
                                                          "Class-Path": "foo:x.jar"})
     with pytest.raises(UserError) as info:
@@ -363,3 +363,20 @@ def _marker_of(path: Path | None) -> str:
         return path.stem
     with zipfile.ZipFile(path) as zf:
         return next(n for n in zf.namelist() if n.endswith(".class"))[2:-6]
+
+
+@needs_jdk
+def test_app_directory_jars_class_path(shop: ShopBuild, tmp_path: Path) -> None:
+    """The jars on an app directory's -cp have their Class-Path followed too: what they name
+    inside the app is scanned (the JVM loads it), what they name outside is a warning."""
+    root = shop.app_dir(tmp_path / "dist")
+    (root / "lib" / "greet-1.0.jar").rename(root / "extra.jar")
+    (root / "greeting").mkdir()
+    (root / "extra.jar").rename(root / "greeting" / "greet.jar")
+    _jar(shop.app, root / "lib" / "shop.jar", {"Class-Path": "../greeting/greet.jar"})
+    shape = _detect(root, main="com.example.greet.Greeting")  # only in greeting/greet.jar
+    assert "/app/greeting/greet.jar" not in shape.argv[1]
+    databind = root / "lib" / "jackson-databind.jar"
+    assert [w.partition(" is ")[0] for w in shape.warnings] == [
+        f"{databind}: Class-Path entry /usr/share/java/jackson-annotations.jar",
+        f"{databind}: Class-Path entry /usr/share/java/jackson-core.jar"]
