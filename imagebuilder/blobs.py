@@ -23,6 +23,7 @@ reported as such.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -32,7 +33,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import DamagedError, IntegrityError
+from .errors import DamagedError, IntegrityError, UserError
 from .hashing import CHUNK_SIZE, Digests, MultiHasher, digest_fd
 
 REPAIR_HINT = ("run 'imagebuilder check' to see which images it affects, then rebuild them "
@@ -203,3 +204,54 @@ def receive(staging: Path, digest: str, size: int, chunks: Iterable[bytes]) -> P
         dest.unlink(missing_ok=True)
         raise
     return dest
+
+
+# --- deleting blobs, never through a link ---------------------------------------------------
+
+
+def sweep(store_root: Path, keep: set[str], dry_run: bool) -> tuple[list[str], int]:
+    """Delete the entries of ``store_root``/blobs/sha256 whose digest is not in ``keep``
+    (directories stay; a link is removed as a link); the digests that went and the bytes they
+    held. The directory is reached and walked through descriptors, never through a link."""
+    fd = _open_blobs_dir(store_root)
+    if fd is None:
+        return [], 0
+    removed, freed = [], 0
+    try:
+        for name in sorted(os.listdir(fd)):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) or "sha256:" + name in keep:
+                continue
+            removed.append("sha256:" + name)
+            freed += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+        if removed and not dry_run:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return removed, freed
+
+
+def _open_blobs_dir(store_root: Path) -> int | None:
+    """A descriptor of blobs/sha256, reached with O_NOFOLLOW (None if it does not exist)."""
+    fd = -1
+    try:
+        fd = os.open(store_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for part in ("blobs", "sha256"):
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            os.close(fd)
+            fd = sub
+    except OSError as e:
+        if fd >= 0:
+            os.close(fd)
+        if isinstance(e, FileNotFoundError):
+            return None
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UserError(f"{store_root}/blobs/sha256 is not a directory of the store (a "
+                            "symbolic link?): imagebuilder does not follow links out of its "
+                            "store") from None
+        raise
+    return fd

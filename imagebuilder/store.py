@@ -592,7 +592,7 @@ class Store:
                                    + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1
                                       else "")
                                    + "; 'imagebuilder check' tells more")
-            removed, freed = self._sweep(keep, dry_run)
+            removed, freed = blobs.sweep(self.root, keep, dry_run)
             scratch = [] if dry_run else remove_stale(self.tmp_dir)
             if self.tmp_dir.exists() and not dry_run:
                 for path in self.tmp_dir.iterdir():  # named by pid, before owner tokens
@@ -604,54 +604,6 @@ class Store:
                         else:
                             path.unlink(missing_ok=True)
         return GcResult(removed, freed, scratch)
-
-    def _sweep(self, keep: set[str], dry_run: bool) -> tuple[list[str], int]:
-        """Delete the entries of blobs/sha256 not in ``keep`` (directories stay); what went
-        and the bytes it held."""
-        fd = self._open_blobs_dir()
-        if fd is None:
-            return [], 0
-        removed, freed = [], 0
-        try:
-            for name in sorted(os.listdir(fd)):
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode) or "sha256:" + name in keep:
-                    continue
-                removed.append("sha256:" + name)
-                freed += st.st_size if stat.S_ISREG(st.st_mode) else 0
-                if not dry_run:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=fd)
-            if removed and not dry_run:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        return removed, freed
-
-    def _open_blobs_dir(self) -> int | None:
-        """A descriptor of blobs/sha256, reached without following a link (None if absent)."""
-        fd = -1
-        try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            for part in ("blobs", "sha256"):
-                sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=fd)
-                os.close(fd)
-                fd = sub
-        except FileNotFoundError:
-            if fd >= 0:
-                os.close(fd)
-            return None
-        except OSError as e:
-            if fd >= 0:
-                os.close(fd)
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UserError(f"{self.blobs_dir} is not a directory of the store (a symbolic "
-                                "link?): imagebuilder does not follow links out of its store"
-                                ) from None
-            raise
-        return fd
-
 
 def _alive(pid: int) -> bool:
     try:
