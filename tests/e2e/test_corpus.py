@@ -29,8 +29,6 @@ import pytest
 
 from tests.corpus import (
     CORPUS,
-    H2,
-    JYTHON,
     TOMCAT_EXAMPLES,
     VNU,
     ZOOKEEPER,
@@ -48,20 +46,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.network]
 BOOT_TIMEOUT = "600"
 BOOTED = (TOMCAT_EXAMPLES, ZOOKEEPER, VNU)
 
-CLASS_PATH_FIX = ("a Class-Path entry that is absolute (Debian's /usr/share/java/...) fails the "
-                  "build; the JVM skips what it cannot read: imagebuilder/apps/detect.py is "
-                  "being changed by another helper to leave them out with a warning")
-XFAIL = {H2.name: CLASS_PATH_FIX, JYTHON.name: CLASS_PATH_FIX}
-"""Apps whose build fails for a gap another helper is fixing (tests/corpus.py explains them)."""
-
 NEEDS = ("npm", "apt-get", "dpkg-deb")
 INSTALLED = (Path("/usr/share/java/jython-2.7.3.jar"), Path("/usr/share/java/zookeeper.jar"),
              Path("/usr/share/tomcat10/bin/catalina.sh"))
 
 
 def _param(app: CorpusApp) -> object:
-    marks = [pytest.mark.xfail(reason=XFAIL[app.name], strict=True)] if app.name in XFAIL else []
-    return pytest.param(app, id=app.name.removeprefix("corpus-"), marks=marks)
+    return pytest.param(app, id=app.name.removeprefix("corpus-"))
 
 
 @pytest.fixture(scope="module")
