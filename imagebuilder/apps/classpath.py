@@ -51,14 +51,16 @@ class ManifestError(ValueError):
 @dataclass(frozen=True)
 class Entry:
     """One Class-Path token as the JVM resolves it. Exactly one of ``path`` (the absolute local
-    path it names; ``directory`` if the URL ends with ``/``), ``ignored`` (why the JVM skips it)
-    and ``fatal`` (why the JVM drops the jar naming it) is set."""
+    path it names; ``directory`` if the URL ends with ``/``; ``url_path``, the URL's path still
+    encoded, which the entries of the jar it names resolve against), ``ignored`` (why the JVM
+    skips it) and ``fatal`` (why the JVM drops the jar naming it) is set."""
 
     token: str
     path: str | None = None
     directory: bool = False
     ignored: str | None = None
     fatal: str | None = None
+    url_path: str = ""
 
 
 def main_attributes(data: bytes) -> dict[str, str]:
@@ -109,7 +111,8 @@ def split(value: str) -> list[str]:
 
 
 def resolve(base: str, token: str) -> Entry:
-    """The entry ``token`` of the Class-Path of the jar at absolute path ``base``."""
+    """The entry ``token`` of the Class-Path of the jar whose URL has the path ``base`` (still
+    percent-encoded: the jar's absolute path, or an :attr:`Entry.url_path`)."""
     spec = token.strip("".join(chr(c) for c in range(33)))
     if spec[:4].lower() == "url:":
         spec = spec[4:]
@@ -152,7 +155,7 @@ def resolve(base: str, token: str) -> Entry:
         return Entry(token, ignored=f"{exc}, so the JVM skips it")
     if "\0" in decoded:
         return Entry(token, ignored="a path with a NUL, which the JVM skips")
-    return Entry(token, path=decoded, directory=file.endswith("/"))
+    return Entry(token, path=decoded, directory=file.endswith("/"), url_path=full)
 
 
 def _valid_host(host: str) -> bool:

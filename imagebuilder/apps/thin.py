@@ -16,6 +16,7 @@ can fail the build: the JVM could not start it either.
 from __future__ import annotations
 
 import posixpath
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +42,14 @@ class ClassPath:
 @dataclass(frozen=True)
 class _Named:
     """A Class-Path entry waiting to be opened: its normalised guest path, whether it is a
-    directory, the jar naming it and its token there (for messages)."""
+    directory, the jar naming it and its token there (for messages), and its URL's path (what
+    its own entries resolve against)."""
 
     guest: str
     directory: bool
     by: Path
     token: str
+    url_path: str
 
 
 def follow(jar: Path, budget: Budget, config_dir: Path | None = None, *,
@@ -63,7 +66,9 @@ def follow(jar: Path, budget: Budget, config_dir: Path | None = None, *,
     at = f"{guest_dir}/{jar.relative_to(root).as_posix()}"
     seen = set() if seen is None else seen
     seen.add(at)
-    todo = _named(jar, at, budget, result, app=app) or []
+    # The JVM's URL of the jar: its path percent-encoded (sun.net.www.ParseUtil.encodePath).
+    url_path = urllib.parse.quote(at, safe="/!$&'()*+,;=:@-._~")
+    todo = _named(jar, url_path, budget, result, app=app) or []
     while todo:
         item = todo.pop(0)
         if item.guest in seen:
@@ -92,7 +97,7 @@ def follow(jar: Path, budget: Budget, config_dir: Path | None = None, *,
         if why:
             result.warnings.append(f"{where} ({host}) {why}: left out, as the JVM skips it")
             continue
-        named = _named(real, item.guest, budget, result, label=str(host))
+        named = _named(real, item.url_path, budget, result, label=str(host))
         if named is not None:
             result.jars.append(File(inside, source=real))
             todo[:0] = named
@@ -101,8 +106,8 @@ def follow(jar: Path, budget: Budget, config_dir: Path | None = None, *,
 
 def _named(jar: Path, at: str, budget: Budget, result: ClassPath, *, app: bool = False,
            label: str | None = None) -> list[_Named] | None:
-    """The Class-Path entries of the jar at guest path ``at`` (those the JVM would open); None
-    if the JVM drops the jar itself (a warning says so; for the app jar, UserError)."""
+    """The Class-Path entries of the jar whose URL's path is ``at`` (those the JVM would open);
+    None if the JVM drops the jar itself (a warning says so; for the app jar, UserError)."""
     label = label or str(jar)
     with budget.open(label, jar) as opened:
         data = opened.read(MANIFEST) if MANIFEST in opened.entries else b""
@@ -124,7 +129,7 @@ def _named(jar: Path, at: str, budget: Budget, result: ClassPath, *, app: bool =
                                    " left out")
             continue
         named.append(_Named(classpath.normalised(entry.path), entry.directory, Path(label),
-                            entry.token))
+                            entry.token, entry.url_path))
     return named
 
 

@@ -301,7 +301,8 @@ def test_the_jvm_loads_what_we_take(tmp_path: Path) -> None:
     from imagebuilder.apps import thin
     src = tmp_path / "src"
     markers = ["Plain", "Space", "Umlaut", "Query", "Hash", "Dots", "FileRel", "FileAbs", "Local",
-               "Dir", "NoSlash", "Nested", "Deeper", "Dropped", "Outside", "Missing", "Http"]
+               "Dir", "NoSlash", "Nested", "Deeper", "Dropped", "Outside", "Missing", "Http",
+               "Percent", "PercentNext"]
     for name in markers:
         (src / "m").mkdir(parents=True, exist_ok=True)
         (src / "m" / f"{name}.java").write_text(f"package m; public final class {name} {{}}\n")
@@ -334,6 +335,9 @@ def test_the_jvm_loads_what_we_take(tmp_path: Path) -> None:
     marker("Dropped", app / "lib" / "dropped.jar", {"Class-Path": "bogus:x.jar"})
     marker("Outside", tmp_path / "outside.jar")
     marker("Http", app / "lib" / "http.jar")
+    # A directory named with a % : its jar's entries resolve against the encoded URL.
+    marker("Percent", app / "100%" / "p.jar", {"Class-Path": "next%20one.jar"})
+    marker("PercentNext", app / "100%" / "next one.jar")
     for name, folder in (("Dir", "dir"), ("NoSlash", "noslash")):
         (app / folder / "m").mkdir(parents=True)
         shutil.copyfile(classes / "m" / f"{name}.class", app / folder / "m" / f"{name}.class")
@@ -341,7 +345,7 @@ def test_the_jvm_loads_what_we_take(tmp_path: Path) -> None:
                "lib/h.jar#x", "lib/./x/../dots.jar", "file:lib/filerel.jar",
                f"file:{app}/lib/fileabs.jar", f"file://localhost{app}/lib/local.jar", "dir/",
                "noslash", "lib/dropped.jar", "../outside.jar", "lib/missing.jar",
-               "http://127.0.0.1:9/lib/http.jar"]
+               "http://127.0.0.1:9/lib/http.jar", "100%25/p.jar"]
     shutil.copytree(classes / "probe", tmp_path / "probe-only" / "probe")
     jar = _jar_tool(tmp_path / "probe-only", app / "probe.jar", {"Main-Class": "probe.Probe",
                                                  "Class-Path": " ".join(entries)})
@@ -349,7 +353,7 @@ def test_the_jvm_loads_what_we_take(tmp_path: Path) -> None:
                          check=True, capture_output=True, text=True).stdout.split()
     jvm = {name.removeprefix("m.") for name in out}
     assert jvm == {"Plain", "Nested", "Deeper", "Space", "Umlaut", "Query", "Hash", "Dots",
-                   "FileRel", "FileAbs", "Local", "Dir", "Outside"}
+                   "FileRel", "FileAbs", "Local", "Dir", "Outside", "Percent", "PercentNext"}
     # Ours, with the app's directory where the JVM above had it (so absolute paths agree).
     found = thin.follow(jar, Budget(), guest_dir=str(app))
     ours = {_marker_of(f.source) for f in [*found.jars, *found.dir_files]}
