@@ -11,6 +11,11 @@ does not exist (the JVM skips it too), one outside ``/app`` (Debian's jars name
 nothing outside the app's directory is ever taken from this machine), one that leads out
 through a symbolic link, one the JVM ignores or cannot read. Only the app jar's own manifest
 can fail the build: the JVM could not start it either.
+
+The jars on an app directory's ``-cp`` (and Quarkus' ``quarkus-run.jar``) are followed the same
+way, with the app directory as the root: their files are in the image already, but what their
+Class-Path reaches is on the class path (its classes are scanned) and what it names outside the
+app is a warning.
 """
 
 from __future__ import annotations
