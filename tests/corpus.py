@@ -239,10 +239,11 @@ ZK_SERVLET_API = Path("/usr/share/java/servlet-api.jar")
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
-def zoo_cfg(admin_port: int, client_port: int) -> str:
-    """A standalone server's configuration as ZooKeeper's Getting Started writes it, with the
-    AdminServer (Jetty, ``admin.serverPort``, 8080 by default) spelled out."""
-    return (f"tickTime=2000\ndataDir=data\nclientPort={client_port}\n"
+def zoo_cfg(admin_port: int, client_port: int, data: str = "/tmp/zookeeper") -> str:
+    """A standalone server's configuration as ZooKeeper's Getting Started writes it
+    (``dataDir=/tmp/zookeeper``), with the AdminServer (Jetty, ``admin.serverPort``, 8080 by
+    default) spelled out."""
+    return (f"tickTime=2000\ndataDir={data}\nclientPort={client_port}\n"
             f"admin.serverPort={admin_port}\n")
 
 
@@ -289,7 +290,8 @@ def _zookeeper_fetch(cache: Path, root: Path) -> None:
 
 def _zookeeper_host(cache: Path, copy: Path, port: int) -> HostCommand:
     home = copy / "zookeeper"
-    (home / "conf/zoo.cfg").write_text(zoo_cfg(port, free_port()))
+    # free ports and a data directory of its own: the host is shared with other runs
+    (home / "conf/zoo.cfg").write_text(zoo_cfg(port, free_port(), str(copy / "data")))
     return HostCommand([str(HOST_JDK / "bin/java"), "-cp", "lib/*:conf", ZK_MAIN,
                         "conf/zoo.cfg"], home)
 
