@@ -231,6 +231,7 @@ VNU = CorpusApp(
                       b"<!DOCTYPE html><html lang=en><title>t</title><p><b>x</p>",
                       "text/html; charset=utf-8"),
               Request("GET", "/nothere")),
+    normalise=((r"127\.0\.0\.1:\d+", "127.0.0.1:<port>"),),  # Jetty's 404 page echoes the URL
 )
 
 
