@@ -280,6 +280,7 @@ def test_serve_escapes_client_bytes_and_logs_a_reset_in_one_line(tmp_path: Path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "imagebuilder.cli", "serve", str(out), "--listen",
          f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        bufsize=0,  # unbuffered: select() sees every byte not yet read
         env={**os.environ, "IMAGEBUILDER_HOME": str(tmp_path / "home")})
     try:
         assert b"serving" in _lines_until(proc, lambda ls: any(b"serving" in x for x in ls))[-1]
@@ -287,7 +288,10 @@ def test_serve_escapes_client_bytes_and_logs_a_reset_in_one_line(tmp_path: Path)
                                 (b"GET /a\rb\x1b[1A HTTP/1.1", b"400")):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
                 c.sendall(request + b"\r\n\r\n")
-                assert c.recv(100).startswith(b"HTTP/1.0 " + status)
+                reply = b""
+                while chunk := c.recv(4096):  # all of it: closing early would reset
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.0 " + status)
         reset = socket.create_connection(("127.0.0.1", port), timeout=10)
         reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         reset.sendall(b"GET /vmlinuz HTTP/1.1\r\n")  # headers never finished: then a RST
