@@ -60,7 +60,8 @@ def skeleton(tree: Tree) -> None:
         f"{APP_USER}:x:{APP_UID}:{APP_UID}:app:/home/app:/usr/sbin/nologin\n").encode())
     tree.add_file("etc/group", data=f"root:x:0:\n{APP_USER}:x:{APP_UID}:\n".encode())
     tree.add_file("etc/hostname", data=b"imagebuilder\n")
-    tree.add_file("etc/hosts", data=b"127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+    tree.add_file("etc/hosts", data=b"127.0.0.1\tlocalhost\n127.0.1.1\timagebuilder\n"
+                                        b"::1\tlocalhost\n")
     tree.add_file("etc/nsswitch.conf", data=b"passwd: files\ngroup: files\nhosts: files dns\n")
     # SCSI hosts scan their disks before their driver's modprobe returns, so the init's next
     # driver round sees the disks; modprobe applies this to scsi_mod when a driver pulls it in.
