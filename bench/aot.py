@@ -182,7 +182,7 @@ def main() -> int:
         "",
         "JDK 21: a dynamic AppCDS archive; JDK 25: the AOT cache (JEP 483/514/515). "
         "`run --accel tcg --wait --json` on the default boot path (microvm: one vCPU and the "
-        "JVM's C1 compiler only, `run`'s defaults under TCG), 1024 "
+        "JVM's own tiers, `run`'s defaults), 1024 "
         f"MiB, medians of {args.runs} runs per image, interleaved, on {cpu_model()} with "
         f"{os.cpu_count()} CPUs. The host column is the time from QEMU's start to the app's"
         " first HTTP answer (all runs in brackets); the phase columns are the guest's uptime at "

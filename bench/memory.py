@@ -190,8 +190,8 @@ def main() -> int:
         "",
         f"examples/hello and WireMock 3.13.2 (JDK 21), `--accel tcg`, {qemu.TCG_CPUS} vCPU, on "
         f"{cpu_model()} with {os.cpu_count()} CPUs. RAM (initramfs) is `run --boot microvm`: "
-        "every layer unpacked into RAM, as netboot, the ISO and kernel-initrd boot (the JVM with "
-        "C1 only, `run`'s default there under TCG); disk (EROFS) is `run --boot bios`: the "
+        "every layer unpacked into RAM, as netboot, the ISO and kernel-initrd boot; disk (EROFS) "
+        "is `run --boot bios`: the "
         "layers are EROFS partitions of the disk, mounted and stacked by overlayfs, as every "
         "exported disk format boots (the JVM's own tiers). In use is MemTotal - MemAvailable "
         "from the guest's /proc/meminfo once the app listens (the init prints it; the JVM sizes "
