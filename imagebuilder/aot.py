@@ -207,8 +207,8 @@ def run_app(root: Path, argv: Sequence[str], env: Mapping[str, str], *, url: str
     is no url, at most ``timeout`` seconds; then stop it with SIGTERM, and SIGKILL after the
     grace ``stop`` (see :func:`grace`)."""
     check_host()
-    work = root / WORK_DIR
-    work.mkdir(exist_ok=True)
+    for rel in (WORK_DIR, ARCHIVE_DIR):  # the only ones the app may write, with /tmp
+        sandbox.writable(root, rel)
     start = time.monotonic()
     done = sandbox.run(root, _plan(argv, env, url, seconds, timeout, stop), uid=APP_UID,
                        gid=APP_UID, seconds=timeout + stop[1] + 30)
@@ -236,7 +236,6 @@ def train(root: Path, argv: Sequence[str], env: Mapping[str, str], version: int,
                             f"archive (/{BASE_ARCHIVE}, which the jvm layer dumps), and this "
                             "image's runtime has none: rebuild the jvm layer or set [jvm] aot = "
                             "false")
-    (root / ARCHIVE_DIR).mkdir(parents=True, exist_ok=True)
     outcome = run_app(root, with_flags(argv, train_flags(version)), env, url=url,
                       seconds=seconds, timeout=timeout, stop=grace(version))
     what = f"{url} to answer" if url else f"{seconds} s of training"

@@ -18,6 +18,7 @@ through the allowed calls is a way out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -31,6 +32,9 @@ from pathlib import Path
 from ..errors import HostError
 from .watch import Plan
 
+#: The host's uid and gid of a sandbox started by root: root's own would put the app's processes,
+#: though without a capability, within reach of every root-owned file if it ever got out.
+NOBODY = 65534
 #: Bytes of the sandbox's stdout (its reports) and stderr kept; the rest is read and dropped.
 OUTPUT_CAP = 64 << 10
 
@@ -85,10 +89,30 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, byt
     return bytes(kept[proc.stdout]), bytes(kept[proc.stderr])
 
 
+def outer_ids() -> tuple[int, int]:
+    """The host's uid and gid of the sandbox's app user: the builder's, or nobody's for root."""
+    if os.geteuid() == 0:
+        return NOBODY, NOBODY
+    return os.geteuid(), os.getegid()
+
+
+def writable(root: Path, rel: str) -> None:
+    """Make the directory ``rel`` of ``root`` writable by the sandbox's app user (the rest of
+    the root is the builder's; with an unprivileged builder, it is all the app's)."""
+    path = root / rel
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, *outer_ids(), follow_symlinks=False)
+
+
 def run(root: Path, plan: Plan, *, uid: int, gid: int, seconds: float) -> Finished:
     """Run ``plan`` in ``root`` (unpacked, owned by this user) with ``uid``/``gid`` inside; at
     most ``seconds`` in all, then everything in the sandbox is killed."""
-    proc = _start(root, {"root": str(root), "uid": uid, "gid": gid, "plan": asdict(plan)})
+    for mount_point in ("proc", "dev", "tmp"):  # made here: the app user may not write the root
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root / mount_point, 0o755)
+    outer_uid, outer_gid = outer_ids()
+    proc = _start(root, {"root": str(root), "uid": uid, "gid": gid, "outer_uid": outer_uid,
+                         "outer_gid": outer_gid, "plan": asdict(plan)})
     out, err = _collect(proc, time.monotonic() + seconds)
     reports = []
     for line in out.decode(errors="replace").splitlines():
@@ -103,7 +127,9 @@ def run(root: Path, plan: Plan, *, uid: int, gid: int, seconds: float) -> Finish
 
 def check_host(uid: int, gid: int) -> None:
     """This kernel lets an unprivileged user make the sandbox's namespaces, on x86_64."""
-    proc = _start(Path("/"), {"probe": True, "uid": uid, "gid": gid})
+    outer_uid, outer_gid = outer_ids()
+    proc = _start(Path("/"), {"probe": True, "uid": uid, "gid": gid, "outer_uid": outer_uid,
+                              "outer_gid": outer_gid})
     _out, err = _collect(proc, time.monotonic() + 30)
     if proc.returncode != 0:
         raise HostError("the AOT training run needs user namespaces, which this host refuses ("

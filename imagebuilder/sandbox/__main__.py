@@ -12,10 +12,9 @@ import sys
 from . import inside, seccomp, watch
 
 
-def _pid1(spec: dict[str, object], last_cap: int, parent_alive: int) -> int:
+def _pid1(spec: dict[str, object], root_fd: int, last_cap: int, parent_alive: int) -> int:
     inside.die_with_parent(parent_alive)
-    root_fd = inside.build_root(str(spec["root"]))
-    inside.loopback_up()
+    inside.mount_proc(root_fd)
     inside.pivot(root_fd)
     os.close(root_fd)
     inside.drop_privileges(last_cap)
@@ -36,10 +35,17 @@ def _sandbox(spec: dict[str, object]) -> int:
         return 1
     seccomp.check_arch()
     last_cap = inside.last_cap()
-    inside.enter_namespaces(int(spec["uid"]), int(spec["gid"]))  # type: ignore[call-overload]
+    uid, gid = int(spec["uid"]), int(spec["gid"])  # type: ignore[call-overload]
+    outer_uid, outer_gid = int(spec["outer_uid"]), int(spec["outer_gid"])  # type: ignore[call-overload]
+    privileged = inside.enter_namespaces(uid, gid, outer_uid, outer_gid)
     if spec.get("probe"):
         return 0
-    inside.die_with_parent()  # again: new credentials may have cleared it
+    root_fd = inside.bind_root(str(spec["root"]))
+    inside.loopback_up()
+    if privileged:
+        inside.become(uid, gid)
+    inside.furnish(root_fd)
+    inside.die_with_parent()  # again: new credentials clear it
     if os.getppid() != spec["parent"]:
         return 1
     alive_r, alive_w = os.pipe()
@@ -47,7 +53,7 @@ def _sandbox(spec: dict[str, object]) -> int:
     if pid == 0:
         os.close(alive_w)
         try:
-            code = _pid1(spec, last_cap, alive_r)
+            code = _pid1(spec, root_fd, last_cap, alive_r)
         except Exception as exc:
             sys.stderr.write(f"sandbox: {exc}\n")
             code = 1

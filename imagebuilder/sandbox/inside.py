@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import signal
@@ -33,7 +34,7 @@ MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155  # x86_64 (seccomp.check_arch refuses others first)
 
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_CAPBSET_DROP = 1, 4, 8, 24
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -65,15 +66,60 @@ def die_with_parent(parent_alive: int | None = None) -> None:
             os._exit(1)
 
 
-def enter_namespaces(uid: int, gid: int) -> None:
-    """New user, mount, network, PID, IPC, UTS and cgroup namespaces, the builder's uid and gid
-    being ``uid`` and ``gid`` in them (an unprivileged user can map only its own)."""
-    outer_uid, outer_gid = os.geteuid(), os.getegid()
-    _check(libc.unshare(NAMESPACES), "unshare")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {outer_uid} 1"),
-                       ("gid_map", f"{gid} {outer_gid} 1")):
-        with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
-            f.write(text)
+def enter_namespaces(uid: int, gid: int, outer_uid: int, outer_gid: int) -> bool:
+    """New user, mount, network, PID, IPC, UTS and cgroup namespaces, the host's ``outer_uid``
+    and ``outer_gid`` being ``uid`` and ``gid`` in them. An unprivileged builder can map only its
+    own ids, and writes the maps itself; root maps other ids, through a helper left outside (a
+    process in the new namespace cannot). Whether the ids need :func:`become` (root's case)."""
+    if (outer_uid, outer_gid) == (os.geteuid(), os.getegid()):
+        _check(libc.unshare(NAMESPACES), "unshare")
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {outer_uid} 1"),
+                           ("gid_map", f"{gid} {outer_gid} 1")):
+            _write(f"/proc/self/{name}", text)
+        return False
+    entered_r, entered_w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        os.close(entered_w)
+        code = 1
+        with contextlib.suppress(BaseException):
+            if os.read(entered_r, 1) == b"y":
+                parent = os.getppid()
+                _write(f"/proc/{parent}/uid_map", f"{uid} {outer_uid} 1")
+                _write(f"/proc/{parent}/gid_map", f"{gid} {outer_gid} 1")
+                code = 0
+        os._exit(code)
+    os.close(entered_r)
+    entered = libc.unshare(NAMESPACES) == 0
+    err = ctypes.get_errno()
+    os.write(entered_w, b"y" if entered else b"n")
+    os.close(entered_w)
+    mapped = os.waitstatus_to_exitcode(os.waitpid(helper, 0)[1]) == 0
+    if not entered:
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+    if not mapped:
+        raise OSError(errno.EPERM, "writing the user namespace's uid and gid maps failed")
+    return True
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def become(uid: int, gid: int) -> None:
+    """Take the mapped ``uid``, ``gid`` and no supplementary group (root's keep its own until
+    then), keeping this namespace's capabilities for the setup."""
+    prctl(PR_SET_KEEPCAPS, 1)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(libc.capget(ctypes.byref(header), data), "capget")
+    for half in data:
+        half.effective = half.permitted
+    _check(libc.capset(ctypes.byref(header), data), "capset")
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
@@ -124,18 +170,27 @@ def _keep_locked_flags(path: str) -> int:
     return flags | (MS_RELATIME if os.statvfs(path).f_flag & 4096 else 0)
 
 
-def build_root(root: str) -> int:
-    """Mount the sandbox's view on ``root`` in this mount namespace: the root bound on itself
-    (nosuid, nodev), a /proc of this PID namespace, /dev, /dev/shm and /tmp; its fd."""
+def bind_root(root: str) -> int:
+    """Bind ``root`` on itself (nosuid, nodev) in this mount namespace, whose mounts stop
+    propagating; its fd. Run with the builder's own ids (root's may reach a root-only scratch
+    directory), then :func:`furnish` with the mapped ones (an unmapped owner cannot make files)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount(root, root, None, MS_BIND)
     _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
            | _keep_locked_flags(root))
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    _mount_at(root_fd, "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def furnish(root_fd: int) -> None:
+    """/dev, /dev/shm and /tmp in the root. Its /proc needs the PID namespace's PID 1
+    (:func:`mount_proc`)."""
     _devices(root_fd)
     _mount_at(root_fd, "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    return root_fd
+
+
+def mount_proc(root_fd: int) -> None:
+    """A /proc of this PID namespace (the caller's) in the root."""
+    _mount_at(root_fd, "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
 
 
 def loopback_up() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import aot
+from imagebuilder import aot, sandbox
 from imagebuilder.errors import HostError
 from imagebuilder.layers.base import APP_UID
 
@@ -151,6 +151,7 @@ def test_an_archive_planted_as_a_link_is_never_read(root: Path, tmp_path: Path, 
                                                     ) -> None:
     secret = tmp_path / "app.jsa"
     secret.write_text(SECRET)
+    (root / "opt").chmod(0o777)  # as if the app could write all of its root
     command = plant.format(secret=secret, secret_dir=tmp_path)
     app = _app(root, "plant", f"trap 'cd / && {command}; exit 0' TERM\n{SERVE}"
                               "while :; do sleep 0.1; done\n")
@@ -219,6 +220,13 @@ def _cmdlines() -> dict[int, bytes]:
     return found
 
 
+def _host_uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert len(set(uids)) == 1, uids
+    return int(uids[0])
+
+
 def _wait_for(path: Path, text: str, seconds: float = 20) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -244,16 +252,29 @@ def test_secrets_reach_the_app_but_no_command_line(root: Path) -> None:
     try:
         _wait_for(log, "started with 1 args")
         leaks = {pid: c for pid, c in _cmdlines().items() if token.encode() in c}
+        apps = [pid for pid, c in _cmdlines().items() if c.startswith(b"/bin/sh\0/app/secretive")]
+        uids = [_host_uid(pid) for pid in apps]
     finally:
         runner.join()
     assert leaks == {}
+    # On the host the app is the builder, or nobody when the builder is root.
+    assert uids == [os.geteuid() or 65534], (apps, uids)
     assert result[0].state == "exited" and result[0].status == 0, result[0].log
+
+
+def test_an_unprivileged_builder_maps_its_own_ids(root: Path, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    # What a builder that is not root does (root maps nobody instead, as the test above shows).
+    monkeypatch.setattr(sandbox, "outer_ids", lambda: (os.geteuid(), os.getegid()))
+    app = _app(root, "who", 'echo "uid $(id -u) gid $(id -g)"\n')
+    outcome = aot.run_app(root, [app], {"PATH": aot.GUEST_PATH}, url=None, seconds=30, timeout=30)
+    assert (outcome.state, outcome.status, outcome.log) == ("exited", 0, "uid 1000 gid 1000\n")
 
 
 BUILDER = """
 import sys
 from pathlib import Path
-from imagebuilder import aot
+from imagebuilder import aot, sandbox
 aot.run_app(Path(sys.argv[1]), [sys.argv[2]], aot.guest_env(8080, {}, None),
             url="http://127.0.0.1:8080/never", seconds=0, timeout=120)
 """
