@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -30,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import HostError
+from . import readback
+from .seccomp import check_arch
 from .watch import Plan
 
 #: The host's uid and gid of a sandbox started by root: root's own would put the app's processes,
@@ -74,7 +77,8 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, byt
         while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 break
             for key, _ in sel.select(timeout=left):
                 chunk = os.read(key.fd, 65536)
@@ -104,6 +108,16 @@ def writable(root: Path, rel: str) -> None:
     os.chown(path, *outer_ids(), follow_symlinks=False)
 
 
+def hostname(root: Path) -> str:
+    """The root's /etc/hostname (its first line, if a plain host name), as the guest's kernel
+    takes it; else localhost."""
+    try:
+        name = readback.tail(root, "etc/hostname", 256, 64).partition("\n")[0].strip()
+    except (OSError, readback.Unsafe):
+        return "localhost"
+    return name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", name) else "localhost"
+
+
 def run(root: Path, plan: Plan, *, uid: int, gid: int, seconds: float) -> Finished:
     """Run ``plan`` in ``root`` (unpacked, owned by this user) with ``uid``/``gid`` inside; at
     most ``seconds`` in all, then everything in the sandbox is killed."""
@@ -112,8 +126,15 @@ def run(root: Path, plan: Plan, *, uid: int, gid: int, seconds: float) -> Finish
             os.mkdir(root / mount_point, 0o755)
     outer_uid, outer_gid = outer_ids()
     proc = _start(root, {"root": str(root), "uid": uid, "gid": gid, "outer_uid": outer_uid,
-                         "outer_gid": outer_gid, "plan": asdict(plan)})
-    out, err = _collect(proc, time.monotonic() + seconds)
+                         "outer_gid": outer_gid, "hostname": hostname(root),
+                         "plan": asdict(plan)})
+    try:
+        out, err = _collect(proc, time.monotonic() + seconds)
+    except BaseException:  # an interrupted build takes its sandbox with it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     reports = []
     for line in out.decode(errors="replace").splitlines():
         try:
@@ -127,6 +148,7 @@ def run(root: Path, plan: Plan, *, uid: int, gid: int, seconds: float) -> Finish
 
 def check_host(uid: int, gid: int) -> None:
     """This kernel lets an unprivileged user make the sandbox's namespaces, on x86_64."""
+    check_arch()
     outer_uid, outer_gid = outer_ids()
     proc = _start(Path("/"), {"probe": True, "uid": uid, "gid": gid, "outer_uid": outer_uid,
                               "outer_gid": outer_gid})

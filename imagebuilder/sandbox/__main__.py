@@ -42,6 +42,7 @@ def _sandbox(spec: dict[str, object]) -> int:
         return 0
     root_fd = inside.bind_root(str(spec["root"]))
     inside.loopback_up()
+    inside.set_hostname(str(spec["hostname"]))
     if privileged:
         inside.become(uid, gid)
     inside.furnish(root_fd)

@@ -193,6 +193,12 @@ def mount_proc(root_fd: int) -> None:
     _mount_at(root_fd, "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
 
 
+def set_hostname(name: str) -> None:
+    """The UTS namespace's host name (the guest's kernel takes /etc/hostname's)."""
+    raw = name.encode()
+    _check(libc.sethostname(raw, len(raw)), "sethostname")
+
+
 def loopback_up() -> None:
     """Bring up lo, the network namespace's only interface."""
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
