@@ -120,11 +120,17 @@ def on_the_host(row: Row, cache: Path, root: Path, work: Path) -> list[Answer] |
         return None
 
 
-def measure(app: CorpusApp, cache: Path, home: Path, work: Path) -> Row:
+def prepare(app: CorpusApp, cache: Path, home: Path, work: Path) -> tuple[Row, bool]:
+    """The app's row with its build measured; whether it built."""
     row = Row(app)
-    root = project(app, cache, work / "projects" / app.name)
-    host = on_the_host(row, cache, root, work)
-    if not build(row, home, root):
+    return row, build(row, home, project(app, cache, work / "projects" / app.name))
+
+
+def measure(row: Row, built: bool, cache: Path, home: Path, work: Path) -> Row:
+    """The host run and the boot (one at a time), and whether their answers matched."""
+    app = row.app
+    host = on_the_host(row, cache, work / "projects" / app.name, work)
+    if not built:
         row.matched = "no (build failed)"
         return row
     image = in_image(row, home)
@@ -148,8 +154,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-corpus-", dir="/var/tmp"))
     rows = []
     try:
-        for app in apps:
-            rows.append(measure(app, cache, work / "home", work))
+        built = [prepare(app, cache, work / "home", work) for app in apps]  # builds first
+        for row, ok in built:
+            rows.append(measure(row, ok, cache, work / "home", work))
             print(" | ".join(rows[-1].cells()), *rows[-1].notes, sep="\n  ", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
