@@ -10,7 +10,7 @@ corpus (tests/e2e/test_corpus.py); this boots them all, one at a time, and recor
   corpus (the first build also fetches and makes the kernel, the base and the JDK: see its note);
 * image size: kernel + layers, as stored;
 * time to first answer in the image: ``run --accel tcg --wait``'s seconds from starting QEMU to
-  the healthcheck's first 2xx (C1 only under TCG: run's default);
+  the healthcheck's first 2xx (run's defaults: the JVM's own JIT tiers since 55bfd68);
 * time to first answer on the host: from starting the documented command (Debian's JDK 17) to
   the healthcheck's first 2xx;
 * whether the answers matched (status, content type, normalised body); what differed otherwise.
@@ -169,8 +169,8 @@ def main() -> int:
         f"average at the end {load[0]:.1f} (the machine was shared with other jobs: times are "
         "upper bounds). One app at a time; one IMAGEBUILDER_HOME for all builds, so the first "
         "build also made the kernel, the base and the JDK. Image: trixie, JDK 21, booted with "
-        "`run --accel tcg` (C1 only); host: Debian's JDK 17, the documented command. Answers "
-        "compared: status, content type, body (normalised as tests/corpus.py lists).",
+        "`run --accel tcg` (run's defaults); host: Debian's JDK 17, the documented command. "
+        "Answers compared: status, content type, body (normalised as tests/corpus.py lists).",
         "",
         "| app | shape | source | build (s) | image (MiB) | first answer, image TCG (s) "
         "| first answer, host (s) | answers match |",
