@@ -38,6 +38,7 @@ from .errors import HostError, UserError
 from .layers.base import APP_UID
 from .sandbox import readback
 from .sandbox.watch import Plan
+from .text import printable
 
 #: Where the archive lives in the image (and in the training root).
 ARCHIVE_DIR = "opt/aot"
@@ -154,7 +155,7 @@ class Outcome:
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         kept = [line for line in self.log.splitlines() if line.strip()][-lines:]
-        return " | ".join(kept) or "no output"
+        return printable(" | ".join(kept)) or "no output"
 
 
 def training_code() -> bytes:

@@ -18,6 +18,7 @@ from . import __version__
 from .commands import env_config, get_home
 from .commands import human_size as _human
 from .errors import ImageBuilderError, UserError
+from .text import printable
 
 if TYPE_CHECKING:
     from . import config as config_mod
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 
 
 def _err(message: str) -> None:
-    click.echo(message, err=True)
+    """One message on stderr; whatever in it came from outside (an app's log, a registry's
+    reply) cannot drive the terminal."""
+    click.echo(printable(message, keep="\n"), err=True)
 
 
 def _load_config(source: str | None, name: str | None, version: str | None,

@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ..errors import HostError, UserError
+from ..text import printable
 
 ENV_PATH = "etc/imagebuilder/env"
 """Where the environment layer puts the variables (read by the init)."""
@@ -193,7 +194,7 @@ class _Server(ThreadingHTTPServer):
             return
         if self.log is not None:
             client = client_address[0] if isinstance(client_address, tuple) else client_address
-            self.log(f"{escape(str(client))} {_gone(error)}")
+            self.log(f"{printable(str(client))} {_gone(error)}")
 
     def allowed(self, client: str) -> bool:
         ip = ipaddress.ip_address(client.split("%", 1)[0])
@@ -208,7 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         if self.server.log is not None:  # the request line and path are the client's bytes
-            self.server.log(escape(f"{self.client_address[0]} {format % args}"))
+            self.server.log(printable(f"{self.client_address[0]} {format % args}"))
 
     def do_HEAD(self) -> None:
         self._serve(body=False)
@@ -257,17 +258,6 @@ def _gone(error: BaseException) -> str:
     if isinstance(error, BrokenPipeError):
         return "closed the connection before the reply was sent (broken pipe)"
     return "reset the connection"
-
-
-def escape(text: str) -> str:
-    """``text`` with every character that is not printable (ESC, CR, other control and
-    format characters) as a ``\\xNN`` (or ``\\uNNNN``) escape: what a client sends must
-    not drive the operator's terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else
-                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-                   if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text)
 
 
 def _host_port(address: tuple[str | bytes | bytearray, int] | tuple[object, ...]) -> str:
