@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import stat
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from .fsutil import remove_tree
 
 _OWNER = ".owner"
 _owners: dict[str, list[object]] = {}  # directory and prefix -> [token, locked fd, users]
@@ -118,11 +119,7 @@ def remove_stale(directory: Path | str, prefix: str = "", *, dry_run: bool = Fal
 
 
 def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    remove_tree(path)
 
 
 @contextlib.contextmanager
@@ -137,7 +134,7 @@ def scratch_dir(parent: Path | str | None = None, prefix: str = "imagebuilder-"
         try:
             yield path
         finally:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
 
 
 def lock_tmp(fd: int) -> None:

@@ -10,6 +10,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import resource
 import signal
 import socket
 import struct
@@ -37,6 +38,11 @@ SYS_PIVOT_ROOT = 155  # x86_64 (seccomp.check_arch refuses others first)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_CAPBSET_DROP = 1, 4, 8, 24
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+#: Processes and threads the app may have at once (RLIMIT_NPROC, counted per user namespace):
+#: a JVM serving its training requests needs a few hundred; without a limit the app could take
+#: every PID of the host until the build's deadline.
+PROCESS_LIMIT = 4096
 
 #: Host device nodes the app gets, bind-mounted on a /dev of its own.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -227,8 +233,11 @@ class _CapData(ctypes.Structure):
 
 def drop_privileges(last_cap: int) -> None:
     """No capability in any set (bounding, ambient, effective, permitted, inheritable), not
-    dumpable, no_new_privs, and the seccomp filter: for this process and all it starts."""
+    dumpable, no core files, at most :data:`PROCESS_LIMIT` processes, no_new_privs, and the
+    seccomp filter: for this process and all it starts."""
     prctl(PR_SET_DUMPABLE, 0)
+    resource.setrlimit(resource.RLIMIT_NPROC, (PROCESS_LIMIT, PROCESS_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     for cap in range(last_cap + 1):
         prctl(PR_CAPBSET_DROP, cap)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)

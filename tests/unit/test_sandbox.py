@@ -89,12 +89,19 @@ ATTEMPTS = ["chroot", "proc1root", "procselfroot", "procpids", "direct", "mount"
             "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "open_by_handle_at",
             "name_to_handle_at", "init_module", "finit_module", "delete_module", "kexec_load",
             "kexec_file_load", "reboot", "swapon", "swapoff", "fsopen", "fsmount", "move_mount",
-            "open_tree", "fsconfig", "fspick", "mount_setattr", "clone3"]
+            "open_tree", "fsconfig", "fspick", "mount_setattr", "clone3", "raisenproc",
+            "raisecore"]
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS)
 def test_every_way_out_is_blocked(escaped: dict[str, list[str]], attempt: str) -> None:
     assert [r.split()[0] for r in escaped[attempt]] == ["blocked"], escaped[attempt]
+
+
+def test_the_app_may_not_take_every_pid_of_the_host(escaped: dict[str, list[str]]) -> None:
+    """At most PROCESS_LIMIT processes (and threads) at once, a limit the app cannot raise."""
+    from imagebuilder.sandbox.inside import PROCESS_LIMIT
+    assert escaped["nproc"] == [f"{PROCESS_LIMIT} {PROCESS_LIMIT}"]
 
 
 def test_the_host_files_are_untouched(escaped: dict[str, list[str]]) -> None:

@@ -144,3 +144,43 @@ def test_check_does_not_count_a_live_commands_scratch(
     capsys.readouterr()
     assert main(["check", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["stale_scratch"] == 0
+
+
+def _deep_tree(top: Path, levels: int) -> None:
+    """``levels`` nested directories under ``top``, a file and a link at the bottom, made with
+    directory fds (a path that long is past PATH_MAX)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(levels):
+        os.mkdir("d", dir_fd=fd)
+        deeper = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    os.symlink("/etc", "link", dir_fd=fd)
+    os.chmod(fd, 0)  # an app's own chmod 0 on the bottom directory
+    os.close(fd)
+
+
+def test_a_tree_thousands_of_levels_deep_is_removed(tmp_path: Path) -> None:
+    """An AOT training app can leave a tree deeper than Python's recursion limit in its root:
+    the scratch directory still goes (shutil.rmtree raised RecursionError), for the build that
+    made it and as a stale one of a dead build. The link is removed, never followed."""
+    with scratch_dir(tmp_path) as scratch:
+        _deep_tree(scratch, 1200)
+    assert not scratch.exists()
+    assert Path("/etc/hostname").exists() or Path("/etc").is_dir()
+
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    code = textwrap.dedent(f"""
+        import os, sys
+        from imagebuilder.scratch import scratch_dir
+        with scratch_dir({str(stale)!r}) as s:
+            print(s, flush=True)
+            os.kill(os.getpid(), 9)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    left = Path(out.stdout.strip())
+    _deep_tree(left, 1200)
+    assert remove_stale(stale, "imagebuilder-")
+    assert not left.exists()

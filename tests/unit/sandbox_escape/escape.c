@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -156,6 +157,20 @@ static void try_filtered(void) {
     say("clone3", !(r == -1 && errno == ENOSYS), r == -1 && errno == ENOSYS ? "ENOSYS" : "allowed");
 }
 
+/* The limits the sandbox sets, and whether the app can raise them again. */
+static void try_limits(void) {
+    struct rlimit lim;
+    getrlimit(RLIMIT_NPROC, &lim);
+    printf("nproc %llu %llu\n", (unsigned long long)lim.rlim_cur, (unsigned long long)lim.rlim_max);
+    struct rlimit more = {lim.rlim_max + 1, lim.rlim_max + 1};
+    int r = setrlimit(RLIMIT_NPROC, &more);
+    say("raisenproc", r == 0, r == 0 ? "raised" : strerror(errno));
+    getrlimit(RLIMIT_CORE, &lim);
+    struct rlimit core = {1 << 20, 1 << 20};
+    r = setrlimit(RLIMIT_CORE, &core);
+    say("raisecore", r == 0, r == 0 ? "raised" : strerror(errno));
+}
+
 static void *thread_main(void *arg) { return arg; }
 
 int main(int argc, char **argv) {
@@ -181,6 +196,7 @@ int main(int argc, char **argv) {
     f = fopen("/proc/net/dev", "r");
     while (f && fgets(line, sizeof line, f)) if (strchr(line, ':')) printf("netdev %s", line);
     if (f) fclose(f);
+    try_limits();
     try_proc_roots();
     try_mount();
     try_userns();
