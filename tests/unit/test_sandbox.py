@@ -195,6 +195,18 @@ def test_a_huge_log_is_read_capped(root: Path) -> None:
                             "words"), message[-600:]
 
 
+def test_escape_sequences_in_the_log_reach_no_terminal(root: Path) -> None:
+    """A clipboard write (OSC 52) and a line rewritten into a fake success (CSI 2K, CR) are
+    quoted as visible escapes, in the error and in the line the command line prints."""
+    app = _app(root, "esc", "printf 'normal\\n\\033]52;c;ZWNobw==\\007\\033[2K\\r"
+                            "build OK\\n'\nexit 1\n")
+    with pytest.raises(aot.TrainingError) as caught:
+        _train(root, app)
+    message = str(caught.value)
+    assert message.endswith(r"normal | \x1b]52;c;ZWNobw==\x07\x1b[2K | build OK"), message
+    assert message.isprintable()
+
+
 def test_an_app_ignoring_sigterm_is_killed_after_the_grace(root: Path) -> None:
     app = _app(root, "stubborn", f"trap '' TERM\n{SERVE}while :; do sleep 0.1; done\n")
     outcome = aot.run_app(root, [app], aot.guest_env(8080, {}, None),
