@@ -140,6 +140,14 @@ def assert_store_empty(invoke: Any, home: Path) -> None:
     assert not blobs.exists() or not any(blobs.iterdir())
 
 
+def test_an_error_line_cannot_drive_the_terminal(invoke: Any) -> None:
+    """Whatever an ERROR line quotes (here a reference; elsewhere an app's log or a registry's
+    reply) has its control characters escaped."""
+    result = invoke("inspect", "he\x1b[2K\rllo:1")
+    assert result.code == 2 and "\x1b" not in result.err and "\r" not in result.err
+    assert "he\\x1b[2K\\x0dllo:1" in result.err
+
+
 # -- build: the config and the jar --------------------------------------------------------------
 
 
