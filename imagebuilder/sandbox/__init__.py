@@ -103,9 +103,22 @@ def outer_ids() -> tuple[int, int]:
 def writable(root: Path, rel: str) -> None:
     """Make the directory ``rel`` of ``root`` writable by the sandbox's app user (the rest of
     the root is the builder's; with an unprivileged builder, it is all the app's)."""
-    path = root / rel
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, *outer_ids(), follow_symlinks=False)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    fd = os.open(root, flags)
+    try:
+        for part in Path(rel).parts:  # each component made and entered without following links
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                deeper = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                raise HostError(f"the image's /{rel} is not a directory of its own (/{part}: "
+                                f"{exc.strerror}): the training run cannot write there") from None
+            os.close(fd)
+            fd = deeper
+        os.fchown(fd, *outer_ids())
+    finally:
+        os.close(fd)
 
 
 def hostname(root: Path) -> str:

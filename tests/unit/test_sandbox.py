@@ -338,3 +338,16 @@ def test_nothing_outlives_a_killed_builder(tmp_path: Path) -> None:
             builder.kill()
             builder.wait()
 
+
+
+def test_the_writable_directories_are_made_without_following_links(tmp_path: Path) -> None:
+    """A root whose /opt is a link out of it: nothing is made or handed to the app outside."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "opt")
+    with pytest.raises(HostError, match=r"the image's /opt/aot is not a directory of its own"):
+        sandbox.writable(root, "opt/aot")
+    assert list(outside.iterdir()) == []
+    sandbox.writable(root, ".imagebuilder/deeper")
+    assert (root / ".imagebuilder/deeper").is_dir()
