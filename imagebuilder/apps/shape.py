@@ -21,11 +21,12 @@ Guest paths in ``File.dest`` are relative to ``/app``, the app's working directo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import hashing
 from ..errors import UserError
+from ..layers.cpio import Identity, open_source, source_identity
 
 GUEST_DIR = "/app"
 #: The deepest an app's directory tree may go (real apps stay under 30 levels).
@@ -50,12 +51,23 @@ class File:
     dest: str
     source: Path | None = None
     data: bytes | None = None
+    identity: Identity | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:  # the file read now is the one the layer takes later
+        if self.source is not None and self.identity is None:
+            real, identity = source_identity(self.source)
+            object.__setattr__(self, "source", real)
+            object.__setattr__(self, "identity", identity)
 
     def digest(self) -> str:
         if self.data is not None:
             return hashing.xxh3_bytes(self.data)
-        assert self.source is not None
-        return hashing.xxh3_file(self.source)
+        assert self.source is not None and self.identity is not None
+        fd = open_source(self.source, self.identity, guest(self.dest))
+        try:
+            return hashing.digest_fd(fd, ("xxh3",)).hexdigests["xxh3"]
+        finally:
+            os.close(fd)
 
 
 @dataclass(frozen=True)

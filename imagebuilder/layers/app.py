@@ -43,7 +43,8 @@ def files_tree(files: tuple[File, ...]) -> Tree:
         if f.data is not None:
             tree.add_file(f"{GUEST_DIR}/{f.dest}", data=f.data, mode=0o644)
         else:
-            tree.add_file(f"{GUEST_DIR}/{f.dest}", source=f.source, mode=0o644)
+            tree.add_file(f"{GUEST_DIR}/{f.dest}", source=f.source, mode=0o644,
+                          identity=f.identity)
     return tree
 
 

@@ -42,6 +42,10 @@ _TYPE_BITS: dict[str, int] = {
 }
 
 
+Identity = tuple[int, int, int]
+"""A source file as it was when the build read it: ``(st_dev, st_ino, st_size)``."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One archive member. ``mode`` holds permission bits only; the type comes from ``kind``."""
@@ -55,6 +59,46 @@ class Entry:
     data: bytes | None = None
     target: str | None = None
     rdev: tuple[int, int] = (0, 0)
+    identity: Identity | None = None
+
+
+def source_identity(path: Path) -> tuple[Path, Identity]:
+    """``path``'s real path and identity, recorded when the build decides to take the file;
+    :func:`open_source` later opens only that very file."""
+    real = Path(os.path.realpath(path))
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        raise HostError(f"cannot read {path}: {e.strerror}") from None
+    return real, (st.st_dev, st.st_ino, st.st_size)
+
+
+def open_source(path: Path, identity: Identity, what: str) -> int:
+    """A read-only descriptor of the regular file ``path`` (a real path), the one way a layer's
+    source file is opened: no link is followed, a FIFO or device does not block, and the file
+    must be the one recorded in ``identity``. Anything else (a file swapped for a link, a FIFO
+    or another file after the build read it) is one line naming it."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise _changed(path, what, e.strerror or "cannot be opened") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _changed(path, what, "no longer a regular file")
+        if (st.st_dev, st.st_ino, st.st_size) != identity:
+            raise _changed(path, what, "another file or another size")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _changed(path: Path, what: str, why: str) -> UserError:
+    return UserError(f"{_shown(os.fsencode(path))} (for {what}) changed while the image was "
+                     f"built ({why}): leave the app's files alone during a build and build again")
 
 
 def normalize_path(path: str | os.PathLike[str]) -> str:
@@ -152,16 +196,23 @@ class Tree:
         mode: int = 0o644,
         uid: int = 0,
         gid: int = 0,
+        identity: Identity | None = None,
     ) -> None:
-        """A regular file whose contents come from ``source`` (read at write time) or ``data``."""
+        """A regular file whose contents come from ``source`` (read at write time) or ``data``.
+
+        The writer reads exactly the file ``source`` is now (:func:`open_source`): ``identity``
+        is what the build recorded when it read ``source`` (a real path) earlier, as
+        :func:`source_identity` gives it; without it, it is recorded here."""
         if (source is None) == (data is None):
             raise ValueError("add_file needs exactly one of source= or data=")
         if data is not None and len(data) > _MAX_U32:
             raise ValueError(f"{path}: newc cpio cannot hold files of 4 GiB or more")
+        if source is not None and identity is None:
+            source, identity = source_identity(Path(source))
         self._put(Entry(
             normalize_path(path), "file", _check_mode(mode), _check_id(uid, "uid"),
             _check_id(gid, "gid"), source=None if source is None else Path(source),
-            data=None if data is None else bytes(data),
+            data=None if data is None else bytes(data), identity=identity,
         ))
 
     def add_dir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
@@ -303,16 +354,10 @@ def _write_entry(entry: Entry, ino: int, mtime: int, out: BinaryIO) -> None:
 
 def _write_source_file(entry: Entry, ino: int, mtime: int, out: BinaryIO) -> None:
     """Stream ``entry.source`` in 1 MiB chunks; refuse a file that changes size meanwhile."""
-    assert entry.source is not None
-    try:
-        fd = os.open(entry.source, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise HostError(f"cannot read {entry.source} (for {entry.path}): {e.strerror}") from None
+    assert entry.source is not None and entry.identity is not None
+    fd = open_source(entry.source, entry.identity, entry.path)
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise HostError(f"{entry.source} (for {entry.path}) is not a regular file")
-        size = st.st_size
+        size = entry.identity[2]
         if size > _MAX_U32:
             raise UserError(f"{entry.source}: newc cpio cannot hold files of 4 GiB or more")
         out.write(_entry_header(entry, ino, mtime, size))

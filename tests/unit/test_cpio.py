@@ -9,7 +9,9 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -274,8 +276,11 @@ def test_source_that_changes_size_is_refused(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    gone = tmp_path / "missing"
+    gone.write_bytes(b"x")
     tree = Tree()
-    tree.add_file("gone", source=tmp_path / "missing")
+    tree.add_file("gone", source=gone)
+    gone.unlink()
     dest = tmp_path / "layer"
     with pytest.raises(Exception, match="missing"):
         write_layer(tree, dest, mtime=0)
@@ -324,3 +329,74 @@ except ImageBuilderError as exc:
     assert out == (f"cannot write {tmp_path / 'layer.cpio.zst'}: the file system does not allow "
                    "a file this large")
     assert list(tmp_path.iterdir()) == []
+
+
+def _app_jar(tmp_path: Path) -> tuple[Path, Path]:
+    """An app directory holding lib/a.jar, and a host file outside it the build must not take."""
+    jar = tmp_path / "app" / "lib" / "a.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"PK\x03\x04 the app's library")
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:*:20228:0:99999:7:::\n")
+    return jar, secret
+
+
+def _swapped_for_a_link(jar: Path, secret: Path) -> None:
+    jar.unlink()
+    jar.symlink_to(secret)
+
+
+def _swapped_for_a_fifo(jar: Path, secret: Path) -> None:
+    jar.unlink()
+    os.mkfifo(jar)
+
+
+@pytest.mark.parametrize("swap", [_swapped_for_a_link, _swapped_for_a_fifo])
+@pytest.mark.parametrize("tree_before_swap", [True, False])
+def test_a_source_swapped_after_the_app_was_read_is_refused(
+    tmp_path: Path, swap: Callable[[Path, Path], None], tree_before_swap: bool,
+) -> None:
+    """Review F2: the app's files are checked when the app is read, the layer is written much
+    later. A file swapped meanwhile for a link to a host file, or a FIFO, is one line naming
+    it (the key's digest and the writer alike): never the host file, never a hang."""
+    from imagebuilder.apps.shape import File
+    from imagebuilder.layers.app import files_tree
+
+    jar, secret = _app_jar(tmp_path)
+    read = File("lib/a.jar", source=jar)  # what detection records
+    tree = files_tree((read,)) if tree_before_swap else None
+    swap(jar, secret)
+    tree = tree or files_tree((read,))
+    dest = tmp_path / "libs.cpio.zst"
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        try:
+            write_layer(tree, dest, mtime=0)
+            outcome.append(None)
+        except BaseException as e:  # handed to the test's thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=write, daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():  # the old writer blocks in open(): give it a writer to end the test
+        os.close(os.open(jar, os.O_WRONLY))
+        worker.join()
+        pytest.fail("the layer writer hung on a FIFO swapped in for an app file")
+    assert isinstance(outcome[0], UserError), outcome
+    assert "app/lib/a.jar" in str(outcome[0])
+    assert "changed while the image was built" in str(outcome[0])
+    assert not dest.exists()
+    with pytest.raises(UserError, match="changed while the image was built"):
+        read.digest()
+
+
+def test_a_source_that_changed_size_after_it_was_read_is_refused(tmp_path: Path) -> None:
+    jar, _ = _app_jar(tmp_path)
+    tree = Tree()
+    tree.add_file("app/lib/a.jar", source=jar)
+    with jar.open("ab") as f:
+        f.write(b"more")
+    with pytest.raises(UserError, match="changed while the image was built"):
+        write_cpio(tree, io.BytesIO(), mtime=0)
