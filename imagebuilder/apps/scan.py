@@ -21,6 +21,7 @@ memo is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import hashing, javaclass
+from .. import blobs, hashing, javaclass
 from ..errors import UserError
 from ..fsutil import fsync_dir
 from .archive import MAX_ENTRY_BYTES, Budget
@@ -46,6 +47,8 @@ SERVICES = "META-INF/services/"
 SUPPORTED = (17, 21, 25)
 #: The most class entries the memo's jars keep (the jars used longest ago go first).
 MEMO_MAX = 400_000
+#: The largest memo read: :data:`MEMO_MAX` records of long names fit many times over.
+MEMO_MAX_BYTES = 256 << 20
 
 
 @dataclass
@@ -175,9 +178,22 @@ def _record(data: bytes) -> str:
 
 
 def load_memo(path: Path) -> Memo:
-    """The memo at ``path``; empty if there is none, it is unreadable or of an older form."""
+    """The memo at ``path``; empty if there is none, it is unreadable, larger than
+    :data:`MEMO_MAX_BYTES` or of an older form. Anything there but a regular file (a link, to
+    /dev/zero say, a FIFO) is neither followed, waited on nor read: it is removed, so the next
+    :func:`save_memo` puts a memo in its place."""
     try:
-        data = json.loads(path.read_text())
+        fd = blobs.open_regular(path)
+    except blobs.NotRegularError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return Memo()
+    except OSError:
+        return Memo()
+    try:
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MEMO_MAX_BYTES + 1)
+        data = json.loads(raw) if len(raw) <= MEMO_MAX_BYTES else None
     except (OSError, ValueError):
         return Memo()
     if not (isinstance(data, dict) and isinstance(data.get("jars"), dict)

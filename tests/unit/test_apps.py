@@ -486,6 +486,38 @@ def test_warm_memo_does_not_trust_a_corrupt_jar(shop: ShopBuild, tmp_path: Path,
         jar.write_bytes(good)
 
 
+def test_memo_that_is_not_a_regular_file_is_neither_followed_nor_waited_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review F6: a memo that is a link (to a memo elsewhere, to /dev/zero) or a FIFO is an
+    empty memo and is removed, so the build's save puts a memo there; one larger than the cap
+    is not read."""
+    import threading
+
+    from imagebuilder.apps import scan as scan_module
+    from imagebuilder.apps.scan import Memo, load_memo, save_memo
+    elsewhere = tmp_path / "elsewhere.json"
+    save_memo(elsewhere, Memo({"k": [["a.class", "61"]]}, {"61": "61\t\t\t"}))
+    assert load_memo(elsewhere).jars
+    memo = tmp_path / "cache" / "scan-memo.json"
+    memo.parent.mkdir()
+    memo.symlink_to(elsewhere)
+    assert load_memo(memo) == Memo() and not memo.is_symlink()
+    os.mkfifo(memo)
+    loaded: list[Memo] = []
+    reader = threading.Thread(target=lambda: loaded.append(load_memo(memo)), daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # the old reader blocks in open(): give it a writer to end the test
+        os.close(os.open(memo, os.O_WRONLY))
+        reader.join()
+        pytest.fail("load_memo hung on a FIFO")
+    assert loaded == [Memo()] and not memo.exists()
+    save_memo(memo, Memo({"k": [["a.class", "61"]]}, {"61": "61\t\t\t"}))
+    assert load_memo(memo).jars
+    monkeypatch.setattr(scan_module, "MEMO_MAX_BYTES", memo.stat().st_size - 1, raising=False)
+    assert load_memo(memo) == Memo()
+
+
 def test_memo_that_is_not_a_memo_is_ignored(tmp_path: Path) -> None:
     from imagebuilder.apps.scan import Memo, load_memo
     for text in ("[1, 2]", '{"a-1": "61\\t\\t\\t"}', '{"jars": {"k": [["a"]]}, "classes": {}}'):
