@@ -11,6 +11,10 @@ storage, a CDN): we go there (following GET and HEAD redirects ourselves, at mos
 :data:`MAX_REDIRECTS`) without the Authorization header, and never from HTTPS to plain HTTP nor
 over plain HTTP off loopback (:meth:`Client.is_own`). A Bearer token realm gets the Docker-config
 credentials only over HTTPS or on the registry's own origin, and its redirects are not followed.
+An origin is judged from the URL exactly as requests will send it (:func:`_origin`), since
+urllib.parse and urllib3 read some authorities differently (``https://a\\@b/`` is host ``b`` to
+one, ``a`` to the other); a URL holding a backslash, userinfo, a control character or
+whitespace is refused outright (:func:`_oddity`).
 
 What the registry sends is bounded before it is trusted: a manifest is read as a stream and the
 read stops at :data:`imagebuilder.ocimanifest.MAX_MANIFEST_BYTES`, whatever Content-Length says;
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from urllib3.util import parse_url
 
 from . import blobs
 from .errors import FetchError, NotFoundError, UserError
@@ -92,8 +97,10 @@ class Client:
 
     def is_own(self, url: str, what: str) -> bool:
         """Whether ``url`` is on the registry's own origin, where credentials go; a
-        RegistryError for a URL nothing is sent to (``what`` names where it came from): not
-        http(s), plain HTTP from an HTTPS registry, or plain HTTP to a host off loopback."""
+        RegistryError for a URL nothing is sent to (``what`` names where it came from): one
+        the URL parsers may read differently (:func:`_oddity`), not http(s), plain HTTP from an
+        HTTPS registry, or plain HTTP to a host off loopback."""
+        self._refuse_odd(url, what)
         try:
             origin = _origin(url)
         except ValueError:
@@ -109,6 +116,17 @@ class Client:
         else:
             reason = "not an http(s) URL"
         raise RegistryError(f"registry {self.host} sent {what} {_url(url)}, {reason}; refused")
+
+    def _refuse_odd(self, url: str, what: str) -> None:
+        if odd := _oddity(url):
+            raise RegistryError(f"registry {self.host} sent {what} {_url(url)}, which holds "
+                                f"{odd}; refused")
+
+    def _join(self, base: str, location: str, what: str) -> str:
+        """``location`` resolved against ``base`` (RFC 9110), judged as sent: urljoin would
+        drop the tabs and newlines that make it ambiguous."""
+        self._refuse_odd(location, what)
+        return urllib.parse.urljoin(base, location)
 
     # authentication
 
@@ -140,6 +158,9 @@ class Client:
     def _fetch_token(self, params: dict[str, str], scope: str,
                      creds: tuple[str, str] | None) -> str:
         realm = params["realm"]
+        if odd := _oddity(realm):
+            raise RegistryError(f"registry {self.host} names the token service {_url(realm)}, "
+                                f"which holds {odd}; refused")
         if not self._realm_allowed(realm):
             raise RegistryError(f"registry {self.host} names the token service {_url(realm)}, "
                                 "neither HTTPS nor the registry's own origin; refused: the "
@@ -244,7 +265,7 @@ class Client:
             if not location:
                 raise RegistryError(f"registry {self.host} answered HTTP "
                                     f"{response.status_code} without a Location for {_url(url)}")
-            url, what = urllib.parse.urljoin(url, location), "a redirect to"
+            url, what = self._join(url, location, "a redirect to"), "a redirect to"
             extra.pop("params", None)  # the Location is the whole next URL
         raise RegistryError(f"registry {self.host}: {_url(start)} redirected more than "
                             f"{MAX_REDIRECTS} times (last to {_url(url)}): a redirect loop?")
@@ -379,7 +400,7 @@ class Client:
         location = response.headers.get("Location")
         if not location:
             raise RegistryError(f"registry {self.host} gave no upload Location")
-        url = urllib.parse.urljoin(response.url or self.base + "/", location)  # RFC 9110
+        url = self._join(response.url or self.base + "/", location, "an upload Location")
         self.is_own(url, "an upload Location")
         return url
 
@@ -507,9 +528,31 @@ def _with_query(url: str, **params: str) -> str:
     return url + sep + urllib.parse.urlencode(params)
 
 
+def _oddity(url: str) -> str | None:
+    """What in ``url`` parsers may read differently, or None: a backslash (urllib3 ends the
+    authority there, urllib.parse does not), userinfo (an ``@`` in the authority), a control
+    character or whitespace (stripped by some, refused or kept by others)."""
+    if "\\" in url:
+        return "a backslash"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "a control character or whitespace"
+    try:  # with no backslash nor whitespace left, both parsers end the authority alike
+        userinfo = "@" in urllib.parse.urlsplit(url).netloc or bool(parse_url(url).auth)
+    except ValueError:  # urllib3's LocationParseError is one
+        return "an authority that does not parse"
+    return "userinfo (an '@' before the host)" if userinfo else None
+
+
 def _origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of ``url``, the port made explicit; ValueError if it has none."""
-    parts = urllib.parse.urlsplit(url)
+    """(scheme, host, port) that requests connects to for ``url``, the port made explicit:
+    the URL is prepared as requests prepares it, then split as its adapter splits the result
+    (requests.adapters). ValueError if it has no origin."""
+    prepared = requests.models.PreparedRequest()
+    try:
+        prepared.prepare_url(url, None)
+    except requests.RequestException as e:
+        raise ValueError(f"no origin in {url!r}: {e}") from None
+    parts = urllib.parse.urlsplit(prepared.url or "")
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     port = parts.port or {"http": 80, "https": 443}.get(scheme)
     if not host or port is None:

@@ -51,8 +51,9 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, tls: ssl.SSLContext | None = None, bind: str = "127.0.0.1") -> None:
+        super().__init__((bind, 0), _Handler)
+        self.name = bind  # as URLs name it: "localhost" is not 127.0.0.1 to an origin check
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.scheme = "https" if tls else "http"
@@ -63,11 +64,12 @@ class Server(ThreadingHTTPServer):
         self.basic = False  # require the Basic credentials
         self.realm: str | None = None  # require a Bearer token from this realm
         self.upload_to = ""  # where upload Locations point (default: here)
-        self.redirects: dict[str, str] = {}  # path -> Location of a 307
+        self.redirects: dict[str, str] = {}  # path -> Location of a redirect
+        self.redirect_status = 307
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
+        return f"{self.name}:{self.server_address[1]}"
 
     @property
     def url(self) -> str:
@@ -98,12 +100,13 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         srv.seen.append(Seen(self.command, self.path, dict(self.headers), body))
-        if url.path in srv.redirects:
-            return self._reply(307, headers={"Location": srv.redirects[url.path]})
-        if url.path == "/token":
-            return self._reply(200, json.dumps({"token": "tok"}).encode())
         if url.path.startswith("/v2/") and not self._authorized():
             return None
+        if url.path in srv.redirects:  # after the challenge, as a registry does
+            return self._reply(srv.redirect_status,
+                               headers={"Location": srv.redirects[url.path]})
+        if url.path == "/token":
+            return self._reply(200, json.dumps({"token": "tok"}).encode())
         if url.path == "/v2/":
             return self._reply(200, b"{}")
         if m := re.fullmatch(r"/(?:v2/.+/blobs|cdn)/(sha256:[0-9a-f]{64})", url.path):
@@ -149,25 +152,28 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
-    """A server context and the certificate clients trust (127.0.0.1, self-signed)."""
+    """A server context and the certificate clients trust (127.0.0.1, 127.0.0.2 and localhost,
+    self-signed): valid for every host a test sends to, so TLS never hides where a header went."""
     tmp = tmp_path_factory.mktemp("tls")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
-                    "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+                    "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,DNS:localhost"], check=True,
+                   capture_output=True)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     return context, cert
 
 
 @pytest.fixture
-def serve(tls: tuple[ssl.SSLContext, Path]) -> Iterator[Callable[[bool], Server]]:
-    """serve(https) -> a running Server; all are stopped at the end of the test."""
+def serve(tls: tuple[ssl.SSLContext, Path]) -> Iterator[Callable[..., Server]]:
+    """serve(https, bind="127.0.0.1") -> a running Server; all are stopped at the end of the
+    test."""
     servers: list[Server] = []
 
-    def start(https: bool) -> Server:
-        server = Server(tls[0] if https else None)
+    def start(https: bool, bind: str = "127.0.0.1") -> Server:
+        server = Server(tls[0] if https else None, bind)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return server
@@ -218,7 +224,8 @@ def _pull(server: Server, client: Client, tmp_path: Path) -> registry.TransferRe
                          RegistryRef.parse(f"{server.host}/demo:1.0.0"), client)
 
 
-def _one_line(error: pytest.ExceptionInfo[RegistryError], pattern: str) -> None:
+def _one_line(error: pytest.ExceptionInfo[Exception], pattern: str) -> None:
+    assert isinstance(error.value, RegistryError), repr(error.value)
     assert re.search(pattern, str(error.value)), str(error.value)
     assert "\n" not in str(error.value) and error.value.exit_code == 1
 
@@ -355,3 +362,123 @@ def test_a_token_realm_redirect_is_not_followed_with_the_refresh_token(
     _one_line(e, rf"token service {auth.url}/token answered HTTP 307 \(a redirect to "
                  rf"{elsewhere.url}/token, not followed with credentials\)")
     assert b"refresh-me" in auth.seen[0].body and elsewhere.seen == []
+
+
+# --- URLs that urllib.parse and requests read differently (review F1) -------------------------
+
+
+def _odd(scheme: str, third: Server, reg: Server, path: str) -> str:
+    """A URL that urllib.parse reads as ``reg``'s origin while requests connects to ``third``."""
+    return f"{scheme}://{third.host}\\@{reg.host}{path}"
+
+
+@pytest.mark.parametrize("https", [False, True])
+def test_a_backslash_redirect_does_not_carry_the_credentials_to_a_third_host(
+        serve: Callable[..., Server], tls: tuple[ssl.SSLContext, Path], docker_config: Path,
+        tmp_path: Path, https: bool) -> None:
+    # the review's reproduction: the registry (Basic) sends a 307 to a CDN on localhost, whose
+    # 302 names "http://127.0.0.2:P3\@127.0.0.1:P1/v2/...": requests would connect to 127.0.0.2
+    reg = _pushed(serve, tls, docker_config, tmp_path, https)
+    cdn, third = serve(https, "localhost"), serve(https, "127.0.0.2")
+    cdn.redirect_status = 302
+    reg.redirects["/v2/demo/manifests/1.0.0"] = f"{cdn.url}/cdn/manifest"
+    cdn.redirects["/cdn/manifest"] = _odd(reg.scheme, third, reg, "/v2/demo/manifests/1.0.0")
+    with pytest.raises(Exception) as e:
+        _pull(reg, _client(reg, tls), tmp_path)
+    assert third.authorizations() == [], "the registry's credentials reached a third host"
+    assert third.seen == [] and cdn.authorizations() == []
+    _one_line(e, rf"^registry {reg.host} sent a redirect to "
+                 rf"{re.escape(cdn.redirects['/cdn/manifest'])}, .*backslash.*; refused$")
+
+
+@pytest.mark.parametrize("https", [False, True])
+def test_a_backslash_upload_location_does_not_carry_the_credentials_to_a_third_host(
+        serve: Callable[..., Server], tls: tuple[ssl.SSLContext, Path], docker_config: Path,
+        tmp_path: Path, https: bool) -> None:
+    reg, third = serve(https), serve(https, "127.0.0.2")
+    reg.basic, reg.upload_to = True, _odd(reg.scheme, third, reg, "")
+    third.blobs, third.uploads = reg.blobs, reg.uploads
+    _login(docker_config, reg.host)
+    with pytest.raises(Exception) as e:
+        _push(_store(tmp_path), reg, _client(reg, tls))
+    assert third.authorizations() == [], "the registry's credentials reached a third host"
+    assert third.seen == []
+    _one_line(e, rf"^registry {reg.host} sent an upload Location "
+                 rf"{re.escape(reg.upload_to)}/upload/[0-9a-f]+, .*backslash.*; refused$")
+
+
+def test_a_backslash_token_realm_gets_no_credentials(
+        serve: Callable[..., Server], tls: tuple[ssl.SSLContext, Path], docker_config: Path,
+        tmp_path: Path) -> None:
+    reg, third = serve(False), serve(False, "127.0.0.2")
+    reg.realm = _odd("http", third, reg, "/token")
+    _login(docker_config, reg.host)
+    with pytest.raises(Exception) as e:
+        _push(_store(tmp_path), reg, _client(reg, tls))
+    assert third.authorizations() == [], "the registry's credentials reached a third host"
+    assert third.seen == []
+    _one_line(e, rf"^registry {reg.host} names the token service {re.escape(reg.realm)}, "
+                 ".*backslash.*; refused")
+
+
+@pytest.mark.parametrize("url", [
+    "https://evil.example\\@registry.example/v2/x",   # the review's example
+    "https://evil.example\\registry.example/v2/x",
+    "https://ci:s3cret@registry.example/v2/x",          # userinfo, even on the registry's host
+    "https://evil.example@registry.example/v2/x",
+    "https://registry.example/v2/x\\..\\y",
+    "https://registry.example/v2/x y",
+    "https://registry.example/v2/x\ty",
+    "https://registry.example\t/v2/x",
+    " https://registry.example/v2/x",
+    "https://registry.example/v2/x\r\nX-Injected: 1",
+    "https://registry.example/v2/x\x00",
+    "https://registry.example/v2/x\x1b[2K",
+    "https://registry.example/v2/x\u00a0",
+    "https://registry.example/v2/x\u2028",
+])
+def test_a_url_the_parsers_may_read_differently_is_refused_in_one_line(url: str) -> None:
+    with pytest.raises(RegistryError) as e:
+        Client("registry.example").is_own(url, "a redirect to")
+    assert str(e.value).startswith("registry registry.example sent a redirect to ")
+    assert str(e.value).endswith("; refused") and str(e.value).isprintable()
+
+
+@pytest.mark.parametrize(("url", "own"), [
+    ("https://registry.example/v2/x", True),
+    ("https://REGISTRY.example:443/v2/x", True),
+    ("https://registry.example/v2/x@y?sig=a@b#@c", True),  # '@' past the authority is data
+    ("https://evil.example/%5C@registry.example/v2/x", False),
+    ("https://registry.example:444/v2/x", False),
+    ("https://registry.example.evil.example/v2/x", False),
+])
+def test_the_origin_is_the_one_requests_connects_to(url: str, own: bool) -> None:
+    assert Client("registry.example").is_own(url, "a redirect to") is own
+
+
+def test_a_redirect_with_an_at_sign_past_the_authority_is_still_followed(
+        serve: Callable[..., Server], tls: tuple[ssl.SSLContext, Path], docker_config: Path,
+        tmp_path: Path) -> None:
+    reg = _pushed(serve, tls, docker_config, tmp_path, True)
+    cdn = serve(True)
+    _to_cdn(reg, cdn)
+    for path, target in reg.redirects.items():
+        reg.redirects[path] = target + "?sig=user@example&x=%5C"
+    assert len(_pull(reg, _client(reg, tls), tmp_path).blobs_received) == 3
+    assert cdn.authorizations() == [] and len(cdn.seen) == 3
+
+
+def test_a_location_that_urljoin_would_clean_is_refused_as_sent(
+        serve: Callable[..., Server], tls: tuple[ssl.SSLContext, Path], docker_config: Path,
+        tmp_path: Path) -> None:
+    # urllib.parse drops tabs before joining: the Location is judged as it came
+    reg = _pushed(serve, tls, docker_config, tmp_path, True)
+    cdn = serve(True)
+    _to_cdn(reg, cdn)
+    for path, target in reg.redirects.items():
+        reg.redirects[path] = target.replace("//", "//\t", 1)
+    with pytest.raises(Exception) as e:
+        _pull(reg, _client(reg, tls), tmp_path)
+    _one_line(e, rf"^registry {reg.host} sent a redirect to .*, which holds a control "
+                 "character or whitespace; refused$")
+    assert cdn.seen == []
