@@ -14,7 +14,7 @@ import fcntl
 import os
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,11 +199,11 @@ _LOOP_INFO64 = struct.Struct("=QQQQQIIII64s64s32s2Q")  # struct loop_info64 (lin
 
 def refuse_sources(path: Path, sources: Iterable[Path | str],
                    protected: Iterable[Path] = ()) -> None:
-    """UserError when writing ``path`` would overwrite a file the image is read from: the same
-    file (also through a symlink or a hard link), a loop device backed by one, or a path inside
-    one of the ``protected`` directories (the store, the cache). Checked before the target is
-    opened for writing."""
-    path = Path(path)
+    """UserError when writing ``path`` would overwrite a file the image is read from or any file
+    in the ``protected`` directories (the store, the cache): the same file (also through a
+    symlink or a hard link), a loop device backed by one, or a path inside a protected
+    directory. Checked before the target is opened for writing."""
+    path, protected = Path(path), tuple(protected)
     real = Path(os.path.realpath(path))
     for root in protected:
         if real == Path(os.path.realpath(root)) or Path(os.path.realpath(root)) in real.parents:
@@ -217,15 +217,34 @@ def refuse_sources(path: Path, sources: Iterable[Path | str],
     ident = _loop_backing(path, st.st_rdev) if block else (st.st_dev, st.st_ino)
     if ident is None:
         return
+    what = "is backed by" if block else "is the same file as"
     for source in sources:
         try:
             sst = os.stat(source)
         except OSError:
             continue
         if (sst.st_dev, sst.st_ino) == ident:
-            what = "is backed by" if block else "is the same file as"
             raise UserError(f"{path} {what} {source}, which the image is read from: flashing "
                             "would destroy the image; give another target")
+    for root in protected:
+        for kept in _files_below(Path(root)):
+            if kept[1] == ident:
+                raise UserError(f"{path} {what} {kept[0]}, which imagebuilder keeps in {root}: "
+                                "flashing would damage it; give another target")
+
+
+def _files_below(root: Path) -> Iterator[tuple[str, tuple[int, int]]]:
+    """Every file below ``root`` (links not followed) with its ``(st_dev, st_ino)``: the store's
+    blobs and the cache's files share inodes, and a hard link or a loop device elsewhere may
+    name any of them."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield os.path.join(folder, name), (st.st_dev, st.st_ino)
 
 
 def _loop_backing(path: Path, rdev: int) -> tuple[int, int] | None:

@@ -182,6 +182,59 @@ def test_a_target_in_the_store_or_the_cache_is_refused(tmp_path: Path, disk: Dis
         assert not (home / where / "blobs" / "x").exists()
 
 
+def _kept_files(home: Path) -> list[Path]:
+    """A store blob and a cache file (the store hard-links its blobs into the cache)."""
+    blob = home / "store" / "blobs" / "sha256" / ("ab" * 32)
+    cached = home / "cache" / "disks" / "d1" / "disk.raw"
+    for path in (blob, cached):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"kept by imagebuilder" * 4096)
+    return [blob, cached]
+
+
+def test_a_hard_link_to_a_store_or_cache_file_is_refused(tmp_path: Path, disk: Disk) -> None:
+    """Review F3: a hard link outside the store to any of its blobs (or the cache's files)."""
+    image = tmp_path / "IMAGE.raw"
+    write_disk(disk, image, "raw")
+    home = tmp_path / "home"
+    for kept in _kept_files(home):
+        before = sha256(kept)
+        target = tmp_path / f"hard-{kept.name}"
+        os.link(kept, target)
+        done = cli_run("flash", image, target, home=home)
+        assert done.returncode == 2, done.stdout
+        assert done.stderr == (f"ERROR: {target} is the same file as {kept}, which imagebuilder "
+                               f"keeps in {home / kept.relative_to(home).parts[0]}: flashing "
+                               "would damage it; give another target\n")
+        assert sha256(kept) == before
+
+
+def test_a_loop_device_backed_by_a_store_blob_is_refused(tmp_path: Path, disk: Disk) -> None:
+    """Review F3: a loop device on a store blob, not the image's own file."""
+    losetup = shutil.which("losetup")
+    if losetup is None or os.geteuid() != 0:
+        pytest.skip("needs root and losetup")
+    image = tmp_path / "IMAGE.raw"
+    write_disk(disk, image, "raw")
+    home = tmp_path / "home"
+    blob = _kept_files(home)[0]
+    with blob.open("r+b") as f:
+        f.truncate(disk.size)
+    before = sha256(blob)
+    made = subprocess.run([losetup, "-f", "--show", str(blob)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"losetup does not work here: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        done = cli_run("flash", image, device, home=home)
+    finally:
+        subprocess.run([losetup, "-d", device], check=False)
+    assert done.returncode == 2, done.stdout
+    assert done.stderr == (f"ERROR: {device} is backed by {blob}, which imagebuilder keeps in "
+                           f"{home / 'store'}: flashing would damage it; give another target\n")
+    assert sha256(blob) == before
+
+
 def test_a_disk_of_zeros_is_refused_not_verified(tmp_path: Path) -> None:
     image = tmp_path / "zeros.raw"
     with open(image, "wb") as f:
