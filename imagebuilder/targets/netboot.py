@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from ..cmdline import SPECIAL, check_cmdline
 from ..errors import HostError, UserError
 from ..text import printable
 
@@ -80,12 +81,27 @@ class NetbootSource:
                             "write one with 'imagebuilder export REF --format kernel-initrd'")
         cmdline_file = path / "cmdline"
         cmdline = cmdline_file.read_text().strip() if cmdline_file.exists() else "console=ttyS0"
+        try:
+            check_cmdline(cmdline)
+        except UserError as e:
+            raise UserError(f"{printable(str(cmdline_file))}: {e}") from None
         return cls(path / "vmlinuz", (("initrd", path / "initrd.img"),), cmdline,
-                   title=path.name)
+                   title=_title(path))
 
     def with_env(self, env_name: str, env_vars: Mapping[str, str]) -> NetbootSource:
         return NetbootSource(self.kernel, self.initrds, self.cmdline, self.title,
                              env_layer(env_name, env_vars))
+
+
+def _title(path: Path) -> str:
+    """The export directory's name, which the iPXE script echoes: plain printable ASCII, as a
+    command line must be (a newline would start an iPXE command, ``${...}`` would expand)."""
+    bad = [c for c in path.name if not " " <= c <= "~" or c in SPECIAL]
+    if bad:
+        raise UserError(f"{printable(str(path))}: the directory's name has {bad[0]!r}, which "
+                        "cannot go into an iPXE script; rename it (printable ASCII without "
+                        f"{' '.join(sorted(SPECIAL))})")
+    return path.name
 
 
 def env_layer(env_name: str, env_vars: Mapping[str, str]) -> bytes:
@@ -194,7 +210,7 @@ class _Server(ThreadingHTTPServer):
             return
         if self.log is not None:
             client = client_address[0] if isinstance(client_address, tuple) else client_address
-            self.log(f"{printable(str(client))} {_gone(error)}")
+            self.log(f"{printable(str(client), backslash=True)} {_gone(error)}")
 
     def allowed(self, client: str) -> bool:
         ip = ipaddress.ip_address(client.split("%", 1)[0])
@@ -209,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         if self.server.log is not None:  # the request line and path are the client's bytes
-            self.server.log(printable(f"{self.client_address[0]} {format % args}"))
+            self.server.log(printable(f"{self.client_address[0]} {format % args}", backslash=True))
 
     def do_HEAD(self) -> None:
         self._serve(body=False)

@@ -122,6 +122,26 @@ def test_kernel_initrd_export_directory(tmp_path: Path) -> None:
         NetbootSource.of_directory(out)
 
 
+@pytest.mark.parametrize(("name", "cmdline", "error"), [
+    ("export", "console=ttyS0 ${net0/mac}\nshell\n#", "cmdline: kernel command line has '$'"),
+    ("export", "console=ttyS0\nshell", "cmdline: kernel command line has '\\n' at offset 13"),
+    ("boot$(x)", "console=ttyS0", "the directory's name has '$', which cannot go into an iPXE"),
+    ("boot\nshell", "console=ttyS0", "the directory's name has '\\n', which cannot go"),
+])
+def test_an_export_directory_s_cmdline_and_name_are_checked_for_the_script(
+        tmp_path: Path, name: str, cmdline: str, error: str) -> None:
+    """Review F10: the cmdline file and the directory's name go into the iPXE script, where a
+    newline starts a command (``shell``) and ``${...}`` expands: one line, as build says."""
+    out = tmp_path / name
+    out.mkdir()
+    (out / "vmlinuz").write_bytes(b"k")
+    (out / "initrd.img").write_bytes(b"i")
+    (out / "cmdline").write_text(cmdline + "\n")
+    with pytest.raises(UserError) as refused:
+        NetbootSource.of_directory(out)
+    assert error in str(refused.value) and "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize("text", ["8000", "localhost:8000", "1.2.3.4:0", "1.2.3.4:70000",
                                   "999.1.1.1:80"])
 def test_bad_listen_addresses(text: str) -> None:
@@ -285,7 +305,8 @@ def test_serve_escapes_client_bytes_and_logs_a_reset_in_one_line(tmp_path: Path)
     try:
         assert b"serving" in _lines_until(proc, lambda ls: any(b"serving" in x for x in ls))[-1]
         for request, status in ((b"GET /\x1b[2J\x1b]0;pwned\x07x\x9b HTTP/1.1", b"404"),
-                                (b"GET /a\rb\x1b[1A HTTP/1.1", b"400")):
+                                (b"GET /a\rb\x1b[1A HTTP/1.1", b"400"),
+                                (b"GET /\\x1b[31m HTTP/1.1", b"404")):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
                 c.sendall(request + b"\r\n\r\n")
                 reply = b""
@@ -305,5 +326,7 @@ def test_serve_escapes_client_bytes_and_logs_a_reset_in_one_line(tmp_path: Path)
     assert b"\xc2\x9b" not in text and b"\x9b" not in text
     assert b'127.0.0.1 "GET /\\x1b[2J\\x1b]0;pwned\\x07x\\x9b HTTP/1.1" 404 -\n' in text
     assert b'127.0.0.1 "GET /a\\x0db\\x1b[1A HTTP/1.1" 400 -\n' in text
+    # Review F12: a client's literal backslash is doubled, so it cannot pass for an escape.
+    assert b'127.0.0.1 "GET /\\\\x1b[31m HTTP/1.1" 404 -\n' in text
     assert b"127.0.0.1 reset the connection\n" in text
     assert b"Traceback" not in text and text.count(b"reset") == 1
