@@ -471,11 +471,15 @@ class Store:
             refs.sort()
         return out
 
-    def _resolve_unlocked(self, ref: str) -> Image:
+    def _pick_unlocked(self, ref: str) -> tuple[str, str, list[str]]:
+        """The ref shown, the manifest digest and every ref to it, of the image ``ref`` names
+        (its blobs not read)."""
         env_tags = {str(_entry_ref(m)): str(m["digest"]) for m in self._read_index()
                     if ENV_ANNOTATION in (m.get("annotations") or {})}
-        shown, digest, refs = pick(ref, self._refs_by_digest(), env_tags)
-        return self._load(shown, digest, refs)
+        return pick(ref, self._refs_by_digest(), env_tags)
+
+    def _resolve_unlocked(self, ref: str) -> Image:
+        return self._load(*self._pick_unlocked(ref))
 
     def resolve(self, ref: str) -> Image:
         """The image named by ``ref``: NAME:VERSION, NAME:ENVIRONMENT (the image promoted to
@@ -546,37 +550,44 @@ class Store:
         """Remove ``ref`` (or, for a digest, every ref to it); delete blobs nothing else uses.
 
         Returns the removed manifest digest. Blobs shared with remaining images (a kernel or
-        layer used by two versions) stay. Environment tags of the image's name that point at a
-        manifest no version names any more go too; the promotion history stays.
+        layer used by two versions) stay. When the image's own manifest or config is damaged,
+        what it uses is unknown: its entry goes, no blob. Environment tags of the image's name
+        that point at a manifest no version names any more go too; the promotion history
+        stays.
         """
         with self._lock():
-            image = self._resolve_unlocked(ref)
+            shown, digest, refs = self._pick_unlocked(ref)
+            try:
+                image: Image | None = self._load(shown, digest, refs)
+            except DamagedError:  # its own manifest or config: the entry goes, no blob
+                image = None
             by_digest = ref.startswith("sha256:")
             remaining = []
             for m in self._read_index():
-                gone = (m["digest"] == image.digest if by_digest
-                        else _entry_ref(m) == image.ref and not _is_tag_entry(m))
+                gone = (m["digest"] == digest if by_digest
+                        else _entry_ref(m) == shown and not _is_tag_entry(m))
                 if not gone:
                     remaining.append(m)
             named = {m["digest"] for m in remaining if not _is_tag_entry(m)}
             remaining = [
                 m for m in remaining
                 if not (ENV_ANNOTATION in (m.get("annotations") or {})
-                        and m["digest"] == image.digest and image.digest not in named)
+                        and m["digest"] == digest and digest not in named)
             ]
             self._write_index(remaining)
 
-            candidates = {image.digest, image.manifest.get("config", {}).get("digest", "")}
-            candidates.update(layer.digest for layer in image.layers)
+            candidates = set() if image is None else {
+                digest, image.manifest.get("config", {}).get("digest", ""),
+                *(layer.digest for layer in image.layers)}
             keep, damaged = self._reachable(remaining)
             if damaged:  # what the damaged manifests use is unknown: delete no blob
                 candidates = set()
-            for digest in sorted(candidates - keep):
-                if _DIGEST_RE.fullmatch(digest):
-                    self.blob_path(digest).unlink(missing_ok=True)
+            for unused in sorted(candidates - keep):
+                if _DIGEST_RE.fullmatch(unused):
+                    self.blob_path(unused).unlink(missing_ok=True)
             if self.blobs_dir.exists():
                 fsync_dir(self.blobs_dir)
-        return image.digest
+        return digest
 
     def gc(self, dry_run: bool = False) -> GcResult:
         """Delete every blob no index entry reaches, and scratch files of dead processes

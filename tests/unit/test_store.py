@@ -369,6 +369,29 @@ def test_gc_deletes_nothing_while_a_manifest_is_damaged(tmp_path: Path) -> None:
     assert other in before
 
 
+@pytest.mark.parametrize("damage", ["flip", "missing"])
+def test_rm_of_an_image_whose_own_manifest_is_damaged_removes_its_entry_only(
+        tmp_path: Path, damage: str) -> None:
+    """Review F11: as README says, rm removes the index entry of an image whose manifest is
+    damaged and deletes no blob (what it used is unknown)."""
+    store = Store(tmp_path / "home" / "store")
+    digest = _put(store, "hello:1.0.0", b"app v1")
+    _put(store, "other:1.0.0", b"other app", kernel=b"other kernel")
+    manifest = store.blob_path(digest)
+    if damage == "flip":
+        data = bytearray(manifest.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        manifest.write_bytes(bytes(data))
+    else:
+        manifest.unlink()
+    before = _blobs(store)
+    done = _cli(tmp_path / "home", "rm", "hello:1.0.0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"removed hello:1.0.0 ({digest})\n"
+    assert _blobs(store) == before
+    assert [im.ref for im in store.images()] == ["other:1.0.0"]
+
+
 @pytest.mark.parametrize(("entry", "problem"), [
     ({"annotations": ["not", "an", "object"]}, "the annotations of entry sha256:"),
     ({"digest": "md5:abc"}, "entry digest 'md5:abc' is not sha256:<64 hex digits>"),
