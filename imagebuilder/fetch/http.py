@@ -7,6 +7,11 @@ file that did not verify is never left at its destination, so a later run can tr
 finds there. Redirects are followed here, not by requests: at most :data:`MAX_REDIRECTS`, to
 ``http``/``https`` only, so a redirect to ``file://`` or a loop is one line naming the URL and
 the redirect, not a retried "unreachable" or a bad local file.
+
+A body is bounded before it is trusted: a download with an expected size stops as soon as it
+passes that size, one without (InRelease) at :data:`MAX_UNSIZED_BYTES`, and a Content-Length
+over the bound is refused before any byte is read. A mirror sending without end (lying, broken,
+or an attacker on plain HTTP) is one line, not a full disk; what it sent is discarded.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ TIMEOUT = (15.0, 60.0)  # (connect, read) seconds
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
+MAX_UNSIZED_BYTES = 64 << 20
+"""The most a download with no expected size (InRelease) may be: far above any real one."""
 
 
 class NotOnMirrorError(FetchError):
@@ -91,6 +98,7 @@ def _fetch_with_retries(
 def _fetch_once(
     session: requests.Session, url: str, part: Path, size: int | None, desc: str
 ) -> str:
+    limit = size if size is not None else MAX_UNSIZED_BYTES
     offset = _resume_offset(part, size)
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
@@ -103,7 +111,9 @@ def _fetch_once(
             if offset and status != 206:
                 offset = 0  # the server ignored the Range: it sends the whole body
             total = _total(response, offset, size)
-            return _write_body(response, part, offset, total, desc)
+            bound = _Bound(url, limit, size is not None)
+            bound.check_announced(response, offset, part)
+            return _write_body(response, part, offset, total, desc, bound)
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema) as exc:
         raise FetchError(f"bad mirror URL {url}: {_short(exc)}") from None
@@ -139,7 +149,7 @@ def _resume_offset(part: Path, size: int | None) -> int:
         have = part.stat().st_size
     except FileNotFoundError:
         return 0
-    if size is not None and have >= size:
+    if have >= (size if size is not None else MAX_UNSIZED_BYTES + 1):
         part.unlink()
         return 0
     return have
@@ -163,10 +173,39 @@ def _total(response: requests.Response, offset: int, size: int | None) -> int | 
     return offset + int(length) if length and length.isdigit() else None
 
 
+class _Bound:
+    """The most bytes a body may bring a file to, and the one line for passing it."""
+
+    def __init__(self, url: str, limit: int, expected: bool) -> None:
+        self.url, self.limit, self.expected = url, limit, expected
+
+    def passed(self, did: str) -> str:
+        """``url`` and what it ``did`` (sent, announced N bytes) past the limit."""
+        if self.expected:
+            return f"{self.url} did not verify: it {did} more than the expected {self.limit} bytes"
+        return (f"{self.url} is too large: it {did} more than {self.limit} bytes, the limit "
+                "for a file of unknown size")
+
+    def exceeded(self, part: Path) -> IntegrityError:
+        part.unlink(missing_ok=True)
+        return IntegrityError(f"{self.passed('sent')}; the download was stopped and discarded")
+
+    def check_announced(self, response: requests.Response, offset: int, part: Path) -> None:
+        """IntegrityError (``part`` removed), before any byte of the body is read, if its
+        Content-Length would take the file past the limit."""
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and offset + int(length) > self.limit:
+            part.unlink(missing_ok=True)
+            did = f"announces {offset + int(length)} bytes,"
+            raise IntegrityError(f"{self.passed(did)}; refused")
+
+
 def _write_body(
-    response: requests.Response, part: Path, offset: int, total: int | None, desc: str
+    response: requests.Response, part: Path, offset: int, total: int | None, desc: str,
+    bound: _Bound,
 ) -> str:
-    """Append (or write from scratch if ``offset`` is 0) the body to ``part``; return SHA-256."""
+    """Append (or write from scratch if ``offset`` is 0) the body to ``part``; return SHA-256.
+    IntegrityError (``part`` removed) as soon as the body would pass ``bound``."""
     digest = hashlib.sha256()
     with open(part, "r+b" if offset else "wb") as out:
         if offset:
@@ -182,7 +221,11 @@ def _write_body(
             disable=None,
             leave=False,
         ) as bar:
+            written = offset
             for chunk in response.iter_content(CHUNK):
+                written += len(chunk)
+                if written > bound.limit:
+                    raise bound.exceeded(part)
                 out.write(chunk)
                 digest.update(chunk)
                 bar.update(len(chunk))

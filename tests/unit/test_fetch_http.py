@@ -226,3 +226,98 @@ def test_a_redirect_loop_is_capped(redirects: _Redirects, session: requests.Sess
         http.download(session, f"{redirects.url}/a", tmp_path / "a")
     assert len(redirects.paths) == http.MAX_REDIRECTS + 1
     assert list(tmp_path.iterdir()) == []
+
+
+# --- bodies larger than they may be (review F5) -----------------------------------------------
+
+
+class _Endless(ThreadingHTTPServer):
+    """Answers every GET with 200 and zeros: without a Content-Length, or with ``announce`` as
+    one, for ever (up to ``safety`` bytes, so that a client that does not stop fails a test
+    instead of filling the disk). ``sent`` counts the bytes that left."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _EndlessHandler)
+        self.announce: int | None = None
+        self.safety = 256 << 20
+        self.sent = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _EndlessHandler(BaseHTTPRequestHandler):
+    server: _Endless
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        if self.server.announce is not None:
+            self.send_header("Content-Length", str(self.server.announce))
+        self.end_headers()
+        block = bytes(256 << 10)
+        try:
+            while self.server.sent < self.server.safety:
+                self.wfile.write(block)
+                self.server.sent += len(block)
+        except OSError:  # the client hung up: what it should do
+            pass
+
+
+@pytest.fixture
+def endless(fast_retries: None) -> Iterator[_Endless]:
+    server = _Endless()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_body_past_its_expected_size_stops_there(endless: _Endless, session: requests.Session,
+                                                   tmp_path: Path) -> None:
+    # the review's reproduction: download(..., size=1000000) of an endless body
+    url = f"{endless.url}/pool/main/x.deb"
+    with pytest.raises(IntegrityError) as e:
+        http.download(session, url, tmp_path / "x.deb", sha256=SHA, size=1_000_000)
+    assert str(e.value) == (f"{url} did not verify: it sent more than the expected 1000000 "
+                            "bytes; the download was stopped and discarded")
+    assert list(tmp_path.iterdir()) == []
+    assert endless.sent < 16 << 20  # what the socket buffers held when we hung up, at most
+
+
+def test_a_body_without_an_expected_size_is_capped(endless: _Endless, session: requests.Session,
+                                                   tmp_path: Path) -> None:
+    # InRelease has no size to check against: the cap for indexes of unknown size holds
+    url = f"{endless.url}/dists/stable/InRelease"
+    with pytest.raises(FetchError) as e:
+        http.download(session, url, tmp_path / "InRelease")
+    assert str(e.value) == (f"{url} is too large: it sent more than {64 << 20} bytes, the limit "
+                            "for a file of unknown size; the download was stopped and discarded")
+    assert http.MAX_UNSIZED_BYTES == 64 << 20
+    assert list(tmp_path.iterdir()) == []
+    assert endless.sent < (64 << 20) + (16 << 20)
+
+
+@pytest.mark.parametrize("size", [1000, None])
+def test_an_announced_length_over_the_limit_is_refused_before_the_body(
+        endless: _Endless, session: requests.Session, tmp_path: Path, size: int | None) -> None:
+    endless.announce = 10 << 30
+    url = f"{endless.url}/x"
+    with pytest.raises(IntegrityError, match=rf"^{url} (did not verify|is too large): it "
+                       rf"announces {10 << 30} bytes, more than .*; refused$"):
+        http.download(session, url, tmp_path / "x", size=size)
+    assert list(tmp_path.iterdir()) == []
+    assert endless.sent < 16 << 20
+
+
+def test_a_partial_file_over_the_limit_is_not_resumed(
+        blob_server: fx.ArchiveServer, session: requests.Session, tmp_path: Path) -> None:
+    dest = tmp_path / "blob"
+    dest.with_name("blob.part").write_bytes(b"\0" * (http.MAX_UNSIZED_BYTES + 1))
+    assert get(blob_server, session, dest, sha256=SHA).read_bytes() == BLOB
+    assert "Range" not in blob_server.requested("/blob.bin")[0].headers
