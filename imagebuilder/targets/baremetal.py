@@ -26,9 +26,14 @@ target without a valid partition table, which firmware does not boot and verific
 flashing again rewrites it whole.
 
 Refusals (UserError, exit 2) of a target that must not be written (mounted, the host's own disk,
-too small, a partition without ``--force``), or one that holds what the image is read from (the
-source file, also through a symlink or a hard link, a loop device backed by it, the store or
-the cache): :mod:`imagebuilder.targets.blockdev`, checked before the target is opened.
+too small, a partition without ``--force``), or one that holds what the image is read from or
+what imagebuilder keeps (the source file or any file of the store or the cache, also through a
+symlink or a hard link, a loop device backed by one, a path in the store or the cache):
+:mod:`imagebuilder.targets.blockdev`, checked before the target is opened.
+
+A file target is truncated first, so it then equals the image; on a block device only the
+data ranges and the partition-table areas are written, and the gaps keep the device's old
+bytes, so "verified" there covers the bytes written, not the whole device.
 
 What "verified" means: every written range was read back from the target and its XXH3-128
 equals that of the image's bytes for the range, as read from the image's extents (for a raw

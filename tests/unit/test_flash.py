@@ -493,6 +493,24 @@ def test_flash_onto_a_loop_device(tmp_path: Path, disk: Disk, loop: Path) -> Non
         assert f.read() == bytes(512)
 
 
+def test_a_device_keeps_its_old_bytes_in_the_gaps_and_nothing_claims_otherwise(
+        tmp_path: Path, disk: Disk, loop: Path) -> None:
+    """Review F4: on a block device only the data ranges and the table areas are written, so a
+    device that held other bytes does not hash to the disk digest: the result line compares only
+    what was written, and README says so (it claimed the flashed disk hashes to the digest)."""
+    write_disk(disk, tmp_path / "ref.raw", "raw")
+    digest = "sha256:" + sha256(tmp_path / "ref.raw")
+    with open(loop, "r+b") as f:
+        f.write(b"\xff" * disk.size)
+    result = flash(disk, loop, disk_digest=digest)
+    assert result.verified and "disk digest" not in result.against
+    with open(loop, "rb") as f:
+        assert "sha256:" + hashlib.sha256(f.read(disk.size)).hexdigest() != digest
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert "Without `--env` the flashed disk hashes to the image's disk digest" not in readme
+    assert "the gaps keep what the device held" in readme
+
+
 def test_an_exclusively_held_device_is_refused(disk: Disk, loop: Path) -> None:
     fd = os.open(loop, os.O_RDONLY | os.O_EXCL)
     try:
