@@ -14,6 +14,7 @@ bytes. The window is capped at 8 MiB (windowLog 23) so the kernel's streaming de
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -82,7 +83,8 @@ def open_source(path: Path, identity: Identity, what: str) -> int:
     try:
         fd = os.open(path, flags)
     except OSError as e:
-        raise _changed(path, what, e.strerror or "cannot be opened") from None
+        why = "now a symbolic link" if e.errno == errno.ELOOP else e.strerror or "unreadable"
+        raise _changed(path, what, why) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

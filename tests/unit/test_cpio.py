@@ -387,6 +387,7 @@ def test_a_source_swapped_after_the_app_was_read_is_refused(
     assert isinstance(outcome[0], UserError), outcome
     assert "app/lib/a.jar" in str(outcome[0])
     assert "changed while the image was built" in str(outcome[0])
+    assert ("now a symbolic link" in str(outcome[0])) == (swap is _swapped_for_a_link)
     assert not dest.exists()
     with pytest.raises(UserError, match="changed while the image was built"):
         read.digest()
