@@ -115,8 +115,7 @@ def jarred(shape: Shape) -> Shape:
             for f in inside:
                 info = zipfile.ZipInfo(f.dest.removeprefix(prefix), (1980, 1, 1, 0, 0, 0))
                 info.external_attr = 0o644 << 16
-                zf.writestr(info, f.data if f.data is not None else
-                            f.source.read_bytes())  # type: ignore[union-attr]
+                zf.writestr(info, f.contents())
         dest = prefix.rstrip("/") + ".jar"
         files = [f for f in files if not f.dest.startswith(prefix)] + [File(dest,
                                                                              data=out.getvalue())]

@@ -59,6 +59,18 @@ class File:
             object.__setattr__(self, "source", real)
             object.__setattr__(self, "identity", identity)
 
+    def contents(self) -> bytes:
+        """The file's bytes: ``data``, or the very file detection recorded (:func:`open_source`)."""
+        if self.data is not None:
+            return self.data
+        assert self.source is not None and self.identity is not None
+        with os.fdopen(open_source(self.source, self.identity, guest(self.dest)), "rb") as f:
+            data = f.read(self.identity[2] + 1)
+        if len(data) != self.identity[2]:
+            raise UserError(f"{self.source} (for {guest(self.dest)}) changed while the image was "
+                            "built (another size): leave the app's files alone during a build")
+        return data
+
     def digest(self) -> str:
         if self.data is not None:
             return hashing.xxh3_bytes(self.data)

@@ -401,3 +401,21 @@ def test_a_source_that_changed_size_after_it_was_read_is_refused(tmp_path: Path)
         f.write(b"more")
     with pytest.raises(UserError, match="changed while the image was built"):
         write_cpio(tree, io.BytesIO(), mtime=0)
+
+
+def test_a_classes_directory_packed_for_aot_takes_only_the_file_detection_read(
+        tmp_path: Path) -> None:
+    """Review F2, the AOT path: a directory of the app's classes on the -cp is packed into a
+    jar from the files detection recorded; one swapped for a link to a host file is refused."""
+    from imagebuilder import aot
+    from imagebuilder.apps.shape import File, Shape
+
+    jar, secret = _app_jar(tmp_path)
+    props = jar.parent / "app.properties"
+    props.write_text("server.port=8080\n")
+    shape = Shape("dir", (File("lib/app.properties", source=props),), (),
+                  ("-cp", "/app/lib", "com.example.App"), "com.example.App", ())
+    props.unlink()
+    props.symlink_to(secret)
+    with pytest.raises(UserError, match="app.properties.*changed while the image was built"):
+        aot.jarred(shape)
