@@ -154,7 +154,7 @@ class Outcome:
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         kept = [line for line in self.log.splitlines() if line.strip()][-lines:]
-        return printable(" | ".join(kept)) or "no output"
+        return printable(" | ".join(kept), keep="\t") or "no output"
 
 
 def training_code() -> bytes:

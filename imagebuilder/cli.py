@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 def _err(message: str) -> None:
     """One message on stderr; whatever in it came from outside (an app's log, a registry's
     reply) cannot drive the terminal."""
-    click.echo(printable(message, keep="\n"), err=True)
+    click.echo(printable(message, keep="\n\t"), err=True)
 
 
 def _load_config(source: str | None, name: str | None, version: str | None,
