@@ -73,8 +73,9 @@ def imagebuilder(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def last_line(text: str) -> str:
+    """The end of the last line: where `run`'s error puts the console's last lines (the cause)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:400] if lines else "(no output)"
+    return lines[-1][-400:] if lines else "(no output)"
 
 
 def build(row: Row, home: Path, root: Path) -> bool:
