@@ -26,7 +26,7 @@ MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "
 #: busybox applets the init and its helpers use. No getty, login, telnetd or httpd: nothing
 #: that could offer a shell to the network or the console.
 APPLETS = (
-    "awk", "cat", "echo", "env", "head", "ip", "kill", "ls", "mkdir", "mkfifo", "modprobe",
+    "awk", "cat", "chown", "echo", "env", "head", "ip", "kill", "ls", "mkdir", "mkfifo", "modprobe",
     "mount", "nc", "poweroff", "printf", "readlink", "sh", "sleep", "start-stop-daemon",
     "setpriv", "switch_root", "sync", "tee", "udhcpc", "umount", "uname",
 )

@@ -43,9 +43,13 @@ APP_PORT=8080
 set -- /usr/bin/awk '{APP_PROGRAM}' 'one arg' '$HOME' 'x=y'
 """
 STUBS = {
-    # mount: records its arguments; refuses `-o remount,ro /` when /fail-ro exists.
+    # mount: records its arguments; refuses `-o remount,ro /` when /fail-ro exists, and the
+    # overlay on /app (as a kernel without overlayfs does) when /fail-overlay exists.
     "usr/sbin/mount": '#!/bin/sh\necho "$*" >> /stub.log\n'
-                      '[ "$*" = "-o remount,ro /" ] && [ -e /fail-ro ] && exit 1\nexit 0\n',
+                      '[ "$*" = "-o remount,ro /" ] && [ -e /fail-ro ] && exit 1\n'
+                      '[ "$1 $2" = "-t overlay" ] && [ -e /fail-overlay ] && {\n'
+                      '    echo "mount: mounting overlay on /app failed: No such device" >&2\n'
+                      '    exit 1\n}\nexit 0\n',
     "usr/sbin/poweroff": '#!/bin/sh\necho "poweroff $*" >> /stub.log\n'
                          'exec /usr/bin/busybox poweroff -f -n\n',
     **{f"usr/sbin/{name}": "#!/bin/sh\nexit 1\n"
@@ -257,6 +261,80 @@ def test_a_root_that_stays_writable_powers_off_without_starting_the_app(guest: G
     assert booted.app_env is None and booted.exit_status is None
     assert booted.stub_log[-1] == "poweroff -f"
     assert not (guest.root / "tmp/app.args").exists()
+
+
+# -- a writable /app -------------------------------------------------------------------------------
+# The app runs in /app, which is writable (an overlay on a tmpfs) while the root stays read-only.
+# Here the mounts are real: the chroot's root is a bind mount of its own, which the init's
+# `remount,ro /` makes read-only for real (a bind remount: the host's file system is untouched);
+# /dev, /run and /tmp are bind mounts of their own, writable, as the guest's tmpfs are.
+
+REAL_MOUNT = """#!/bin/sh
+echo "$*" >> /run/stub.log
+for target; do :; done
+case "$*" in
+    "-o remount,ro /") exec /usr/bin/busybox mount -o remount,bind,ro / / ;;
+esac
+case "$target" in
+    /app | /run/imagebuilder/app-rw) exec /usr/bin/busybox mount "$@" ;;
+esac
+exit 0
+"""
+# The app does what HSQLDB's and ZooKeeper's default start does (a lock file in its working
+# directory), then tries the image's own file in /app and the root, and exits 7.
+WRITER_CONF = """IMAGE_NAME=writer
+IMAGE_VERSION=1.0.0
+APP_PORT=
+set -- /usr/bin/sh -c 'echo lock > test.lck && cat test.lck > /tmp/wrote-cwd
+{ echo x >> /app/app.jar; } 2> /tmp/jar.err
+{ echo x > /etc/new; } 2> /tmp/root.err
+exit 7'
+"""
+
+
+def _boot_with_real_mounts(guest: Guest) -> Booted:
+    root = guest.root
+    (root / "usr/sbin/mount").write_text(REAL_MOUNT)
+    (root / "usr/sbin/poweroff").write_text(
+        '#!/bin/sh\necho "poweroff $*" >> /run/stub.log\nexec /usr/bin/busybox poweroff -f -n\n')
+    (root / "etc/imagebuilder/app.conf").write_text(WRITER_CONF)
+    (root / "app/app.jar").write_text("the image's jar\n")
+    binds = "\n".join(f"mount --bind {root / d} {root / d}" for d in ("", "dev", "run", "tmp"))
+    script = f"set -e\n{binds}\nexec {CHROOT} {root} /init\n"
+    result = subprocess.run([*SANDBOX, "sh", "-c", script], capture_output=True, check=False,
+                            timeout=120, env={"PATH": os.environ["PATH"]})
+    console = (root / "dev/console").read_text(errors="replace")
+    return Booted(root, result.returncode, console + result.stderr.decode())
+
+
+def test_the_app_writes_in_its_directory_in_ram_on_a_read_only_root(guest: Guest) -> None:
+    booted = _boot_with_real_mounts(guest)
+    root = guest.root
+    assert booted.exit_status == 7, booted.console
+    assert "/app is writable, in RAM: its writes vanish at power-off" in booted.console
+    assert (root / "tmp/wrote-cwd").read_text() == "lock\n", booted.console
+    # The root stays read-only, and the image's files in /app keep their owner (root).
+    assert "Read-only file system" in (root / "tmp/root.err").read_text()
+    assert "Permission denied" in (root / "tmp/jar.err").read_text()
+    assert not (root / "etc/new").exists()
+    # The writes went to RAM, never to the image.
+    assert not (root / "app/test.lck").exists()
+    assert (root / "app/app.jar").read_text() == "the image's jar\n"
+    log = (root / "run/stub.log").read_text().splitlines()
+    mounts = [line for line in log if line.startswith(("-o remount", "-t overlay"))]
+    assert mounts == ["-o remount,ro /",
+                      "-t overlay -o nosuid,nodev,lowerdir=/app,upperdir=/run/imagebuilder/app-rw"
+                      "/upper,workdir=/run/imagebuilder/app-rw/work overlay /app"]
+
+
+def test_without_the_overlay_the_app_starts_on_a_read_only_app_directory(guest: Guest) -> None:
+    (guest.root / "fail-overlay").write_bytes(b"")
+    booted = guest.boot(b"IMAGEBUILDER_ENV=test\n")
+    assert ("/app stays read-only (the app cannot write its working directory): no RAM overlay"
+            " on it: mount: mounting overlay on /app failed: No such device") in booted.console
+    assert "/app is writable" not in booted.console
+    assert booted.exit_status == 7 and booted.app_env is not None
+    assert booted.stub_log[-1] == "poweroff -f"
 
 
 MEMINFO = "MemTotal:       {total} kB\nMemFree:        1000 kB\nMemAvailable:   {avail} kB\n"
