@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,16 @@ sys.path.insert(0, str(REPO))
 from benchdoc import cpu_model, write_section  # noqa: E402
 
 from imagebuilder.store import Store  # noqa: E402
-from tests.corpus import CORPUS, Answer, CorpusApp, differences, exchange, on_host, project  # noqa: E402
+from tests.corpus import (  # noqa: E402
+    CORPUS,
+    Answer,
+    CorpusApp,
+    ask,
+    differences,
+    exchange,
+    on_host,
+    project,
+)
 from tests.servers import free_port  # noqa: E402
 
 MiB = 1 << 20
@@ -94,6 +104,8 @@ def build(row: Row, home: Path, root: Path) -> bool:
 
 
 def in_image(row: Row, home: Path) -> list[Answer] | None:
+    if not row.app.remote:
+        return in_image_foreground(row, home)
     port = free_port()
     result = imagebuilder(home, "run", f"{row.app.name}:1.0.0", "--accel", "tcg", "-p",
                           f"127.0.0.1:{port}:{row.app.port}", "--wait", "--timeout", "600",
@@ -110,11 +122,43 @@ def in_image(row: Row, home: Path) -> list[Answer] | None:
         imagebuilder(home, "stop", out["id"])
 
 
+def in_image_foreground(row: Row, home: Path, timeout: float = 600) -> list[Answer] | None:
+    """For an app that denies remote clients (its healthcheck never answers 2xx to QEMU's
+    gateway, so ``--wait`` cannot tell it is up): ``run`` in the foreground, the requests sent
+    once the first one gets any HTTP answer, then Ctrl-C (SIGINT) stops the VM."""
+    port = free_port()
+    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
+    with open(home / f"run-{row.app.name}.log", "wb") as log:
+        proc = subprocess.Popen([EXE, "run", f"{row.app.name}:1.0.0", "--accel", "tcg", "-p",
+                                 f"127.0.0.1:{port}:{row.app.port}"], env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    base, start = f"http://127.0.0.1:{port}", time.monotonic()
+    try:
+        while time.monotonic() - start < timeout and proc.poll() is None:
+            try:
+                ask(base, row.app.requests[0], timeout=10)
+            except OSError:
+                time.sleep(0.5)
+                continue
+            row.image = f"{time.monotonic() - start:.1f} (any answer)"
+            return exchange(row.app, base)
+        row.image = "no answer"
+        row.notes.append(f"run (foreground): no HTTP answer; exit {proc.poll()}")
+        return None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def on_the_host(row: Row, cache: Path, root: Path, work: Path) -> list[Answer] | None:
     try:
         with on_host(row.app, cache, root, work) as run:
             row.host = f"{run.seconds:.1f}"
-            return exchange(row.app, run.url())
+            return exchange(row.app, run.url(), run.source)
     except RuntimeError as exc:
         row.host = "no answer"
         row.notes.append(f"host: {exc}")

@@ -27,11 +27,13 @@ lists its substitutions (JDK and OS versions, generated ids, session ids, Tomcat
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -109,6 +111,13 @@ class CorpusApp:
     args: tuple[str, ...] = ()
     """``[app] args``; ``{port}`` becomes the port of the run."""
     main: str | None = None
+    remote: bool = True
+    """Whether the app serves clients off loopback: False for one whose own policy denies them
+    (then no healthcheck sent from QEMU's gateway sees a 2xx, and ``run --wait`` cannot be
+    used)."""
+    packages: tuple[str, ...] = ()
+    """``[app] packages``: Debian packages that ship what the app names outside its directory
+    (what ``build``'s WARNING says to add)."""
     normalise: tuple[tuple[str, str], ...] = ()
     """(regex, replacement) applied to both bodies; kept minimal, each one explained below."""
 
@@ -344,50 +353,83 @@ HSQLDB = CorpusApp(
 )
 
 
-def _war_fetch(cache: Path, root: Path) -> None:
-    """Debian's Tomcat examples webapp packed as a war, as a user packs a webapp directory."""
-    war = root / "examples.war"
-    if war.exists():
-        return
-    webapp = debian_package(cache, "tomcat10-examples") / "usr/share/tomcat10-examples/examples"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = war.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(webapp.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(webapp).as_posix())
-    tmp.rename(war)
+def _war_from_debian(package: str, webapp: str, name: str) -> Callable[[Path, Path], None]:
+    """A webapp directory of Debian package ``package`` packed as the war ``name``, as a user
+    packs a webapp directory."""
+    def fetch(cache: Path, root: Path) -> None:
+        war = root / name
+        if war.exists():
+            return
+        source = debian_package(cache, package) / webapp
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = war.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(source.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(source).as_posix())
+        tmp.rename(war)
+    return fetch
 
 
-def _tomcat_host(cache: Path, copy: Path, port: int) -> HostCommand:
+def _tomcat(war: str) -> Callable[[Path, Path, int], HostCommand]:
     """``catalina.sh run`` with a CATALINA_BASE of Debian's stock conf (tomcat10's
-    /usr/share/tomcat10/etc) on ``port``, no shutdown port, and the war as ROOT.war."""
-    base = copy / "catalina-base"
-    conf = debian_package(cache, "tomcat10") / "usr/share/tomcat10/etc"
-    shutil.copytree(conf, base / "conf")
-    server = base / "conf/server.xml"
-    text = server.read_text().replace('port="8080"', f'port="{port}"')
-    server.write_text(text.replace('port="8005"', 'port="-1"'))
-    for sub in ("webapps", "logs", "temp", "work"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(copy / "examples.war", base / "webapps/ROOT.war")
-    return HostCommand([str(CATALINA_HOME / "bin/catalina.sh"), "run"], copy,
-                       {"CATALINA_HOME": str(CATALINA_HOME), "CATALINA_BASE": str(base)})
+    /usr/share/tomcat10/etc) on ``port``, no shutdown port, and ``war`` as ROOT.war."""
+    def command(cache: Path, copy: Path, port: int) -> HostCommand:
+        base = copy / "catalina-base"
+        conf = debian_package(cache, "tomcat10") / "usr/share/tomcat10/etc"
+        shutil.copytree(conf, base / "conf")
+        server = base / "conf/server.xml"
+        text = server.read_text().replace('port="8080"', f'port="{port}"')
+        server.write_text(text.replace('port="8005"', 'port="-1"'))
+        for sub in ("webapps", "logs", "temp", "work"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(copy / war, base / "webapps/ROOT.war")
+        return HostCommand([str(CATALINA_HOME / "bin/catalina.sh"), "run"], copy,
+                           {"CATALINA_HOME": str(CATALINA_HOME), "CATALINA_BASE": str(base)})
+    return command
 
+
+TOMCAT_DOC = ("https://tomcat.apache.org/tomcat-10.1-doc/RUNNING.txt (catalina.sh run) and "
+              "https://tomcat.apache.org/tomcat-10.1-doc/deployer-howto.html (ROOT.war)")
 
 TOMCAT_EXAMPLES = CorpusApp(
     name="corpus-examples", shape="war",
     source="Debian bookworm tomcat10-examples (apt-get download), packed as a war",
-    doc="https://tomcat.apache.org/tomcat-10.1-doc/RUNNING.txt (catalina.sh run) and "
-        "https://tomcat.apache.org/tomcat-10.1-doc/deployer-howto.html (ROOT.war)",
-    path="examples.war", port=8080, healthcheck="/",
-    fetch=_war_fetch, host=_tomcat_host,
+    doc=TOMCAT_DOC, path="examples.war", port=8080, healthcheck="/",
+    fetch=_war_from_debian("tomcat10-examples", "usr/share/tomcat10-examples/examples",
+                           "examples.war"),
+    host=_tomcat("examples.war"),
     requests=(Request("GET", "/servlets/servlet/HelloWorldExample"),
               Request("GET", "/servlets/servlet/RequestParamExample?firstname=Ada&lastname=L"),
               Request("GET", "/jsp/jsp2/el/basic-arithmetic.jsp"),
               Request("GET", "/nothere")),
     normalise=(TOMCAT_VERSION,),  # the image's Tomcat is trixie's 10.1, the host's bookworm's
+    remote=False,  # META-INF/context.xml: RemoteCIDRValve allow="127.0.0.0/8,::1/128"
 )
+
+TOMCAT_ROOT = CorpusApp(
+    name="corpus-tomcat-root", shape="war",
+    source="Debian bookworm tomcat10's default ROOT webapp (apt-get download), packed as a war",
+    doc=TOMCAT_DOC, path="root.war", port=8080, healthcheck="/",
+    fetch=_war_from_debian("tomcat10", "usr/share/tomcat10-root/default_root", "root.war"),
+    host=_tomcat("root.war"),
+    requests=(Request("GET", "/"),
+              Request("HEAD", "/index.html"),
+              Request("GET", "/nothere")),
+    normalise=(TOMCAT_VERSION,),
+)
+"""A war that lets remote clients in (its context.xml has no valve; the examples' and the docs'
+webapps admit only 127.0.0.0/8), so the war shape is seen serving."""
+
+JYTHON_PACKAGES = (
+    "libservlet-api-java", "libantlr3-runtime-java", "libstringtemplate4-java", "libasm-java",
+    "libcommons-compress-java", "libguava-java", "libicu4j-java", "libjffi-java",
+    "libjnr-constants-java", "libjnr-ffi-java", "libjnr-netdb-java", "libjnr-posix-java",
+    "libjline2-java", "libnetty-java", "libjaxb-api-java")
+"""The packages that ship the jars Jython's ``Class-Path`` names (``dpkg -S``), as ``build``'s
+WARNING says to add them. Not ``antlr3`` (the ANTLR tool, whose ``antlr3.jar`` Jython does not
+load at run time): it depends on ``default-jre-headless``. The MariaDB and PostgreSQL drivers it
+names are not installed on the host either."""
 
 JYTHON = CorpusApp(
     name="corpus-jython", shape="jar",
@@ -402,10 +444,11 @@ JYTHON = CorpusApp(
     host=_java("-jar", "jython.jar", "-m", "SimpleHTTPServer", "{port}"),
     requests=(Request("HEAD", "/jython.jar"),
               Request("GET", "/nothere")),
+    packages=JYTHON_PACKAGES,
 )
 
 CORPUS: tuple[CorpusApp, ...] = (WIREMOCK, SELENIUM, VNU, ZOOKEEPER, H2, HSQLDB, TOMCAT_EXAMPLES,
-                                 JYTHON)
+                                 TOMCAT_ROOT, JYTHON)
 BY_NAME = {app.name: app for app in CORPUS}
 
 
@@ -421,6 +464,8 @@ def project(app: CorpusApp, cache: Path, root: Path) -> Path:
         lines.append(f"args = {json.dumps(app.app_args(app.port))}")
     if app.main:
         lines.append(f"main = {json.dumps(app.main)}")
+    if app.packages:
+        lines.append(f"packages = {json.dumps(list(app.packages))}")
     (root / "imagebuilder.toml").write_text("\n".join(lines) + "\n")
     return root
 
@@ -432,16 +477,46 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class _From(urllib.request.HTTPHandler):
+    """Connections from ``source``, one of this host's addresses, instead of the one the route
+    picks (loopback for 127.0.0.1)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(http.client.HTTPConnection, req,  # type: ignore[arg-type]
+                            source_address=(self.source, 0))
 
 
-def ask(base: str, request: Request, timeout: float = 120) -> tuple[int, str, bytes]:
-    """(status, content type, body) of ``request`` sent to ``base``; redirects not followed."""
+def remote_address() -> str:
+    """A non-loopback IPv4 address of this host. The host run's requests come from it, as in
+    the image they come from QEMU's user-network gateway (10.0.2.2), never from loopback: an
+    app's own policy for remote clients (Tomcat's examples admit only 127.0.0.0/8) then judges
+    both runs alike. The address the route to a non-local network leaves from; no packet is
+    sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.254", 9))
+            address: str = s.getsockname()[0]
+        except OSError as error:
+            raise RuntimeError(f"this host has no route off loopback: {error}") from error
+    if address.startswith("127."):
+        raise RuntimeError("this host has no non-loopback IPv4 address")
+    return address
+
+
+def ask(base: str, request: Request, timeout: float = 120,
+        source: str | None = None) -> tuple[int, str, bytes]:
+    """(status, content type, body) of ``request`` sent to ``base`` (from ``source``, one of
+    this host's addresses, if given); redirects not followed."""
     headers = {"Content-Type": request.content_type} if request.content_type else {}
     req = urllib.request.Request(base + request.path, data=request.body, method=request.method,
                                  headers=headers)
+    opener = urllib.request.build_opener(_NoRedirect, *([_From(source)] if source else []))
     try:
-        with _OPENER.open(req, timeout=timeout) as response:
+        with opener.open(req, timeout=timeout) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers.get("Content-Type", ""), error.read()
@@ -457,9 +532,10 @@ def answer(app: CorpusApp, status: int, content_type: str, body: bytes) -> Answe
     return Answer(status, content_type, text)
 
 
-def exchange(app: CorpusApp, base: str) -> list[Answer]:
-    """The app's requests sent in order to ``base`` (``http://127.0.0.1:PORT``)."""
-    return [answer(app, *ask(base, r)) for r in app.requests]
+def exchange(app: CorpusApp, base: str, source: str | None = None) -> list[Answer]:
+    """The app's requests sent in order to ``base`` (``http://127.0.0.1:PORT``), from
+    ``source`` if given (see :func:`remote_address`)."""
+    return [answer(app, *ask(base, r, source=source)) for r in app.requests]
 
 
 def first_answer(url: str, alive: Callable[[], bool], timeout: float) -> float:
@@ -485,6 +561,8 @@ class HostRun:
     seconds: float
     """Time from starting the documented command to the healthcheck's first 2xx."""
     log: Path
+    source: str
+    """Where to send the requests from (:func:`remote_address`): not loopback, as in the image."""
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -511,7 +589,7 @@ def on_host(app: CorpusApp, cache: Path, root: Path, work: Path,
     try:
         first_answer(f"http://127.0.0.1:{port}{app.healthcheck}",
                      lambda: proc.poll() is None, timeout)
-        yield HostRun(port, time.monotonic() - start, log)
+        yield HostRun(port, time.monotonic() - start, log, remote_address())
     finally:
         _stop(proc)
 

@@ -1,27 +1,32 @@
 """End to end, issue 17: a corpus of real published Java server apps (tests/corpus.py) that
 nobody here wrote, in every shape: executable jars (WireMock, Selenium, the Nu Html Checker),
 jars run with a documented main class (H2's and HSQLDB's web servers), an app directory
-(ZooKeeper's ``lib/`` layout), a war (Tomcat's examples webapp) and a jar whose libraries are
-named by its ``Class-Path`` (Jython).
+(ZooKeeper's ``lib/`` layout), wars (Tomcat's examples webapp, Debian's default ROOT webapp) and
+a jar whose libraries are named by absolute ``Class-Path`` entries (Jython, with the Debian
+packages that ship them in ``[app] packages``, as ``build``'s warning says).
 
 Sources: the npm registry (``npm pack NAME@VERSION`` in the pytest cache's ``corpus-inputs``),
 Debian packages fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x`` into the same
-cache (libh2-java, libhsqldb-java, tomcat10-examples, tomcat10 for its stock conf), and Debian
-packages that scripts/setup.sh installs because the host run needs their libraries in
-/usr/share/java (jython, libzookeeper-java) or Tomcat itself (tomcat10-common, libtomcat10-java).
+cache (libh2-java, libhsqldb-java, tomcat10-examples, tomcat10 for its stock conf and ROOT
+webapp), and Debian packages that scripts/setup.sh installs because the host run needs their
+libraries in /usr/share/java (jython, libzookeeper-java) or Tomcat itself (tomcat10-common,
+libtomcat10-java).
 
 Every app is built the way a user would (an imagebuilder.toml with ``[app]`` path, port,
-healthcheck, args and the documented main class, nothing more) into one IMAGEBUILDER_HOME (the
-module's ``home``), so the base, kernel and JDK are made once. Three, the most varied of those
-that can answer the same, are also booted (``run --accel tcg -p HOST:GUEST``, run's defaults
-otherwise) next to a run on the host as their documentation says, and must answer the same
-requests the same way: the app directory (ZooKeeper's Jetty 9 AdminServer), H2's console (a
-Debian jar whose absolute ``Class-Path`` entries are left out, run with its documented main
-class) and Selenium 3 (an executable jar of 2018). bench/corpus.py boots them all; there the
-examples war answers 403: its own ``META-INF/context.xml`` lets only 127.0.0.0/8 in, and under
-``run`` every request comes from QEMU's user-network gateway (10.0.2.2). HSQLDB's WebServer
-opens its default database ``file:test`` in the working directory, which is not writable in
-the image, and exits.
+healthcheck, args, the documented main class and, for Jython, packages) into one
+IMAGEBUILDER_HOME (the module's ``home``), so the base, kernel, JDK and Tomcat are made once.
+Three are also booted (``run --accel tcg -p HOST:GUEST``, run's defaults otherwise) next to a
+run on the host as their documentation says, and must answer the same requests the same way;
+the host run's requests come from a non-loopback address of the host, as the image's come from
+QEMU's gateway (10.0.2.2). The booted three are the shapes no other module boots, with cheap
+builds: H2's console (a Debian jar run with its documented main class, its absolute
+``Class-Path`` entries left out), the war (Debian's ROOT webapp: the examples' own
+``META-INF/context.xml`` admits only 127.0.0.0/8, so they answer 403 to any remote client, on
+the host too, which :func:`test_examples_deny_remote_clients_on_the_host_too` shows without a
+boot) and Jython (a packages layer the app needs). Executable jars and app directories boot in
+tests/e2e/test_apps.py and test_aot.py; bench/corpus.py boots the whole corpus. HSQLDB's
+WebServer opens its default database ``file:test`` in the working directory, which is not
+writable in the image, and exits.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ import pytest
 from tests.corpus import (
     CORPUS,
     H2,
-    SELENIUM,
-    ZOOKEEPER,
+    JYTHON,
+    TOMCAT_EXAMPLES,
+    TOMCAT_ROOT,
     CorpusApp,
     differences,
     exchange,
@@ -49,7 +55,10 @@ from .conftest import Cli, free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 BOOT_TIMEOUT = "600"
-BOOTED = (SELENIUM, ZOOKEEPER, H2)
+BOOTED = (H2, TOMCAT_ROOT, JYTHON)
+"""Booted first, each right after its own build: a boot runs one QEMU thread, so it overlaps
+the other xdist worker's work, and the builds after it reuse the base, kernel and JDK."""
+BUILT = (*BOOTED, *(a for a in CORPUS if a not in BOOTED))
 
 NEEDS = ("npm", "apt-get", "dpkg-deb")
 INSTALLED = (Path("/usr/share/java/jython-2.7.3.jar"), Path("/usr/share/java/zookeeper.jar"),
@@ -90,21 +99,12 @@ def _built(home: Cli, cache: Path, projects: Path, app: CorpusApp) -> Path:
     return root
 
 
-@pytest.mark.parametrize("app", [_param(a) for a in CORPUS])
-def test_builds_as_the_shape_it_is(home: Cli, cache: Path, projects: Path,
-                                   app: CorpusApp) -> None:
-    _built(home, cache, projects, app)
-    info = home.json("inspect", f"{app.name}:1.0.0")
-    assert isinstance(info, dict)
-    assert info["config"]["app"]["shape"] == app.shape
-
-
 @pytest.mark.parametrize("app", [_param(a) for a in BOOTED])
 def test_answers_in_the_image_as_on_the_host(home: Cli, cache: Path, projects: Path,
                                              tmp_path: Path, app: CorpusApp) -> None:
     root = _built(home, cache, projects, app)
     with on_host(app, cache, root, tmp_path) as host:
-        on_the_host = exchange(app, host.url())
+        on_the_host = exchange(app, host.url(), host.source)
     port = free_port()
     out = home("run", f"{app.name}:1.0.0", "--accel", "tcg", "-p", f"127.0.0.1:{port}:{app.port}",
                "--wait", "--timeout", BOOT_TIMEOUT, "--json", timeout=900)
@@ -114,3 +114,24 @@ def test_answers_in_the_image_as_on_the_host(home: Cli, cache: Path, projects: P
     finally:
         home("stop", vm_id, check=False)
     assert differences(on_the_host, in_the_image, app) == []
+
+
+@pytest.mark.parametrize("app", [_param(a) for a in BUILT])
+def test_builds_as_the_shape_it_is(home: Cli, cache: Path, projects: Path,
+                                   app: CorpusApp) -> None:
+    _built(home, cache, projects, app)
+    info = home.json("inspect", f"{app.name}:1.0.0")
+    assert isinstance(info, dict)
+    assert info["config"]["app"]["shape"] == app.shape
+
+
+def test_examples_deny_remote_clients_on_the_host_too(cache: Path, projects: Path,
+                                                      tmp_path: Path) -> None:
+    """The examples war's own valve answers a client off loopback 403 on the host as in the
+    image (bench/corpus.py boots it): the app's policy, not a difference of the image."""
+    app = TOMCAT_EXAMPLES
+    root = project(app, cache, projects / f"host-{app.name}")
+    with on_host(app, cache, root, tmp_path) as host:
+        answers = exchange(app, host.url(), host.source)
+    assert [a.status for a in answers] == [403] * len(app.requests)
+    assert all("403 Access Denied" in a.body for a in answers)
