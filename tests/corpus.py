@@ -425,9 +425,11 @@ JYTHON_PACKAGES = (
     "libservlet-api-java", "libantlr3-runtime-java", "libstringtemplate4-java", "libasm-java",
     "libcommons-compress-java", "libguava-java", "libicu4j-java", "libjffi-java",
     "libjnr-constants-java", "libjnr-ffi-java", "libjnr-netdb-java", "libjnr-posix-java",
-    "libjline2-java", "libnetty-java", "libjaxb-api-java")
+    "libjline2-java", "libnetty-java", "libjaxb-api-java", "media-types")
 """The packages that ship the jars Jython's ``Class-Path`` names (``dpkg -S``), as ``build``'s
-WARNING says to add them. Not ``antlr3`` (the ANTLR tool, whose ``antlr3.jar`` Jython does not
+WARNING says to add them, and ``media-types``: the host's /etc/mime.types, where Python's
+``mimetypes`` finds a jar's type (``application/java-archive``; without it
+``application/octet-stream``). Not ``antlr3`` (the ANTLR tool, whose ``antlr3.jar`` Jython does not
 load at run time): it depends on ``default-jre-headless``. The MariaDB and PostgreSQL drivers it
 names are not installed on the host either."""
 
