@@ -12,7 +12,11 @@ corpus (tests/e2e/test_corpus.py); this boots them all, one at a time, and recor
 * time to first answer in the image: ``run --accel tcg --wait``'s seconds from starting QEMU to
   the healthcheck's first 2xx (run's defaults: the JVM's own JIT tiers since 55bfd68);
 * time to first answer on the host: from starting the documented command (Debian's JDK 17) to
-  the healthcheck's first 2xx;
+  the healthcheck's first 2xx; the compared requests are sent from a non-loopback address of
+  the host, as the image's come from QEMU's gateway (10.0.2.2), so an app's own policy for
+  remote clients judges both alike (the examples war answers 403 on both sides; booted in the
+  foreground, since its healthcheck never answers 2xx to the gateway: see
+  :func:`in_image_foreground`);
 * whether the answers matched (status, content type, normalised body); what differed otherwise.
 
 Results replace the part of docs/benchmarks.md between ``<!-- corpus:start -->`` and
