@@ -68,6 +68,8 @@ def test_run_wait_serves_http_with_injected_env_as_unprivileged_user_on_ro_root(
     # The disk's root: the layers' EROFS partitions stacked by overlayfs, in 128 MiB.
     assert "root: EROFS layers base=vda2 jvm=vda3 app=vda4 mounted and stacked read-only" \
         in console, console
+    # /app an overlay on a tmpfs, on that overlay of EROFS layers (overlayfs's deepest stack).
+    assert "/app is writable, in RAM: its writes vanish at power-off" in console, console
     assert "MemTotal" in console and "FATAL" not in console
     cli("stop", started["id"])
     vms.remove(started["id"])
