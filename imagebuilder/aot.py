@@ -207,7 +207,9 @@ def run_app(root: Path, argv: Sequence[str], env: Mapping[str, str], *, url: str
     is no url, at most ``timeout`` seconds; then stop it with SIGTERM, and SIGKILL after the
     grace ``stop`` (see :func:`grace`)."""
     check_host()
-    for rel in (WORK_DIR, ARCHIVE_DIR):  # the only ones the app may write, with /tmp
+    # The only directories the app may write, with /tmp: its own (writable in the guest too, in
+    # RAM), the archive's and the run's log's.
+    for rel in (GUEST_DIR.strip("/"), WORK_DIR, ARCHIVE_DIR):
         sandbox.writable(root, rel)
     start = time.monotonic()
     done = sandbox.run(root, _plan(argv, env, url, seconds, timeout, stop), uid=APP_UID,

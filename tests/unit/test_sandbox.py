@@ -195,6 +195,21 @@ def test_a_huge_log_is_read_capped(root: Path) -> None:
                             "words"), message[-600:]
 
 
+def test_the_app_writes_in_its_directory_as_in_the_guest(root: Path) -> None:
+    """HSQLDB's documented start makes its database in the working directory: /app is writable
+    in the training run as it is in the guest (a RAM overlay there), the image's files in it
+    are not (with a root builder; an unprivileged builder owns the whole root)."""
+    (root / "app/app.jar").write_text("the image's jar")
+    app = _app(root, "writer", "echo locked > /app/test.lck || exit 4\n"
+                               "echo changed >> /app/app.jar 2>/dev/null\n"
+                               f"trap 'echo archive > /{aot.archive_path(21)}; exit 0' TERM\n"
+                               f"{SERVE}while :; do sleep 0.1; done\n")
+    _train(root, app)
+    assert (root / "app/test.lck").read_text() == "locked\n"
+    if os.geteuid() == 0:
+        assert (root / "app/app.jar").read_text() == "the image's jar"
+
+
 def test_escape_sequences_in_the_log_reach_no_terminal(root: Path) -> None:
     """A clipboard write (OSC 52) and a line rewritten into a fake success (CSI 2K, CR) are
     quoted as visible escapes, in the error and in the line the command line prints."""
