@@ -24,9 +24,7 @@ builds: H2's console (a Debian jar run with its documented main class, its absol
 ``META-INF/context.xml`` admits only 127.0.0.0/8, so they answer 403 to any remote client, on
 the host too, which :func:`test_examples_deny_remote_clients_on_the_host_too` shows without a
 boot) and Jython (a packages layer the app needs). Executable jars and app directories boot in
-tests/e2e/test_apps.py and test_aot.py; bench/corpus.py boots the whole corpus. HSQLDB's
-WebServer opens its default database ``file:test`` in the working directory, which is not
-writable in the image, and exits.
+tests/e2e/test_apps.py and test_aot.py; bench/corpus.py boots the whole corpus.
 """
 
 from __future__ import annotations
