@@ -59,7 +59,12 @@ def test_a_jakarta_war_runs_on_catalina_bootstrap(wars: dict[str, Path], tmp_pat
     host = server.find("Service/Engine/Host")
     assert host is not None and host.get("appBase") == "/app/webapps"
     assert host.get("unpackWARs") == "false" and host.get("workDir", "").startswith("/tmp/")
-    ET.fromstring(conf["tomcat/conf/web.xml"] or b"")
+    web = ET.fromstring(conf["tomcat/conf/web.xml"] or b"")
+    ns = "{https://jakarta.ee/xml/ns/jakartaee}"
+    # Tomcat's own conf/web.xml sets both; without them its error pages were ISO-8859-1 in the
+    # image and UTF-8 on the host (the corpus's examples war).
+    assert [web.findtext(f"{ns}{k}-character-encoding") for k in ("request", "response")] == [
+        "UTF-8", "UTF-8"]
     labels = [s.label for s in full.classpath]
     assert any(label.endswith("bin/bootstrap.jar") for label in labels)
     assert any(label.endswith("lib/catalina.jar") for label in labels)
