@@ -27,14 +27,12 @@ import os
 import re
 import secrets
 import shutil
-import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .blobs import NotRegularError, digest_regular, read_regular
-from .errors import UserError
-from .fsutil import dir_lock, fsync_dir
+from .fsutil import dir_lock, fsync_dir, refuse_links
 from .hashing import MultiHasher
 from .keys import key_of
 from .scratch import owned, remove_stale
@@ -79,14 +77,7 @@ class Cache:
     def refuse_links(self) -> None:
         """UserError if ``stages`` or ``tmp`` is a symbolic link: nothing that deletes or reads
         entries may be led out of the cache."""
-        for path in (self.stages_dir, self.tmp_dir):
-            try:
-                is_link = stat.S_ISLNK(os.lstat(path).st_mode)
-            except FileNotFoundError:
-                continue
-            if is_link:
-                raise UserError(f"{path} is a symbolic link: imagebuilder does not follow links "
-                                "out of its cache; put the real directory there")
+        refuse_links((self.stages_dir, self.tmp_dir), "its cache")
 
     # --- lookup -----------------------------------------------------------------------------
 

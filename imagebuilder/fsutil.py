@@ -11,7 +11,8 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 
 from .errors import HostError, UserError
 
@@ -120,6 +121,19 @@ def atomic_output(dest: Path | str, *, sync: bool = True) -> Iterator[int]:
         if not done:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def refuse_links(paths: Iterable[Path | str], what: str) -> None:
+    """UserError if one of ``paths`` (those that exist) is a symbolic link: nothing that deletes
+    or reads entries of ``what`` (its store, its cache) may be led out of it."""
+    for path in paths:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
+            raise UserError(f"{path} is a symbolic link: imagebuilder does not follow links "
+                            f"out of {what}; put the real directory (or file) there")
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW

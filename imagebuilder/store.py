@@ -30,7 +30,6 @@ import os
 import re
 import secrets
 import shutil
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 
 from . import blobs
 from .errors import DamagedError, ImageBuilderError, UserError
-from .fsutil import dir_lock, fsync_dir
+from .fsutil import dir_lock, fsync_dir, refuse_links
 from .oci import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -139,14 +138,8 @@ class Store:
     def _refuse_links(self) -> None:
         """UserError if a directory (or the index) of the store is a symbolic link: nothing
         that deletes or reads blobs may be led out of the store."""
-        for path in (self.root / "blobs", self.blobs_dir, self.tmp_dir, self.index_path):
-            try:
-                is_link = stat.S_ISLNK(os.lstat(path).st_mode)
-            except FileNotFoundError:
-                continue
-            if is_link:
-                raise UserError(f"{path} is a symbolic link: imagebuilder does not follow links "
-                                "out of its store; put the real directory (or file) there")
+        refuse_links((self.root / "blobs", self.blobs_dir, self.tmp_dir, self.index_path),
+                     "its store")
 
     @contextlib.contextmanager
     def _tmp_path(self) -> Iterator[Path]:

@@ -141,7 +141,8 @@ def test_a_cache_whose_directories_are_links_is_refused(tmp_path: Path, link: st
                           env={**os.environ, "IMAGEBUILDER_HOME": str(home)})
     assert done.returncode == 2, done.stdout
     assert done.stderr == (f"ERROR: {cache.root / link} is a symbolic link: imagebuilder does "
-                           "not follow links out of its cache; put the real directory there\n")
+                           "not follow links out of its cache; put the real directory (or file) "
+                           "there\n")
     with pytest.raises(UserError, match="is a symbolic link"):
         cache.lookup("ab" * 16)
     assert sorted(p.name for p in elsewhere.rglob("*")) == before
