@@ -8,8 +8,6 @@ SIGTERM stops it, as the JVM does. And the console line the init's filter
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -18,10 +16,8 @@ import pytest
 
 from imagebuilder import aot
 from imagebuilder.apps.shape import File, Shape
-from imagebuilder.errors import HostError
 from imagebuilder.resources import data_dir
-
-BUSYBOX = shutil.which("busybox")
+from tests.unit.sandbox_fixture import BUSYBOX, busybox_root
 
 APP = """#!/bin/sh
 out=${1#*=}
@@ -43,24 +39,7 @@ NO_ARCHIVE = "#!/bin/sh\ntrap 'exit 0' TERM\nbusybox httpd -f -p 127.0.0.1:$PORT
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    if BUSYBOX is None:
-        pytest.skip("needs busybox (busybox-static)")
-    try:
-        aot.check_host()
-    except HostError as exc:
-        pytest.skip(str(exc))
-    root = tmp_path / "root"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin/busybox")
-    for applet in subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
-                                 check=True).stdout.split():
-        if applet != "busybox":
-            os.symlink("busybox", root / "bin" / applet)
-    (root / aot.BASE_ARCHIVE).parent.mkdir(parents=True)
-    (root / aot.BASE_ARCHIVE).write_bytes(b"the runtime's own CDS archive")
-    (root / "www").mkdir()
-    (root / "www/index.html").write_text("up\n")
-    (root / "app").mkdir()
+    root = busybox_root(tmp_path / "root")
     for name, text in (("run", APP), ("fails", FAILS), ("silent", SILENT),
                        ("no-archive", NO_ARCHIVE)):
         (root / "app" / name).write_text(text)

@@ -23,8 +23,8 @@ import pytest
 from imagebuilder import aot, sandbox
 from imagebuilder.errors import HostError
 from imagebuilder.layers.base import APP_UID
+from tests.unit.sandbox_fixture import busybox_root
 
-BUSYBOX = shutil.which("busybox")
 GCC = shutil.which("gcc")
 ESCAPE_C = Path(__file__).with_name("sandbox_escape") / "escape.c"
 SECRET = "host secret: root:$6$not-for-the-app"
@@ -32,22 +32,8 @@ LOG = ".imagebuilder/app.log"
 
 
 def _busybox_root(root: Path) -> Path:
-    if BUSYBOX is None:
-        pytest.skip("needs busybox (busybox-static)")
-    try:
-        aot.check_host()
-    except HostError as exc:
-        pytest.skip(str(exc))
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin/busybox")
-    for applet in ("sh", "sleep", "cat", "ln", "rm", "head", "mkfifo", "echo", "httpd", "yes"):
-        os.symlink("busybox", root / "bin" / applet)
-    (root / "app").mkdir()
-    (root / "www").mkdir()
-    (root / "www/index.html").write_text("up\n")
-    (root / aot.BASE_ARCHIVE).parent.mkdir(parents=True)
-    (root / aot.BASE_ARCHIVE).write_bytes(b"the runtime's own CDS archive")
-    return root
+    return busybox_root(root, ("sh", "sleep", "cat", "ln", "rm", "head", "mkfifo", "echo",
+                               "httpd", "yes"))
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +130,8 @@ def root(tmp_path: Path) -> Path:
 
 def _train(root: Path, app: str, **kwargs: object) -> tuple[Path, aot.Outcome]:
     options = {"url": "http://127.0.0.1:8080/", "seconds": 0, "timeout": 30, **kwargs}
-    return aot.train(root, [app], aot.guest_env(8080, {}, None), 21,  # type: ignore[arg-type]
-                     **options)
+    env = aot.guest_env(8080, {}, None)
+    return aot.train(root, [app], env, 21, **options)  # type: ignore[arg-type]
 
 
 SERVE = "busybox httpd -f -p 127.0.0.1:$PORT -h /www &\n"
