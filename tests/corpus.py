@@ -120,6 +120,10 @@ class CorpusApp:
     (what ``build``'s WARNING says to add)."""
     normalise: tuple[tuple[str, str], ...] = ()
     """(regex, replacement) applied to both bodies; kept minimal, each one explained below."""
+    ready: Callable[[Answer], bool] | None = None
+    """Whether the app is ready for :attr:`requests`, judged from its healthcheck's answer, for
+    an app whose healthcheck answers 2xx before it serves (ZooKeeper's AdminServer answers
+    ``ruok`` while its server is still starting). :func:`exchange` waits for it on both runs."""
 
     def app_args(self, port: int) -> list[str]:
         return [a.replace("{port}", str(port)) for a in self.args]
@@ -319,6 +323,9 @@ ZOOKEEPER = CorpusApp(
     requests=(Request("GET", "/commands/ruok"),
               Request("GET", "/commands/is_read_only"),
               Request("GET", "/commands/no_such_command")),
+    # until the server runs, every command answers {"error": "This ZooKeeper instance is not
+    # currently serving requests", ...} with 200
+    ready=lambda a: a.status == 200 and json.loads(a.body).get("error") is None,
 )
 
 H2_JAR = "h2-2.1.214.jar"
@@ -534,9 +541,18 @@ def answer(app: CorpusApp, status: int, content_type: str, body: bytes) -> Answe
     return Answer(status, content_type, text)
 
 
-def exchange(app: CorpusApp, base: str, source: str | None = None) -> list[Answer]:
+def exchange(app: CorpusApp, base: str, source: str | None = None,
+             timeout: float = 300) -> list[Answer]:
     """The app's requests sent in order to ``base`` (``http://127.0.0.1:PORT``), from
-    ``source`` if given (see :func:`remote_address`)."""
+    ``source`` if given (see :func:`remote_address`), once the app is :attr:`~CorpusApp.ready`
+    (RuntimeError if it is not within ``timeout`` seconds)."""
+    if app.ready is not None:
+        healthcheck = Request("GET", app.healthcheck)
+        deadline = time.monotonic() + timeout
+        while not app.ready(seen := answer(app, *ask(base, healthcheck, source=source))):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{app.name} not ready within {timeout:.0f} s: {seen}")
+            time.sleep(0.5)
     return [answer(app, *ask(base, r, source=source)) for r in app.requests]
 
 
