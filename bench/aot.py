@@ -5,7 +5,7 @@ without).
 
 Why: on the host, most of a Java server's start is the JVM loading, verifying and linking
 classes; under emulation every one of those instructions is slower still. A training run at
-build time (imagebuilder/aot.py) leaves an archive the guest maps instead. Measured:
+build time (imagebuilder/layers/aot.py) leaves an archive the guest maps instead. Measured:
 
 * ``run --accel tcg --wait --json`` (the default boot path) of each image, --runs times,
   interleaved (app x JDK x with/without), each VM stopped before the next: the host's time from

@@ -54,7 +54,7 @@ from imagebuilder.apps import modules  # noqa: E402
 from imagebuilder.apps.archive import Budget  # noqa: E402
 from imagebuilder.apps.detect import detect  # noqa: E402
 from imagebuilder.apps.scan import scan  # noqa: E402
-from imagebuilder.store import Store  # noqa: E402
+from imagebuilder.store.layout import Store  # noqa: E402
 from tests.e2e.registry_fixture import start_registry  # noqa: E402
 from tests.java_apps import JACKSON, ShopBuild, fetch_wiremock  # noqa: E402
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """AWS publish benchmark: the EBS direct APIs path against moto_server on 127.0.0.1.
 
-Why: imagebuilder/targets/ebs.py promises that (1) only the blocks holding data are sent, so a
+Why: imagebuilder/targets/aws/ebs.py promises that (1) only the blocks holding data are sent, so a
 2 GiB disk with little data costs about its data, not 2 GiB as with a whole-disk uploader (S3 +
 ImportSnapshot, or a dd-style upload); (2) many blocks are in flight at once; (3) memory is
 bounded by the blocks in flight, whatever the disk's size.
@@ -62,10 +62,10 @@ def _rss_mib() -> float:
 def child(disk_path: str, ref: str | None, workers: int) -> None:
     """Publish one disk; print a JSON line of statistics."""
     from imagebuilder.disk.model import Disk
-    from imagebuilder.targets import aws
+    from imagebuilder.targets.aws import publish as aws
     if ref:
-        from imagebuilder.export import BootSource, bootable, disk_digest
-        from imagebuilder.home import Home
+        from imagebuilder.formats.export import BootSource, bootable, disk_digest
+        from imagebuilder.store.home import Home
         home = Home()
         image = home.store.resolve(ref)
         disk = bootable(home.cache, BootSource.of_image(home.store, image))

@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from benchdoc import cpu_model, write_section  # noqa: E402
 
-from imagebuilder.store import Store  # noqa: E402
+from imagebuilder.store.layout import Store  # noqa: E402
 from tests.corpus import (  # noqa: E402
     CORPUS,
     Answer,

@@ -4,7 +4,7 @@
 Why: ``flash`` promises to write only the data of a disk image, verified, at least as fast as
 bmaptool (the peer that does the same job) and in flat memory whatever the disk's size. Two
 sparse raw images are built in --dir, each with its block map (written by
-``imagebuilder.bmap.write_raw_with_bmap``, which ``bmaptool copy`` finds beside the image):
+``imagebuilder.formats.bmap.write_raw_with_bmap``, which ``bmaptool copy`` finds beside the image):
 
 1. "2 GiB": 384 MiB of data (random bytes and text, some explicit zero blocks) in 24 pieces
    separated by holes;
@@ -73,8 +73,8 @@ def log(message: str) -> None:
 
 def build_image(path: Path, size: int, pieces: int, piece: int) -> None:
     """A sparse raw image of ``size`` with ``pieces`` data pieces spread evenly, and its bmap."""
-    from imagebuilder.bmap import write_raw_with_bmap
     from imagebuilder.disk.model import Disk
+    from imagebuilder.formats.bmap import write_raw_with_bmap
 
     text = b"".join(p.read_bytes() for p in sorted((REPO / "imagebuilder").rglob("*.py")))
     src = path.with_suffix(".src")
@@ -140,7 +140,7 @@ def read_back_seconds(target: Path) -> float:
     import mmap
     import threading
 
-    from imagebuilder.sparse import data_extents
+    from imagebuilder.hashing.sparse import data_extents
 
     fd = os.open(target, os.O_RDONLY | os.O_DIRECT)
     try:
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raw = work / f"{label.split()[0].lower()}.raw"
             log(f"building {label} image")
             build_image(raw, size, pieces, piece)
-            from imagebuilder.bmap import read_bmap
+            from imagebuilder.formats.bmap import read_bmap
 
             mapped = read_bmap(raw.with_name(raw.name + ".bmap")).mapped_blocks * 4096
             images.append((label, raw, mapped))

@@ -289,7 +289,7 @@ def durable_copy(src: Path, dst: Path) -> float:
     detection, no interpreter start-up: what writing these bytes durably costs on this machine.
     """
     from imagebuilder.formats import start_writeback
-    from imagebuilder.sparse import data_extents
+    from imagebuilder.hashing.sparse import data_extents
 
     step = 8 * MiB
     buf = memoryview(bytearray(MiB))

@@ -71,7 +71,7 @@ def _app(work: Path, name: str, system: str) -> Path:
 
 def _sizes(home: Path, ref: str) -> dict[str, float]:
     sys.path.insert(0, str(REPO))
-    from imagebuilder.home import Home
+    from imagebuilder.store.home import Home
 
     store = Home(home).store
     image = store.resolve(ref)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Hashing benchmark: ``imagebuilder hash --algo xxh3`` against ``xxhsum -H3``, side by side.
 
-Why: the hashing core (imagebuilder/hashing.py) promises to read a file once and to skip the holes
-of sparse files; this measures that promise against the reference xxHash tool on two files:
+Why: the hashing core (imagebuilder/hashing/core.py) promises to read a file once and to skip the
+holes of sparse files; this measures that promise against the reference xxHash tool on two files:
 
 1. a 1 GiB dense file of random bytes, in the page cache: our throughput must be at least 0.8x
    that of ``xxhsum -H3`` (XXH3-64, its fastest mode);
@@ -15,8 +15,8 @@ the peer's (as hyperfine does), because the peer's warm state is 16 GiB of cache
 memory pressure would otherwise land on our runs. The table shows medians, and the load average
 since the machine may be shared. While ``imagebuilder hash --help`` fails (the command is not
 wired into the CLI yet) our side runs ``python -c`` calling
-:func:`imagebuilder.hashing.hash_paths`; the table says which.
-An informational column gives the in-process time of :func:`imagebuilder.hashing.digest_file`.
+:func:`imagebuilder.hashing.core.hash_paths`; the table says which.
+An informational column gives the in-process time of :func:`imagebuilder.hashing.core.digest_file`.
 
 Results replace the part of docs/benchmarks.md between ``<!-- hash:start -->`` and
 ``<!-- hash:end -->`` (the section is appended, or the file created, if missing).
@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 from benchdoc import write_section  # noqa: E402
 
-from imagebuilder.hashing import digest_file  # noqa: E402
+from imagebuilder.hashing.core import digest_file  # noqa: E402
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -66,7 +66,7 @@ TARGET_DENSE = 0.8  # our throughput / xxhsum's, at least
 TARGET_SPARSE = 20.0  # xxhsum's time / ours, at least
 PY_HASH = (
     "import sys\n"
-    "from imagebuilder.hashing import hash_paths\n"
+    "from imagebuilder.hashing.core import hash_paths\n"
     "for p, h, _ in hash_paths(sys.argv[1:], 'xxh3'):\n"
     "    print(h, p)\n"
 )
@@ -224,7 +224,7 @@ def section(
         f"sparse {fmt(sparse.ours)} / {fmt(sparse.peer)}. The sparse file's data is "
         f"{SPARSE_PIECES} pieces of 1 MiB, one per 64 MiB, starting {PIECE_SKEW} bytes in "
         '(holes at odd offsets); "data" is what SEEK_DATA reports (filesystem blocks). '
-        "`xxh3` is the block-tree XXH3-128 of imagebuilder/hashing.py (holes skipped in O(1) "
+        "`xxh3` is the block-tree XXH3-128 of imagebuilder/hashing/core.py (holes skipped in O(1) "
         "per 1 MiB leaf, leaves hashed on up to 4 threads); `xxhsum -H3` is XXH3-64, reading "
         "every byte on one thread.",
     ]

@@ -10,8 +10,8 @@ holds only what the app reads). For each app and root:
   prints from /proc/meminfo on the console), in a 1024 MiB guest;
 - the smallest guest memory that serves HTTP, found by bisection (8 MiB steps; one boot per
   step, so a size near the edge may pass or fail from one run to the next), with `run`'s
-  refusal of less than the image's modelled need (imagebuilder.memory) switched off, so the
-  model can be checked against it; the model's figure is shown beside it.
+  refusal of less than the image's modelled need (imagebuilder.targets.qemu.memory) switched off,
+  so the model can be checked against it; the model's figure is shown beside it.
 
 And what the disk gains: the raw disk's data and size with the EROFS partitions, against the
 same disk with every layer in the ESP instead (the layout before EROFS roots). The image (its
@@ -41,13 +41,13 @@ from benchdoc import cpu_model, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from imagebuilder import memory as memory_mod  # noqa: E402
-from imagebuilder.cache import Cache  # noqa: E402
 from imagebuilder.disk.bootable import BootFiles, disk_from_esp, write_esp  # noqa: E402
 from imagebuilder.errors import ImageBuilderError  # noqa: E402
-from imagebuilder.export import BootSource, bootable  # noqa: E402
-from imagebuilder.store import Store  # noqa: E402
-from imagebuilder.targets import qemu  # noqa: E402
+from imagebuilder.formats.export import BootSource, bootable  # noqa: E402
+from imagebuilder.store.cache import Cache  # noqa: E402
+from imagebuilder.store.layout import Store  # noqa: E402
+from imagebuilder.targets.qemu import memory as memory_mod  # noqa: E402
+from imagebuilder.targets.qemu import run as qemu  # noqa: E402
 from tests.java_apps import fetch_wiremock  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 

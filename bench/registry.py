@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Registry benchmark: push and pull against Debian's docker-registry on 127.0.0.1.
 
-Why: images travel through registries, and three promises of imagebuilder/registry.py are
+Why: images travel through registries, and three promises of imagebuilder/registry/transfer.py are
 measurable: (1) an app-only change uploads about the app layer, nothing more (target: bytes sent
 <= 1.1x the app layer); (2) push and pull of examples/hello are as fast as ``skopeo copy`` of the
 same OCI layout to and from the same registry (target: time ratio <= 1.0, medians); (3) blobs
@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from benchdoc import write_section  # noqa: E402
 
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store  # noqa: E402
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store  # noqa: E402
 from tests.e2e.registry_fixture import start_registry  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -204,7 +204,8 @@ def main() -> int:
                      f"vs skopeo {sk_push:.2f} s ({push_s / sk_push:.2f}); pull {pull_s:.2f} s "
                      f"vs skopeo {sk_pull:.2f} s ({pull_s / sk_pull:.2f}).")
         fixed = statistics.median(
-            run([sys.executable, "-c", "import imagebuilder.cli, imagebuilder.registry, tqdm"])[0]
+            run([sys.executable, "-c",
+                 "import imagebuilder.cli, imagebuilder.registry.transfer, tqdm"])[0]
             for _ in range(5))
         bare = statistics.median(run([sys.executable, "-c", "pass"])[0] for _ in range(5))
         notes.append(f"Fixed cost before the first byte moves: starting Python and importing "

@@ -21,9 +21,9 @@ from .errors import ImageBuilderError, UserError
 from .text import printable
 
 if TYPE_CHECKING:
-    from . import config as config_mod
-    from .home import Home
-    from .store import Image, Store
+    from .config import parse as config_mod
+    from .store.home import Home
+    from .store.layout import Image, Store
 
 # Commands import what they need when they run: `imagebuilder hash` or `images` must not pay
 # for loading the build pipeline.
@@ -37,7 +37,7 @@ def _err(message: str) -> None:
 
 def _load_config(source: str | None, name: str | None, version: str | None,
                  mirror: str | None) -> config_mod.Config:
-    from . import config as config_mod
+    from .config import parse as config_mod
     path = Path(source or ".")
     if path.suffix == ".jar":
         cfg = config_mod.from_jar(path, name, version)
@@ -86,14 +86,14 @@ def build_cmd(source: str | None, name: str | None, version: str | None, mirror:
               as_json: bool) -> None:
     """Build the app in DIR (its imagebuilder.toml; default: the current directory), or a bare
     executable jar with --name and --version, into the local image store."""
-    from . import export
-    from .build import build
+    from .build.plan import build
+    from .formats import export
     for fmt in formats:
         export.check_format(fmt)
     out_dir = Path(output)
     if formats and not out_dir.is_dir():
         raise UserError(f"output directory {out_dir} does not exist")
-    from .config import with_aot
+    from .config.parse import with_aot
     cfg = with_aot(_load_config(source, name, version, mirror), aot)
     home = get_home()
     result = build(cfg, home, mirror=mirror, report=lambda s: None if as_json else _err(s))
@@ -122,7 +122,7 @@ def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet:
                           sync: bool, size: int | None = None) -> None:
     from tqdm import tqdm
 
-    from . import export
+    from .formats import export
     with tqdm(desc=f"{fmt} {dest.name}", unit="B", unit_scale=True, unit_divisor=1024,
               disable=True if quiet else None, leave=False) as bar:
         export.export(home.cache, boot, fmt, dest, progress=bar.update, size=size, sync=sync)
@@ -146,7 +146,7 @@ def _export_with_progress(home: Home, boot: Any, fmt: str, dest: Path, *, quiet:
 def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, with_bmap: bool,
                sync: bool, as_json: bool) -> None:
     """Write image REF as a bootable disk (BIOS and UEFI), a hybrid ISO, or kernel + initrd."""
-    from . import export
+    from .formats import export
     export.check_format(fmt)
     if with_bmap and fmt != "raw":
         raise UserError(f"--bmap goes with --format raw, not {fmt}")
@@ -159,7 +159,7 @@ def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, with_bmap
     if with_bmap:
         from tqdm import tqdm
 
-        from .bmap import write_raw_with_bmap
+        from .formats.bmap import write_raw_with_bmap
         if not dest.parent.is_dir():
             raise UserError(f"output directory {dest.parent} does not exist")
         disk = export.bootable(home.cache, boot, size=size)
@@ -188,7 +188,7 @@ def export_cmd(ref: str, fmt: str, output: str, size_text: str | None, with_bmap
 @click.option("--json", "as_json", is_flag=True, help="Print the digests as JSON.")
 def hash_cmd(files: Sequence[str], algo: str, as_json: bool) -> None:
     """Hash files in one pass each, reading only the data of sparse files."""
-    from .hashing import hash_paths
+    from .hashing.core import hash_paths
     for name in files:
         if not Path(name).is_file():
             raise UserError(f"{name}: no such file")
@@ -205,7 +205,7 @@ def hash_cmd(files: Sequence[str], algo: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the images as JSON.")
 def images_cmd(as_json: bool) -> None:
     """List the images in the local store and the environments they are promoted to."""
-    from .promote import environments_of
+    from .registry.promote import environments_of
     store = get_home().store
     images = store.images()
     envs = {i.ref: environments_of(store, i.name, i.digest) for i in images}
@@ -230,8 +230,8 @@ def inspect_cmd(ref: str, as_json: bool, sizes: bool) -> None:
     """Show an image's kernel, command line, layers, environments and promotion history."""
     import dataclasses
 
-    from .promote import environments_of, history
-    from .store import TITLE_ANNOTATION
+    from .registry.promote import environments_of, history
+    from .store.layout import TITLE_ANNOTATION
     store = get_home().store
     image = store.resolve(ref)
     if sizes:
@@ -275,8 +275,9 @@ def inspect_cmd(ref: str, as_json: bool, sizes: bool) -> None:
 
 
 def _memory_needs(image: Image) -> Any:
-    """The image's :class:`~imagebuilder.memory.Needs`, or None if its layers cannot be read."""
-    from . import memory
+    """The image's :class:`~imagebuilder.targets.qemu.memory.Needs`, or None if its layers cannot
+    be read."""
+    from .targets.qemu import memory
     home = get_home()
     try:
         return memory.image_needs(home.cache, home.store, image)
@@ -286,7 +287,7 @@ def _memory_needs(image: Image) -> Any:
 
 
 def _print_sizes(store: Store, image: Image, as_json: bool) -> None:
-    from .sizes import layer_sizes
+    from .store.sizes import layer_sizes
     report = layer_sizes(store, image)
     if as_json:
         click.echo(json.dumps({"ref": image.ref, "digest": image.digest,
@@ -346,7 +347,8 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
             as_json: bool) -> None:
     """Boot image REF (NAME:VERSION) in QEMU. The console is the app's output; Ctrl-C stops the
     VM cleanly. Exits with the app's exit status."""
-    from .targets import bootlog, qemu
+    from .targets.qemu import bootlog
+    from .targets.qemu import run as qemu
     home = get_home()
     image = home.store.resolve(ref)
     env_vars: dict[str, str] = {}
@@ -380,7 +382,7 @@ def run_cmd(ref: str, env_name: str | None, config_path: str | None, ports: Sequ
 @click.option("--json", "as_json", is_flag=True, help="Print the VMs as JSON.")
 def ps_cmd(as_json: bool) -> None:
     """List VMs started with `run --wait` that are still running."""
-    from .targets import vms
+    from .targets.qemu import vms
     running = vms.running(get_home().runs)
     if as_json:
         click.echo(json.dumps([{"id": vm.id, "pid": vm.pid} for vm in running]))
@@ -394,7 +396,8 @@ def ps_cmd(as_json: bool) -> None:
 @click.argument("vm_ids", nargs=-1, required=True, metavar="ID...")
 def stop_cmd(vm_ids: Sequence[str]) -> None:
     """Stop VMs started with `run --wait` (ACPI power button, then kill after 30 s)."""
-    from .targets import qemu, vms
+    from .targets.qemu import run as qemu
+    from .targets.qemu import vms
     runs = get_home().runs
     for vm_id in vm_ids:
         qemu.stop_vm(vms.find_vm(runs, vm_id))

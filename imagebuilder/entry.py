@@ -33,7 +33,7 @@ def _fast_hash(args: Sequence[str]) -> int | None:
             files.append(arg)
     if algo not in _ALGOS or not files or not all(os.path.isfile(f) for f in files):
         return None
-    from .hashing import hash_paths
+    from .hashing.core import hash_paths
     results = hash_paths(files, algo)
     if as_json:
         import json

@@ -136,65 +136,92 @@ def refuse_links(paths: Iterable[Path | str], what: str) -> None:
                             f"out of {what}; put the real directory (or file) there")
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+# --- reading files the build did not write --------------------------------------------------
+
+Identity = tuple[int, int, int]
+"""A source file as it was when the build read it: ``(st_dev, st_ino, st_size)``."""
 
 
-def _open_dir(name: str, dir_fd: int | None) -> int:
-    """Open directory ``name`` without following a link; one that denies reading is made
-    readable first (an app's own ``chmod 0``)."""
+class NotRegularError(Exception):
+    """What should be a stored file is something else: ``kind`` says what."""
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.path, self.kind = path, kind
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def open_regular(path: Path | str) -> int:
+    """A read-only descriptor of the regular file at ``path``. Anything else raises
+    :class:`NotRegularError` without being followed, waited on or read: ``lstat`` first, then
+    ``open`` with O_NOFOLLOW|O_NONBLOCK (the name may have changed in between), then ``fstat``.
+    A missing file raises FileNotFoundError."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularError(path, _kind(mode))
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except PermissionError:
-        os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-
-
-def remove_tree(path: Path | str) -> None:
-    """Remove ``path`` and everything under it, never following a link and never recursing:
-    a tree an app made thousands of levels deep costs one open directory at a time (shutil's
-    rmtree recurses once per level, and Python's stack ends near 1000). Errors are ignored, as
-    by ``rmtree(ignore_errors=True)``; what could not be removed stays."""
-    path = os.fspath(path)
-    try:
-        fd = _open_dir(path, None)
-    except FileNotFoundError:
-        return
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        return
-    names: list[str] = []  # the directories descended into, below ``path``
-    try:
-        while True:
-            child = None
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            child = entry.name
-                            break
-                        os.unlink(entry.name, dir_fd=fd)
-                    except OSError:
-                        continue
-            if child is not None:
-                try:
-                    deeper = _open_dir(child, fd)
-                except OSError:  # cannot enter it: try to remove it as it is, and go on
-                    with contextlib.suppress(OSError):
-                        os.rmdir(child, dir_fd=fd)
-                    continue
-                os.close(fd)
-                fd = deeper
-                names.append(child)
-                continue
-            if not names:
-                break
-            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = parent
-            with contextlib.suppress(OSError):
-                os.rmdir(names.pop(), dir_fd=fd)
-    finally:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularError(path, "a symbolic link") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
-    with contextlib.suppress(OSError):
-        os.rmdir(path)
+        raise NotRegularError(path, _kind(mode))
+    return fd
+
+
+def source_identity(path: Path) -> tuple[Path, Identity]:
+    """``path``'s real path and identity, recorded when the build decides to take the file;
+    :func:`open_source` later opens only that very file."""
+    from pathlib import Path
+
+    real = Path(os.path.realpath(path))
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        raise HostError(f"cannot read {path}: {e.strerror}") from None
+    return real, (st.st_dev, st.st_ino, st.st_size)
+
+
+def open_source(path: Path, identity: Identity, what: str) -> int:
+    """A read-only descriptor of the regular file ``path`` (a real path), the one way a layer's
+    source file is opened: no link is followed, a FIFO or device does not block, and the file
+    must be the one recorded in ``identity``. Anything else (a file swapped for a link, a FIFO
+    or another file after the build read it) is one line naming it."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        why = "now a symbolic link" if e.errno == errno.ELOOP else e.strerror or "unreadable"
+        raise _changed(path, what, why) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _changed(path, what, "no longer a regular file")
+        if (st.st_dev, st.st_ino, st.st_size) != identity:
+            raise _changed(path, what, "another file or another size")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _changed(path: Path, what: str, why: str) -> UserError:
+    return UserError(f"{shown_path(os.fsencode(path))} (for {what}) changed while the image was "
+                     f"built ({why}): leave the app's files alone during a build and build again")
+
+
+def shown_path(path: bytes) -> str:
+    """``path`` for a one-line message: printable, its middle cut when it is long."""
+    text = path.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return repr(text if len(text) <= 120 else f"{text[:60]}...{text[-50:]}")

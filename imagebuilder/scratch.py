@@ -28,7 +28,69 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .fsutil import remove_tree
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _open_dir(name: str, dir_fd: int | None) -> int:
+    """Open directory ``name`` without following a link; one that denies reading is made
+    readable first (an app's own ``chmod 0``)."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def remove_tree(path: Path | str) -> None:
+    """Remove ``path`` and everything under it, never following a link and never recursing:
+    a tree an app made thousands of levels deep costs one open directory at a time (shutil's
+    rmtree recurses once per level, and Python's stack ends near 1000). Errors are ignored, as
+    by ``rmtree(ignore_errors=True)``; what could not be removed stays."""
+    path = os.fspath(path)
+    try:
+        fd = _open_dir(path, None)
+    except FileNotFoundError:
+        return
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    names: list[str] = []  # the directories descended into, below ``path``
+    try:
+        while True:
+            child = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            child = entry.name
+                            break
+                        os.unlink(entry.name, dir_fd=fd)
+                    except OSError:
+                        continue
+            if child is not None:
+                try:
+                    deeper = _open_dir(child, fd)
+                except OSError:  # cannot enter it: try to remove it as it is, and go on
+                    with contextlib.suppress(OSError):
+                        os.rmdir(child, dir_fd=fd)
+                    continue
+                os.close(fd)
+                fd = deeper
+                names.append(child)
+                continue
+            if not names:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            with contextlib.suppress(OSError):
+                os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
 
 _OWNER = ".owner"
 _owners: dict[str, list[object]] = {}  # directory and prefix -> [token, locked fd, users]

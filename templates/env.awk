@@ -3,7 +3,7 @@
 #     awk -v out=FILE -f env.awk CONFIG
 # Appends to FILE the lines the app can get through `env -i`: NAME=VALUE with NAME a shell
 # variable name, each at most {{ var_max }} bytes and {{ total_max }} in all (the kernel's
-# limits, with room to spare: imagebuilder/envlimits.py). Prints one message per line it skips,
+# limits, with room to spare: imagebuilder/config/envlimits.py). Prints one message per line it skips,
 # naming the line by number only: a line may hold a secret. Blank lines and # comments are
 # ignored. A trailing CR (user-data written on Windows) is dropped.
 function skip(why) {

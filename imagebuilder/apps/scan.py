@@ -12,7 +12,7 @@ fail at boot are made here: no classes at all, a main class that is not there, c
 for a newer Java than ``[jvm] version``.
 
 What each jar contributes is kept in a :data:`Memo` keyed by the jar's content (its xxh3 over
-the whole file, from :mod:`imagebuilder.hashing`): a jar seen before, byte for byte, costs one
+the whole file, from :mod:`imagebuilder.hashing.core`): a jar seen before, byte for byte, costs one
 hash and no inflating; a jar that changed in any byte is read whole again, every entry inflated
 and checked against its CRC-32 (its classes and services recorded, the rest verified and
 dropped), so a corrupt entry behind an intact central directory is refused however warm the
@@ -30,9 +30,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import blobs, hashing, javaclass
+from .. import fsutil
 from ..errors import UserError
 from ..fsutil import fsync_dir
+from ..hashing import core as hashing
+from . import javaclass
 from .archive import MAX_ENTRY_BYTES, Budget
 from .shape import ClassSource, Shape
 
@@ -183,8 +185,8 @@ def load_memo(path: Path) -> Memo:
     /dev/zero say, a FIFO) is neither followed, waited on nor read: it is removed, so the next
     :func:`save_memo` puts a memo in its place."""
     try:
-        fd = blobs.open_regular(path)
-    except blobs.NotRegularError:
+        fd = fsutil.open_regular(path)
+    except fsutil.NotRegularError:
         with contextlib.suppress(OSError):
             path.unlink()
         return Memo()

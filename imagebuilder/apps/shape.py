@@ -24,9 +24,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import hashing
 from ..errors import UserError
-from ..layers.cpio import Identity, open_source, source_identity
+from ..fsutil import Identity, open_source, source_identity
+from ..hashing import core as hashing
 
 GUEST_DIR = "/app"
 #: The deepest an app's directory tree may go (real apps stay under 30 levels).

@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .. import javaclass
 from ..errors import UserError
-from ..layers.templates import render, source
+from ..resources import render, source
+from . import javaclass
 from .archive import Budget, Jar
 from .shape import ClassSource, File, Shape, guest
 

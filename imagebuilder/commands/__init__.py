@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..home import Home
+    from ..config.parse import Config
+    from ..store.home import Home
 
 
 def get_home() -> Home:
     """The imagebuilder home of this command ($IMAGEBUILDER_HOME or the default)."""
-    from ..home import Home
+    from ..store.home import Home
     return Home()
 
 
@@ -25,7 +25,7 @@ def env_config(config_path: str | None) -> Config:
     directory holding one) or the current directory; the app itself need not exist."""
     from pathlib import Path
 
-    from .. import config as config_mod
+    from ..config import parse as config_mod
     from ..errors import ConfigError
     path = Path(config_path or ".")
     if path.is_dir() and not (path / config_mod.CONFIG_NAME).exists():

@@ -1,7 +1,7 @@
 """The AWS commands: publish (an AMI per image) and userdata (promotion: ``promote --target
 aws`` in commands/registry.py).
 
-Thin like cli.py: parse, call :mod:`imagebuilder.targets.aws`, print. Errors are raised as
+Thin like cli.py: parse, call :mod:`imagebuilder.targets.aws.publish`, print. Errors are raised as
 ImageBuilderError and turned into one line and an exit code by ``imagebuilder.cli.main``.
 """
 
@@ -52,7 +52,7 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
     published AMI to another environment: 'imagebuilder promote REF --env E --target aws
     --region R'."""
     from ..errors import UserError
-    from ..targets import aws
+    from ..targets.aws import publish as aws
     if promote_only:
         raise UserError(f"--promote-only is now a command of its own: imagebuilder promote {ref} "
                         f"--env {env_name or 'ENV'} --target aws --region {region}"
@@ -100,7 +100,7 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
 def userdata_cmd(ref: str, env_name: str, output: str | None, config_path: str | None) -> None:
     """Print the EC2 user-data for REF in environment ENV: the image's init reads it through
     IMDSv2 when the instance has no config drive (put it in the launch template)."""
-    from ..targets import aws
+    from ..targets.aws import publish as aws
     environment = env_config(config_path).env(env_name)
     get_home().store.resolve(ref)  # an image that was never built is an error
     data = aws.userdata(env_name, environment.boot_vars())

@@ -1,6 +1,6 @@
 """The bare-metal commands: ``flash`` (write an image onto a server's disk) and ``serve``
-(boot it over the network). Parse, call :mod:`imagebuilder.targets.baremetal` and
-:mod:`imagebuilder.targets.netboot`, print; the lead registers :data:`COMMANDS` on the CLI."""
+(boot it over the network). Parse, call :mod:`imagebuilder.targets.metal.flash` and
+:mod:`imagebuilder.targets.metal.netboot`, print; the lead registers :data:`COMMANDS` on the CLI."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ from . import get_home
 
 if TYPE_CHECKING:
     from ..disk.model import Disk
-    from ..targets.baremetal import MappedImage
+    from ..targets.metal.flash import MappedImage
 
 
 def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str, str | None]:
     """What to flash: a stored image's bootable disk (with its recorded disk digest), or a raw
     image file (with the block map beside it or given: then its ranges are what is written and
     checked)."""
-    from .. import bmap as bmap_mod
     from ..disk.model import Disk
-    from ..targets.baremetal import MappedImage
+    from ..formats import bmap as bmap_mod
+    from ..targets.metal.flash import MappedImage
 
     path = Path(ref)
     if path.is_file():
@@ -38,7 +38,7 @@ def _source(ref: str, bmap_path: str | None) -> tuple[Disk | MappedImage, str, s
         return Disk.from_file(path), str(path), None
     if bmap_path:
         raise UserError("--bmap goes with a raw image file, not an image reference")
-    from ..export import BootSource, bootable
+    from ..formats.export import BootSource, bootable
     home = get_home()
     image = home.store.resolve(ref)
     warn_without_metal(image.config)
@@ -99,7 +99,7 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
               bmap_path: str | None, no_verify: bool, force: bool, as_json: bool) -> None:
     """Write image REF (NAME:VERSION, or a raw image file) onto TARGET, a whole disk such as
     /dev/sdb or a disk image file: only the blocks holding data, then read back and verified."""
-    from ..targets import baremetal
+    from ..targets.metal import flash as baremetal
 
     env_vars = read_env_vars(env_name, config_path)
     source, name, disk_digest = _source(ref, bmap_path)
@@ -108,7 +108,7 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
         from ..disk.configpart import with_config_partition
 
         if isinstance(source, baremetal.MappedImage):
-            from ..bmap import check_image
+            from ..formats.bmap import check_image
 
             check_image(source.path, source.bmap)
             source = source.disk()
@@ -154,7 +154,7 @@ def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | No
               allow: tuple[str, ...], quiet: bool) -> None:
     """Serve image REF (NAME:VERSION, or a kernel-initrd export directory) for network boot:
     /boot.ipxe, /vmlinuz and /initrd/N.img over HTTP, until interrupted."""
-    from ..targets import netboot
+    from ..targets.metal import netboot
 
     address = netboot.parse_listen(listen)
     allowed = netboot.parse_allow(allow)

@@ -1,9 +1,9 @@
 """The registry commands: push, pull, promote (locally, in a registry, on AWS) and gc.
 
-Thin like cli.py: parse, call :mod:`imagebuilder.registry`, :mod:`imagebuilder.promote`
-(:mod:`imagebuilder.targets.aws` for ``promote --target aws``) or the store, print. Errors
-are raised as ImageBuilderError and turned into one line and an exit code by
-``imagebuilder.cli.main``.
+Thin like cli.py: parse, call :mod:`imagebuilder.registry.transfer`,
+:mod:`imagebuilder.registry.promote` (:mod:`imagebuilder.targets.aws.publish` for ``promote
+--target aws``) or the store, print. Errors are raised as ImageBuilderError and turned into one
+line and an exit code by ``imagebuilder.cli.main``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from . import env_config, get_home
 from . import human_size as _human
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from ..store.layout import Store
 
 
 
@@ -46,7 +46,7 @@ def _progress(desc: str, quiet: bool) -> Iterator[Callable[[int, int], Callable[
 
 
 def _client(host: str, insecure: bool) -> Any:
-    from ..registry import Client
+    from ..registry.transfer import Client
     return Client(host, insecure=insecure)
 
 
@@ -67,7 +67,7 @@ def push_cmd(ref: str, target: str, force: bool, chunk_size: int, insecure: bool
              as_json: bool) -> None:
     """Push image REF to a registry (TAG defaults to the image's version). Only the blobs the
     registry lacks are uploaded; the manifest goes last."""
-    from .. import registry
+    from ..registry import transfer as registry
     dest = registry.RegistryRef.parse(target)
     home = get_home()
     image = home.store.resolve(ref)
@@ -96,7 +96,7 @@ def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
              as_json: bool) -> None:
     """Pull an image from a registry into the local store, verifying every blob's digest
     before it enters the store."""
-    from .. import registry
+    from ..registry import transfer as registry
     src = registry.RegistryRef.parse(source)
     if src.tag is None and src.digest is None:
         from ..errors import UserError
@@ -139,7 +139,8 @@ def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
     publish) is retagged for ENV too. No blob is uploaded and nothing is rebuilt; the
     promotion is recorded in the image's history, so a rollback is a promote of the previous
     digest."""
-    from .. import promote, registry
+    from ..registry import promote
+    from ..registry import transfer as registry
     cfg = env_config(config_path)
     cfg.env(env_name)  # a one-line error naming the known environments
     client = target = None
@@ -176,7 +177,7 @@ def _aws_promotion(store: Store, ref: str, env_name: str, target_name: str | Non
         return None
     if not region:
         raise UserError("--target aws needs --region: the region REF was published to")
-    from ..targets import aws
+    from ..targets.aws import publish as aws
     image = store.resolve(ref)
     others = tuple(r.strip() for r in (regions or "").split(",") if r.strip())
     session = aws.make_session(region, profile)  # a bad region or profile fails before the gate

@@ -1,4 +1,4 @@
-"""The store command ``check``: parse, call :mod:`imagebuilder.storecheck`, print."""
+"""The store command ``check``: parse, call :mod:`imagebuilder.store.check`, print."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def check_cmd(no_cache: bool, as_json: bool) -> None:
     if anything is."""
     from tqdm import tqdm
 
-    from ..storecheck import check
+    from ..store.check import check
 
     home = get_home()
     with tqdm(desc="check", unit="B", unit_scale=True, unit_divisor=1024, leave=False,

@@ -11,8 +11,8 @@ So every disk imagebuilder writes boots either way, from one partition:
   (systemd-boot);
 - both loaders read the kernel and the initrd layers from that partition (see
   :mod:`imagebuilder.disk.esp`), with the same command line;
-- an image's disk (see :mod:`imagebuilder.export`) puts only the base layer there and carries
-  every layer as an EROFS partition after the ESP, which the base layer's init mounts.
+- an image's disk (see :mod:`imagebuilder.formats.export`) puts only the base layer there and
+  carries every layer as an EROFS partition after the ESP, which the base layer's init mounts.
 
 The result is a :class:`~imagebuilder.disk.Disk` (extents), not a file: the partition table is
 bytes in memory and the partition is the FAT image file, whose holes are never read. Nothing
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
+from ..hashing.sparse import data_extents
 from ..scratch import acquire, release, remove_stale
-from ..sparse import data_extents
 from . import gpt
 from .esp import BootFiles, build_esp
 from .model import Disk, DiskBuilder, FileSlice
@@ -107,7 +107,7 @@ def disk_from_esp(esp: Path, *, boot_files: BootFiles, seed: bytes,
                   size: int | None = None, layers: Sequence[tuple[str, Path]] = ()) -> Disk:
     """The bootable GPT disk around an ESP image made by :func:`write_esp` with the same seed,
     and after it one partition per ``layers`` entry ``(partition name, filesystem image)``,
-    in order (the layers a disk boot mounts, see :mod:`imagebuilder.export`)."""
+    in order (the layers a disk boot mounts, see :mod:`imagebuilder.formats.export`)."""
     boot_files.require("gptmbr")
     esp_size = esp.stat().st_size
     sizes = [esp_size, *(image.stat().st_size for _, image in layers)]

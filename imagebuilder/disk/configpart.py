@@ -1,8 +1,8 @@
 """The config partition: an image's disk with an environment added, for ``flash --env``.
 
 A server flashed from an image gets its environment as a small ISO 9660 config drive (the one
-``run`` attaches, see :mod:`imagebuilder.configdrive`) in a GPT partition after the image's own,
-so the image's bytes stay untouched: the new disk is the old one's extents, the ISO, and both
+``run`` attaches, see :mod:`imagebuilder.disk.configdrive`) in a GPT partition after the image's
+own, so the image's bytes stay untouched: the new disk is the old one's extents, the ISO, and both
 GPTs rewritten to name the extra partition.
 """
 
@@ -29,7 +29,7 @@ def read_gpt(disk: Disk) -> gpt.Gpt:
 
 def with_config_partition(disk: Disk, env_name: str, env_vars: Mapping[str, str]) -> Disk:
     """``disk`` with a config-drive partition after its partitions and both GPTs rewritten."""
-    from ..configdrive import build_iso, env_file
+    from .configdrive import build_iso, env_file
 
     iso = build_iso(env_file(env_name, env_vars))
     table = read_gpt(disk)

@@ -37,8 +37,8 @@ from typing import Literal
 
 from ..errors import HostError, UserError
 from ..fsutil import fsync_dir
-from ..layers.templates import render
 from ..proc import require, run
+from ..resources import render
 from . import gpt
 
 #: 1980-01-01 00:00:00 UTC, the earliest time a FAT directory entry can hold.

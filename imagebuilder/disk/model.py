@@ -29,7 +29,7 @@ import stat
 from collections.abc import Iterable, Iterator
 
 from ..errors import HostError, NotFoundError, UserError
-from ..sparse import data_extents
+from ..hashing.sparse import data_extents
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pathlib (with re and enum) costs ~8 ms of every export's start-up

@@ -21,7 +21,7 @@ ISO 9660 names use only capitals, digits and '_' (so the layer ``my-layer`` is
 a file whichever tree it reads.
 
 The bytes are reproducible: pycdlib's dates are fixed with the config drive's helpers
-(:mod:`imagebuilder.configdrive`), and the isohybrid MBR id, which pycdlib draws at random, is
+(:mod:`imagebuilder.disk.configdrive`), and the isohybrid MBR id, which pycdlib draws at random, is
 derived from the caller's seed. The file is written to a temporary name, fsynced
 and renamed (:func:`imagebuilder.fsutil.atomic_output`).
 """
@@ -38,8 +38,8 @@ from typing import Any, BinaryIO
 import pycdlib
 from pycdlib import isohybrid
 
-from ..configdrive import _fix_descriptor_dates, _fix_record_dates
 from ..disk import gpt
+from ..disk.configdrive import fix_descriptor_dates, fix_record_dates
 from ..disk.esp import BootFiles, build_esp, check_initrds, syslinux_cfg
 from ..errors import HostError, UserError
 from . import atomic_output
@@ -96,7 +96,7 @@ def write_iso(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, d
             esp_lba = _write(out, files, esp, volume_id=volume_id, boot_files=boot_files,
                              seed=seed)
             out.seek(0)
-            head = bytearray(_fix_descriptor_dates(out.read(_VD_AREA)))
+            head = bytearray(fix_descriptor_dates(out.read(_VD_AREA)))
             head[_MBR_ESP_ENTRY:_MBR_ESP_ENTRY + 16] = _esp_mbr_entry(esp_lba, esp.stat().st_size)
             out.seek(0)
             out.write(head)
@@ -150,7 +150,7 @@ def _write(out: BinaryIO, files: list[tuple[str, Path]], esp: Path, *, volume_id
         iso.add_eltorito(_iso_path(f"{BOOT_DIR}/{ESP_IMAGE}"), efi=True,
                          boot_load_size=sectors if sectors <= _ELTORITO_MAX_SECTORS else 0)
         _add_isohybrid(iso, boot_files, seed)
-        _fix_record_dates(iso)
+        fix_record_dates(iso)
         iso.write_fp(out)
         esp_extent: int = iso.get_record(iso_path=_iso_path(f"{BOOT_DIR}/{ESP_IMAGE}")
                                          ).extent_location()

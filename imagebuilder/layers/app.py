@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..apps.shape import GUEST_DIR, File, Shape
-from ..config import Config
+from ..config.parse import Config
+from ..resources import render
 from .cpio import Tree
 from .jvm import JAVA_HOME, heap_flags
-from .templates import render
 
 #: Flags for every image: no perf-data file in /tmp (saves start-up time and a writable mmap).
 DEFAULT_JVM_FLAGS = ("-XX:-UsePerfData",)

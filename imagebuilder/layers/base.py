@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import envlimits
-from .. import kernel as kernel_mod
+from ..config import envlimits
 from ..errors import HostError
+from ..resources import render
+from . import kernel as kernel_mod
 from .cpio import Tree
-from .templates import render
 
 #: The unprivileged account the app runs as.
 APP_UID = 1000
@@ -84,7 +84,7 @@ def busybox(tree: Tree, sysroot: Path) -> None:
 
 def env_filter() -> str:
     """The init's environment filter (templates/env.awk) with the limits of
-    :mod:`imagebuilder.envlimits`."""
+    :mod:`imagebuilder.config.envlimits`."""
     return render("env.awk", var_max=envlimits.VAR_MAX, total_max=envlimits.TOTAL_MAX)
 
 

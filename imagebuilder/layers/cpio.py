@@ -14,7 +14,6 @@ bytes. The window is capped at 8 MiB (windowLog 23) so the kernel's streaming de
 
 from __future__ import annotations
 
-import errno
 import os
 import posixpath
 import stat
@@ -25,7 +24,7 @@ from typing import BinaryIO, Literal
 import zstandard
 
 from ..errors import HostError, UserError
-from ..fsutil import atomic_output
+from ..fsutil import Identity, atomic_output, open_source, shown_path, source_identity
 
 Kind = Literal["file", "dir", "symlink", "char", "block"]
 
@@ -43,10 +42,6 @@ _TYPE_BITS: dict[str, int] = {
 }
 
 
-Identity = tuple[int, int, int]
-"""A source file as it was when the build read it: ``(st_dev, st_ino, st_size)``."""
-
-
 @dataclass(frozen=True)
 class Entry:
     """One archive member. ``mode`` holds permission bits only; the type comes from ``kind``."""
@@ -61,46 +56,6 @@ class Entry:
     target: str | None = None
     rdev: tuple[int, int] = (0, 0)
     identity: Identity | None = None
-
-
-def source_identity(path: Path) -> tuple[Path, Identity]:
-    """``path``'s real path and identity, recorded when the build decides to take the file;
-    :func:`open_source` later opens only that very file."""
-    real = Path(os.path.realpath(path))
-    try:
-        st = os.stat(real)
-    except OSError as e:
-        raise HostError(f"cannot read {path}: {e.strerror}") from None
-    return real, (st.st_dev, st.st_ino, st.st_size)
-
-
-def open_source(path: Path, identity: Identity, what: str) -> int:
-    """A read-only descriptor of the regular file ``path`` (a real path), the one way a layer's
-    source file is opened: no link is followed, a FIFO or device does not block, and the file
-    must be the one recorded in ``identity``. Anything else (a file swapped for a link, a FIFO
-    or another file after the build read it) is one line naming it."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        why = "now a symbolic link" if e.errno == errno.ELOOP else e.strerror or "unreadable"
-        raise _changed(path, what, why) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _changed(path, what, "no longer a regular file")
-        if (st.st_dev, st.st_ino, st.st_size) != identity:
-            raise _changed(path, what, "another file or another size")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _changed(path: Path, what: str, why: str) -> UserError:
-    return UserError(f"{_shown(os.fsencode(path))} (for {what}) changed while the image was "
-                     f"built ({why}): leave the app's files alone during a build and build again")
 
 
 def normalize_path(path: str | os.PathLike[str]) -> str:
@@ -132,19 +87,12 @@ def check_entry_path(path: bytes, layer: str = "the layer") -> None:
     would not create such an entry (a file silently missing), and an EROFS image holding one
     is corrupt; so the cpio and EROFS writers refuse it, naming it."""
     if len(path) + 1 > PATH_MAX:
-        raise UserError(f"{layer}: entry {_shown(path)} is a path of {len(path)} bytes; Linux "
+        raise UserError(f"{layer}: entry {shown_path(path)} is a path of {len(path)} bytes; Linux "
                         f"allows at most {PATH_MAX - 1}: shorten it")
     for part in path.split(b"/"):
         if len(part) > NAME_MAX:
-            raise UserError(f"{layer}: entry {_shown(path)} has a name of {len(part)} bytes; "
+            raise UserError(f"{layer}: entry {shown_path(path)} has a name of {len(part)} bytes; "
                             f"Linux allows at most {NAME_MAX}: rename it")
-
-
-def _shown(path: bytes) -> str:
-    """``path`` for a one-line message: printable, its middle cut when it is long."""
-    text = path.decode("utf-8", "backslashreplace")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return repr(text if len(text) <= 120 else f"{text[:60]}...{text[-50:]}")
 
 
 def _check_mode(mode: int) -> int:

@@ -2,7 +2,7 @@
 
 The fetched JDK (not the host's) links the runtime with jlink, run through the sysroot's loader,
 from the modules :mod:`imagebuilder.apps.modules` found in the app's classes. The runtime is
-headless like Debian's ``openjdk-N-jre-headless`` (see :mod:`imagebuilder.natives`), gets a
+headless like Debian's ``openjdk-N-jre-headless`` (see :mod:`imagebuilder.layers.natives`), gets a
 class-data-sharing archive (CDS), which roughly halves JVM start-up under emulation, and the
 shared libraries its ELF files need (glibc, libstdc++, zlib, and for java.desktop freetype,
 lcms2, libjpeg...), found by walking DT_NEEDED through the Debian packages fetched for it. With
@@ -15,8 +15,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import elf, elfstrip, natives, sysroot
 from ..errors import HostError, UserError
+from ..fetch import sysroot
+from . import elf, elfstrip, natives
 from .cpio import Tree
 
 JAVA_HOME = "opt/java"

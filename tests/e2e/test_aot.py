@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import aot
 from imagebuilder.errors import HostError
+from imagebuilder.layers import aot
 from imagebuilder.layers.cpioread import extract_layer
 from imagebuilder.resources import data_dir
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, Store
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, Store
 
 from .conftest import Cli
 from .test_apps import Booted, _layers, project, serves_a_stub, wiremock_jar

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.targets.qemu import TCG_CPUS
+from imagebuilder.targets.qemu.run import TCG_CPUS
 
 from .conftest import Built, Cli, free_port
 
@@ -103,9 +103,9 @@ def test_flash_onto_a_loop_device(cli: Cli, hello: Built, tmp_path: Path) -> Non
 @pytest.mark.skipif(shutil.which("bmaptool") is None, reason="apt-get install bmap-tools")
 def test_bmap_of_the_real_disk_round_trips_through_bmaptool(cli: Cli, hello: Built, raw: Path,
                                                             tmp_path: Path) -> None:
-    from imagebuilder.bmap import write_raw_with_bmap
-    from imagebuilder.export import BootSource, bootable
-    from imagebuilder.home import Home
+    from imagebuilder.formats.bmap import write_raw_with_bmap
+    from imagebuilder.formats.export import BootSource, bootable
+    from imagebuilder.store.home import Home
 
     home = Home(cli.home)
     disk = bootable(home.cache, BootSource.of_image(home.store, home.store.resolve(hello.ref)))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.config import load
-from imagebuilder.targets.aws import userdata as aws_userdata
+from imagebuilder.config.parse import load
+from imagebuilder.targets.aws.publish import userdata as aws_userdata
 
 from ..servers import assert_snapshot_holds, aws_env, free_port, moto_executable, moto_server
 from .conftest import Built, Cli

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.disk import gpt
-from imagebuilder.targets.qemu import OVMF_CODE, OVMF_VARS, TCG_CPUS
+from imagebuilder.targets.qemu.run import OVMF_CODE, OVMF_VARS, TCG_CPUS
 
 from .conftest import Built, Cli, free_port
 

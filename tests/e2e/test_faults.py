@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.store import TITLE_ANNOTATION
+from imagebuilder.store.layout import TITLE_ANNOTATION
 
 from ..servers import assert_snapshot_holds, aws_env, moto_executable, moto_server
 from .conftest import Built, Cli

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.targets.qemu import TCG_CPUS
+from imagebuilder.targets.qemu.run import TCG_CPUS
 
 from .conftest import Built, Cli, free_port
 from .keyboard import Monitor, attack_boot_loader
@@ -120,7 +120,7 @@ USER_DATA = (
 # `imagebuilder run` with one change: its user-mode network also carries the metadata service.
 RUN_WITH_IMDS = """
 import sys
-import imagebuilder.targets.qemu as qemu
+import imagebuilder.targets.qemu.run as qemu
 from imagebuilder.cli import main
 
 extra = sys.argv.pop(1)

@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from imagebuilder.home import Home
-from imagebuilder.targets.qemu import TCG_CPUS
+from imagebuilder.store.home import Home
+from imagebuilder.targets.qemu.run import TCG_CPUS
 
 from .conftest import Built, Cli, compile_example, free_port
 

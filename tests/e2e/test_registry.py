@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from imagebuilder.promote import environments_of, history
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.registry.promote import environments_of, history
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
 from .conftest import Built, Cli, free_port
 from .registry_fixture import Registry, available, start_registry

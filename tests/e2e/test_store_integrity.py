@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.store import TITLE_ANNOTATION as TITLE
-from imagebuilder.store import Store
+from imagebuilder.store.layout import TITLE_ANNOTATION as TITLE
+from imagebuilder.store.layout import Store
 
 from .conftest import Built, Cli, free_port
 from .registry_fixture import Registry, available, start_registry

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import aot
 from imagebuilder.errors import HostError
+from imagebuilder.layers import aot
 
 BUSYBOX = shutil.which("busybox")
 

@@ -1,6 +1,6 @@
-"""The AOT training run (imagebuilder/aot.py, imagebuilder/sandbox/) for real, without a JVM: a
-root of the host's busybox, in the sandbox (tests/unit/test_sandbox.py tries to break out of it),
-whose "app" is a shell script serving HTTP with busybox httpd and writing its "archive" when
+"""The AOT training run (imagebuilder/layers/aot.py, imagebuilder/sandbox/) for real, without a
+JVM: a root of the host's busybox, in the sandbox (tests/unit/test_sandbox.py tries to break out of
+it), whose "app" is a shell script serving HTTP with busybox httpd and writing its "archive" when
 SIGTERM stops it, as the JVM does. And the console line the init's filter
 (templates/jdkhint.awk) makes of the JVM's class-data log.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import aot
 from imagebuilder.apps.shape import File, Shape
+from imagebuilder.layers import aot
 from imagebuilder.resources import data_dir
 from tests.unit.sandbox_fixture import BUSYBOX, busybox_root
 

@@ -449,9 +449,9 @@ def test_warm_memo_does_not_trust_a_corrupt_jar(shop: ShopBuild, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The build's own memo file (Builder._scan): a jar whose compressed data is corrupt behind
     an intact central directory (CRC-32 and sizes unchanged) is refused, warm or cold."""
-    from imagebuilder.build import Builder
-    from imagebuilder.config import load
-    from imagebuilder.home import Home
+    from imagebuilder.build.plan import Builder
+    from imagebuilder.config.parse import load
+    from imagebuilder.store.home import Home
     from tests.java_apps import project
     root = project(tmp_path / "p", "shop", "shop.jar", f'main = "{MAIN}"\n')
     jar = _plain_jar(shop, root / "shop.jar", {"res/data.txt": b"resource " * 1000})

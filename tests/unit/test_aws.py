@@ -28,13 +28,14 @@ from botocore.stub import Stubber  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from imagebuilder.commands.aws import publish_cmd, userdata_cmd  # noqa: E402
-from imagebuilder.configdrive import env_file  # noqa: E402
+from imagebuilder.disk.configdrive import env_file  # noqa: E402
 from imagebuilder.disk.model import Disk, Extent  # noqa: E402
 from imagebuilder.errors import FetchError, NotFoundError, UserError  # noqa: E402
-from imagebuilder.layers.base import render  # noqa: E402
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store  # noqa: E402
-from imagebuilder.targets import aws, awsapi  # noqa: E402
-from imagebuilder.targets import ebs as ebsdirect  # noqa: E402
+from imagebuilder.layers.base import init_files  # noqa: E402
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store  # noqa: E402
+from imagebuilder.targets.aws import api as awsapi  # noqa: E402
+from imagebuilder.targets.aws import ebs as ebsdirect  # noqa: E402
+from imagebuilder.targets.aws import publish as aws  # noqa: E402
 from tests.servers import MOTO_REGION, aws_env, free_port, moto_executable, moto_server  # noqa: E402
 from tests.unit.layer_fixture import tiny_layer  # noqa: E402
 
@@ -168,7 +169,7 @@ def test_promote_retags_without_upload(moto: str) -> None:
 
 def test_publish_of_a_stored_image_uses_its_disk_digest(
         moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import imagebuilder.export as export
+    import imagebuilder.formats.export as export
     store = Store(tmp_path / "store")
     kernel = store.add_blob_bytes(b"kernel", KERNEL_MEDIA_TYPE)
     layer = store.add_blob_bytes(tiny_layer(uuid.uuid4().bytes), INITRD_LAYER_MEDIA_TYPE)
@@ -362,10 +363,11 @@ class _Imds(http.server.BaseHTTPRequestHandler):
 
 
 def _imds_snippet(port: int) -> str:
-    init = render("init.sh.j2", stop_timeout=10)
-    start = init.index("imds() {")
-    end = init.index("if [ -n \"$config\" ]; then")
-    return init[start:end].replace("169.254.169.254 80", f"127.0.0.1 {port}")
+    """The init's config part with the metadata service at ``port`` on loopback, then its EC2
+    step (the network part's static settings left out)."""
+    part = init_files()["usr/share/imagebuilder/config.sh"][0].decode()
+    return (part.replace("169.254.169.254 80", f"127.0.0.1 {port}")
+            + "apply_static_network() { :; }\nec2_user_data\n")
 
 
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")
@@ -523,7 +525,7 @@ def test_publish_in_human_mode_shows_progress_and_prints_the_ami(
 def test_promote_target_aws_retags_the_ami_and_moves_the_local_tag(
         moto: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from imagebuilder.promote import history
+    from imagebuilder.registry.promote import history
     store, cfg = _home_with_image(tmp_path, monkeypatch)
     image = store.resolve("hello:1.0")
     aws_args = ["--target", "aws", "--region", REGION, "--config", cfg]

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import blobs
-from imagebuilder.cache import Cache
 from imagebuilder.disk.bootable import BootFiles
 from imagebuilder.errors import DamagedError, HostError
-from imagebuilder.export import BootSource, esp_image, export
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.formats.export import BootSource, esp_image, export
+from imagebuilder.store import blobs
+from imagebuilder.store.cache import Cache
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 from tests.unit.layer_fixture import tiny_layer
 
 TITLE = "org.opencontainers.image.title"
@@ -108,7 +108,7 @@ def test_an_esp_whose_disk_is_not_the_recorded_disk_digest_is_refused(tmp_path: 
                        disk_digest="sha256:" + "0" * 64)
     with pytest.raises(DamagedError, match="not its recorded disk digest sha256:000000000000"):
         esp_image(cache, wrong, files)
-    from imagebuilder.export import disk_digest, disk_from_esp, layer_images
+    from imagebuilder.formats.export import disk_digest, disk_from_esp, layer_images
     layers = layer_images(cache, source)
     # no ESP is kept; the layers' EROFS images, right whatever the disk, are
     stored = {p for p in cache.stages_dir.rglob("*") if p.is_file()

@@ -1,5 +1,5 @@
-"""Block maps (imagebuilder/bmap.py): written in the same pass as the raw image, in bmaptool's
-format 2.0, accepted by Debian's `bmaptool copy`, and checked against their image."""
+"""Block maps (imagebuilder/formats/bmap.py): written in the same pass as the raw image, in
+bmaptool's format 2.0, accepted by Debian's `bmaptool copy`, and checked against their image."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.bmap import (
+from imagebuilder.disk import gpt
+from imagebuilder.disk.model import Disk, DiskBuilder, FileSlice
+from imagebuilder.errors import UserError
+from imagebuilder.formats import write_disk
+from imagebuilder.formats.bmap import (
     BLOCK_SIZE,
     Range,
     bmap_of,
@@ -21,10 +25,6 @@ from imagebuilder.bmap import (
     read_bmap,
     write_raw_with_bmap,
 )
-from imagebuilder.disk import gpt
-from imagebuilder.disk.model import Disk, DiskBuilder, FileSlice
-from imagebuilder.errors import UserError
-from imagebuilder.formats import write_disk
 
 BMAPTOOL = shutil.which("bmaptool")
 needs_bmaptool = pytest.mark.skipif(BMAPTOOL is None,

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from imagebuilder.targets.bootlog import PHASES, describe, parse_phases
-
-REPO = Path(__file__).resolve().parents[2]
+from imagebuilder.layers.base import init_files
+from imagebuilder.targets.qemu.bootlog import PHASES, describe, parse_phases
 
 CONSOLE = """\
 [    0.000000] Linux version 6.12.57+deb13-amd64
@@ -51,7 +48,7 @@ def test_describe() -> None:
 
 
 def test_the_init_prints_every_phase_the_parser_knows() -> None:
-    init = (REPO / "templates" / "init.sh.j2").read_text()
-    assert 'phase() { say "phase $1"; }' in init
+    files = {path: data.decode() for path, (data, _) in init_files().items()}
+    assert 'phase() { say "phase $1"; }' in files["usr/share/imagebuilder/log.sh"]
     for name in PHASES:
-        assert f"\nphase {name}\n" in init
+        assert f"\nphase {name}\n" in files["init"]

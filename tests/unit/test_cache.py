@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.cache import Cache
 from imagebuilder.errors import UserError
-from imagebuilder.hashing import xxh3_bytes
+from imagebuilder.hashing.core import xxh3_bytes
+from imagebuilder.store.cache import Cache
 
 
 def _writer(data: bytes, calls: list[Path] | None = None) -> Callable[[Path], None]:

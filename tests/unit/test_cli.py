@@ -23,7 +23,7 @@ import pytest
 
 from imagebuilder.cli import cli, main
 from imagebuilder.fetch import http
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
 NAME_EXPECTED = (
     "expected lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -454,7 +454,7 @@ def test_a_failing_disk_is_one_error_line_and_exit_1(
     import errno
     import os
 
-    import imagebuilder.hashing as hashing
+    import imagebuilder.hashing.core as hashing
 
     def fail(*_: Any, **__: Any) -> Any:
         raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "f"))

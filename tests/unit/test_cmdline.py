@@ -1,11 +1,11 @@
-"""The kernel command line check shared by build and pull (imagebuilder/cmdline.py)."""
+"""The kernel command line check shared by build and pull (imagebuilder/layers/cmdline.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from imagebuilder.cmdline import MAX_CMDLINE_BYTES, check_cmdline
 from imagebuilder.errors import UserError
+from imagebuilder.layers.cmdline import MAX_CMDLINE_BYTES, check_cmdline
 
 
 @pytest.mark.parametrize("text", [

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import config
-from imagebuilder.config import (
+from imagebuilder.config import parse as config
+from imagebuilder.config.envlimits import TOTAL_MAX
+from imagebuilder.config.network import StaticNetwork
+from imagebuilder.config.parse import (
     AppSection,
     Config,
     Environment,
@@ -23,9 +25,7 @@ from imagebuilder.config import (
     load,
     with_overrides,
 )
-from imagebuilder.envlimits import TOTAL_MAX
 from imagebuilder.errors import ConfigError, NotFoundError, UserError
-from imagebuilder.network import StaticNetwork
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -458,8 +458,8 @@ def test_network_lines_count_towards_the_environments_size(project: Path) -> Non
 def test_a_kernel_command_line_boot_loaders_would_split_stops_the_build(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmdline: str, problem: str) -> None:
     """The image's cmdline comes from its kernel manifest: build reads it with load_manifest,
-    which checks it as pull does (imagebuilder.cmdline)."""
-    from imagebuilder import kernel
+    which checks it as pull does (imagebuilder.layers.cmdline)."""
+    from imagebuilder.layers import kernel
     shutil.copytree(kernel._manifest_dir(), tmp_path / "kernels")
     (tmp_path / "kernels/bad.toml").write_text(
         f'package = "linux-image-amd64"\nmodules = []\ncmdline = {json.dumps(cmdline)}\n')

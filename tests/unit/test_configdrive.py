@@ -12,11 +12,11 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from imagebuilder import configdrive
-from imagebuilder.config import Environment
-from imagebuilder.configdrive import VOLUME_ID, write_config_drive
+from imagebuilder.config.network import StaticNetwork
+from imagebuilder.config.parse import Environment
+from imagebuilder.disk import configdrive
+from imagebuilder.disk.configdrive import VOLUME_ID, write_config_drive
 from imagebuilder.errors import ConfigError
-from imagebuilder.network import StaticNetwork
 
 TRICKY = {
     "GREETING": "hello, production",

@@ -407,8 +407,8 @@ def test_a_classes_directory_packed_for_aot_takes_only_the_file_detection_read(
         tmp_path: Path) -> None:
     """Review F2, the AOT path: a directory of the app's classes on the -cp is packed into a
     jar from the files detection recorded; one swapped for a link to a host file is refused."""
-    from imagebuilder import aot
     from imagebuilder.apps.shape import File, Shape
+    from imagebuilder.layers import aot
 
     jar, secret = _app_jar(tmp_path)
     props = jar.parent / "app.properties"

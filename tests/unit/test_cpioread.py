@@ -12,7 +12,7 @@ import zstandard
 from imagebuilder.errors import DamagedError
 from imagebuilder.layers.cpio import Tree, write_cpio, write_layer
 from imagebuilder.layers.cpioread import Member, extract_layer, layer_members, members
-from imagebuilder.sizes import _group
+from imagebuilder.store.sizes import _group
 
 
 def _tree(tmp_path: Path) -> Tree:

@@ -12,9 +12,9 @@ import pytest
 import zstandard
 
 from imagebuilder.errors import DamagedError
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store
-from imagebuilder.targets import directboot, microvm
-from imagebuilder.targets.qemu import RunSpec, _boot_media, qemu_argv
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store
+from imagebuilder.targets.qemu import directboot, microvm
+from imagebuilder.targets.qemu.run import RunSpec, _boot_media, qemu_argv
 from tests.unit.test_qemu_args import needs_qemu
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.cache import Cache
 from imagebuilder.disk.bootable import BootFiles
 from imagebuilder.errors import HostError
-from imagebuilder.export import BootSource, bootable, layer_images
+from imagebuilder.formats.export import BootSource, bootable, layer_images
 from imagebuilder.formats.raw import write_raw
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.store.cache import Cache
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 from tests.unit.layer_fixture import tiny_layer
 
 TITLE = "org.opencontainers.image.title"

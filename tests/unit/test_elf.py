@@ -1,4 +1,5 @@
-"""Tests for imagebuilder.elf against real host binaries and objects compiled here with gcc."""
+"""Tests for imagebuilder.layers.elf against real host binaries and objects compiled here with
+gcc."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import elf
 from imagebuilder.errors import ImageBuilderError
+from imagebuilder.layers import elf
 
 LS = Path("/bin/ls")
 LIBC = Path("/lib/x86_64-linux-gnu/libc.so.6")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.elfstrip import drop_symtab
+from imagebuilder.layers.elfstrip import drop_symtab
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("readelf") is None,
                                 reason="needs a C compiler and readelf (binutils)")

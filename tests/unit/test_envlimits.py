@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import envlimits
 from imagebuilder.cli import main
-from imagebuilder.config import load
-from imagebuilder.configdrive import env_file
-from imagebuilder.envlimits import TOTAL_MAX, USERDATA_MAX, VAR_MAX
+from imagebuilder.config import envlimits
+from imagebuilder.config.envlimits import TOTAL_MAX, USERDATA_MAX, VAR_MAX
+from imagebuilder.config.parse import load
+from imagebuilder.disk.configdrive import env_file
 from imagebuilder.errors import ConfigError
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
-from imagebuilder.targets import aws
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.targets.aws import publish as aws
 
 MINIMAL = '[image]\nname = "hello"\nversion = "1.0.0"\n[app]\npath = "hello.jar"\n'
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from imagebuilder.cache import Cache
 from imagebuilder.errors import DamagedError, UserError
 from imagebuilder.layers import erofs
 from imagebuilder.layers.cpio import Tree, write_cpio, write_layer
 from imagebuilder.layers.erofslayer import write_erofs
+from imagebuilder.store.cache import Cache
 
 needs_erofs_utils = pytest.mark.skipif(
     shutil.which("fsck.erofs") is None,

@@ -15,7 +15,7 @@ import pytest
 
 from imagebuilder.disk import esp, gpt
 from imagebuilder.errors import HostError, UserError
-from imagebuilder.sparse import data_extents
+from imagebuilder.hashing.sparse import data_extents
 
 CMDLINE = "console=ttyS0 panic=-1 quiet"
 SEED = b"esp-test-seed"

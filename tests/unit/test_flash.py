@@ -1,4 +1,4 @@
-"""flash (imagebuilder/targets/baremetal.py): writes the disk's data onto files and block devices,
+"""flash (imagebuilder/targets/metal/flash.py): writes the disk's data onto files and block devices,
 verifies it, refuses dangerous targets, survives interruption, adds a config partition."""
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import pytest
 from test_bmap import sample_disk, sha256
 
 from imagebuilder import cli
-from imagebuilder.bmap import write_raw_with_bmap
 from imagebuilder.commands.baremetal import COMMANDS
-from imagebuilder.configdrive import build_iso, env_file
 from imagebuilder.disk import gpt
+from imagebuilder.disk.configdrive import build_iso, env_file
 from imagebuilder.disk.configpart import read_gpt, with_config_partition
 from imagebuilder.disk.model import Disk
 from imagebuilder.errors import HostError, UserError
 from imagebuilder.formats import write_disk
-from imagebuilder.targets import baremetal
-from imagebuilder.targets.baremetal import flash, verify_target
-from imagebuilder.targets.blockdev import Host, check_target
+from imagebuilder.formats.bmap import write_raw_with_bmap
+from imagebuilder.targets.metal import flash as baremetal
+from imagebuilder.targets.metal.blockdev import Host, check_target
+from imagebuilder.targets.metal.flash import flash, verify_target
 
 FAKE_MAJOR = 60  # "local/experimental use": no driver answers it
 

@@ -1,4 +1,5 @@
-"""Tests for imagebuilder.hardware: the shipped driver sets, selection, unknown names, firmware."""
+"""Tests for imagebuilder.layers.hardware: the shipped driver sets, selection, unknown names,
+firmware."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import hardware
 from imagebuilder.errors import ConfigError
-from imagebuilder.kernel import Module, ModuleTree, load_manifest
+from imagebuilder.layers import hardware
+from imagebuilder.layers.kernel import Module, ModuleTree, load_manifest
 
 
 def _tree(tmp_path: Path, names: list[str], builtin: list[str]) -> ModuleTree:

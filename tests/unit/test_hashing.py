@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from imagebuilder import hashing, sparse
-from imagebuilder.hashing import (
+from imagebuilder.hashing import core as hashing
+from imagebuilder.hashing import parallel, sparse
+from imagebuilder.hashing.core import (
     MultiHasher,
     digest_fd,
     digest_file,
@@ -24,8 +25,8 @@ from imagebuilder.hashing import (
     xxh3_bytes,
     xxh3_file,
 )
-from imagebuilder.keys import key_of
-from imagebuilder.sparse import data_extents, iter_regions
+from imagebuilder.hashing.keys import key_of
+from imagebuilder.hashing.sparse import data_extents, iter_regions
 
 # Published constants: SHA-256("") and SHA-256("abc"); XXH3-128 of "" with seed 0.
 SHA256_EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -36,7 +37,7 @@ XXH3_3MIB_KNOWN = "bdf09532fcfb84f6eea647480980395e"
 
 
 def ref_xxh3(data: bytes) -> str:
-    """The block-tree ``xxh3`` by its definition (imagebuilder/hashing.py docstring)."""
+    """The block-tree ``xxh3`` by its definition (imagebuilder/hashing/core.py docstring)."""
     if len(data) <= MIB:
         return xxhash.xxh3_128(data).hexdigest()
     leaves = b"".join(xxhash.xxh3_128(data[i : i + MIB]).digest() for i in range(0, len(data), MIB))
@@ -205,7 +206,7 @@ def test_xxh3_alone_on_any_number_of_threads(
     sparse_file: tuple[Path, bytes], threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, content = sparse_file
-    monkeypatch.setattr(hashing, "_WINDOW_LEAVES", 2)  # several windows even on small files
+    monkeypatch.setattr(parallel, "WINDOW_LEAVES", 2)  # several windows even on small files
     assert digest_file(path, "xxh3", threads=threads).xxh3 == ref_xxh3(content)
 
 

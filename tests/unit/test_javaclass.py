@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from imagebuilder import javaclass
+from imagebuilder.apps import javaclass
 
 try:
     from java_fixture import Jars, needs_jdk

@@ -1,4 +1,4 @@
-"""Tests for imagebuilder.kernel: manifests, module scanning, closure and the modprobe files.
+"""Tests for imagebuilder.layers.kernel: manifests, module scanning, closure and the modprobe files.
 
 The synthetic module trees are built from objects compiled with gcc that carry a ``.modinfo``
 section, some of them xz- or zstd-compressed as Debian ships them. Two optional tests use real
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from imagebuilder import elf, kernel
 from imagebuilder.errors import ConfigError, ImageBuilderError
-from imagebuilder.kernel import Module, ModuleTree
+from imagebuilder.layers import elf, kernel
+from imagebuilder.layers.kernel import Module, ModuleTree
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import memory
-from imagebuilder.cache import Cache
 from imagebuilder.errors import UserError
 from imagebuilder.layers.cpio import Tree, write_layer
-from imagebuilder.memory import (
+from imagebuilder.store.cache import Cache
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.targets.qemu import memory
+from imagebuilder.targets.qemu.memory import (
     APP_FLOOR_MIB,
     KERNEL_USE_MIB,
     RESERVED_MIB,
@@ -22,8 +23,7 @@ from imagebuilder.memory import (
     Needs,
     needs,
 )
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
-from imagebuilder.targets.qemu import RunSpec, prepare
+from imagebuilder.targets.qemu.run import RunSpec, prepare
 
 MIB = 1 << 20
 

@@ -10,9 +10,9 @@ import pytest
 
 from imagebuilder.errors import UserError
 from imagebuilder.layers.cpio import Tree, write_layer
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store
-from imagebuilder.targets import microvm
-from imagebuilder.targets.qemu import RunSpec, qemu_argv, resolve_boot
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store
+from imagebuilder.targets.qemu import microvm
+from imagebuilder.targets.qemu.run import RunSpec, qemu_argv, resolve_boot
 
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="qemu-system-x86_64 not installed")

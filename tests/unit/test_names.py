@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import config as config_mod
+from imagebuilder.config import parse as config_mod
 from imagebuilder.errors import ConfigError, UserError
-from imagebuilder.registry import RegistryRef
-from imagebuilder.store import Store, split_ref
-from imagebuilder.targets.qemu import PortForward
+from imagebuilder.registry.transfer import RegistryRef
+from imagebuilder.store.layout import Store, split_ref
+from imagebuilder.targets.qemu.run import PortForward
 
 
 def _toml(tmp_path: Path, image: str, env: str = "") -> Path:

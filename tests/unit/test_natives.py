@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from imagebuilder import natives
+from imagebuilder.build.packages import NATIVES, Resolution
 from imagebuilder.errors import UserError
 from imagebuilder.fetch.lock import Lock
 from imagebuilder.layers import jvm as jvm_layer
-from imagebuilder.packages import NATIVES, Resolution
+from imagebuilder.layers import natives
 
 try:  # pytest puts tests/unit itself on sys.path while it is no package
     import archive_fixture as fx

@@ -1,4 +1,4 @@
-"""Network boot (imagebuilder/targets/netboot.py): the iPXE script, the environment initrd and
+"""Network boot (imagebuilder/targets/metal/netboot.py): the iPXE script, the environment initrd and
 the HTTP server, against real HTTP clients and GNU cpio."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 from imagebuilder.cli import main
 from imagebuilder.errors import UserError
-from imagebuilder.targets.netboot import (
+from imagebuilder.targets.metal.netboot import (
     ENV_PATH,
     NetbootServer,
     NetbootSource,

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.config import Config, load
+from imagebuilder.build.packages import Resolution, jdk_package, resolve, roots
+from imagebuilder.config.parse import Config, load
 from imagebuilder.errors import FetchError
 from imagebuilder.fetch import http
 from imagebuilder.fetch.debian import deb_path
-from imagebuilder.hardware import Selection, select
-from imagebuilder.kernel import load_manifest
-from imagebuilder.packages import Resolution, jdk_package, resolve, roots
+from imagebuilder.layers.hardware import Selection, select
+from imagebuilder.layers.kernel import load_manifest
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None,
                                 reason="dpkg-deb not installed (apt-get install dpkg)")

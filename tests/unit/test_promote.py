@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.errors import NotFoundError, UserError
-from imagebuilder.promote import environments_of, history, promote
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.registry.promote import environments_of, history, promote
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
 ORDER = ("dev", "test", "prod")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from imagebuilder.configdrive import VOLUME_ID
+from imagebuilder.disk.configdrive import VOLUME_ID
 from imagebuilder.errors import UserError
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store
-from imagebuilder.targets.qemu import (
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store
+from imagebuilder.targets.qemu.run import (
     PortForward,
     RunSpec,
     check_port_free,
@@ -263,7 +263,7 @@ def test_prepare_refuses_a_busy_port_before_writing_anything(store: Store, tmp_p
 
 
 def test_only_the_newest_kept_console_logs_stay(tmp_path: Path) -> None:
-    from imagebuilder.targets.qemu import KEPT_CONSOLES, _keep_console
+    from imagebuilder.targets.qemu.run import KEPT_CONSOLES, _keep_console
     runs = tmp_path / "run"
     runs.mkdir()
     for i in range(KEPT_CONSOLES + 2):

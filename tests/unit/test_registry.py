@@ -23,9 +23,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imagebuilder import regclient, registry
 from imagebuilder.errors import IntegrityError, NotFoundError, UserError
-from imagebuilder.registry import (
+from imagebuilder.registry import client as regclient
+from imagebuilder.registry import transfer as registry
+from imagebuilder.registry.transfer import (
     BlobLocations,
     Client,
     RegistryAuthError,
@@ -33,7 +34,7 @@ from imagebuilder.registry import (
     RegistryRef,
     credentials_for,
 )
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
 
 class FakeRegistry(ThreadingHTTPServer):

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from imagebuilder import regclient
 from imagebuilder.errors import ImageBuilderError
-from imagebuilder.ocimanifest import MAX_MANIFEST_BYTES
-from imagebuilder.registry import Client, RegistryRef, pull
-from imagebuilder.store import (
+from imagebuilder.registry import client as regclient
+from imagebuilder.registry.manifest import MAX_MANIFEST_BYTES
+from imagebuilder.registry.transfer import Client, RegistryRef, pull
+from imagebuilder.store.layout import (
     CONFIG_MEDIA_TYPE,
     INITRD_LAYER_MEDIA_TYPE,
     KERNEL_MEDIA_TYPE,
@@ -272,7 +272,7 @@ _PROMOTIONS = "application/vnd.imagebuilder.promotions.v1+json"
 ])
 def test_a_malformed_promotion_history_is_one_line(hostile: Hostile, tmp_path: Path,
                                                    layers: Any, message: str) -> None:
-    from imagebuilder.promote import promote
+    from imagebuilder.registry.promote import promote
     store = Store(tmp_path / "store")
     kernel = store.add_blob_bytes(b"k", KERNEL_MEDIA_TYPE)
     layer = store.add_blob_bytes(b"l", INITRD_LAYER_MEDIA_TYPE)

@@ -27,9 +27,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from imagebuilder import regclient, registry
-from imagebuilder.registry import Client, RegistryError, RegistryRef
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.registry import client as regclient
+from imagebuilder.registry import transfer as registry
+from imagebuilder.registry.transfer import Client, RegistryError, RegistryRef
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
 USER, PASSWORD = "ci", "s3cret"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

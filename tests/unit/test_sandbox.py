@@ -1,8 +1,8 @@
-"""The training run's sandbox (imagebuilder/sandbox/, through imagebuilder/aot.py's entry point)
-against an app that tries every way out: a static C program (sandbox_escape/escape.c, compiled
-here with gcc -static) in a root of the host's busybox. And what the build reads back from a root
-the app had its hands on: links planted for the archive and the log, a huge log; secrets never on
-a command line; nothing of the sandbox outliving a killed builder.
+"""The training run's sandbox (imagebuilder/sandbox/, through imagebuilder/layers/aot.py's entry
+point) against an app that tries every way out: a static C program (sandbox_escape/escape.c,
+compiled here with gcc -static) in a root of the host's busybox. And what the build reads back from
+a root the app had its hands on: links planted for the archive and the log, a huge log; secrets
+never on a command line; nothing of the sandbox outliving a killed builder.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import aot, sandbox
+from imagebuilder import sandbox
 from imagebuilder.errors import HostError
+from imagebuilder.layers import aot
 from imagebuilder.layers.base import APP_UID
 from tests.unit.sandbox_fixture import busybox_root
 

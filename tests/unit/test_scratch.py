@@ -15,19 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.cache import Cache
 from imagebuilder.cli import main
 from imagebuilder.formats import atomic_output
 from imagebuilder.scratch import remove_stale, scratch_dir
-from imagebuilder.store import KERNEL_MEDIA_TYPE, Store
+from imagebuilder.store.cache import Cache
+from imagebuilder.store.layout import KERNEL_MEDIA_TYPE, Store
 
 CHILD = """
 import os, sys, time
 from pathlib import Path
-from imagebuilder.cache import Cache
+from imagebuilder.store.cache import Cache
 from imagebuilder.formats import atomic_output
 from imagebuilder.scratch import scratch_dir
-from imagebuilder.store import Store
+from imagebuilder.store.layout import Store
 home = Path(sys.argv[1])
 with scratch_dir(home / "tmp") as scratch:
     (scratch / "sysroot").mkdir()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import sparse
-from imagebuilder.sparse import data_extents, iter_regions, layout
+from imagebuilder.hashing import sparse
+from imagebuilder.hashing.sparse import data_extents, iter_regions, layout
 
 MIB = 1 << 20
 

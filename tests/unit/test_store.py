@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.errors import DamagedError, IntegrityError, NotFoundError, UserError
-from imagebuilder.store import (
+from imagebuilder.store.layout import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
     INITRD_LAYER_MEDIA_TYPE,

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.cache import Cache
 from imagebuilder.cli import main
-from imagebuilder.store import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
-from imagebuilder.storecheck import check
+from imagebuilder.store.cache import Cache
+from imagebuilder.store.check import check
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
 TITLE = "org.opencontainers.image.title"
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import jinja2
 import pytest
-
 from imagebuilder.apps.shape import File, Shape
-from imagebuilder.config import Config, load
+from imagebuilder.config.parse import Config, load
 from imagebuilder.errors import ConfigError
 from imagebuilder.layers.app import app_conf, command
-from imagebuilder.layers.templates import render, source
+from imagebuilder.resources import render, source
 
 BUSYBOX = shutil.which("busybox")
 SH = shutil.which("sh") or "/bin/sh"

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from imagebuilder.cli import main
-from imagebuilder.targets import qemu, vms
+from imagebuilder.targets.qemu import run as qemu
+from imagebuilder.targets.qemu import vms
 
 
 @pytest.fixture

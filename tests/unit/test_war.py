@@ -13,11 +13,11 @@ import pytest
 from imagebuilder.apps import war as war_shape
 from imagebuilder.apps.archive import Budget
 from imagebuilder.apps.detect import detect
-from imagebuilder.config import load
+from imagebuilder.build.packages import roots
+from imagebuilder.config.parse import load
 from imagebuilder.errors import UserError
-from imagebuilder.hardware import select
-from imagebuilder.kernel import load_manifest
-from imagebuilder.packages import roots
+from imagebuilder.layers.hardware import select
+from imagebuilder.layers.kernel import load_manifest
 from tests.wars import build_war
 
 

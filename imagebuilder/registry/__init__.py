@@ -1,0 +1,6 @@
+"""Registries: images of the store in, images on an OCI registry out (and back).
+
+:mod:`.refs` checks a registry reference, :mod:`.creds` finds its credentials, :mod:`.client`
+speaks the distribution API to one host, :mod:`.manifest` checks what it replies,
+:mod:`.transfer` pushes and pulls, and :mod:`.promote` moves an environment's tag.
+"""

@@ -1,0 +1,586 @@
+"""OCI distribution client: one registry host, its API (distribution-spec, ``/v2/``) over requests.
+
+Authentication answers the registry's challenge: Basic, or a Bearer token fetched from the realm
+it names, with the credentials of :mod:`imagebuilder.registry.creds`. Transient failures (connection
+errors, 429, 5xx) are retried; every other answer becomes one line naming what was being done.
+Plain HTTP (``insecure``) is only allowed on loopback.
+
+Credentials go to the registry's own origin (scheme, host and port) and nowhere else. The
+distribution spec lets a registry send an upload ``Location`` or a blob download elsewhere (blob
+storage, a CDN): we go there (following GET and HEAD redirects ourselves, at most
+:data:`MAX_REDIRECTS`) without the Authorization header, and never from HTTPS to plain HTTP nor
+over plain HTTP off loopback (:meth:`Client.is_own`). A Bearer token realm gets the Docker-config
+credentials only over HTTPS or on the registry's own origin, and its redirects are not followed.
+An origin is judged from the URL exactly as requests will send it (:func:`_origin`), since
+urllib.parse and urllib3 read some authorities differently (``https://a\\@b/`` is host ``b`` to
+one, ``a`` to the other); a URL holding a backslash, userinfo, a control character or
+whitespace is refused outright (:func:`_oddity`).
+
+What the registry sends is bounded before it is trusted: a manifest is read as a stream and the
+read stops at :data:`imagebuilder.registry.manifest.MAX_MANIFEST_BYTES`, whatever Content-Length
+says; a blob is streamed into the store's staging directory, hashed as it arrives and cut off at the
+size its descriptor gives. What push sends is hashed as it goes, so a blob damaged in the local
+store is never uploaded (:class:`_SentDigest`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+from urllib3.util import parse_url
+
+from ..errors import FetchError, NotFoundError, UserError
+from ..hashing.core import MultiHasher
+from ..store import blobs
+from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Store
+from .creds import credentials_for, docker_config_path, parse_challenge
+from .manifest import MAX_MANIFEST_BYTES, load_object
+from .refs import DIGEST_RE, is_loopback
+
+CHUNK = 1 << 20
+DEFAULT_CHUNK_SIZE = 64 << 20
+"""Blobs larger than this are uploaded in chunks of this size (PATCH); smaller in one PUT."""
+RETRIES = 2
+RETRY_BASE_DELAY = 0.5  # seconds, doubled each time (tests patch it down)
+TIMEOUT = (10.0, 300.0)
+WORKERS = 3
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+ACCEPT = ", ".join([
+    MANIFEST_MEDIA_TYPE,
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+])
+
+
+class RegistryError(FetchError):
+    """The registry is down, failed (5xx) or answered something that breaks the protocol."""
+
+
+class RegistryAuthError(UserError):
+    """The registry refused our credentials (401) or the permission (403)."""
+
+
+class Client:
+    """One registry host: requests with authentication, retries and one-line errors."""
+
+    def __init__(self, host: str, *, insecure: bool = False,
+                 docker_config: Path | None = None,
+                 session: requests.Session | None = None) -> None:
+        if insecure and not is_loopback(host):
+            raise UserError(f"--insecure (plain HTTP) is only allowed for a registry on loopback, "
+                            f"not {host}; use HTTPS")
+        self.host = host
+        self.base = f"{'http' if insecure else 'https'}://{host}"
+        self.origin = _origin(self.base)
+        self.insecure = insecure
+        self.docker_config = docker_config
+        self.session = session or requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=WORKERS * 2)
+        self.session.mount(self.base, adapter)
+        self._auth: dict[str, str] = {}  # scope -> Authorization header
+        self._basic: str | None = None
+        self._lock = threading.Lock()
+
+    # where requests may go
+
+    def is_own(self, url: str, what: str) -> bool:
+        """Whether ``url`` is on the registry's own origin, where credentials go; a
+        RegistryError for a URL nothing is sent to (``what`` names where it came from): one
+        the URL parsers may read differently (:func:`_oddity`), not http(s), plain HTTP from an
+        HTTPS registry, or plain HTTP to a host off loopback."""
+        self._refuse_odd(url, what)
+        try:
+            origin = _origin(url)
+        except ValueError:
+            origin = ("", "", 0)
+        if origin == self.origin:
+            return True
+        scheme, host, _ = origin
+        if scheme == "https" or (scheme == "http" and self.insecure and is_loopback(host)):
+            return False
+        if scheme == "http":
+            reason = ("from an HTTPS registry: a downgrade to plain HTTP" if not self.insecure
+                      else "plain HTTP off loopback")
+        else:
+            reason = "not an http(s) URL"
+        raise RegistryError(f"registry {self.host} sent {what} {_url(url)}, {reason}; refused")
+
+    def _refuse_odd(self, url: str, what: str) -> None:
+        if odd := _oddity(url):
+            raise RegistryError(f"registry {self.host} sent {what} {_url(url)}, which holds "
+                                f"{odd}; refused")
+
+    def _join(self, base: str, location: str, what: str) -> str:
+        """``location`` resolved against ``base`` (RFC 9110), judged as sent: urljoin would
+        drop the tabs and newlines that make it ambiguous."""
+        self._refuse_odd(location, what)
+        return urllib.parse.urljoin(base, location)
+
+    # authentication
+
+    def _header_for(self, scope: str) -> dict[str, str]:
+        with self._lock:
+            value = self._auth.get(scope) or self._basic
+        return {"Authorization": value} if value else {}
+
+    def _authenticate(self, response: requests.Response, scope: str, sent: str | None) -> bool:
+        """Answer a 401's challenge; whether there is something other than ``sent`` (the
+        Authorization the refused request carried) to retry with."""
+        scheme, params = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        creds = credentials_for(self.host, self.docker_config)
+        if scheme == "basic":
+            if creds is None or creds[0] == "<token>":
+                return False
+            value = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            with self._lock:
+                self._basic = value
+            return value != sent
+        if scheme != "bearer" or "realm" not in params:
+            return False
+        token = self._fetch_token(params, scope, creds)
+        value = f"Bearer {token}"
+        with self._lock:
+            self._auth[scope] = value
+        return value != sent
+
+    def _fetch_token(self, params: dict[str, str], scope: str,
+                     creds: tuple[str, str] | None) -> str:
+        realm = params["realm"]
+        if odd := _oddity(realm):
+            raise RegistryError(f"registry {self.host} names the token service {_url(realm)}, "
+                                f"which holds {odd}; refused")
+        if not self._realm_allowed(realm):
+            raise RegistryError(f"registry {self.host} names the token service {_url(realm)}, "
+                                "neither HTTPS nor the registry's own origin; refused: the "
+                                "credentials would travel in clear")
+        scopes = params.get("scope", "").split() or scope.split()
+        try:
+            if creds and creds[0] == "<token>":
+                response = self.session.post(realm, data={
+                    "grant_type": "refresh_token", "refresh_token": creds[1],
+                    "service": params.get("service", ""), "scope": " ".join(scopes),
+                    "client_id": "imagebuilder"}, timeout=TIMEOUT, stream=True,
+                    allow_redirects=False)
+            else:
+                query: list[tuple[str, str]] = [("scope", s) for s in scopes]
+                if params.get("service"):
+                    query.append(("service", params["service"]))
+                response = self.session.get(realm, params=query, timeout=TIMEOUT,
+                                            auth=creds if creds else None, stream=True,
+                                            allow_redirects=False)
+        except requests.RequestException as e:
+            raise RegistryError(f"cannot get a token for {self.host} from {realm}: "
+                                f"{_short(e)}") from None
+        if response.status_code != 200:
+            response.close()
+        if response.status_code in (401, 403):
+            raise RegistryAuthError(
+                f"the token service {realm} refused "
+                f"{'the credentials' if creds else 'anonymous access'} for {self.host} "
+                f"(HTTP {response.status_code}); log in with 'docker login {self.host}'")
+        if response.status_code in REDIRECT_STATUS:
+            raise RegistryError(f"token service {realm} answered HTTP {response.status_code} "
+                                f"(a redirect to {_url(response.headers.get('Location', ''))}, "
+                                "not followed with credentials)")
+        if response.status_code != 200:
+            raise RegistryError(f"token service {realm} answered HTTP {response.status_code}")
+        with response:
+            body = self.read_capped(response, 1 << 20, f"a token from {realm}")
+        try:
+            answer = json.loads(body)
+            return str(answer.get("token") or answer["access_token"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RegistryError(f"token service {realm} sent no token") from None
+
+    def _realm_allowed(self, realm: str) -> bool:
+        try:
+            origin = _origin(realm)
+        except ValueError:
+            return False
+        return origin == self.origin or origin[0] == "https"
+
+    # requests
+
+    def request(self, method: str, url: str, *, scope: str, ok: tuple[int, ...],
+                what: str, retry: bool = True, body: Callable[[], Any] | None = None,
+                **kwargs: Any) -> requests.Response:
+        """Send (re-sending after an auth challenge, retrying transient failures when
+        ``retry``); the response if its status is in ``ok``, else a one-line error."""
+        if not url.startswith("http"):
+            url = self.base + url
+        attempts = RETRIES + 1 if retry else 1
+        last = ""
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(RETRY_BASE_DELAY * 2 ** (attempt - 1))
+            try:
+                response = self._send(method, url, scope, body, kwargs)
+            except requests.exceptions.SSLError as e:
+                hint = (" (plain HTTP? pass --insecure for a registry on loopback)"
+                        if is_loopback(self.host) and not self.insecure else "")
+                raise RegistryError(f"TLS with registry {self.host} failed{hint}: "
+                                    f"{_short(e)}") from None
+            except requests.ConnectionError as e:
+                last = f"cannot connect ({_short(e)}); is it running?"
+                continue
+            except requests.Timeout:
+                last = "timed out"
+                continue
+            if response.status_code in ok:
+                return response
+            if response.status_code in TRANSIENT_STATUS:
+                last = f"HTTP {response.status_code}{_error_detail(response)}"
+                response.close()
+                continue
+            self._raise_for(response, what)
+        raise RegistryError(f"registry {self.host} failed to {what}: {last}"
+                            + (f" ({attempts} attempts)" if attempts > 1 else ""))
+
+    def _send(self, method: str, url: str, scope: str, body: Callable[[], Any] | None,
+              kwargs: dict[str, Any]) -> requests.Response:
+        """One request, following the redirects of a GET or HEAD (at most MAX_REDIRECTS, each
+        checked by is_own; credentials only on the registry's own origin)."""
+        extra = {"stream": True, **kwargs}  # bodies are read by read_capped, never whole
+        headers = extra.pop("headers", {})
+        start, what = url, "a URL"
+        for _ in range(MAX_REDIRECTS + 1):
+            own = self.is_own(url, what)
+            response = self._send_once(method, url, scope, body, headers, extra, own)
+            if response.status_code not in REDIRECT_STATUS or method not in ("GET", "HEAD"):
+                return response
+            response.close()
+            location = response.headers.get("Location")
+            if not location:
+                raise RegistryError(f"registry {self.host} answered HTTP "
+                                    f"{response.status_code} without a Location for {_url(url)}")
+            url, what = self._join(url, location, "a redirect to"), "a redirect to"
+            extra.pop("params", None)  # the Location is the whole next URL
+        raise RegistryError(f"registry {self.host}: {_url(start)} redirected more than "
+                            f"{MAX_REDIRECTS} times (last to {_url(url)}): a redirect loop?")
+
+    def _send_once(self, method: str, url: str, scope: str, body: Callable[[], Any] | None,
+                   headers: dict[str, str], extra: dict[str, Any], own: bool
+                   ) -> requests.Response:
+        """One request, sent again once with new credentials if the registry's 401 challenge
+        asks; elsewhere (``own`` false) without any Authorization."""
+        sent = self._header_for(scope) if own else {}
+        response = self.session.request(
+            method, url, headers={**headers, **sent}, timeout=TIMEOUT,
+            data=body() if body else None, allow_redirects=False, **extra)
+        if own and response.status_code == 401 and self._authenticate(
+                response, scope, sent.get("Authorization")):
+            response.close()
+            response = self.session.request(
+                method, url, headers={**headers, **self._header_for(scope)}, timeout=TIMEOUT,
+                data=body() if body else None, allow_redirects=False, **extra)
+        return response
+
+    def _raise_for(self, response: requests.Response, what: str) -> None:
+        status = response.status_code
+        detail = _error_detail(response)
+        response.close()
+        if status == 401:
+            creds = credentials_for(self.host, self.docker_config)
+            raise RegistryAuthError(
+                f"registry {self.host} refused {'the credentials' if creds else 'anonymous '}"
+                f"{'' if creds else 'access'} to {what} (HTTP 401{detail}); log in with "
+                f"'docker login {self.host}' or add it to {docker_config_path()}")
+        if status == 403:
+            raise RegistryAuthError(f"registry {self.host} denied permission to {what} "
+                                    f"(HTTP 403{detail})")
+        if status == 404:
+            raise NotFoundError(f"registry {self.host} has no such thing: cannot {what} "
+                                f"(HTTP 404{detail})")
+        raise RegistryError(f"registry {self.host} failed to {what}: HTTP {status}{detail}")
+
+    # distribution API
+
+    def check(self) -> None:
+        """GET /v2/: the registry is there and speaks the API (authenticating if asked)."""
+        self.request("GET", "/v2/", scope="", ok=(200,), what="answer /v2/").close()
+
+    def head_blob(self, repo: str, digest: str) -> bool:
+        response = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=_pull(repo),
+                                ok=(200, 404), what=f"check blob {digest[:19]} in {repo}")
+        response.close()
+        return response.status_code == 200
+
+    def manifest_digest(self, repo: str, reference: str) -> str | None:
+        """Digest of the manifest ``reference`` names in ``repo``, or None if there is none."""
+        response = self.request("HEAD", f"/v2/{repo}/manifests/{reference}", scope=_pull(repo),
+                                ok=(200, 404), what=f"look up {repo}:{reference}",
+                                headers={"Accept": ACCEPT})
+        response.close()
+        if response.status_code == 404:
+            return None
+        digest = response.headers.get("Docker-Content-Digest", "")
+        if DIGEST_RE.fullmatch(digest):
+            return digest
+        data = self.get_manifest(repo, reference)
+        return None if data is None else sha256_of(data[0])
+
+    def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str] | None:
+        """(bytes, media type) of manifest ``reference``, or None if there is none. The body
+        is read as a stream and the read stops at MAX_MANIFEST_BYTES."""
+        what = f"manifest {repo}:{reference}"
+        response = self.request("GET", f"/v2/{repo}/manifests/{reference}", scope=_pull(repo),
+                                ok=(200, 404), what=f"get {what}", headers={"Accept": ACCEPT})
+        with response:
+            if response.status_code == 404:
+                return None
+            data = self.read_capped(response, MAX_MANIFEST_BYTES, what)
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if DIGEST_RE.fullmatch(reference) and sha256_of(data) != reference:
+            raise RegistryError(f"manifest {repo}@{reference} from {self.host} does not match "
+                                "its digest")
+        return data, str(load_object(data, what).get("mediaType") or media_type)
+
+    def read_capped(self, response: requests.Response, cap: int, what: str) -> bytes:
+        """The body of ``response`` (sent with stream=True), or a RegistryError as soon as it
+        passes ``cap`` bytes: what a registry sends is never held whole before it is bounded."""
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > cap:
+            raise RegistryError(f"{what} from {self.host} is {int(length)} bytes, over the "
+                                f"limit of {cap}; refused")
+        data = bytearray()
+        try:
+            for chunk in response.iter_content(64 << 10):
+                data += chunk
+                if len(data) > cap:
+                    raise RegistryError(f"{what} from {self.host} is larger than the limit of "
+                                        f"{cap} bytes; refused")
+        except requests.RequestException as e:
+            raise RegistryError(f"registry {self.host} failed to send {what}: {_short(e)}"
+                                ) from None
+        return bytes(data)
+
+    def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
+        response = self.request(
+            "PUT", f"/v2/{repo}/manifests/{reference}", scope=_push(repo), ok=(201, 200),
+            what=f"store manifest {repo}:{reference}",
+            headers={"Content-Type": media_type}, body=lambda: data)
+        response.close()
+        digest = sha256_of(data)
+        echoed = response.headers.get("Docker-Content-Digest")
+        if echoed and echoed != digest:
+            raise RegistryError(f"registry {self.host} stored manifest {repo}:{reference} as "
+                                f"{_url(echoed)}, not {digest}")
+        return digest
+
+    def mount_blob(self, repo: str, digest: str, source: str) -> str | None:
+        """Try a cross-repository mount; None if mounted, else the upload URL it opened."""
+        response = self.request(
+            "POST", f"/v2/{repo}/blobs/uploads/", scope=f"{_push(repo)} {_pull(source)}",
+            ok=(201, 202), what=f"mount blob {digest[:19]} into {repo}",
+            params={"mount": digest, "from": source})
+        response.close()
+        if response.status_code == 201:
+            return None
+        return self._location(response)
+
+    def start_upload(self, repo: str) -> str:
+        response = self.request("POST", f"/v2/{repo}/blobs/uploads/", scope=_push(repo),
+                                ok=(202,), what=f"start an upload to {repo}")
+        response.close()
+        return self._location(response)
+
+    def _location(self, response: requests.Response) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(f"registry {self.host} gave no upload Location")
+        url = self._join(response.url or self.base + "/", location, "an upload Location")
+        self.is_own(url, "an upload Location")
+        return url
+
+    def upload(self, repo: str, url: str, path: Path, desc: Descriptor, chunk_size: int,
+               progress: Callable[[int], None]) -> None:
+        """Send blob ``path`` to the upload session at ``url``: one PUT, or PATCH chunks then
+        a closing PUT when it is larger than ``chunk_size``."""
+        scope = _push(repo)
+        what = f"upload blob {desc.digest[:19]} to {repo}"
+        check = _SentDigest(path, desc)
+        if desc.size <= chunk_size:
+            response = self.request(
+                "PUT", _with_query(url, digest=desc.digest), scope=scope, ok=(201,),
+                what=what, retry=False,
+                headers={"Content-Type": "application/octet-stream"},
+                body=lambda: _FileBody(path, 0, desc.size, progress, check))
+            response.close()
+            return
+        offset = 0
+        while offset < desc.size:
+            length = min(chunk_size, desc.size - offset)
+            start = offset
+            response = self.request(
+                "PATCH", url, scope=scope, ok=(202,), what=what, retry=False,
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Range": f"{start}-{start + length - 1}"},
+                body=lambda s=start, n=length: _FileBody(path, s, n, progress,  # type: ignore[misc]
+                                                         check))
+            response.close()
+            url = self._location(response)
+            offset += length
+        response = self.request("PUT", _with_query(url, digest=desc.digest), scope=scope,
+                                ok=(201,), what=what, retry=False,
+                                headers={"Content-Type": "application/octet-stream"})
+        response.close()
+
+    def fetch_blob(self, repo: str, desc: Descriptor, store: Store, staging: Path,
+                   progress: Callable[[int], None]) -> Path:
+        """Stream blob ``desc`` into ``staging``, verified (IntegrityError if not)."""
+        last: Exception | None = None
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                time.sleep(RETRY_BASE_DELAY * 2 ** (attempt - 1))
+            response = self.request("GET", f"/v2/{repo}/blobs/{desc.digest}", scope=_pull(repo),
+                                    ok=(200,), what=f"get blob {desc.digest[:19]} from {repo}",
+                                    stream=True)
+            received = 0
+
+            def chunks(r: requests.Response = response) -> Iterator[bytes]:
+                nonlocal received
+                for chunk in r.iter_content(CHUNK):
+                    received += len(chunk)
+                    progress(len(chunk))
+                    yield chunk
+
+            try:
+                with response:
+                    return store.receive_blob(staging, desc.digest, desc.size, chunks())
+            except requests.RequestException as e:
+                progress(-received)
+                last = e
+        raise RegistryError(f"registry {self.host} failed to send blob {desc.digest[:19]}: "
+                            f"{_short(last or Exception())}")
+
+
+class _SentDigest:
+    """The SHA-256 of a blob as its bytes are sent, in order, whatever the chunking; a range
+    sent again (after an auth challenge) is not hashed twice. Once the last byte has gone,
+    DamagedError unless it is the blob's digest: a damaged local blob is never pushed."""
+
+    def __init__(self, path: Path, desc: Descriptor) -> None:
+        self.path, self.digest, self.size = path, desc.digest, desc.size
+        self.hasher = MultiHasher(("sha256",))
+
+    def add(self, offset: int, data: bytes) -> None:
+        if offset == self.hasher.size:
+            self.hasher.update(data)
+        if self.hasher.size == self.size:
+            actual = self.hasher.hexdigests()["sha256"]
+            if "sha256:" + actual != self.digest:
+                raise blobs.mismatch(self.path, self.digest, actual)
+
+
+class _FileBody:
+    """A request body streaming ``length`` bytes of a file from ``offset`` in 1 MiB reads;
+    ``len()`` gives requests the Content-Length. What it sends goes through ``check``."""
+
+    def __init__(self, path: Path, offset: int, length: int,
+                 progress: Callable[[int], None], check: _SentDigest) -> None:
+        self.path, self.offset, self.length, self.progress = path, offset, length, progress
+        self.check = check
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise blobs.missing(self.path, self.check.digest) from None
+        with f:
+            f.seek(self.offset)
+            left, pos = self.length, self.offset
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise blobs.mismatch(self.path, self.check.digest, "(shorter than recorded)")
+                self.check.add(pos, chunk)  # raises before the last chunk leaves if damaged
+                left -= len(chunk)
+                pos += len(chunk)
+                self.progress(len(chunk))
+                yield chunk
+
+
+def _pull(repo: str) -> str:
+    return f"repository:{repo}:pull"
+
+
+def _push(repo: str) -> str:
+    return f"repository:{repo}:pull,push"
+
+
+def _with_query(url: str, **params: str) -> str:
+    sep = "&" if urllib.parse.urlsplit(url).query else "?"
+    return url + sep + urllib.parse.urlencode(params)
+
+
+def _oddity(url: str) -> str | None:
+    """What in ``url`` parsers may read differently, or None: a backslash (urllib3 ends the
+    authority there, urllib.parse does not), userinfo (an ``@`` in the authority), a control
+    character or whitespace (stripped by some, refused or kept by others)."""
+    if "\\" in url:
+        return "a backslash"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "a control character or whitespace"
+    try:  # with no backslash nor whitespace left, both parsers end the authority alike
+        userinfo = "@" in urllib.parse.urlsplit(url).netloc or bool(parse_url(url).auth)
+    except ValueError:  # urllib3's LocationParseError is one
+        return "an authority that does not parse"
+    return "userinfo (an '@' before the host)" if userinfo else None
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) that requests connects to for ``url``, the port made explicit:
+    the URL is prepared as requests prepares it, then split as its adapter splits the result
+    (requests.adapters). ValueError if it has no origin."""
+    prepared = requests.models.PreparedRequest()
+    try:
+        prepared.prepare_url(url, None)
+    except requests.RequestException as e:
+        raise ValueError(f"no origin in {url!r}: {e}") from None
+    parts = urllib.parse.urlsplit(prepared.url or "")
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    if not host or port is None:
+        raise ValueError(f"no origin in {url!r}")
+    return scheme, f"[{host}]" if ":" in host else host, port
+
+
+def _url(url: str) -> str:
+    """``url`` for a one-line message: printable, at most 200 characters."""
+    text = url if url.isprintable() else repr(url)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _error_detail(response: requests.Response) -> str:
+    """The first error of a registry's JSON error body (at most 64 KiB of it is read)."""
+    try:
+        body = next(response.iter_content(64 << 10), b"") if response.request.method != "HEAD" \
+            else b""
+        first = (json.loads(body).get("errors") or [])[0]
+        return f": {first.get('code', '')} {first.get('message', '')}".rstrip()[:300]
+    except (ValueError, AttributeError, IndexError, TypeError, requests.RequestException):
+        return ""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
