@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from imagebuilder.config.envlimits import TOTAL_MAX, VAR_MAX
+from imagebuilder.layers.base import APPLETS, STOP_TIMEOUT, env_filter
 from imagebuilder.resources import render
 from imagebuilder.store.layout import Store
 from imagebuilder.targets.qemu.memory import APP_FLOOR_MIB
 from imagebuilder.targets.qemu.run import EXIT_RE, RunSpec, qemu_argv
 from tests.unit.test_qemu_args import _image, needs_qemu
-
-from imagebuilder.layers.base import APPLETS, STOP_TIMEOUT, env_filter
 
 BUSYBOX = shutil.which("busybox")
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"

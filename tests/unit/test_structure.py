@@ -96,7 +96,7 @@ def test_no_module_imports_itself_back() -> None:
     def visit(node: str, path: list[str], done: set[str]) -> None:
         for nxt in graph.get(node, ()):
             if nxt in path:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append([*path[path.index(nxt):], nxt])
             elif nxt not in done:
                 visit(nxt, [*path, nxt], done)
         done.add(node)

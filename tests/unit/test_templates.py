@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+
 from imagebuilder.apps.shape import File, Shape
 from imagebuilder.config.parse import Config, load
 from imagebuilder.errors import ConfigError
