@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils ovmf gpgv debian-archive-keyring \
-  syslinux syslinux-common isolinux systemd-boot-efi mtools dosfstools fdisk gdisk \
+  syslinux syslinux-common isolinux systemd-boot-efi mtools dosfstools fdisk gdisk shellcheck \
   openjdk-17-jdk-headless busybox-static cpio zstd xz-utils xxhash gnupg genisoimage gcc \
   skopeo time docker-registry bmap-tools ipxe-qemu libarchive-tools iproute2 erofs-utils \
   libjakarta-servlet-api-java libservlet-api-java libjackson2-databind-java \

@@ -54,7 +54,6 @@ from ..layers.cpioread import extract_layer
 from ..layers.hardware import Selection, firmware_files, missing_firmware_message, present_modules
 from ..layers.hardware import select as select_drivers
 from ..layers.kernel import KernelManifest, ModuleTree, load_manifest
-from ..resources import source as template_source
 from ..scratch import scratch_dir
 from ..store.home import Home
 from ..store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
@@ -202,9 +201,8 @@ class Builder:
             "firmware": resolution.key("firmware"),
             "modules": list(drivers.modules),
             "explicit": list(drivers.extra),
-            "templates": [hashing.xxh3_bytes(template_source(t))
-                          for t in ("init.sh.j2", "udhcpc.script", "jdkhint.awk", "layers.sh")],
-            "env": [hashing.xxh3_bytes(base_layer.env_filter().encode()), base_layer.APPLETS],
+            "init": base_layer.init_files(),  # the bytes of every file the stage renders
+            "applets": base_layer.APPLETS,
         }
         def make_tree() -> Tree:
             modules = ModuleTree.scan(roots.get("kernel"))

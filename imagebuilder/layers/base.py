@@ -21,6 +21,14 @@ APP_UID = 1000
 APP_USER = "app"
 #: Seconds the app gets to exit after SIGTERM before the init kills it.
 STOP_TIMEOUT = 20
+#: The least MemAvailable (MiB) the init starts the app (a JVM) in; less and it says so. The
+#: memory model (targets/qemu/memory.py) counts it in every machine's size.
+APP_FLOOR_MIB = 32
+#: Where the init's parts and helpers lie in the image.
+SHARE = "usr/share/imagebuilder"
+#: The init's parts (templates/init/), one job each, sourced by /init in this order.
+INIT_PARTS = ("log.sh", "drivers.sh", "config.sh", "network.sh", "root.sh",
+              "memory.sh", "jit.sh", "app.sh")
 
 MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 #: busybox applets the init and its helpers use. No getty, login, telnetd or httpd: nothing
@@ -88,6 +96,22 @@ def env_filter() -> str:
     return render("env.awk", var_max=envlimits.VAR_MAX, total_max=envlimits.TOTAL_MAX)
 
 
+def init_files() -> dict[str, tuple[bytes, int]]:
+    """The init, its parts and its helpers, rendered, by their path in the image, with their
+    mode: all the base layer carries of ``templates/``, and so what its cache key hashes. The
+    constants Python owns are rendered into them."""
+    context = {"share": f"/{SHARE}", "parts": INIT_PARTS, "stop_timeout": STOP_TIMEOUT,
+               "app_floor": APP_FLOOR_MIB, "app_user": APP_USER}
+    files = {"init": (render("init.sh.j2", **context), 0o755)}
+    for part in INIT_PARTS:
+        files[f"{SHARE}/{part}"] = (render(f"init/{part}", **context), 0o644)
+    files[f"{SHARE}/layers.sh"] = (render("layers.sh"), 0o644)
+    files[f"{SHARE}/udhcpc.script"] = (render("udhcpc.script"), 0o755)
+    files[f"{SHARE}/env.awk"] = (env_filter(), 0o644)
+    files[f"{SHARE}/jdkhint.awk"] = (render("jdkhint.awk"), 0o644)
+    return {path: (text.encode(), mode) for path, (text, mode) in files.items()}
+
+
 def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree,
                closure: list[kernel_mod.Module], firmware: dict[str, Path] | None = None) -> Tree:
     """The whole base layer as a Tree: ``closure`` is the modules to ship (dependencies
@@ -95,14 +119,8 @@ def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree,
     tree = Tree()
     skeleton(tree)
     busybox(tree, busybox_root)
-    tree.add_file("init", data=render("init.sh.j2", stop_timeout=STOP_TIMEOUT).encode(), mode=0o755)
-    tree.add_file("usr/share/imagebuilder/layers.sh", data=render("layers.sh").encode(),
-                  mode=0o644)
-    tree.add_file("usr/share/imagebuilder/udhcpc.script", data=render("udhcpc.script").encode(),
-                  mode=0o755)
-    tree.add_file("usr/share/imagebuilder/env.awk", data=env_filter().encode(), mode=0o644)
-    tree.add_file("usr/share/imagebuilder/jdkhint.awk", data=render("jdkhint.awk").encode(),
-                  mode=0o644)
+    for path, (data, mode) in init_files().items():
+        tree.add_file(path, data=data, mode=mode)
     kernel_mod.write_modules(closure, modules.kver, _UsrPrefix(tree),
                              builtin=modules.builtin_paths)
     for name, source in sorted((firmware or {}).items()):

@@ -1,13 +1,14 @@
-"""The init (templates/init.sh.j2) run for real, under busybox sh, in a throw-away root.
+"""The init (templates/init.sh.j2 and its parts, templates/init/) run for real, under busybox
+sh, in a throw-away root.
 
 A QEMU boot costs minutes under TCG, so the init's handling of the environment is checked here:
-the real rendered /init and env.awk, run by the host's static busybox as PID 1 of its own
-namespaces, chrooted into a directory laid out like the base layer. Only what needs a real
-kernel and real devices is a stub: mount (which can be told to refuse the read-only remount),
-the drivers and the network; poweroff records that it ran before the real one ends the init's
-PID namespace. The sandbox needs root (start-stop-daemon switches to the app's uid 1000). The
-app is busybox awk writing out exactly the environment it was given, then exiting 7. The boot
-in tests/e2e/test_guest.py does the same in a real guest.
+the real rendered /init, its parts and helpers (all the base layer carries of templates/), run
+by the host's static busybox as PID 1 of its own namespaces, chrooted into a directory laid out
+like the base layer. Only what needs a real kernel and real devices is a stub: mount (which can
+be told to refuse the read-only remount), the drivers and the network; poweroff records that it
+ran before the real one ends the init's PID namespace. The sandbox needs root (start-stop-daemon
+switches to the app's uid 1000). The app is busybox awk writing out exactly the environment it
+was given, then exiting 7. The boot in tests/e2e/test_guest.py does the same in a real guest.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.config.envlimits import TOTAL_MAX, VAR_MAX
-from imagebuilder.layers.base import APPLETS, STOP_TIMEOUT, env_filter
-from imagebuilder.resources import render
+from imagebuilder.layers.base import APPLETS, init_files
 from imagebuilder.store.layout import Store
 from imagebuilder.targets.qemu.memory import APP_FLOOR_MIB
 from imagebuilder.targets.qemu.run import EXIT_RE, RunSpec, qemu_argv
@@ -148,10 +148,9 @@ def guest(tmp_path: Path) -> Guest:
     (root / "proc/uptime").write_text("12.34 5.67\n")
     (root / "dev/null").write_bytes(b"")
     (root / "dev/console").write_bytes(b"")
-    (root / "init").write_text(render("init.sh.j2", stop_timeout=STOP_TIMEOUT))
-    (root / "init").chmod(0o755)
-    (root / "usr/share/imagebuilder/env.awk").write_text(env_filter())
-    (root / "usr/share/imagebuilder/jdkhint.awk").write_text(render("jdkhint.awk"))
+    for path, (data, mode) in init_files().items():
+        (root / path).write_bytes(data)
+        (root / path).chmod(mode)
     (root / "etc/imagebuilder/app.conf").write_text(APP_CONF)
     (root / "etc/passwd").write_text("root:x:0:0::/:/bin/false\napp:x:1000:1000::/app:/bin/false\n")
     (root / "etc/group").write_text("root:x:0:\napp:x:1000:\n")
@@ -361,7 +360,6 @@ def test_enough_memory_starts_the_app(guest: Guest) -> None:
 def test_an_initramfs_cut_short_names_the_lack_of_memory(guest: Guest) -> None:
     """The kernel stopped unpacking the layers: no app.conf, and no disk layers to mount."""
     (guest.root / "etc/imagebuilder/app.conf").unlink()
-    (guest.root / "usr/share/imagebuilder/layers.sh").write_text(render("layers.sh"))
     (guest.root / "proc/cmdline").write_text("console=ttyS0 quiet\n")
     (guest.root / "proc/meminfo").write_text(MEMINFO.format(total=102400, avail=4000))
     booted = guest.boot(None)
@@ -381,7 +379,6 @@ def test_a_disk_boot_mounts_its_layers_by_partition_name_and_switches_to_them(
     switch_roots; the partitions are found whatever the order of the disks."""
     root = guest.root
     (root / "etc/imagebuilder/app.conf").unlink()
-    (root / "usr/share/imagebuilder/layers.sh").write_text(render("layers.sh"))
     (root / "proc/cmdline").write_text(
         "console=ttyS0 imagebuilder.layers=base:aaaa,jvm:bbbb,app:cccc\n")
     for i, (dev, part) in enumerate((("vda4", "ib-cccc"), ("vda2", "ib-aaaa"), ("sdb1", "x"),
@@ -411,17 +408,16 @@ def test_a_disk_boot_mounts_its_layers_by_partition_name_and_switches_to_them(
     assert booted.app_env is None
 
 
-def test_the_inits_memory_floor_is_the_one_imagebuilder_knows() -> None:
-    init = render("init.sh.j2", stop_timeout=STOP_TIMEOUT)
-    assert f"app_floor={APP_FLOOR_MIB} " in init
-
-
-def test_stub_layout_matches_the_base_layer() -> None:
-    # The programs the init runs by absolute path are applets of the base layer.
-    init = render("init.sh.j2", stop_timeout=STOP_TIMEOUT)
-    for path in re.findall(r"/usr/bin/([a-z-]+)", init):
-        assert path in APPLETS
-    assert "-f /usr/share/imagebuilder/env.awk" in init
+def test_what_the_init_runs_by_path_is_in_the_base_layer() -> None:
+    # The programs the init runs by absolute path are applets of the base layer, and the files
+    # it sources or reads from its own folder are files the base layer carries.
+    files = init_files()
+    text = "\n".join(data.decode() for data, _ in files.values())
+    for name in re.findall(r"/usr/bin/([a-z-]+)", text):
+        assert name in APPLETS
+    used = set(re.findall(r"/(usr/share/imagebuilder/[a-z]+\.[a-z]+)", text))
+    assert {"usr/share/imagebuilder/env.awk", "usr/share/imagebuilder/app.sh"} <= used
+    assert used <= set(files)
 
 
 # -- network cards --------------------------------------------------------------------------------
@@ -432,8 +428,6 @@ def test_stub_layout_matches_the_base_layer() -> None:
 
 def _network_guest(guest: Guest, cards: list[tuple[str, str, str]], dhcp: set[str]) -> list[str]:
     """Set up ``cards`` (name, MAC, carrier) and return the shell lines that create them."""
-    (guest.root / "usr/share/imagebuilder/udhcpc.script").write_text(render("udhcpc.script"))
-    (guest.root / "usr/share/imagebuilder/udhcpc.script").chmod(0o755)
     (guest.root / "usr/sbin/udhcpc").unlink()  # the real one (busybox), not the sandbox's stub
     lines = []
     for i, (name, mac, carrier) in enumerate(cards):

@@ -17,7 +17,9 @@ import pytest
 from imagebuilder.apps.shape import File, Shape
 from imagebuilder.config.parse import Config, load
 from imagebuilder.errors import ConfigError
+from imagebuilder.layers import base
 from imagebuilder.layers.app import app_conf, command
+from imagebuilder.layers.base import init_files
 from imagebuilder.resources import render, source
 
 BUSYBOX = shutil.which("busybox")
@@ -168,18 +170,24 @@ def test_config_rejects_newlines_in_args(tmp_path: Path, where: str) -> None:
 # -- the init and the DHCP hook -----------------------------------------------------------------
 
 
-@pytest.fixture
-def init_script(tmp_path: Path) -> Path:
-    path = tmp_path / "init"
-    path.write_text(render("init.sh.j2", stop_timeout=20))
-    return path
+#: The shell files the base layer carries: the init, its parts, layers.sh, the DHCP hook.
+SCRIPTS = [path for path in init_files() if not path.endswith(".awk")]
 
 
-def test_init_renders_the_stop_timeout(init_script: Path) -> None:
-    text = init_script.read_text()
-    assert text.startswith("#!/bin/sh\n")
-    assert "sleep 20;" in text and "in 20 s" in text
-    assert "{{" not in text and "{%" not in text
+def test_the_init_renders_the_constants_python_owns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "STOP_TIMEOUT", 17)
+    monkeypatch.setattr(base, "APP_FLOOR_MIB", 99)
+    monkeypatch.setattr(base, "APP_USER", "runner")
+    files = {path: data.decode() for path, (data, _) in init_files().items()}
+    assert files["init"].startswith("#!/bin/sh\n")
+    app = files["usr/share/imagebuilder/app.sh"]
+    assert "sleep 17;" in app and "in 17 s" in app and "-c runner:runner" in app
+    assert "app_floor=99 " in files["usr/share/imagebuilder/memory.sh"]
+    assert "chown runner:runner /app" in files["usr/share/imagebuilder/root.sh"]
+    for path in base.INIT_PARTS:  # sourced by the init, in order
+        assert f"\n. /usr/share/imagebuilder/{path}\n" in files["init"]
+    for text in files.values():
+        assert "{{" not in text and "{%" not in text
 
 
 def test_init_needs_its_variables() -> None:
@@ -187,17 +195,14 @@ def test_init_needs_its_variables() -> None:
         render("init.sh.j2")
 
 
-@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed (apt-get install busybox)")
-def test_init_parses_under_busybox_sh(init_script: Path) -> None:
-    result = subprocess.run([BUSYBOX or "busybox", "sh", "-n", str(init_script)],
-                            capture_output=True, check=False)
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("path", SCRIPTS)
+def test_the_inits_shell_files_parse(shell: list[str], path: str, tmp_path: Path) -> None:
+    script = tmp_path / "script"
+    script.write_bytes(init_files()[path][0])
+    result = subprocess.run([*shell, "-n", str(script)], capture_output=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stderr == b""
-
-
-def test_init_parses_under_sh(init_script: Path) -> None:
-    result = subprocess.run([SH, "-n", str(init_script)], capture_output=True, check=False)
-    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("shell", SHELLS)
