@@ -1,8 +1,16 @@
-"""Durable file replacement and directory locks, shared by the modules that commit files.
+"""The one way imagebuilder commits a file, and directory locks.
 
 Nothing half-written is ever left where a later command would trust it: data goes to a
-temporary name in the destination's directory, is fsynced, renamed over the destination, and
-the directory itself is fsynced so the rename survives a crash.
+temporary name (``.NAME.<12 hex>.tmp`` in the destination's directory, or a scratch name the
+caller owns), is fsynced, renamed over the destination, and the directory itself is fsynced so
+the rename survives a crash. :func:`commit` is the tool's one rename; :func:`atomic_output`
+(a descriptor) and :func:`write_atomic` (bytes) write through it. A full disk is one line
+(:func:`disk_full`), whoever meets it.
+
+A writer holds an flock on its temporary file until the rename, so a temporary file nobody
+holds belongs to a killed command: the next writer of the same destination removes it
+(:func:`remove_stale_tmp`), and :func:`remove_stale_temps` sweeps a whole directory (the run
+caches, for ``run`` and ``gc``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from .errors import HostError, UserError
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pathlib (with re and enum) costs ~8 ms of every export's start-up
     from pathlib import Path
+
+_TEMP_SUFFIX = ".tmp"
+_TEMP_HEX = 12
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -42,32 +53,21 @@ def dir_lock(root: Path | str, exclusive: bool = True) -> Iterator[None]:
         os.close(fd)
 
 
-def write_private(dest: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``dest`` readable by its owner only (mode 0600: it holds an
-    environment's secrets), complete or not at all: temporary name, fsync, rename."""
-    parent = os.path.dirname(os.fspath(dest)) or "."
-    tmp = os.path.join(parent, f".{os.path.basename(dest)}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(parent)
+# --- errors ----------------------------------------------------------------------------------
+
+
+def disk_full(e: OSError, dest: Path | str) -> HostError | None:
+    """The one line for a full disk (or quota) met writing ``dest``; None for other errors."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HostError(f"no space left on device writing {dest}")
+    return None
 
 
 def write_error(e: OSError, dest: Path | str) -> Exception:
     """The one-line error for a failure writing ``dest``."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return HostError(f"no space left on device writing {dest}")
+    full = disk_full(e, dest)
+    if full is not None:
+        return full
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"cannot write {dest}: {e.strerror}")
     if e.errno == errno.EFBIG:
@@ -75,13 +75,60 @@ def write_error(e: OSError, dest: Path | str) -> Exception:
     return HostError(f"cannot write {dest}: {e.strerror or e}")
 
 
+# --- committing ------------------------------------------------------------------------------
+
+
+def _parent(path: Path | str) -> str:
+    return os.path.dirname(os.fspath(path)) or "."
+
+
+def temp_name(dest: Path | str) -> str:
+    """A fresh temporary name for ``dest``, in its directory (same file system: the rename is
+    atomic): ``.NAME.<12 hex>.tmp``."""
+    parent, name = os.path.split(os.fspath(dest))
+    return os.path.join(parent or ".", f".{name}.{os.urandom(_TEMP_HEX // 2).hex()}{_TEMP_SUFFIX}")
+
+
+def _fsync_path(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(tmp: Path | str, dest: Path | str, sync: bool) -> None:
+    try:
+        os.replace(tmp, dest)
+        if sync:
+            fsync_dir(_parent(dest))
+    except OSError as e:
+        raise write_error(e, dest) from None
+
+
+def commit(tmp: Path | str, dest: Path | str, *, sync: bool = True) -> None:
+    """Rename the finished ``tmp`` (a file or a directory, on ``dest``'s file system) over
+    ``dest``: the one rename of the tool. With ``sync``, ``tmp`` is fsynced first and ``dest``'s
+    directory after, so a crash leaves the old ``dest`` or the whole new one. An OSError is one
+    line (:func:`write_error`); ``tmp`` is then the caller's to remove."""
+    if sync:
+        try:
+            _fsync_path(tmp)
+        except OSError as e:
+            raise write_error(e, dest) from None
+    _replace(tmp, dest, sync)
+
+
 @contextlib.contextmanager
-def atomic_output(dest: Path | str, *, sync: bool = True) -> Iterator[int]:
+def atomic_output(dest: Path | str, *, sync: bool = True, mode: int | None = None,
+                  tmp: Path | str | None = None) -> Iterator[int]:
     """A file descriptor on a new temporary file that becomes ``dest`` on success.
 
-    On leaving the block normally the file is renamed over ``dest``, with ``sync`` after an
-    fsync of it and followed by one of the directory; on any exception it is removed and
-    ``dest`` is left as it was. OSErrors
+    On leaving the block normally the file is renamed over ``dest`` (:func:`commit`), with
+    ``sync`` after an fsync of it and followed by one of the directory; on any exception it is
+    removed and ``dest`` is left as it was. The temporary file is ``.NAME.<hex>.tmp`` beside
+    ``dest`` (stale ones of killed writers go first), or ``tmp`` when the caller owns a scratch
+    name. ``mode``: exact permissions (else 0644 less the umask, as ``cp`` would). OSErrors
     become one-line errors: a full disk is a HostError "no space left on device writing X".
     """
     parent, name = os.path.split(os.fspath(dest))
@@ -90,37 +137,97 @@ def atomic_output(dest: Path | str, *, sync: bool = True) -> Iterator[int]:
         raise UserError(f"output directory {parent} does not exist")
     if os.path.isdir(dest):
         raise UserError(f"output path {dest} is a directory")
-    from .scratch import lock_tmp, remove_stale_tmp  # pathlib: not on the hash command's path
-    remove_stale_tmp(parent, name)
-    tmp = os.path.join(parent, f".{name}.{os.urandom(6).hex()}.tmp")
+    if tmp is None:
+        remove_stale_tmp(parent, name)
+        tmp = temp_name(dest)
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        lock_tmp(fd)
     except OSError as e:
         raise write_error(e, dest) from None
     done = False
     try:
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held to the rename: a live writer's (see above)
+            if mode is not None:
+                os.fchmod(fd, mode)
             yield fd
             if sync:
                 os.fsync(fd)
         except OSError as e:
             raise write_error(e, dest) from None
-        os.close(fd)
-        fd = -1
-        try:
-            os.replace(tmp, dest)
-            if sync:
-                fsync_dir(parent)
-        except OSError as e:
-            raise write_error(e, dest) from None
+        _replace(tmp, dest, sync)
         done = True
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
         if not done:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def write_atomic(dest: Path | str, data: bytes | Iterable[bytes], *, sync: bool = True,
+                 mode: int | None = None, tmp: Path | str | None = None) -> None:
+    """Write ``data`` (bytes, or chunks of them) to ``dest``, complete or not at all, through
+    :func:`atomic_output`."""
+    with atomic_output(dest, sync=sync, mode=mode, tmp=tmp) as fd:
+        for chunk in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+
+
+def write_private(dest: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``dest`` readable by its owner only (mode 0600: it holds an
+    environment's secrets), complete or not at all."""
+    write_atomic(dest, data, mode=0o600)
+
+
+# --- temporary files of killed writers -------------------------------------------------------
+
+
+def _is_temp(entry: str, name: str | None = None) -> bool:
+    """Whether ``entry`` is a temporary name :func:`temp_name` made (for ``name`` if given)."""
+    if not (entry.startswith(".") and entry.endswith(_TEMP_SUFFIX)):
+        return False
+    stem, _, token = entry[1:-len(_TEMP_SUFFIX)].rpartition(".")
+    if name is not None and stem != name:
+        return False
+    return bool(stem) and len(token) == _TEMP_HEX and all(c in "0123456789abcdef" for c in token)
+
+
+def _remove_if_unheld(path: str) -> bool:
+    """Remove the regular file ``path`` if no process holds its flock; whether it went."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its writer lives
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_stale_tmp(parent: str, name: str) -> None:
+    """Remove the temporary files of ``parent/name`` that no live writer holds."""
+    remove_stale_temps(parent, name)
+
+
+def remove_stale_temps(directory: Path | str, name: str | None = None) -> list[str]:
+    """Remove the temporary files (:func:`temp_name`) in ``directory`` that no live writer
+    holds, of every destination or of ``name`` only; the names removed."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    return [entry for entry in entries if _is_temp(entry, name)
+            and _remove_if_unheld(os.path.join(directory, entry))]
 
 
 def refuse_links(paths: Iterable[Path | str], what: str) -> None:

@@ -12,9 +12,8 @@ owns them, never by age or guess:
   unlocked while its owner lives. The kernel drops the lock when the process dies, however it
   dies; :func:`remove_stale` takes the lock of each owner file it finds and, when that succeeds,
   removes the owner's entries, then the file.
-- an output written beside the user's file (``.NAME.XXXX.tmp``, see
-  :func:`imagebuilder.fsutil.atomic_output`) is flocked by its writer; :func:`remove_stale_tmp`
-  removes the siblings of the same destination that no writer holds.
+- a file committed beside its destination (``.NAME.XXXX.tmp``) is flocked by its writer until
+  the rename; :mod:`imagebuilder.fsutil` removes those no writer holds.
 """
 
 from __future__ import annotations
@@ -22,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from .fsutil import commit
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -111,7 +111,7 @@ def acquire(directory: Path | str, prefix: str = "") -> str:
         pending = os.path.join(directory, f".{token}{_OWNER}.new")
         fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(pending, os.path.join(directory, token + _OWNER))
+        commit(pending, os.path.join(directory, token + _OWNER), sync=False)
         _owners[key] = [token, fd, 1]
         return token
 
@@ -198,35 +198,3 @@ def scratch_dir(parent: Path | str | None = None, prefix: str = "imagebuilder-"
         finally:
             remove_tree(path)
 
-
-def lock_tmp(fd: int) -> None:
-    """Mark the temporary file open at ``fd`` as written by a live process."""
-    fcntl.flock(fd, fcntl.LOCK_EX)
-
-
-def remove_stale_tmp(parent: str, name: str) -> None:
-    """Remove ``.NAME.*.tmp`` in ``parent`` that no live writer holds (see :func:`lock_tmp`)."""
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return
-    for entry in names:
-        if not (entry.startswith(f".{name}.") and entry.endswith(".tmp")):
-            continue
-        path = os.path.join(parent, entry)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        finally:
-            os.close(fd)

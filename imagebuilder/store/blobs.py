@@ -36,6 +36,7 @@ from pathlib import Path
 from ..errors import DamagedError, IntegrityError, UserError
 from ..fsutil import NotRegularError, open_regular
 from ..hashing.core import CHUNK_SIZE, Digests, MultiHasher, digest_fd
+from .oci import oci_digest
 
 REPAIR_HINT = ("run 'imagebuilder check' to see which images it affects, then rebuild them "
                "('imagebuilder build' in the app's directory) or pull them again")
@@ -92,7 +93,7 @@ def verify(path: Path | str, digest: str) -> None:
         actual = digest_fd(fd, ("sha256",)).sha256
     finally:
         os.close(fd)
-    if "sha256:" + actual != digest:
+    if oci_digest(actual) != digest:
         raise mismatch(path, digest, actual)
     with _lock:
         _verified.add(ident)
@@ -112,7 +113,7 @@ def read_small(path: Path | str, digest: str) -> bytes:
     with os.fdopen(_open_blob(path, digest), "rb") as f:
         data = f.read()
     actual = hashlib.sha256(data).hexdigest()
-    if "sha256:" + actual != digest:
+    if oci_digest(actual) != digest:
         raise mismatch(path, digest, actual)
     return data
 
@@ -130,7 +131,7 @@ def verified_chunks(path: Path | str, digest: str,
             hasher.update(chunk)
             yield chunk
     actual = hasher.hexdigests()["sha256"]
-    if "sha256:" + actual != digest:
+    if oci_digest(actual) != digest:
         raise mismatch(path, digest, actual)
     with _lock:
         _verified.add(ident)
@@ -158,7 +159,7 @@ def receive(staging: Path, digest: str, size: int, chunks: Iterable[bytes]) -> P
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        actual = "sha256:" + h.hexdigest()
+        actual = oci_digest(h.hexdigest())
         if actual != digest or written != size:
             raise IntegrityError(
                 f"blob {digest} did not verify: got sha256 {actual}, {written} of {size} "
@@ -185,9 +186,9 @@ def sweep(store_root: Path, keep: set[str], dry_run: bool) -> tuple[list[str], i
     try:
         for name in sorted(os.listdir(fd)):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode) or "sha256:" + name in keep:
+            if stat.S_ISDIR(st.st_mode) or oci_digest(name) in keep:
                 continue
-            removed.append("sha256:" + name)
+            removed.append(oci_digest(name))
             freed += st.st_size if stat.S_ISREG(st.st_mode) else 0
             if not dry_run:
                 with contextlib.suppress(FileNotFoundError):

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import NotRegularError, dir_lock, fsync_dir, refuse_links
+from ..fsutil import NotRegularError, commit, dir_lock, fsync_dir, refuse_links
 from ..hashing.core import MultiHasher
 from ..hashing.keys import key_of
 from ..scratch import owned, remove_stale
@@ -147,9 +147,9 @@ class Cache:
                     f.write(digest + "\n")
                     f.flush()
                     os.fsync(f.fileno())
-                with self._lock(exclusive=True):
-                    os.replace(side_tmp, self._sidecar(key))
-                    os.replace(tmp, final)
+                with self._lock(exclusive=True):  # both fsynced above: one directory sync
+                    commit(side_tmp, self._sidecar(key), sync=False)
+                    commit(tmp, final, sync=False)
                     fsync_dir(final.parent)
             except BaseException:
                 for leftover in (tmp, tmp.with_name(tmp.name + ".xxh3")):

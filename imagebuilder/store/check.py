@@ -28,9 +28,11 @@ from typing import Any
 from ..errors import ImageBuilderError
 from ..fsutil import NotRegularError, dir_lock
 from ..scratch import remove_stale
+from . import index
 from .blobs import digest_regular, read_regular
 from .cache import Cache
 from .layout import ENV_ANNOTATION, HISTORY_ANNOTATION, REF_NAME_ANNOTATION, TITLE_ANNOTATION, Store
+from .oci import oci_digest
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY = re.compile(r"[0-9a-f]{8,128}")
@@ -107,28 +109,29 @@ def _check_store(store: Store, report: Report, progress: Callable[[int], None]) 
                     "blob", path.name, str(path), "is not a blob (its name is not a SHA-256)",
                     repair=f"remove {path}"))
                 continue
+            digest = oci_digest(path.name)
             try:
                 d = digest_regular(path, ("sha256",))
             except NotRegularError as e:
-                actual["sha256:" + path.name] = None
-                report.problems.append(Problem("blob", "sha256:" + path.name, str(path),
+                actual[digest] = None
+                report.problems.append(Problem("blob", digest, str(path),
                                                f"is {e.kind}, not a file (never followed)",
                                                repair=f"remove {path}"))
                 continue
             except OSError as e:
-                actual["sha256:" + path.name] = None
-                report.problems.append(Problem("blob", "sha256:" + path.name, str(path),
+                actual[digest] = None
+                report.problems.append(Problem("blob", digest, str(path),
                                                f"cannot be read: {e.strerror}"))
                 continue
             report.blobs += 1
             report.blob_bytes += d.size
             progress(d.size)
-            actual["sha256:" + path.name] = "sha256:" + d.sha256
-            sizes["sha256:" + path.name] = d.size
+            actual[digest] = oci_digest(d.sha256)
+            sizes[digest] = d.size
     users: dict[str, list[str]] = {}  # blob digest -> refs whose image uses it
     roles: dict[str, str] = {}  # blob digest -> what it is (vmlinuz layer, config, manifest)
     try:
-        entries = store._read_index()
+        entries = index.read(store.index_path)
     except ImageBuilderError as e:
         report.problems.append(Problem(
             "index", "index.json", str(store.index_path), str(e),

@@ -39,10 +39,11 @@ from .. import fsutil
 from ..errors import DamagedError, ImageBuilderError, UserError
 from ..fsutil import dir_lock, fsync_dir, refuse_links
 from ..scratch import owned, remove_stale
-from . import blobs
+from . import blobs, index
 from .oci import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
+    DIGEST_RE,
     ENV_ANNOTATION,
     HISTORY_ANNOTATION,
     HISTORY_TAG,
@@ -57,9 +58,11 @@ from .oci import (
     Descriptor,
     Image,
     canonical_json,
-    index_entry_problem,
+    oci_digest,
+    sha256_digest,
     split_ref,
 )
+from .reach import reachable
 from .refs import pick, version_key
 
 # The OCI structures are importable from here too, where they were first defined.
@@ -85,24 +88,7 @@ __all__ = [
     "split_ref",
 ]
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-def _is_tag_entry(entry: dict[str, Any]) -> bool:
-    """An environment tag or a promotion history, not an image version."""
-    annotations = entry.get("annotations") or {}
-    return ENV_ANNOTATION in annotations or HISTORY_ANNOTATION in annotations
-
-
-def _entry_ref(entry: dict[str, Any]) -> str | None:
-    ref = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION)
-    return ref if isinstance(ref, str) else None
-
-
-def _digests(descriptors: list[Any]) -> list[str]:
-    return [d["digest"] for d in descriptors
-            if isinstance(d, dict) and isinstance(d.get("digest"), str)]
 
 
 @dataclass(frozen=True)
@@ -128,7 +114,7 @@ class Store:
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob ``sha256:<hex>`` lives."""
-        if not _DIGEST_RE.fullmatch(digest):
+        if not DIGEST_RE.fullmatch(digest):
             raise ValueError(f"not a sha256 digest: {digest!r}")
         return self.blobs_dir / digest.removeprefix("sha256:")
 
@@ -149,19 +135,9 @@ class Store:
             yield self.tmp_dir / f"{token}.{secrets.token_hex(8)}"
 
     def _write_atomic(self, dest: Path, data: bytes) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with self._tmp_path() as tmp:
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, dest)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            fsync_dir(dest.parent)
+            fsutil.write_atomic(dest, data, mode=0o644, tmp=tmp)
 
     def _ensure_layout(self) -> None:
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
@@ -171,36 +147,11 @@ class Store:
         if not self.index_path.exists():
             self._write_index([])
 
-    def _read_index(self) -> list[dict[str, Any]]:
-        try:
-            with os.fdopen(fsutil.open_regular(self.index_path), "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return []
-        except fsutil.NotRegularError as e:
-            raise ImageBuilderError(f"{self.index_path} is {e.kind}, not a file; restore "
-                                    "it") from None
-        try:
-            index = json.loads(raw)
-        except ValueError as e:
-            raise ImageBuilderError(f"{self.index_path} is corrupt ({e}); restore it") from None
-        manifests = index.get("manifests") if isinstance(index, dict) else None
-        if not isinstance(manifests, list):
-            raise ImageBuilderError(f"{self.index_path} is not an OCI image index; restore it")
-        for m in manifests:
-            problem = index_entry_problem(m)
-            if problem is not None:
-                raise ImageBuilderError(f"{self.index_path} is not a valid OCI image index "
-                                        f"({problem}); restore it or fix that entry")
-        return manifests
+    def _read_index(self) -> list[index.Entry]:
+        return index.read(self.index_path)
 
-    def _write_index(self, manifests: list[dict[str, Any]]) -> None:
-        manifests = sorted(
-            manifests,
-            key=lambda m: ((m.get("annotations") or {}).get(REF_NAME_ANNOTATION, ""), m["digest"]),
-        )
-        index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
-        self._write_atomic(self.index_path, canonical_json(index))
+    def _write_index(self, entries: list[index.Entry]) -> None:
+        self._write_atomic(self.index_path, index.encode(entries))
 
     def _read_json_blob(self, digest: str) -> dict[str, Any]:
         obj = json.loads(self.read_blob(digest))
@@ -237,15 +188,14 @@ class Store:
                         os.fsync(dst.fileno())
                         size = dst.tell()
                     os.chmod(tmp, 0o644)
-                digest = "sha256:" + h.hexdigest()
+                digest = oci_digest(h.hexdigest())
                 dest = self.blob_path(digest)
                 # what tmp holds was hashed just now: it replaces whatever dest holds (a blob of
                 # the same name may have been damaged since it was stored)
                 if dest.exists() and os.path.samefile(tmp, dest):
                     tmp.unlink()  # rename() between two links of one file does nothing
                 else:
-                    os.replace(tmp, dest)
-                    fsync_dir(dest.parent)
+                    fsutil.commit(tmp, dest)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -256,7 +206,7 @@ class Store:
     ) -> Descriptor:
         """Add ``data`` as a blob."""
         self._ensure_layout()
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_digest(data)
         dest = self.blob_path(digest)
         try:
             intact = dest.read_bytes() == data
@@ -320,9 +270,6 @@ class Store:
                     "'imagebuilder rm' or 'gc'?); run the command again"
                 )
 
-    def _entries_without(self, ref: str) -> list[dict[str, Any]]:
-        return [m for m in self._read_index() if _entry_ref(m) != ref]
-
     def _put_manifest_unlocked(
         self, ref: str, data: bytes, annotations: dict[str, str] | None = None,
         staged: dict[str, Path] | None = None,
@@ -334,16 +281,12 @@ class Store:
         parts += [Descriptor.from_json(layer) for layer in manifest.get("layers", [])]
         self._check_blobs(parts, staged)
         for digest, path in staged.items():  # verified as received: replaces what is there
-            os.replace(path, self.blob_path(digest))
+            fsutil.commit(path, self.blob_path(digest), sync=False)  # fsynced as received
         if staged:
             fsync_dir(self.blobs_dir)
         desc = self.add_blob_bytes(data, MANIFEST_MEDIA_TYPE)
-        entries = self._entries_without(ref)
-        entries.append(Descriptor(
-            MANIFEST_MEDIA_TYPE, desc.digest, desc.size,
-            {REF_NAME_ANNOTATION: ref, **(annotations or {})},
-        ).to_json())
-        self._write_index(entries)
+        entries = index.without(self._read_index(), ref)
+        self._write_index([*entries, index.named(ref, desc.digest, desc.size, annotations)])
         return desc.digest
 
     def put_image(self, ref: str, config: dict[str, Any], layers: list[Descriptor]) -> str:
@@ -378,11 +321,11 @@ class Store:
         and the store is left as it was.
         """
         split_ref(ref)
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_digest(data)
         self._ensure_layout()
         with self._lock():
             remove_stale(self.tmp_dir)
-            current = {_entry_ref(m): m["digest"] for m in self._read_index()}.get(ref)
+            current = {index.entry_ref(m): m["digest"] for m in self._read_index()}.get(ref)
             if current is not None and current != digest and not force:
                 raise UserError(
                     f"'{ref}' in the local store is another image ({current[:19]}); pass "
@@ -395,13 +338,7 @@ class Store:
     def tags(self, name: str) -> dict[str, str]:
         """Environment tags of image ``name``: environment -> manifest digest."""
         with self._lock(exclusive=False):
-            out = {}
-            for m in self._read_index():
-                env = (m.get("annotations") or {}).get(ENV_ANNOTATION)
-                ref = _entry_ref(m)
-                if env and ref == f"{name}:{env}":
-                    out[env] = m["digest"]
-            return out
+            return index.tags_of(self._read_index(), name)
 
     def set_env_tag(self, name: str, env: str, digest: str) -> str | None:
         """Point ``name:env`` at manifest ``digest`` (in the store); the previous digest."""
@@ -409,29 +346,16 @@ class Store:
         split_ref(ref)
         with self._lock():
             self.read_blob(digest)
-            entries = self._read_index()
-            previous = None
-            for m in entries:
-                if _entry_ref(m) != ref:
-                    continue
-                if ENV_ANNOTATION not in (m.get("annotations") or {}):
-                    raise UserError(
-                        f"'{ref}' is an image version in the local store, so it cannot also be "
-                        f"the tag of environment '{env}'; rename the environment or the version"
-                    )
-                previous = m["digest"]
             size = self.blob_path(digest).stat().st_size
-            kept = [m for m in entries if _entry_ref(m) != ref]
-            kept.append(Descriptor(MANIFEST_MEDIA_TYPE, digest, size,
-                                   {REF_NAME_ANNOTATION: ref, ENV_ANNOTATION: env}).to_json())
-            self._write_index(kept)
+            entries, previous = index.retag(self._read_index(), name, env, digest, size)
+            self._write_index(entries)
         return previous
 
     def history_manifest(self, name: str) -> str | None:
         """Digest of the promotion-history artifact of image ``name``, if any."""
         with self._lock(exclusive=False):
             for m in self._read_index():
-                if _entry_ref(m) == f"{name}:{HISTORY_TAG}":
+                if index.entry_ref(m) == f"{name}:{HISTORY_TAG}":
                     return str(m["digest"])
         return None
 
@@ -452,25 +376,11 @@ class Store:
         return Image(ref=ref, digest=digest, manifest=manifest, config=config, size=size,
                      refs=refs)
 
-    def _refs_by_digest(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for m in self._read_index():
-            if _is_tag_entry(m):
-                continue
-            name = _entry_ref(m)
-            out.setdefault(m["digest"], [])
-            if name:
-                out[m["digest"]].append(name)
-        for refs in out.values():
-            refs.sort()
-        return out
-
     def _pick_unlocked(self, ref: str) -> tuple[str, str, list[str]]:
         """The ref shown, the manifest digest and every ref to it, of the image ``ref`` names
         (its blobs not read)."""
-        env_tags = {str(_entry_ref(m)): str(m["digest"]) for m in self._read_index()
-                    if ENV_ANNOTATION in (m.get("annotations") or {})}
-        return pick(ref, self._refs_by_digest(), env_tags)
+        entries = self._read_index()
+        return pick(ref, index.refs_by_digest(entries), index.env_tags(entries))
 
     def _resolve_unlocked(self, ref: str) -> Image:
         return self._load(*self._pick_unlocked(ref))
@@ -485,7 +395,7 @@ class Store:
     def images(self) -> list[Image]:
         """Every named image, sorted by name, then version (naturally: 1.9 < 1.10)."""
         with self._lock(exclusive=False):
-            by_digest = self._refs_by_digest()
+            by_digest = index.refs_by_digest(self._read_index())
             out = [
                 self._load(ref, digest, refs)
                 for digest, refs in by_digest.items() for ref in refs
@@ -494,51 +404,6 @@ class Store:
         return out
 
     # --- removing -----------------------------------------------------------------------------
-
-    def _reachable(self, entries: list[dict[str, Any]]) -> tuple[set[str], list[str]]:
-        """The digests ``entries`` reach (manifests, configs, layers, nested indexes), and a
-        line for each manifest or index among them that is missing, not a regular file, does
-        not match its digest or is not JSON: what it reaches is then unknown."""
-        keep: set[str] = set()
-        damaged: list[str] = []
-        todo = [(str(m["digest"]), _entry_ref(m) or "an index entry") for m in entries]
-        while todo:
-            digest, ref = todo.pop()
-            if digest in keep:
-                continue
-            keep.add(digest)
-            manifest, problem = self._manifest_or_problem(digest)
-            if manifest is None:
-                damaged.append(f"manifest {digest[:19]} of {ref} {problem}")
-                continue
-            layers, nested = manifest.get("layers"), manifest.get("manifests")
-            keep.update(_digests([manifest.get("config")]))
-            keep.update(_digests(layers if isinstance(layers, list) else []))
-            todo += [(d, ref) for d in _digests(nested if isinstance(nested, list) else [])]
-        return keep, damaged
-
-    def _manifest_or_problem(self, digest: str) -> tuple[dict[str, Any] | None, str]:
-        """The manifest (or index) blob ``digest`` as JSON, or None and what is wrong with it."""
-        if not _DIGEST_RE.fullmatch(digest):
-            return None, "is not named by a sha256 digest"
-        path = self.blob_path(digest)
-        try:
-            fd = fsutil.open_regular(path)
-        except FileNotFoundError:
-            return None, "is missing"
-        except fsutil.NotRegularError as e:
-            return None, f"is {e.kind}, not a file"
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
-        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-            return None, "does not match its digest"
-        try:
-            manifest = json.loads(data)
-        except ValueError:
-            return None, "is not JSON"
-        if not isinstance(manifest, dict):
-            return None, "is not a JSON object"
-        return manifest, ""
 
     def remove(self, ref: str) -> str:
         """Remove ``ref`` (or, for a digest, every ref to it); delete blobs nothing else uses.
@@ -555,29 +420,17 @@ class Store:
                 image: Image | None = self._load(shown, digest, refs)
             except DamagedError:  # its own manifest or config: the entry goes, no blob
                 image = None
-            by_digest = ref.startswith("sha256:")
-            remaining = []
-            for m in self._read_index():
-                gone = (m["digest"] == digest if by_digest
-                        else _entry_ref(m) == shown and not _is_tag_entry(m))
-                if not gone:
-                    remaining.append(m)
-            named = {m["digest"] for m in remaining if not _is_tag_entry(m)}
-            remaining = [
-                m for m in remaining
-                if not (ENV_ANNOTATION in (m.get("annotations") or {})
-                        and m["digest"] == digest and digest not in named)
-            ]
+            remaining = index.after_remove(self._read_index(), ref, shown, digest)
             self._write_index(remaining)
 
             candidates = set() if image is None else {
                 digest, image.manifest.get("config", {}).get("digest", ""),
                 *(layer.digest for layer in image.layers)}
-            keep, damaged = self._reachable(remaining)
+            keep, damaged = reachable(self.blob_path, remaining)
             if damaged:  # what the damaged manifests use is unknown: delete no blob
                 candidates = set()
             for unused in sorted(candidates - keep):
-                if _DIGEST_RE.fullmatch(unused):
+                if DIGEST_RE.fullmatch(unused):
                     self.blob_path(unused).unlink(missing_ok=True)
             if self.blobs_dir.exists():
                 fsync_dir(self.blobs_dir)
@@ -591,7 +444,7 @@ class Store:
         directory is walked through descriptors opened with O_NOFOLLOW, and a blob that is a
         symbolic link is removed as a link."""
         with self._lock():
-            keep, damaged = self._reachable(self._read_index())
+            keep, damaged = reachable(self.blob_path, self._read_index())
             if damaged:
                 raise DamagedError(f"gc deleted nothing: {damaged[0]}"
                                    + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1

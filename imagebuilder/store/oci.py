@@ -10,6 +10,7 @@ the ``org.opencontainers.image.ref.name`` annotation, matched whole (no trailing
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -85,6 +86,17 @@ class Descriptor:
 
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+"""An OCI digest as imagebuilder writes and accepts it (match it whole)."""
+
+
+def oci_digest(sha256_hex: str) -> str:
+    """The OCI digest (``sha256:<hex>``) of a SHA-256 given in hex: the one place it is spelt."""
+    return f"sha256:{sha256_hex}"
+
+
+def sha256_digest(data: bytes) -> str:
+    """The OCI digest of ``data``."""
+    return oci_digest(hashlib.sha256(data).hexdigest())
 
 
 def index_entry_problem(entry: object) -> str | None:
