@@ -497,7 +497,8 @@ def test_a_device_keeps_its_old_bytes_in_the_gaps_and_nothing_claims_otherwise(
         tmp_path: Path, disk: Disk, loop: Path) -> None:
     """Review F4: on a block device only the data ranges and the table areas are written, so a
     device that held other bytes does not hash to the disk digest: the result line compares only
-    what was written, and README says so (it claimed the flashed disk hashes to the digest)."""
+    what was written, and docs/bare-metal.md says so (it claimed the flashed disk hashes to the
+    digest)."""
     write_disk(disk, tmp_path / "ref.raw", "raw")
     digest = "sha256:" + sha256(tmp_path / "ref.raw")
     with open(loop, "r+b") as f:
@@ -506,7 +507,7 @@ def test_a_device_keeps_its_old_bytes_in_the_gaps_and_nothing_claims_otherwise(
     assert result.verified and "disk digest" not in result.against
     with open(loop, "rb") as f:
         assert "sha256:" + hashlib.sha256(f.read(disk.size)).hexdigest() != digest
-    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    readme = " ".join((Path(__file__).parents[2] / "docs" / "bare-metal.md").read_text().split())
     assert "Without `--env` the flashed disk hashes to the image's disk digest" not in readme
     assert "the gaps keep what the device held" in readme
 
