@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import envlimits
+from ..config import network as network_config
 from ..errors import HostError
 from ..resources import render
 from . import kernel as kernel_mod
@@ -101,7 +102,8 @@ def init_files() -> dict[str, tuple[bytes, int]]:
     mode: all the base layer carries of ``templates/``, and so what its cache key hashes. The
     constants Python owns are rendered into them."""
     context = {"share": f"/{SHARE}", "parts": INIT_PARTS, "stop_timeout": STOP_TIMEOUT,
-               "app_floor": APP_FLOOR_MIB, "app_user": APP_USER}
+               "app_floor": APP_FLOOR_MIB, "app_user": APP_USER,
+               "net_prefix": network_config.VAR_PREFIX}
     files = {"init": (render("init.sh.j2", **context), 0o755)}
     for part in INIT_PARTS:
         files[f"{SHARE}/{part}"] = (render(f"init/{part}", **context), 0o644)

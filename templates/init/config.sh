@@ -21,12 +21,12 @@ find_config() {
     fi
 }
 
-# Static network settings: the config's IMAGEBUILDER_NET_<n> lines ("mac=<MAC or any>
+# Static network settings: the config's {{ net_prefix }}<n> lines ("mac=<MAC or any>
 # address=A/N [gateway=G] [dns=D,...]"). Only lines of exactly that shape are taken, into
 # /run/network.conf, which network.sh reads.
 read_network() {
     awk '{ sub(/\r$/, "") }
-         /^IMAGEBUILDER_NET_[0-9]+=mac=(any|[0-9a-f:]+) address=[0-9.\/]+( gateway=[0-9.]+)?( dns=[0-9.,]+)?$/ {
+         /^{{ net_prefix }}[0-9]+=mac=(any|[0-9a-f:]+) address=[0-9.\/]+( gateway=[0-9.]+)?( dns=[0-9.,]+)?$/ {
              sub(/^[^=]*=/, ""); print }' "$1" >> /run/network.conf
 }
 

@@ -178,12 +178,14 @@ def test_the_init_renders_the_constants_python_owns(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(base, "STOP_TIMEOUT", 17)
     monkeypatch.setattr(base, "APP_FLOOR_MIB", 99)
     monkeypatch.setattr(base, "APP_USER", "runner")
+    monkeypatch.setattr(base.network_config, "VAR_PREFIX", "NET_")
     files = {path: data.decode() for path, (data, _) in init_files().items()}
     assert files["init"].startswith("#!/bin/sh\n")
     app = files["usr/share/imagebuilder/app.sh"]
     assert "sleep 17;" in app and "in 17 s" in app and "-c runner:runner" in app
     assert "app_floor=99 " in files["usr/share/imagebuilder/memory.sh"]
     assert "chown runner:runner /app" in files["usr/share/imagebuilder/root.sh"]
+    assert "/^NET_[0-9]+=mac=" in files["usr/share/imagebuilder/config.sh"]
     for path in base.INIT_PARTS:  # sourced by the init, in order
         assert f"\n. /usr/share/imagebuilder/{path}\n" in files["init"]
     for text in files.values():
