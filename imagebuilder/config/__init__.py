@@ -1,6 +1,9 @@
 """The configuration: ``imagebuilder.toml`` in, a frozen, validated spec out.
 
-:mod:`.parse` reads and checks the file (and the options standing in for it), :mod:`.spec` is
-the typed result every later stage takes, :mod:`.network` and :mod:`.envlimits` check what an
+:mod:`.spec` declares every key once, as a field of its section's dataclass (name, type,
+default, check, one-line doc): that table (:data:`.spec.SETTINGS`) is the frozen spec every later
+stage takes, what :mod:`.parse` reads the file with and what :mod:`.reference` writes the
+configuration reference from. :mod:`.settings` says what a setting is and reads a section by the
+table, :mod:`.checks` checks one value; :mod:`.network` and :mod:`.envlimits` check what an
 environment hands the guest at boot.
 """
