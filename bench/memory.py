@@ -134,9 +134,8 @@ def _disk_sizes(home: Path, ref: str, tmp: Path) -> tuple[int, int, int, int]:
     now = bootable(Cache(home / "cache"), source)
     files = BootFiles.from_host()
     esp = tmp / f"{ref.replace(':', '-')}-all-layers-esp.img"
-    write_esp(esp, source.kernel, list(source.initrds), source.cmdline, boot_files=files,
-              seed=source.seed)
-    before = disk_from_esp(esp, boot_files=files, seed=source.seed)
+    write_esp(esp, source, boot_files=files)
+    before = disk_from_esp(esp, source, boot_files=files)
 
     def data(disk: object) -> int:
         return sum(e.length for e in disk.extents)  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ So every disk imagebuilder writes boots either way, from one partition:
 The result is a :class:`~imagebuilder.disk.Disk` (extents), not a file: the partition table is
 bytes in memory and the partition is the FAT image file, whose holes are never read. Nothing
 needs root, a loop device or a mount. Every identifier (disk and partition GUIDs, MBR signature,
-FAT serial) is derived from ``seed``, the caller's content hash, so the same image gives the
+FAT serial) is derived from the boot source's seed, a content hash, so the same image gives the
 same disk bytes on any machine.
 """
 
@@ -33,6 +33,7 @@ from ..errors import UserError
 from ..hashing.sparse import data_extents
 from ..scratch import acquire, release, remove_stale
 from . import gpt
+from .boot import BootSource
 from .esp import BootFiles, build_esp
 from .model import Disk, DiskBuilder, FileSlice
 
@@ -42,23 +43,20 @@ ESP_NAME = "EFI System Partition"
 _ESP_FIRST_LBA = gpt.ALIGN // gpt.SECTOR
 
 
-def bootable_disk(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, *,
-                  boot_files: BootFiles, seed: bytes, size: int | None = None,
+def bootable_disk(source: BootSource, *, boot_files: BootFiles, size: int | None = None,
                   workdir: Path | None = None, title: str = "imagebuilder") -> Disk:
-    """The GPT disk booting ``kernel`` with the initrd layers ``initrds`` (``(name, path)`` in
-    unpack order) and the kernel command line ``cmdline``, by BIOS and by UEFI.
+    """The GPT disk booting ``source`` (its kernel, every initrd layer in unpack order and its
+    command line, all on the ESP) by BIOS and by UEFI.
 
-    ``seed`` (bytes of a content hash, e.g. the image digest) determines every identifier on the
-    disk. ``size`` is the disk's size in bytes (a multiple of 1 MiB; default: just what the
-    content needs); the space after the partition stays unpartitioned.
+    The source's seed determines every identifier on the disk. ``size`` is the disk's size in
+    bytes (a multiple of 1 MiB; default: just what the content needs); the space after the
+    partition stays unpartitioned.
 
     The returned disk reads the ESP from a FAT image file, ``workdir/esp.img`` if ``workdir`` is
     given (it must outlive the disk's use), otherwise a private temporary directory removed
     when the disk object is garbage-collected (or at exit).
     """
     boot_files.require("systemd_boot", "gptmbr")
-    if not isinstance(seed, bytes) or not seed:
-        raise ValueError("seed must be non-empty bytes (a content hash of the image)")
     if size is not None and (size <= 0 or size % gpt.ALIGN):
         raise UserError(f"disk size {size} bytes: give a positive multiple of 1 MiB")
     owned: Path | None = None
@@ -67,8 +65,10 @@ def bootable_disk(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: st
         token = acquire(_TMP, _PREFIX)
         owned = workdir = Path(tempfile.mkdtemp(prefix=f"{token}.disk-", dir=_TMP))
     try:
-        disk = _build(Path(kernel), initrds, cmdline, Path(workdir), boot_files=boot_files,
-                      seed=seed, size=size, title=title)
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_esp(workdir / "esp.img", source, boot_files=boot_files, title=title)
+        disk = disk_from_esp(workdir / "esp.img", source, boot_files=boot_files, size=size)
     except BaseException:
         if owned is not None:
             _discard(owned)
@@ -87,27 +87,21 @@ def _discard(workdir: Path) -> None:
     release(_TMP, _PREFIX)
 
 
-def _build(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, workdir: Path, *,
-           boot_files: BootFiles, seed: bytes, size: int | None, title: str) -> Disk:
-    workdir.mkdir(parents=True, exist_ok=True)
-    esp = workdir / "esp.img"
-    build_esp(esp, kernel, initrds, cmdline, boot_files=boot_files, seed=seed, bios=True,
-              fat_bits=32, hidden_sectors=_ESP_FIRST_LBA, title=title)
-    return disk_from_esp(esp, boot_files=boot_files, seed=seed, size=size)
+def write_esp(dest: Path, source: BootSource, *, boot_files: BootFiles,
+              title: str = "imagebuilder") -> None:
+    """The ESP image of :func:`bootable_disk` alone, for callers that cache it (an image's
+    disk boots ``source.on_disk()``: see :class:`~imagebuilder.disk.boot.BootSource`)."""
+    build_esp(dest, source, boot_files=boot_files, bios=True, fat_bits=32,
+              hidden_sectors=_ESP_FIRST_LBA, title=title)
 
 
-def write_esp(dest: Path, kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, *,
-              boot_files: BootFiles, seed: bytes, title: str = "imagebuilder") -> None:
-    """The ESP image of :func:`bootable_disk` alone, for callers that cache it."""
-    build_esp(dest, kernel, initrds, cmdline, boot_files=boot_files, seed=seed, bios=True,
-              fat_bits=32, hidden_sectors=_ESP_FIRST_LBA, title=title)
-
-
-def disk_from_esp(esp: Path, *, boot_files: BootFiles, seed: bytes,
+def disk_from_esp(esp: Path, source: BootSource, *, boot_files: BootFiles,
                   size: int | None = None, layers: Sequence[tuple[str, Path]] = ()) -> Disk:
-    """The bootable GPT disk around an ESP image made by :func:`write_esp` with the same seed,
-    and after it one partition per ``layers`` entry ``(partition name, filesystem image)``,
-    in order (the layers a disk boot mounts, see :mod:`imagebuilder.formats.export`)."""
+    """The bootable GPT disk around an ESP image made by :func:`write_esp` from ``source``
+    (whose seed gives the disk's identifiers), and after it one partition per ``layers`` entry
+    ``(partition name, filesystem image)``, in order (the layers a disk boot mounts, see
+    :mod:`imagebuilder.formats.export`)."""
+    seed = source.seed
     boot_files.require("gptmbr")
     esp_size = esp.stat().st_size
     sizes = [esp_size, *(image.stat().st_size for _, image in layers)]

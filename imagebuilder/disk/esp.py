@@ -40,6 +40,7 @@ from ..fsutil import fsync_dir
 from ..proc import require, run
 from ..resources import render
 from . import gpt
+from .boot import BootSource
 
 #: 1980-01-01 00:00:00 UTC, the earliest time a FAT directory entry can hold.
 FAT_EPOCH = 315532800
@@ -158,9 +159,11 @@ class FatFile:
         return Path(self.source).stat().st_size
 
 
-def esp_files(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, *,
-              boot_files: BootFiles, bios: bool, title: str = "imagebuilder") -> list[FatFile]:
-    """What the ESP holds (but syslinux's own files, which its installer writes)."""
+def esp_files(source: BootSource, *, boot_files: BootFiles, bios: bool,
+              title: str = "imagebuilder") -> list[FatFile]:
+    """What the ESP booting ``source`` holds (but syslinux's own files, which its installer
+    writes)."""
+    kernel, initrds, cmdline = source.kernel, source.initrds, source.cmdline
     check_initrds(initrds)
     if not Path(kernel).is_file():
         raise UserError(f"kernel {kernel} is not a file")
@@ -182,19 +185,20 @@ def esp_files(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, *
     return files
 
 
-def build_esp(dest: Path, kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, *,
-              boot_files: BootFiles, seed: bytes, bios: bool = True,
+def build_esp(dest: Path, source: BootSource, *, boot_files: BootFiles, bios: bool = True,
               fat_bits: Literal[16, 32] = 32, hidden_sectors: int = 0,
               title: str = "imagebuilder") -> None:
-    """Write the EFI system partition image for ``kernel`` + ``initrds`` to ``dest``.
+    """Write the EFI system partition image booting ``source`` (its kernel, every one of its
+    initrd layers, its command line) to ``dest``.
 
     ``bios`` also installs syslinux (for a GPT disk; an ISO boots BIOSes through isolinux).
-    ``hidden_sectors`` is the partition's first LBA on its disk. ``seed`` (a content hash) gives
-    the volume serial.
+    ``hidden_sectors`` is the partition's first LBA on its disk. The source's seed gives the
+    volume serial.
     """
     boot_files.require("systemd_boot")
-    files = esp_files(kernel, initrds, cmdline, boot_files=boot_files, bios=bios, title=title)
-    make_fat(dest, files, fat_bits=fat_bits, volume_id=gpt.derived_u32(seed, "esp volume id"),
+    files = esp_files(source, boot_files=boot_files, bios=bios, title=title)
+    make_fat(dest, files, fat_bits=fat_bits,
+             volume_id=gpt.derived_u32(source.seed, "esp volume id"),
              hidden_sectors=hidden_sectors, syslinux_dir=SYSLINUX_DIR if bios else None)
 
 

@@ -20,10 +20,9 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from ..disk.boot import LAYERS_PARAM, PARTITION_PREFIX, BootSource  # noqa: F401 (callers' name)
 from ..disk.bootable import BootFiles, disk_from_esp, write_esp
 from ..disk.model import Disk
 from ..errors import DamagedError, UserError
@@ -32,9 +31,8 @@ from ..hashing.core import digest_regions
 from ..layers.erofslayer import write_erofs
 from ..store import blobs
 from ..store.cache import Cache
-from ..store.layout import TITLE_ANNOTATION as TITLE
-from ..store.layout import Image, Store
 from . import DISK_FORMATS, Progress, write_disk
+from .bmap import write_raw_with_bmap
 from .iso import write_iso
 
 FORMATS: tuple[str, ...] = (*DISK_FORMATS, "iso", "kernel-initrd")
@@ -42,64 +40,6 @@ SUFFIXES = {"raw": ".raw", "qcow2": ".qcow2", "vmdk": ".vmdk", "vhd": ".vhd", "i
             "kernel-initrd": ""}
 ESP_STAGE_VERSION = 3  # 3: the kernel and the base layer only; the layers are EROFS partitions
 EROFS_STAGE_VERSION = 1
-LAYERS_PARAM = "imagebuilder.layers"
-PARTITION_PREFIX = "ib-"
-
-
-@dataclass(frozen=True)
-class BootSource:
-    """What a boot loader needs: the kernel, the initrd layers in order, the command line."""
-
-    kernel: Path
-    initrds: tuple[tuple[str, Path], ...]
-    cmdline: str
-    digests: tuple[str, ...]
-    """The kernel's and the layers' digests, in the order of ``kernel`` and ``initrds``."""
-    disk_digest: str | None = None
-    """The recorded digest of the raw disk at its default size (None while building)."""
-
-    @property
-    def seed(self) -> bytes:
-        """A content hash of everything on the disk: the source of every GUID and serial."""
-        text = "\n".join((*self.digests, self.cmdline))
-        return hashlib.sha256(text.encode()).digest()
-
-    @classmethod
-    def of_image(cls, store: Store, image: Image) -> BootSource:
-        kernel, layers = image.boot_layers()
-        return cls(
-            kernel=store.blob_path(kernel.digest),
-            initrds=tuple(((layer.annotations or {}).get(TITLE, f"layer{i}"),
-                           store.blob_path(layer.digest)) for i, layer in enumerate(layers, 1)),
-            cmdline=str(image.config.get("cmdline", "console=ttyS0")),
-            digests=tuple(d.digest for d in image.layers),
-            disk_digest=(image.config.get("disk") or {}).get("digest"),
-        )
-
-    @property
-    def partitions(self) -> tuple[tuple[str, str], ...]:
-        """Each layer's name and the name of its EROFS partition on the disk, lowest first."""
-        return tuple((name, PARTITION_PREFIX + digest.split(":")[-1][:32])
-                     for (name, _), digest in zip(self.initrds, self.digests[1:], strict=True))
-
-    @property
-    def disk_cmdline(self) -> str:
-        """The command line of a disk boot: the image's, and the layer partitions to mount."""
-        layers = ",".join(f"{name}:{part.removeprefix(PARTITION_PREFIX)}"
-                          for name, part in self.partitions)
-        return f"{self.cmdline} {LAYERS_PARAM}={layers}"
-
-    def verify(self) -> None:
-        """Check the kernel and every layer against their digests (DamagedError if one is
-        missing or differs); a file already verified in this process is not read again."""
-        paths = (self.kernel, *(path for _, path in self.initrds))
-        for path, digest in zip(paths, self.digests, strict=True):
-            blobs.verify(path, digest)
-
-    def chunks(self, path: Path) -> Iterator[bytes]:
-        """The bytes of the kernel or a layer, verified against its digest as they are read."""
-        paths = (self.kernel, *(p for _, p in self.initrds))
-        return blobs.verified_chunks(path, self.digests[paths.index(path)])
 
 
 def check_format(fmt: str) -> str:
@@ -118,10 +58,9 @@ def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> tuple[
 
     def produce(dest: Path) -> None:
         source.verify()
-        write_esp(dest, source.kernel, list(source.initrds[:1]), source.disk_cmdline,
-                  boot_files=boot_files, seed=source.seed)
+        write_esp(dest, source.on_disk(), boot_files=boot_files)
         if source.disk_digest is not None:  # proven once here, the cache then keeps it intact
-            check_disk(disk_from_esp(dest, boot_files=boot_files, seed=source.seed,
+            check_disk(disk_from_esp(dest, source, boot_files=boot_files,
                                      layers=layer_images(cache, source)),
                        source.disk_digest)
     return cache.get_or_make(key, produce)
@@ -164,7 +103,7 @@ def bootable_with_hit(cache: Cache, source: BootSource, boot_files: BootFiles | 
     """:func:`bootable`, and whether its ESP came from the cache."""
     files = boot_files or BootFiles.from_host()
     esp, hit = esp_image(cache, source, files)
-    return disk_from_esp(esp, boot_files=files, seed=source.seed, size=size,
+    return disk_from_esp(esp, source, boot_files=files, size=size,
                          layers=layer_images(cache, source)), hit
 
 
@@ -201,12 +140,15 @@ def raw_disk_file(cache: Cache, source: BootSource, dest_dir: Path) -> Path:
 
 def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
            progress: Progress | None = None, size: int | None = None,
-           sync: bool = False) -> None:
+           sync: bool = False, bmap: bool = False) -> Path | None:
     """Write the image as ``fmt`` to ``dest`` (for kernel-initrd: a new directory); ``size`` is
     the disk size of the disk formats (default: what the content needs). It appears whole or
     not at all; ``sync`` also makes it durable (fsynced) before it appears, which the default
-    leaves to the kernel's write-back (see :mod:`imagebuilder.formats`)."""
+    leaves to the kernel's write-back (see :mod:`imagebuilder.formats`). ``bmap`` (raw only):
+    also write the disk's block map beside it in the same pass; returns the map's path."""
     check_format(fmt)
+    if bmap and fmt != "raw":
+        raise UserError(f"--bmap goes with --format raw, not {fmt}")
     if size is not None and fmt not in DISK_FORMATS:
         raise UserError(f"--size applies to the disk formats ({', '.join(DISK_FORMATS)}), "
                         f"not to {fmt}")
@@ -216,10 +158,13 @@ def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
         _kernel_initrd(source, dest, sync=sync)
     elif fmt == "iso":
         source.verify()
-        write_iso(source.kernel, list(source.initrds), source.cmdline, dest,
-                  boot_files=BootFiles.from_host(), seed=source.seed, sync=sync)
+        write_iso(source, dest, boot_files=BootFiles.from_host(), sync=sync)
+    elif bmap:
+        write_raw_with_bmap(bootable(cache, source, size=size), dest, progress=progress, sync=sync)
+        return dest.with_name(dest.name + ".bmap")
     else:
         write_disk(bootable(cache, source, size=size), dest, fmt, progress=progress, sync=sync)
+    return None
 
 
 def _kernel_initrd(source: BootSource, dest: Path, *, sync: bool) -> None:

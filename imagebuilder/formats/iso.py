@@ -39,6 +39,7 @@ import pycdlib
 from pycdlib import isohybrid
 
 from ..disk import gpt
+from ..disk.boot import BootSource
 from ..disk.configdrive import fix_descriptor_dates, fix_record_dates
 from ..disk.esp import BootFiles, build_esp, check_initrds, syslinux_cfg
 from ..errors import HostError, UserError
@@ -61,27 +62,25 @@ def iso_names(initrds: Sequence[tuple[str, Path]]) -> list[str]:
     return [f"{i:02d}_{name.replace('-', '_')}.img" for i, (name, _) in enumerate(initrds, 1)]
 
 
-def write_iso(kernel: Path, initrds: Sequence[tuple[str, Path]], cmdline: str, dest: Path, *,
-              boot_files: BootFiles, seed: bytes, volume_id: str = VOLUME_ID,
-              title: str = "imagebuilder", sync: bool = True) -> None:
-    """Write the hybrid ISO booting ``kernel`` with ``initrds`` and ``cmdline`` to ``dest``.
-
-    ``seed`` (a content hash of the image) determines every identifier in it.
-    """
+def write_iso(source: BootSource, dest: Path, *, boot_files: BootFiles,
+              volume_id: str = VOLUME_ID, title: str = "imagebuilder", sync: bool = True) -> None:
+    """Write the hybrid ISO booting ``source`` (its kernel, every initrd layer, its command
+    line) to ``dest``; the source's seed determines every identifier in it."""
     dest = Path(dest)
     if not dest.parent.is_dir():
         raise UserError(f"output directory {dest.parent} does not exist")
     boot_files.require("isolinux_bin", "ldlinux_c32", "isohdpfx", "systemd_boot")
+    kernel, initrds, seed = source.kernel, source.initrds, source.seed
     check_initrds(initrds)
     if not Path(kernel).is_file():
         raise UserError(f"kernel {kernel} is not a file")
     names = iso_names(initrds)
-    config = syslinux_cfg(f"/{BOOT_DIR}/vmlinuz", [f"/{BOOT_DIR}/{n}" for n in names], cmdline)
+    config = syslinux_cfg(f"/{BOOT_DIR}/vmlinuz", [f"/{BOOT_DIR}/{n}" for n in names],
+                          source.cmdline)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp_name:
         tmp = Path(tmp_name)
         esp = tmp / ESP_IMAGE
-        build_esp(esp, kernel, initrds, cmdline, boot_files=boot_files, seed=seed, bios=False,
-                  fat_bits=16, title=title)
+        build_esp(esp, source, boot_files=boot_files, bios=False, fat_bits=16, title=title)
         cfg = tmp / "isolinux.cfg"
         cfg.write_bytes(config.encode())
         files = [

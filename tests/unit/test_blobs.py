@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.disk.boot import BootSource
 from imagebuilder.disk.bootable import BootFiles
 from imagebuilder.errors import DamagedError, HostError
-from imagebuilder.formats.export import BootSource, esp_image, export
+from imagebuilder.formats.export import esp_image, export
 from imagebuilder.store import blobs
 from imagebuilder.store.cache import Cache
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
@@ -115,7 +116,7 @@ def test_an_esp_whose_disk_is_not_the_recorded_disk_digest_is_refused(tmp_path: 
               and not p.name.endswith(".xxh3")}
     assert stored == {image for _, image in layers}
     esp, hit = esp_image(cache, source, files)
-    right = disk_digest(disk_from_esp(esp, boot_files=files, seed=source.seed, layers=layers))
+    right = disk_digest(disk_from_esp(esp, source, boot_files=files, layers=layers))
     cache.invalidate(esp.name)
     esp, hit = esp_image(cache, BootSource(source.kernel, source.initrds, source.cmdline,
                                            source.digests, disk_digest=right), files)

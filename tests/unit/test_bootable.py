@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.disk import gpt
+from imagebuilder.disk.boot import BootSource
 from imagebuilder.disk.bootable import BootFiles, bootable_disk
 from imagebuilder.errors import HostError, UserError
 from imagebuilder.formats.raw import write_raw
@@ -149,6 +150,9 @@ def assert_booted(console: str) -> None:
     assert EXPECTED in console, console[-3000:]
 
 
+def _boot(kernel: Path, initrds: list[tuple[str, Path]], seed: bytes,
+          cmdline: str = CMDLINE) -> BootSource:
+    return BootSource.of_files(kernel, initrds, cmdline, seed=seed)
 # -- structure ---------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -166,7 +170,7 @@ def fake(tmp_path: Path) -> tuple[Path, list[tuple[str, Path]]]:
 def _raw(tmp: Path, fake: tuple[Path, list[tuple[str, Path]]], name: str = "disk.raw",
          **kwargs: object) -> Path:
     kernel, initrds = fake
-    disk = bootable_disk(kernel, initrds, CMDLINE, boot_files=boot_files(), seed=b"seed",
+    disk = bootable_disk(_boot(kernel, initrds, b"seed"), boot_files=boot_files(),
                          **kwargs)  # type: ignore[arg-type]
     write_raw(disk, tmp / name)
     return tmp / name
@@ -203,7 +207,7 @@ def test_table_esp_and_boot_code(tmp_path: Path,
 
 def test_disk_is_mostly_holes(tmp_path: Path, fake: tuple[Path, list[tuple[str, Path]]]) -> None:
     kernel, initrds = fake
-    disk = bootable_disk(kernel, initrds, CMDLINE, boot_files=boot_files(), seed=b"s",
+    disk = bootable_disk(_boot(kernel, initrds, b"s"), boot_files=boot_files(),
                          size=1 << 30)
     assert disk.size == 1 << 30
     assert disk.data_size() < 4 * MIB, disk.extents
@@ -214,16 +218,16 @@ def test_size_must_fit_and_be_whole_mebibytes(
         tmp_path: Path, fake: tuple[Path, list[tuple[str, Path]]]) -> None:
     kernel, initrds = fake
     with pytest.raises(UserError, match="too small"):
-        bootable_disk(kernel, initrds, CMDLINE, boot_files=boot_files(), seed=b"s",
+        bootable_disk(_boot(kernel, initrds, b"s"), boot_files=boot_files(),
                       size=8 * MIB)
     with pytest.raises(UserError, match="multiple of 1 MiB"):
-        bootable_disk(kernel, initrds, CMDLINE, boot_files=boot_files(), seed=b"s",
+        bootable_disk(_boot(kernel, initrds, b"s"), boot_files=boot_files(),
                       size=(1 << 30) + 512)
 
 
 def test_private_esp_file_goes_with_the_disk(fake: tuple[Path, list[tuple[str, Path]]]) -> None:
     kernel, initrds = fake
-    disk = bootable_disk(kernel, initrds, CMDLINE, boot_files=boot_files(), seed=b"s")
+    disk = bootable_disk(_boot(kernel, initrds, b"s"), boot_files=boot_files())
     sources = {e.source.path for e in disk.extents if not isinstance(e.source, bytes)}
     (esp,) = sources
     assert esp.is_file()
@@ -249,7 +253,7 @@ def test_same_inputs_give_the_same_disk_whatever_the_clock_and_zone(
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (first, second)]
     assert digest[0] == digest[1]
     kernel, initrds = fake
-    other = bootable_disk(kernel, initrds, CMDLINE, boot_files=boot_files(), seed=b"other")
+    other = bootable_disk(_boot(kernel, initrds, b"other"), boot_files=boot_files())
     write_raw(other, tmp_path / "c.raw")
     assert (tmp_path / "c.raw").read_bytes() != first.read_bytes()
 
@@ -260,8 +264,8 @@ def test_same_inputs_give_the_same_disk_whatever_the_clock_and_zone(
 def payload_disk(tmp_path_factory: pytest.TempPathFactory, boot_kernel: Path,
                  payload: list[tuple[str, Path]]) -> Path:
     dest = tmp_path_factory.mktemp("disk") / "disk.raw"
-    disk = bootable_disk(boot_kernel, payload, CMDLINE, boot_files=boot_files(),
-                         seed=b"payload", size=64 * MIB)
+    disk = bootable_disk(_boot(boot_kernel, payload, b"payload"),
+                         boot_files=boot_files(), size=64 * MIB)
     write_raw(disk, dest)
     return dest
 

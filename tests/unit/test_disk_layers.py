@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.disk.boot import BootSource
 from imagebuilder.disk.bootable import BootFiles
 from imagebuilder.errors import HostError
-from imagebuilder.formats.export import BootSource, bootable, layer_images
+from imagebuilder.formats.export import bootable, layer_images
 from imagebuilder.formats.raw import write_raw
 from imagebuilder.store.cache import Cache
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store

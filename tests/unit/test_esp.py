@@ -14,10 +14,16 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.disk import esp, gpt
+from imagebuilder.disk.boot import BootSource
 from imagebuilder.errors import HostError, UserError
 from imagebuilder.hashing.sparse import data_extents
 
 CMDLINE = "console=ttyS0 panic=-1 quiet"
+
+
+def _boot(kernel: Path, initrds: list[tuple[str, Path]], seed: bytes,
+          cmdline: str = CMDLINE) -> BootSource:
+    return BootSource.of_files(kernel, initrds, cmdline, seed=seed)
 SEED = b"esp-test-seed"
 
 needs_tools = pytest.mark.skipif(
@@ -49,10 +55,12 @@ def inputs(tmp_path: Path) -> tuple[Path, list[tuple[str, Path]]]:
 
 def _build(dest: Path, inputs: tuple[Path, list[tuple[str, Path]]], **kwargs: object) -> Path:
     kernel, initrds = inputs
-    args: dict[str, object] = dict(boot_files=_boot_files(), seed=SEED, bios=True, fat_bits=32,
+    args: dict[str, object] = dict(boot_files=_boot_files(), bios=True, fat_bits=32,
                                    hidden_sectors=2048)
     args.update(kwargs)
-    esp.build_esp(dest, kernel, initrds, CMDLINE, **args)  # type: ignore[arg-type]
+    seed = args.pop("seed", SEED)
+    source = _boot(kernel, initrds, seed)  # type: ignore[arg-type]
+    esp.build_esp(dest, source, **args)  # type: ignore[arg-type]
     return dest
 
 
@@ -230,8 +238,8 @@ def test_bad_layer_names_are_user_errors(tmp_path: Path, name: str,
                                          inputs: tuple[Path, list[tuple[str, Path]]]) -> None:
     kernel, initrds = inputs
     with pytest.raises(UserError, match="layer name"):
-        esp.build_esp(tmp_path / "esp.img", kernel, [(name, initrds[0][1])], CMDLINE,
-                      boot_files=_boot_files(), seed=SEED)
+        esp.build_esp(tmp_path / "esp.img", _boot(kernel, [(name, initrds[0][1])], SEED),
+                      boot_files=_boot_files())
     assert not (tmp_path / "esp.img").exists()
 
 
@@ -241,20 +249,21 @@ def test_bad_command_lines_are_user_errors(tmp_path: Path, cmdline: str,
                                            inputs: tuple[Path, list[tuple[str, Path]]]) -> None:
     kernel, initrds = inputs
     with pytest.raises(UserError, match="command line"):
-        esp.build_esp(tmp_path / "esp.img", kernel, initrds, cmdline, boot_files=_boot_files(),
-                      seed=SEED)
+        esp.build_esp(tmp_path / "esp.img", _boot(kernel, initrds, SEED, cmdline),
+                      boot_files=_boot_files())
 
 
 def test_missing_inputs(tmp_path: Path, inputs: tuple[Path, list[tuple[str, Path]]]) -> None:
     kernel, initrds = inputs
     files = esp.BootFiles(*(tmp_path / n for n in ("a", "b", "c", "d", "e")))
     with pytest.raises(HostError, match="apt-get install systemd-boot-efi"):
-        esp.build_esp(tmp_path / "esp.img", kernel, initrds, CMDLINE, boot_files=files,
-                      seed=SEED)
+        esp.build_esp(tmp_path / "esp.img", _boot(kernel, initrds, SEED), boot_files=files)
     with pytest.raises(UserError, match="not a file"):
-        esp.esp_files(tmp_path / "nokernel", initrds, CMDLINE, boot_files=files, bios=True)
+        esp.esp_files(_boot(tmp_path / "nokernel", initrds, SEED),
+                      boot_files=files, bios=True)
     with pytest.raises(UserError, match="at least one"):
-        esp.esp_files(kernel, [], CMDLINE, boot_files=files, bios=True)
+        esp.esp_files(_boot(kernel, [], SEED), boot_files=files,
+                      bios=True)
 
 
 def test_from_host_names_the_package_of_a_missing_file(monkeypatch: pytest.MonkeyPatch,

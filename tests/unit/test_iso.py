@@ -16,6 +16,7 @@ import pycdlib
 import pytest
 
 from imagebuilder.disk import gpt
+from imagebuilder.disk.boot import BootSource
 from imagebuilder.errors import HostError, UserError
 from imagebuilder.formats.iso import VOLUME_ID, write_iso
 
@@ -28,6 +29,10 @@ except ImportError:
 boot_kernel, payload = tb.boot_kernel, tb.payload
 
 CMDLINE = tb.CMDLINE
+
+
+def _boot(kernel: Path, initrds: list[tuple[str, Path]], seed: bytes) -> BootSource:
+    return BootSource.of_files(kernel, initrds, CMDLINE, seed=seed)
 SEED = b"iso-seed"
 
 
@@ -45,7 +50,7 @@ def fake(tmp_path: Path) -> tuple[Path, list[tuple[str, Path]]]:
 def _iso(tmp: Path, fake: tuple[Path, list[tuple[str, Path]]], name: str = "x.iso",
          seed: bytes = SEED) -> Path:
     kernel, initrds = fake
-    write_iso(kernel, initrds, CMDLINE, tmp / name, boot_files=tb.boot_files(), seed=seed)
+    write_iso(_boot(kernel, initrds, seed), tmp / name, boot_files=tb.boot_files())
     return tmp / name
 
 
@@ -154,13 +159,13 @@ def test_failures_leave_nothing_behind(tmp_path: Path,
     kernel, initrds = fake
     broken = tb.BootFiles(**{**tb.boot_files().__dict__, "isolinux_bin": tmp_path / "nope"})
     with pytest.raises(HostError, match="apt-get install isolinux"):
-        write_iso(kernel, initrds, CMDLINE, tmp_path / "x.iso", boot_files=broken, seed=SEED)
+        write_iso(_boot(kernel, initrds, SEED), tmp_path / "x.iso", boot_files=broken)
     with pytest.raises(UserError, match="does not exist"):
-        write_iso(kernel, initrds, CMDLINE, tmp_path / "missing" / "x.iso",
-                  boot_files=tb.boot_files(), seed=SEED)
+        write_iso(_boot(kernel, initrds, SEED), tmp_path / "missing" / "x.iso",
+                  boot_files=tb.boot_files())
     with pytest.raises(UserError, match="layer name"):
-        write_iso(kernel, [("Bad Name", kernel)], CMDLINE, tmp_path / "x.iso",
-                  boot_files=tb.boot_files(), seed=SEED)
+        write_iso(_boot(kernel, [("Bad Name", kernel)], SEED), tmp_path / "x.iso",
+                  boot_files=tb.boot_files())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app", "base", "my-jvm", "vmlinuz"]
 
 
@@ -170,7 +175,7 @@ def test_failures_leave_nothing_behind(tmp_path: Path,
 def payload_iso(tmp_path_factory: pytest.TempPathFactory, boot_kernel: Path,
                 payload: list[tuple[str, Path]]) -> Path:
     dest = tmp_path_factory.mktemp("iso") / "payload.iso"
-    write_iso(boot_kernel, payload, CMDLINE, dest, boot_files=tb.boot_files(), seed=b"payload")
+    write_iso(_boot(boot_kernel, payload, b"payload"), dest, boot_files=tb.boot_files())
     return dest
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.cli import main
+from imagebuilder.disk.boot import BootSource
 from imagebuilder.errors import UserError
 from imagebuilder.targets.metal.netboot import (
     ENV_PATH,
@@ -40,8 +41,8 @@ def source(tmp_path: Path) -> NetbootSource:
         path = tmp_path / f"{name}.cpio.zst"
         path.write_bytes(bytes([i]) * (1000 * i))
         layers.append((name, path))
-    return NetbootSource(tmp_path / "vmlinuz", tuple(layers), "console=ttyS0 quiet",
-                         title="hello:1.0.0")
+    boot = BootSource(tmp_path / "vmlinuz", tuple(layers), "console=ttyS0 quiet", ())
+    return NetbootSource(boot, title="hello:1.0.0")
 
 
 def get(server: NetbootServer, path: str, method: str = "GET",
@@ -96,8 +97,8 @@ def test_server_serves_script_kernel_and_layers(source: NetbootSource) -> None:
         assert status == 200 and headers["Content-Type"] == "text/plain"
         assert b"kernel http://10.0.2.2:8123/vmlinuz console=ttyS0 quiet || goto failed\n" in body
         status, body, _ = get(server, "/vmlinuz")
-        assert status == 200 and body == source.kernel.read_bytes()
-        for i, (_name, path) in enumerate(source.initrds, 1):
+        assert status == 200 and body == source.boot.kernel.read_bytes()
+        for i, (_name, path) in enumerate(source.boot.initrds, 1):
             assert get(server, f"/initrd/{i}.img")[1] == path.read_bytes()
         assert get(server, "/initrd/env.img")[1] == env_layer("test", {"A": "b"})
         status, body, headers = get(server, "/vmlinuz", method="HEAD")
@@ -115,8 +116,8 @@ def test_kernel_initrd_export_directory(tmp_path: Path) -> None:
     (out / "initrd.img").write_bytes(b"i")
     (out / "cmdline").write_text("console=ttyS0 panic=-1\n")
     source = NetbootSource.of_directory(out)
-    assert source.cmdline == "console=ttyS0 panic=-1"
-    assert source.initrds == (("initrd", out / "initrd.img"),)
+    assert source.boot.cmdline == "console=ttyS0 panic=-1"
+    assert source.boot.initrds == (("initrd", out / "initrd.img"),)
     (out / "initrd.img").unlink()
     with pytest.raises(UserError, match="is not a kernel-initrd export \\(no initrd.img\\)"):
         NetbootSource.of_directory(out)

@@ -25,6 +25,7 @@ files are sent with ``sendfile``; GET and HEAD only; nothing else is reachable.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import ipaddress
 import os
@@ -36,10 +37,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ...disk.boot import BootSource
 from ...errors import HostError, UserError
 from ...layers.cmdline import SPECIAL, check_cmdline
 from ...text import printable
+
+if TYPE_CHECKING:
+    from ...store.layout import Image, Store
 
 ENV_PATH = "etc/imagebuilder/env"
 """Where the environment layer puts the variables (read by the init)."""
@@ -54,22 +60,18 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class NetbootSource:
-    """What a network boot fetches: a kernel, initrds in order, a command line."""
+    """What a network boot fetches: the boot source's kernel, its initrds in order and its
+    command line, and the environment's initrd when there is one."""
 
-    kernel: Path
-    initrds: tuple[tuple[str, Path], ...]
-    cmdline: str
+    boot: BootSource
     title: str = "imagebuilder"
     env_layer: bytes | None = field(default=None, repr=False)
 
     @classmethod
-    def of_image(cls, store: object, image: object) -> NetbootSource:
-        from ...formats.export import BootSource
-
-        boot = BootSource.of_image(store, image)  # type: ignore[arg-type]
+    def of_image(cls, store: Store, image: Image) -> NetbootSource:
+        boot = BootSource.of_image(store, image)
         boot.verify()  # served with sendfile, which cannot hash: checked once before serving
-        return cls(boot.kernel, boot.initrds, boot.cmdline,
-                   title=str(getattr(image, "ref", "imagebuilder")))
+        return cls(boot, title=image.ref)
 
     @classmethod
     def of_directory(cls, path: Path) -> NetbootSource:
@@ -85,12 +87,11 @@ class NetbootSource:
             check_cmdline(cmdline)
         except UserError as e:
             raise UserError(f"{printable(str(cmdline_file))}: {e}") from None
-        return cls(path / "vmlinuz", (("initrd", path / "initrd.img"),), cmdline,
-                   title=_title(path))
+        boot = BootSource(path / "vmlinuz", (("initrd", path / "initrd.img"),), cmdline, ())
+        return cls(boot, title=_title(path))
 
     def with_env(self, env_name: str, env_vars: Mapping[str, str]) -> NetbootSource:
-        return NetbootSource(self.kernel, self.initrds, self.cmdline, self.title,
-                             env_layer(env_name, env_vars))
+        return dataclasses.replace(self, env_layer=env_layer(env_name, env_vars))
 
 
 def _title(path: Path) -> str:
@@ -122,11 +123,11 @@ def ipxe_script(source: NetbootSource, base_url: str) -> str:
     """The iPXE script booting ``source`` from ``base_url`` (``http://host:port``)."""
     from ...resources import render
 
-    names = [f"{i}.img" for i in range(1, len(source.initrds) + 1)]
+    names = [f"{i}.img" for i in range(1, len(source.boot.initrds) + 1)]
     if source.env_layer is not None:
         names.append("env.img")
     return render("boot.ipxe.j2", title=source.title, base=base_url.rstrip("/"),
-                  cmdline=source.cmdline, initrds=names)
+                  cmdline=source.boot.cmdline, initrds=names)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -305,12 +306,12 @@ class NetbootServer:
                  log: Callable[[str], None] | None = None,
                  allow: Sequence[Network] = ()) -> None:
         allowed = check_allow(listen[0], allow, source.env_layer is not None)
-        routes: dict[str, Path | bytes] = {"/vmlinuz": source.kernel}
-        for i, (_name, path) in enumerate(source.initrds, 1):
+        routes: dict[str, Path | bytes] = {"/vmlinuz": source.boot.kernel}
+        for i, (_name, path) in enumerate(source.boot.initrds, 1):
             routes[f"/initrd/{i}.img"] = path
         if source.env_layer is not None:
             routes[ENV_ROUTE] = source.env_layer
-        for p in [source.kernel, *(p for _n, p in source.initrds)]:
+        for p in [source.boot.kernel, *(p for _n, p in source.boot.initrds)]:
             if not Path(p).is_file():
                 raise HostError(f"{p} is missing: the image store is incomplete")
         try:
