@@ -87,19 +87,20 @@ class JvmSection:
     """``[jvm]``: which JDK the runtime is linked from and the options it starts with."""
 
     version: int = field(default=21, metadata=rule(
-        "the JDK's feature release: 21 or 25; 17 with suite = \"bookworm\"", checks.jvm_version))
+        "the JDK's feature release: 21 or 25; 17 with `suite = \"bookworm\"`", checks.jvm_version))
     args: tuple[str, ...] = field(default=(), metadata=rule(
-        "JVM options (the default heap is -XX:MaxRAMPercentage=75)", checks.strings))
+        "JVM options (the default heap is `-XX:MaxRAMPercentage=75`)", checks.strings))
     fonts: bool = field(default=True, metadata=rule(
-        "with java.desktop linked, fontconfig and fonts-dejavu-core come along", checks.boolean))
+        "with `java.desktop` linked, fontconfig and fonts-dejavu-core come along", checks.boolean))
     modules: tuple[str, ...] = field(default=(), metadata=rule(
         "JDK modules to add to those found in the app's classes", checks.jdk_modules))
     runtime: str = field(default="minimal", metadata=rule(
-        '"minimal" (the modules the app uses) or "full" (the whole JDK)', checks.runtime))
+        '`"minimal"` (the modules the app uses) or `"full"` (the whole JDK)', checks.runtime))
     aot: bool = field(default=False, metadata=rule(
         "run the app once at build time and ship the class data it leaves", checks.boolean))
     train: TrainSection = field(default_factory=lambda: TrainSection(), metadata=rule(
-        "how the training run of aot goes: the jvm.train keys", _train, kind="table"))
+        "how the training run of `aot` goes: the `jvm.train` keys below", _train, kind="table",
+        default="see below"))
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,14 @@ class SystemSection:
     suite: str = field(default="trixie", metadata=rule(
         "the Debian suite of the kernel, busybox and JDK", checks.suite))
     kernel: str = field(default="debian", metadata=rule(
-        'a manifest in kernels/: "debian" (generic), "debian-cloud"', checks.kernel))
+        'a manifest in `kernels/`: `"debian"` (generic), `"debian-cloud"`', checks.kernel))
     memory: int = field(default=1024, metadata=rule(
         "MiB of guest memory for `run` (at least 128)", checks.memory))
     mirror: str | None = field(default=None, metadata=rule(
-        "the Debian mirror, an http:// or https:// URL", checks.mirror,
+        "the Debian mirror, an `http://` or `https://` URL", checks.mirror,
         default="the host's apt configuration"))
     hardware: tuple[str, ...] = field(default=("virtual",), metadata=rule(
-        'driver sets in kernels/hardware/: "virtual", "metal"', checks.hardware))
+        'driver sets in `kernels/hardware/`: `"virtual"`, `"metal"`', checks.hardware))
     modules: tuple[str, ...] = field(default=(), metadata=rule(
         "single kernel modules to add, with their dependencies", checks.kernel_modules))
 
@@ -136,7 +137,7 @@ class Environment:
         "variables the app gets at boot, never baked into the image", checks.env_vars,
         kind="table of strings"))
     network: tuple[network_mod.StaticNetwork, ...] = field(default=(), metadata=rule(
-        "static IPv4 settings: { address, gateway, dns }, or a list of them each with a mac",
+        "static IPv4 settings `{ address, gateway, dns }`, or a list of them each with a `mac`",
         checks.env_network, kind="table or list of tables", default="none: DHCP"))
 
     def boot_vars(self) -> dict[str, str]:
@@ -150,8 +151,8 @@ class EnvironmentsSection:
     :attr:`Config.environments`."""
 
     order: tuple[str, ...] | None = field(default=None, metadata=rule(
-        "promotion order: every [env.NAME] table, each once", checks.order,
-        default="the order of the [env.*] tables"))
+        "promotion order: every `[env.NAME]` table, each once", checks.order,
+        default="the order of the `[env.*]` tables"))
 
 
 #: Each table of the file and the dataclass declaring its keys, in the order errors list them.
