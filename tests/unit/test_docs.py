@@ -131,6 +131,15 @@ def test_every_page_is_linked_from_the_readme() -> None:
     assert {p.name for p in DOCS.glob("*.md")} - linked == set()
 
 
+def test_every_command_has_its_line_in_the_commands_page() -> None:
+    import click
+
+    from imagebuilder.cli import cli
+    text = (DOCS / "commands.md").read_text()
+    names = cli.list_commands(click.Context(cli))
+    assert names and [n for n in names if f"| `{n}` |" not in text] == []
+
+
 def test_the_layout_page_names_every_folder_and_root_module() -> None:
     text = (DOCS / "architecture.md").read_text()
     folders = {p.parent.relative_to(ROOT).as_posix() + "/" for p in PACKAGE.rglob("__init__.py")
