@@ -75,8 +75,10 @@ def child(disk_path: str, ref: str | None, workers: int) -> None:
         digest = f"sha256:{hashlib.sha256(os.urandom(16)).hexdigest()}"
     before = _rss_mib()
     started = time.monotonic()
-    result = aws.publish_disk(disk, name="bench", version="1", image_digest=digest,
-                              disk_digest=digest, region="us-east-1", workers=workers)
+    from imagebuilder.store.layout import Image
+    image = Image(ref="bench:1", digest=digest, manifest={}, config={}, size=0)
+    result = aws.publish_disk(aws.PublishRequest(image, "us-east-1", workers=workers), disk,
+                              digest)
     seconds = time.monotonic() - started
     assert result.upload is not None
     print(json.dumps({

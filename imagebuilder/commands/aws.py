@@ -68,10 +68,10 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
         bar = tqdm(desc=f"upload {image.ref}", unit="B", unit_scale=True, unit_divisor=1024,
                    file=sys.stderr, leave=False)
     try:
-        result = aws.publish(home.store, home.cache, image, region=region, env=env_name,
-                             regions=other, profile=profile, kms_key_id=kms_key_id,
-                             workers=workers,
-                             progress=bar.update if bar is not None else None)
+        request = aws.PublishRequest(image, region, env=env_name, regions=other,
+                                     profile=profile, kms_key_id=kms_key_id, workers=workers)
+        result = aws.publish(request, home.store, home.cache,
+                             progress=bar.update if bar is not None else None).to_json()
     finally:
         if bar is not None:
             bar.close()

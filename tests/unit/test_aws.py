@@ -82,8 +82,9 @@ def _digests() -> tuple[str, str]:
 
 def _publish(disk: Disk, image_digest: str, disk_digest: str, **kw: Any) -> aws.PublishResult:
     kw.setdefault("region", REGION)
-    return aws.publish_disk(disk, name="hello", version="1.0.0", image_digest=image_digest,
-                            disk_digest=disk_digest, **kw)
+    session, progress = kw.pop("session", None), kw.pop("progress", None)
+    request = aws.PublishRequest(_image(image_digest, disk_digest), **kw)
+    return aws.publish_disk(request, disk, disk_digest, session=session, progress=progress)
 
 
 def _tags(obj: dict[str, Any]) -> dict[str, str]:
@@ -178,7 +179,8 @@ def test_publish_of_a_stored_image_uses_its_disk_digest(
                                   "disk": {"digest": disk_digest}}, [kernel, layer])
     image = store.resolve("hello:2.0")
     monkeypatch.setattr(export, "bootable", lambda cache, source, **kw: _disk())
-    out = aws.publish(store, None, image, region=REGION, env="test")  # type: ignore[arg-type]
+    out = aws.publish(aws.PublishRequest(image, REGION, env="test"), store,
+                      None).to_json()  # type: ignore[arg-type]
     assert out["disk_digest"] == disk_digest and out["image_digest"] == image.digest
     assert out["upload"]["blocks_sent"] == len(DATA_BLOCKS) and not out["reused"]
 
@@ -300,6 +302,21 @@ def test_bad_region_and_unknown_profile() -> None:
         aws.make_session("moon-1")
     with pytest.raises(UserError, match="--profile"):
         aws.make_session(REGION, profile=f"nope-{uuid.uuid4().hex}")
+
+
+def test_a_request_checks_its_regions_and_derives_the_ami_name_and_tags() -> None:
+    image = _image("sha256:" + "ab" * 32, "sha256:" + "cd" * 32)
+    with pytest.raises(UserError, match="'moon' is not an AWS region name"):
+        aws.PublishRequest(image, REGION, regions=("eu-west-1", "moon"))
+    request = aws.PublishRequest(image, REGION, env="test",
+                                 regions=("eu-west-1", REGION, "eu-west-1"))
+    assert request.copies == ("eu-west-1",)
+    assert request.name == "hello-1.0.0-" + "ab" * 6
+    assert {t["Key"]: t["Value"] for t in request.tags("sha256:" + "ef" * 32)} == {
+        "imagebuilder:name": "hello", "imagebuilder:version": "1.0.0",
+        "imagebuilder:image-digest": image.digest,
+        "imagebuilder:disk-digest": "sha256:" + "ef" * 32, "Name": request.name,
+        "imagebuilder:env": "test"}
 
 
 def test_userdata_is_the_env_file() -> None:
@@ -584,12 +601,13 @@ def test_a_completed_orphan_snapshot_is_registered_not_uploaded_again(moto: str)
     the next publish registers it (uploading nothing); a pending one is never used."""
     disk = _disk()
     image_digest, disk_digest = _digests()
-    tags = aws.tags_of("hello", "1.0.0", image_digest, disk_digest, None)
+    request = aws.PublishRequest(_image(image_digest, disk_digest), REGION)
+    tags = request.tags(disk_digest)
     ebs = boto3.client("ebs", region_name=REGION)
     ec2 = boto3.client("ec2", region_name=REGION)
     pending = ebs.start_snapshot(VolumeSize=1, Tags=tags)["SnapshotId"]  # killed mid-upload
-    orphan = ebsdirect.upload_snapshot(ebs, disk, tags=tags, description="d", region=REGION)
-    unmarked = ebsdirect.upload_snapshot(ebs, disk, tags=tags, description="d", region=REGION)
+    orphan = ebsdirect.upload_snapshot(ebs, disk, request, tags=tags)
+    unmarked = ebsdirect.upload_snapshot(ebs, disk, request, tags=tags)
     ec2.create_tags(Resources=[orphan.snapshot_id], Tags=[aws.COMPLETE_TAG])
     result = _publish(disk, image_digest, disk_digest)
     assert result.resumed and result.upload is None and not result.reused

@@ -20,6 +20,7 @@ from typing import Any
 
 from ...disk.model import Disk
 from .api import aws_errors, with_retries
+from .request import PublishRequest
 
 BLOCK_SIZE = 512 * 1024
 """The EBS direct APIs' block: every PutSnapshotBlock carries exactly this many bytes."""
@@ -60,25 +61,24 @@ def _blocks(disk: Disk, volume_bytes: int, encrypted: bool) -> Iterator[tuple[in
             yield gap, _ZERO
 
 
-def upload_snapshot(ebs: Any, disk: Disk, *, tags: list[dict[str, str]], description: str,
-                    region: str, kms_key_id: str | None = None, workers: int = 8,
+def upload_snapshot(ebs: Any, disk: Disk, request: PublishRequest, *, tags: list[dict[str, str]],
                     progress: Callable[[int], None] | None = None) -> UploadStats:
-    """Upload ``disk`` to a new, completed EBS snapshot; on failure nothing is left but the
-    snapshot id in the raised error's ``snapshot_id`` (the caller deletes it)."""
+    """Upload ``disk`` to a new, completed EBS snapshot in the request's region (encrypted with
+    its KMS key, if any); on failure nothing is left but the snapshot id in the raised error's
+    ``snapshot_id`` (the caller deletes it)."""
     volume_gib = -(-disk.size // GIB)
-    encrypted = kms_key_id is not None
-    start: dict[str, Any] = {"VolumeSize": volume_gib, "Tags": tags, "Description": description,
+    start: dict[str, Any] = {"VolumeSize": volume_gib, "Tags": tags,
+                             "Description": request.description,
                              "ClientToken": str(uuid.uuid4()),
                              "Timeout": SNAPSHOT_TIMEOUT_MINUTES}
-    if encrypted:
-        start.update(Encrypted=True, KmsKeyArn=kms_key_id)
+    if request.kms_key_id is not None:
+        start.update(Encrypted=True, KmsKeyArn=request.kms_key_id)
     began = time.monotonic()
-    with aws_errors(region, kms_key_id):
+    with aws_errors(request.region, request.kms_key_id):
         snapshot_id = str(ebs.start_snapshot(**start)["SnapshotId"])
     stats = UploadStats(snapshot_id=snapshot_id, requests=1)
     try:
-        _put_blocks(ebs, disk, stats, volume_gib * GIB, encrypted, workers, region, kms_key_id,
-                    progress)
+        _put_blocks(ebs, disk, request, stats, volume_gib * GIB, progress)
     except BaseException as e:
         e.snapshot_id = snapshot_id  # type: ignore[attr-defined]
         raise
@@ -86,12 +86,12 @@ def upload_snapshot(ebs: Any, disk: Disk, *, tags: list[dict[str, str]], descrip
     return stats
 
 
-def _put_blocks(ebs: Any, disk: Disk, stats: UploadStats, volume_bytes: int, encrypted: bool,
-                workers: int, region: str, kms_key_id: str | None,
-                progress: Callable[[int], None] | None) -> None:
+def _put_blocks(ebs: Any, disk: Disk, request: PublishRequest, stats: UploadStats,
+                volume_bytes: int, progress: Callable[[int], None] | None) -> None:
     sums: dict[int, bytes] = {}
     lock = threading.Lock()
-    workers = max(1, workers)
+    workers = max(1, request.workers)
+    encrypted = request.kms_key_id is not None
     snapshot_id = stats.snapshot_id
 
     def put(index: int, data: bytes) -> None:
@@ -108,7 +108,7 @@ def _put_blocks(ebs: Any, disk: Disk, stats: UploadStats, volume_bytes: int, enc
             progress(BLOCK_SIZE)
 
     pending: set[Future[None]] = set()
-    with aws_errors(region, kms_key_id), ThreadPoolExecutor(
+    with aws_errors(request.region, request.kms_key_id), ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="ebs-put") as pool:
         try:
             for index, data in _blocks(disk, volume_bytes, encrypted):

@@ -14,13 +14,12 @@ them) and reused by the next publish. An AMI is registered only once its snapsho
 a publish killed after completing its snapshot but before registering the AMI leaves a whole
 snapshot, which the next publish registers instead of uploading the disk again.
 :func:`promote_aws` (``imagebuilder promote --target aws``) moves an existing AMI to another
-environment by retagging it, uploading nothing. Sessions, clients and errors come from
-:mod:`.awsapi`.
+environment by retagging it, uploading nothing. What to publish, where and how is one
+:class:`~.request.PublishRequest`; sessions, clients and errors come from :mod:`.api`.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,19 +31,19 @@ from ...disk.model import Disk
 from ...errors import ConfigError, FetchError, ImageBuilderError, NotFoundError, UserError
 from .api import REGION_RE, aws_errors, client, make_session
 from .ebs import UploadStats, upload_snapshot
+from .request import TAG, PublishRequest, ami_name
 
 if TYPE_CHECKING:
     from ...store.cache import Cache
     from ...store.layout import Image, Store
 
-TAG = "imagebuilder:"
+__all__ = ["TAG", "PublishRequest", "PublishResult", "ami_name", "make_session", "promote_aws",
+           "publish", "publish_disk", "userdata"]
 COMPLETE_TAG = {"Key": f"{TAG}upload", "Value": "complete"}
 """Set on a snapshot once its upload is complete and verified by EBS."""
 SNAPSHOT_WAIT = 1800.0
 """Seconds to wait for a completed snapshot to become usable."""
 POLL_INTERVAL = 2.0
-
-_NAME_BAD = re.compile(r"[^A-Za-z0-9()\[\]./\-'@_]")
 
 
 @dataclass
@@ -81,26 +80,7 @@ def userdata(env_name: str, vars: Mapping[str, str]) -> str:
     return data.decode()
 
 
-def ami_name(name: str, version: str, digest: str) -> str:
-    """A valid, unique AMI name: ``NAME-VERSION-<12 hex digits of digest>``."""
-    hexpart = digest.removeprefix("sha256:")[:12]
-    text = _NAME_BAD.sub("_", f"{name}-{version}-{hexpart}" if version else f"{name}-{hexpart}")
-    return text[-128:]
-
-
-def tags_of(name: str, version: str, image_digest: str, disk_digest: str,
-            env: str | None) -> list[dict[str, str]]:
-    tags = {f"{TAG}name": name, f"{TAG}version": version, f"{TAG}image-digest": image_digest,
-            f"{TAG}disk-digest": disk_digest, "Name": ami_name(name, version, image_digest)}
-    if env:
-        tags[f"{TAG}env"] = env
-    return [{"Key": k, "Value": v} for k, v in tags.items()]
-
-
-# --- sessions and errors ---------------------------------------------------------------------
-
-
-# --- the snapshot upload ---------------------------------------------------------------------
+# --- the snapshot ---------------------------------------------------------------------------
 
 
 def _wait_snapshot(ec2: Any, snapshot_id: str, region: str) -> None:
@@ -157,19 +137,26 @@ def register(ec2: Any, snapshot_id: str, name: str, description: str, region: st
         )["ImageId"])
 
 
-def publish_disk(disk: Disk, *, name: str, version: str, image_digest: str, disk_digest: str,
-                 region: str, env: str | None = None, regions: Sequence[str] = (),
-                 profile: str | None = None, kms_key_id: str | None = None, workers: int = 8,
-                 session: Any = None,
+def publish(request: PublishRequest, store: Store, cache: Cache, *, session: Any = None,
+            progress: Callable[[int], None] | None = None) -> PublishResult:
+    """Publish the stored ``request.image`` as its request asks; see the module docstring."""
+    from ...disk.boot import BootSource
+    from ...formats.export import bootable, disk_digest
+    session = session or make_session(request.region, request.profile)
+    disk = bootable(cache, BootSource.of_image(store, request.image))
+    digest = request.recorded_disk_digest or disk_digest(disk)
+    return publish_disk(request, disk, digest, session=session, progress=progress)
+
+
+def publish_disk(request: PublishRequest, disk: Disk, disk_digest: str, *, session: Any = None,
                  progress: Callable[[int], None] | None = None) -> PublishResult:
-    """Publish ``disk`` as an AMI in ``region`` (reusing one with the same disk digest) and
-    copy it to ``regions``; see the module docstring."""
-    session = session or make_session(region, profile)
+    """Publish ``disk`` (whose raw bytes hash to ``disk_digest``) as an AMI in the request's
+    region (reusing one with the same disk digest) and copy it to its other regions."""
+    session = session or make_session(request.region, request.profile)
+    region, env = request.region, request.env
     ec2 = client(session, "ec2", region)
-    tags = tags_of(name, version, image_digest, disk_digest, env)
-    label = ami_name(name, version, image_digest)
-    description = f"imagebuilder {name}:{version} {image_digest}"
-    result = PublishResult(name=name, version=version, image_digest=image_digest,
+    image = request.image
+    result = PublishResult(name=image.name, version=image.version, image_digest=image.digest,
                            disk_digest=disk_digest, region=region, image_id="",
                            snapshot_id=None, env=env, reused=False)
     existing = find_ami(ec2, region, "disk-digest", disk_digest)
@@ -181,12 +168,10 @@ def publish_disk(disk: Disk, *, name: str, version: str, image_digest: str, disk
         if env:
             _retag(ec2, region, [result.image_id, *snaps], env)
     else:
-        _create(session, ec2, disk, result, tags, label, description, kms_key_id, workers,
-                progress)
-    for other in dict.fromkeys(r for r in regions if r != region):
+        _create(session, ec2, disk, request, result, progress)
+    for other in request.copies:
         try:
-            result.copies[other] = _copy(session, result, other, tags, label, description,
-                                         env, kms_key_id)
+            result.copies[other] = _copy(session, request, result, other)
         except ImageBuilderError as e:
             kept = ", ".join([f"{result.image_id} in {region}",
                               *(f"{i} in {r}" for r, i in result.copies.items())])
@@ -195,28 +180,28 @@ def publish_disk(disk: Disk, *, name: str, version: str, image_digest: str, disk
     return result
 
 
-def _create(session: Any, ec2: Any, disk: Disk, result: PublishResult,
-            tags: list[dict[str, str]], label: str, description: str, kms_key_id: str | None,
-            workers: int, progress: Callable[[int], None] | None) -> None:
+def _create(session: Any, ec2: Any, disk: Disk, request: PublishRequest, result: PublishResult,
+            progress: Callable[[int], None] | None) -> None:
+    """Upload ``disk`` to a snapshot (or take the completed one of an interrupted publish),
+    register the AMI and tag both; on failure, delete what was made."""
     region = result.region
+    tags = request.tags(result.disk_digest)
     snapshot_id: str | None = None
     image_id: str | None = None
-    orphan = None if kms_key_id else _orphan_snapshot(ec2, region, result.disk_digest)
+    orphan = None if request.kms_key_id else _orphan_snapshot(ec2, region, result.disk_digest)
     try:
         if orphan is not None:  # an interrupted publish completed it: whole, verified by EBS
             result.snapshot_id, result.resumed = orphan, True
         else:
-            ebs = client(session, "ebs", region, workers=workers, retries=1)
-            stats = upload_snapshot(ebs, disk, tags=tags, description=description,
-                                    region=region, kms_key_id=kms_key_id, workers=workers,
-                                    progress=progress)
+            ebs = client(session, "ebs", region, workers=request.workers, retries=1)
+            stats = upload_snapshot(ebs, disk, request, tags=tags, progress=progress)
             snapshot_id = result.snapshot_id = stats.snapshot_id
             result.upload = stats
             _wait_snapshot(ec2, snapshot_id, region)
             with aws_errors(region):  # the mark an orphan needs to be trusted (see below)
                 ec2.create_tags(Resources=[snapshot_id], Tags=[COMPLETE_TAG])
         assert result.snapshot_id is not None
-        image_id = register(ec2, result.snapshot_id, label, description, region)
+        image_id = register(ec2, result.snapshot_id, request.name, request.description, region)
         with aws_errors(region):
             ec2.create_tags(Resources=[image_id, result.snapshot_id], Tags=tags)
         result.image_id = image_id
@@ -278,26 +263,25 @@ def _raise_with_leftovers(e: BaseException, left: list[str], region: str) -> Non
     e.add_note(note)
 
 
-def _copy(session: Any, result: PublishResult, region: str, tags: list[dict[str, str]],
-          label: str, description: str, env: str | None, kms_key_id: str | None) -> str:
+def _copy(session: Any, request: PublishRequest, result: PublishResult, region: str) -> str:
     """The AMI's copy in ``region`` (reused when one with the disk digest exists), tagged."""
     ec2 = client(session, "ec2", region)
     existing = find_ami(ec2, region, "disk-digest", result.disk_digest)
     if existing is not None:
         image_id = str(existing["ImageId"])
-        if env:
-            _retag(ec2, region, [image_id, *_snapshots_of(existing)], env)
+        if request.env:
+            _retag(ec2, region, [image_id, *_snapshots_of(existing)], request.env)
         return image_id
     params: dict[str, Any] = {"SourceImageId": result.image_id, "SourceRegion": result.region,
-                              "Name": label, "Description": description,
+                              "Name": request.name, "Description": request.description,
                               "ClientToken": f"{result.disk_digest[7:39]}-{region}"}
-    if kms_key_id:
+    if request.kms_key_id:
         params["Encrypted"] = True  # with the region's default EBS key
     with aws_errors(region):
         image_id = str(ec2.copy_image(**params)["ImageId"])
     try:
         with aws_errors(region):
-            ec2.create_tags(Resources=[image_id], Tags=tags)
+            ec2.create_tags(Resources=[image_id], Tags=request.tags(result.disk_digest))
     except BaseException as e:
         _raise_with_leftovers(e, _cleanup(ec2, region, image_id, _copy_snapshots(ec2, image_id)),
                               region)
@@ -318,27 +302,6 @@ def _check_regions(regions: Sequence[str]) -> None:
     for other in regions:
         if not REGION_RE.fullmatch(other):
             raise UserError(f"'{other}' is not an AWS region name: use one like us-east-1")
-
-
-def _disk_digest_of(image: Image) -> str | None:
-    disk = image.config.get("disk")
-    return str(disk["digest"]) if isinstance(disk, dict) and disk.get("digest") else None
-
-
-def publish(store: Store, cache: Cache, image: Image, *, region: str, env: str | None = None,
-            regions: Sequence[str] = (), profile: str | None = None,
-            kms_key_id: str | None = None, workers: int = 8, session: Any = None,
-            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Publish the stored ``image`` as an AMI in ``region`` and copies in ``regions``."""
-    from ...formats.export import BootSource, bootable, disk_digest
-    session = session or make_session(region, profile)
-    _check_regions(regions)
-    disk = bootable(cache, BootSource.of_image(store, image))
-    digest = _disk_digest_of(image) or disk_digest(disk)
-    return publish_disk(disk, name=image.name, version=image.version, image_digest=image.digest,
-                        disk_digest=digest, region=region, env=env, regions=regions,
-                        profile=profile, kms_key_id=kms_key_id, workers=workers,
-                        session=session, progress=progress).to_json()
 
 
 def promote_aws(image: Image, *, region: str, env: str, regions: Sequence[str] = (),
