@@ -1,8 +1,11 @@
-"""Groups of click commands kept out of cli.py so that cli.py stays a short table of contents.
+"""Every command of the command line, a module per noun: build and export (``build``), the
+stored images (``image``), VMs (``vm``), the store's health (``store``), registries
+(``registry``), AWS (``aws``), bare metal (``baremetal``) and ``hash``.
 
-Each module exposes ``COMMANDS``, a list of click commands that cli.py registers with
-``cli.add_command``. Modules here import only click at load time; the library is imported when
-a command runs, as in cli.py. The helpers below are shared by cli.py and every module here.
+Each module exposes ``COMMANDS``, its click commands; :mod:`imagebuilder.cli` imports a module
+when one of its commands runs. Modules here import only click at load time, the library when a
+command runs. Shared options are in :mod:`.options`, what goes to stderr in :mod:`.render`; the
+helpers below are shared by every module here.
 """
 
 from __future__ import annotations

@@ -7,25 +7,17 @@ ImageBuilderError and turned into one line and an exit code by ``imagebuilder.cl
 
 from __future__ import annotations
 
-import json
-import sys
-from typing import TYPE_CHECKING
+from typing import Any
 
 import click
 
 from . import env_config, get_home
-
-if TYPE_CHECKING:
-    pass
+from .options import env_options, json_option
+from .render import emit_json, reporter
 
 
 def _regions(text: str | None) -> tuple[str, ...]:
     return tuple(r.strip() for r in (text or "").split(",") if r.strip())
-
-
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(),
-    help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
 
 
 @click.command("publish")
@@ -33,16 +25,14 @@ _config_option = click.option(
 @click.option("--target", type=click.Choice(["aws"]), required=True,
               help="Where to publish (aws: an AMI).")
 @click.option("--region", required=True, help="The AWS region of the AMI, e.g. eu-west-1.")
-@click.option("--env", "env_name",
-              help="Tag the AMI for this environment (one of imagebuilder.toml's).")
 @click.option("--regions", metavar="R2,R3", help="Copy the AMI to these regions too.")
 @click.option("--profile", help="The AWS profile (default: the usual credential chain).")
 @click.option("--kms-key-id", help="Encrypt the snapshot with this KMS key (id, alias or ARN).")
 @click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Snapshot blocks in flight at once.")
 @click.option("--promote-only", is_flag=True, hidden=True)  # replaced by promote --target aws
-@_config_option
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@env_options("Tag the AMI for this environment (one of imagebuilder.toml's).")
+@json_option()
 def publish_cmd(ref: str, target: str, region: str, env_name: str | None, regions: str | None,
                 profile: str | None, kms_key_id: str | None, workers: int, promote_only: bool,
                 config_path: str | None, as_json: bool) -> None:
@@ -62,21 +52,13 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
     home = get_home()
     image = home.store.resolve(ref)
     other = _regions(regions)
-    bar = None
-    if not as_json:
-        from tqdm import tqdm
-        bar = tqdm(desc=f"upload {image.ref}", unit="B", unit_scale=True, unit_divisor=1024,
-                   file=sys.stderr, leave=False)
-    try:
+    with reporter().progress(None, f"upload {image.ref}") as advance:
         request = aws.PublishRequest(image, region, env=env_name, regions=other,
                                      profile=profile, kms_key_id=kms_key_id, workers=workers)
         result = aws.publish(request, home.store, home.cache,
-                             progress=bar.update if bar is not None else None).to_json()
-    finally:
-        if bar is not None:
-            bar.close()
+                             progress=advance).to_json()
     if as_json:
-        click.echo(json.dumps(result))
+        emit_json(result)
         return
     how = "reused" if result["reused"] else "published"
     click.echo(f"{how} {image.ref} as {result['image_id']} in {region}"
@@ -93,20 +75,30 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
 
 @click.command("userdata")
 @click.argument("ref")
-@click.option("--env", "env_name", required=True, help="The environment whose variables to use.")
+@env_options("The environment whose variables to use.", required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write it to this file (mode 0600: it holds the variables) instead of stdout.")
-@_config_option
-def userdata_cmd(ref: str, env_name: str, output: str | None, config_path: str | None) -> None:
+@json_option("Print {ref, digest, env, path, userdata} as JSON (userdata: null with -o, "
+             "which keeps the variables off the terminal).")
+def userdata_cmd(ref: str, env_name: str, output: str | None, config_path: str | None,
+                 as_json: bool) -> None:
     """Print the EC2 user-data for REF in environment ENV: the image's init reads it through
     IMDSv2 when the instance has no config drive (put it in the launch template)."""
     from ..targets.aws import publish as aws
     environment = env_config(config_path).env(env_name)
-    get_home().store.resolve(ref)  # an image that was never built is an error
+    image = get_home().store.resolve(ref)  # an image that was never built is an error
     data = aws.userdata(env_name, environment.boot_vars())
-    if output is None:
+    if output is not None:
+        _write_private(output, data)
+    if as_json:
+        result: dict[str, Any] = {"ref": image.ref, "digest": image.digest, "env": env_name,
+                                  "path": output, "userdata": None if output else data}
+        emit_json(result)
+    elif output is None:
         click.echo(data, nl=False)
-        return
+
+
+def _write_private(output: str, data: str) -> None:
     from ..errors import UserError
     from ..fsutil import write_private
     try:

@@ -1,4 +1,4 @@
-"""The registry commands: push, pull, promote (locally, in a registry, on AWS) and gc.
+"""The registry commands: push, pull and promote (locally, in a registry, on AWS).
 
 Thin like cli.py: parse, call :mod:`imagebuilder.registry.transfer`,
 :mod:`imagebuilder.registry.promote` (:mod:`imagebuilder.targets.aws.publish` for ``promote
@@ -8,9 +8,6 @@ line and an exit code by ``imagebuilder.cli.main``.
 
 from __future__ import annotations
 
-import json
-import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -19,30 +16,18 @@ import click
 
 from . import env_config, get_home
 from . import human_size as _human
+from .options import env_options, json_option
+from .render import emit_json, phases
 
 if TYPE_CHECKING:
     from ..store.layout import Store
 
 
-
-
 @contextmanager
-def _progress(desc: str, quiet: bool) -> Iterator[Callable[[int, int], Callable[[int], None]]]:
-    from tqdm import tqdm
-    bars: list[Any] = []
-
-    def start(total: int, count: int) -> Callable[[int], None]:
-        bar = tqdm(total=total, desc=f"{desc} {count} blob{'s' * (count != 1)}", unit="B",
-                   unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False,
-                   disable=True if quiet else None)
-        bars.append(bar)
-        return bar.update
-
-    try:
-        yield start
-    finally:
-        for bar in bars:
-            bar.close()
+def _progress(desc: str) -> Iterator[Callable[[int, int], Callable[[int], None]]]:
+    """What push and pull call at each batch of blobs: a bar of ``total`` bytes."""
+    with phases() as bars:
+        yield lambda total, count: bars.start(total, f"{desc} {count} blob{'s' * (count != 1)}")
 
 
 def _client(host: str, insecure: bool) -> Any:
@@ -52,7 +37,6 @@ def _client(host: str, insecure: bool) -> Any:
 
 _insecure = click.option("--insecure", is_flag=True,
                          help="Plain HTTP, without TLS (only for a registry on loopback).")
-_as_json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
 @click.command("push")
@@ -62,7 +46,7 @@ _as_json = click.option("--json", "as_json", is_flag=True, help="Print the resul
 @click.option("--chunk-size", type=click.IntRange(1, 1 << 14), default=64, show_default=True,
               metavar="MiB", help="Upload blobs larger than this in chunks of this size.")
 @_insecure
-@_as_json
+@json_option()
 def push_cmd(ref: str, target: str, force: bool, chunk_size: int, insecure: bool,
              as_json: bool) -> None:
     """Push image REF to a registry (TAG defaults to the image's version). Only the blobs the
@@ -73,12 +57,12 @@ def push_cmd(ref: str, target: str, force: bool, chunk_size: int, insecure: bool
     image = home.store.resolve(ref)
     client = _client(dest.host, insecure)
     locations = registry.BlobLocations(home.root / "cache" / "registry" / "blobs.json")
-    with _progress(f"push {image.ref}", as_json) as progress:
+    with _progress(f"push {image.ref}") as progress:
         result = registry.push(home.store, image, dest, client, force=force,
                                chunk_size=chunk_size << 20, locations=locations,
                                progress=progress)
     if as_json:
-        click.echo(json.dumps(result.to_json()))
+        emit_json(result.to_json())
         return
     click.echo(f"pushed {result.ref} to {result.target} ({result.digest})")
     click.echo(f"sent {len(result.blobs_sent)} blobs ({_human(result.bytes_sent)}), mounted "
@@ -91,7 +75,7 @@ def push_cmd(ref: str, target: str, force: bool, chunk_size: int, insecure: bool
               help="Store it under this reference (default: the image's own name:version).")
 @click.option("--force", is_flag=True, help="Replace a local image of the same reference.")
 @_insecure
-@_as_json
+@json_option()
 def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
              as_json: bool) -> None:
     """Pull an image from a registry into the local store, verifying every blob's digest
@@ -103,11 +87,11 @@ def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
         raise UserError(f"'{source}' names no tag or digest: add :TAG or @sha256:...")
     home = get_home()
     client = _client(src.host, insecure)
-    with _progress(f"pull {src}", as_json) as progress:
+    with _progress(f"pull {src}") as progress:
         result = registry.pull(home.store, src, client, force=force, local_ref=local_ref,
                                progress=progress)
     if as_json:
-        click.echo(json.dumps(result.to_json()))
+        emit_json(result.to_json())
         return
     click.echo(f"pulled {result.target} as {result.ref} ({result.digest})")
     click.echo(f"received {len(result.blobs_received)} blobs "
@@ -116,7 +100,6 @@ def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
 
 @click.command("promote")
 @click.argument("ref")
-@click.option("--env", "env_name", required=True, help="The environment to promote REF to.")
 @click.option("--registry", "registry_repo", metavar="HOST[:PORT]/REPO",
               help="Also move the environment's tag in this registry repository.")
 @click.option("--force", is_flag=True,
@@ -126,10 +109,9 @@ def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
 @click.option("--region", help="With --target aws: the region of the AMI, e.g. eu-west-1.")
 @click.option("--regions", metavar="R2,R3", help="With --target aws: these regions too.")
 @click.option("--profile", help="With --target aws: the AWS profile (default: the usual chain).")
-@click.option("--config", "config_path", type=click.Path(),
-              help="imagebuilder.toml holding the environments (default: ./imagebuilder.toml).")
+@env_options("The environment to promote REF to.", required=True)
 @_insecure
-@_as_json
+@json_option()
 def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
                 target_name: str | None, region: str | None, regions: str | None,
                 profile: str | None, config_path: str | None, insecure: bool,
@@ -156,7 +138,7 @@ def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
                              client=client, target=target, config_path=cfg.path,
                              elsewhere=elsewhere)
     if as_json:
-        click.echo(json.dumps(result.to_json()))
+        emit_json(result.to_json())
         return
     where = f" and {result.registry}" if result.registry else ""
     where += "".join(f" and {ami} in {r}" for r, ami in (result.amis or {}).items())
@@ -185,25 +167,5 @@ def _aws_promotion(store: Store, ref: str, env_name: str, target_name: str | Non
                                                 regions=others, session=session)["images"])
 
 
-@click.command("gc")
-@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
-@_as_json
-def gc_cmd(dry_run: bool, as_json: bool) -> None:
-    """Delete the blobs of the local store that no image, environment tag or history uses, and
-    the scratch files and directories of killed commands (store, cache, temporary directory)."""
-    from ..scratch import remove_stale
-    home = get_home()
-    result = home.store.gc(dry_run=dry_run)
-    scratch = [] if dry_run else [*result.scratch, *home.cache.remove_stale(),
-                                  *remove_stale(tempfile.gettempdir(), "imagebuilder-")]
-    if as_json:
-        click.echo(json.dumps({"removed": result.removed, "bytes_freed": result.bytes_freed,
-                               "scratch_removed": len(scratch), "dry_run": dry_run}))
-        return
-    verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(result.removed)} blobs ({_human(result.bytes_freed)})"
-               + (f" and {len(scratch)} scratch entries of killed commands" if scratch else ""))
-
-
-COMMANDS: list[click.Command] = [push_cmd, pull_cmd, promote_cmd, gc_cmd]
+COMMANDS: list[click.Command] = [push_cmd, pull_cmd, promote_cmd]
 

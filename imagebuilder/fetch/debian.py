@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
 import lzma
 import os
 import re
@@ -30,12 +29,10 @@ from pathlib import Path
 
 import requests
 
-from .. import proc
+from .. import proc, progress
 from ..errors import FetchError, HostError, IntegrityError, NotFoundError
 from . import http
 from .lock import LockEntry
-
-log = logging.getLogger(__name__)
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 USER_AGENT = "imagebuilder/0.1 (+python-requests)"
@@ -265,7 +262,8 @@ class Archive:
             for group in parent.depends:
                 dep = self._pick(group, chosen, provided)
                 if dep is None:
-                    log.warning("%s: no package satisfies '%s'", parent.name, " | ".join(group))
+                    progress.current().warn(
+                        f"{parent.name}: no package satisfies '{' | '.join(group)}'")
                 elif dep.name not in chosen and follow(dep):
                     take(dep)
         return sorted(chosen.values(), key=lambda p: p.name)
@@ -346,7 +344,7 @@ def _fetch_deb(
     if dest.is_file():
         if _sha256_file(dest) == sha256:
             return dest
-        log.warning("cached %s is damaged; fetching it again", dest)
+        progress.current().warn(f"cached {dest} is damaged; fetching it again")
         dest.unlink()
     if filename.startswith("/") or ".." in filename.split("/"):
         raise IntegrityError(f"refusing pool path outside the archive for {name}: {filename}")

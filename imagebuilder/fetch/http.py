@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 import urllib.parse
 from pathlib import Path
 from typing import BinaryIO
 
 import requests
-from tqdm import tqdm
 
+from .. import progress
 from ..errors import FetchError, IntegrityError
 from ..fsutil import fsync_dir
 
@@ -210,17 +209,8 @@ def _write_body(
     with open(part, "r+b" if offset else "wb") as out:
         if offset:
             _hash_prefix(out, offset, digest)
-        with tqdm(
-            total=total,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=desc,
-            file=sys.stderr,
-            disable=None,
-            leave=False,
-        ) as bar:
+        with progress.current().progress(total, desc) as advance:
+            advance(offset)
             written = offset
             for chunk in response.iter_content(CHUNK):
                 written += len(chunk)
@@ -228,7 +218,7 @@ def _write_body(
                     raise bound.exceeded(part)
                 out.write(chunk)
                 digest.update(chunk)
-                bar.update(len(chunk))
+                advance(len(chunk))
         out.flush()
         os.fsync(out.fileno())
     return digest.hexdigest()

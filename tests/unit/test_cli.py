@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.cli import cli, main
+from imagebuilder.cli import COMMANDS, cli, main
 from imagebuilder.fetch import http
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
@@ -427,7 +427,7 @@ def test_stop_unknown_vm(invoke: Any) -> None:
 # -- help ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [None, *sorted(cli.commands)])
+@pytest.mark.parametrize("command", [None, *sorted(COMMANDS)])
 def test_help(invoke: Any, command: str | None) -> None:
     argv = [command, "--help"] if command else ["--help"]
     result = invoke(*argv)
@@ -436,7 +436,14 @@ def test_help(invoke: Any, command: str | None) -> None:
 
 
 def test_every_design_command_has_help() -> None:
-    assert {"build", "run", "images", "inspect", "rm"} <= set(cli.commands)
+    assert {"build", "run", "images", "inspect", "rm"} <= set(COMMANDS)
+
+
+def test_every_command_is_defined_where_the_table_says() -> None:
+    ctx = cli.make_context("imagebuilder", ["images"])
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name, name
 
 
 def test_usage_error_exits_2(invoke: Any) -> None:
