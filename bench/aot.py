@@ -16,8 +16,9 @@ build time (imagebuilder/layers/aot.py) leaves an archive the guest maps instead
   whole aot stage: unpacking the root, training, writing the layer) and the aot layer's size;
 * that every aot boot's console says the archive was in use.
 
-WireMock 3.13.2 comes from ``npm pack`` (tests/java_apps.fetch_wiremock), the shop app is
-compiled by tests/java_apps.ShopBuild (javac and Debian's Jackson). Results replace the section
+WireMock 3.13.2 comes from ``npm pack`` (support/java_apps.fetch_wiremock, into the inputs
+cache the tests share), the shop app is compiled by support/java_apps.ShopBuild (javac and
+Debian's Jackson). Results replace the section
 between ``<!-- aot:start -->`` and ``<!-- aot:end -->`` of docs/benchmarks.md.
 
     .venv/bin/python bench/aot.py [--runs N] [--jdks 21,25] [--home DIR] [--out FILE]
@@ -29,8 +30,6 @@ import argparse
 import json
 import os
 import re
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,25 +39,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchdoc import cpu_model, write_section  # noqa: E402
+from benchdoc import write_section  # noqa: E402
 
-from tests.java_apps import ShopBuild, fetch_wiremock, project  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.java_apps import ShopBuild, fetch_wiremock, project  # noqa: E402
+from support.machine import cpu_model, load  # noqa: E402
+from support.measure import median  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 PHASES = ("kernel", "drivers", "network", "environment", "app")
 IN_USE = "imagebuilder: AOT class data /opt/aot/"
 TRAINED = re.compile(r"aot: trained in ([\d.]+) s \(the app answered after ([\d.]+) s\), "
                      r"([\d.]+) MiB of class data")
 MiB = 1 << 20
-
-
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], env=env,
-                            capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise SystemExit(f"imagebuilder {' '.join(args)} failed:\n{result.stderr}")
-    return result
 
 
 def _build(home: Path, root: Path, jdk: int, aot: bool) -> dict[str, Any]:
@@ -70,8 +63,8 @@ def _build(home: Path, root: Path, jdk: int, aot: bool) -> dict[str, Any]:
     # while every other stage comes from the cache.
     toml.write_text(f"{text}\n[jvm]\nversion = {jdk}\ntrain = {{ env = \"bench\" }}\n\n"
                     f"[env.bench]\nvars = {{ BENCH_RUN = \"{time.time_ns()}\" }}\n")
-    result = _cli(home, "build", str(root), "--version", f"{'aot' if aot else 'plain'}-{jdk}",
-                  "--aot" if aot else "--no-aot")
+    result = Cli(home)("build", str(root), "--version", f"{'aot' if aot else 'plain'}-{jdk}",
+                  "--aot" if aot else "--no-aot", timeout=1800)
     ref = result.stdout.split()[0]
     info: dict[str, Any] = {"ref": ref}
     found = TRAINED.search(result.stderr)
@@ -79,7 +72,7 @@ def _build(home: Path, root: Path, jdk: int, aot: bool) -> dict[str, Any]:
     if found and stage:
         info.update(train=float(found[1]), answered=float(found[2]), archive=float(found[3]),
                     stage=float(stage[1]))
-    inspect = json.loads(_cli(home, "inspect", ref, "--json").stdout)
+    inspect = Cli(home).json("inspect", ref)
     for layer in inspect["manifest"]["layers"]:
         if layer["annotations"]["org.opencontainers.image.title"] == "aot":
             info["layer"] = layer["size"] / MiB
@@ -88,27 +81,16 @@ def _build(home: Path, root: Path, jdk: int, aot: bool) -> dict[str, Any]:
 
 def _boot(home: Path, ref: str) -> dict[str, Any] | None:
     port = free_port()
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "run", ref, "--accel",
-                             "tcg", "--wait", "--json", "--timeout", "600",
-                             "-p", f"127.0.0.1:{port}:8080"], env=env, capture_output=True,
-                            text=True, timeout=900)
+    result = Cli(home)("run", ref, "--accel", "tcg", "--wait", "--json", "--timeout", "600",
+                       "-p", f"127.0.0.1:{port}:8080", check=False, timeout=900)
     if result.returncode != 0:
         print(f"{ref}: failed: {result.stderr.strip()}", file=sys.stderr)
         return None
     out: dict[str, Any] = json.loads(result.stdout)
     console = Path(out["console"]).read_text(errors="replace")
     out["in_use"] = any(line.startswith(IN_USE) for line in console.splitlines())
-    _cli(home, "stop", str(out["id"]))
+    Cli(home)("stop", str(out["id"]))
     return out
-
-
-def _load() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def _med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def main() -> int:
@@ -121,9 +103,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-aot-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         home = args.home or work / "home"
-        inputs = REPO / ".pytest_cache" / "d" / "apps-inputs"
-        inputs.mkdir(parents=True, exist_ok=True)
-        wiremock = project(work / "wiremock", "wiremock", str(fetch_wiremock(inputs)),
+        wiremock = project(work / "wiremock", "wiremock", str(fetch_wiremock()),
                             'args = ["--port", "8080"]\nhealthcheck = "/__admin/mappings"\n')
         shop = project(work / "shop", "shop-boot", "shop.jar", "")
         ShopBuild(work / "shop-src").spring_boot(shop / "shop.jar")
@@ -131,7 +111,7 @@ def main() -> int:
         jdks = [int(v) for v in args.jdks.split(",")]
         builds = {(app, jdk, aot): _build(home, root, jdk, aot)
                   for app, root in apps.items() for jdk in jdks for aot in (False, True)}
-        load_before = _load()
+        load_before = load()
         runs: dict[tuple[str, int, bool], list[dict[str, Any]]] = {key: [] for key in builds}
         failed = dict.fromkeys(builds, 0)
         for _ in range(args.runs):
@@ -142,7 +122,7 @@ def main() -> int:
                 else:
                     runs[key].append(out)
                     print(f"{info['ref']}: {out['seconds']:.2f} s", file=sys.stderr)
-        load_after = _load()
+        load_after = load()
     rows = ["| app | JDK | aot | run --wait to HTTP (host) | " + " | ".join(PHASES)
             + " | JVM (HTTP - app) | archive in use |",
             "|---|---|---|---|" + "---|" * len(PHASES) + "---|---|"]
@@ -155,8 +135,8 @@ def main() -> int:
                 seconds = [float(r["seconds"]) for r in done]
                 jvm = [float(r["seconds"]) - float(r["phases"]["app"]) for r in done
                        if "app" in r["phases"]]
-                medians[aot] = (_med(seconds), _med(jvm))
-                cells = [f"{_med([float(r['phases'][p]) for r in done if p in r['phases']]):.2f}"
+                medians[aot] = (median(seconds), median(jvm))
+                cells = [f"{median([float(r['phases'][p]) for r in done if p in r['phases']]):.2f}"
                          for p in PHASES]
                 fails = failed[(app, jdk, aot)]
                 note = f"; {fails} failed" if fails else ""

@@ -3,7 +3,7 @@
 
 Why: issue 10 promises that real apps build fast and that a new app version costs only its own
 classes. Measured for WireMock (a shaded executable jar: its own code and its libraries are one
-jar) and for the shop app of tests/java_apps.py packed as a Spring Boot jar (BOOT-INF/classes
+jar) and for the shop app of support/java_apps.py packed as a Spring Boot jar (BOOT-INF/classes
 and BOOT-INF/lib with Debian's Jackson):
 
 * cold build with the Debian packages already downloaded (a fresh IMAGEBUILDER_HOME whose
@@ -23,20 +23,17 @@ Results replace the part of docs/benchmarks.md between ``<!-- apps:start -->`` a
 
     .venv/bin/python bench/apps.py [--runs N] [--out docs/benchmarks.md]
 
-Needs javac, jdeps, npm (or WireMock already in .pytest_cache/d/apps-inputs), docker-registry,
-Debian's libjackson2-databind-java and about 3 GiB in /var/tmp.
+Needs javac, jdeps, npm (or WireMock already in the inputs cache: support/inputs.py),
+docker-registry, Debian's libjackson2-databind-java and about 3 GiB in /var/tmp.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,47 +45,29 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchdoc import cpu_model, write_section  # noqa: E402
+from benchdoc import write_section  # noqa: E402
 
 from imagebuilder.apps import modules  # noqa: E402
 from imagebuilder.apps.archive import Budget  # noqa: E402
 from imagebuilder.apps.detect import detect  # noqa: E402
 from imagebuilder.apps.scan import scan  # noqa: E402
 from imagebuilder.store.layout import Store  # noqa: E402
-from tests.e2e.registry_fixture import start_registry  # noqa: E402
-from tests.java_apps import JACKSON, ShopBuild, fetch_wiremock  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.corpus import HOST_JDK  # noqa: E402
+from support.java_apps import JACKSON, ShopBuild, fetch_wiremock, project  # noqa: E402
+from support.machine import cpu_model  # noqa: E402
+from support.measure import Timing, median, seconds_list, stopwatch  # noqa: E402
+from support.registry import start_registry  # noqa: E402
 
 MiB = 1 << 20
-HOST_JDK = Path("/usr/lib/jvm/java-17-openjdk-amd64")
 
 
-#: CPU seconds (user + system) of the last `cli` call and the processes it waited for: unlike
-#: wall time, not inflated by other jobs on a shared machine.
-last_cpu = 0.0
-
-
-def cli(home: Path, *args: str) -> tuple[float, Any]:
-    """One whole `imagebuilder ... --json` process; its wall time and output."""
-    global last_cpu
-    argv = [str(Path(sys.executable).with_name("imagebuilder")), *args, "--json"]
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.monotonic()
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=REPO)
-    seconds = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {result.stderr[-2000:]}")
-    return seconds, json.loads(result.stdout)
-
-
-def project(root: Path, name: str, app: str, extra: str = "") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "imagebuilder.toml").write_text(
-        f'[image]\nname = "{name}"\nversion = "1"\n\n[app]\npath = "{app}"\nport = 8080\n'
-        + extra)
-    return root
+def cli(home: Path, *args: str) -> tuple[Timing, Any]:
+    """One whole `imagebuilder ... --json` process: its wall and CPU time (the CPU time of a
+    child, unlike wall time, is not inflated by other jobs on a shared machine) and output."""
+    with stopwatch() as timing:
+        out = Cli(home).json(*args, cwd=REPO, timeout=3600)
+    return timing, out
 
 
 def fresh_home(work: Path, seed: Path, name: str) -> Path:
@@ -151,7 +130,7 @@ def detection(app: App, runs: int) -> tuple[float, float, list[str], list[str]]:
                               *app.jdeps_args()], capture_output=True, text=True, check=True)
         jdeps_times.append(time.monotonic() - start)
         theirs = out.stdout.strip().split(",")
-    return statistics.median(ours_times), statistics.median(jdeps_times), found, theirs
+    return median(ours_times), median(jdeps_times), found, theirs
 
 
 def measure(app: App, work: Path, seed: Path, runs: int) -> tuple[list[tuple[str, ...]],
@@ -161,24 +140,24 @@ def measure(app: App, work: Path, seed: Path, runs: int) -> tuple[list[tuple[str
     home = fresh_home(work, seed, f"home-{app.name}")
     cold, out = cli(home, "build", str(app.root))
     built = [s["name"] for s in out["stages"] if not s["cached"]]
-    rows.append((f"{app.name}: cold build, packages downloaded", f"{cold:.1f} s",
+    rows.append((f"{app.name}: cold build, packages downloaded", f"{cold.seconds:.1f} s",
                  "", f"stages built: {', '.join(built)}"))
     warm, cpu, stage_times = [], [], {}
     for n in range(2, runs + 2):
         app.change(n)
-        seconds, out = cli(home, "build", str(app.root), "--version", str(n))
+        timing, out = cli(home, "build", str(app.root), "--version", str(n))
         rebuilt = {s["name"] for s in out["stages"] if not s["cached"]}
         if rebuilt != {"app", "disk"}:
             notes.append(f"{app.name} v{n} rebuilt {sorted(rebuilt)}, not only app and disk")
-        warm.append(seconds)
-        cpu.append(last_cpu)
+        warm.append(timing.seconds)
+        cpu.append(timing.cpu)
         stage_times = {s["name"]: s["seconds"] for s in out["stages"] if not s["cached"]}
-    median = statistics.median(warm)
-    rows.append((f"{app.name}: rebuild after an own-code change", f"{median:.2f} s "
-                 f"(CPU {statistics.median(cpu):.2f} s)", "<= 1 s",
-                 "pass" if median <= 1.0 else "**miss**"))
-    notes.append(f"{app.name} rebuild runs (s): {', '.join(f'{t:.2f}' for t in warm)}; CPU "
-                 f"(user + system, s): {', '.join(f'{t:.2f}' for t in cpu)}; stages of the last:"
+    warm_median = median(warm)
+    rows.append((f"{app.name}: rebuild after an own-code change", f"{warm_median:.2f} s "
+                 f"(CPU {median(cpu):.2f} s)", "<= 1 s",
+                 "pass" if warm_median <= 1.0 else "**miss**"))
+    notes.append(f"{app.name} rebuild runs (s): {seconds_list(warm)}; CPU "
+                 f"(user + system, s): {seconds_list(cpu)}; stages of the last:"
                  f" {', '.join(f'{k} {v:.2f} s' for k, v in stage_times.items())}")
     store = Store(home / "store")
     last = store.resolve(f"{app.name}:{runs + 1}")
@@ -216,16 +195,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "docs/benchmarks.md")
     args = parser.parse_args()
-    inputs = REPO / ".pytest_cache" / "d" / "apps-inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-apps-", dir="/var/tmp"))
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     try:
         wm_root = project(work / "wiremock", "wiremock", "wiremock.jar",
-                          'args = ["--port", "8080"]\n')
-        shutil.copyfile(fetch_wiremock(inputs), wm_root / "wiremock.jar")
-        shop_root = project(work / "shop", "shop", "shop.jar")
+                          'args = ["--port", "8080"]\n', version="1")
+        shutil.copyfile(fetch_wiremock(), wm_root / "wiremock.jar")
+        shop_root = project(work / "shop", "shop", "shop.jar", version="1")
         build = ShopBuild(work / "shop-src")
         build.spring_boot(shop_root / "shop.jar")
         apps = [WireMock("wiremock", wm_root, wm_root / "wiremock.jar"),

@@ -34,7 +34,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,9 +43,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchdoc import cpu_model, write_section  # noqa: E402
+from benchdoc import write_section  # noqa: E402
 
-from tests.servers import aws_env, child_env, moto_executable, moto_server  # noqa: E402
+from support.machine import cpus, load  # noqa: E402
+from support.measure import median  # noqa: E402
+from support.servers import aws_env, child_env, moto_executable, moto_server  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -153,8 +154,8 @@ def section(measured: list[tuple[str, list[dict[str, Any]]]], args: argparse.Nam
     rows, notes = [], []
     for label, results in measured:
         r = results[0]
-        up = statistics.median(x["upload_seconds"] for x in results)
-        whole = statistics.median(x["publish_seconds"] for x in results)
+        up = median(x["upload_seconds"] for x in results)
+        whole = median(x["publish_seconds"] for x in results)
         growth = max(x["peak_rss_mib"] - x["rss_before_mib"] for x in results)
         rows.append(
             f"| {label} | {r['disk_size'] / MiB:.0f} MiB | {r['data_size'] / MiB:.1f} MiB "
@@ -171,8 +172,8 @@ def section(measured: list[tuple[str, list[dict[str, Any]]]], args: argparse.Nam
     return "\n".join([
         "## AWS publish through the EBS direct APIs (`bench/aws.py`)",
         "",
-        f"Run on {when} against `moto_server` on 127.0.0.1 ({os.cpu_count()} CPUs, "
-        f"{cpu_model()}, load average {os.getloadavg()[0]:.1f} at the end: the machine is "
+        f"Run on {when} against `moto_server` on 127.0.0.1 ({cpus()}, "
+        f"load average {load():.1f} at the end: the machine is "
         f"shared), {args.workers} blocks of 512 KiB in flight, median of {args.runs} "
         f"runs, a fresh moto_server per run (publishing is idempotent). The first disk is "
         f"{source}. moto's speed, not AWS's, bounds the throughput: the numbers that carry "

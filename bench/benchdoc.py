@@ -1,4 +1,6 @@
-"""What every benchmark script shares: its section of docs/benchmarks.md, and the CPU's name.
+"""What every benchmark script shares about docs/benchmarks.md: its own section of the file,
+and the commit it measured (the machine's facts, timing and medians are in support/, which the
+tests share too).
 
 Each script owns the part of the file between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``
 and rewrites only that, so the file holds exactly what the scripts last printed.
@@ -7,7 +9,6 @@ and rewrites only that, so the file holds exactly what the scripts last printed.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
@@ -50,13 +51,3 @@ def commit_line() -> str:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", "imagebuilder", "bench")
     return f"Commit measured: {commit}" + (" (with uncommitted changes)" if dirty else "") + "."
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or "unknown"."""
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(),
-                          re.MULTILINE)
-    except OSError:
-        return "unknown"
-    return found[1].strip() if found else "unknown"

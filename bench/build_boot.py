@@ -58,7 +58,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,11 +69,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchdoc import cpu_model, write_section
+from benchdoc import write_section
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.servers import free_port  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.machine import cpu_model, memory_gib  # noqa: E402
+from support.measure import logger, median  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello"
 MB = 1_000_000
@@ -101,12 +103,7 @@ class BenchError(Exception):
     """A measurement could not be taken."""
 
 
-def log(message: str) -> None:
-    print(f"[build_boot {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
+log = logger("build_boot")
 
 
 # --------------------------------------------------------------------------- processes
@@ -122,12 +119,13 @@ def source_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def find_cli() -> Path:
-    for candidate in (os.environ.get("IMAGEBUILDER_CLI"), REPO / ".venv/bin/imagebuilder",
-                      shutil.which("imagebuilder")):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise BenchError("imagebuilder CLI not found: create the venv (.venv) or set IMAGEBUILDER_CLI")
+def find_cli() -> list[str]:
+    """How to run the command line: $IMAGEBUILDER_CLI, else support.cli's runner (the console
+    script beside this interpreter)."""
+    named = os.environ.get("IMAGEBUILDER_CLI")
+    if named and not Path(named).is_file():
+        raise BenchError(f"IMAGEBUILDER_CLI={named} is not a file")
+    return [named] if named else Cli(Path()).argv([])
 
 
 @dataclass
@@ -322,18 +320,18 @@ def last_json(text: str) -> Any:
 class Tool:
     """The imagebuilder CLI, bound to one IMAGEBUILDER_HOME."""
 
-    cli: Path
+    cli: list[str]
     home: Path
     meter: CpuMeter
     vms: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "IMAGEBUILDER_HOME": str(self.home)}
+        return Cli(self.home).env()
 
     def __call__(self, *args: str, check: bool = True, wrap: Sequence[str] = (),
                  sample_rss: bool = False, timeout: float = 3600) -> Done:
-        return run([*wrap, self.cli, *args], env=self.env(), check=check,
+        return run([*wrap, *self.cli, *args], env=self.env(), check=check,
                    sample_rss=sample_rss, timeout=timeout)
 
     def build(self, app: Path, *, wrap: Sequence[str] = (), sample_rss: bool = False
@@ -513,16 +511,16 @@ class Row:
 
 
 def machine() -> dict[str, str]:
-    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    mem = memory_gib()
     return {
         "nproc": str(os.cpu_count()),
         "cpu": cpu_model(),
-        "memory": f"{int(mem[1]) / (1 << 20):.1f} GiB" if mem else "unknown",
+        "memory": f"{mem:.1f} GiB" if mem is not None else "unknown",
         "kernel": os.uname().release,
     }
 
 
-def versions(cli: Path) -> dict[str, str]:
+def versions(cli: list[str]) -> dict[str, str]:
     def first_line(argv: list[str]) -> str:
         try:
             done = subprocess.run(argv, check=False, capture_output=True, text=True,
@@ -536,7 +534,7 @@ def versions(cli: Path) -> dict[str, str]:
                             "--untracked-files=no"],
                            check=False, capture_output=True, text=True).stdout.strip()
     return {
-        "imagebuilder": first_line([str(cli), "--version"]),
+        "imagebuilder": first_line([*cli, "--version"]),
         "commit": commit + (" (with uncommitted changes)" if dirty else ""),
         "qemu": first_line(["qemu-system-x86_64", "--version"]),
         "mmdebstrap": first_line(["mmdebstrap", "--version"]) if shutil.which("mmdebstrap")
@@ -568,7 +566,7 @@ def fmt_list(values: Sequence[float]) -> str:
 class Bench:
     args: argparse.Namespace
     work: Path
-    cli: Path
+    cli: list[str]
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tools: list[Tool] = field(default_factory=list)

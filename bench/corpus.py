@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Corpus benchmark (issue 17): every app of tests/corpus.py built, booted under TCG and run on
+"""Corpus benchmark (issue 17): every app of support/corpus.py built, booted under TCG and run on
 the host as its documentation says, and their answers compared.
 
 Why: the rule is that an app that serves when started with ``java`` as its documentation says
@@ -47,10 +47,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchdoc import cpu_model, write_section  # noqa: E402
+from benchdoc import write_section  # noqa: E402
 
 from imagebuilder.store.layout import Store  # noqa: E402
-from tests.corpus import (  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.corpus import (  # noqa: E402
     CORPUS,
     Answer,
     CorpusApp,
@@ -60,10 +61,11 @@ from tests.corpus import (  # noqa: E402
     on_host,
     project,
 )
-from tests.servers import free_port  # noqa: E402
+from support.inputs import inputs_dir  # noqa: E402
+from support.machine import cpu_model  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 MiB = 1 << 20
-EXE = str(Path(sys.executable).with_name("imagebuilder"))
 
 
 @dataclass
@@ -82,8 +84,7 @@ class Row:
 
 
 def imagebuilder(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EXE, *args], env={**os.environ, "IMAGEBUILDER_HOME": str(home)},
-                          capture_output=True, text=True, timeout=1800)
+    return Cli(home)(*args, check=False, timeout=1800)
 
 
 def last_line(text: str) -> str:
@@ -131,10 +132,10 @@ def in_image_foreground(row: Row, home: Path, timeout: float = 600) -> list[Answ
     gateway, so ``--wait`` cannot tell it is up): ``run`` in the foreground, the requests sent
     once the first one gets any HTTP answer, then Ctrl-C (SIGINT) stops the VM."""
     port = free_port()
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
+    cli = Cli(home)
     with open(home / f"run-{row.app.name}.log", "wb") as log:
-        proc = subprocess.Popen([EXE, "run", f"{row.app.name}:1.0.0", "--accel", "tcg", "-p",
-                                 f"127.0.0.1:{port}:{row.app.port}"], env=env,
+        proc = subprocess.Popen(cli.argv(["run", f"{row.app.name}:1.0.0", "--accel", "tcg", "-p",
+                                          f"127.0.0.1:{port}:{row.app.port}"]), env=cli.env(),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     base, start = f"http://127.0.0.1:{port}", time.monotonic()
     try:
@@ -194,12 +195,11 @@ def measure(row: Row, built: bool, cache: Path, home: Path, work: Path) -> Row:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--apps", nargs="*", help="names of tests/corpus.py's apps (all)")
+    parser.add_argument("--apps", nargs="*", help="names of support/corpus.py's apps (all)")
     parser.add_argument("--out", type=Path, default=REPO / "docs/benchmarks.md")
     args = parser.parse_args()
     apps = [a for a in CORPUS if not args.apps or a.name in args.apps]
-    cache = REPO / ".pytest_cache" / "d" / "corpus-inputs"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = inputs_dir("corpus")
     work = Path(tempfile.mkdtemp(prefix="bench-corpus-", dir="/var/tmp"))
     rows = []
     try:
@@ -219,7 +219,7 @@ def main() -> int:
         "upper bounds). One app at a time; one IMAGEBUILDER_HOME for all builds, so the first "
         "build also made the kernel, the base and the JDK. Image: trixie, JDK 21, booted with "
         "`run --accel tcg` (run's defaults); host: Debian's JDK 17, the documented command. "
-        "Answers compared: status, content type, body (normalised as tests/corpus.py lists).",
+        "Answers compared: status, content type, body (normalised as support/corpus.py lists).",
         "",
         "| app | shape | source | build (s) | image (MiB) | first answer, image TCG (s) "
         "| first answer, host (s) | answers match |",

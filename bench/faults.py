@@ -24,9 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchdoc import cpu_model, write_section
+from benchdoc import write_section
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from support.machine import cpus  # noqa: E402
 
 
 def main() -> int:
@@ -69,7 +72,7 @@ def section(records: list[dict[str, object]], seed: str, summary: str, seconds: 
     lines = [
         "## Fault injection (`tests/e2e/test_faults.py`, counted by `bench/faults.py`)",
         "",
-        f"Run on {when}, {os.cpu_count()} CPUs ({cpu_model()}), seed {seed}; the whole module "
+        f"Run on {when}, {cpus()}, seed {seed}; the whole module "
         f"took {seconds:.0f} s on the shared machine (pytest: {summary}). After every fault: "
         "`imagebuilder check` finds no damage in the store and the stage cache, an output is "
         "whole or absent, a failed command printed one `ERROR:` line (no traceback), and the "

@@ -40,10 +40,7 @@ import argparse
 import datetime as dt
 import hashlib
 import os
-import platform
-import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,13 +49,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchdoc import cpu_model, write_section
+from benchdoc import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from support.cli import Cli  # noqa: E402
+from support.machine import describe  # noqa: E402
+from support.measure import installed_python_env, logger, median, run_timed  # noqa: E402
+
 MIB = 1 << 20
-# The CLI with the bare-metal commands registered, whether or not cli.py registers them.
-IMAGEBUILDER = str(Path(sys.executable).with_name("imagebuilder"))
 
 
 @dataclass
@@ -67,8 +66,7 @@ class Run:
     rss_kib: int
 
 
-def log(message: str) -> None:
-    print(f"[flash bench] {message}", file=sys.stderr, flush=True)
+log = logger("flash")
 
 
 def build_image(path: Path, size: int, pieces: int, piece: int) -> None:
@@ -95,31 +93,17 @@ def build_image(path: Path, size: int, pieces: int, piece: int) -> None:
     src.unlink()
 
 
-def run_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-    env["IMAGEBUILDER_HOME"] = str(tmp / "home")
-    return env
-
-
 def timed(argv: Sequence[str], tmp: Path) -> Run:
-    report = tmp / "time.txt"
-    t0 = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-v", "-o", str(report), *argv], capture_output=True,
-                       text=True, cwd=REPO, env=run_env(tmp))
-    seconds = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {r.stderr.strip()[-2000:]}")
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report.read_text())
-    if not m:
-        raise RuntimeError("no peak RSS in the /usr/bin/time report")
-    return Run(seconds, int(m.group(1)))
+    """Wall time and peak RSS of ``argv`` (Python as installed, a home in ``tmp``)."""
+    ran = run_timed(argv, env=installed_python_env(tmp, Cli(tmp / "home").env()), cwd=REPO)
+    return Run(ran.seconds, ran.rss_kib)
 
 
 def commands(raw: Path, target: Path) -> dict[str, list[str]]:
+    ib = Cli(Path()).argv
     return {
-        "imagebuilder flash": [IMAGEBUILDER, "flash", str(raw), str(target)],
-        "flash --no-verify": [IMAGEBUILDER, "flash", "--no-verify", str(raw), str(target)],
+        "imagebuilder flash": ib(["flash", str(raw), str(target)]),
+        "flash --no-verify": ib(["flash", "--no-verify", str(raw), str(target)]),
         "bmaptool copy": ["bmaptool", "-q", "copy", str(raw), str(target)],
         "dd conv=sparse": ["dd", f"if={raw}", f"of={target}", "bs=4M", "conv=sparse,fsync",
                            "status=none"],
@@ -189,7 +173,7 @@ def measure(raw: Path, runs: int, tmp: Path) -> dict[str, list[Run]]:
 
 
 def med(runs: list[Run]) -> float:
-    return statistics.median(r.seconds for r in runs)
+    return median(r.seconds for r in runs)
 
 
 def report(images: list[tuple[str, Path, int]], results: list[dict[str, list[Run]]],
@@ -197,7 +181,7 @@ def report(images: list[tuple[str, Path, int]], results: list[dict[str, list[Run
     lines = [
         "## Flash: `imagebuilder flash` vs `bmaptool copy` and `dd` (`bench/flash.py`)",
         "",
-        f"Run on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC: {machine()}; {versions()}. "
+        f"Run on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC: {describe()}; {versions()}. "
         f"Median of {runs} runs after one untimed warm-up (image in the page cache); target: a "
         "new regular file on the same file system, removed before each run; every command "
         "ends with an fsync. Both verify the image against its map (each range's SHA-256, as "
@@ -237,10 +221,6 @@ def report(images: list[tuple[str, Path, int]], results: list[dict[str, list[Run
         lines.append(f"Runs (s), {label}: {detail}.")
         lines.append("")
     return "\n".join(lines), ok
-
-
-def machine() -> str:
-    return f"{os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}"
 
 
 def versions() -> str:

@@ -58,7 +58,6 @@ import platform
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,9 +67,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchdoc import cpu_model, write_section
+from benchdoc import write_section
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from support.machine import cpu_model  # noqa: E402
+from support.measure import installed_python_env, logger, median, run_timed  # noqa: E402
+
 MiB = 1 << 20
 GiB = 1 << 30
 RSS_TARGET_MB = 150
@@ -92,8 +95,7 @@ OURS = (
 TEXT_SUFFIXES = {".py", ".txt", ".html", ".h", ".c", ".md", ".rst", ".json", ".xml", ".pm", ".sh"}
 
 
-def log(message: str) -> None:
-    print(f"[formats] {message}", file=sys.stderr, flush=True)
+log = logger("formats")
 
 
 # --- test data ------------------------------------------------------------------------------
@@ -243,41 +245,13 @@ class Run:
     call: float | None = None
 
 
-def run_env(tmp: Path) -> dict[str, str]:
-    """The environment commands run in: Python as installed, with its bytecode cache.
-
-    PYTHONDONTWRITEBYTECODE (set in development shells) would have our side compile its modules
-    on every start, which an installed package never does; the cache is kept in the work
-    directory (PYTHONPYCACHEPREFIX), not in the repository, and filled by the warm-up run.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-    return env
-
-
 def timed(argv: Sequence[str | os.PathLike[str]], tmp: Path) -> Run:
-    """Run ``argv`` under /usr/bin/time -v; wall time from spawn to exit and peak RSS."""
-    report = tmp / "time.txt"
-    t0 = time.perf_counter()
-    r = subprocess.run(
-        ["/usr/bin/time", "-v", "-o", str(report), *map(str, argv)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=run_env(tmp),
-    )
-    seconds = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, argv))} failed: {r.stderr.strip()[-2000:]}")
-    text = report.read_text()
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    cpu = re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text)
-    if not rss or len(cpu) != 2:
-        raise RuntimeError(f"unexpected /usr/bin/time report: {text[-500:]}")
-    call = re.search(r"call-seconds ([\d.e-]+)", r.stdout)
-    return Run(
-        seconds, int(rss.group(1)), sum(map(float, cpu)), float(call.group(1)) if call else None
-    )
+    """Run ``argv`` under /usr/bin/time -v, Python as installed (with its bytecode cache in
+    ``tmp``): wall time from spawn to exit, peak RSS, CPU time, and the writer call's own time
+    when ours printed it."""
+    ran = run_timed(argv, env=installed_python_env(tmp), cwd=REPO)
+    call = re.search(r"call-seconds ([\d.e-]+)", ran.stdout)
+    return Run(ran.seconds, ran.rss_kib, ran.cpu, float(call.group(1)) if call else None)
 
 
 def durable_copy(src: Path, dst: Path) -> float:
@@ -375,10 +349,6 @@ def wall(runs: list[Run]) -> float:
 
 def cpu(runs: list[Run]) -> float:
     return median([r.cpu for r in runs])
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 def measure(img: Image, fmt: str, runs: int, tmp: Path, level: int | None = None) -> Row:

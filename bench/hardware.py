@@ -25,21 +25,23 @@ then). Results replace the ``hardware`` section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import zstandard
-from benchdoc import cpu_model, write_section
+from benchdoc import write_section
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.servers import free_port  # noqa: E402
+from imagebuilder.store.home import Home  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.machine import cpu_model, load  # noqa: E402
+from support.measure import median  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello"
 MB = 1_000_000
@@ -48,15 +50,6 @@ VARIANTS = {
     "generic+virtual": 'kernel = "debian"\nhardware = ["virtual"]\n',
     "generic+virtual+metal": 'kernel = "debian"\nhardware = ["virtual", "metal"]\n',
 }
-
-
-def _cli(home: Path, *args: str, cwd: Path | None = None) -> str:
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise SystemExit(f"imagebuilder {' '.join(args)} failed:\n{result.stderr}")
-    return result.stdout
 
 
 def _app(work: Path, name: str, system: str) -> Path:
@@ -70,9 +63,6 @@ def _app(work: Path, name: str, system: str) -> Path:
 
 
 def _sizes(home: Path, ref: str) -> dict[str, float]:
-    sys.path.insert(0, str(REPO))
-    from imagebuilder.store.home import Home
-
     store = Home(home).store
     image = store.resolve(ref)
     kernel, base = image.layers[0], image.layers[1]
@@ -104,14 +94,11 @@ def _boot(home: Path, ref: str) -> float:
     port = free_port()
     # The same boot path for every image (the disk, by BIOS, as other platforms boot it): `auto`
     # would take microvm only for the images whose kernel set has virtio_mmio.
-    out = json.loads(_cli(home, "run", ref, "--accel", "tcg", "--boot", "bios", "--wait",
-                          "--json", "--timeout", "600", "-p", f"{port}:8080"))
-    _cli(home, "stop", out["id"])
+    cli = Cli(home)
+    out = cli.json("run", ref, "--accel", "tcg", "--boot", "bios", "--wait", "--timeout", "600",
+                   "-p", f"{port}:8080", timeout=1800)
+    cli("stop", out["id"])
     return float(out["seconds"])
-
-
-def _load() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         refs, sizes = {}, {}
         for i, (name, system) in enumerate(VARIANTS.items()):
             app = _app(work, name, system)
-            out = json.loads(_cli(home, "build", str(app), "--version", f"1.0.{i}", "--json"))
+            out = Cli(home).json("build", str(app), "--version", f"1.0.{i}", timeout=1800)
             refs[name] = out["ref"]
             sizes[name] = _sizes(home, out["ref"])
-        load_before = _load()
+        load_before = load()
         boots: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for _ in range(args.runs):
             for name in VARIANTS:
                 boots[name].append(_boot(home, refs[name]))
-        load_after = _load()
+        load_after = load()
     text = _report(sizes, boots, load_before, load_after, args.runs)
     print(text)
     write_section(args.out, "hardware", text)
@@ -146,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(sizes: dict[str, dict[str, float]], boots: dict[str, list[float]],
             load_before: float, load_after: float, runs: int) -> str:
     today = sizes["cloud"]
-    base_boot = statistics.median(boots["cloud"])
+    base_boot = median(boots["cloud"])
     lines = [
         "## Kernels and driver sets",
         "",
@@ -159,7 +146,7 @@ def _report(sizes: dict[str, dict[str, float]], boots: dict[str, list[float]],
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in sizes.items():
-        boot = statistics.median(boots[name])
+        boot = median(boots[name])
         lines.append(
             f"| {name} | {s['total']:.2f} MB | {s['total'] - today['total']:+.2f} MB |"
             f" {s['kernel']:.2f} MB | {s['base']:.2f} MB | {s['base_ram']:.2f} MB |"

@@ -39,7 +39,6 @@ import datetime as dt
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,13 @@ sys.path.insert(0, str(REPO))
 from benchdoc import write_section  # noqa: E402
 
 from imagebuilder.hashing.core import digest_file  # noqa: E402
+from support.measure import (  # noqa: E402
+    MeasureError,
+    installed_python_env,
+    logger,
+    median,
+    run_timed,
+)
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -72,22 +78,14 @@ PY_HASH = (
 )
 
 
-class BenchError(Exception):
-    """A measurement could not be taken."""
-
-
-def log(message: str) -> None:
-    print(f"[hash {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+BenchError = MeasureError
+log = logger("hash")
 
 
 def run(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Run ``argv``; (wall seconds, stdout). Raises BenchError on failure."""
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, check=False, env=env)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return wall, proc.stdout
+    """Run ``argv``; (wall seconds, stdout). Raises MeasureError on failure."""
+    ran = run_timed(argv, env=env, cwd=REPO, rss=False)
+    return ran.seconds, ran.stdout
 
 
 def find_cli() -> Path | None:
@@ -134,11 +132,11 @@ class Result:
 
     @property
     def ours_s(self) -> float:
-        return float(statistics.median(self.ours))
+        return median(self.ours)
 
     @property
     def peer_s(self) -> float:
-        return float(statistics.median(self.peer))
+        return median(self.peer)
 
 
 def measure(path: Path, ours: list[str], runs: int, env: dict[str, str]) -> Result:
@@ -165,7 +163,7 @@ def measure(path: Path, ours: list[str], runs: int, env: dict[str, str]) -> Resu
         expected.data_bytes,
         t_ours,
         t_peer,
-        float(statistics.median(inproc)),
+        median(inproc),
         expected.xxh3,
     )
 
@@ -267,8 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="imagebuilder-hash-bench-", dir=args.dir))
     # As installed Python runs: with its bytecode cache (PYTHONDONTWRITEBYTECODE in a dev shell
     # would recompile our modules on every start), kept in the work dir, not in the repository.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    env = installed_python_env(workdir)
     load_before = os.getloadavg()[0]
     try:
         dense_path, sparse_path = make_files(workdir)

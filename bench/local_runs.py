@@ -25,19 +25,19 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchdoc import cpu_model, write_section
-from hardware import _cli  # the same `imagebuilder` runner (own home, fails loudly)
+from benchdoc import write_section
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.servers import free_port  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.machine import cpu_model, load  # noqa: E402
+from support.measure import median, stopwatch  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello"
 #: (row label, --boot, --jit): run's defaults on each path (the JVM's own tiers), and microvm
@@ -51,35 +51,29 @@ def _build(home: Path, work: Path) -> str:
     app = work / "hello"
     shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("hello.jar", "imagebuilder.lock"))
     subprocess.run(["sh", str(app / "build.sh")], check=True, capture_output=True)
-    return str(json.loads(_cli(home, "build", str(app), "--json"))["ref"])
+    return str(Cli(home).json("build", str(app), timeout=1800)["ref"])
 
 
 def _boot(home: Path, ref: str, mode: tuple[str, str, str]) -> dict[str, object] | None:
     """One `run --wait`, then `stop`; None (and the error on stderr) if the app never answered."""
     label, boot, jit = mode
     port = free_port()
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
-    start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "run", ref, "--accel",
-                             "tcg", "--boot", boot, "--jit", jit, "--wait", "--json",
-                             "--timeout", "600",
-                             "-p", f"127.0.0.1:{port}:8080"], env=env, capture_output=True,
-                            text=True, timeout=900)
+    cli = Cli(home)
+    with stopwatch() as timing:
+        result = cli("run", ref, "--accel", "tcg", "--boot", boot, "--jit", jit, "--wait",
+                     "--json", "--timeout", "600", "-p", f"127.0.0.1:{port}:8080", check=False,
+                     timeout=900)
     if result.returncode != 0:
         print(f"{label}: failed: {result.stderr.strip()}", file=sys.stderr)
         return None
     out: dict[str, object] = json.loads(result.stdout)
-    out["wall"] = time.monotonic() - start
-    _cli(home, "stop", str(out["id"]))
+    out["wall"] = timing.seconds
+    cli("stop", str(out["id"]))
     return out
 
 
-def _load() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
 def _median(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f}" if values else "-"
+    return f"{median(values):.2f}" if values else "-"
 
 
 def main() -> int:
@@ -90,10 +84,10 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="local-runs-") as tmp:
         home = args.home or Path(tmp) / "home"
-        images = _cli(home, "images", "--json") if (home / "store").exists() else "[]"
-        refs = [image["ref"] for image in json.loads(images)]
+        images = Cli(home).json("images") if (home / "store").exists() else []
+        refs = [image["ref"] for image in images]
         ref = "hello:1.0.0" if "hello:1.0.0" in refs else _build(home, Path(tmp))
-        load_before = _load()
+        load_before = load()
         results: dict[str, list[dict[str, object]]] = {mode[0]: [] for mode in MODES}
         failed = dict.fromkeys((mode[0] for mode in MODES), 0)
         for _ in range(args.runs):
@@ -105,7 +99,7 @@ def main() -> int:
                 results[mode[0]].append(out)
                 print(f"{mode[0]}: {out['seconds']:.2f} s, wall {out['wall']:.2f} s",
                       file=sys.stderr)
-        load_after = _load()
+        load_after = load()
     rows = ["| boot path | run --wait, wall | run --wait to HTTP (host) | " + " | ".join(PHASES)
             + " |", "|---|---|---|" + "---|" * len(PHASES)]
     for label, _, _ in MODES:

@@ -18,8 +18,8 @@ same disk with every layer in the ESP instead (the layout before EROFS roots). T
 OCI layers in the store and in registries) does not change: the EROFS images are derived from
 the layers when a disk is made.
 
-Run from the repository with the project's virtualenv (needs npm or WireMock's jar in
-.pytest_cache/d/apps-inputs)::
+Run from the repository with the project's virtualenv (needs npm, or WireMock's jar already in
+the inputs cache the tests fill: support/inputs.py)::
 
     .venv/bin/python bench/memory.py [--home DIR] [--out docs/benchmarks.md]
 """
@@ -27,7 +27,6 @@ Run from the repository with the project's virtualenv (needs npm or WireMock's j
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchdoc import cpu_model, write_section
+from benchdoc import write_section
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -48,8 +47,10 @@ from imagebuilder.store.cache import Cache  # noqa: E402
 from imagebuilder.store.layout import Store  # noqa: E402
 from imagebuilder.targets.qemu import memory as memory_mod  # noqa: E402
 from imagebuilder.targets.qemu import run as qemu  # noqa: E402
-from tests.java_apps import fetch_wiremock  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.java_apps import fetch_wiremock  # noqa: E402
+from support.machine import cpu_model, load  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello"
 ROOTS = {"microvm": "RAM (initramfs)", "bios": "disk (EROFS)"}
@@ -59,15 +60,6 @@ STEP = 8
 MiB = 1 << 20
 
 
-def _cli(home: Path, *args: str) -> str:
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], env=env,
-                            capture_output=True, text=True, timeout=3600)
-    if result.returncode != 0:
-        raise SystemExit(f"imagebuilder {' '.join(args)} failed: {result.stderr[-2000:]}")
-    return result.stdout
-
-
 def _build_apps(home: Path, work: Path) -> dict[str, tuple[str, str]]:
     """Build hello and WireMock in ``home``: {ref: (name, healthcheck)}."""
     hello = work / "hello"
@@ -75,15 +67,13 @@ def _build_apps(home: Path, work: Path) -> dict[str, tuple[str, str]]:
     subprocess.run(["sh", str(hello / "build.sh")], check=True, capture_output=True)
     wm = work / "wiremock"
     wm.mkdir()
-    inputs = REPO / ".pytest_cache" / "d" / "apps-inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(fetch_wiremock(inputs), wm / "wiremock.jar")
+    shutil.copyfile(fetch_wiremock(), wm / "wiremock.jar")
     (wm / "imagebuilder.toml").write_text(
         '[image]\nname = "wiremock"\nversion = "1"\n\n[app]\npath = "wiremock.jar"\n'
         'port = 8080\nargs = ["--port", "8080"]\nhealthcheck = "/__admin/mappings"\n')
     refs = {}
     for root, health in ((hello, "/health"), (wm, "/__admin/mappings")):
-        ref = json.loads(_cli(home, "build", str(root), "--json"))["ref"]
+        ref = Cli(home).json("build", str(root), timeout=3600)["ref"]
         refs[ref] = (root.name, health)
     return refs
 
@@ -153,7 +143,7 @@ def main() -> int:
             "HTTP | the model's minimum |", "|---|---|---|---|---|"]
     disk_rows = ["| app | raw disk data (size) with EROFS partitions | every layer in the ESP "
                  "instead | change |", "|---|---|---|---|"]
-    load_before = float(Path("/proc/loadavg").read_text().split()[0])
+    load_before = load()
     with tempfile.TemporaryDirectory(prefix="bench-memory-", dir="/var/tmp") as tmp:
         home = args.home or Path(tmp) / "home"
         refs = _build_apps(home, Path(tmp))
@@ -183,7 +173,7 @@ def main() -> int:
                 f"{esp_data / MiB:.1f} MiB ({esp_size // MiB} MiB) | "
                 f"{(erofs_data - esp_data) / MiB:+.1f} MiB data |")
     memory_mod.check = real_check
-    load_after = float(Path("/proc/loadavg").read_text().split()[0])
+    load_after = load()
     text = "\n".join([
         "## Memory: the root in RAM or on the disk (`bench/memory.py`)",
         "",

@@ -30,13 +30,10 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -46,39 +43,33 @@ sys.path.insert(0, str(REPO))
 from benchdoc import write_section  # noqa: E402
 
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store  # noqa: E402
-from tests.e2e.registry_fixture import start_registry  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.measure import median, run_timed, seconds_list  # noqa: E402
+from support.registry import start_registry  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 
 
 def ours(home: Path, *args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("imagebuilder")), *args]
+    return Cli(home).argv(args)
+
+
+def env_of(home: Path | None) -> dict[str, str]:
+    """The environment of a measured command: ``home`` as IMAGEBUILDER_HOME (if any) and an
+    empty Docker config of its own beside it."""
+    docker = {"DOCKER_CONFIG": str(home or "/nonexistent") + "-docker"}
+    return Cli(home, docker).env() if home is not None else {**os.environ, **docker}
 
 
 def run(argv: list[str], home: Path | None = None) -> tuple[float, str]:
-    env = {**os.environ, "DOCKER_CONFIG": str(home or "/nonexistent") + "-docker"}
-    if home is not None:
-        env["IMAGEBUILDER_HOME"] = str(home)
-    start = time.monotonic()
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=REPO)
-    seconds = time.monotonic() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {result.stderr[-2000:]}")
-    return seconds, result.stdout
+    ran = run_timed(argv, env=env_of(home), cwd=REPO, rss=False)
+    return ran.seconds, ran.stdout
 
 
 def timed_rss(argv: list[str], home: Path) -> tuple[float, float]:
-    env = {**os.environ, "IMAGEBUILDER_HOME": str(home), "DOCKER_CONFIG": str(home) + "-docker"}
-    start = time.monotonic()
-    result = subprocess.run(["/usr/bin/time", "-v", *argv], env=env, capture_output=True,
-                            text=True, cwd=REPO)
-    seconds = time.monotonic() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {result.stderr[-2000:]}")
-    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    assert found is not None, result.stderr
-    kib = int(found[1])
-    return seconds, kib / 1024
+    """Wall seconds and peak RSS (MiB) of ``argv``."""
+    ran = run_timed(argv, env=env_of(home), cwd=REPO)
+    return ran.seconds, ran.rss_kib / 1024
 
 
 def build_hello(work: Path, home: Path) -> None:
@@ -86,11 +77,10 @@ def build_hello(work: Path, home: Path) -> None:
     shutil.copytree(REPO / "examples/hello", app,
                     ignore=shutil.ignore_patterns("hello.jar", "imagebuilder.lock"))
     subprocess.run(["sh", str(app / "build.sh")], check=True, capture_output=True)
-    run([sys.executable, "-m", "imagebuilder.cli", "build", str(app), "--json"], home)
+    run(ours(home, "build", str(app), "--json"), home)
     with zipfile.ZipFile(app / "hello.jar", "a") as jar:
         jar.writestr("hello/extra.txt", "a new resource\n")
-    run([sys.executable, "-m", "imagebuilder.cli", "build", str(app), "--version", "2.0.0",
-         "--json"], home)
+    run(ours(home, "build", str(app), "--version", "2.0.0", "--json"), home)
 
 
 def main() -> int:
@@ -162,13 +152,12 @@ def main() -> int:
         image = store.resolve("hello:1.0.0")
         size = image.size + image.manifest["config"]["size"]
         for op in ("push", "pull"):
-            a, b = statistics.median(times[op]), statistics.median(times[f"skopeo {op}"])
+            a, b = median(times[op]), median(times[f"skopeo {op}"])
             rows.append((f"{op} examples/hello ({size / MiB:.1f} MiB) vs skopeo copy: time",
                          f"{a:.3f} s vs {b:.3f} s = {a / b:.2f}", "<= 1.0",
                          "pass" if a / b <= 1.0 else "**miss**"))
-            notes.append(f"{op} runs (s), ours / skopeo: "
-                         f"{', '.join(f'{t:.3f}' for t in times[op])} / "
-                         f"{', '.join(f'{t:.3f}' for t in times[f'skopeo {op}'])}")
+            notes.append(f"{op} runs (s), ours / skopeo: {seconds_list(times[op], 3)} / "
+                         f"{seconds_list(times[f'skopeo {op}'], 3)}")
 
         # (3) 1 GiB layer: peak RSS
         big_home = work / "big"
@@ -203,15 +192,15 @@ def main() -> int:
         notes.append(f"1 GiB random layer, one run each (informational): push {push_s:.2f} s "
                      f"vs skopeo {sk_push:.2f} s ({push_s / sk_push:.2f}); pull {pull_s:.2f} s "
                      f"vs skopeo {sk_pull:.2f} s ({pull_s / sk_pull:.2f}).")
-        fixed = statistics.median(
+        fixed = median(
             run([sys.executable, "-c",
                  "import imagebuilder.cli, imagebuilder.registry.transfer, tqdm"])[0]
             for _ in range(5))
-        bare = statistics.median(run([sys.executable, "-c", "pass"])[0] for _ in range(5))
+        bare = median(run([sys.executable, "-c", "pass"])[0] for _ in range(5))
         notes.append(f"Fixed cost before the first byte moves: starting Python and importing "
                      f"the command line, requests and tqdm takes {fixed:.3f} s (Python alone "
                      f"{bare:.3f} s), against skopeo's whole pull of examples/hello in "
-                     f"{statistics.median(times['skopeo pull']):.3f} s.")
+                     f"{median(times['skopeo pull']):.3f} s.")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

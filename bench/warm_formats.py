@@ -15,28 +15,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchdoc import write_section
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [str(Path(sys.executable).parent / "imagebuilder")]
+sys.path.insert(0, str(REPO))
 
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.monotonic()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return time.monotonic() - start
-
-
+from support.cli import Cli  # noqa: E402
+from support.machine import cpus  # noqa: E402
+from support.measure import median, run_timed, seconds_list  # noqa: E402
 
 
 def main() -> int:
@@ -50,27 +42,30 @@ def main() -> int:
         shutil.copytree(REPO / "examples" / "hello", app,
                         ignore=shutil.ignore_patterns("hello.jar", "imagebuilder.lock"))
         subprocess.run(["sh", str(app / "build.sh")], check=True, capture_output=True)
-        env = {**os.environ, "IMAGEBUILDER_HOME": str(work / "home")}
+        cli = Cli(work / "home")
         out = work / "out"
         out.mkdir()
-        build = [*CLI, "build", str(app), "--format", "raw", "--format", "qcow2", "-o", str(out)]
-        subprocess.run(build, env=env, check=True, capture_output=True)  # fill the cache
-        ours = [timed(build, env) for _ in range(args.runs)]
+        build = cli.argv(["build", str(app), "--format", "raw", "--format", "qcow2", "-o",
+                          str(out)])
+        env = cli.env()
+        run_timed(build, env=env, rss=False)  # fill the cache
+        ours = [run_timed(build, env=env, rss=False).seconds for _ in range(args.runs)]
         raw = out / "hello-1.0.0.raw"
-        peer = [timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
-                       str(work / "peer.qcow2")], env) for _ in range(args.runs)]
-    med, peer_med = statistics.median(ours), statistics.median(peer)
+        peer = [run_timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
+                           str(work / "peer.qcow2")], rss=False).seconds
+                for _ in range(args.runs)]
+    med, peer_med = median(ours), median(peer)
     text = (
         "## Warm build to raw + qcow2 (`bench/warm_formats.py`)\n\n"
-        f"Run on {datetime.date.today()}: {os.cpu_count()} CPUs, medians of {args.runs} runs, "
+        f"Run on {datetime.date.today()}: {cpus()}, medians of {args.runs} runs, "
         "whole commands (Python start-up included), cache warm (every stage cached, the disk "
         "and both files written anew).\n\n"
         "| command | median | runs (s) | target |\n|---|---|---|---|\n"
         f"| `imagebuilder build examples/hello --format raw --format qcow2` | {med:.2f} s | "
-        f"{', '.join(f'{t:.2f}' for t in ours)} | <= 1.5 s: "
+        f"{seconds_list(ours)} | <= 1.5 s: "
         f"{'pass' if med <= 1.5 else '**miss**'} |\n"
         f"| `qemu-img convert -O qcow2` of that raw disk (peer, qcow2 half only) | "
-        f"{peer_med:.2f} s | {', '.join(f'{t:.2f}' for t in peer)} | — |\n"
+        f"{peer_med:.2f} s | {seconds_list(peer)} | — |\n"
     )
     write_section(args.out, "warm_formats", text)
     print(text)

@@ -32,22 +32,16 @@ ALLOWED_SKIPS = re.compile(
 """Skip reasons strict mode accepts: what the machine forbids, not what it lacks."""
 
 
-#: Modules whose tests run on one pytest-xdist worker with another's: test_aot.py trains and boots
-#: the WireMock image whose other layers test_apps.py builds, and both fetch its jar.
-SHARED_WORKER = {"tests/e2e/test_aot.py": "tests/e2e/test_apps.py"}
-
-
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under pytest-xdist (``-n 2``, the README's command) each test module runs whole on one
-    worker, so that its module fixtures (built images, registries) are made once, and
-    :data:`SHARED_WORKER` joins modules that share work. (``--dist loadgroup`` would do this
-    with markers, but with pytest 9 it groups nothing.)"""
+    worker, so that its module fixtures (built images, registries) are made once. No module
+    needs another's: what several share comes from conftest.py fixtures or ``support/``.
+    (``--dist loadgroup`` would do this with markers, but with pytest 9 it groups nothing.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByModule(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return SHARED_WORKER.get(module, module)
+            return nodeid.split("::", 1)[0]
 
     return ByModule(config, log)
 

@@ -24,10 +24,9 @@ from imagebuilder.layers import aot
 from imagebuilder.layers.cpioread import extract_layer
 from imagebuilder.resources import data_dir
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, Store
+from support.java_apps import project
 
-from .conftest import Cli
-from .test_apps import Booted, _layers, project, serves_a_stub, wiremock_jar
-from .test_build import _cpio_listing
+from .conftest import Booted, Cli, cpio_listing, layer_digests, serves_a_stub, wiremock_jar
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -47,13 +46,13 @@ IN_USE = "imagebuilder: AOT class data /opt/aot/app.jsa in use"
 
 
 @pytest.fixture(scope="module")
-def trained(cli: Cli, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+def trained(cli: Cli, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[Path, list[dict[str, object]]]:
     try:
         aot.check_host()
     except HostError as exc:
         pytest.skip(str(exc))
-    jar = wiremock_jar(request.config.cache.mkdir("apps-inputs"))
+    jar = wiremock_jar()
     root = project(tmp_path_factory.mktemp("aot") / "wiremock", "wiremock-aot", str(jar), TRAIN)
     out = cli.json("build", str(root))
     assert isinstance(out, dict)
@@ -64,14 +63,14 @@ def test_the_archive_is_a_layer_of_its_own_reused_by_a_warm_rebuild(
         cli: Cli, trained: tuple[Path, list[dict[str, object]]]) -> None:
     root, stages = trained
     assert [s["cached"] for s in stages if s["name"] == "aot"] == [False]
-    layers = _layers(cli, REF)
+    layers = layer_digests(cli, REF)
     assert list(layers)[-2:] == ["app", "aot"]
-    listing = _cpio_listing(cli, layers["aot"])
+    listing = cpio_listing(cli, layers["aot"])
     assert "opt/aot/app.jsa" in listing and "etc/imagebuilder/app.conf" in listing
     again = cli.json("build", str(root))
     assert isinstance(again, dict)
     assert [s["cached"] for s in again["stages"] if s["name"] == "aot"] == [True]
-    assert _layers(cli, REF) == layers
+    assert layer_digests(cli, REF) == layers
 
 
 def test_the_guest_maps_the_archive(cli: Cli, trained: tuple[Path, object]) -> None:
@@ -115,9 +114,8 @@ def test_a_mismatched_archive_is_named_on_the_console_and_the_app_starts_anyway(
 
 
 def test_a_failing_training_run_fails_the_build_and_leaves_no_image(
-        cli: Cli, trained: tuple[Path, object], tmp_path: Path, request: pytest.FixtureRequest
-        ) -> None:
-    jar = wiremock_jar(request.config.cache.mkdir("apps-inputs"))
+        cli: Cli, trained: tuple[Path, object], tmp_path: Path) -> None:
+    jar = wiremock_jar()
     root = project(tmp_path / "bad", "wiremock-bad", str(jar),
                    TRAIN.replace('"--port", "8080"', '"--port", "eighty"'))
     before = sorted(p.name for p in (cli.home / "store/blobs/sha256").iterdir())

@@ -1,8 +1,8 @@
 """End to end: real Java apps in every shape build, boot under QEMU (TCG) and serve.
 
-WireMock 3.13.2, a Jetty server nobody here wrote, is fetched with ``npm pack`` (cached under
-the pytest cache, so reruns do not fetch it again). The shop app (tests/java_apps.py: the JDK's
-HTTP server and Debian's Jackson) is built as a Spring Boot jar, a thin jar with
+WireMock 3.13.2, a Jetty server nobody here wrote, is fetched with ``npm pack`` (cached by
+support/inputs.py, so reruns do not fetch it again). The shop app (support/java_apps.py: the
+JDK's HTTP server and Debian's Jackson) is built as a Spring Boot jar, a thin jar with
 ``Class-Path: lib/...`` and an app directory with ``[app] main``. Three boots, one per shape of
 the shop; WireMock's image boots in test_aot.py with its AOT layer. The own-code rebuild and the
 bad-jar checks need no boot.
@@ -12,61 +12,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.java_apps import MAIN, ShopBuild, fetch_wiremock, have_tools, project
+from support.java_apps import MAIN, ShopBuild, have_tools, make_jar, project
 
-from .conftest import Cli, free_port
-from .test_build import _cpio_listing
-from .test_build import _layers as layers_of
+from .conftest import Booted, Cli, cpio_listing, http, layer_digests, wiremock_jar
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
-
-BOOT_TIMEOUT = "600"
-
-
-def wiremock_jar(cache_dir: Path) -> Path:
-    if shutil.which("npm") is None and not (cache_dir / "wiremock-standalone-3.13.2.jar").exists():
-        pytest.skip("npm is needed to fetch WireMock (npm pack wiremock@3.13.2)")
-    return fetch_wiremock(cache_dir)
-
-
-def _get(url: str, data: bytes | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.status, response.read().decode()
-
-
-def _layers(cli: Cli, ref: str) -> dict[str, str]:
-    return {name: str(layer["digest"]) for name, layer in layers_of(cli, ref).items()}
-
-
-class Booted:
-    """A VM started with `run --wait`, stopped when the block ends."""
-
-    def __init__(self, cli: Cli, ref: str) -> None:
-        self.cli, self.ref, self.port = cli, ref, free_port()
-
-    def __enter__(self) -> Booted:
-        out = self.cli("run", self.ref, "--accel", "tcg", "--wait", "--timeout", BOOT_TIMEOUT,
-                       "--json", "-p", f"127.0.0.1:{self.port}:8080", timeout=900)
-        self.id = json.loads(out.stdout)["id"]
-        return self
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def console(self) -> str:
-        return (self.cli.home / "run" / self.id / "console.log").read_text(errors="replace")
-
-    def __exit__(self, *exc: object) -> None:
-        self.cli("stop", self.id, check=False)
-
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> ShopBuild:
@@ -83,24 +38,11 @@ def spring(cli: Cli, shop: ShopBuild, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
-WIREMOCK_STUB = {"request": {"method": "GET", "url": "/hello"},
-                 "response": {"status": 200, "body": "stubbed by imagebuilder"}}
-
-
-def serves_a_stub(vm: Booted) -> None:
-    """WireMock in ``vm`` takes a stub through its admin API and serves it."""
-    status, _ = _get(vm.url("/__admin/mappings"), json.dumps(WIREMOCK_STUB).encode())
-    assert status == 201
-    assert _get(vm.url("/hello")) == (200, "stubbed by imagebuilder")
-    mappings = json.loads(_get(vm.url("/__admin/mappings"))[1])
-    assert [m["request"]["url"] for m in mappings["mappings"]] == ["/hello"]
-
-
 def test_wiremock_builds_with_the_modules_its_classes_use(
-        cli: Cli, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+        cli: Cli, tmp_path: Path) -> None:
     """Built here; booted by test_aot.py, whose image is this one plus its AOT layer (one
     WireMock boot for both: each takes a minute under TCG)."""
-    jar = wiremock_jar(request.config.cache.mkdir("apps-inputs"))
+    jar = wiremock_jar()
     root = project(tmp_path / "wiremock", "wiremock", str(jar),
                    'args = ["--port", "8080"]\nhealthcheck = "/__admin/mappings"\n')
     cli("build", str(root))
@@ -114,16 +56,16 @@ def test_wiremock_builds_with_the_modules_its_classes_use(
 
 
 def test_spring_boot_layout_serves_json_through_jackson(cli: Cli, spring: Path) -> None:
-    layers = _layers(cli, "shop-boot:1.0.0")
+    layers = layer_digests(cli, "shop-boot:1.0.0")
     assert list(layers) == ["vmlinuz", "base", "jvm", "libs", "app"]
-    libs = _cpio_listing(cli, layers["libs"])
+    libs = cpio_listing(cli, layers["libs"])
     assert "app/BOOT-INF/lib/jackson-databind.jar" in libs
-    app = _cpio_listing(cli, layers["app"])
+    app = cpio_listing(cli, layers["app"])
     assert "app/BOOT-INF/classes/com/example/shop/App.class" in app
     assert "app/BOOT-INF/lib/greet-1.0-SNAPSHOT.jar" in app  # a -SNAPSHOT library is the app's
     assert not any("jackson" in p for p in app)
     with Booted(cli, "shop-boot:1.0.0") as vm:
-        status, body = _get(vm.url("/"))
+        status, body = http(vm.url("/"))
     assert status == 200
     assert json.loads(body) == {"app": "shop", "version": "1",
                                 "greeting": "hello from a library"}
@@ -137,7 +79,7 @@ def test_own_code_change_rebuilds_only_the_app_layer(cli: Cli, shop: ShopBuild,
     out = cli.json("build", str(root), "--version", "2.0.0")
     assert isinstance(out, dict)
     assert {s["name"] for s in out["stages"] if not s["cached"]} == {"app", "disk"}
-    v1, v2 = _layers(cli, "shop-boot:1.0.0"), _layers(cli, "shop-boot:2.0.0")
+    v1, v2 = layer_digests(cli, "shop-boot:1.0.0"), layer_digests(cli, "shop-boot:2.0.0")
     assert {k for k in v1 if v1[k] != v2[k]} == {"app"}
 
 
@@ -145,9 +87,9 @@ def test_thin_jar_with_class_path_serves(cli: Cli, shop: ShopBuild, tmp_path: Pa
     root = project(tmp_path / "thin", "shop-thin", "shop.jar")
     shop.thin_jar(root)
     cli("build", str(root))
-    assert "libs" in _layers(cli, "shop-thin:1.0.0")
+    assert "libs" in layer_digests(cli, "shop-thin:1.0.0")
     with Booted(cli, "shop-thin:1.0.0") as vm:
-        assert json.loads(_get(vm.url("/"))[1])["greeting"] == "hello from a library"
+        assert json.loads(http(vm.url("/"))[1])["greeting"] == "hello from a library"
 
 
 def test_app_directory_with_main_serves(cli: Cli, shop: ShopBuild, tmp_path: Path) -> None:
@@ -155,7 +97,7 @@ def test_app_directory_with_main_serves(cli: Cli, shop: ShopBuild, tmp_path: Pat
     shop.app_dir(root / "dist")
     cli("build", str(root))
     with Booted(cli, "shop-dir:1.0.0") as vm:
-        assert json.loads(_get(vm.url("/"))[1])["app"] == "shop"
+        assert json.loads(http(vm.url("/"))[1])["app"] == "shop"
 
 
 @pytest.fixture
@@ -178,8 +120,7 @@ def test_bad_jars_fail_in_one_line_leaving_nothing(cli: Cli, shop: ShopBuild, sp
     cases[truncated] = "not a valid jar"
     escape = project(tmp_path / "escape" / "app", "bad", "shop.jar")
     shop.thin_jar(escape)
-    from tests.java_apps import _jar
-    _jar(shop.app, escape / "shop.jar", {"Main-Class": MAIN, "Class-Path": "bogus:x.jar"})
+    make_jar(shop.app, escape / "shop.jar", {"Main-Class": MAIN, "Class-Path": "bogus:x.jar"})
     cases[escape] = "so the JVM cannot load it"
     nomain = project(tmp_path / "nomain", "bad", "shop.jar", f'main = "{MAIN}X"\n')
     shop.spring_boot(nomain / "shop.jar")

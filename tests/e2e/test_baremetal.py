@@ -28,16 +28,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.network]
 IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
 
 
-def ib(cli: Cli, *args: str, cwd: Path | None = None,
-       check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(cli.argv(args), cwd=cwd, env=cli.env(),
-                            text=True, capture_output=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"imagebuilder {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
-
-
 def sha256_of(path: Path, length: int | None = None, offset: int = 0) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -71,7 +61,7 @@ def _disk_info(cli: Cli, ref: str) -> dict[str, object]:
 def test_flash_onto_a_file_matches_the_disk_digest(cli: Cli, hello: Built,
                                                    tmp_path: Path) -> None:
     target = tmp_path / "server.img"
-    out = json.loads(ib(cli, "flash", hello.ref, str(target), "--json").stdout)
+    out = json.loads(cli("flash", hello.ref, str(target), "--json").stdout)
     assert out["verified"] is True and out["kind"] == "file"
     disk = _disk_info(cli, hello.ref)
     assert f"sha256:{sha256_of(target)}" == disk["digest"]
@@ -93,7 +83,7 @@ def test_flash_onto_a_loop_device(cli: Cli, hello: Built, tmp_path: Path) -> Non
         pytest.skip(f"losetup does not work here: {made.stderr.strip()}")
     device = Path(made.stdout.strip())
     try:
-        out = json.loads(ib(cli, "flash", hello.ref, str(device), "--json").stdout)
+        out = json.loads(cli("flash", hello.ref, str(device), "--json").stdout)
         assert out["verified"] is True and out["kind"] == "block"
         assert f"sha256:{sha256_of(device, size)}" == disk["digest"]
     finally:
@@ -115,7 +105,7 @@ def test_bmap_of_the_real_disk_round_trips_through_bmaptool(cli: Cli, hello: Bui
                    check=True, capture_output=True)
     assert sha256_of(tmp_path / "t.img") == sha256_of(raw)
     # and our flash takes the raw image with its block map
-    out = json.loads(ib(cli, "flash", str(tmp_path / "hello.raw"), str(tmp_path / "u.img"),
+    out = json.loads(cli("flash", str(tmp_path / "hello.raw"), str(tmp_path / "u.img"),
                         "--json").stdout)
     assert out["verified"] is True and sha256_of(tmp_path / "u.img") == sha256_of(raw)
 
@@ -156,7 +146,7 @@ def test_flashed_disk_with_env_boots_and_keeps_the_image_partition(
         cli: Cli, hello: Built, raw: Path, tmp_path: Path,
         processes: list[subprocess.Popen[bytes]]) -> None:
     target = tmp_path / "server.img"
-    ib(cli, "flash", hello.ref, str(target), "--env", "test", cwd=hello.app)
+    cli("flash", hello.ref, str(target), "--env", "test", cwd=hello.app)
     table = json.loads(subprocess.run(["sfdisk", "--json", str(target)], capture_output=True,
                                       text=True, check=True).stdout)["partitiontable"]
     # the image's partitions (the ESP, then the layers' EROFS images) unchanged, then the config

@@ -11,23 +11,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from .conftest import Built, Cli, free_port
+from .conftest import Built, Cli, cpio_listing, free_port, layers_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
-
-
-def _layers(cli: Cli, ref: str) -> dict[str, dict[str, object]]:
-    info = cli.json("inspect", ref)
-    assert isinstance(info, dict)
-    return {layer["annotations"]["org.opencontainers.image.title"]: layer
-            for layer in info["manifest"]["layers"]}
-
-
-def _cpio_listing(cli: Cli, digest: str) -> list[str]:
-    blob = cli.home / "store" / "blobs" / "sha256" / digest.removeprefix("sha256:")
-    data = zstandard.ZstdDecompressor().stream_reader(blob.open("rb")).read()
-    out = subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True)
-    return out.stdout.decode().splitlines()
 
 
 def test_build_writes_lock_and_stores_image(cli: Cli, hello: Built) -> None:
@@ -39,23 +25,23 @@ def test_build_writes_lock_and_stores_image(cli: Cli, hello: Built) -> None:
         assert f'name = "{package}"' in lock
     images = cli.json("images")
     assert (hello.ref, hello.digest) in [(i["ref"], i["digest"]) for i in images]
-    layers = _layers(cli, hello.ref)
+    layers = layers_of(cli, hello.ref)
     assert list(layers) == ["vmlinuz", "base", "jvm", "app"]
     # The issue's size target: kernel + initrd <= 40 MB for examples/hello.
     assert sum(int(layer["size"]) for layer in layers.values()) <= 40 * 1000 * 1000
 
 
 def test_layers_hold_what_they_should(cli: Cli, hello: Built) -> None:
-    layers = _layers(cli, hello.ref)
-    base = _cpio_listing(cli, str(layers["base"]["digest"]))
+    layers = layers_of(cli, hello.ref)
+    base = cpio_listing(cli, str(layers["base"]["digest"]))
     assert "init" in base and "usr/bin/busybox" in base and "dev/console" in base
     assert any(p.endswith(("/virtio_net.ko", "/virtio_net.ko.xz")) for p in base)
     assert any(p.endswith("/modules.alias") for p in base)
     assert not any(p.endswith(("getty", "login", "telnetd")) for p in base)
-    jvm = _cpio_listing(cli, str(layers["jvm"]["digest"]))
+    jvm = cpio_listing(cli, str(layers["jvm"]["digest"]))
     assert "opt/java/bin/java" in jvm and "opt/java/lib/server/classes.jsa" in jvm
     assert "usr/lib/x86_64-linux-gnu/libc.so.6" in jvm
-    app = _cpio_listing(cli, str(layers["app"]["digest"]))
+    app = cpio_listing(cli, str(layers["app"]["digest"]))
     assert "app/hello.jar" in app and "etc/imagebuilder/app.conf" in app
 
 
@@ -64,7 +50,7 @@ def test_inspect_sizes_says_what_each_layer_carries(cli: Cli, hello: Built) -> N
     assert isinstance(report, dict)
     layers = {layer["title"]: layer for layer in report["layers"]}
     assert list(layers) == ["vmlinuz", "base", "jvm", "app"]
-    stored = {title: int(layer["size"]) for title, layer in _layers(cli, hello.ref).items()}
+    stored = {title: int(layer["size"]) for title, layer in layers_of(cli, hello.ref).items()}
     assert {title: layer["stored"] for title, layer in layers.items()} == stored
     jvm = layers["jvm"]
     largest = [f["path"] for f in jvm["largest"]]
@@ -98,7 +84,7 @@ def test_app_only_change_rebuilds_only_the_app_layer(cli: Cli, hello: Built,
     rebuilt = {s["name"] for s in out["stages"] if not s["cached"]}
     # The app layer, and the disk whose ESP carries the layers.
     assert rebuilt == {"app", "disk"}
-    v1, v2 = _layers(cli, "hello:1.0.0"), _layers(cli, "hello:1.0.1")
+    v1, v2 = layers_of(cli, "hello:1.0.0"), layers_of(cli, "hello:1.0.1")
     for name in ("vmlinuz", "base", "jvm"):
         assert v1[name]["digest"] == v2[name]["digest"]
     assert v1["app"]["digest"] != v2["app"]["digest"]
@@ -136,9 +122,9 @@ def test_app_packages_become_a_layer(cli: Cli, hello: Built, tmp_path: Path) -> 
         'healthcheck = "/health"', 'healthcheck = "/health"\npackages = ["fonts-dejavu-core"]')
     (app / "imagebuilder.toml").write_text(toml.replace('name = "hello"', 'name = "fonts"'))
     out = cli.json("build", str(app))
-    layers = _layers(cli, out["ref"])
+    layers = layers_of(cli, out["ref"])
     assert list(layers) == ["vmlinuz", "base", "jvm", "packages", "app"]
-    listing = _cpio_listing(cli, str(layers["packages"]["digest"]))
+    listing = cpio_listing(cli, str(layers["packages"]["digest"]))
     assert "usr/share/fonts/truetype/dejavu/DejaVuSans.ttf" in listing
     lock = (app / "imagebuilder.lock").read_text()
     assert 'packages = ["fonts-dejavu-core"' in lock

@@ -19,10 +19,16 @@ import pytest
 
 from imagebuilder.config.parse import load
 from imagebuilder.targets.aws.publish import userdata as aws_userdata
+from support.registry import Registry
+from support.servers import (
+    assert_snapshot_holds,
+    aws_env,
+    free_port,
+    moto_executable,
+    moto_server,
+)
 
-from ..servers import assert_snapshot_holds, aws_env, free_port, moto_executable, moto_server
 from .conftest import Built, Cli
-from .registry_fixture import Registry, registry_fixture  # noqa: F401 (the registry fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 

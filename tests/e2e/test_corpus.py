@@ -1,11 +1,11 @@
-"""End to end, issue 17: a corpus of real published Java server apps (tests/corpus.py) that
+"""End to end, issue 17: a corpus of real published Java server apps (support/corpus.py) that
 nobody here wrote, in every shape: executable jars (WireMock, Selenium, the Nu Html Checker),
 jars run with a documented main class (H2's and HSQLDB's web servers), an app directory
 (ZooKeeper's ``lib/`` layout), wars (Tomcat's examples webapp, Debian's default ROOT webapp) and
 a jar whose libraries are named by absolute ``Class-Path`` entries (Jython, with the Debian
 packages that ship them in ``[app] packages``, as ``build``'s warning says).
 
-Sources: the npm registry (``npm pack NAME@VERSION`` in the pytest cache's ``corpus-inputs``),
+Sources: the npm registry (``npm pack NAME@VERSION`` in the inputs cache, ``inputs_dir("corpus")``),
 Debian packages fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x`` into the same
 cache (libh2-java, libhsqldb-java, tomcat10-examples, tomcat10 for its stock conf and ROOT
 webapp), and Debian packages that scripts/setup.sh installs because the host run needs their
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus import (
+from support.corpus import (
     CORPUS,
     H2,
     JYTHON,
@@ -47,6 +47,7 @@ from tests.corpus import (
     on_host,
     project,
 )
+from support.inputs import inputs_dir
 
 from .conftest import Cli, free_port
 
@@ -68,12 +69,12 @@ def _param(app: CorpusApp) -> object:
 
 
 @pytest.fixture(scope="module")
-def cache(request: pytest.FixtureRequest) -> Path:
+def cache() -> Path:
     missing = [t for t in NEEDS if shutil.which(t) is None]
     missing += [str(p) for p in INSTALLED if not p.exists()]
     if missing:
         pytest.skip(f"the corpus needs {', '.join(missing)} (scripts/setup.sh installs them)")
-    return Path(request.config.cache.mkdir("corpus-inputs"))
+    return inputs_dir("corpus")
 
 
 @pytest.fixture(scope="module")

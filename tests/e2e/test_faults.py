@@ -35,11 +35,11 @@ from typing import Any
 import pytest
 
 from imagebuilder.store.layout import TITLE_ANNOTATION
+from support.registry import Registry, start_registry
+from support.servers import assert_snapshot_holds, aws_env, moto_executable, moto_server
 
-from ..servers import assert_snapshot_holds, aws_env, moto_executable, moto_server
 from .conftest import Built, Cli
 from .faults_fixture import SEED, FaultLog, FaultProxy, run_killed, timed, tmpfs
-from .registry_fixture import Registry, registry_fixture, start_registry  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network, pytest.mark.faults]
 

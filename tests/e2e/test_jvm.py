@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.java_apps import project
+from support.java_apps import project
+from support.wars import build_war
 
-from ..wars import build_war
-from .conftest import Cli, compile_example, free_port
-from .test_build import _cpio_listing, _layers
+from .conftest import Cli, compile_example, cpio_listing, free_port, layers_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
@@ -165,7 +164,7 @@ def test_desktop_app_draws_text_into_a_png_on_the_headless_runtime(
     built = cli.json("build", str(app))
     info = cli.json("inspect", built["ref"])
     assert "java.desktop" in info["config"]["jvm"]["modules"]
-    listing = set(_cpio_listing(cli, str(_layers(cli, built["ref"])["jvm"]["digest"])))
+    listing = set(cpio_listing(cli, str(layers_of(cli, built["ref"])["jvm"]["digest"])))
     for present in ("opt/java/lib/libfontmanager.so", "opt/java/lib/libawt_headless.so",
                     "usr/lib/x86_64-linux-gnu/libfreetype.so.6",
                     "usr/lib/x86_64-linux-gnu/libfontconfig.so.1",
@@ -202,7 +201,7 @@ def test_a_class_calling_only_introspector_builds_and_fonts_can_be_left_out(
     app = _jar_app(tmp_path / "beans", "beans", BEANS_APP, "\n[jvm]\nfonts = false\n")
     built = cli.json("build", str(app))
     assert "java.desktop" in cli.json("inspect", built["ref"])["config"]["jvm"]["modules"]
-    listing = set(_cpio_listing(cli, str(_layers(cli, built["ref"])["jvm"]["digest"])))
+    listing = set(cpio_listing(cli, str(layers_of(cli, built["ref"])["jvm"]["digest"])))
     assert "opt/java/lib/libfontmanager.so" in listing
     assert "usr/lib/x86_64-linux-gnu/libfreetype.so.6" in listing
     assert not any(p.startswith(("etc/fonts", "usr/share/fonts")) for p in listing)
@@ -216,7 +215,7 @@ def test_jdk_25_boots_hello(cli: Cli, tmp_path: Path, vms: list[str]) -> None:
     toml.write_text(toml.read_text().replace('version = "1.0.0"', 'version = "jdk25"')
                     + "\n[jvm]\nversion = 25\n")
     built = cli.json("build", str(app))
-    listing = _cpio_listing(cli, str(_layers(cli, built["ref"])["jvm"]["digest"]))
+    listing = cpio_listing(cli, str(layers_of(cli, built["ref"])["jvm"]["digest"]))
     assert not any(p.endswith(".debuginfo") for p in listing)
     port = free_port()
     started = json.loads(cli("run", built["ref"], "--env", "test", "--accel", "tcg", "--wait",
@@ -238,11 +237,11 @@ def test_war_is_served_at_root_by_tomcat_10(cli: Cli, tmp_path: Path, vms: list[
     built = cli.json("build", str(app))
     info = cli.json("inspect", built["ref"])
     assert info["config"]["app"]["shape"] == "war"
-    layers = _layers(cli, built["ref"])
+    layers = layers_of(cli, built["ref"])
     assert list(layers) == ["vmlinuz", "base", "jvm", "tomcat", "app"]
-    tomcat = set(_cpio_listing(cli, str(layers["tomcat"]["digest"])))
+    tomcat = set(cpio_listing(cli, str(layers["tomcat"]["digest"])))
     assert "usr/share/tomcat10/bin/bootstrap.jar" in tomcat
-    app_files = set(_cpio_listing(cli, str(layers["app"]["digest"])))
+    app_files = set(cpio_listing(cli, str(layers["app"]["digest"])))
     assert {"app/webapps/ROOT.war", "app/tomcat/conf/server.xml"} <= app_files
     port = free_port()
     started = json.loads(cli("run", built["ref"], "--accel", "tcg", "--wait", "--json",

@@ -17,56 +17,18 @@ import subprocess
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import requests
 
 from imagebuilder.registry.promote import environments_of, history
-from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.store.layout import Store
+from support.registry import Registry, available, start_registry
 
-from .conftest import Built, Cli, free_port
-from .registry_fixture import Registry, available, start_registry
+from .conftest import Built, Cli, docker_cli, free_port, one_line_error, synthetic_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network,
               pytest.mark.skipif(not available(), reason="needs docker-registry (setup.sh)")]
-
-ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-
-
-@dataclass
-class RCli(Cli):
-    """The real command line with its own Docker config."""
-
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), **self.extra_env}
-
-
-def rcli(home: Path, docker: Path, **extra: str) -> RCli:
-    docker.mkdir(parents=True, exist_ok=True)
-    return RCli(home, extra_env={"DOCKER_CONFIG": str(docker), **extra})
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    reg = start_registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
-
-
-def _manifest_digest(reg: Registry, repo: str, tag: str) -> str | None:
-    r = requests.head(f"http://{reg.host}/v2/{repo}/manifests/{tag}", headers=ACCEPT,
-                      timeout=10)
-    return r.headers["Docker-Content-Digest"] if r.status_code == 200 else None
-
-
-def _has_blob(reg: Registry, repo: str, digest: str) -> bool:
-    return requests.head(f"http://{reg.host}/v2/{repo}/blobs/{digest}",
-                         timeout=10).status_code == 200
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -74,26 +36,9 @@ def _snapshot(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock"}
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
-    assert result.returncode == code, result.stderr
-    # A warning may come first (flash of an image without the metal drivers); one error line.
-    lines = [line for line in result.stderr.strip().splitlines()
-             if not line.startswith("WARNING: ")]
-    assert len(lines) == 1 and lines[0].startswith("ERROR: ") and text in lines[0], lines
-
-
-def _synthetic(home: Path, ref: str, sizes: Sequence[int], seed: bytes = b"") -> Store:
-    store = Store(home / "store")
-    layers = [store.add_blob_bytes(b"kernel " + seed, KERNEL_MEDIA_TYPE)]
-    layers += [store.add_blob_bytes(os.urandom(size), INITRD_LAYER_MEDIA_TYPE) for size in sizes]
-    name, version = ref.split(":")
-    store.put_image(ref, {"name": name, "version": version}, layers)
-    return store
-
-
 def test_push_promote_update_pull_and_boot(cli: Cli, hello: Built, registry: Registry,
                                            tmp_path: Path, vms: list[str]) -> None:
-    r = rcli(cli.home, tmp_path / "docker")
+    r = docker_cli(cli.home, tmp_path / "docker")
     repo = f"{registry.host}/hello"
     store = Store(cli.home / "store")
     image = store.resolve(hello.ref)
@@ -104,7 +49,7 @@ def test_push_promote_update_pull_and_boot(cli: Cli, hello: Built, registry: Reg
     assert isinstance(pushed, dict)
     assert (pushed["digest"], pushed["bytes_sent"], pushed["blobs_sent"]) == (
         hello.digest, total, len(blobs))
-    assert _manifest_digest(registry, "hello", "1.0.0") == hello.digest
+    assert registry.manifest_digest("hello", "1.0.0") == hello.digest
 
     # skopeo reads what we pushed: the raw manifest, and a copy into a directory layout.
     raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
@@ -121,20 +66,20 @@ def test_push_promote_update_pull_and_boot(cli: Cli, hello: Built, registry: Reg
     # Promotion: prod before test is refused; test then prod moves tags, uploads no blob.
     skipped = r("promote", hello.ref, "--env", "prod", "--registry", repo, "--insecure",
                 cwd=hello.app, check=False)
-    _one_line_error(skipped, 2, "has not been promoted to 'test'")
-    assert _manifest_digest(registry, "hello", "prod") is None
+    one_line_error(skipped, 2, "has not been promoted to 'test'")
+    assert registry.manifest_digest("hello", "prod") is None
     for env in ("test", "prod"):
         out = r.json("promote", hello.ref, "--env", env, "--registry", repo, "--insecure",
                      cwd=hello.app)
         assert isinstance(out, dict) and out["digest"] == hello.digest
-        assert _manifest_digest(registry, "hello", env) == hello.digest
+        assert registry.manifest_digest("hello", env) == hello.digest
     assert environments_of(store, "hello", hello.digest, ("test", "prod")) == ["test", "prod"]
     assert [(p.environment, p.digest) for p in history(store, "hello")][-2:] == [
         ("test", hello.digest), ("prod", hello.digest)]
-    assert _manifest_digest(registry, "hello", "_promotions") is not None
+    assert registry.manifest_digest("hello", "_promotions") is not None
     unknown = r("promote", hello.ref, "--env", "staging", "--config", str(hello.app),
                 check=False)
-    _one_line_error(unknown, 2, "unknown environment 'staging'")
+    one_line_error(unknown, 2, "unknown environment 'staging'")
 
     # v2 with only the app changed: only the app layer and the config are uploaded.
     app2 = tmp_path / "hello2"
@@ -150,11 +95,11 @@ def test_push_promote_update_pull_and_boot(cli: Cli, hello: Built, registry: Reg
     assert pushed2["bytes_sent"] == app_layer.size + config["size"]
     assert (pushed2["blobs_sent"], pushed2["blobs_skipped"]) == (2, len(v2.layers) - 1)
     retag = r("push", "hello:2.0.0", f"{repo}:1.0.0", "--insecure", check=False)
-    _one_line_error(retag, 2, "already names another image")
-    assert _manifest_digest(registry, "hello", "1.0.0") == hello.digest
+    one_line_error(retag, 2, "already names another image")
+    assert registry.manifest_digest("hello", "1.0.0") == hello.digest
 
     # Pull prod into an empty store and boot it (the one boot of this module).
-    other = rcli(tmp_path / "home2", tmp_path / "docker")
+    other = docker_cli(tmp_path / "home2", tmp_path / "docker")
     pulled = other.json("pull", f"{repo}:prod", "--insecure")
     assert isinstance(pulled, dict)
     assert (pulled["ref"], pulled["digest"], pulled["bytes_received"]) == (
@@ -171,8 +116,8 @@ def test_push_promote_update_pull_and_boot(cli: Cli, hello: Built, registry: Reg
 
 def test_interrupted_push_resumes_with_what_is_missing(registry: Registry,
                                                        tmp_path: Path) -> None:
-    r = rcli(tmp_path / "home", tmp_path / "docker")
-    store = _synthetic(r.home, "big:1.0.0", [48 << 20, 48 << 20, 48 << 20, 48 << 20])
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    store = synthetic_image(r.home, "big:1.0.0", [48 << 20, 48 << 20, 48 << 20, 48 << 20])
     image = store.resolve("big:1.0.0")
     blobs = [*image.layers]
     links = registry.storage / "docker/registry/v2/repositories/big/_layers/sha256"
@@ -185,49 +130,49 @@ def test_interrupted_push_resumes_with_what_is_missing(registry: Registry,
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.005)
         proc.send_signal(signal.SIGSTOP)
-        assert _manifest_digest(registry, "big", "1.0.0") is None  # no tag without its blobs
+        assert registry.manifest_digest("big", "1.0.0") is None  # no tag without its blobs
         proc.kill()
     finally:
         proc.kill()
         proc.wait()
-    present = [b for b in blobs if _has_blob(registry, "big", b.digest)]
+    present = [b for b in blobs if registry.has_blob("big", b.digest)]
     assert 1 <= len(present) < len(blobs)
     config = image.manifest["config"]
-    config_there = _has_blob(registry, "big", config["digest"])
+    config_there = registry.has_blob("big", config["digest"])
     missing = sum(b.size for b in blobs if b not in present) + (0 if config_there else
                                                                 config["size"])
     out = r.json("push", "big:1.0.0", f"{registry.host}/big", "--insecure")
     assert isinstance(out, dict)
     assert out["bytes_sent"] == missing and out["blobs_skipped"] >= len(present)
-    assert _manifest_digest(registry, "big", "1.0.0") == image.digest
-    assert all(_has_blob(registry, "big", b.digest) for b in blobs)
+    assert registry.manifest_digest("big", "1.0.0") == image.digest
+    assert all(registry.has_blob("big", b.digest) for b in blobs)
 
 
 def test_bad_inputs_leave_the_store_unchanged(registry: Registry, tmp_path: Path) -> None:
-    r = rcli(tmp_path / "home", tmp_path / "docker")
-    store = _synthetic(r.home, "small:1.0.0", [200_000], seed=b"bad")
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    store = synthetic_image(r.home, "small:1.0.0", [200_000], seed=b"bad")
     image = store.resolve("small:1.0.0")
-    _one_line_error(r("push", "nope:1.0.0", f"{registry.host}/small", "--insecure",
+    one_line_error(r("push", "nope:1.0.0", f"{registry.host}/small", "--insecure",
                       check=False), 2, "no image 'nope:1.0.0'")
     down = f"127.0.0.1:{free_port()}/small"
-    _one_line_error(r("push", "small:1.0.0", down, "--insecure", check=False), 1,
+    one_line_error(r("push", "small:1.0.0", down, "--insecure", check=False), 1,
                     "is it running")
-    _one_line_error(r("push", "small:1.0.0", "example.com/small", "--insecure", check=False),
+    one_line_error(r("push", "small:1.0.0", "example.com/small", "--insecure", check=False),
                     2, "only allowed for a registry on loopback")
     r("push", "small:1.0.0", f"{registry.host}/small", "--insecure")
 
     # A corrupted blob in the registry's storage: the pull fails, the store is as it was.
-    other = rcli(tmp_path / "home2", tmp_path / "docker")
-    _synthetic(other.home, "keep:1.0.0", [1000])
+    other = docker_cli(tmp_path / "home2", tmp_path / "docker")
+    synthetic_image(other.home, "keep:1.0.0", [1000])
     before = _snapshot(other.home / "store")
     data = registry.blob_data_path(image.layers[-1].digest)
     corrupt = bytearray(data.read_bytes())
     corrupt[100] ^= 0xFF
     data.write_bytes(bytes(corrupt))
-    _one_line_error(other("pull", f"{registry.host}/small:1.0.0", "--insecure", check=False),
+    one_line_error(other("pull", f"{registry.host}/small:1.0.0", "--insecure", check=False),
                     1, "did not verify")
     assert _snapshot(other.home / "store") == before
-    _one_line_error(other("pull", f"{registry.host}/small:9.9", "--insecure", check=False),
+    one_line_error(other("pull", f"{registry.host}/small:9.9", "--insecure", check=False),
                     2, "not found")
     assert _snapshot(other.home / "store") == before
 
@@ -235,15 +180,15 @@ def test_bad_inputs_leave_the_store_unchanged(registry: Registry, tmp_path: Path
 def test_basic_auth_from_docker_config_and_credential_helper(tmp_path: Path) -> None:
     reg = start_registry(tmp_path / "registry", users={"alice": "wonderland"})
     try:
-        r = rcli(tmp_path / "home", tmp_path / "docker")
-        _synthetic(r.home, "sec:1.0.0", [1000])
+        r = docker_cli(tmp_path / "home", tmp_path / "docker")
+        synthetic_image(r.home, "sec:1.0.0", [1000])
         target = f"{reg.host}/sec"
-        _one_line_error(r("push", "sec:1.0.0", target, "--insecure", check=False), 2,
+        one_line_error(r("push", "sec:1.0.0", target, "--insecure", check=False), 2,
                         "refused anonymous access")
         config = tmp_path / "docker" / "config.json"
         config.write_text(json.dumps({"auths": {reg.host: {
             "auth": base64.b64encode(b"alice:wrong").decode()}}}))
-        _one_line_error(r("push", "sec:1.0.0", target, "--insecure", check=False), 2,
+        one_line_error(r("push", "sec:1.0.0", target, "--insecure", check=False), 2,
                         "refused the credentials")
         bindir = tmp_path / "bin"
         bindir.mkdir()
@@ -255,7 +200,7 @@ def test_basic_auth_from_docker_config_and_credential_helper(tmp_path: Path) -> 
         r.extra_env["PATH"] = f"{bindir}:{os.environ['PATH']}"
         out = r.json("push", "sec:1.0.0", target, "--insecure")
         assert isinstance(out, dict) and out["blobs_sent"] == 3
-        pulled = rcli(tmp_path / "home2", tmp_path / "docker", PATH=r.extra_env["PATH"])
+        pulled = docker_cli(tmp_path / "home2", tmp_path / "docker", PATH=r.extra_env["PATH"])
         assert isinstance(pulled.json("pull", f"{target}:1.0.0", "--insecure"), dict)
     finally:
         reg.stop()

@@ -7,27 +7,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from imagebuilder.store.layout import TITLE_ANNOTATION as TITLE
 from imagebuilder.store.layout import Store
+from support.registry import Registry, available
 
-from .conftest import Built, Cli, free_port
-from .registry_fixture import Registry, available, start_registry
-from .test_registry import _has_blob, _manifest_digest, _one_line_error, _synthetic, rcli
+from .conftest import Built, Cli, docker_cli, free_port, one_line_error, synthetic_image
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not available(), reason="needs docker-registry (setup.sh)")]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    reg = start_registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
 
 
 def _flip(path: Path, offset: int = 1000) -> None:
@@ -39,22 +30,22 @@ def _flip(path: Path, offset: int = 1000) -> None:
 @pytest.mark.parametrize("chunk_mib", ["64", "1"])
 def test_a_damaged_blob_is_never_pushed(registry: Registry, tmp_path: Path,
                                         chunk_mib: str) -> None:
-    r = rcli(tmp_path / "home", tmp_path / "docker")
-    store = _synthetic(r.home, "dmg:1.0.0", [3 << 20], seed=chunk_mib.encode())
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    store = synthetic_image(r.home, "dmg:1.0.0", [3 << 20], seed=chunk_mib.encode())
     image = store.resolve("dmg:1.0.0")
     layer = image.layers[-1]
     _flip(store.blob_path(layer.digest), (3 << 20) - 10)
     repo = f"dmg{chunk_mib}"
-    _one_line_error(r("push", "dmg:1.0.0", f"{registry.host}/{repo}", "--insecure",
+    one_line_error(r("push", "dmg:1.0.0", f"{registry.host}/{repo}", "--insecure",
                       "--chunk-size", chunk_mib, check=False),
                     1, f"blob {layer.digest[:19]} in the image store is damaged")
-    assert _manifest_digest(registry, repo, "1.0.0") is None
-    assert not _has_blob(registry, repo, layer.digest)
+    assert registry.manifest_digest(repo, "1.0.0") is None
+    assert not registry.has_blob(repo, layer.digest)
 
 
 def test_pull_replaces_a_damaged_local_blob(registry: Registry, tmp_path: Path) -> None:
-    r = rcli(tmp_path / "home", tmp_path / "docker")
-    store = _synthetic(r.home, "fix:1.0.0", [200_000], seed=b"fix")
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    store = synthetic_image(r.home, "fix:1.0.0", [200_000], seed=b"fix")
     image = store.resolve("fix:1.0.0")
     r("push", "fix:1.0.0", f"{registry.host}/fix", "--insecure")
     _flip(store.blob_path(image.layers[-1].digest))
@@ -89,6 +80,6 @@ def test_a_flipped_byte_in_the_real_jvm_layer(cli: Cli, hello: Built, tmp_path: 
                  ["export", hello.ref, "--format", "iso", "-o", str(out / "x.iso")],
                  ["flash", hello.ref, str(out / "disk.img")],
                  ["serve", hello.ref, "--listen", f"127.0.0.1:{free_port()}"]):
-        _one_line_error(r(*argv, check=False), 1, f"blob {jvm.digest[:19]} in the image store "
+        one_line_error(r(*argv, check=False), 1, f"blob {jvm.digest[:19]} in the image store "
                                                   "is damaged")
     assert [p.name for p in out.iterdir()] == []

@@ -1,7 +1,7 @@
 """apps: shape detection, the class scan, JDK module mapping and hostile jars.
 
 The apps are real: compiled by the host's javac against Debian's Jackson
-(tests/java_apps.py), and module mapping reads the host JDK's real jmods.
+(support/java_apps.py), and module mapping reads the host JDK's real jmods.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from imagebuilder.apps.archive import Budget, Jar
 from imagebuilder.apps.detect import NO_MAIN_CLASS, detect
 from imagebuilder.apps.scan import Usage, scan
 from imagebuilder.errors import ConfigError, UserError
-from tests.java_apps import JACKSON, MAIN, ShopBuild, have_tools
+from support.java_apps import JACKSON, MAIN, ShopBuild, have_tools, make_jar, project
 
 pytestmark = pytest.mark.skipif(not have_tools(), reason="needs javac, jar and Debian's "
                                 "libjackson2-databind-java (scripts/setup.sh installs them)")
@@ -132,8 +132,7 @@ def test_thin_jar_class_path_left_out(shop: ShopBuild, tmp_path: Path, entry: st
     (tmp_path / "outside.jar").write_bytes(JACKSON[1].read_bytes())
     app = tmp_path / "app"
     jar = shop.thin_jar(app)
-    from tests.java_apps import _jar
-    _jar(shop.app, jar, {"Main-Class": MAIN, "Class-Path": f"lib/greet-1.0.jar {entry}"})
+    make_jar(shop.app, jar, {"Main-Class": MAIN, "Class-Path": f"lib/greet-1.0.jar {entry}"})
     shape, _ = shape_of(jar, main=MAIN)
     assert [f.dest for f in shape.libs] == ["lib/greet-1.0.jar"]
     assert len(shape.warnings) == 1
@@ -153,13 +152,12 @@ def test_app_directory_with_main(shop: ShopBuild, tmp_path: Path) -> None:
 
 
 def test_quarkus_fast_jar(shop: ShopBuild, tmp_path: Path) -> None:
-    from tests.java_apps import _jar
     app = tmp_path / "target" / "quarkus-app"
     shop._libs(app / "lib" / "main")
-    _jar(shop.app, app / "app" / "shop.jar")
+    make_jar(shop.app, app / "app" / "shop.jar")
     (app / "quarkus").mkdir()
     (app / "quarkus" / "quarkus-application.dat").write_bytes(b"\0data")
-    _jar(shop.greet, app / "quarkus-run.jar", {"Main-Class": "com.example.greet.Greeting"})
+    make_jar(shop.greet, app / "quarkus-run.jar", {"Main-Class": "com.example.greet.Greeting"})
     shape, _ = shape_of(tmp_path / "target")
     assert shape.kind == "quarkus" and shape.argv == ("-jar", "/app/quarkus-run.jar")
     assert sorted(f.dest for f in shape.app) == [
@@ -452,7 +450,6 @@ def test_warm_memo_does_not_trust_a_corrupt_jar(shop: ShopBuild, tmp_path: Path,
     from imagebuilder.build.plan import Builder
     from imagebuilder.config.parse import load
     from imagebuilder.store.home import Home
-    from tests.java_apps import project
     root = project(tmp_path / "p", "shop", "shop.jar", f'main = "{MAIN}"\n')
     jar = _plain_jar(shop, root / "shop.jar", {"res/data.txt": b"resource " * 1000})
     builder = Builder(load(root), Home(tmp_path / "home"))
@@ -527,11 +524,10 @@ def test_memo_that_is_not_a_memo_is_ignored(tmp_path: Path) -> None:
 
 
 def test_class_path_directory_is_read(shop: ShopBuild, tmp_path: Path) -> None:
-    from tests.java_apps import _jar
     app = tmp_path / "app"
     shutil.copytree(shop.greet, app / "classes")
     shop._libs(app / "lib")
-    jar = _jar(shop.app, app / "shop.jar", {
+    jar = make_jar(shop.app, app / "shop.jar", {
         "Main-Class": MAIN, "Class-Path": "classes/ " + " ".join(
             f"lib/{j.name}" for j in JACKSON)})
     shape, usage = shape_of(jar, main="com.example.greet.Greeting")
@@ -624,9 +620,8 @@ def _unnest(root: Path, levels: int, chunk: int = 100) -> None:
 
 
 def test_quarkus_app_symlinked_out_of_the_app(shop: ShopBuild, tmp_path: Path) -> None:
-    from tests.java_apps import _jar
     real = tmp_path / "elsewhere" / "quarkus-app"
-    _jar(shop.greet, real / "quarkus-run.jar", {"Main-Class": "com.example.greet.Greeting"})
+    make_jar(shop.greet, real / "quarkus-run.jar", {"Main-Class": "com.example.greet.Greeting"})
     (tmp_path / "target").mkdir()
     os.symlink(real, tmp_path / "target" / "quarkus-app")
     assert error(tmp_path / "target") == (

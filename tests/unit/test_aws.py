@@ -36,7 +36,7 @@ from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE
 from imagebuilder.targets.aws import api as awsapi  # noqa: E402
 from imagebuilder.targets.aws import ebs as ebsdirect  # noqa: E402
 from imagebuilder.targets.aws import publish as aws  # noqa: E402
-from tests.servers import MOTO_REGION, aws_env, free_port, moto_executable, moto_server  # noqa: E402
+from support.servers import MOTO_REGION, aws_env, free_port, moto_executable, moto_server  # noqa: E402
 from tests.unit.layer_fixture import tiny_layer  # noqa: E402
 
 B = ebsdirect.BLOCK_SIZE

@@ -18,7 +18,7 @@ from imagebuilder.apps.archive import Budget
 from imagebuilder.apps.detect import detect
 from imagebuilder.apps.scan import scan
 from imagebuilder.errors import UserError
-from tests.java_apps import JACKSON, MAIN, ShopBuild, _jar, have_tools
+from support.java_apps import JACKSON, MAIN, ShopBuild, have_tools, make_jar
 
 needs_jdk = pytest.mark.skipif(not have_tools(), reason="needs javac, jar and Debian's "
                                "libjackson2-databind-java (scripts/setup.sh installs them)")
@@ -197,7 +197,7 @@ def test_percent_encoding_spaces_duplicates_and_directories(shop: ShopBuild,
 def test_escaping_entries_are_left_out(shop: ShopBuild, tmp_path: Path) -> None:
     (tmp_path / "outside.jar").write_bytes(JACKSON[1].read_bytes())
     app = tmp_path / "app"
-    jar = _jar(shop.app, app / "shop.jar", {
+    jar = make_jar(shop.app, app / "shop.jar", {
         "Main-Class": MAIN, "Class-Path": "../outside.jar lib/../../outside.jar "
         f"{tmp_path}/outside.jar"})
     shape = _detect(jar)
@@ -217,7 +217,7 @@ def test_symbolic_links_out_of_the_app_are_left_out(shop: ShopBuild, tmp_path: P
     os.symlink(outside / "jackson-core.jar", app / "lib" / "core.jar")  # a symlinked file
     os.symlink(outside, app / "deps")  # a symlinked parent directory
     os.symlink(outside / "classes", app / "classes")  # a symlinked directory of classes
-    jar = _jar(shop.app, app / "shop.jar", {
+    jar = make_jar(shop.app, app / "shop.jar", {
         "Main-Class": MAIN, "Class-Path": "lib/core.jar deps/jackson-core.jar classes/"})
     shape = _detect(jar)
     assert not shape.libs and [f.dest for f in shape.app] == ["shop.jar"]
@@ -229,17 +229,17 @@ def test_symbolic_links_out_of_the_app_are_left_out(shop: ShopBuild, tmp_path: P
 @needs_jdk
 def test_library_class_path_and_its_failures(shop: ShopBuild, tmp_path: Path) -> None:
     app = tmp_path / "app"
-    _jar(shop.greet, app / "lib" / "greet.jar", {"Class-Path": "core.jar ../lib/core.jar"})
+    make_jar(shop.greet, app / "lib" / "greet.jar", {"Class-Path": "core.jar ../lib/core.jar"})
     shutil.copyfile(JACKSON[1], app / "lib" / "core.jar")
-    _jar(shop.greet, app / "lib" / "broken.jar", {"Class-Path": "foo:x.jar core.jar"})
-    jar = _jar(shop.app, app / "shop.jar", {"Main-Class": MAIN,
+    make_jar(shop.greet, app / "lib" / "broken.jar", {"Class-Path": "foo:x.jar core.jar"})
+    jar = make_jar(shop.app, app / "shop.jar", {"Main-Class": MAIN,
                                             "Class-Path": "lib/greet.jar lib/broken.jar"})
     shape = _detect(jar)
     assert [f.dest for f in shape.libs] == ["lib/greet.jar", "lib/core.jar"]  # the JVM's order
     assert shape.warnings == (f"{app}/lib/broken.jar: its Class-Path entry foo:x.jar is not a "
                               "URL the JVM accepts (unknown protocol foo), so the JVM drops it "
                               "and what it names from the class path: left out",)
-    bad = _jar(shop.app, tmp_path / "bad" / "shop.jar", {"Main-Class": MAIN,
+    bad = make_jar(shop.app, tmp_path / "bad" / "shop.jar", {"Main-Class": MAIN,
                                                          "Class-Path": "foo:x.jar"})
     with pytest.raises(UserError) as info:
         _detect(bad)
@@ -253,7 +253,7 @@ def test_class_path_directories_only_inside_the_config_directory(shop: ShopBuild
                                                                  tmp_path: Path) -> None:
     app = tmp_path / "dist"
     shutil.copytree(shop.greet, app / "classes")
-    jar = _jar(shop.app, app / "shop.jar", {"Main-Class": MAIN, "Class-Path": "classes/"})
+    jar = make_jar(shop.app, app / "shop.jar", {"Main-Class": MAIN, "Class-Path": "classes/"})
     inside = _detect(jar, config_dir=tmp_path)
     assert "classes/com/example/greet/Greeting.class" in {f.dest for f in inside.app}
     project = tmp_path / "project"
@@ -377,7 +377,7 @@ def test_app_directory_jars_class_path(shop: ShopBuild, tmp_path: Path) -> None:
     (root / "lib" / "greet-1.0.jar").rename(root / "extra.jar")
     (root / "greeting").mkdir()
     (root / "extra.jar").rename(root / "greeting" / "greet.jar")
-    _jar(shop.app, root / "lib" / "shop.jar", {"Class-Path": "../greeting/greet.jar"})
+    make_jar(shop.app, root / "lib" / "shop.jar", {"Class-Path": "../greeting/greet.jar"})
     shape = _detect(root, main="com.example.greet.Greeting")  # only in greeting/greet.jar
     assert "/app/greeting/greet.jar" not in shape.argv[1]
     databind = root / "lib" / "jackson-databind.jar"

@@ -15,7 +15,7 @@ from imagebuilder.errors import DamagedError
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store
 from imagebuilder.targets.qemu import directboot, microvm
 from imagebuilder.targets.qemu.run import RunSpec, _boot_media, qemu_argv
-from tests.unit.test_qemu_args import needs_qemu
+from tests.unit.qemu_fixture import needs_qemu
 
 
 def _note(name: bytes, kind: int, desc: bytes) -> bytes:

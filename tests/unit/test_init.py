@@ -29,7 +29,8 @@ from imagebuilder.layers.base import APPLETS, init_files
 from imagebuilder.store.layout import Store
 from imagebuilder.targets.qemu.memory import APP_FLOOR_MIB
 from imagebuilder.targets.qemu.run import EXIT_RE, RunSpec, qemu_argv
-from tests.unit.test_qemu_args import _image, needs_qemu
+from tests.unit.qemu_fixture import fake_image as _image
+from tests.unit.qemu_fixture import needs_qemu
 
 BUSYBOX = shutil.which("busybox")
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"

@@ -15,7 +15,7 @@ import pytest
 
 from imagebuilder.disk.configdrive import VOLUME_ID
 from imagebuilder.errors import UserError
-from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Image, Store
+from imagebuilder.store.layout import Store
 from imagebuilder.targets.qemu.run import (
     PortForward,
     RunSpec,
@@ -24,33 +24,12 @@ from imagebuilder.targets.qemu.run import (
     prepare,
     qemu_argv,
 )
-from tests.servers import free_port
+from support.servers import free_port
 from tests.unit.layer_fixture import tiny_layer
+from tests.unit.qemu_fixture import KERNEL, LAYERS, fake_image, needs_qemu
 
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-system-x86_64") is None,
-    reason="qemu-system-x86_64 not installed (apt-get install qemu-system-x86)",
-)
-
-KERNEL = b"\x7fbzImage: not really a kernel"
-LAYERS = [("base", b"base layer bytes " * 100), ("jvm", b"jvm layer " * 300),
-          ("app", b"app layer")]
 # Real (tiny) layers, for `prepare`, which reads what the root takes in RAM.
 CPIO_LAYERS = [(name, tiny_layer(data)) for name, data in LAYERS]
-
-
-def _image(store: Store, ref: str = "hello:1.0.0", port: int | None = 8080,
-           layers: list[tuple[str, bytes]] = LAYERS) -> Image:
-    """A fake kernel and layers in a real store, as ``build`` would put them."""
-    kernel = store.add_blob_bytes(KERNEL, KERNEL_MEDIA_TYPE,
-                                  {"org.opencontainers.image.title": "vmlinuz"})
-    descriptors = [store.add_blob_bytes(data, INITRD_LAYER_MEDIA_TYPE,
-                                        {"org.opencontainers.image.title": name})
-                   for name, data in layers]
-    config = {"cmdline": "console=ttyS0 quiet panic=-1", "memory": 512,
-              "app": {"jar": "app.jar", "port": port, "healthcheck": "/"}}
-    store.put_image(ref, config, [kernel, *descriptors])
-    return store.resolve(ref)
 
 
 @pytest.fixture
@@ -124,7 +103,7 @@ def test_check_port_free_on_afree_port() -> None:
 
 
 def test_initrd_concatenates_the_layers_in_order(store: Store, tmp_path: Path) -> None:
-    image = _image(store)
+    image = fake_image(store)
     initrd = initrd_for(store, image, tmp_path / "cache")
     assert initrd.read_bytes() == b"".join(data for _, data in LAYERS)
     assert initrd.name == image.digest.removeprefix("sha256:") + ".initrd"
@@ -132,16 +111,16 @@ def test_initrd_concatenates_the_layers_in_order(store: Store, tmp_path: Path) -
 
 
 def test_initrd_is_reused(store: Store, tmp_path: Path) -> None:
-    image = _image(store)
+    image = fake_image(store)
     first = initrd_for(store, image, tmp_path / "cache")
     inode = first.stat().st_ino
     assert initrd_for(store, image, tmp_path / "cache") == first
     assert first.stat().st_ino == inode
 
 
-def test_initrd_per_image(store: Store, tmp_path: Path) -> None:
-    one = initrd_for(store, _image(store), tmp_path / "cache")
-    v2 = _image(store, "hello:2.0.0", layers=[*LAYERS[:2], ("app", b"app layer v2")])
+def test_initrd_perfake_image(store: Store, tmp_path: Path) -> None:
+    one = initrd_for(store, fake_image(store), tmp_path / "cache")
+    v2 = fake_image(store, "hello:2.0.0", layers=[*LAYERS[:2], ("app", b"app layer v2")])
     two = initrd_for(store, v2, tmp_path / "cache")
     assert one != two
     assert two.read_bytes().endswith(b"app layer v2")
@@ -157,7 +136,7 @@ def _option(argv: list[str], name: str) -> list[str]:
 
 @needs_qemu
 def test_qemu_argv(store: Store, tmp_path: Path) -> None:
-    image = _image(store)
+    image = fake_image(store)
     forwards = [PortForward.parse("8080:8080"), PortForward.parse("0.0.0.0:2222:22")]
     spec = RunSpec(image, None, {}, forwards, memory=768, cpus=2)
     run_dir = tmp_path / "run"
@@ -189,7 +168,7 @@ def test_qemu_argv(store: Store, tmp_path: Path) -> None:
 
 @needs_qemu
 def test_qemu_argv_kvm_and_no_ports(store: Store, tmp_path: Path) -> None:
-    spec = RunSpec(_image(store, port=None), None, {}, [])
+    spec = RunSpec(fake_image(store, port=None), None, {}, [])
     argv = qemu_argv(spec, store, tmp_path / "i", tmp_path, "kvm", "file,path=/x/console.log")
     assert _option(argv, "-machine") == ["pc,accel=kvm"]
     assert _option(argv, "-cpu") == ["host"]
@@ -202,7 +181,7 @@ def test_qemu_argv_kvm_and_no_ports(store: Store, tmp_path: Path) -> None:
 @needs_qemu
 def test_prepare_without_env_has_no_config_drive(store: Store, tmp_path: Path) -> None:
     runs = tmp_path / "home" / "run"
-    spec = RunSpec(_image(store, layers=CPIO_LAYERS), None, {},
+    spec = RunSpec(fake_image(store, layers=CPIO_LAYERS), None, {},
                    [PortForward("127.0.0.1", free_port(), 8080)])
     vm_id, run_dir, initrd = prepare(spec, store, runs)
     assert vm_id.startswith("hello-") and run_dir == runs / vm_id
@@ -218,7 +197,7 @@ def test_prepare_without_env_has_no_config_drive(store: Store, tmp_path: Path) -
 @pytest.mark.parametrize("boot", ["bios", "uefi"])
 def test_c1_only_needs_a_kernel_boot(store: Store, tmp_path: Path, boot: str) -> None:
     runs = tmp_path / "home" / "run"
-    spec = RunSpec(_image(store, layers=CPIO_LAYERS), None, {}, [], "tcg", boot=boot, jit="c1")
+    spec = RunSpec(fake_image(store, layers=CPIO_LAYERS), None, {}, [], "tcg", boot=boot, jit="c1")
     with pytest.raises(UserError, match=f"^--jit c1 needs a microvm or direct boot \\({boot} boots"
                                         " the disk, whose boot loader takes no added option\\): "
                                         "add --boot microvm or direct$"):
@@ -230,7 +209,7 @@ def test_c1_only_needs_a_kernel_boot(store: Store, tmp_path: Path, boot: str) ->
 def test_prepare_with_env_writes_a_config_drive(store: Store, tmp_path: Path) -> None:
     runs = tmp_path / "home" / "run"
     env = {"DB_URL": "jdbc:postgresql://test-db/app", "GREETING": "hi there $USER"}
-    spec = RunSpec(_image(store, layers=CPIO_LAYERS), "test", env, [])
+    spec = RunSpec(fake_image(store, layers=CPIO_LAYERS), "test", env, [])
     _, run_dir, initrd = prepare(spec, store, runs)
     drive = run_dir / "config.iso"
     assert drive.is_file()
@@ -256,7 +235,7 @@ def test_prepare_with_env_writes_a_config_drive(store: Store, tmp_path: Path) ->
 def test_prepare_refuses_a_busy_port_before_writing_anything(store: Store, tmp_path: Path,
                                                             held_port: int) -> None:
     runs = tmp_path / "home" / "run"
-    spec = RunSpec(_image(store), "test", {"A": "b"}, [PortForward("127.0.0.1", held_port, 80)])
+    spec = RunSpec(fake_image(store), "test", {"A": "b"}, [PortForward("127.0.0.1", held_port, 80)])
     with pytest.raises(UserError, match=f"host port 127.0.0.1:{held_port} is not free"):
         prepare(spec, store, runs)
     assert not runs.exists()

@@ -18,7 +18,7 @@ from imagebuilder.config.parse import load
 from imagebuilder.errors import UserError
 from imagebuilder.layers.hardware import select
 from imagebuilder.layers.kernel import load_manifest
-from tests.wars import build_war
+from support.wars import build_war
 
 
 @pytest.fixture(scope="module")

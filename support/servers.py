@@ -1,5 +1,6 @@
-"""Loopback servers that tests and benchmarks start: a free port, and moto_server (the one
-stand-in the project accepts, for AWS) with the environment that points boto3 at it."""
+"""Loopback servers that tests and benchmarks start: a free port, waiting until one answers,
+and moto_server (the one stand-in the project accepts, for AWS) with the environment that points
+boto3 at it."""
 
 from __future__ import annotations
 

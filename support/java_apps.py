@@ -1,6 +1,7 @@
 """Real Java apps in every shape, assembled from Debian's Java libraries with the host's javac.
 
-The unit tests, the e2e tests and bench/apps.py share these: a small JSON service (the JDK's
+The unit tests, the e2e tests and the benchmarks (bench/apps.py, bench/aot.py, bench/memory.py)
+share these: a small JSON service (the JDK's
 HTTP server and Jackson from ``libjackson2-databind-java``) packed as a Spring Boot executable jar
 (``BOOT-INF/classes``, ``BOOT-INF/lib``, ``Start-Class``), a thin jar with ``Class-Path:
 lib/...``, and a Gradle ``installDist``-style app directory (``lib/*.jar``, run with
@@ -16,6 +17,8 @@ import tarfile
 import textwrap
 import zipfile
 from pathlib import Path
+
+from support.inputs import inputs_dir
 
 WIREMOCK = "wiremock@3.13.2"
 WIREMOCK_JAR = "package/build/wiremock-standalone-3.13.2.jar"
@@ -62,14 +65,14 @@ public final class App {
 """
 
 
-def project(root: Path, name: str, app: str, extra: str = "") -> Path:
-    """``root`` with an imagebuilder.toml for app NAME:1.0.0 at ``app`` on port 8080, plus
+def project(root: Path, name: str, app: str, extra: str = "", version: str = "1.0.0") -> Path:
+    """``root`` with an imagebuilder.toml for app NAME:VERSION at ``app`` on port 8080, plus
     ``extra`` (more [app] keys, then other tables)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "imagebuilder.toml").write_text(textwrap.dedent(f"""\
         [image]
         name = "{name}"
-        version = "1.0.0"
+        version = "{version}"
 
         [app]
         path = "{app}"
@@ -78,8 +81,10 @@ def project(root: Path, name: str, app: str, extra: str = "") -> Path:
     return root
 
 
-def fetch_wiremock(cache_dir: Path) -> Path:
-    """WireMock's standalone jar, fetched once with ``npm pack`` into ``cache_dir``."""
+def fetch_wiremock(cache_dir: Path | None = None) -> Path:
+    """WireMock's standalone jar, fetched once with ``npm pack`` into ``cache_dir`` (by default
+    the shared inputs cache, :func:`support.inputs.inputs_dir`)."""
+    cache_dir = cache_dir or inputs_dir("apps")
     jar = cache_dir / WIREMOCK_JAR.rpartition("/")[2]
     if not jar.exists():
         subprocess.run(["npm", "pack", WIREMOCK, "--silent"], cwd=cache_dir, check=True,
@@ -110,7 +115,7 @@ def _javac(src: dict[str, str], out: Path, classpath: list[Path]) -> Path:
     return out
 
 
-def _jar(classes: Path, dest: Path, manifest: dict[str, str] | None = None) -> Path:
+def make_jar(classes: Path, dest: Path, manifest: dict[str, str] | None = None) -> Path:
     """A jar of every file below ``classes``, with a manifest of ``manifest``'s attributes."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -139,7 +144,7 @@ class ShopBuild:
 
     def spring_boot(self, dest: Path, app: Path | None = None) -> Path:
         """A Spring Boot executable jar: nested jars stored, as Spring's loader wants them."""
-        greet = _jar(self.greet, self.work / "greet-1.0-SNAPSHOT.jar")
+        greet = make_jar(self.greet, self.work / "greet-1.0-SNAPSHOT.jar")
         libs = [greet, *JACKSON]
         with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\nMain-Class: "
@@ -159,20 +164,20 @@ class ShopBuild:
     def thin_jar(self, root: Path) -> Path:
         """``root/shop.jar`` with ``Class-Path: lib/...`` and the libraries in ``root/lib``."""
         names = self._libs(root / "lib")
-        return _jar(self.app, root / "shop.jar", {
+        return make_jar(self.app, root / "shop.jar", {
             "Main-Class": MAIN, "Class-Path": " ".join(f"lib/{n}" for n in names)})
 
     def app_dir(self, root: Path) -> Path:
         """A Gradle installDist-style directory: ``lib/shop.jar`` and its libraries."""
         self._libs(root / "lib")
-        _jar(self.app, root / "lib" / "shop.jar")
+        make_jar(self.app, root / "lib" / "shop.jar")
         (root / "bin").mkdir(parents=True, exist_ok=True)
         (root / "bin" / "shop").write_text("#!/bin/sh\nexec java -cp 'lib/*' " + MAIN + "\n")
         return root
 
     def _libs(self, lib: Path) -> list[str]:
         lib.mkdir(parents=True, exist_ok=True)
-        _jar(self.greet, lib / "greet-1.0.jar")
+        make_jar(self.greet, lib / "greet-1.0.jar")
         for jar in JACKSON:
             shutil.copyfile(jar.resolve(), lib / jar.name)
         return ["greet-1.0.jar", *(j.name for j in JACKSON)]

@@ -10,16 +10,12 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from ..servers import free_port
+from support.servers import free_port
 
 BINARY = "/usr/bin/docker-registry"
-
 
 
 def _bcrypt(password: str) -> str:
@@ -28,7 +24,6 @@ def _bcrypt(password: str) -> str:
         warnings.simplefilter("ignore", DeprecationWarning)
         import crypt
     return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
-
 
 
 @dataclass
@@ -52,6 +47,28 @@ class Registry:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def manifest_digest(self, repo: str, tag: str) -> str | None:
+        """The digest of ``repo:tag``'s OCI manifest, or None if the registry has no such tag."""
+        request = urllib.request.Request(
+            f"http://{self.host}/v2/{repo}/manifests/{tag}", method="HEAD",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return str(response.headers["Docker-Content-Digest"])
+        except urllib.error.HTTPError as err:
+            err.close()
+            return None
+
+    def has_blob(self, repo: str, digest: str) -> bool:
+        request = urllib.request.Request(f"http://{self.host}/v2/{repo}/blobs/{digest}",
+                                         method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                return True
+        except urllib.error.HTTPError as err:
+            err.close()
+            return False
 
     def blob_data_path(self, digest: str) -> Path:
         hexd = digest.removeprefix("sha256:")
@@ -94,7 +111,8 @@ def start_registry(workdir: Path, users: dict[str, str] | None = None) -> Regist
         try:
             urllib.request.urlopen(f"http://{registry.host}/v2/", timeout=2).close()
             return registry
-        except urllib.error.HTTPError:
+        except urllib.error.HTTPError as err:
+            err.close()
             return registry  # 401 with auth: it answers
         except OSError:
             time.sleep(0.05)
@@ -104,11 +122,3 @@ def start_registry(workdir: Path, users: dict[str, str] | None = None) -> Regist
 
 def skopeo() -> str | None:
     return shutil.which("skopeo")
-
-
-@pytest.fixture(scope="module", name="registry")
-def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """``registry``: a docker-registry for one test module (import ``registry_fixture``)."""
-    reg = start_registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()

@@ -1,5 +1,5 @@
 """A corpus of real published Java server apps that nobody here wrote (issue 17), shared by
-tests/e2e/test_corpus.py and bench/corpus.py.
+tests/e2e/test_corpus.py and bench/corpus.py (their inputs cache: ``inputs_dir("corpus")``).
 
 The rule it checks: an app that serves when started with ``java`` as its documentation says must
 serve in the image, built from an imagebuilder.toml holding only ``[app] path``/``port``/
@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import free_port
+from support.servers import free_port
 
 HOST_JDK = Path("/usr/lib/jvm/java-17-openjdk-amd64")
 """Debian bookworm's JDK: the ``java`` the documentation's command lines run on the host."""
