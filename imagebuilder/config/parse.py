@@ -36,6 +36,7 @@ from .spec import (
     AppSection,
     Config,
     Environment,
+    EnvironmentsSection,
     ImageSection,
     JvmSection,
     SystemSection,
@@ -148,8 +149,10 @@ def with_aot(cfg: Config, aot: bool | None) -> Config:
 def _parse(data: dict[str, Any], *, file: Path, shown: str, check_app: bool = True) -> Config:
     context = Context(shown, file.parent, check_app)
     check_unknown(data, "", TABLES, context)
-    image, app, jvm, system = (read_section(s, data.get(s, {}), At(s, context))
-                               for s in ("image", "app", "jvm", "system"))
+    image = read_section(ImageSection, data.get("image", {}), At("image", context))
+    app = read_section(AppSection, data.get("app", {}), At("app", context))
+    jvm = read_section(JvmSection, data.get("jvm", {}), At("jvm", context))
+    system = read_section(SystemSection, data.get("system", {}), At("system", context))
     environments = _environments(data, context)
     _check_across(app, jvm, environments, context)
     return Config(path=file, root=file.parent, image=image, app=app, jvm=jvm, system=system,
@@ -168,8 +171,8 @@ def _environments(data: dict[str, Any], context: Context) -> tuple[Environment, 
         if not ENV_NAME_RE.fullmatch(name):
             raise at.fail("expected an environment name of lowercase letters, digits and '-',"
                           f" starting with a letter, got {show(name)}")
-        defined[name] = read_section("env.*", body, at, name=name)
-    order = read_section("environments", data.get("environments", {}),
+        defined[name] = read_section(Environment, body, at, name=name)
+    order = read_section(EnvironmentsSection, data.get("environments", {}),
                          At("environments", context)).order
     if order is None:
         return tuple(defined.values())

@@ -160,14 +160,15 @@ def read(cls: type[T], section: str, table: Mapping[str, Any], context: Context,
     ones demanded, each value checked in declaration order. ``given`` fills fields that are no
     keys (an environment's name)."""
     check_unknown(table, section, tuple(s.name for s in settings), context)
+    for s in settings:
+        if s.required and s.name not in table:
+            raise context.fail(f"{section}.{s.name}", f"required key is missing: add {s.name} ="
+                               f" {s.example} under [{section}]")
     values: dict[str, Any] = dict(given)
     for s in settings:
         if s.name in table:
             at = At(f"{section}.{s.name}", context, dict(values))
             values[s.name] = s.check(table[s.name], at)
-        elif s.required:
-            raise context.fail(f"{section}.{s.name}", f"required key is missing: add {s.name} ="
-                               f" {s.example} under [{section}]")
         else:
             values[s.name] = s.default
     return cls(**values)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import NotFoundError
 from . import checks
@@ -25,6 +25,8 @@ from .settings import shown as shown_path
 
 CONFIG_NAME = "imagebuilder.toml"
 LOCK_NAME = "imagebuilder.lock"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,10 @@ class TrainSection:
 
 
 def _train(value: object, at: At) -> TrainSection:
+    """A table of the ``jvm.train`` keys."""
     if not isinstance(value, dict):
         raise at.fail(f'expected a table like {{ env = "test", timeout = 120 }}, got {show(value)}')
-    return read(TrainSection, at.key, value, at.context, settings_of("jvm.train"))
+    return read_section(TrainSection, value, at)
 
 
 @dataclass(frozen=True)
@@ -173,12 +176,12 @@ def settings_of(section: str) -> tuple[Setting, ...]:
     return tuple(s for s in SETTINGS if s.section == section)
 
 
-def read_section(section: str, table: Any, at: At, **given: Any) -> Any:
-    """The TOML table of ``section`` (checked to be a table) as its dataclass."""
+def read_section(cls: type[T], table: object, at: At, **given: Any) -> T:
+    """The TOML table at ``at`` (checked to be a table) as a ``cls``, one of :data:`SECTIONS`."""
     if not isinstance(table, dict):
         raise at.fail(f"expected a table [{at.key}], got {show(table)}")
-    schema = "env.*" if section.startswith("env.") else section
-    return read(SECTIONS[schema], at.key, table, at.context, settings_of(schema), **given)
+    section = next(name for name, c in SECTIONS.items() if c is cls)
+    return read(cls, at.key, table, at.context, settings_of(section), **given)
 
 
 @dataclass(frozen=True)
