@@ -45,8 +45,8 @@ def main() -> int:
         cli = Cli(work / "home")
         out = work / "out"
         out.mkdir()
-        build = cli.argv(["build", str(app), "--format", "raw", "--format", "qcow2", "-o",
-                          str(out)])
+        build = cli.argv(["build", str(app), "--format", "raw", "--format", "qcow2",
+                          "--output-dir", str(out)])
         env = cli.env()
         run_timed(build, env=env, rss=False)  # fill the cache
         ours = [run_timed(build, env=env, rss=False).seconds for _ in range(args.runs)]

@@ -105,7 +105,7 @@ def test_reproducible_and_offline_from_lock_and_warm_packages(cli: Cli, hello: B
     disks = tmp_path / "disks"
     disks.mkdir()
     out = other.json("build", str(hello.app), "--mirror", closed, "--format", "raw",
-                     "--format", "qcow2", "-o", str(disks))
+                     "--format", "qcow2", "--output-dir", str(disks))
     assert out["digest"] == hello.digest
     assert not any(stage["cached"] for stage in out["stages"])
     for fmt in ("raw", "qcow2"):
