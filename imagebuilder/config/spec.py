@@ -72,7 +72,8 @@ class TrainSection:
         "the environment whose variables the training run gets", checks.train_env,
         default="none: no variables"))
     timeout: int = field(default=120, metadata=rule(
-        "seconds the training run may wait for the healthcheck (1-3600)", checks.train_timeout))
+        f"seconds the training run may wait for the healthcheck (1-{checks.MAX_TRAIN_TIMEOUT})",
+        checks.train_timeout))
     seconds: int | None = field(default=None, metadata=rule(
         "train for this many seconds instead of until the healthcheck answers",
         checks.train_seconds, default="none"))
@@ -120,7 +121,7 @@ class SystemSection:
     kernel: str = field(default="debian", metadata=rule(
         'a manifest in `kernels/`: `"debian"` (generic), `"debian-cloud"`', checks.kernel))
     memory: int = field(default=1024, metadata=rule(
-        "MiB of guest memory for `run` (at least 128)", checks.memory))
+        f"MiB of guest memory for `run` (at least {checks.MIN_MEMORY_MIB})", checks.memory))
     mirror: str | None = field(default=None, metadata=rule(
         "the Debian mirror, an `http://` or `https://` URL", checks.mirror,
         default="the host's apt configuration"))
