@@ -25,14 +25,13 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import fsutil
 from ..errors import UserError
-from ..fsutil import fsync_dir
+from ..fsutil import write_atomic
 from ..hashing import core as hashing
 from . import javaclass
 from .archive import MAX_ENTRY_BYTES, Budget
@@ -223,17 +222,7 @@ def save_memo(path: Path, memo: Memo) -> None:
     named = {d for files in memo.jars.values() for _, d in files}
     data = {"jars": memo.jars, "classes": {d: r for d, r in memo.classes.items() if d in named}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".scan-memo-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
 
 
 def scan(shape: Shape, version: int, budget: Budget, app: Path, memo: Memo | None = None

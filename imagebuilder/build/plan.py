@@ -44,6 +44,7 @@ from ..errors import HostError
 from ..fetch import sysroot
 from ..formats import export
 from ..formats.export import BootSource
+from ..fsutil import disk_full
 from ..hashing import core as hashing
 from ..layers import aot, natives
 from ..layers import app as app_layer
@@ -389,6 +390,7 @@ def build(cfg: Config, home: Home | None = None, *, mirror: str | None = None,
     try:
         return Builder(cfg, home or Home(), mirror=mirror, report=report).run()
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            raise HostError(f"no space left on the device: {exc.filename or ''}") from None
+        full = disk_full(exc, exc.filename or "the build's files")
+        if full is not None:
+            raise full from None
         raise

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import HostError, UserError
-from ..fsutil import fsync_dir
+from ..fsutil import commit
 from ..proc import require, run
 from ..resources import render
 from . import gpt
@@ -272,10 +272,7 @@ def make_fat(dest: Path, files: Sequence[FatFile], *, fat_bits: Literal[16, 32],
             _mtools("mcopy", image, env, str(src), f"::{f.path}")
         if syslinux_dir:
             _sync_backup_boot_sector(image)
-        with open(image, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(image, dest)
-    fsync_dir(dest.parent)
+        commit(image, dest)  # fsync, rename, directory fsync
 
 
 def _mtools(tool: str, image: Path, env: dict[str, str], *args: str) -> None:

@@ -9,15 +9,14 @@ same resolution always gives the same file.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..fsutil import write_atomic
 
 LOCK_VERSION = 1
 HEADER = (
@@ -65,8 +64,9 @@ class Lock:
         return _from_toml(path, data)
 
     def write(self, path: Path) -> None:
-        """Write the lock to ``path`` atomically (temp file, fsync, rename)."""
-        _atomic_write(path, self.dumps())
+        """Write the lock to ``path`` atomically (:func:`imagebuilder.fsutil.write_atomic`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, self.dumps().encode("utf-8"), mode=0o644)
 
     def dumps(self) -> str:
         """The lock as deterministic TOML text."""
@@ -185,23 +185,3 @@ def _str(value: str) -> str:
 
 def _key(key: str) -> str:
     return key if _BARE_KEY.fullmatch(key) else _str(key)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

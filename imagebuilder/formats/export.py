@@ -26,11 +26,12 @@ from ..disk.boot import LAYERS_PARAM, PARTITION_PREFIX, BootSource  # noqa: F401
 from ..disk.bootable import BootFiles, disk_from_esp, write_esp
 from ..disk.model import Disk
 from ..errors import DamagedError, UserError
-from ..fsutil import fsync_dir
+from ..fsutil import commit
 from ..hashing.core import digest_regions
 from ..layers.erofslayer import write_erofs
 from ..store import blobs
 from ..store.cache import Cache
+from ..store.oci import oci_digest
 from . import DISK_FORMATS, Progress, write_disk
 from .bmap import write_raw_with_bmap
 from .iso import write_iso
@@ -125,7 +126,7 @@ def parse_size(text: str) -> int:
 
 def disk_digest(disk: Disk) -> str:
     """SHA-256 of the raw disk: what AMIs and flashed servers are checked against."""
-    return f"sha256:{digest_regions(disk.iter_regions(), disk.size, ('sha256',)).sha256}"
+    return oci_digest(digest_regions(disk.iter_regions(), disk.size, ("sha256",)).sha256)
 
 
 def raw_disk_file(cache: Cache, source: BootSource, dest_dir: Path) -> Path:
@@ -188,8 +189,6 @@ def _kernel_initrd(source: BootSource, dest: Path, *, sync: bool) -> None:
         tmp.chmod(0o755)
         if dest.exists():
             dest.rmdir()
-        os.replace(tmp, dest)
-        if sync:
-            fsync_dir(dest.parent)
+        commit(tmp, dest, sync=sync)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import HostError, UserError
 from ..fetch import sysroot
+from ..fsutil import write_atomic
 from . import elf, elfstrip, natives
 from .cpio import Tree
 
@@ -104,10 +105,8 @@ def _drop_symbol_table(path: Path) -> None:
     smaller = elfstrip.drop_symtab(path.read_bytes())
     if smaller is None:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(smaller)
-    tmp.chmod(path.stat().st_mode & 0o7777)
-    os.replace(tmp, path)
+    # the runtime is scratch of this build, packed into a layer later: no fsync
+    write_atomic(path, smaller, sync=False, mode=path.stat().st_mode & 0o7777)
 
 
 def _set_mtimes(top: Path, mtime: int) -> None:

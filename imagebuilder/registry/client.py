@@ -26,7 +26,6 @@ store is never uploaded (:class:`_SentDigest`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import threading
 import time
@@ -42,6 +41,7 @@ from ..errors import FetchError, NotFoundError, UserError
 from ..hashing.core import MultiHasher
 from ..store import blobs
 from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Store
+from ..store.oci import oci_digest, sha256_digest
 from .creds import credentials_for, docker_config_path, parse_challenge
 from .manifest import MAX_MANIFEST_BYTES, load_object
 from .refs import DIGEST_RE, is_loopback
@@ -480,7 +480,7 @@ class _SentDigest:
             self.hasher.update(data)
         if self.hasher.size == self.size:
             actual = self.hasher.hexdigests()["sha256"]
-            if "sha256:" + actual != self.digest:
+            if oci_digest(actual) != self.digest:
                 raise blobs.mismatch(self.path, self.digest, actual)
 
 
@@ -566,8 +566,7 @@ def _url(url: str) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def sha256_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+sha256_of = sha256_digest
 
 
 def _error_detail(response: requests.Response) -> str:

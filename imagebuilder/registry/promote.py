@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import hashlib
 import json
 import socket
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 from ..errors import FetchError, NotFoundError, UserError
 from ..store.layout import HISTORY_TAG, MANIFEST_MEDIA_TYPE, Descriptor, Store, canonical_json
+from ..store.oci import sha256_digest
 from .manifest import parse_artifact_layer
 from .transfer import DEFAULT_CHUNK_SIZE, Client, RegistryError, RegistryRef
 
@@ -159,8 +159,7 @@ class _Remote:
         self.client.put_manifest(self.repo, HISTORY_TAG, manifest, MANIFEST_MEDIA_TYPE)
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+_digest = sha256_digest
 
 
 def promote(store: Store, ref: str, env: str, order: Sequence[str], *, force: bool = False,

@@ -26,7 +26,6 @@ References live in :mod:`imagebuilder.registry.refs`, credentials in
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFoundError, UserError
+from ..fsutil import write_atomic
 from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Image, Store, split_ref
 from . import client as regclient
 from .client import DEFAULT_CHUNK_SIZE, RETRIES, WORKERS, Client, RegistryAuthError, RegistryError
@@ -81,9 +81,8 @@ class BlobLocations:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(self._data, sort_keys=True))
-        os.replace(tmp, self.path)
+        # a hint for mounts, read back leniently: no fsync
+        write_atomic(self.path, json.dumps(self._data, sort_keys=True).encode(), sync=False)
 
 
 # --- push and pull -------------------------------------------------------------------------

@@ -10,6 +10,8 @@ Layout under the cache root::
     stages/<key[:2]>/<key>.xxh3   its XXH3-128, checked on every lookup
     tmp/                          outputs being produced (same filesystem, so rename is atomic),
                                   named by their process's owner token (imagebuilder.scratch)
+    initrd/ kernel/ disks/        what ``run`` boots, by image digest (:data:`RUN_DIRS`): files
+                                  committed beside their name (imagebuilder.fsutil)
     .lock                         fcntl lock serialising commits and deletions
 
 An entry is committed by writing the sidecar and then renaming the fsynced output into place, so a
@@ -31,13 +33,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import NotRegularError, commit, dir_lock, fsync_dir, refuse_links
+from ..fsutil import NotRegularError, commit, dir_lock, fsync_dir, refuse_links, remove_stale_temps
 from ..hashing.core import MultiHasher
 from ..hashing.keys import key_of
 from ..scratch import owned, remove_stale
 from .blobs import digest_regular, read_regular
 
 _KEY_RE = re.compile(r"^[0-9a-f]{8,128}$")
+RUN_DIRS = ("initrd", "kernel", "disks")
+"""The directories of the cache ``run`` fills (initrds, kernels, disks of an image)."""
 
 
 
@@ -161,9 +165,13 @@ class Cache:
         return final
 
     def remove_stale(self) -> list[str]:
-        """Remove what killed commands left in tmp/ (see :mod:`imagebuilder.scratch`)."""
+        """Remove what killed commands left in tmp/ (see :mod:`imagebuilder.scratch`) and the
+        temporary files of killed writers in the run directories (:data:`RUN_DIRS`)."""
         self.refuse_links()
-        return remove_stale(self.tmp_dir)
+        removed = remove_stale(self.tmp_dir)
+        for name in RUN_DIRS:
+            removed += [f"{name}/{entry}" for entry in remove_stale_temps(self.root / name)]
+        return removed
 
     def get_or_make(self, key: str, produce: Callable[[Path], None]) -> tuple[Path, bool]:
         """``(path, was_hit)``: the output for ``key``, produced and stored on a miss."""

@@ -4,6 +4,7 @@ scratch of a live command is never touched. Real processes, really killed."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -184,3 +185,39 @@ def test_a_tree_thousands_of_levels_deep_is_removed(tmp_path: Path) -> None:
     _deep_tree(left, 1200)
     assert remove_stale(stale, "imagebuilder-")
     assert not left.exists()
+
+
+def _leftovers(home: Path, digest: str) -> list[Path]:
+    """Temporary files as a ``run`` killed while it wrote its initrd, kernel and disk leaves
+    them (its flock gone with it)."""
+    hexdigest = digest.removeprefix("sha256:")
+    paths = [home / "cache" / "initrd" / f".{hexdigest}.cpio.0123456789ab.tmp",
+             home / "cache" / "initrd" / f".{hexdigest}.initrd.23456789abcd.tmp",
+             home / "cache" / "kernel" / f".{hexdigest}.vmlinux.456789abcdef.tmp",
+             home / "cache" / "disks" / f".{hexdigest}.raw.6789abcdef01.tmp"]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half an initrd")
+    return paths
+
+
+@pytest.mark.parametrize("command", [["run", "hello:1.0.0"], ["gc"]])
+def test_the_next_command_removes_a_killed_runs_temporary_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-qemu"))  # run stops once it needs QEMU
+    store = Store(home / "store")
+    digest = store.put_image("hello:1.0.0", {"name": "hello", "version": "1.0.0"}, [
+        store.add_blob_bytes(b"not a kernel", KERNEL_MEDIA_TYPE),
+        store.add_blob_bytes(b"a layer", KERNEL_MEDIA_TYPE)])
+    left = _leftovers(home, digest)
+    live = home / "cache" / "initrd" / ".other.initrd.0123456789ab.tmp"
+    with open(live, "wb") as held:  # a run writing now: kept
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(command) == (1 if command[0] == "run" else 0)  # run: no QEMU here
+        assert [path for path in left if path.exists()] == []
+        assert live.exists()
+    assert "Traceback" not in capsys.readouterr().err

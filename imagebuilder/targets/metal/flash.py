@@ -68,7 +68,9 @@ from ...disk import gpt
 from ...disk.model import Disk, FileSlice
 from ...errors import HostError, UserError
 from ...formats.bmap import BLOCK_SIZE, Bmap, disk_of_image, mapped_runs
+from ...fsutil import disk_full
 from ...hashing.core import digest_fd
+from ...store.oci import oci_digest
 from .blockdev import Host, Target, check_target, refuse_sources
 
 UNIT = 4 << 20
@@ -499,8 +501,9 @@ def _sync(target: Target, fd: int) -> None:
 
 
 def _write_error(target: Target, e: OSError, what: str) -> Exception:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return HostError(f"no space left on {target.path} while {what}")
+    full = disk_full(e, f"{target.path} ({what})")
+    if full is not None:
+        return full
     if e.errno in (errno.ENODEV, errno.ENXIO):
         return HostError(f"{target.path} disappeared while {what}: the disk is incomplete")
     return HostError(f"{what} of {target.path} failed: {e.strerror or e}; the disk is "
@@ -514,7 +517,7 @@ def check_disk_digest(target: Path, size: int, digest: str) -> None:
         got = digest_fd(fd, ("sha256",))
     finally:
         os.close(fd)
-    if got.size != size or f"sha256:{got.sha256}" != digest:
+    if got.size != size or oci_digest(got.sha256) != digest:
         raise HostError(f"verify: {target} hashes to sha256:{got.sha256[:12]} ({got.size} bytes),"
                         f" not the image's disk digest {digest[:19]} ({size} bytes); flash it "
                         "again")

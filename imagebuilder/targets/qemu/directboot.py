@@ -21,7 +21,6 @@ The image itself (its digests, its disk, what BIOS/UEFI boots) does not change.
 from __future__ import annotations
 
 import lzma
-import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import zstandard
 
+from ...fsutil import write_atomic
 from ...store.layout import Image, Store
 
 #: A plain initrd is used when it is at most this share of the guest's memory.
@@ -117,7 +117,7 @@ def kernel_for(store: Store, image: Image, cache_dir: Path) -> Path:
     if kernel is None:
         none.touch()
         return bzimage
-    _write_atomic(path, iter([kernel]))
+    write_atomic(path, kernel)
     return path
 
 
@@ -126,7 +126,7 @@ def plain_initrd_for(store: Store, image: Image, cache_dir: Path) -> Path:
     path = cache_dir / f"{image.digest.removeprefix('sha256:')}.cpio"
     if not path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, _plain_layers(store, image))
+        write_atomic(path, _plain_layers(store, image))
     return path
 
 
@@ -146,15 +146,3 @@ def fits(initrd: Path, memory_mib: int) -> bool:
     docstring)."""
     return initrd.stat().st_size <= memory_mib * (1 << 20) * PLAIN_INITRD_SHARE
 
-
-def _write_atomic(path: Path, chunks: Iterator[bytes]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

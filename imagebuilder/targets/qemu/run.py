@@ -38,6 +38,7 @@ from typing import IO
 
 from ...disk.configdrive import write_config_drive
 from ...errors import HostError, UserError
+from ...fsutil import write_atomic
 from ...proc import require
 from ...store import blobs
 from ...store.layout import Image, Store
@@ -138,17 +139,9 @@ def initrd_for(store: Store, image: Image, cache_dir: Path) -> Path:
     if path.exists():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            for layer in image.layers[1:]:
-                for chunk in blobs.verified_chunks(store.blob_path(layer.digest), layer.digest):
-                    out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, (chunk for layer in image.layers[1:]
+                        for chunk in blobs.verified_chunks(store.blob_path(layer.digest),
+                                                           layer.digest)))
     return path
 
 
@@ -233,6 +226,9 @@ def qmp(run_dir: Path, command: str) -> None:
 
 def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
     """A run directory with the config drive; the VM id, the directory and the initrd."""
+    from ...store.cache import Cache
+    cache = Cache(runs.parent / "cache")
+    cache.remove_stale()  # what a killed run or build left half-written: first, whatever fails
     spec.image.boot_layers()
     for forward in spec.ports:
         check_port_free(forward)
@@ -241,9 +237,8 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
     if spec.jit == "c1" and spec.boot not in ("direct", "microvm"):
         raise UserError(f"--jit c1 needs a microvm or direct boot ({spec.boot} boots the disk, "
                         "whose boot loader takes no added option): add --boot microvm or direct")
-    from ...store.cache import Cache
     from . import memory
-    needs = memory.image_needs(Cache(runs.parent / "cache"), store, spec.image)
+    needs = memory.image_needs(cache, store, spec.image)
     memory.check(needs, spec.memory, spec.boot, spec.image.ref)
     media = _boot_media(spec, store, runs.parent / "cache")
     vm_id = vms.new_vm_id(spec.image.name)
@@ -253,7 +248,7 @@ def prepare(spec: RunSpec, store: Store, runs: Path) -> tuple[str, Path, Path]:
         write_config_drive(run_dir / "config.iso", spec.env_name, spec.env_vars)
     if spec.boot == "uefi":
         shutil.copyfile(OVMF_VARS, run_dir / "ovmf-vars.fd")
-    (run_dir / "image").write_text(f"{spec.image.ref} {spec.image.digest}\n")
+    write_atomic(run_dir / "image", f"{spec.image.ref} {spec.image.digest}\n".encode())
     return vm_id, run_dir, media
 
 
