@@ -19,14 +19,7 @@ from imagebuilder.disk import gpt
 from imagebuilder.disk.boot import BootSource
 from imagebuilder.errors import HostError, UserError
 from imagebuilder.formats.iso import VOLUME_ID, write_iso
-
-try:  # pytest puts tests/unit itself on sys.path while it is no package
-    import test_bootable as tb
-except ImportError:
-    from tests.unit import test_bootable as tb  # type: ignore[no-redef]
-
-# the fixtures this module shares with test_bootable.py
-boot_kernel, payload = tb.boot_kernel, tb.payload
+from tests.unit import boot_fixture as tb
 
 CMDLINE = tb.CMDLINE
 

@@ -2,21 +2,16 @@
 
 An app that dies of a JDK class left out of the image must say on the console which module to
 add and with which key. The "app" here is busybox awk printing what a JVM prints when a class of
-java.sql is missing, in the sandbox of tests/unit/test_init.py.
+java.sql is missing, in the init's sandbox (tests/unit/guest_fixture.py).
 """
 
 from __future__ import annotations
 
 import pytest
 
-try:
-    import test_init
-except ImportError:  # run as a package
-    from tests.unit import test_init  # type: ignore[no-redef]
+from tests.unit.guest_fixture import Guest, needs_sandbox
 
-Guest = test_init.Guest
-guest = test_init.guest
-pytestmark = test_init.pytestmark
+pytestmark = needs_sandbox
 
 TRACE = ('BEGIN { print "starting"; '
          'print "Exception in thread \\"main\\" java.lang.NoClassDefFoundError: '
