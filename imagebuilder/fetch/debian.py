@@ -8,7 +8,8 @@ download is checked against the link above it before anything uses it.
 
 ``Archive`` answers "what is in the suite" (``packages``), "what must I install to get these"
 (``resolve``) and "give me the verified bytes" (``fetch``). ``fetch_locked`` serves a build from
-a lock file: with a warm cache it touches no network at all.
+a lock file: with a warm cache it touches no network at all. The archive's text itself (Release
+and Packages files, version order) is read by :mod:`imagebuilder.fetch.debindex`.
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ from __future__ import annotations
 import gzip
 import hashlib
 import lzma
-import os
-import re
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from functools import cache, lru_cache
 from pathlib import Path
 
 import requests
 
 from .. import proc, progress
 from ..errors import FetchError, HostError, IntegrityError, NotFoundError
+from ..fsutil import write_atomic
 from . import http
+from .debindex import Package, parse_packages, parse_release, providers_map
 from .lock import LockEntry
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -40,26 +39,6 @@ USER_AGENT = "imagebuilder/0.1 (+python-requests)"
 
 class SuiteNotFoundError(NotFoundError, FetchError):
     """The mirror has no such suite: usually a typo in ``[system] suite`` or a wrong mirror."""
-
-
-@dataclass(frozen=True, slots=True)
-class Package:
-    """One binary package of the index, with what is needed to fetch and resolve it."""
-
-    name: str
-    version: str
-    arch: str
-    filename: str  # pool path relative to the mirror
-    sha256: str
-    size: int
-    depends: tuple[tuple[str, ...], ...]  # Pre-Depends + Depends; inner tuple = alternatives
-    provides: tuple[str, ...]
-    #: Recommends: where trixie's JRE names the libraries only some of its natives need.
-    recommends: tuple[tuple[str, ...], ...] = ()
-
-    def lock_entry(self) -> LockEntry:
-        """This package pinned for a lock file."""
-        return LockEntry(self.name, self.version, self.filename, self.sha256, self.size)
 
 
 class Archive:
@@ -207,7 +186,7 @@ class Archive:
                     f"uncompressed Packages index of {self.suite} has sha256 {actual}, "
                     f"expected {plain[0]}; it was discarded"
                 )
-            _write_atomic(self._index_path(plain[0]), data)
+            _store(self._index_path(plain[0]), data)
             packed.unlink(missing_ok=True)
         return data
 
@@ -359,140 +338,6 @@ def _fetch_deb(
     )
 
 
-# -- parsing ------------------------------------------------------------------------------------
-
-
-def parse_release(text: str) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
-    """Fields (lower-cased names) and the SHA256 section (path -> (sha256, size)) of a Release."""
-    fields: dict[str, str] = {}
-    files: dict[str, tuple[str, int]] = {}
-    section = ""
-    for line in text.splitlines():
-        if line[:1] in (" ", "\t"):
-            words = line.split()
-            if section == "sha256" and len(words) == 3 and words[1].isdigit():
-                files[words[2]] = (words[0].lower(), int(words[1]))
-            continue
-        name, sep, value = line.partition(":")
-        if sep:
-            section = name.strip().lower()
-            fields[section] = value.strip()
-    return fields, files
-
-
-_FIELD = re.compile(
-    rb"^(Package|Version|Architecture|Filename|Size|SHA256|Depends|Pre-Depends|Provides|Recommends):"
-    rb"[ \t]*(.*)$",
-    re.MULTILINE,
-)
-# versions, arch qualifiers/restrictions, build profiles and blanks: what is left is names
-_DROP = re.compile(rb"\([^)]*\)|:[A-Za-z0-9_-]+|\[[^]]*\]|<[^>]*>|\s+")
-
-
-def parse_packages(data: bytes, into: dict[str, Package]) -> dict[str, Package]:
-    """Add the stanzas of a Packages index to ``into`` (keeping the newest of a name)."""
-    for stanza in data.split(b"\n\n"):
-        fields = dict(_FIELD.findall(stanza))
-        name = fields.get(b"Package")
-        filename = fields.get(b"Filename")
-        if not name or not filename:
-            continue
-        pkg = Package(
-            name=name.strip().decode(),
-            version=fields.get(b"Version", b"").strip().decode(),
-            arch=fields.get(b"Architecture", b"").strip().decode(),
-            filename=filename.strip().decode(),
-            sha256=fields.get(b"SHA256", b"").strip().decode(),
-            size=int(fields.get(b"Size", b"0").strip() or 0),
-            depends=_depends(fields.get(b"Pre-Depends", b""))
-            + _depends(fields.get(b"Depends", b"")),
-            provides=_provides(fields.get(b"Provides", b"")),
-            recommends=_depends(fields.get(b"Recommends", b"")),
-        )
-        old = into.get(pkg.name)
-        if old is None or compare_versions(pkg.version, old.version) > 0:
-            into[pkg.name] = pkg
-    return into
-
-
-def providers_map(packages: Iterable[Package]) -> dict[str, list[str]]:
-    """Virtual package name -> names of the packages providing it, sorted."""
-    providers: dict[str, list[str]] = {}
-    for pkg in packages:
-        for virtual in pkg.provides:
-            providers.setdefault(virtual, []).append(pkg.name)
-    return {virtual: sorted(names) for virtual, names in providers.items()}
-
-
-@lru_cache(maxsize=65536)
-def _depends(field: bytes) -> tuple[tuple[str, ...], ...]:
-    """``a (>= 1), b:any | c [amd64]`` -> (("a",), ("b", "c")): names only, in order."""
-    if not field:
-        return ()
-    groups = _DROP.sub(b"", field).decode().split(",")
-    return tuple(map(_alternatives, filter(None, groups)))
-
-
-@cache
-def _alternatives(group: str) -> tuple[str, ...]:
-    return tuple(group.split("|"))
-
-
-@lru_cache(maxsize=65536)
-def _provides(field: bytes) -> tuple[str, ...]:
-    return tuple(name for group in _depends(field) for name in group)
-
-
-# -- Debian version ordering (dpkg's algorithm) -------------------------------------------------
-
-
-def compare_versions(a: str, b: str) -> int:
-    """Negative, zero or positive as Debian version ``a`` is older, equal or newer than ``b``."""
-    epoch_a, upstream_a, revision_a = _split_version(a)
-    epoch_b, upstream_b, revision_b = _split_version(b)
-    if epoch_a != epoch_b:
-        return epoch_a - epoch_b
-    return _compare_part(upstream_a, upstream_b) or _compare_part(revision_a, revision_b)
-
-
-def _split_version(version: str) -> tuple[int, str, str]:
-    epoch, colon, rest = version.partition(":")
-    if not colon:
-        epoch, rest = "0", version
-    upstream, dash, revision = rest.rpartition("-")
-    if not dash:
-        upstream, revision = rest, ""
-    return int(epoch) if epoch.isdigit() else 0, upstream, revision
-
-
-def _order(char: str) -> int:
-    if char.isalpha():
-        return ord(char)
-    if char == "~":
-        return -1
-    return ord(char) + 256
-
-
-def _compare_part(a: str, b: str) -> int:
-    i = j = 0
-    while i < len(a) or j < len(b):
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
-            ca = _order(a[i]) if i < len(a) and not a[i].isdigit() else 0
-            cb = _order(b[j]) if j < len(b) and not b[j].isdigit() else 0
-            if ca != cb:
-                return ca - cb
-            i, j = i + 1, j + 1
-        start_i, start_j = i, j
-        while i < len(a) and a[i].isdigit():
-            i += 1
-        while j < len(b) and b[j].isdigit():
-            j += 1
-        na, nb = int(a[start_i:i] or 0), int(b[start_j:j] or 0)
-        if na != nb:
-            return na - nb
-    return 0
-
-
 # -- small helpers ------------------------------------------------------------------------------
 
 
@@ -522,6 +367,11 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _store(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data, mode=0o644)
+
+
 def _read_verified(path: Path, sha256: str) -> bytes | None:
     """The bytes of ``path`` if it exists and hashes to ``sha256`` (else it is removed)."""
     try:
@@ -532,18 +382,3 @@ def _read_verified(path: Path, sha256: str) -> bytes | None:
         return data
     path.unlink(missing_ok=True)
     return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

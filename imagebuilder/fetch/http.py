@@ -27,7 +27,7 @@ import requests
 
 from .. import progress
 from ..errors import FetchError, IntegrityError
-from ..fsutil import fsync_dir
+from ..fsutil import commit
 
 CHUNK = 1024 * 1024
 RETRIES = 4
@@ -71,8 +71,7 @@ def download(
             f"{url} did not verify: expected sha256 {sha256 or '(any)'} size {size}, "
             f"got sha256 {digest} size {actual_size}; the download was discarded"
         )
-    os.replace(part, dest)
-    fsync_dir(dest.parent)
+    commit(part, dest)  # its fsync is done (free), then the rename and the directory's
     return dest
 
 

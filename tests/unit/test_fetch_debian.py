@@ -16,15 +16,8 @@ import requests
 
 from imagebuilder.errors import FetchError, IntegrityError, NotFoundError, UserError
 from imagebuilder.fetch.deb import extract_deb
-from imagebuilder.fetch.debian import (
-    Archive,
-    Package,
-    SuiteNotFoundError,
-    compare_versions,
-    deb_path,
-    fetch_locked,
-    parse_packages,
-)
+from imagebuilder.fetch.debian import Archive, SuiteNotFoundError, deb_path, fetch_locked
+from imagebuilder.fetch.debindex import Package, compare_versions, parse_packages
 from imagebuilder.fetch.sources import mirror_from_apt
 
 try:  # pytest puts tests/unit itself on sys.path while it is no package
