@@ -12,7 +12,7 @@ PACKAGES="python3 python3-venv qemu-system-x86 qemu-utils ovmf gpgv debian-archi
   skopeo time docker-registry bmap-tools ipxe-qemu libarchive-tools iproute2 erofs-utils \
   libjakarta-servlet-api-java libservlet-api-java libjackson2-databind-java \
   jython libzookeeper-java tomcat10-common libtomcat10-java"
-# The last line: the corpus of tests/corpus.py runs Jython and ZooKeeper on the host with the
+# The last line: the corpus of support/corpus.py runs Jython and ZooKeeper on the host with the
 # libraries their jars name in /usr/share/java, and the examples war on Debian's Tomcat.
 missing=""
 for p in $PACKAGES; do
