@@ -16,11 +16,12 @@ urllib.parse and urllib3 read some authorities differently (``https://a\\@b/`` i
 one, ``a`` to the other); a URL holding a backslash, userinfo, a control character or
 whitespace is refused outright (:func:`_oddity`).
 
-What the registry sends is bounded before it is trusted: a manifest is read as a stream and the
-read stops at :data:`imagebuilder.registry.manifest.MAX_MANIFEST_BYTES`, whatever Content-Length
-says; a blob is streamed into the store's staging directory, hashed as it arrives and cut off at the
-size its descriptor gives. What push sends is hashed as it goes, so a blob damaged in the local
-store is never uploaded (:class:`_SentDigest`).
+What the registry sends is bounded before it is trusted (:mod:`.streams`): a manifest is read as
+a stream and the read stops at :data:`imagebuilder.registry.manifest.MAX_MANIFEST_BYTES`, whatever
+Content-Length says; a blob comes back as a :class:`~.streams.VerifiedStream`, hashed as it is read
+and cut off at the size its descriptor gives, which the caller hands to the store to write. What
+push sends is the caller's stream of the local blob (:mod:`.transfer` checks it as it goes): the
+client reads and writes no store.
 """
 
 from __future__ import annotations
@@ -32,21 +33,21 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from urllib3.util import parse_url
 
-from ..errors import FetchError, NotFoundError, UserError
-from ..hashing.core import MultiHasher
-from ..store import blobs
-from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Store
-from ..store.oci import oci_digest, sha256_digest
+from ..errors import NotFoundError, UserError
+from ..store.oci import MANIFEST_MEDIA_TYPE, sha256_digest
+from . import streams
 from .creds import credentials_for, docker_config_path, parse_challenge
 from .manifest import MAX_MANIFEST_BYTES, load_object
 from .refs import DIGEST_RE, is_loopback
+from .streams import RegistryError, VerifiedStream, error_detail, short
 
-CHUNK = 1 << 20
+__all__ = ["Body", "Client", "RegistryAuthError", "RegistryError", "VerifiedStream"]
+
 DEFAULT_CHUNK_SIZE = 64 << 20
 """Blobs larger than this are uploaded in chunks of this size (PATCH); smaller in one PUT."""
 RETRIES = 2
@@ -64,12 +65,16 @@ ACCEPT = ", ".join([
 ])
 
 
-class RegistryError(FetchError):
-    """The registry is down, failed (5xx) or answered something that breaks the protocol."""
-
-
 class RegistryAuthError(UserError):
     """The registry refused our credentials (401) or the permission (403)."""
+
+
+class Body(Protocol):
+    """A request body sent as a stream, of known length (requests sends Content-Length)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[bytes]: ...
 
 
 class Client:
@@ -182,7 +187,7 @@ class Client:
                                             allow_redirects=False)
         except requests.RequestException as e:
             raise RegistryError(f"cannot get a token for {self.host} from {realm}: "
-                                f"{_short(e)}") from None
+                                f"{short(e)}") from None
         if response.status_code != 200:
             response.close()
         if response.status_code in (401, 403):
@@ -231,9 +236,9 @@ class Client:
                 hint = (" (plain HTTP? pass --insecure for a registry on loopback)"
                         if is_loopback(self.host) and not self.insecure else "")
                 raise RegistryError(f"TLS with registry {self.host} failed{hint}: "
-                                    f"{_short(e)}") from None
+                                    f"{short(e)}") from None
             except requests.ConnectionError as e:
-                last = f"cannot connect ({_short(e)}); is it running?"
+                last = f"cannot connect ({short(e)}); is it running?"
                 continue
             except requests.Timeout:
                 last = "timed out"
@@ -241,7 +246,7 @@ class Client:
             if response.status_code in ok:
                 return response
             if response.status_code in TRANSIENT_STATUS:
-                last = f"HTTP {response.status_code}{_error_detail(response)}"
+                last = f"HTTP {response.status_code}{error_detail(response)}"
                 response.close()
                 continue
             self._raise_for(response, what)
@@ -289,7 +294,7 @@ class Client:
 
     def _raise_for(self, response: requests.Response, what: str) -> None:
         status = response.status_code
-        detail = _error_detail(response)
+        detail = error_detail(response)
         response.close()
         if status == 401:
             creds = credentials_for(self.host, self.docker_config)
@@ -348,23 +353,8 @@ class Client:
         return data, str(load_object(data, what).get("mediaType") or media_type)
 
     def read_capped(self, response: requests.Response, cap: int, what: str) -> bytes:
-        """The body of ``response`` (sent with stream=True), or a RegistryError as soon as it
-        passes ``cap`` bytes: what a registry sends is never held whole before it is bounded."""
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > cap:
-            raise RegistryError(f"{what} from {self.host} is {int(length)} bytes, over the "
-                                f"limit of {cap}; refused")
-        data = bytearray()
-        try:
-            for chunk in response.iter_content(64 << 10):
-                data += chunk
-                if len(data) > cap:
-                    raise RegistryError(f"{what} from {self.host} is larger than the limit of "
-                                        f"{cap} bytes; refused")
-        except requests.RequestException as e:
-            raise RegistryError(f"registry {self.host} failed to send {what}: {_short(e)}"
-                                ) from None
-        return bytes(data)
+        """:func:`.streams.read_capped` of this registry's ``response``."""
+        return streams.read_capped(response, cap, what, self.host)
 
     def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
         response = self.request(
@@ -404,115 +394,45 @@ class Client:
         self.is_own(url, "an upload Location")
         return url
 
-    def upload(self, repo: str, url: str, path: Path, desc: Descriptor, chunk_size: int,
-               progress: Callable[[int], None]) -> None:
-        """Send blob ``path`` to the upload session at ``url``: one PUT, or PATCH chunks then
-        a closing PUT when it is larger than ``chunk_size``."""
+    def upload(self, repo: str, url: str, digest: str, size: int,
+               body: Callable[[int, int], Body], chunk_size: int) -> None:
+        """Send blob ``digest`` (``size`` bytes; ``body(offset, length)`` streams a range of
+        it, again if a request is sent again) to the upload session at ``url``: one PUT, or
+        PATCH chunks then a closing PUT when it is larger than ``chunk_size``."""
         scope = _push(repo)
-        what = f"upload blob {desc.digest[:19]} to {repo}"
-        check = _SentDigest(path, desc)
-        if desc.size <= chunk_size:
+        what = f"upload blob {digest[:19]} to {repo}"
+        if size <= chunk_size:
             response = self.request(
-                "PUT", _with_query(url, digest=desc.digest), scope=scope, ok=(201,),
-                what=what, retry=False,
-                headers={"Content-Type": "application/octet-stream"},
-                body=lambda: _FileBody(path, 0, desc.size, progress, check))
+                "PUT", _with_query(url, digest=digest), scope=scope, ok=(201,), what=what,
+                retry=False, headers={"Content-Type": "application/octet-stream"},
+                body=lambda: body(0, size))
             response.close()
             return
         offset = 0
-        while offset < desc.size:
-            length = min(chunk_size, desc.size - offset)
+        while offset < size:
+            length = min(chunk_size, size - offset)
             start = offset
             response = self.request(
                 "PATCH", url, scope=scope, ok=(202,), what=what, retry=False,
                 headers={"Content-Type": "application/octet-stream",
                          "Content-Range": f"{start}-{start + length - 1}"},
-                body=lambda s=start, n=length: _FileBody(path, s, n, progress,  # type: ignore[misc]
-                                                         check))
+                body=lambda s=start, n=length: body(s, n))  # type: ignore[misc]
             response.close()
             url = self._location(response)
             offset += length
-        response = self.request("PUT", _with_query(url, digest=desc.digest), scope=scope,
+        response = self.request("PUT", _with_query(url, digest=digest), scope=scope,
                                 ok=(201,), what=what, retry=False,
                                 headers={"Content-Type": "application/octet-stream"})
         response.close()
 
-    def fetch_blob(self, repo: str, desc: Descriptor, store: Store, staging: Path,
-                   progress: Callable[[int], None]) -> Path:
-        """Stream blob ``desc`` into ``staging``, verified (IntegrityError if not)."""
-        last: Exception | None = None
-        for attempt in range(RETRIES + 1):
-            if attempt:
-                time.sleep(RETRY_BASE_DELAY * 2 ** (attempt - 1))
-            response = self.request("GET", f"/v2/{repo}/blobs/{desc.digest}", scope=_pull(repo),
-                                    ok=(200,), what=f"get blob {desc.digest[:19]} from {repo}",
-                                    stream=True)
-            received = 0
-
-            def chunks(r: requests.Response = response) -> Iterator[bytes]:
-                nonlocal received
-                for chunk in r.iter_content(CHUNK):
-                    received += len(chunk)
-                    progress(len(chunk))
-                    yield chunk
-
-            try:
-                with response:
-                    return store.receive_blob(staging, desc.digest, desc.size, chunks())
-            except requests.RequestException as e:
-                progress(-received)
-                last = e
-        raise RegistryError(f"registry {self.host} failed to send blob {desc.digest[:19]}: "
-                            f"{_short(last or Exception())}")
-
-
-class _SentDigest:
-    """The SHA-256 of a blob as its bytes are sent, in order, whatever the chunking; a range
-    sent again (after an auth challenge) is not hashed twice. Once the last byte has gone,
-    DamagedError unless it is the blob's digest: a damaged local blob is never pushed."""
-
-    def __init__(self, path: Path, desc: Descriptor) -> None:
-        self.path, self.digest, self.size = path, desc.digest, desc.size
-        self.hasher = MultiHasher(("sha256",))
-
-    def add(self, offset: int, data: bytes) -> None:
-        if offset == self.hasher.size:
-            self.hasher.update(data)
-        if self.hasher.size == self.size:
-            actual = self.hasher.hexdigests()["sha256"]
-            if oci_digest(actual) != self.digest:
-                raise blobs.mismatch(self.path, self.digest, actual)
-
-
-class _FileBody:
-    """A request body streaming ``length`` bytes of a file from ``offset`` in 1 MiB reads;
-    ``len()`` gives requests the Content-Length. What it sends goes through ``check``."""
-
-    def __init__(self, path: Path, offset: int, length: int,
-                 progress: Callable[[int], None], check: _SentDigest) -> None:
-        self.path, self.offset, self.length, self.progress = path, offset, length, progress
-        self.check = check
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            f = open(self.path, "rb")  # noqa: SIM115
-        except FileNotFoundError:
-            raise blobs.missing(self.path, self.check.digest) from None
-        with f:
-            f.seek(self.offset)
-            left, pos = self.length, self.offset
-            while left:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    raise blobs.mismatch(self.path, self.check.digest, "(shorter than recorded)")
-                self.check.add(pos, chunk)  # raises before the last chunk leaves if damaged
-                left -= len(chunk)
-                pos += len(chunk)
-                self.progress(len(chunk))
-                yield chunk
+    def blob_stream(self, repo: str, digest: str, size: int,
+                    progress: Callable[[int], None]) -> VerifiedStream:
+        """Blob ``digest`` of ``repo`` (``size`` bytes, as its descriptor says) as a stream
+        checked as it is read (:class:`~.streams.VerifiedStream`); close it when done."""
+        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=_pull(repo),
+                                ok=(200,), what=f"get blob {digest[:19]} from {repo}",
+                                stream=True)
+        return VerifiedStream(response, digest, size, self.host, progress)
 
 
 def _pull(repo: str) -> str:
@@ -567,19 +487,3 @@ def _url(url: str) -> str:
 
 
 sha256_of = sha256_digest
-
-
-def _error_detail(response: requests.Response) -> str:
-    """The first error of a registry's JSON error body (at most 64 KiB of it is read)."""
-    try:
-        body = next(response.iter_content(64 << 10), b"") if response.request.method != "HEAD" \
-            else b""
-        first = (json.loads(body).get("errors") or [])[0]
-        return f": {first.get('code', '')} {first.get('message', '')}".rstrip()[:300]
-    except (ValueError, AttributeError, IndexError, TypeError, requests.RequestException):
-        return ""
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."

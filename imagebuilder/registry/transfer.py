@@ -12,9 +12,12 @@ the store: an OCI manifest, its config and its layers. This module speaks the di
   never names a manifest whose blobs are missing, however a push is interrupted; a rerun sends
   only what is still missing. A tag that already names another manifest is not moved without
   ``force``.
-- pull streams every blob into a scratch directory of the store while hashing it, checks digest
-  and size, and only then moves the blobs and the manifest into the store, so the store is left
-  as it was if anything fails. Memory stays flat whatever the layer size.
+- pull takes every blob from the client as a verified stream (hashed as it is read, cut off at
+  its size) and has the store write it into a scratch directory of its own; only once every blob
+  verified does the store move the blobs and the manifest in, so it is left as it was if anything
+  fails. Memory stays flat whatever the layer size. A stream that breaks is fetched again.
+- what push sends is read from the store's blob and hashed as it goes (:class:`SentDigest`), so
+  a blob damaged in the local store is never uploaded.
 - what a registry sends is checked in shape before it is used
   (:mod:`imagebuilder.registry.manifest`): a malformed manifest or config, or one with no layers,
   is one line and nothing is stored.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +39,16 @@ from typing import Any
 
 from ..errors import NotFoundError, UserError
 from ..fsutil import write_atomic
+from ..hashing.core import MultiHasher
+from ..store import blobs
 from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Image, Store, split_ref
+from ..store.oci import oci_digest
 from . import client as regclient
 from .client import DEFAULT_CHUNK_SIZE, RETRIES, WORKERS, Client, RegistryAuthError, RegistryError
 from .creds import credentials_for, docker_config_path
 from .manifest import parse_config, parse_manifest
 from .refs import RegistryRef, is_loopback
+from .streams import CHUNK, StreamBroken
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "BlobLocations", "Client", "RegistryAuthError", "RegistryError",
@@ -163,7 +170,8 @@ def push(store: Store, image: Image, target: RegistryRef, client: Client, *,
                 url = client.start_upload(repo)
             before = sent[0]
             try:
-                client.upload(repo, url, store.blob_path(desc.digest), desc, chunk_size, count)
+                client.upload(repo, url, desc.digest, desc.size,
+                              blob_body(store.blob_path(desc.digest), desc, count), chunk_size)
                 return "sent"
             except RegistryError:
                 count(before - sent[0])  # do not count what the failed attempt sent
@@ -219,7 +227,7 @@ def pull(store: Store, source: RegistryRef, client: Client, *, force: bool = Fal
         update(n)
 
     def fetch(desc: Descriptor) -> Path:
-        return client.fetch_blob(repo, desc, store, staging, count)
+        return _fetch(client, repo, desc, store, staging, count)
 
     with store.staging() as staging:
         staged: dict[str, Path] = {}
@@ -249,3 +257,78 @@ def _unique(descs: list[Descriptor]) -> list[Descriptor]:
     for d in descs:
         seen.setdefault(d.digest, d)
     return list(seen.values())
+
+
+def _fetch(client: Client, repo: str, desc: Descriptor, store: Store, staging: Path,
+           progress: Callable[[int], None]) -> Path:
+    """Blob ``desc`` written by the store into ``staging`` from the client's verified stream
+    (IntegrityError if it does not verify); a stream that breaks is fetched again."""
+    last: StreamBroken | None = None
+    for attempt in range(RETRIES + 1):
+        if attempt:
+            time.sleep(regclient.RETRY_BASE_DELAY * 2 ** (attempt - 1))
+        stream = client.blob_stream(repo, desc.digest, desc.size, progress)
+        try:
+            with stream:
+                return store.receive_blob(staging, desc.digest, desc.size, stream)
+        except StreamBroken as e:
+            progress(-stream.received)
+            last = e
+    assert last is not None
+    raise last
+
+
+def blob_body(path: Path, desc: Descriptor,
+               progress: Callable[[int], None]) -> Callable[[int, int], FileBody]:
+    """What :meth:`Client.upload` sends of the local blob: its ranges, hashed as they go."""
+    check = SentDigest(path, desc)
+    return lambda offset, length: FileBody(path, offset, length, progress, check)
+
+
+class SentDigest:
+    """The SHA-256 of a blob as its bytes are sent, in order, whatever the chunking; a range
+    sent again (after an auth challenge) is not hashed twice. Once the last byte has gone,
+    DamagedError unless it is the blob's digest: a damaged local blob is never pushed."""
+
+    def __init__(self, path: Path, desc: Descriptor) -> None:
+        self.path, self.digest, self.size = path, desc.digest, desc.size
+        self.hasher = MultiHasher(("sha256",))
+
+    def add(self, offset: int, data: bytes) -> None:
+        if offset == self.hasher.size:
+            self.hasher.update(data)
+        if self.hasher.size == self.size:
+            actual = self.hasher.hexdigests()["sha256"]
+            if oci_digest(actual) != self.digest:
+                raise blobs.mismatch(self.path, self.digest, actual)
+
+
+class FileBody:
+    """A request body streaming ``length`` bytes of a file from ``offset`` in 1 MiB reads;
+    ``len()`` gives requests the Content-Length. What it sends goes through ``check``."""
+
+    def __init__(self, path: Path, offset: int, length: int,
+                 progress: Callable[[int], None], check: SentDigest) -> None:
+        self.path, self.offset, self.length, self.progress = path, offset, length, progress
+        self.check = check
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise blobs.missing(self.path, self.check.digest) from None
+        with f:
+            f.seek(self.offset)
+            left, pos = self.length, self.offset
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise blobs.mismatch(self.path, self.check.digest, "(shorter than recorded)")
+                self.check.add(pos, chunk)  # raises before the last chunk leaves if damaged
+                left -= len(chunk)
+                pos += len(chunk)
+                self.progress(len(chunk))
+                yield chunk

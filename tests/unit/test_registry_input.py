@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.errors import ImageBuilderError
+from imagebuilder.errors import ImageBuilderError, IntegrityError
 from imagebuilder.registry import client as regclient
 from imagebuilder.registry.manifest import MAX_MANIFEST_BYTES
 from imagebuilder.registry.transfer import Client, RegistryRef, pull
@@ -293,3 +293,31 @@ def test_a_manifest_digest_header_that_is_no_sha256_digest_is_not_believed(
     hostile.manifest(body, {"Docker-Content-Digest": echoed})
     client = Client(hostile.host, insecure=True)
     assert client.manifest_digest("demo", "1.0") == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_a_blob_stream_is_checked_as_it_is_read_and_needs_no_store(hostile: Hostile) -> None:
+    client = Client(hostile.host, insecure=True)
+    data = b"layer bytes " * 100_000
+    good = hostile.blob(data)
+    seen: list[int] = []
+    with client.blob_stream("demo", good["digest"], good["size"], seen.append) as stream:
+        assert b"".join(stream) == data
+    assert sum(seen) == stream.received == len(data)
+    wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+    hostile.routes[f"/v2/demo/blobs/{wrong}"] = (200, {}, data)
+    with client.blob_stream("demo", wrong, len(data), seen.append) as stream, \
+            pytest.raises(IntegrityError, match="did not verify"):
+        list(stream)
+    hostile.routes[f"/v2/demo/blobs/{wrong}"] = (200, {}, _huge(256 << 20))
+    with client.blob_stream("demo", wrong, 10, seen.append) as stream, \
+            pytest.raises(IntegrityError, match="larger than the 10 bytes its manifest says"):
+        list(stream)
+    assert stream.received <= 2 << 20  # the read stopped at the first chunk past the size
+
+
+def test_the_registry_client_neither_imports_nor_writes_the_store() -> None:
+    """It speaks HTTP; what it returns the store writes (only the OCI vocabulary is shared)."""
+    import ast
+    tree = ast.parse(Path(regclient.__file__).read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert {m for m in modules if m.split(".")[0] == "store"} == {"store.oci"}
