@@ -113,8 +113,9 @@ def stop_cmd(vm_ids: Sequence[str], as_json: bool) -> None:
     try:
         for vm_id in vm_ids:
             vm = vms.find_vm(runs, vm_id)
+            pid = vm.pid
             qemu.stop_vm(vm)
-            stopped.append({"id": vm_id, "pid": vm.pid})
+            stopped.append({"id": vm_id, "pid": pid})
             if not as_json:
                 click.echo(f"stopped {vm_id}")
     finally:
