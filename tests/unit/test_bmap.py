@@ -7,13 +7,10 @@ import hashlib
 import os
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
-from imagebuilder.disk import gpt
-from imagebuilder.disk.model import Disk, DiskBuilder, FileSlice
 from imagebuilder.errors import UserError
 from imagebuilder.formats import write_disk
 from imagebuilder.formats.bmap import (
@@ -25,32 +22,11 @@ from imagebuilder.formats.bmap import (
     read_bmap,
     write_raw_with_bmap,
 )
+from tests.unit.disk_fixture import sample_disk, sha256
 
 BMAPTOOL = shutil.which("bmaptool")
 needs_bmaptool = pytest.mark.skipif(BMAPTOOL is None,
                                     reason="bmaptool not installed (apt-get install bmap-tools)")
-
-
-def sample_disk(tmp: Path, size: int = 16 << 20, extra: int = 0) -> Disk:
-    """A GPT disk with one partition: random data, a zero MiB inside it, an unaligned end."""
-    data = tmp / "data.bin"
-    if not data.exists():
-        rnd = os.urandom
-        data.write_bytes(rnd(1 << 20) + bytes(1 << 20) + rnd(3 * BLOCK_SIZE + 123)
-                         + bytes(BLOCK_SIZE) + rnd(777))
-    table = gpt.Gpt(size + extra, uuid.UUID(int=1), (gpt.Partition(
-        gpt.ESP_TYPE, uuid.UUID(int=2), 2048, 2048 + 8 * 2048 - 1, "EFI System Partition",
-        gpt.ATTR_LEGACY_BIOS_BOOTABLE),), b"\xeb\x63" + b"\x90" * 200, 0x1234)
-    builder = DiskBuilder(size + extra)
-    for offset, blob in table.regions():
-        builder.put(offset, blob)
-    builder.put(1 << 20, FileSlice(data, 0), data.stat().st_size)
-    builder.put(12 << 20, b"\x01" * 100)  # a lone small extent, not block aligned at its end
-    return builder.build()
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_raw_is_the_disk_and_the_map_lists_its_nonzero_blocks(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_bmap import sample_disk, sha256
 
 from imagebuilder import cli
 from imagebuilder.commands.baremetal import COMMANDS
@@ -29,6 +28,7 @@ from imagebuilder.formats.bmap import write_raw_with_bmap
 from imagebuilder.targets.metal import flash as baremetal
 from imagebuilder.targets.metal.blockdev import Host, check_target
 from imagebuilder.targets.metal.flash import flash, verify_target
+from tests.unit.disk_fixture import sample_disk, sha256
 
 FAKE_MAJOR = 60  # "local/experimental use": no driver answers it
 
