@@ -17,19 +17,19 @@ views of the non-zero runs, with the file range each came from so that the kerne
 
 :class:`DiskBuilder` assembles a disk piece by piece (``put`` at an offset), keeping extents sorted
 and merging adjacent ones; :meth:`Disk.from_file` maps an existing, possibly sparse, raw file onto
-extents with SEEK_DATA/SEEK_HOLE so its holes are never read.
+extents with SEEK_DATA/SEEK_HOLE so its holes are never read. The extents, and the open files a
+walk reads them through, are in :mod:`.extents`.
 """
 
 from __future__ import annotations
 
 import bisect
-import mmap
 import os
-import stat
 from collections.abc import Iterable, Iterator
 
 from ..errors import HostError, NotFoundError, UserError
 from ..hashing.sparse import data_extents
+from .extents import Buffer, Extent, FileRange, FileSlice, OpenFiles, Source
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pathlib (with re and enum) costs ~8 ms of every export's start-up
@@ -40,178 +40,6 @@ CHUNK_SIZE = 1 << 20
 """Default bytes per read when walking a disk: large enough for few syscalls, small for memory."""
 WINDOW_SIZE = 8 << 20
 """Guest bytes per window of :meth:`Disk.iter_nonzero` (the most one run of it covers)."""
-
-# FileSlice and Extent are plain immutable classes rather than dataclasses: importing
-# ``dataclasses`` (and ``inspect`` with it) costs about 10 ms, a tenth of a short export.
-
-
-class FileSlice:
-    """Bytes of the file at ``path`` starting at ``offset``; the length is the extent's."""
-
-    __slots__ = ("offset", "path")
-    path: Path | str
-    offset: int
-
-    def __init__(self, path: Path | str, offset: int = 0) -> None:
-        if offset < 0:
-            raise ValueError(f"negative file offset {offset} for {path}")
-        object.__setattr__(self, "path", path)
-        object.__setattr__(self, "offset", offset)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"FileSlice is immutable (cannot set {name})")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"FileSlice is immutable (cannot delete {name})")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, FileSlice)
-        return (self.path, self.offset) == (other.path, other.offset)
-
-    def __hash__(self) -> int:
-        return hash((self.path, self.offset))
-
-    def __repr__(self) -> str:
-        return f"FileSlice(path={self.path!r}, offset={self.offset!r})"
-
-
-Source = bytes | FileSlice
-Buffer = bytes | bytearray | mmap.mmap
-"""What :meth:`Disk.iter_nonzero` reads from: all three have ``find`` (a memcmp-fast zero test)."""
-FileRange = tuple[int, int]
-"""``(fd, offset)``: where in an open file a run of :meth:`Disk.iter_nonzero` lies."""
-
-
-class Extent:
-    """``length`` bytes of guest data at guest ``offset``, taken from ``source``."""
-
-    __slots__ = ("length", "offset", "source")
-    offset: int
-    length: int
-    source: Source
-
-    def __init__(self, offset: int, length: int, source: Source) -> None:
-        if offset < 0:
-            raise ValueError(f"extent at negative offset {offset}")
-        if length <= 0:
-            raise ValueError(f"extent at {offset} has non-positive length {length}")
-        if isinstance(source, bytes | bytearray | memoryview):
-            if len(source) != length:
-                raise ValueError(
-                    f"extent at {offset}: length {length} but {len(source)} bytes of data"
-                )
-            if not isinstance(source, bytes):
-                source = bytes(source)
-        elif not isinstance(source, FileSlice):
-            raise TypeError(f"extent source must be bytes or FileSlice, not {type(source)}")
-        object.__setattr__(self, "offset", offset)
-        object.__setattr__(self, "length", length)
-        object.__setattr__(self, "source", source)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Extent is immutable (cannot set {name})")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"Extent is immutable (cannot delete {name})")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Extent)
-        return (self.offset, self.length, self.source) == (
-            other.offset,
-            other.length,
-            other.source,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.offset, self.length, self.source))
-
-    def __repr__(self) -> str:
-        return f"Extent(offset={self.offset!r}, length={self.length!r}, source={self.source!r})"
-
-    @property
-    def end(self) -> int:
-        """The guest offset just past the extent."""
-        return self.offset + self.length
-
-
-class _Files:
-    """Open file descriptors for FileSlice reads during one walk, closed together."""
-
-    def __init__(self) -> None:
-        self._fds: dict[Path | str, int] = {}
-        self._mappable: dict[Path | str, int] = {}
-        """Per file: its size if it is a regular file that can be mapped, else -1."""
-
-    def fd(self, path: Path | str) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise HostError(f"cannot read {path}: {e.strerror}") from None
-            self._fds[path] = fd
-        return fd
-
-    def read(self, fs: FileSlice, start: int, length: int) -> bytes:
-        """``length`` bytes of ``fs`` from ``start`` (relative to the slice); never short."""
-        buf = bytearray(length)
-        self.readinto(fs, start, memoryview(buf))
-        return bytes(buf)
-
-    def readinto(self, fs: FileSlice, start: int, view: memoryview) -> None:
-        """Fill ``view`` with the bytes of ``fs`` from ``start``; never short."""
-        fd = self.fd(fs.path)
-        pos = fs.offset + start
-        try:
-            while view:
-                n = os.preadv(fd, [view], pos)
-                if n == 0:
-                    raise HostError(
-                        f"{fs.path} ended at byte {pos}, before the {len(view)} more bytes "
-                        "the disk needs (did it change?)"
-                    )
-                view = view[n:]
-                pos += n
-        except OSError as e:
-            raise HostError(f"cannot read {fs.path}: {e.strerror}") from None
-
-    def window(self, fs: FileSlice, start: int, length: int) -> tuple[Buffer, int]:
-        """``(buf, at)``: ``buf[at : at + length]`` are the bytes of ``fs`` from ``start``.
-
-        A read-only shared mapping of a regular file (no copy: the page cache's own pages), else
-        a new buffer filled by reading. Either way the caller owns ``buf``: it stays valid, and
-        mapped, for as long as something refers to it.
-        """
-        fd = self.fd(fs.path)
-        pos = fs.offset + start
-        size = self._mappable.get(fs.path)
-        if size is None:
-            st = os.fstat(fd)
-            size = self._mappable[fs.path] = st.st_size if stat.S_ISREG(st.st_mode) else -1
-        if size >= 0:
-            if pos + length > size:  # a mapping past the end would be a SIGBUS, not an error
-                raise HostError(
-                    f"{fs.path} ended at byte {size}, before the "
-                    f"{pos + length - max(size, pos)} more bytes the disk needs (did it change?)"
-                )
-            at = pos % mmap.ALLOCATIONGRANULARITY
-            try:
-                return mmap.mmap(fd, at + length, prot=mmap.PROT_READ, offset=pos - at), at
-            except (OSError, ValueError):  # a file system that cannot map: read instead
-                self._mappable[fs.path] = -1
-        buf = bytearray(length)
-        self.readinto(fs, start, memoryview(buf))
-        return buf, 0
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
 
 class Disk:
     """A virtual disk of ``size`` bytes: sorted, non-overlapping data extents, zeros elsewhere."""
@@ -247,7 +75,7 @@ class Disk:
         """
         if chunk <= 0:
             raise ValueError(f"chunk size {chunk} must be positive")
-        files = _Files()
+        files = OpenFiles()
         try:
             pos = 0
             for ext in self.extents:
@@ -261,7 +89,7 @@ class Disk:
             files.close()
 
     @staticmethod
-    def _iter_extent(ext: Extent, chunk: int, files: _Files) -> Iterator[tuple[int, bytes]]:
+    def _iter_extent(ext: Extent, chunk: int, files: OpenFiles) -> Iterator[tuple[int, bytes]]:
         off = ext.offset
         src = ext.source
         while off < ext.end:
@@ -279,7 +107,7 @@ class Disk:
 
         File data is read into one reused buffer: no allocation, no page faults per chunk.
         """
-        files = _Files()
+        files = OpenFiles()
         buf = memoryview(bytearray(chunk))
         try:
             for ext in self.extents:
@@ -336,7 +164,7 @@ class Disk:
 
     def iter_nonzero(
         self, block: int, window: int = WINDOW_SIZE
-    ) -> Iterator[tuple[int, memoryview, FileRange | None]]:
+    ) -> Iterator[Run]:
         """Runs of non-zero ``block``-aligned blocks, in guest order: ``(offset, view, where)``.
 
         ``view`` holds the run's bytes, a whole number of blocks (zero-filled where no extent
@@ -353,80 +181,33 @@ class Disk:
         if block <= 0:
             raise ValueError(f"block size {block} must be positive")
         window = max(block, window - window % block)
-        zero = bytes(block)
-        files = _Files()
-        pending: bytearray | None = None  # a block that extents cover only in part
-        pending_off = -1
+        files = OpenFiles()
+        partial = _PartialBlock(block)
         try:
             for ext in self.extents:
-                src = ext.source
                 head = ext.offset - ext.offset % block
                 if head != ext.offset:  # starts inside a block: assemble that block
-                    if pending is not None and pending_off != head:
-                        if pending.find(zero) != 0:
-                            yield pending_off, memoryview(pending), None
-                        pending = None
-                    if pending is None:
-                        pending, pending_off = bytearray(block), head
+                    yield from partial.start(head)
                     n = min(ext.end, head + block) - ext.offset
-                    pending[ext.offset - head : ext.offset - head + n] = self._bytes(
-                        ext, 0, n, files
-                    )
+                    partial.fill(ext.offset - head, self._bytes(ext, 0, n, files))
                     head += block
                 tail = ext.end - ext.end % block
-                if head < tail and pending is not None:  # whole blocks follow: emit pending
-                    if pending.find(zero) != 0:
-                        yield pending_off, memoryview(pending), None
-                    pending = None
+                if head < tail:  # whole blocks follow: the partial block before them is done
+                    yield from partial.flush()
                 off = head
                 while off < tail:  # whole blocks, one window at a time
                     end = min(tail, (off // window + 1) * window)
-                    rel = off - ext.offset
-                    where: FileRange | None = None
-                    if isinstance(src, bytes):
-                        buf: Buffer = src
-                        at = rel
-                    else:
-                        buf, at = files.window(src, rel, end - off)
-                        if not isinstance(buf, bytearray):  # mapped: the kernel may copy it
-                            where = (files.fd(src.path), src.offset + rel)
-                    run = -1  # start of the current run of non-zero blocks, relative to off
-                    n = end - off
-                    for j in range(0, n, block):
-                        if buf.find(zero, at + j, at + j + block) == at + j:  # all zero
-                            if run >= 0:
-                                yield (
-                                    off + run,
-                                    memoryview(buf)[at + run : at + j],
-                                    where and (where[0], where[1] + run),
-                                )
-                                run = -1
-                        elif run < 0:
-                            run = j
-                    if run >= 0:
-                        yield (
-                            off + run,
-                            memoryview(buf)[at + run : at + n],
-                            where and (where[0], where[1] + run),
-                        )
-                    del buf  # unmapped once the caller drops its views too
+                    yield from _nonzero_runs(ext, off, end, partial.zero, files)
                     off = end
                 if tail < ext.end and tail >= head:  # ends inside a block: start assembling it
-                    if pending is not None and pending_off != tail:
-                        if pending.find(zero) != 0:
-                            yield pending_off, memoryview(pending), None
-                        pending = None
-                    if pending is None:
-                        pending, pending_off = bytearray(block), tail
-                    n = ext.end - tail
-                    pending[:n] = self._bytes(ext, tail - ext.offset, n, files)
-            if pending is not None and pending.find(zero) != 0:
-                yield pending_off, memoryview(pending), None
+                    yield from partial.start(tail)
+                    partial.fill(0, self._bytes(ext, tail - ext.offset, ext.end - tail, files))
+            yield from partial.flush()
         finally:
             files.close()
 
     @staticmethod
-    def _bytes(ext: Extent, rel: int, n: int, files: _Files) -> bytes:
+    def _bytes(ext: Extent, rel: int, n: int, files: OpenFiles) -> bytes:
         src = ext.source
         if isinstance(src, bytes):
             return src[rel : rel + n]
@@ -439,7 +220,7 @@ class Disk:
         out = bytearray(length)
         end = offset + length
         i = bisect.bisect_right([e.offset for e in self.extents], offset) - 1
-        files = _Files()
+        files = OpenFiles()
         try:
             for ext in self.extents[max(i, 0) :]:
                 if ext.offset >= end:
@@ -483,6 +264,64 @@ class Disk:
         if disk_size < file_size:
             raise UserError(f"{path} ({file_size} bytes) does not fit a disk of {disk_size} bytes")
         return cls(disk_size, [Extent(o, n, FileSlice(path, o)) for o, n in ranges])
+
+
+Run = tuple[int, memoryview, FileRange | None]
+"""A run of :meth:`Disk.iter_nonzero`: guest offset, its bytes, where in a file they lie."""
+
+
+class _PartialBlock:
+    """The one block that extents cover only in part, assembled until the walk moves past it,
+    then yielded unless it is all zeros."""
+
+    def __init__(self, block: int) -> None:
+        self.zero = bytes(block)
+        self.data: bytearray | None = None
+        self.offset = -1
+
+    def start(self, offset: int) -> Iterator[Run]:
+        """Assemble the block at ``offset`` (yielding the one assembled before, if another)."""
+        if self.data is not None and self.offset != offset:
+            yield from self.flush()
+        if self.data is None:
+            self.data, self.offset = bytearray(len(self.zero)), offset
+
+    def fill(self, at: int, piece: bytes) -> None:
+        assert self.data is not None
+        self.data[at : at + len(piece)] = piece
+
+    def flush(self) -> Iterator[Run]:
+        if self.data is not None and self.data.find(self.zero) != 0:
+            yield self.offset, memoryview(self.data), None
+        self.data = None
+
+
+def _nonzero_runs(ext: Extent, off: int, end: int, zero: bytes, files: OpenFiles
+                  ) -> Iterator[Run]:
+    """The runs of non-zero blocks (``len(zero)`` bytes each) of ``ext`` between the
+    block-aligned guest offsets ``off`` and ``end`` (one window): views of ``ext``'s bytes, or
+    of a read-only mapping of its file, never a copy."""
+    block, src, rel = len(zero), ext.source, off - ext.offset
+    where: FileRange | None = None
+    if isinstance(src, bytes):
+        buf: Buffer = src
+        at = rel
+    else:
+        buf, at = files.window(src, rel, end - off)
+        if not isinstance(buf, bytearray):  # mapped: the kernel may copy it
+            where = (files.fd(src.path), src.offset + rel)
+    run = -1  # start of the current run of non-zero blocks, relative to off
+    n = end - off
+    for j in range(0, n, block):
+        if buf.find(zero, at + j, at + j + block) == at + j:  # all zero
+            if run >= 0:
+                yield off + run, memoryview(buf)[at + run : at + j], \
+                    where and (where[0], where[1] + run)
+                run = -1
+        elif run < 0:
+            run = j
+    if run >= 0:
+        yield off + run, memoryview(buf)[at + run : at + n], where and (where[0], where[1] + run)
 
 
 class DiskBuilder:
