@@ -181,6 +181,28 @@ def write_private(dest: Path | str, data: bytes) -> None:
     write_atomic(dest, data, mode=0o600)
 
 
+# --- the time stamped on what a build writes -------------------------------------------------
+
+_MAX_EPOCH = 0xFFFF_FFFF
+"""The latest time every format can hold (newc cpio's mtime is 32 bits)."""
+
+
+def source_date_epoch() -> int:
+    """``$SOURCE_DATE_EPOCH`` (reproducible-builds.org): the one time a build stamps on what it
+    writes (every layer entry's mtime, a VHD footer), 0 when unset or empty, never the wall
+    clock. Anything but a whole number of seconds from 0 to 2**32-1 is a UserError."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return 0
+    what = "negative" if raw[:1] == "-" and raw[1:].isdigit() else "not a whole number"
+    if not (raw.isascii() and raw.isdigit()):
+        raise UserError(f"SOURCE_DATE_EPOCH={raw!r} is {what}: set it to the seconds since "
+                        "1970 (0 or more) or unset it")
+    if int(raw) > _MAX_EPOCH:
+        raise UserError(f"SOURCE_DATE_EPOCH={raw} is out of range (0..{_MAX_EPOCH})")
+    return int(raw)
+
+
 # --- temporary files of killed writers -------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from ..disk import Disk
 from ..errors import HostError, UserError
 from ..fsutil import atomic_output as atomic_output  # the writers import it from here
+from ..fsutil import source_date_epoch as source_date_epoch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time (typing alone costs milliseconds of start-up)
@@ -424,19 +425,6 @@ class ContentId:
 
     def digest(self) -> bytes:
         return self._h.digest()
-
-
-def source_date_epoch() -> int:
-    """``SOURCE_DATE_EPOCH`` as an int, 0 when unset (builds never read the wall clock)."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not value:
-        return 0
-    try:
-        return max(0, int(value))
-    except ValueError:
-        raise UserError(
-            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds since 1970"
-        ) from None
 
 
 class ProgressTracker:

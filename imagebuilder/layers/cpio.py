@@ -25,6 +25,7 @@ import zstandard
 
 from ..errors import HostError, UserError
 from ..fsutil import Identity, atomic_output, open_source, shown_path, source_identity
+from ..fsutil import source_date_epoch as source_date_epoch  # the build reads it from here
 
 Kind = Literal["file", "dir", "symlink", "char", "block"]
 
@@ -371,19 +372,3 @@ def write_layer(tree: Tree, dest: Path, *, mtime: int, level: int = 19, threads:
         with compressor.stream_writer(raw, closefd=False) as zw:
             write_cpio(tree, zw, mtime=mtime)
         raw.flush()
-
-
-def source_date_epoch() -> int:
-    """``$SOURCE_DATE_EPOCH`` as an int (the fixed mtime of every entry), or 0 when unset/empty."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not raw:
-        return 0
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise UserError(
-            f"SOURCE_DATE_EPOCH={raw!r} is not an integer; set it to seconds since 1970 or unset it"
-        ) from None
-    if not 0 <= value <= _MAX_U32:
-        raise UserError(f"SOURCE_DATE_EPOCH={raw} is out of range (0..4294967295)")
-    return value

@@ -303,9 +303,12 @@ def test_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     with pytest.raises(UserError, match="SOURCE_DATE_EPOCH"):
         source_date_epoch()
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "-5")
-    with pytest.raises(UserError):
-        source_date_epoch()
+    for bad in ("-5", "+5", "5.0", "0x10", "4294967296"):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
+        with pytest.raises(UserError, match="SOURCE_DATE_EPOCH"):
+            source_date_epoch()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", " 4294967295 ")
+    assert source_date_epoch() == 0xFFFF_FFFF
 
 
 def test_a_layer_too_large_for_the_file_system_is_one_line_and_leaves_nothing(

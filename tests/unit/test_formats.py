@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder import formats
+from imagebuilder.cli import main
 from imagebuilder.disk import Disk, Extent, FileSlice
 from imagebuilder.errors import HostError, UserError
 from imagebuilder.formats import DISK_FORMATS, write_disk, writer_for
@@ -43,6 +44,8 @@ from imagebuilder.formats.vmdk import (
     Marker,
     SparseExtentHeader,
 )
+from imagebuilder.layers.cpio import Tree, write_layer
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -496,6 +499,40 @@ def test_vhd_timestamp_defaults_to_zero(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     with pytest.raises(UserError, match="SOURCE_DATE_EPOCH"):
         write_disk(Disk(MiB), tmp_path / "e.vhd", "vhd")
+
+
+def _stored_image(home: Path, work: Path) -> None:
+    """hello:1.0.0 in the store of ``home``: a stand-in kernel and three real (tiny) layers."""
+    store = Store(home / "store")
+    layers = []
+    for name in ("base", "jvm", "app"):
+        write_layer(Tree(), work / name, mtime=0)
+        layers.append(store.add_blob_file(work / name, INITRD_LAYER_MEDIA_TYPE,
+                                          {"org.opencontainers.image.title": name}))
+    kernel = store.add_blob_bytes(b"not a kernel", KERNEL_MEDIA_TYPE,
+                                  {"org.opencontainers.image.title": "vmlinuz"})
+    store.put_image("hello:1.0.0", {"name": "hello", "version": "1.0.0", "cmdline": "",
+                                    "memory": 512, "layers": ["base", "jvm", "app"]},
+                    [kernel, *layers])
+
+
+@pytest.mark.parametrize("value, what", [
+    ("-1", "negative"), ("1.5", "not a whole number"), ("1_700_000_000", "not a whole number")])
+def test_a_bad_source_date_epoch_is_one_line_and_exit_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        value: str, what: str) -> None:
+    """The export of a VHD stamps SOURCE_DATE_EPOCH as the layers do: by the same rule."""
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(tmp_path / "home"))
+    _stored_image(tmp_path / "home", tmp_path)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    code = main(["export", "hello:1.0.0", "--format", "vhd", "-o", str(out / "d.vhd")])
+    assert (code, capsys.readouterr().err) == (
+        2, f"ERROR: SOURCE_DATE_EPOCH={value!r} is {what}: set it to the seconds since 1970 "
+           "(0 or more) or unset it\n")
+    assert list(out.iterdir()) == []
 
 
 def test_writers_are_importable_by_name() -> None:

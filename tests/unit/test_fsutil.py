@@ -46,6 +46,8 @@ def writers() -> Iterator[list[subprocess.Popen[str]]]:
     for proc in procs:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _writer(dest: Path, procs: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:

@@ -54,6 +54,8 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
     for proc in procs:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _start(home: Path, children: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
