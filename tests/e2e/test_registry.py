@@ -197,10 +197,10 @@ def test_basic_auth_from_docker_config_and_credential_helper(tmp_path: Path) -> 
                           "echo '{\"Username\":\"alice\",\"Secret\":\"wonderland\"}'\n")
         helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
         config.write_text(json.dumps({"credHelpers": {reg.host: "test"}}))
-        r.extra_env["PATH"] = f"{bindir}:{os.environ['PATH']}"
+        r.extra["PATH"] = f"{bindir}:{os.environ['PATH']}"
         out = r.json("push", "sec:1.0.0", target, "--insecure")
         assert isinstance(out, dict) and out["blobs_sent"] == 3
-        pulled = docker_cli(tmp_path / "home2", tmp_path / "docker", PATH=r.extra_env["PATH"])
+        pulled = docker_cli(tmp_path / "home2", tmp_path / "docker", PATH=r.extra["PATH"])
         assert isinstance(pulled.json("pull", f"{target}:1.0.0", "--insecure"), dict)
     finally:
         reg.stop()
