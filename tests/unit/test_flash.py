@@ -26,6 +26,7 @@ from imagebuilder.errors import HostError, UserError
 from imagebuilder.formats import write_disk
 from imagebuilder.formats.bmap import write_raw_with_bmap
 from imagebuilder.targets.metal import flash as baremetal
+from imagebuilder.targets.metal import readback
 from imagebuilder.targets.metal.blockdev import Host, check_target
 from imagebuilder.targets.metal.flash import flash, verify_target
 from tests.unit.disk_fixture import sample_disk, sha256
@@ -357,7 +358,7 @@ def test_a_read_error_on_verify_names_the_range(tmp_path: Path, disk: Disk,
         raise OSError(errno.EIO, "Input/output error")
 
     flash(disk, tmp_path / "t.img", verify=False)
-    monkeypatch.setattr(baremetal, "_read_full", eio)
+    monkeypatch.setattr(readback, "read_full", eio)
     with pytest.raises(HostError) as info:
         verify_target(disk, tmp_path / "t.img")
     assert str(info.value) == (f"verify: cannot read bytes 0-4095 (block 0) of "

@@ -16,8 +16,8 @@ thread as the writing goes on: it reads every unit back as soon as it is written
 from the device rather than the page cache) and compares its XXH3-128 with the one the reader
 computed from the source: the chain map (or disk model) -> source bytes -> unit digest ->
 target holds end to end, and XXH3 keeps the read-back check at memory speed, where SHA-256
-would make it CPU-bound. A mismatch or read error names the byte and block range, and the
-partition tables are only written once all else verified.
+would make it CPU-bound (:mod:`.readback`). A mismatch or read error names the byte and block
+range, and the partition tables are only written once all else verified.
 
 Crash safety: before anything else the target's partition tables (the primary GPT at its start
 and any backup GPT at its end) are zeroed, and the image's own tables (primary and backup GPT)
@@ -69,23 +69,14 @@ from ...disk.model import Disk, FileSlice
 from ...errors import HostError, UserError
 from ...formats.bmap import BLOCK_SIZE, Bmap, disk_of_image, mapped_runs
 from ...fsutil import disk_full
-from ...hashing.core import digest_fd
-from ...store.oci import oci_digest
 from .blockdev import Host, Target, check_target, refuse_sources
+from .readback import UNIT, Progress, Unit, Verifier, check_disk_digest, verify_units
 
-UNIT = 4 << 20
-"""Largest write (and verify read): aligned, so O_DIRECT accepts it."""
 BUFFERS = 6
 """Buffers between the reader and the writer: the flash's memory is about BUFFERS * UNIT."""
-VERIFY_THREADS = 2
-"""Read-back threads, each with its own UNIT buffer."""
 _HEAD = gpt.FIRST_USABLE_LBA * gpt.SECTOR  # the protective MBR, primary header and entries
 _WIPE = 5 * BLOCK_SIZE  # whole 4 KiB blocks over the primary GPT
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
-
-Progress = Callable[[str, int], Callable[[int], None]]
-"""``progress(phase, total_bytes)`` at the start of a phase returns ``update(n_bytes)``."""
-
 
 def _open_target(target: Target, disk_size: int, private: bool = False) -> tuple[int, int]:
     """``(direct_fd, buffered_fd)``; the first is -1 when O_DIRECT is refused. A ``private``
@@ -119,21 +110,6 @@ def _open_target(target: Target, disk_size: int, private: bool = False) -> tuple
 
 
 # --- the plan: what to write, and its digests --------------------------------------------------
-
-
-@dataclass
-class Unit:
-    """One write: ``length`` bytes at ``offset`` whose XXH3-128 is ``digest``."""
-
-    offset: int
-    length: int
-    digest: bytes
-
-    def describe(self) -> str:
-        end = self.offset + self.length
-        first, last = self.offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        blocks = f"block {first}" if first == last else f"blocks {first}-{last}"
-        return f"bytes {self.offset}-{end - 1} ({blocks})"
 
 
 def _pieces(disk: Disk) -> Iterator[tuple[int, memoryview]]:
@@ -254,98 +230,6 @@ def _pwrite(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-class _Verifier:
-    """Reads written units back on :data:`VERIFY_THREADS` threads while the writer goes on,
-    and compares their XXH3-128 with the reader's. Two reads in flight keep the device busy
-    where one, waiting on each read's latency, would not."""
-
-    def __init__(self, target: Path, source: str) -> None:
-        self.target = target
-        self.source = source  # "disk" or "image": what a mismatch says the target differs from
-        self.error: BaseException | None = None
-        self.queue: queue.Queue[object] = queue.Queue()
-        fd, _ = _open_for_verify(target)  # fails here, in the caller, if it cannot be opened
-        os.close(fd)
-        self.threads = [threading.Thread(target=self._run, daemon=True,
-                                         name=f"imagebuilder-flash-verify-{i}")
-                        for i in range(VERIFY_THREADS)]
-        for t in self.threads:
-            t.start()
-
-    def put(self, unit: Unit) -> None:
-        self.queue.put(unit)
-
-    def check(self) -> None:
-        """Wait for the units put so far; raise the first mismatch or read error."""
-        self.queue.join()
-        if self.error is not None:
-            raise self.error
-
-    def finish(self) -> None:
-        """Wait for every unit; raise the first mismatch or read error."""
-        for _ in self.threads:
-            self.queue.put(_END)
-        for t in self.threads:
-            t.join()
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        reader: _ReadBack | None = None
-        try:
-            while True:
-                item = self.queue.get()
-                try:
-                    if item is _END:
-                        return
-                    assert isinstance(item, Unit)
-                    if self.error is None:
-                        reader = reader or _ReadBack(self.target)
-                        reader.check(item, self.source)
-                except BaseException as e:
-                    self.error = self.error or e
-                finally:
-                    self.queue.task_done()
-        finally:
-            if reader is not None:
-                reader.close()
-
-
-class _ReadBack:
-    """Reads units of a target into its own buffer, from the device (O_DIRECT) where it can."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.fd, self.direct = _open_for_verify(target)
-        self.buf = mmap.mmap(-1, UNIT)
-
-    def read(self, unit: Unit) -> memoryview:
-        view = memoryview(self.buf)[:unit.length]
-        try:
-            got = _read_full(self.fd, view, unit.offset)
-        except OSError as e:
-            if e.errno != errno.EINVAL or not self.direct:
-                raise HostError(f"verify: cannot read {unit.describe()} of {self.target}: "
-                                f"{e.strerror}") from None
-            os.close(self.fd)  # O_DIRECT refused this read: go on without it
-            self.fd, self.direct = _open_for_verify(self.target, direct=False)
-            got = _read_full(self.fd, view, unit.offset)
-        if got < unit.length:
-            raise HostError(f"verify: {self.target} ends before the end of {unit.describe()} "
-                            "(it is shorter than the disk)")
-        return view
-
-    def check(self, unit: Unit, source: str) -> None:
-        """Read ``unit`` back; HostError unless its XXH3-128 is the unit's (``source``: what the
-        target is said to differ from, "disk" or "image")."""
-        if xxhash.xxh3_128_digest(self.read(unit)) != unit.digest:
-            raise HostError(f"verify: {self.target} differs from the {source} at "
-                            f"{unit.describe()}; flash it again")
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 @dataclass
 class FlashResult:
     target: Path
@@ -377,76 +261,26 @@ def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
     model = image.disk() if image is not None else disk
     assert isinstance(model, Disk)
     refuse_sources(target_path, source_files(model, image), protected)
-    if (image.bmap.mapped_blocks if image else model.data_size()) == 0:
+    total = image.bmap.mapped_blocks * image.bmap.block_size if image else model.data_size()
+    if total == 0:
         raise UserError(f"{image.path if image else 'the disk'} holds no data (all zeros): "
                         "there is nothing to flash")
     target = check_target(target_path, model.size, force=force, host=host)
     direct, fd = _open_target(target, model.size, private)
-    units: list[Unit] = []
-    written = 0
-    total = image.bmap.mapped_blocks * image.bmap.block_size if image else model.data_size()
-    verifier: _Verifier | None = None
+    verifier: Verifier | None = None
     try:
         _prepare(target, fd, model.size)
         update = progress("write", total) if progress else None
-        backup = model.size - gpt.BACKUP_SIZE
-        deferred: list[tuple[Unit, bytes]] = []
-        pool: queue.Queue[mmap.mmap] = queue.Queue()
-        for _ in range(BUFFERS):
-            pool.put(mmap.mmap(-1, UNIT))
-        work: queue.Queue[object] = queue.Queue(maxsize=BUFFERS)
-        stop = threading.Event()
-        if image is not None:
-            args: tuple[object, ...] = (image, work, pool, stop)
-            reader = threading.Thread(target=_image_reader, args=args, daemon=True)
-        else:
-            reader = threading.Thread(target=_reader, args=(model, work, pool, stop),
-                                      daemon=True)
         if verify:
-            verifier = _Verifier(target.path, "disk" if image is None else "image")
-        reader.start()
-        try:
-            while True:
-                item = work.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                if verifier is not None and verifier.error is not None:
-                    raise verifier.error
-                assert isinstance(item, tuple)
-                o, buf, n, digest = item
-                assert isinstance(buf, mmap.mmap)
-                unit = Unit(o, n, digest)
-                units.append(unit)
-                view = memoryview(buf)[:n]
-                if o < _HEAD or o + n > backup:  # partition tables: written last
-                    deferred.append((unit, bytes(view)))
-                    del view
-                    pool.put(buf)
-                else:
-                    _write(target, direct, fd, view, unit)
-                    del view
-                    pool.put(buf)
-                    if verifier is not None:
-                        verifier.put(unit)
-                written += n
-                if update:
-                    update(n)
-        finally:
-            stop.set()
-            reader.join()
+            verifier = Verifier(target.path, "disk" if image is None else "image")
+        units, tables = _write_data(image or model, model.size, target, direct, fd, verifier,
+                                    update)
         _sync(target, fd)
         if verifier is not None:  # everything else is right before the tables make it a disk
             verifier.check()
-        deferred.sort(key=lambda d: d[0].offset, reverse=True)
-        for unit, data in deferred:  # backup table, then primary
-            if unit.offset < _HEAD:
-                _sync(target, fd)
-            _write(target, -1, fd, memoryview(data), unit)
-        _sync(target, fd)
+        _write_tables(target, fd, tables)
         if verifier is not None:
-            for unit, _data in deferred:
+            for unit, _data in tables:
                 verifier.put(unit)
             v, verifier = verifier, None
             v.finish()
@@ -462,8 +296,80 @@ def flash(disk: Disk | MappedImage, target_path: Path, *, verify: bool = True,
     if verify and disk_digest is not None and target.kind == "file":
         check_disk_digest(target.path, model.size, disk_digest)
         against += f"; the whole target's SHA-256 is the image's disk digest {disk_digest[:19]}"
-    return FlashResult(target.path, target.kind, written, len(units), verify, direct >= 0,
-                       units, against)
+    return FlashResult(target.path, target.kind, sum(u.length for u in units), len(units),
+                       verify, direct >= 0, units, against)
+
+
+def _write_data(source: Disk | MappedImage, disk_size: int, target: Target, direct: int,
+                fd: int, verifier: Verifier | None, update: Callable[[int], None] | None
+                ) -> tuple[list[Unit], list[tuple[Unit, bytes]]]:
+    """Write what a reader thread reads from ``source``, unit by unit, handing each to the
+    verifier; the units over the partition tables are not written but returned with their
+    bytes (every unit, and those), to be written last."""
+    backup = disk_size - gpt.BACKUP_SIZE
+    pool: queue.Queue[mmap.mmap] = queue.Queue()
+    for _ in range(BUFFERS):
+        pool.put(mmap.mmap(-1, UNIT))
+    work: queue.Queue[object] = queue.Queue(maxsize=BUFFERS)
+    stop = threading.Event()
+    reader = _start_reader(source, work, pool, stop)
+    units: list[Unit] = []
+    tables: list[tuple[Unit, bytes]] = []
+    try:
+        while (item := _next(work, verifier)) is not None:
+            o, buf, n, digest = item
+            unit = Unit(o, n, digest)
+            units.append(unit)
+            view = memoryview(buf)[:n]
+            if o < _HEAD or o + n > backup:  # partition tables: written last
+                tables.append((unit, bytes(view)))
+                del view
+                pool.put(buf)
+            else:
+                _write(target, direct, fd, view, unit)
+                del view
+                pool.put(buf)
+                if verifier is not None:
+                    verifier.put(unit)
+            if update:
+                update(n)
+    finally:
+        stop.set()
+        reader.join()
+    return units, tables
+
+
+def _start_reader(source: Disk | MappedImage, work: queue.Queue[object],
+                  pool: queue.Queue[mmap.mmap], stop: threading.Event) -> threading.Thread:
+    read = _image_reader if isinstance(source, MappedImage) else _reader
+    reader = threading.Thread(target=read, args=(source, work, pool, stop), daemon=True)
+    reader.start()
+    return reader
+
+
+def _next(work: queue.Queue[object], verifier: Verifier | None
+          ) -> tuple[int, mmap.mmap, int, bytes] | None:
+    """The reader's next unit ``(offset, buffer, length, XXH3-128)``, None after the last;
+    raises what the reader or the verifier failed with."""
+    item = work.get()
+    if item is _END:
+        return None
+    if isinstance(item, BaseException):
+        raise item
+    if verifier is not None and verifier.error is not None:
+        raise verifier.error
+    assert isinstance(item, tuple)
+    return item
+
+
+def _write_tables(target: Target, fd: int, tables: list[tuple[Unit, bytes]]) -> None:
+    """The partition tables, last: the backup, then (after a sync) the primary."""
+    tables.sort(key=lambda d: d[0].offset, reverse=True)
+    for unit, data in tables:
+        if unit.offset < _HEAD:
+            _sync(target, fd)
+        _write(target, -1, fd, memoryview(data), unit)
+    _sync(target, fd)
 
 
 def _prepare(target: Target, fd: int, disk_size: int) -> None:
@@ -508,62 +414,6 @@ def _write_error(target: Target, e: OSError, what: str) -> Exception:
         return HostError(f"{target.path} disappeared while {what}: the disk is incomplete")
     return HostError(f"{what} of {target.path} failed: {e.strerror or e}; the disk is "
                      "incomplete")
-
-
-def check_disk_digest(target: Path, size: int, digest: str) -> None:
-    """HostError unless the file ``target`` is ``size`` bytes whose SHA-256 is ``digest``."""
-    fd, _ = _open_for_verify(target, direct=False)
-    try:
-        got = digest_fd(fd, ("sha256",))
-    finally:
-        os.close(fd)
-    if got.size != size or oci_digest(got.sha256) != digest:
-        raise HostError(f"verify: {target} hashes to sha256:{got.sha256[:12]} ({got.size} bytes),"
-                        f" not the image's disk digest {digest[:19]} ({size} bytes); flash it "
-                        "again")
-
-
-def verify_units(target: Path, units: list[Unit], *, progress: Progress | None = None) -> None:
-    """Read every unit back from ``target`` and compare its XXH3-128; HostError naming the
-    range for a mismatch, a read error or a target that ends too soon."""
-    update = progress("verify", sum(u.length for u in units)) if progress else None
-    reader = _ReadBack(target)
-    try:
-        for unit in sorted(units, key=lambda u: u.offset):
-            reader.check(unit, "disk")
-            if update:
-                update(unit.length)
-    finally:
-        reader.close()
-
-
-def _read_full(fd: int, view: memoryview, offset: int) -> int:
-    """Read into ``view`` from ``offset``; the count read (short only at the end)."""
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if n <= 0:
-            break
-        got += n
-    return got
-
-
-def _open_for_verify(target: Path, direct: bool = True) -> tuple[int, bool]:
-    try:
-        if direct and _O_DIRECT:
-            try:
-                return os.open(target, os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT), True
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise HostError(f"verify: {target} has disappeared") from None
-    except OSError as e:
-        raise HostError(f"verify: cannot open {target}: {e.strerror}") from None
-    if hasattr(os, "posix_fadvise"):  # read the device, not what we just wrote to memory
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    return fd, False
 
 
 def verify_target(disk: Disk, target: Path, *, progress: Progress | None = None) -> None:
