@@ -402,6 +402,7 @@ def test_init_reads_user_data_through_imdsv2(tmp_path: Path) -> None:
         assert (tmp_path / "config.env").stat().st_mode & 0o077 == 0
     finally:
         server.shutdown()
+        server.server_close()
     # No metadata service: the init gives up (the timeout bounds how long it may try).
     script = _imds_snippet(free_port()).replace("/run/", f"{tmp_path}/x")
     out = subprocess.run(["busybox", "sh", "-c", f'config=""\n{script}\necho "[$config]"'],
