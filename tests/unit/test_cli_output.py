@@ -374,3 +374,14 @@ def test_flash_source_refuses_a_block_map_for_a_reference(tmp_path: Path) -> Non
     with pytest.raises(UserError, match="--bmap goes with a raw image file"):
         flash_source(Store(tmp_path / "store"), Cache(tmp_path / "cache"), "hello:1.0.0",
                      bmap_path="x.bmap")
+
+
+def test_the_hash_fast_path_loads_neither_click_nor_the_command_line(tmp_path: Path) -> None:
+    """`imagebuilder hash FILE` competes with xxhsum on whole-command time (see entry.py)."""
+    (tmp_path / "f").write_bytes(b"x" * 4096)
+    probe = ("import sys; from imagebuilder.entry import main; code = main(['hash', sys.argv[1]]);"
+             " print(sorted(m for m in sys.modules if m == 'click' or m.startswith("
+             "('imagebuilder.cli', 'imagebuilder.commands', 'imagebuilder.build'))), code)")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "f")], text=True,
+                          capture_output=True, check=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == "[] 0", done.stdout
