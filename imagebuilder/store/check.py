@@ -100,36 +100,8 @@ def check(store: Store, cache: Cache | None = None,
 
 
 def _check_store(store: Store, report: Report, progress: Callable[[int], None]) -> None:
-    actual: dict[str, str | None] = {}  # digest -> what its bytes hash to (None: unreadable)
-    sizes: dict[str, int] = {}
-    if store.blobs_dir.is_dir():
-        for path in sorted(store.blobs_dir.iterdir()):
-            if not _HEX64.fullmatch(path.name):
-                report.problems.append(Problem(
-                    "blob", path.name, str(path), "is not a blob (its name is not a SHA-256)",
-                    repair=f"remove {path}"))
-                continue
-            digest = oci_digest(path.name)
-            try:
-                d = digest_regular(path, ("sha256",))
-            except NotRegularError as e:
-                actual[digest] = None
-                report.problems.append(Problem("blob", digest, str(path),
-                                               f"is {e.kind}, not a file (never followed)",
-                                               repair=f"remove {path}"))
-                continue
-            except OSError as e:
-                actual[digest] = None
-                report.problems.append(Problem("blob", digest, str(path),
-                                               f"cannot be read: {e.strerror}"))
-                continue
-            report.blobs += 1
-            report.blob_bytes += d.size
-            progress(d.size)
-            actual[digest] = oci_digest(d.sha256)
-            sizes[digest] = d.size
+    actual, sizes = _hash_blobs(store, report, progress)
     users: dict[str, list[str]] = {}  # blob digest -> refs whose image uses it
-    roles: dict[str, str] = {}  # blob digest -> what it is (vmlinuz layer, config, manifest)
     try:
         entries = index.read(store.index_path)
     except ImageBuilderError as e:
@@ -139,40 +111,7 @@ def _check_store(store: Store, report: Report, progress: Callable[[int], None]) 
         entries = []
     report.entries = len(entries)
     for entry in entries:
-        annotations = entry.get("annotations") or {}
-        ref = str(annotations.get(REF_NAME_ANNOTATION, entry["digest"]))
-        is_version = not (ENV_ANNOTATION in annotations or HISTORY_ANNOTATION in annotations)
-        digest = str(entry["digest"])
-        users.setdefault(digest, []).append(ref if is_version else "")
-        roles.setdefault(digest, "manifest")
-        problem = _blob_state(digest, actual)
-        if problem:
-            report.problems.append(Problem(
-                "manifest", digest, str(_path(store, digest)), f"the manifest of {ref} {problem}",
-                images=[ref], repair=_rebuild_hint([ref]) if is_version
-                else "promote the image again"))
-            continue
-        try:
-            manifest = json.loads(read_regular(store.blob_path(digest), 1 << 24))
-            parts = _parts(manifest, history=not is_version)
-        except (ValueError, TypeError, KeyError) as e:
-            report.problems.append(Problem(
-                "manifest", digest, str(_path(store, digest)),
-                f"the manifest of {ref} is not a valid image manifest ({e})",
-                images=[ref], repair=_rebuild_hint([ref])))
-            continue
-        for part_digest, size, role in parts:
-            users.setdefault(part_digest, []).append(ref if is_version else "")
-            roles.setdefault(part_digest, role)
-            state = _blob_state(part_digest, actual)
-            if state is None and sizes.get(part_digest) != size:
-                state = f"has {sizes.get(part_digest)} bytes where the manifest says {size}"
-            if state:
-                report.problems.append(Problem(
-                    "blob", part_digest, str(_path(store, part_digest)),
-                    f"the {role} of {ref} {state}", images=[ref],
-                    repair=_rebuild_hint([ref]) if is_version
-                    else "promote the image again"))
+        _check_index_entry(store, report, entry, actual, sizes, users)
     reported = {p.name for p in report.problems}
     for digest, got in actual.items():
         if got is not None and got != digest and digest not in reported:
@@ -188,6 +127,79 @@ def _check_store(store: Store, report: Report, progress: Callable[[int], None]) 
                 p.repair = _rebuild_hint(p.images)
     _merge_duplicates(report)
     report.scratch += len(remove_stale(store.tmp_dir, dry_run=True))
+
+
+def _hash_blobs(store: Store, report: Report, progress: Callable[[int], None]
+                ) -> tuple[dict[str, str | None], dict[str, int]]:
+    """Every blob's digest -> what its bytes hash to (None: unreadable), and -> its size; a
+    problem for each entry of blobs/ that is not a readable file named by a SHA-256."""
+    actual: dict[str, str | None] = {}
+    sizes: dict[str, int] = {}
+    if not store.blobs_dir.is_dir():
+        return actual, sizes
+    for path in sorted(store.blobs_dir.iterdir()):
+        if not _HEX64.fullmatch(path.name):
+            report.problems.append(Problem(
+                "blob", path.name, str(path), "is not a blob (its name is not a SHA-256)",
+                repair=f"remove {path}"))
+            continue
+        digest = oci_digest(path.name)
+        try:
+            d = digest_regular(path, ("sha256",))
+        except NotRegularError as e:
+            actual[digest] = None
+            report.problems.append(Problem("blob", digest, str(path),
+                                           f"is {e.kind}, not a file (never followed)",
+                                           repair=f"remove {path}"))
+            continue
+        except OSError as e:
+            actual[digest] = None
+            report.problems.append(Problem("blob", digest, str(path),
+                                           f"cannot be read: {e.strerror}"))
+            continue
+        report.blobs += 1
+        report.blob_bytes += d.size
+        progress(d.size)
+        actual[digest] = oci_digest(d.sha256)
+        sizes[digest] = d.size
+    return actual, sizes
+
+
+def _check_index_entry(store: Store, report: Report, entry: dict[str, Any],
+                       actual: dict[str, str | None], sizes: dict[str, int],
+                       users: dict[str, list[str]]) -> None:
+    """One index entry: its manifest and every blob it names are present and intact (a
+    problem for each that is not); records in ``users`` which refs use which blobs."""
+    annotations = entry.get("annotations") or {}
+    ref = str(annotations.get(REF_NAME_ANNOTATION, entry["digest"]))
+    is_version = not (ENV_ANNOTATION in annotations or HISTORY_ANNOTATION in annotations)
+    repair_of_ref = _rebuild_hint([ref]) if is_version else "promote the image again"
+    digest = str(entry["digest"])
+    users.setdefault(digest, []).append(ref if is_version else "")
+    problem = _blob_state(digest, actual)
+    if problem:
+        report.problems.append(Problem(
+            "manifest", digest, str(_path(store, digest)), f"the manifest of {ref} {problem}",
+            images=[ref], repair=repair_of_ref))
+        return
+    try:
+        manifest = json.loads(read_regular(store.blob_path(digest), 1 << 24))
+        parts = _parts(manifest, history=not is_version)
+    except (ValueError, TypeError, KeyError) as e:
+        report.problems.append(Problem(
+            "manifest", digest, str(_path(store, digest)),
+            f"the manifest of {ref} is not a valid image manifest ({e})",
+            images=[ref], repair=_rebuild_hint([ref])))
+        return
+    for part_digest, size, role in parts:
+        users.setdefault(part_digest, []).append(ref if is_version else "")
+        state = _blob_state(part_digest, actual)
+        if state is None and sizes.get(part_digest) != size:
+            state = f"has {sizes.get(part_digest)} bytes where the manifest says {size}"
+        if state:
+            report.problems.append(Problem(
+                "blob", part_digest, str(_path(store, part_digest)),
+                f"the {role} of {ref} {state}", images=[ref], repair=repair_of_ref))
 
 
 def _merge_duplicates(report: Report) -> None:
