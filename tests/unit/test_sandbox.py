@@ -305,7 +305,8 @@ def test_the_host_name_is_the_images(root: Path) -> None:
 BUILDER = """
 import sys
 from pathlib import Path
-from imagebuilder import aot, sandbox
+from imagebuilder import sandbox
+from imagebuilder.layers import aot
 aot.run_app(Path(sys.argv[1]), [sys.argv[2]], aot.guest_env(8080, {}, None),
             url="http://127.0.0.1:8080/never", seconds=0, timeout=120)
 """
