@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..disk.boot import LAYERS_PARAM, PARTITION_PREFIX, BootSource  # noqa: F401 (callers' name)
+from ..disk.boot import BootSource
 from ..disk.bootable import BootFiles, disk_from_esp, write_esp
 from ..disk.model import Disk
 from ..errors import DamagedError, UserError
