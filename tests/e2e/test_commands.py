@@ -44,9 +44,11 @@ def human(cli: Cli, *args: str, cwd: Path | None = None,
     return result.stdout.splitlines()
 
 
-def as_json(cli: Cli, *args: str, cwd: Path | None = None) -> object:
-    result = cli(*args, "--json", cwd=cwd)  # stdout: nothing but the JSON (warnings: stderr)
+def as_json(cli: Cli, *args: str, cwd: Path | None = None, tty: bool = False) -> object:
+    """``imagebuilder ARGS --json``, parsed; with ``tty`` (stderr a terminal) no bar draws."""
+    result = cli(*args, "--json", cwd=cwd, tty=tty)  # stdout: the JSON alone (warnings: stderr)
     assert "Traceback" not in result.stderr and "ERROR" not in result.stderr, result.stderr
+    assert not tty or result.stderr == "", result.stderr
     return json.loads(result.stdout)
 
 
@@ -63,8 +65,9 @@ def test_export_bmap_hash_check_images_inspect(cli: Cli, hello: Built, tmp_path:
     a, b = tmp_path / "a.raw", tmp_path / "b.raw"
     assert human(cli, "export", hello.ref, "--format", "raw", "--bmap", "-o", str(a),
                  bar="raw a.raw") == [f"wrote {a}", f"wrote {a}.bmap"]
-    assert as_json(cli, "export", hello.ref, "--format", "raw", "--bmap", "-o", str(b)) == {
-        "ref": hello.ref, "format": "raw", "path": str(b), "bmap": f"{b}.bmap"}
+    assert as_json(cli, "export", hello.ref, "--format", "raw", "--bmap", "-o", str(b),
+                   tty=True) == {"ref": hello.ref, "format": "raw", "path": str(b),
+                                 "bmap": f"{b}.bmap"}
     assert _sha256(a) == _sha256(b) == disk_digest
     assert Path(f"{a}.bmap").read_bytes() == Path(f"{b}.bmap").read_bytes()
     # bmaptool, the map's reference reader, copies by the map and checks every range's SHA-256.
@@ -91,7 +94,7 @@ def test_export_bmap_hash_check_images_inspect(cli: Cli, hello: Built, tmp_path:
     assert table[0].split() == ["NAME", "VERSION", "DIGEST", "SIZE", "ENVIRONMENTS"]
     name, version = hello.ref.split(":")
     assert any(row.split()[:3] == [name, version, hello.digest[:19]] for row in table[1:])
-    assert hello.ref in [i["ref"] for i in as_json(cli, "images")]  # type: ignore[union-attr, index]
+    assert hello.ref in [i["ref"] for i in as_json(cli, "images")]  # type: ignore[union-attr, index, attr-defined]
     shown = human(cli, "inspect", hello.ref)
     assert shown[0] == f"image:    {hello.ref}" and shown[1] == f"digest:   {hello.digest}"
     assert f"disk:     {disk_digest} " in "\n".join(shown)
@@ -108,7 +111,8 @@ def demo(cli: Cli, hello: Built) -> Iterator[str]:
     cli("rm", "cmdsdemo:1.0", check=False)
 
 
-def test_build_promote_userdata_rm_gc(cli: Cli, hello: Built, demo: str) -> None:
+def test_build_promote_userdata_rm_gc(cli: Cli, hello: Built, demo: str,
+                                      tmp_path: Path) -> None:
     digest = as_json(cli, "build", str(hello.app), "--name", "cmdsdemo", "--version", "1.0")
     assert all(s["cached"] for s in digest["stages"])  # type: ignore[index]
     digest = digest["digest"]  # type: ignore[index]
@@ -122,10 +126,18 @@ def test_build_promote_userdata_rm_gc(cli: Cli, hello: Built, demo: str) -> None
     prod = load(app, check_app=False).env("prod").vars
     assert userdata.stdout == aws_userdata("prod", prod) and userdata.stderr == ""
     assert "IMAGEBUILDER_ENV=prod\n" in userdata.stdout
+    assert as_json(cli, "userdata", demo, "--env", "prod", cwd=app) == {
+        "ref": demo, "digest": digest, "env": "prod", "path": None, "userdata": userdata.stdout}
     assert human(cli, "rm", demo) == [f"removed {demo} ({digest})"]
     # A version nothing else uses: once removed, its manifest and config are garbage.
-    human(cli, "build", str(app), "--name", "cmdsdemo", "--version", "2.0")
-    human(cli, "rm", "cmdsdemo:2.0")
+    two = as_json(cli, "build", str(app), "--name", "cmdsdemo", "--version", "2.0",
+                  "--format", "kernel-initrd", "--output-dir", str(tmp_path))
+    assert two["outputs"] == [{"format": "kernel-initrd",  # type: ignore[index]
+                               "path": str(tmp_path / "cmdsdemo-2.0")}]
+    assert sorted(p.name for p in (tmp_path / "cmdsdemo-2.0").iterdir()) == [
+        "cmdline", "initrd.img", "vmlinuz"]
+    assert as_json(cli, "rm", "cmdsdemo:2.0") == [
+        {"ref": "cmdsdemo:2.0", "digest": two["digest"]}]  # type: ignore[index]
     dry = human(cli, "gc", "--dry-run")
     assert len(dry) == 1 and dry[0].startswith("would remove "), dry
     got = as_json(cli, "gc")
