@@ -68,7 +68,7 @@ def _output_dir(formats: Sequence[str], output_dir: str) -> Path:
 @click.option("--sync", is_flag=True, help=SYNC_HELP)
 @click.option("--aot/--no-aot", default=None,
               help="Run the app once at build time and ship the class data it leaves, so it "
-                   "starts faster (overrides [jvm] aot; see the README before you do).")
+                   "starts faster (overrides [jvm] aot; see docs/aot.md before you do).")
 @json_option()
 def build_cmd(source: str | None, name: str | None, version: str | None, mirror: str | None,
               formats: Sequence[str], output_dir: str, sync: bool, aot: bool | None,

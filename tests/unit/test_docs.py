@@ -140,6 +140,19 @@ def test_every_command_has_its_line_in_the_commands_page() -> None:
     assert names and [n for n in names if f"| `{n}` |" not in text] == []
 
 
+def test_the_code_sends_readers_to_pages_that_exist() -> None:
+    """Help texts and comments name the docs/ page that explains them: the README keeps no
+    details any more, and a page they name must exist."""
+    stale = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(ROOT)
+        stale += [f"{where}: README" for _ in re.findall(r"\bREADME\b", text)]
+        stale += [f"{where}: {page}" for page in re.findall(r"\bdocs/[\w-]+\.md", text)
+                  if not (ROOT / page).exists()]
+    assert stale == []
+
+
 def test_the_layout_page_names_every_folder_and_root_module() -> None:
     text = (DOCS / "architecture.md").read_text()
     folders = {p.parent.relative_to(ROOT).as_posix() + "/" for p in PACKAGE.rglob("__init__.py")

@@ -113,7 +113,7 @@ class RunSpec:
 #: (-Xss16m). Emulated, C2's start-up compilations cost more than they return in a local run
 #: (Tomcat with a war answered in 43 s instead of 68 s). It is not the default: C1's frames are
 #: larger than C2's, by a factor that grows with the calls C2 inlines (4.6x for a recursive
-#: descent parser, 10x for a three-method visitor, 16x for six; README), so no stack size
+#: descent parser, 10x for a three-method visitor, 16x for six; docs/running.md), so no stack size
 #: keeps every deep recursion that runs in production from overflowing. Disk boots cannot
 #: take it: their boot loaders refuse added options.
 JIT_C1 = "imagebuilder.jit=c1"
