@@ -372,7 +372,7 @@ def test_gc_deletes_nothing_while_a_manifest_is_damaged(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["flip", "missing"])
 def test_rm_of_an_image_whose_own_manifest_is_damaged_removes_its_entry_only(
         tmp_path: Path, damage: str) -> None:
-    """Review F11: as README says, rm removes the index entry of an image whose manifest is
+    """Review F11: as docs/store.md says, rm removes the index entry of an image whose manifest is
     damaged and deletes no blob (what it used is unknown)."""
     store = Store(tmp_path / "home" / "store")
     digest = _put(store, "hello:1.0.0", b"app v1")
