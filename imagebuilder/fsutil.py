@@ -10,7 +10,10 @@ the rename survives a crash. :func:`commit` is the tool's one rename; :func:`ato
 A writer holds an flock on its temporary file until the rename, so a temporary file nobody
 holds belongs to a killed command: the next writer of the same destination removes it
 (:func:`remove_stale_tmp`), and :func:`remove_stale_temps` sweeps a whole directory (the run
-caches, for ``run`` and ``gc``).
+caches, for ``run``, the next build and ``gc``).
+
+Besides: :func:`source_date_epoch`, the one time a build stamps on what it writes; directory
+locks; and the safe opening of files the build did not write (:func:`open_source`).
 """
 
 from __future__ import annotations
