@@ -140,6 +140,9 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     for proc in started:
         proc.kill()
         proc.wait()
+        for pipe in (proc.stdout, proc.stderr):  # else a ResourceWarning: -W error
+            if pipe is not None:
+                pipe.close()
 
 
 def test_flashed_disk_with_env_boots_and_keeps_the_image_partition(

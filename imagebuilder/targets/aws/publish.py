@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TAG", "PublishRequest", "PublishResult", "ami_name", "make_session", "promote_aws",
            "publish", "publish_disk", "userdata"]
+
 COMPLETE_TAG = {"Key": f"{TAG}upload", "Value": "complete"}
 """Set on a snapshot once its upload is complete and verified by EBS."""
 SNAPSHOT_WAIT = 1800.0
