@@ -284,8 +284,14 @@ class Client:
         response = self.session.request(
             method, url, headers={**headers, **sent}, timeout=TIMEOUT,
             data=body() if body else None, allow_redirects=False, **extra)
-        if own and response.status_code == 401 and self._authenticate(
-                response, scope, sent.get("Authorization")):
+        if own and response.status_code == 401:
+            try:
+                again = self._authenticate(response, scope, sent.get("Authorization"))
+            except BaseException:
+                response.close()  # else the garbage collector finds it open (ResourceWarning)
+                raise
+            if not again:
+                return response
             response.close()
             response = self.session.request(
                 method, url, headers={**headers, **self._header_for(scope)}, timeout=TIMEOUT,

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 from imagebuilder.registry import client as regclient
 from imagebuilder.registry import transfer as registry
@@ -338,6 +339,28 @@ def test_a_plain_http_token_realm_elsewhere_gets_nothing(
     _one_line(e, rf"^registry {reg.host} names the token service {auth.url}/token, neither "
                  "HTTPS nor the registry's own origin; refused: the credentials would travel")
     assert auth.seen == [] and reg.authorizations() == []
+
+
+@pytest.mark.parametrize("https", [False, True])
+def test_a_refused_challenge_leaves_no_response_open(
+        serve: Callable[[bool], Server], tls: tuple[ssl.SSLContext, Path], docker_config: Path,
+        tmp_path: Path, https: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 401 whose token service is refused is closed before the error leaves: a response
+    left to the garbage collector is a ResourceWarning, a failure of some later test."""
+    reg, auth = serve(https), serve(False)
+    reg.realm = f"{auth.url}/token"
+    _login(docker_config, reg.host)
+    responses: list[requests.Response] = []
+    send = requests.Session.request
+
+    def recorded(self: requests.Session, *args: Any, **kwargs: Any) -> requests.Response:
+        responses.append(send(self, *args, **kwargs))
+        return responses[-1]
+
+    monkeypatch.setattr(requests.Session, "request", recorded)
+    with pytest.raises(RegistryError, match="names the token service"):
+        _push(_store(tmp_path), reg, _client(reg, tls))
+    assert responses and [r.status_code for r in responses if not r.raw.closed] == []
 
 
 def test_an_https_token_realm_elsewhere_gets_the_credentials_and_the_registry_the_token(
