@@ -55,7 +55,7 @@ from imagebuilder.store.layout import Store  # noqa: E402
 from support.cli import Cli  # noqa: E402
 from support.corpus import HOST_JDK  # noqa: E402
 from support.java_apps import JACKSON, ShopBuild, fetch_wiremock, project  # noqa: E402
-from support.machine import cpu_model  # noqa: E402
+from support.machine import cpu_model, load  # noqa: E402
 from support.measure import Timing, median, seconds_list, stopwatch  # noqa: E402
 from support.registry import start_registry  # noqa: E402
 
@@ -216,13 +216,13 @@ def main() -> int:
             notes += n
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()
+    load_at_end = load()
     section = "\n".join([
         "## Real apps: WireMock and a Spring Boot-layout app (`bench/apps.py`)",
         "",
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
         f"({cpu_model()}), {platform.platform()}, Python {platform.python_version()}; load "
-        f"average at the end {load[0]:.1f} (the machine was shared with other jobs: times are "
+        f"average at the end {load_at_end:.1f} (the machine was shared with other jobs: times are "
         f"upper bounds). Whole `imagebuilder` processes; {args.runs} rebuilds, medians.",
         "",
         "| metric | result | target | pass / detail |",

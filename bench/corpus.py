@@ -62,7 +62,7 @@ from support.corpus import (  # noqa: E402
     project,
 )
 from support.inputs import inputs_dir  # noqa: E402
-from support.machine import cpu_model  # noqa: E402
+from support.machine import cpu_model, load  # noqa: E402
 from support.servers import free_port  # noqa: E402
 
 MiB = 1 << 20
@@ -209,13 +209,13 @@ def main() -> int:
             print(" | ".join(rows[-1].cells()), *rows[-1].notes, sep="\n  ", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    load = os.getloadavg()
+    load_at_end = load()
     section = "\n".join([
         "## Corpus: published Java server apps, host and image (`bench/corpus.py`)",
         "",
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
         f"({cpu_model()}), {platform.platform()}, Python {platform.python_version()}; load "
-        f"average at the end {load[0]:.1f} (the machine was shared with other jobs: times are "
+        f"average at the end {load_at_end:.1f} (the machine was shared with other jobs: times are "
         "upper bounds). One app at a time; one IMAGEBUILDER_HOME for all builds, so the first "
         "build also made the kernel, the base and the JDK. Image: trixie, JDK 21, booted with "
         "`run --accel tcg` (run's defaults); host: Debian's JDK 17, the documented command. "

@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO))
 from benchdoc import write_section  # noqa: E402
 
 from imagebuilder.hashing.core import digest_file  # noqa: E402
+from support.machine import load  # noqa: E402
 from support.measure import (  # noqa: E402
     MeasureError,
     installed_python_env,
@@ -266,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # As installed Python runs: with its bytecode cache (PYTHONDONTWRITEBYTECODE in a dev shell
     # would recompile our modules on every start), kept in the work dir, not in the repository.
     env = installed_python_env(workdir)
-    load_before = os.getloadavg()[0]
+    load_before = load()
     try:
         dense_path, sparse_path = make_files(workdir)
         dense = measure(dense_path, ours, args.runs, env)
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    text, ok = section(dense, sparse, label, args.runs, load_before, os.getloadavg()[0])
+    text, ok = section(dense, sparse, label, args.runs, load_before, load())
     print(text)
     write_section(args.out, "hash", text)
     log(f"wrote {args.out}")
