@@ -11,10 +11,10 @@ storage, a CDN): we go there (following GET and HEAD redirects ourselves, at mos
 :data:`MAX_REDIRECTS`) without the Authorization header, and never from HTTPS to plain HTTP nor
 over plain HTTP off loopback (:meth:`Client.is_own`). A Bearer token realm gets the Docker-config
 credentials only over HTTPS or on the registry's own origin, and its redirects are not followed.
-An origin is judged from the URL exactly as requests will send it (:func:`_origin`), since
+An origin is judged from the URL exactly as requests will send it (:func:`.urls.origin`), since
 urllib.parse and urllib3 read some authorities differently (``https://a\\@b/`` is host ``b`` to
 one, ``a`` to the other); a URL holding a backslash, userinfo, a control character or
-whitespace is refused outright (:func:`_oddity`).
+whitespace is refused outright (:func:`.urls.oddity`).
 
 What the registry sends is bounded before it is trusted (:mod:`.streams`): a manifest is read as
 a stream and the read stops at :data:`imagebuilder.registry.manifest.MAX_MANIFEST_BYTES`, whatever
@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
-from urllib3.util import parse_url
 
 from ..errors import NotFoundError, UserError
 from ..store.oci import MANIFEST_MEDIA_TYPE, sha256_digest
-from . import streams
+from . import streams, urls
 from .creds import credentials_for, docker_config_path, parse_challenge
 from .manifest import MAX_MANIFEST_BYTES, load_object
 from .refs import DIGEST_RE, is_loopback
 from .streams import RegistryError, VerifiedStream, error_detail, short
+from .urls import oddity, shown, with_query
 
 __all__ = ["Body", "Client", "RegistryAuthError", "RegistryError", "VerifiedStream"]
 
@@ -88,7 +88,7 @@ class Client:
                             f"not {host}; use HTTPS")
         self.host = host
         self.base = f"{'http' if insecure else 'https'}://{host}"
-        self.origin = _origin(self.base)
+        self.origin = urls.origin(self.base)
         self.insecure = insecure
         self.docker_config = docker_config
         self.session = session or requests.Session()
@@ -103,11 +103,11 @@ class Client:
     def is_own(self, url: str, what: str) -> bool:
         """Whether ``url`` is on the registry's own origin, where credentials go; a
         RegistryError for a URL nothing is sent to (``what`` names where it came from): one
-        the URL parsers may read differently (:func:`_oddity`), not http(s), plain HTTP from an
+        the URL parsers may read differently (:func:`.urls.oddity`), not http(s), plain HTTP from an
         HTTPS registry, or plain HTTP to a host off loopback."""
         self._refuse_odd(url, what)
         try:
-            origin = _origin(url)
+            origin = urls.origin(url)
         except ValueError:
             origin = ("", "", 0)
         if origin == self.origin:
@@ -120,11 +120,11 @@ class Client:
                       else "plain HTTP off loopback")
         else:
             reason = "not an http(s) URL"
-        raise RegistryError(f"registry {self.host} sent {what} {_url(url)}, {reason}; refused")
+        raise RegistryError(f"registry {self.host} sent {what} {shown(url)}, {reason}; refused")
 
     def _refuse_odd(self, url: str, what: str) -> None:
-        if odd := _oddity(url):
-            raise RegistryError(f"registry {self.host} sent {what} {_url(url)}, which holds "
+        if odd := oddity(url):
+            raise RegistryError(f"registry {self.host} sent {what} {shown(url)}, which holds "
                                 f"{odd}; refused")
 
     def _join(self, base: str, location: str, what: str) -> str:
@@ -163,11 +163,11 @@ class Client:
     def _fetch_token(self, params: dict[str, str], scope: str,
                      creds: tuple[str, str] | None) -> str:
         realm = params["realm"]
-        if odd := _oddity(realm):
-            raise RegistryError(f"registry {self.host} names the token service {_url(realm)}, "
+        if odd := oddity(realm):
+            raise RegistryError(f"registry {self.host} names the token service {shown(realm)}, "
                                 f"which holds {odd}; refused")
         if not self._realm_allowed(realm):
-            raise RegistryError(f"registry {self.host} names the token service {_url(realm)}, "
+            raise RegistryError(f"registry {self.host} names the token service {shown(realm)}, "
                                 "neither HTTPS nor the registry's own origin; refused: the "
                                 "credentials would travel in clear")
         scopes = params.get("scope", "").split() or scope.split()
@@ -197,7 +197,7 @@ class Client:
                 f"(HTTP {response.status_code}); log in with 'docker login {self.host}'")
         if response.status_code in REDIRECT_STATUS:
             raise RegistryError(f"token service {realm} answered HTTP {response.status_code} "
-                                f"(a redirect to {_url(response.headers.get('Location', ''))}, "
+                                f"(a redirect to {shown(response.headers.get('Location', ''))}, "
                                 "not followed with credentials)")
         if response.status_code != 200:
             raise RegistryError(f"token service {realm} answered HTTP {response.status_code}")
@@ -211,7 +211,7 @@ class Client:
 
     def _realm_allowed(self, realm: str) -> bool:
         try:
-            origin = _origin(realm)
+            origin = urls.origin(realm)
         except ValueError:
             return False
         return origin == self.origin or origin[0] == "https"
@@ -269,11 +269,11 @@ class Client:
             location = response.headers.get("Location")
             if not location:
                 raise RegistryError(f"registry {self.host} answered HTTP "
-                                    f"{response.status_code} without a Location for {_url(url)}")
+                                    f"{response.status_code} without a Location for {shown(url)}")
             url, what = self._join(url, location, "a redirect to"), "a redirect to"
             extra.pop("params", None)  # the Location is the whole next URL
-        raise RegistryError(f"registry {self.host}: {_url(start)} redirected more than "
-                            f"{MAX_REDIRECTS} times (last to {_url(url)}): a redirect loop?")
+        raise RegistryError(f"registry {self.host}: {shown(start)} redirected more than "
+                            f"{MAX_REDIRECTS} times (last to {shown(url)}): a redirect loop?")
 
     def _send_once(self, method: str, url: str, scope: str, body: Callable[[], Any] | None,
                    headers: dict[str, str], extra: dict[str, Any], own: bool
@@ -372,7 +372,7 @@ class Client:
         echoed = response.headers.get("Docker-Content-Digest")
         if echoed and echoed != digest:
             raise RegistryError(f"registry {self.host} stored manifest {repo}:{reference} as "
-                                f"{_url(echoed)}, not {digest}")
+                                f"{shown(echoed)}, not {digest}")
         return digest
 
     def mount_blob(self, repo: str, digest: str, source: str) -> str | None:
@@ -409,7 +409,7 @@ class Client:
         what = f"upload blob {digest[:19]} to {repo}"
         if size <= chunk_size:
             response = self.request(
-                "PUT", _with_query(url, digest=digest), scope=scope, ok=(201,), what=what,
+                "PUT", with_query(url, digest=digest), scope=scope, ok=(201,), what=what,
                 retry=False, headers={"Content-Type": "application/octet-stream"},
                 body=lambda: body(0, size))
             response.close()
@@ -426,7 +426,7 @@ class Client:
             response.close()
             url = self._location(response)
             offset += length
-        response = self.request("PUT", _with_query(url, digest=digest), scope=scope,
+        response = self.request("PUT", with_query(url, digest=digest), scope=scope,
                                 ok=(201,), what=what, retry=False,
                                 headers={"Content-Type": "application/octet-stream"})
         response.close()
@@ -447,49 +447,6 @@ def _pull(repo: str) -> str:
 
 def _push(repo: str) -> str:
     return f"repository:{repo}:pull,push"
-
-
-def _with_query(url: str, **params: str) -> str:
-    sep = "&" if urllib.parse.urlsplit(url).query else "?"
-    return url + sep + urllib.parse.urlencode(params)
-
-
-def _oddity(url: str) -> str | None:
-    """What in ``url`` parsers may read differently, or None: a backslash (urllib3 ends the
-    authority there, urllib.parse does not), userinfo (an ``@`` in the authority), a control
-    character or whitespace (stripped by some, refused or kept by others)."""
-    if "\\" in url:
-        return "a backslash"
-    if any(c.isspace() or not c.isprintable() for c in url):
-        return "a control character or whitespace"
-    try:  # with no backslash nor whitespace left, both parsers end the authority alike
-        userinfo = "@" in urllib.parse.urlsplit(url).netloc or bool(parse_url(url).auth)
-    except ValueError:  # urllib3's LocationParseError is one
-        return "an authority that does not parse"
-    return "userinfo (an '@' before the host)" if userinfo else None
-
-
-def _origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) that requests connects to for ``url``, the port made explicit:
-    the URL is prepared as requests prepares it, then split as its adapter splits the result
-    (requests.adapters). ValueError if it has no origin."""
-    prepared = requests.models.PreparedRequest()
-    try:
-        prepared.prepare_url(url, None)
-    except requests.RequestException as e:
-        raise ValueError(f"no origin in {url!r}: {e}") from None
-    parts = urllib.parse.urlsplit(prepared.url or "")
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    if not host or port is None:
-        raise ValueError(f"no origin in {url!r}")
-    return scheme, f"[{host}]" if ":" in host else host, port
-
-
-def _url(url: str) -> str:
-    """``url`` for a one-line message: printable, at most 200 characters."""
-    text = url if url.isprintable() else repr(url)
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 sha256_of = sha256_digest
