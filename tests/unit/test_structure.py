@@ -113,3 +113,18 @@ def test_no_module_takes_another_modules_private_names() -> None:
     private = sorted(f"{m} takes {n} from {t}" for m, ts in _imports().items() for t, n in ts
                      if n.startswith("_") and not n.startswith("__"))
     assert private == []
+
+
+def test_modules_and_functions_stay_readable() -> None:
+    """No module over 500 lines, no function over 80: past that a reader stops seeing its job."""
+    too_long = []
+    for name, path in _modules().items():
+        text = path.read_text()
+        if text.count("\n") > 500:
+            too_long.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 80:
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert too_long == []
