@@ -834,7 +834,8 @@ class Bench:
         self.notes.append(
             f"Peer builds, packages cached: {fmt_list(walls)} s. Ours, cold with packages "
             f"cached ({fmt_s(ours_cached)}), includes the zstd compression of its layers "
-            f"(levels of build/plan.py's LEVELS) and a jlink-trimmed JVM; the peer's time excludes compression (zstd -{PEER_ZSTD_LEVEL} "
+            f"(levels of build/plan.py's LEVELS) and a jlink-trimmed JVM; the peer's time "
+            f"excludes compression (zstd -{PEER_ZSTD_LEVEL} "
             f"of its tarball alone takes {fmt_s(squeeze.wall)}), so a like-for-like compressed "
             f"artifact costs it {fmt_s(median(walls) + squeeze.wall)}.")
         shutil.rmtree(peer, ignore_errors=True)
