@@ -61,12 +61,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Protocol
 
-    class _Hash(Protocol):
-        def update(self, data: Buffer, /) -> object: ...
-
-        def hexdigest(self) -> str: ...
-
-        def copy(self) -> _Hash: ...
+    from .tree import Hash as _Hash
 
     class _Sink(Protocol):
         def update(self, data: memoryview) -> None: ...

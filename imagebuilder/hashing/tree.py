@@ -15,12 +15,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
-    class _Hash(Protocol):
+    class Hash(Protocol):
+        """What every streaming digest offers (hashlib's and xxhash's objects)."""
+
         def update(self, data: Buffer, /) -> object: ...
 
         def hexdigest(self) -> str: ...
 
-        def copy(self) -> _Hash: ...
+        def copy(self) -> Hash: ...
 
 
 XXH3_LEAF_SIZE = 1 << 20
@@ -39,7 +41,7 @@ WINDOW_LEAVES = 1 << 12  # leaves per window of the parallel walk: bounds its me
 Buffer = bytes | bytearray | memoryview
 
 
-def feed_zeros(h: _Hash, n: int) -> None:
+def feed_zeros(h: Hash, n: int) -> None:
     while n > 0:
         k = min(n, len(ZERO))
         h.update(ZERO_MV[:k])
