@@ -121,7 +121,8 @@ def layer_digests(cli: Cli, ref: str) -> dict[str, str]:
 def cpio_listing(cli: Cli, digest: str) -> list[str]:
     """The paths in the stored initrd layer ``digest``, as GNU cpio lists them."""
     blob = cli.home / "store" / "blobs" / "sha256" / digest.removeprefix("sha256:")
-    data = zstandard.ZstdDecompressor().stream_reader(blob.open("rb")).read()
+    with blob.open("rb") as f:
+        data = zstandard.ZstdDecompressor().stream_reader(f).read()
     out = subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True)
     return out.stdout.decode().splitlines()
 

@@ -58,7 +58,8 @@ def test_inspect_sizes_says_what_each_layer_carries(cli: Cli, hello: Built) -> N
     assert jvm["dirs"][0]["path"] == "/opt/java/lib"
     # The counts are the archive's own: GNU cpio lists the same regular files and bytes.
     blob = cli.home / "store" / "blobs" / "sha256" / str(jvm["digest"]).removeprefix("sha256:")
-    data = zstandard.ZstdDecompressor().stream_reader(blob.open("rb")).read()
+    with blob.open("rb") as f:
+        data = zstandard.ZstdDecompressor().stream_reader(f).read()
     listing = subprocess.run(["cpio", "-itv", "--quiet"], input=data, capture_output=True,
                              check=True).stdout.decode().splitlines()
     sizes = [int(line.split()[4]) for line in listing if line.startswith("-")]

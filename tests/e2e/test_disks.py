@@ -96,6 +96,8 @@ def _boot_and_get(argv: list[str], port: int, seconds: float = 180) -> str:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
 
 
 def _qemu(port: int) -> list[str]:

@@ -122,20 +122,23 @@ class Vm:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(30)
             sock.connect(str(self.qmp_path))
-            reader = sock.makefile("rb")
-            reader.readline()
-            for cmd, args in (("qmp_capabilities", {}), (command, arguments)):
-                sock.sendall(json.dumps({"execute": cmd, "arguments": args}).encode() + b"\n")
-                while True:
-                    reply = json.loads(reader.readline() or b"{}")
-                    if "return" in reply or "error" in reply or not reply:
-                        break
+            with sock.makefile("rb") as reader:
+                reader.readline()
+                for cmd, args in (("qmp_capabilities", {}), (command, arguments)):
+                    sock.sendall(json.dumps({"execute": cmd, "arguments": args}).encode()
+                                 + b"\n")
+                    while True:
+                        reply = json.loads(reader.readline() or b"{}")
+                        if "return" in reply or "error" in reply or not reply:
+                            break
             assert "error" not in reply, reply
             return reply.get("return")
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
 
 
 Boot = Callable[..., Vm]
