@@ -142,17 +142,12 @@ def atomic_output(dest: Path | str, *, sync: bool = True, mode: int | None = Non
         raise UserError(f"output path {dest} is a directory")
     if tmp is None:
         remove_stale_tmp(parent, name)
-        tmp = temp_name(dest)
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise write_error(e, dest) from None
+    fd, tmp = _locked_temp(dest, tmp, mode)
     done = False
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held to the rename: a live writer's (see above)
             if mode is not None:
-                os.fchmod(fd, mode)
+                os.fchmod(fd, mode)  # the umask may have narrowed it
             yield fd
             if sync:
                 os.fsync(fd)
@@ -165,6 +160,35 @@ def atomic_output(dest: Path | str, *, sync: bool = True, mode: int | None = Non
         if not done:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _locked_temp(dest: Path | str, tmp: Path | str | None,
+                 mode: int | None) -> tuple[int, Path | str]:
+    """A new temporary file for ``dest`` (``tmp``, or a fresh :func:`temp_name`), created no
+    more open than ``mode`` (a secret's file is never readable by others, not even for a moment)
+    and locked as a live writer's. A sweep of stale temporaries may take one in the instant
+    between its creation and its lock: then it is made again."""
+    for _ in range(8):
+        path = temp_name(dest) if tmp is None else tmp
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o644 if mode is None else mode & 0o777)
+        except OSError as e:
+            raise write_error(e, dest) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held to the rename: a live writer's (see above)
+            mine = os.fstat(fd)
+            now = os.stat(path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd, path
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            os.close(fd)
+            raise write_error(e, dest) from None
+        os.close(fd)  # swept before it was locked: make another
+    raise HostError(f"cannot write {dest}: its temporary files keep being removed by another "
+                    "process")
 
 
 def write_atomic(dest: Path | str, data: bytes | Iterable[bytes], *, sync: bool = True,

@@ -26,7 +26,7 @@ from .settings import At, absolute, show
 #: An image name becomes (part of) an OCI reference.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 #: An image version becomes an OCI tag.
-VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Variables with this prefix are set by imagebuilder itself (IMAGEBUILDER_ENV, ...).
@@ -70,7 +70,8 @@ def name(value: object, at: At) -> str:
 def version(value: object, at: At) -> str:
     if not (isinstance(value, str) and VERSION_RE.fullmatch(value)):
         raise at.fail("expected at most 128 letters, digits, '.', '_' or '-', not starting with"
-                      f" '.' or '-' (it becomes an OCI tag), got {show(value)}{quote_hint(value)}")
+                      " '.', '-' or '_' (it becomes an OCI tag; '_' marks imagebuilder's own), "
+                      f"got {show(value)}{quote_hint(value)}")
     return value
 
 

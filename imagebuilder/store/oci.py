@@ -39,6 +39,8 @@ MIN_DIGEST_PREFIX = 12
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._+@]|--)[A-Za-z0-9]+)*"
 _NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
+RESERVED_VERSION_PREFIX = "_"
+"""Versions (tags) beginning so are imagebuilder's own records (:data:`HISTORY_TAG`)."""
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -53,6 +55,10 @@ def split_ref(ref: str) -> tuple[str, str]:
         raise UserError(
             f"'{ref}' is not an image reference of the form NAME:VERSION (e.g. hello:1.0.0)"
         )
+    if version.startswith(RESERVED_VERSION_PREFIX):
+        raise UserError(f"'{ref}': a version beginning with '{RESERVED_VERSION_PREFIX}' is "
+                        f"imagebuilder's own (NAME:{HISTORY_TAG} holds the promotion history); "
+                        "choose another version")
     return name, version
 
 

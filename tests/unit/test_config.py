@@ -226,13 +226,21 @@ INVALID = [
      ' letter or digit (it becomes an OCI reference), got "-hello"')),
     (MINIMAL.replace('"1.0.0"', '"1.0 beta"'),
      (f"{J}: image.version: expected at most 128 letters, digits, '.', '_' or '-', not starting"
-     ' with \'.\' or \'-\' (it becomes an OCI tag), got "1.0 beta"')),
+     ' with \'.\', \'-\' or \'_\' (it becomes an OCI tag; \'_\' marks imagebuilder\'s own),'
+     ' got "1.0 beta"')),
     (MINIMAL.replace('"1.0.0"', "1.0"),
      (f"{J}: image.version: expected at most 128 letters, digits, '.', '_' or '-', not starting"
-     ' with \'.\' or \'-\' (it becomes an OCI tag), got 1.0 (quote it: "1.0")')),
+     ' with \'.\', \'-\' or \'_\' (it becomes an OCI tag; \'_\' marks imagebuilder\'s own),'
+     ' got 1.0 (quote it: "1.0")')),
+    (MINIMAL.replace('"1.0.0"', '"_promotions"'),
+     (f"{J}: image.version: expected at most 128 letters, digits, '.', '_' or '-', not starting"
+     ' with \'.\', \'-\' or \'_\' (it becomes an OCI tag; \'_\' marks imagebuilder\'s own),'
+     ' got'
+     ' "_promotions"')),
     (MINIMAL.replace('"1.0.0"', '"' + "v" * 129 + '"'),
      (f"{J}: image.version: expected at most 128 letters, digits, '.', '_' or '-', not starting"
-     f' with \'.\' or \'-\' (it becomes an OCI tag), got "{"v" * 56}...')),
+     ' with \'.\', \'-\' or \'_\' (it becomes an OCI tag; \'_\' marks imagebuilder\'s own),'
+     f' got "{"v" * 56}...')),
     (MINIMAL.replace('"hello.jar"', '"missing.jar"'),
      "{J}: app.path: file not found: {root}/missing.jar"),
     (MINIMAL + 'main = "com.example.Main()"\n',
@@ -534,7 +542,8 @@ def test_from_jar(project: Path) -> None:
         ("Hello", "1", ("--name: expected lowercase letters, digits, '.', '_' or '-', starting"
          ' with a letter or digit (it becomes an OCI reference), got "Hello"')),
         ("hello", "1/2", ("--version: expected at most 128 letters, digits, '.', '_' or '-', not"
-         ' starting with \'.\' or \'-\' (it becomes an OCI tag), got "1/2"')),
+         ' starting with \'.\', \'-\' or \'_\' (it becomes an OCI tag; \'_\' marks'
+         ' imagebuilder\'s own), got "1/2"')),
     ],
 )
 def test_from_jar_invalid(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder import fsutil
 from imagebuilder.errors import DamagedError, HostError
 from imagebuilder.fsutil import (
     atomic_output,
@@ -175,3 +176,39 @@ def test_a_sweep_removes_killed_writers_temporaries_only(
         (tmp_path / name).write_bytes(b"")
     assert remove_stale_temps(tmp_path) == [killed]
     assert sorted(os.listdir(tmp_path)) == sorted([live, *others])
+
+
+def test_a_private_file_is_never_readable_by_others_while_it_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile review F1: the temporary of write_private was made 0644, then narrowed; another
+    user who opened it in between read the secrets written after."""
+    modes: list[int] = []
+    real = fsutil.fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        modes.append(os.fstat(fd).st_mode & 0o777)
+        real(fd, op)
+
+    monkeypatch.setattr(fsutil.fcntl, "flock", flock)
+    fsutil.write_private(tmp_path / "userdata.txt", b"SECRET=1\n")
+    assert modes and all(mode & 0o077 == 0 for mode in modes), [oct(m) for m in modes]
+    assert (tmp_path / "userdata.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_sweep_between_a_writers_create_and_lock_does_not_fail_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile review F2: a sweep of stale temporaries that came between a writer's create and
+    its lock took the live temporary; the writer then failed at the rename."""
+    real = fsutil.fcntl.flock
+    swept: list[str] = []
+
+    def flock(fd: int, op: int) -> None:
+        if op == fsutil.fcntl.LOCK_EX and not swept:  # the writer's blocking lock: sweep first
+            swept.extend(fsutil.remove_stale_temps(tmp_path) or ["-"])
+        real(fd, op)
+
+    monkeypatch.setattr(fsutil.fcntl, "flock", flock)
+    fsutil.write_atomic(tmp_path / "initrd.img", b"data")
+    assert swept and swept != ["-"]  # the sweep did take the first temporary
+    assert (tmp_path / "initrd.img").read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["initrd.img"]

@@ -23,6 +23,7 @@ from imagebuilder.store.layout import (
     REF_NAME_ANNOTATION,
     Descriptor,
     Store,
+    split_ref,
 )
 
 
@@ -421,3 +422,11 @@ def test_an_index_that_is_a_fifo_is_one_line_not_a_hang(tmp_path: Path) -> None:
     done = _cli(tmp_path / "home", "images")  # a hang fails on the timeout
     assert done.returncode == 1
     assert done.stderr == f"ERROR: {store.index_path} is a FIFO, not a file; restore it\n"
+
+
+@pytest.mark.parametrize("ref", ["hello:_promotions", "hello:_x"])
+def test_a_version_beginning_with_an_underscore_is_refused(tmp_path: Path, ref: str) -> None:
+    """Hostile review F3: hello:_promotions taken as an image's version sat where the
+    promotion history lives, and every later promote of hello failed."""
+    with pytest.raises(UserError, match="imagebuilder's own"):
+        split_ref(ref)
