@@ -29,6 +29,9 @@ from ..layers.hardware import Selection
 
 #: Shared libraries the JVM's ELF files need (DT_NEEDED closure of a jlink runtime).
 JVM_LIBRARIES = ("libc6", "libgcc-s1", "libstdc++6", "zlib1g")
+#: Holds the C.UTF-8 locale (``usr/lib/locale/C.utf8``): without it the JVM decodes the
+#: environment, arguments and file names as ASCII, whatever ``LANG`` says.
+LOCALE_PACKAGE = "libc-bin"
 BASE_PACKAGES = ("busybox-static",)
 #: Parts the build resolves once it knows the linked modules (not from the config): the
 #: libraries and fonts of the JVM's natives. The lock pins them like the rest.
@@ -47,7 +50,7 @@ def roots(cfg: Config, drivers: Selection) -> dict[str, list[str]]:
     parts = {
         "kernel": [drivers.kernel.package],
         "base": list(BASE_PACKAGES),
-        "jvm": [jdk_package(cfg.jvm.version), *JVM_LIBRARIES],
+        "jvm": [jdk_package(cfg.jvm.version), *JVM_LIBRARIES, LOCALE_PACKAGE],
     }
     if cfg.app.packages:
         parts["packages"] = sorted(cfg.app.packages)
@@ -67,7 +70,8 @@ def _follow(part: str) -> Callable[[Package], bool]:
         # Its Java libraries (the Eclipse compiler Jasper compiles JSPs with), not a JRE.
         return lambda p: p.name.startswith("lib") and p.name.endswith("-java")
     if part == "jvm":
-        return lambda p: p.name.startswith("openjdk-") or p.name in JVM_LIBRARIES
+        return lambda p: (p.name.startswith("openjdk-") or p.name in JVM_LIBRARIES
+                          or p.name == LOCALE_PACKAGE)
     if part == NATIVES:
         # Shared libraries and fonts; not debconf and the tools a library package may pull in.
         return lambda p: (p.name.startswith(("lib", "fonts-"))

@@ -5,8 +5,9 @@ from the modules :mod:`imagebuilder.apps.modules` found in the app's classes. Th
 headless like Debian's ``openjdk-N-jre-headless`` (see :mod:`imagebuilder.layers.natives`), gets a
 class-data-sharing archive (CDS), which roughly halves JVM start-up under emulation, and the
 shared libraries its ELF files need (glibc, libstdc++, zlib, and for java.desktop freetype,
-lcms2, libjpeg...), found by walking DT_NEEDED through the Debian packages fetched for it. With
-java.desktop, fontconfig's configuration and fonts come along too.
+lcms2, libjpeg...), found by walking DT_NEEDED through the Debian packages fetched for it, and
+the C.UTF-8 locale the guest's ``LANG`` names. With java.desktop, fontconfig's configuration and
+fonts come along too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from .cpio import Tree
 
 JAVA_HOME = "opt/java"
 LIB_DIR = "usr/lib/x86_64-linux-gnu"
+#: The locale the init's ``LANG=C.UTF-8`` names (from libc-bin): the JVM reads the environment,
+#: its arguments and file names in the locale's charset, ASCII when the locale is missing.
+LOCALE_DIR = "usr/lib/locale/C.utf8"
 #: Always linked when the JDK has them: java.base, and the elliptic-curve crypto provider that
 #: TLS to most servers needs (a service no class names). The app's classes add the rest.
 BASE_MODULES = ("java.base", "jdk.crypto.ec")
@@ -166,10 +170,14 @@ def _shown(path: Path, runtime: Path, roots: Sequence[Path]) -> str:
 def build_tree(roots: Sequence[Path], runtime: Path, shared: Sequence[Path] = (),
                loads: Sequence[str] = ()) -> Tree:
     """The jvm layer: the runtime under /opt/java, its libraries (``loads`` by dlopen) under
-    /usr/lib and the font configuration and fonts the package trees ``roots`` hold. Libraries
-    found only in the ``shared`` trees (the packages layer's) are left to that layer."""
+    /usr/lib, the C.UTF-8 locale, and the font configuration and fonts the package trees
+    ``roots`` hold. Libraries found only in the ``shared`` trees (the packages layer's) are left
+    to that layer."""
     tree = Tree()
     tree.add_tree(runtime, JAVA_HOME)
+    if not (roots[0] / LOCALE_DIR / "LC_CTYPE").is_file():
+        raise HostError(f"no {LOCALE_DIR} in the fetched libc-bin")
+    tree.add_tree(roots[0] / LOCALE_DIR, LOCALE_DIR)
     for soname, lib in sorted(library_closure([*roots, *shared], runtime, loads).items()):
         if any(lib.is_relative_to(top) for top in roots):
             tree.add_file(f"{LIB_DIR}/{soname}", source=lib.resolve(), mode=0o755)

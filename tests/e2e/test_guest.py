@@ -33,6 +33,10 @@ from .keyboard import Monitor, attack_boot_loader
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 FAKE_IMDS = Path(__file__).with_name("fake_imds.py")
+#: Shell syntax the init must not evaluate, and UTF-8 of 2, 3 and 4 bytes (U+2028 included)
+#: the JVM must decode as it does on the host.
+GREETING = 'hello from user-data, $HOME `id` "quoted" caf\u00e9 \u2028 \u65e5\u672c \U0001f600'
+
 INIT_MARKER = b"imagebuilder: ["
 
 
@@ -109,7 +113,7 @@ USER_DATA = (
     "\r\n"
     "export FOO=bar\r\n"
     "IMAGEBUILDER_ENV=prod\r\n"
-    "GREETING=hello from user-data, $HOME `id` \"quoted\"\r\n"
+    f"GREETING={GREETING}\r\n"
     "IFS=x\r\n"
     "status=0\r\n"
     "app_pid=1\r\n"
@@ -136,11 +140,24 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _on_the_host(app: Path, greeting: str, processes: list[subprocess.Popen[bytes]]) -> str:
+    """What the app answers on / when the host's JVM runs it with GREETING set."""
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PORT": str(port), "GREETING": greeting}
+    proc = subprocess.Popen(["java", "-jar", str(app / "hello.jar")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    processes.append(proc)
+    try:
+        return _wait_http(f"http://127.0.0.1:{port}/", lambda: proc.poll() is None, 60)
+    finally:
+        proc.kill()
+
+
 def test_run_with_hostile_user_data_starts_the_app_and_reports_its_status(
         cli: Cli, hello: Built, tmp_path: Path,
         processes: list[subprocess.Popen[bytes]]) -> None:
     user_data = tmp_path / "user-data"
-    user_data.write_text(USER_DATA)
+    user_data.write_bytes(USER_DATA.encode())
     extra = (",net=169.254.0.0/16,guestfwd=tcp:169.254.169.254:80-cmd:"
              f"{sys.executable} {FAKE_IMDS} {user_data}")
     port = free_port()
@@ -151,8 +168,8 @@ def test_run_with_hostile_user_data_starts_the_app_and_reports_its_status(
     processes.append(proc)
     base = f"http://127.0.0.1:{port}"
     greeting = _wait_http(f"{base}/", lambda: proc.poll() is None)
-    assert greeting == ("hello from imagebuilder: GREETING=hello from user-data, $HOME `id`"
-                        ' "quoted"\n')
+    assert greeting == _on_the_host(hello.app, GREETING, processes)
+    assert greeting == f"hello from imagebuilder: GREETING={GREETING}\n"
     info = json.loads(_get(f"{base}/info"))
     assert info["env"] == "prod" and info["user"] == "app"
     assert info["root_ro"] is True and info["root_writable"] is False

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from imagebuilder.build.packages import NATIVES, Resolution
-from imagebuilder.errors import UserError
+from imagebuilder.errors import HostError, UserError
 from imagebuilder.fetch.lock import Lock
 from imagebuilder.layers import jvm as jvm_layer
 from imagebuilder.layers import natives
@@ -249,7 +249,7 @@ def test_the_jvm_layer_leaves_libraries_of_the_apps_packages_to_their_layer(
     passes) and not copied into the jvm layer; the natives' fonts are."""
     jvm_root, lib_root, pkg_root = tmp_path / "jvm", tmp_path / "natives", tmp_path / "packages"
     runtime = tmp_path / "runtime"
-    _touch(jvm_root, f"{LIB}/ld-linux-x86-64.so.2")
+    _touch(jvm_root, f"{LIB}/ld-linux-x86-64.so.2", f"{jvm_layer.LOCALE_DIR}/LC_CTYPE")
     shutil.copy(Path("/lib/x86_64-linux-gnu/libc.so.6"), jvm_root / LIB / "libc.so.6")
     _gcc_lib(pkg_root / LIB / "libfoo.so.1", "libfoo.so.1")
     (pkg_root / LIB / "libfoo.so").symlink_to("libfoo.so.1")
@@ -265,3 +265,16 @@ def test_the_jvm_layer_leaves_libraries_of_the_apps_packages_to_their_layer(
     assert "etc/fonts/fonts.conf" in tree
     assert "usr/share/fonts/truetype/dejavu/DejaVuSans.ttf" in tree
     assert "usr/share/doc/libx/copyright" not in tree
+
+
+def test_the_jvm_layer_carries_the_locale_the_guests_lang_names(tmp_path: Path) -> None:
+    """LANG=C.UTF-8 with no locale behind it makes the JVM read the environment as ASCII."""
+    jvm_root, runtime = tmp_path / "jvm", tmp_path / "runtime"
+    _touch(jvm_root, f"{LIB}/ld-linux-x86-64.so.2")
+    _touch(runtime, "bin/java")
+    with pytest.raises(HostError, match="usr/lib/locale/C.utf8 in the fetched libc-bin"):
+        jvm_layer.build_tree([jvm_root], runtime)
+    _touch(jvm_root, f"{jvm_layer.LOCALE_DIR}/LC_CTYPE", f"{jvm_layer.LOCALE_DIR}/LC_MESSAGES/x")
+    tree = jvm_layer.build_tree([jvm_root], runtime)
+    assert f"{jvm_layer.LOCALE_DIR}/LC_CTYPE" in tree
+    assert f"{jvm_layer.LOCALE_DIR}/LC_MESSAGES/x" in tree

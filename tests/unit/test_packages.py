@@ -33,7 +33,7 @@ KERNEL_IMAGE = "linux-image-6.12.0-1-cloud-amd64"
 SETS = {
     "kernel": ["linux-image-cloud-amd64", KERNEL_IMAGE],
     "base": ["busybox-static"],
-    "jvm": ["libc6", "libgcc-s1", "libstdc++6", "openjdk-21-jdk-headless",
+    "jvm": ["libc-bin", "libc6", "libgcc-s1", "libstdc++6", "openjdk-21-jdk-headless",
             "openjdk-21-jre-headless", "zlib1g"],
     "packages": ["fontconfig-config", "fonts-dejavu-core"],
 }
@@ -153,7 +153,7 @@ def test_roots_follow_the_config(tmp_path: Path, mirror: str, drivers: Selection
     assert roots(cfg, drivers) == {
         "kernel": ["linux-image-cloud-amd64"],
         "base": ["busybox-static"],
-        "jvm": [jdk_package(25), "libc6", "libgcc-s1", "libstdc++6", "zlib1g"],
+        "jvm": [jdk_package(25), "libc6", "libgcc-s1", "libstdc++6", "zlib1g", "libc-bin"],
         "packages": ["fonts-dejavu-core"],
     }
     assert "packages" not in roots(_config(tmp_path, mirror, packages=False), drivers)
