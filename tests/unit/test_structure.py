@@ -20,10 +20,10 @@ RANKS = {
     "progress": 0,
     "config": 1, "hashing": 1, "sandbox": 1,
     "fetch": 2, "apps": 2,
-    "layers": 3,
+    "layers": 3, "sbom": 3,
     "store": 4,
     "registry": 5, "disk": 5,
-    "formats": 6,
+    "formats": 6, "signing": 6,
     "build": 7, "targets": 7,
     "commands": 8, "cli": 8, "entry": 9,
 }

@@ -1,0 +1,1 @@
+"""Who built an image: cosign-format signatures, in-toto attestations, signed-only environments."""
