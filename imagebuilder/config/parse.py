@@ -80,6 +80,8 @@ def load(path: Path, *, check_app: bool = True) -> Config:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{shown}: invalid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: invalid TOML: arrays or tables nested too deeply") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{shown}: invalid TOML: the file is not UTF-8 text") from None
     except OSError as e:

@@ -61,6 +61,8 @@ class Lock:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise _malformed(path, f"invalid TOML ({exc})") from None
+        except RecursionError:
+            raise _malformed(path, "invalid TOML (nested too deeply)") from None
         return _from_toml(path, data)
 
     def write(self, path: Path) -> None:

@@ -377,6 +377,8 @@ INVALID = [
      f"{J}: invalid TOML: Invalid value (at line 7, column 8)"),
     (MINIMAL + MINIMAL,
      f"{J}: invalid TOML: Cannot declare ('image',) twice (at line 7, column 7)"),
+    (MINIMAL + "deep = " + "[" * 5000 + "]" * 5000 + "\n",
+     f"{J}: invalid TOML: arrays or tables nested too deeply"),
 ]
 
 

@@ -85,6 +85,7 @@ GOOD_PACKAGE = (
     "text, problem",
     [
         ("suite = ", "invalid TOML"),
+        ("suite = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
         ("[roots]\n", "'suite' must be a non-empty string"),
         ('suite = "t"\nversion = 7\n', "unsupported version"),
         ('suite = "t"\nextra = 1\n', "unknown key"),
