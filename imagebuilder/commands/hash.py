@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ..config.checks import file_kind
 from ..errors import UserError
 from .options import json_option
 from .render import emit_json
@@ -28,8 +29,11 @@ def hash_cmd(files: Sequence[str], algo: str, as_json: bool) -> None:
     """Hash files in one pass each, reading only the data of sparse files."""
     from ..hashing.core import hash_paths
     for name in files:
-        if not Path(name).is_file():
+        kind = file_kind(Path(name))
+        if kind == "missing":
             raise UserError(f"{name}: no such file")
+        if kind != "a file":
+            raise UserError(f"{name} is {kind}, not a regular file: hash reads regular files")
     results = hash_paths([Path(f) for f in files], algo)
     if as_json:
         emit_json([{"path": str(p), "algo": algo, "digest": d, "size": n}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import socket
 import textwrap
 import threading
@@ -474,3 +475,15 @@ def test_a_failing_disk_is_one_error_line_and_exit_1(
         "and run the command again\n")
     with pytest.raises(OSError):
         main(["--debug", "hash", str(tmp_path / "f")])
+
+
+def test_hash_names_what_a_path_is_when_it_is_not_a_regular_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device")):
+        assert main(["hash", str(path)]) == 2
+        assert capsys.readouterr().err == (
+            f"ERROR: {path} is {kind}, not a regular file: hash reads regular files\n")
+    assert main(["hash", str(tmp_path / "gone")]) == 2
+    assert capsys.readouterr().err == f"ERROR: {tmp_path / 'gone'}: no such file\n"
