@@ -174,6 +174,9 @@ def _check_index_entry(store: Store, report: Report, entry: dict[str, Any],
     ref = str(annotations.get(REF_NAME_ANNOTATION, entry["digest"]))
     is_version = not (ENV_ANNOTATION in annotations or HISTORY_ANNOTATION in annotations)
     repair_of_ref = _rebuild_hint([ref]) if is_version else "promote the image again"
+    if subject := index.subject_of(entry):  # an attachment: an SBOM, a signature...
+        is_version, ref = False, f"the {entry.get('artifactType')} attached to {subject[:19]}"
+        repair_of_ref = "rebuild or pull its image again, or sign it again"
     digest = str(entry["digest"])
     users.setdefault(digest, []).append(ref if is_version else "")
     problem = _blob_state(digest, actual)
@@ -184,7 +187,8 @@ def _check_index_entry(store: Store, report: Report, entry: dict[str, Any],
         return
     try:
         manifest = json.loads(read_regular(store.blob_path(digest), 1 << 24))
-        parts = _parts(manifest, history=not is_version)
+        parts = _parts(manifest, role=None if is_version else
+                       "payload" if subject else "promotion history")
     except (ValueError, TypeError, KeyError) as e:
         report.problems.append(Problem(
             "manifest", digest, str(_path(store, digest)),
@@ -232,7 +236,7 @@ def _blob_state(digest: str, actual: dict[str, str | None]) -> str | None:
     return None
 
 
-def _parts(manifest: Any, *, history: bool) -> list[tuple[str, int, str]]:
+def _parts(manifest: Any, *, role: str | None) -> list[tuple[str, int, str]]:
     """(digest, size, role) of a manifest's config and layers; ValueError if malformed."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
         raise ValueError("no config descriptor")
@@ -248,9 +252,7 @@ def _parts(manifest: Any, *, history: bool) -> list[tuple[str, int, str]]:
                 or not digest.startswith("sha256:") or not isinstance(size, int):
             raise ValueError(f"descriptor {desc!r} has no sha256 digest and size")
         title = (desc.get("annotations") or {}).get(TITLE_ANNOTATION)
-        role = "config" if i == 0 else ("promotion history" if history
-                                        else f"{title or f'layer {i}'} layer")
-        out.append((digest, size, role))
+        out.append((digest, size, "config" if i == 0 else role or f"{title or f'layer {i}'} layer"))
     return out
 
 

@@ -5,7 +5,9 @@ in the ``org.opencontainers.image.ref.name`` annotation. imagebuilder's index ho
 entries: an image version (``hello:1.0.0``); an environment tag (``hello:prod``, moved by
 ``promote``, marked by :data:`~imagebuilder.store.oci.ENV_ANNOTATION`); the promotion history of
 an image name (``hello:_promotions``, marked by
-:data:`~imagebuilder.store.oci.HISTORY_ANNOTATION`). Tags are not versions, so ``images`` does not
+:data:`~imagebuilder.store.oci.HISTORY_ANNOTATION`); an attachment (an SBOM, a signature: an OCI
+artifact about an image, unnamed, marked by :data:`~imagebuilder.store.oci.SUBJECT_ANNOTATION`,
+see :mod:`imagebuilder.store.attachments`). Tags are not versions, so ``images`` does not
 list them, while skopeo still reads them (``skopeo inspect oci:STORE:hello:prod``).
 
 This module reads and checks the file (a damaged one is one line naming it), encodes it (entries
@@ -28,6 +30,7 @@ from .oci import (
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     REF_NAME_ANNOTATION,
+    SUBJECT_ANNOTATION,
     Descriptor,
     canonical_json,
     index_entry_problem,
@@ -80,9 +83,27 @@ def is_env_tag(entry: Entry) -> bool:
 
 
 def is_tag(entry: Entry) -> bool:
-    """An environment tag or a promotion history, not an image version."""
+    """An environment tag, a promotion history or an attachment, not an image version."""
     annotations = entry.get("annotations") or {}
-    return ENV_ANNOTATION in annotations or HISTORY_ANNOTATION in annotations
+    return (ENV_ANNOTATION in annotations or HISTORY_ANNOTATION in annotations
+            or SUBJECT_ANNOTATION in annotations)
+
+
+def subject_of(entry: Entry) -> str | None:
+    """The manifest an attachment entry is about (None: ``entry`` is no attachment)."""
+    subject = (entry.get("annotations") or {}).get(SUBJECT_ANNOTATION)
+    return subject if isinstance(subject, str) else None
+
+
+def without_orphans(entries: list[Entry]) -> list[Entry]:
+    """``entries`` but the attachments whose subject no other entry names (nor, in turn, the
+    attachments of those)."""
+    while True:
+        named = {m["digest"] for m in entries}
+        kept = [m for m in entries if subject_of(m) is None or subject_of(m) in named]
+        if len(kept) == len(entries):
+            return kept
+        entries = kept
 
 
 def without(entries: list[Entry], ref: str) -> list[Entry]:
@@ -153,5 +174,5 @@ def after_remove(entries: list[Entry], ref: str, shown: str, digest: str) -> lis
                  if not (m["digest"] == digest if by_digest
                          else entry_ref(m) == shown and not is_tag(m))]
     versions = {m["digest"] for m in remaining if not is_tag(m)}
-    return [m for m in remaining
-            if not (is_env_tag(m) and m["digest"] == digest and digest not in versions)]
+    return without_orphans([m for m in remaining if not (
+        is_env_tag(m) and m["digest"] == digest and digest not in versions)])

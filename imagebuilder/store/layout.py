@@ -16,8 +16,10 @@ Besides one entry per image version (``hello:1.0.0``), index.json holds two kind
 marked by an annotation so that ``images`` does not list them as versions while skopeo still
 reads them (``skopeo inspect oci:STORE:hello:prod``): an environment tag (``hello:prod``, moved
 by ``promote``) and the promotion history of an image name (``hello:_promotions``), an OCI
-artifact whose one layer is the JSON list of promotions. ``gc`` deletes the blobs no entry
-reaches.
+artifact whose one layer is the JSON list of promotions. Artifacts attached to an image (SBOMs,
+signatures: :mod:`imagebuilder.store.attachments`) are unnamed entries marked by the manifest
+they are about; ``rm`` of that image removes them, ``gc`` those whose image is gone. ``gc``
+deletes the blobs no entry reaches.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,6 +368,20 @@ class Store:
         with self._lock():
             return self._put_manifest_unlocked(ref, data, {HISTORY_ANNOTATION: "true"})
 
+    # --- index entries beside the images (attachments) ------------------------------------
+
+    def entries(self) -> list[index.Entry]:
+        """index.json's entries, read under the store's shared lock."""
+        with self._lock(exclusive=False):
+            return self._read_index()
+
+    def edit_index(self, change: Callable[[list[index.Entry]], list[index.Entry]]) -> None:
+        """Rewrite index.json as ``change(entries)`` under the store's lock; ``change`` may add
+        the blobs its entries name (``gc`` cannot run meanwhile)."""
+        self._ensure_layout()
+        with self._lock():
+            self._write_index(change(self._read_index()))
+
     # --- reading ------------------------------------------------------------------------------
 
     def _load(self, ref: str, digest: str, refs: list[str]) -> Image:
@@ -420,12 +436,15 @@ class Store:
                 image: Image | None = self._load(shown, digest, refs)
             except DamagedError:  # its own manifest or config: the entry goes, no blob
                 image = None
-            remaining = index.after_remove(self._read_index(), ref, shown, digest)
+            entries = self._read_index()
+            remaining = index.after_remove(entries, ref, shown, digest)
             self._write_index(remaining)
 
             candidates = set() if image is None else {
                 digest, image.manifest.get("config", {}).get("digest", ""),
                 *(layer.digest for layer in image.layers)}
+            detached = [m for m in entries if index.subject_of(m) and m not in remaining]
+            candidates |= reachable(self.blob_path, detached)[0]  # its attachments' blobs
             keep, damaged = reachable(self.blob_path, remaining)
             if damaged:  # what the damaged manifests use is unknown: delete no blob
                 candidates = set()
@@ -444,7 +463,10 @@ class Store:
         directory is walked through descriptors opened with O_NOFOLLOW, and a blob that is a
         symbolic link is removed as a link."""
         with self._lock():
-            keep, damaged = reachable(self.blob_path, self._read_index())
+            entries = index.without_orphans(self._read_index())  # attachments of removed images
+            keep, damaged = reachable(self.blob_path, entries)
+            if not damaged and not dry_run:
+                self._write_index(entries)
             if damaged:
                 raise DamagedError(f"gc deleted nothing: {damaged[0]}"
                                    + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1

@@ -32,6 +32,9 @@ ENV_ANNOTATION = "io.imagebuilder.environment"
 """On an index entry that is an environment tag: the environment's name."""
 HISTORY_ANNOTATION = "io.imagebuilder.promotions"
 """On an index entry that is an image name's promotion history ("true")."""
+SUBJECT_ANNOTATION = "io.imagebuilder.subject"
+"""On an index entry that is an attachment (:mod:`imagebuilder.store.attachments`): the digest
+of the manifest it is about."""
 HISTORY_TAG = "_promotions"
 """The tag of the promotion history (no environment or usual version is spelt like it)."""
 MIN_DIGEST_PREFIX = 12
@@ -70,11 +73,15 @@ class Descriptor:
     digest: str
     size: int
     annotations: dict[str, str] | None = None
+    artifact_type: str | None = None
+    """The ``artifactType`` of the manifest it names (an OCI 1.1 referrer's), if any."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "mediaType": self.media_type, "digest": self.digest, "size": self.size,
         }
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         return out
@@ -82,10 +89,11 @@ class Descriptor:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Descriptor:
         try:
-            annotations = obj.get("annotations")
+            annotations, artifact_type = obj.get("annotations"), obj.get("artifactType")
             return cls(
                 media_type=str(obj["mediaType"]), digest=str(obj["digest"]), size=int(obj["size"]),
                 annotations=dict(annotations) if annotations else None,
+                artifact_type=artifact_type if isinstance(artifact_type, str) else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ImageBuilderError(f"malformed OCI descriptor {obj!r}: {e}") from None

@@ -1,0 +1,237 @@
+"""Artifacts attached to an image of the store: its SBOMs, signatures and attestations.
+
+OCI 1.1 lets an artifact say which image it is about: an artifact manifest (image-spec
+manifest.md) with an ``artifactType``, the empty config (``application/vnd.oci.empty.v1+json``,
+the two bytes ``{}``), its payload as the one layer, and a ``subject``, the descriptor of the
+image manifest. A registry lists an image's artifacts as its referrers (distribution-spec 1.1),
+so the SBOMs and signatures of an image travel with it (:mod:`imagebuilder.registry.referrers`).
+
+In the store each attachment is an unnamed entry of index.json (as oras keeps referrers in an OCI
+layout, so ``oras discover --oci-layout`` finds them), marked by
+:data:`~imagebuilder.store.oci.SUBJECT_ANNOTATION` with its subject's digest and carrying its
+``artifactType``. ``images`` does not list them (:func:`imagebuilder.store.index.is_tag`);
+``gc`` keeps their blobs while their subject is kept and removes them with it, ``rm`` of the
+image removes them, ``check`` verifies them like any entry. Attachment manifests are canonical
+JSON with no timestamp of their own, so the same payload gives the same digest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import DamagedError, IntegrityError, NotFoundError, UserError
+from . import index
+from .layout import Store
+from .oci import (
+    DIGEST_RE,
+    MANIFEST_MEDIA_TYPE,
+    SUBJECT_ANNOTATION,
+    Descriptor,
+    canonical_json,
+    sha256_digest,
+)
+
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+EMPTY_DESCRIPTOR = Descriptor(EMPTY_MEDIA_TYPE, sha256_digest(EMPTY_JSON), len(EMPTY_JSON))
+"""The config of an artifact manifest that has none (image-spec manifest.md)."""
+MAX_PAYLOAD_BYTES = 64 << 20
+"""An SBOM of a large app is a few MiB; a signature or attestation a few KiB."""
+
+
+def attach(store: Store, subject_digest: str, artifact_type: str, payload: bytes,
+           media_type: str, annotations: dict[str, str] | None = None, *,
+           keep: bool = False) -> Descriptor:
+    """Attach ``payload`` (of ``media_type``) to the manifest ``subject_digest`` of the store as
+    an artifact of ``artifact_type``; its descriptor. The same bytes give the same attachment
+    (never twice); without ``keep`` it replaces the subject's other attachments of that type
+    (an SBOM is replaced, signatures are kept several)."""
+    _check_type(artifact_type, "artifact type")
+    _check_type(media_type, "media type")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise UserError(f"an attachment of {len(payload)} bytes is larger than the "
+                        f"{MAX_PAYLOAD_BYTES} bytes allowed")
+    done: list[Descriptor] = []
+
+    def change(entries: list[index.Entry]) -> list[index.Entry]:
+        subject = _subject(store, entries, subject_digest)
+        config = store.add_blob_bytes(EMPTY_JSON, EMPTY_MEDIA_TYPE)
+        layer = store.add_blob_bytes(payload, media_type)
+        manifest: dict[str, Any] = {
+            "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+            "artifactType": artifact_type, "config": config.to_json(),
+            "layers": [layer.to_json()], "subject": subject.to_json(),
+        }
+        if annotations:
+            manifest["annotations"] = dict(annotations)
+        data = canonical_json(manifest)
+        desc = store.add_blob_bytes(data, MANIFEST_MEDIA_TYPE)
+        done.append(_referrer(desc.digest, len(data), manifest))
+        return _with(entries, subject_digest, desc.digest, len(data), artifact_type, keep)
+
+    store.edit_index(change)
+    return done[0]
+
+
+def put_manifest(store: Store, subject_digest: str, data: bytes, blobs: dict[str, bytes], *,
+                 keep: bool = True) -> Descriptor:
+    """Store the artifact manifest ``data`` as it is (a pulled attachment keeps its digest) as
+    an attachment of ``subject_digest``, with the ``blobs`` (digest -> bytes) it names that the
+    store lacks; IntegrityError if it is not an artifact about that subject or a blob is not
+    what its descriptor says."""
+    manifest = _parse(data)
+    subject = manifest.get("subject") or {}
+    if subject.get("digest") != subject_digest:
+        raise IntegrityError(f"artifact {sha256_digest(data)[:19]} is about "
+                             f"{str(subject.get('digest'))[:19]}, not {subject_digest[:19]}; "
+                             "refused")
+    parts = [Descriptor.from_json(d) for d in [manifest["config"], *manifest["layers"]]]
+    artifact_type = _artifact_type(manifest) or ""  # _parse refused a manifest with none
+    done: list[Descriptor] = []
+
+    def change(entries: list[index.Entry]) -> list[index.Entry]:
+        _subject(store, entries, subject_digest)
+        for part in parts:
+            _add_part(store, part, blobs)
+        desc = store.add_blob_bytes(data, MANIFEST_MEDIA_TYPE)
+        done.append(_referrer(desc.digest, len(data), manifest))
+        return _with(entries, subject_digest, desc.digest, len(data), artifact_type, keep)
+
+    store.edit_index(change)
+    return done[0]
+
+
+def referrers(store: Store, subject_digest: str,
+              artifact_type: str | None = None) -> list[Descriptor]:
+    """The attachments of manifest ``subject_digest`` (of ``artifact_type`` if given), as an OCI
+    referrers index lists them (artifactType and the manifest's annotations), sorted by type
+    then digest; each manifest is read and verified."""
+    out = []
+    for entry in store.entries():
+        if index.subject_of(entry) != subject_digest:
+            continue
+        digest = str(entry["digest"])
+        data = store.read_blob(digest)
+        desc = _referrer(digest, len(data), _parse(data, DamagedError))
+        if artifact_type is None or desc.artifact_type == artifact_type:
+            out.append(desc)
+    return sorted(out, key=lambda d: (d.artifact_type or "", d.digest))
+
+
+def manifest(store: Store, descriptor: Descriptor) -> dict[str, Any]:
+    """The artifact manifest ``descriptor`` names, read from the store and verified."""
+    return _parse(store.read_blob(descriptor.digest), DamagedError)
+
+
+def payload(store: Store, descriptor: Descriptor) -> bytes:
+    """The payload (the one layer) of the attachment ``descriptor``, verified."""
+    layers = manifest(store, descriptor)["layers"]
+    if len(layers) != 1:
+        raise UserError(f"attachment {descriptor.digest[:19]} has {len(layers)} layers, not one "
+                        "payload")
+    layer = Descriptor.from_json(layers[0])
+    data = store.read_blob(layer.digest)
+    if len(data) != layer.size:
+        raise DamagedError(f"the payload of attachment {descriptor.digest[:19]} has "
+                           f"{len(data)} bytes where its manifest says {layer.size}")
+    return data
+
+
+def all_blobs(store: Store, descriptor: Descriptor) -> list[Descriptor]:
+    """The config and layers of the attachment ``descriptor`` (what a push uploads first)."""
+    found = manifest(store, descriptor)
+    return [Descriptor.from_json(d) for d in [found["config"], *found["layers"]]]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _check_type(value: str, what: str) -> None:
+    """A media type (RFC 6838: type/subtype), as OCI descriptors carry it."""
+    kind, sep, sub = value.partition("/")
+    if not (sep and kind and sub and value.isascii() and value.isprintable()
+            and " " not in value and len(value) <= 255):
+        raise UserError(f"{value[:80]!r} is not a valid {what} (type/subtype, e.g. "
+                        "application/spdx+json)")
+
+
+def _subject(store: Store, entries: list[index.Entry], digest: str) -> Descriptor:
+    """The descriptor of manifest ``digest``, which an entry of the store must name."""
+    if not DIGEST_RE.fullmatch(digest) or digest not in {m["digest"] for m in entries}:
+        raise NotFoundError(f"no image {digest[:19]} in the store to attach an artifact to; "
+                            "list images with 'imagebuilder images'")
+    data = store.read_blob(digest)
+    media_type = json.loads(data).get("mediaType") or MANIFEST_MEDIA_TYPE
+    return Descriptor(str(media_type), digest, len(data))
+
+
+def _with(entries: list[index.Entry], subject: str, digest: str, size: int, artifact_type: str,
+          keep: bool) -> list[index.Entry]:
+    """``entries`` with the attachment ``digest``, once: without ``keep``, in place of the
+    subject's other attachments of ``artifact_type``."""
+    def replaced(m: index.Entry) -> bool:
+        return m["digest"] == digest or (
+            not keep and index.subject_of(m) == subject
+            and m.get("artifactType") == artifact_type)
+
+    entry = Descriptor(MANIFEST_MEDIA_TYPE, digest, size, {SUBJECT_ANNOTATION: subject},
+                       artifact_type).to_json()
+    return [*(m for m in entries if not replaced(m)), entry]
+
+
+def _add_part(store: Store, part: Descriptor, blobs: dict[str, bytes]) -> None:
+    """Blob ``part`` into the store from ``blobs`` unless it is there intact."""
+    data = blobs.get(part.digest)
+    if data is None:
+        if not store.has_intact_blob(part.digest, part.size):
+            raise IntegrityError(f"blob {part.digest[:19]} of an attachment was not received")
+        return
+    if sha256_digest(data) != part.digest or len(data) != part.size:
+        raise IntegrityError(f"blob {part.digest[:19]} of an attachment does not match its "
+                             "descriptor; refused")
+    store.add_blob_bytes(data, part.media_type)
+
+
+def _parse(data: bytes, error: Callable[[str], Exception] = IntegrityError) -> dict[str, Any]:
+    """The artifact manifest ``data``, checked in shape; ``error`` if it is not one."""
+    digest = sha256_digest(data)[:19]
+    try:
+        found = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise error(f"artifact manifest {digest} is not JSON") from None
+    if not isinstance(found, dict) or found.get("mediaType", MANIFEST_MEDIA_TYPE) \
+            != MANIFEST_MEDIA_TYPE or found.get("schemaVersion") != 2:
+        raise error(f"artifact manifest {digest} is not an OCI image manifest")
+    layers = found.get("layers")
+    descriptors = [found.get("config"), found.get("subject"),
+                   *(layers if isinstance(layers, list) else [None])]
+    if not all(isinstance(d, dict) and isinstance(d.get("digest"), str)
+               and DIGEST_RE.fullmatch(d["digest"]) and isinstance(d.get("size"), int)
+               and not isinstance(d.get("size"), bool) and 0 <= d["size"] <= MAX_PAYLOAD_BYTES
+               and isinstance(d.get("mediaType"), str) for d in descriptors):
+        raise error(f"artifact manifest {digest} has a config, subject or layer that is not a "
+                    f"sha256 descriptor of at most {MAX_PAYLOAD_BYTES} bytes")
+    annotations = found.get("annotations")
+    if annotations is not None and not (isinstance(annotations, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+        raise error(f"artifact manifest {digest} has annotations that are not strings")
+    if _artifact_type(found) is None:
+        raise error(f"artifact manifest {digest} has no artifact type")
+    return found
+
+
+def _artifact_type(found: dict[str, Any]) -> str | None:
+    """The manifest's artifactType, else its config's media type (distribution-spec 1.1)."""
+    kind = found.get("artifactType")
+    if kind is None and isinstance(found.get("config"), dict):
+        kind = found["config"].get("mediaType")
+        kind = None if kind == EMPTY_MEDIA_TYPE else kind
+    return kind if isinstance(kind, str) and kind else None
+
+
+def _referrer(digest: str, size: int, found: dict[str, Any]) -> Descriptor:
+    annotations = found.get("annotations")
+    return Descriptor(MANIFEST_MEDIA_TYPE, digest, size,
+                      dict(annotations) if annotations else None, _artifact_type(found))
