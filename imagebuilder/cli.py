@@ -28,6 +28,7 @@ COMMANDS = {
     "publish": "aws", "userdata": "aws",
     "flash": "baremetal", "serve": "baremetal",
     "hash": "hash",
+    "sign": "signing", "verify": "signing",
 }
 """Each command and the module of :mod:`imagebuilder.commands` that defines it."""
 

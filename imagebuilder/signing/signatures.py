@@ -1,0 +1,239 @@
+"""Where an image's signatures live, and signing and verifying there.
+
+An image of the local store keeps each signature as an attachment
+(:mod:`imagebuilder.store.attachments`, artifact type cosign's
+:data:`~.cosign.SIGNATURE_ARTIFACT_TYPE`): the simple-signing payload as its layer, the signature
+as its annotation ``dev.cosignproject.cosign/signature``. ``push`` takes them along to the
+registry's ``sha256-<hex>.sig`` manifest (:func:`push_signatures`) and ``pull`` brings those back
+(:func:`pull_signatures`). An image in a registry is signed in place: its signatures are the
+layers of that manifest, as cosign keeps them, a new one appended (:func:`sign_remote`).
+
+:func:`verified` is the one question the rest of imagebuilder asks (``verify``, and the
+environments that admit only signed images): did one of these keys sign exactly this manifest
+digest?
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DamagedError, IntegrityError, NotFoundError, UserError
+from ..registry.client import Client
+from ..registry.refs import RegistryRef
+from ..store import attachments
+from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Store
+from ..store.oci import sha256_digest
+from . import cosign
+from .cosign import (
+    SIGNATURE_ANNOTATION,
+    SIGNATURE_ARTIFACT_TYPE,
+    SIMPLESIGNING_MEDIA_TYPE,
+    Signature,
+    SignatureError,
+    Verification,
+    check,
+    parse_sig_manifest,
+    signature_of,
+    signature_tag,
+)
+from .keys import PrivateKey, PublicKey
+
+__all__ = ["SignResult", "Verification", "is_registry_ref", "local_signatures",
+           "pull_signatures", "push_signatures", "remote_signatures", "sign_local",
+           "sign_remote", "verified"]
+
+
+@dataclass(frozen=True)
+class SignResult:
+    """What ``sign`` did: the image, the key, where the signature went, whether it is new
+    (a signature by the same key for the same digest is not made twice)."""
+
+    ref: str
+    digest: str
+    key: PublicKey
+    location: str
+    added: bool
+    signatures: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "digest": self.digest, **self.key.to_json(),
+                "location": self.location, "added": self.added, "signatures": self.signatures}
+
+
+def is_registry_ref(ref: str) -> bool:
+    """Whether ``ref`` names an image in a registry (``HOST/REPO...``: a host has a dot, a port
+    or is ``localhost``) rather than one of the local store."""
+    host, sep, _ = ref.partition("/")
+    return bool(sep) and ("." in host or ":" in host or host == "localhost")
+
+
+# --- the local store ------------------------------------------------------------------------
+
+
+def local_signatures(store: Store, digest: str) -> list[Signature]:
+    """The signatures attached to manifest ``digest`` in ``store``; one whose payload blob no
+    longer matches its digest comes back with its ``damage`` said."""
+    try:
+        found = attachments.referrers(store, digest, SIGNATURE_ARTIFACT_TYPE)
+    except DamagedError as e:
+        raise SignatureError(f"the signatures of {digest[:19]} in the store are damaged or "
+                             f"tampered with: {str(e).split(': ')[0]}") from None
+    out = []
+    for desc in found:
+        annotation = (desc.annotations or {}).get(SIGNATURE_ANNOTATION, "")
+        try:
+            out.append(Signature(attachments.payload(store, desc), annotation))
+        except (DamagedError, UserError):
+            out.append(Signature(b"", annotation, f"the payload of signature {desc.digest[:19]}"
+                                                  " no longer matches its digest"))
+    return out
+
+
+def sign_local(store: Store, ref: str, key: PrivateKey) -> SignResult:
+    """Sign the image ``ref`` of the store with ``key`` (unless that key already did)."""
+    image = store.resolve(ref)
+    existing = local_signatures(store, image.digest)
+    done = bool(check(image.ref, image.digest, existing, [key.public()]))
+    if not done:
+        sig = cosign.sign(key, image.name, image.digest)
+        attachments.attach(store, image.digest, SIGNATURE_ARTIFACT_TYPE, sig.payload,
+                           SIMPLESIGNING_MEDIA_TYPE, {SIGNATURE_ANNOTATION: sig.signature},
+                           keep=True)
+    return SignResult(image.ref, image.digest, key.public(), "the local store", not done,
+                      len(existing) + (not done))
+
+
+# --- a registry -----------------------------------------------------------------------------
+
+
+def remote_digest(client: Client, target: RegistryRef) -> str:
+    """The manifest digest ``target`` names (its digest, or what its tag names now)."""
+    if target.tag is None and target.digest is None:
+        raise UserError(f"'{target}' names no tag or digest: add :TAG or @sha256:...")
+    got = client.get_manifest(target.repository, target.reference)
+    if got is None:
+        raise NotFoundError(f"{target} not found in the registry")
+    return sha256_digest(got[0])
+
+
+def _sig_layers(client: Client, repo: str, digest: str) -> list[Descriptor]:
+    got = client.get_manifest(repo, signature_tag(digest))
+    if got is None:
+        return []
+    return parse_sig_manifest(got[0], f"{client.host}/{repo}:{signature_tag(digest)}")
+
+
+def _read_small_blob(client: Client, repo: str, layer: Descriptor) -> bytes:
+    with client.blob_stream(repo, layer.digest, layer.size, lambda n: None) as stream:
+        return b"".join(stream)
+
+
+def remote_signatures(client: Client, repo: str, digest: str) -> list[Signature]:
+    """The signatures in ``repo``'s ``.sig`` manifest of image ``digest``."""
+    out = []
+    for layer in _sig_layers(client, repo, digest):
+        annotation = signature_of(layer)
+        if annotation is None:
+            continue
+        try:
+            out.append(Signature(_read_small_blob(client, repo, layer), annotation))
+        except (IntegrityError, NotFoundError):
+            out.append(Signature(b"", annotation, f"payload blob {layer.digest[:19]} is missing "
+                                                  "or does not match its digest"))
+    return out
+
+
+class _Bytes:
+    """A request body of bytes in memory (what :meth:`Client.upload` streams)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
+
+
+def _upload(client: Client, repo: str, data: bytes) -> None:
+    digest = sha256_digest(data)
+    if not client.head_blob(repo, digest):
+        url = client.start_upload(repo)
+        client.upload(repo, url, digest, len(data),
+                      lambda offset, length: _Bytes(data[offset:offset + length]), len(data))
+
+
+def _append(client: Client, repo: str, digest: str, existing: list[Descriptor],
+            new: Sequence[Signature]) -> int:
+    """Add the signatures ``new`` that are not there yet to the ``.sig`` manifest of image
+    ``digest`` (whose layers are ``existing``): payloads, config, then the manifest."""
+    have = {(d.digest, signature_of(d)) for d in existing}
+    added = [s for s in new if (sha256_digest(s.payload), s.signature) not in have]
+    if not added:
+        return 0
+    for sig in added:
+        _upload(client, repo, sig.payload)
+    config, manifest = cosign.sig_manifest([*existing, *(s.layer() for s in added)])
+    _upload(client, repo, config)
+    client.put_manifest(repo, signature_tag(digest), manifest, MANIFEST_MEDIA_TYPE)
+    return len(added)
+
+
+def sign_remote(client: Client, target: RegistryRef, key: PrivateKey) -> SignResult:
+    """Sign the image ``target`` names in its registry with ``key``, appending to its
+    ``.sig`` manifest as cosign does (unless that key already signed it)."""
+    digest = remote_digest(client, target)
+    repo = target.repository
+    existing = _sig_layers(client, repo, digest)
+    sigs = remote_signatures(client, repo, digest)
+    done = bool(check(str(target), digest, sigs, [key.public()]))
+    if not done:
+        _append(client, repo, digest, existing,
+                [cosign.sign(key, f"{target.host}/{repo}", digest)])
+    location = f"{target.host}/{repo}:{signature_tag(digest)}"
+    return SignResult(str(target), digest, key.public(), location, not done,
+                      len(sigs) + (not done))
+
+
+def push_signatures(store: Store, digest: str, target: RegistryRef, client: Client) -> int:
+    """Add the store's signatures of image ``digest`` to its ``.sig`` manifest in
+    ``target``'s repository (after a push); how many were new there."""
+    local = [s for s in local_signatures(store, digest) if s.damage is None]
+    if not local:
+        return 0
+    existing = _sig_layers(client, target.repository, digest)
+    return _append(client, target.repository, digest, existing, local)
+
+
+def pull_signatures(store: Store, digest: str, source: RegistryRef, client: Client) -> int:
+    """Keep the signatures of the registry's ``.sig`` manifest of image ``digest`` (after a
+    pull) as attachments in the store, unchecked (verifying needs a key: ``verify``); how many.
+    A ``.sig`` manifest that is not one is refused like any malformed answer."""
+    found = [s for s in remote_signatures(client, source.repository, digest)
+             if s.damage is None]
+    for sig in found:
+        attachments.attach(store, digest, SIGNATURE_ARTIFACT_TYPE, sig.payload,
+                           SIMPLESIGNING_MEDIA_TYPE, {SIGNATURE_ANNOTATION: sig.signature},
+                           keep=True)
+    return len(found)
+
+
+# --- the question -----------------------------------------------------------------------------
+
+
+def verified(source: Store | Client, ref: str | RegistryRef,
+             keys: Sequence[PublicKey]) -> Verification:
+    """Whether one of ``keys`` signed exactly the manifest ``ref`` names: in the store
+    (``source`` a Store, ``ref`` NAME:VERSION, NAME:ENV or a digest) or in a registry
+    (``source`` that registry's Client, ``ref`` HOST/REPO:TAG or @DIGEST). True-ish when one
+    did; otherwise its ``problem`` says why and :meth:`~.cosign.Verification.require` raises."""
+    if isinstance(source, Store):
+        image = source.resolve(str(ref))
+        return check(image.ref, image.digest, local_signatures(source, image.digest), keys)
+    target = ref if isinstance(ref, RegistryRef) else RegistryRef.parse(ref)
+    digest = remote_digest(source, target)
+    return check(str(target), digest,
+                 remote_signatures(source, target.repository, digest), keys)
