@@ -1,0 +1,279 @@
+"""The SBOM writers (imagebuilder/sbom/cyclonedx.py, spdx.py): an inventory like a real image's
+(epoch versions, binaries whose source package has another name or version, packages with no
+license, a jar with no Maven coordinates, a shaded jar, the same jar at two paths) written as
+CycloneDX 1.6 and SPDX 2.3, each checked by its format's own validator, byte for byte stable."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from packageurl import PackageURL
+from spdx_tools.spdx.parser.json import json_parser
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+from imagebuilder.sbom import cyclonedx, identity, spdx
+from imagebuilder.sbom.model import DebPackage, Inventory, Jar, Runtime
+
+JDK = "openjdk-21-jdk-headless"
+
+
+def _h(text: str, n: int = 64) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def _deb(name: str, version: str, source: str, source_version: str, license: str | None,
+         part: str, arch: str = "amd64") -> DebPackage:
+    return DebPackage(name, version, arch, source, source_version, _h(name + version), license,
+                      part)
+
+
+def _jar(path: str, coords: tuple[str, str, str] | None = None,
+         licenses: tuple[str, ...] = (), content: str | None = None) -> Jar:
+    group, artifact, version = coords or (None, None, None)
+    data = content or path
+    return Jar(path, hashlib.sha1(data.encode()).hexdigest(), _h(data), group, artifact, version,
+               licenses)
+
+
+PACKAGES = (
+    _deb("linux-image-6.12.43+deb13-amd64", "6.12.43-1", "linux-signed-amd64", "6.12.43+1",
+         "GPL-2.0-only", "kernel"),
+    _deb("busybox-static", "1:1.37.0-6", "busybox", "1:1.37.0-6", None, "base"),
+    _deb("firmware-misc-nonfree", "20250410-2", "firmware-nonfree", "20250410-2", None,
+         "firmware", arch="all"),
+    _deb(JDK, "21.0.8+9-1", "openjdk-21", "21.0.8+9-1",
+         "GPL-2.0-only WITH Classpath-exception-2.0", "jvm"),
+    _deb("libc6", "2.41-12", "glibc", "2.41-12", "LGPL-2.1-or-later AND GPL-2.0-or-later", "jvm"),
+    _deb("libc6", "2.41-12", "glibc", "2.41-12", "LGPL-2.1-or-later AND GPL-2.0-or-later",
+         "packages"),
+    _deb("libstdc++6", "14.2.0-19", "gcc-14", "14.2.0-19", None, "jvm"),
+    _deb("zlib1g", "1:1.3.dfsg+really1.3.1-1+b1", "zlib", "1:1.3.dfsg+really1.3.1-1", "Zlib",
+         "jvm"),
+    _deb("fonts-dejavu-core", "2.37-8", "fonts-dejavu", "2.37-8", "Bitstream-Vera", "packages",
+         arch="all"),
+)
+JARS = (
+    # A shaded jar: its own coordinates, the classes of many others inside.
+    _jar("/app/wiremock-standalone-3.9.1.jar",
+         ("org.wiremock", "wiremock-standalone", "3.9.1"), ("Apache-2.0",)),
+    _jar("/app/app.jar!/BOOT-INF/lib/jackson-databind-2.17.0.jar",
+         ("com.fasterxml.jackson.core", "jackson-databind", "2.17.0"),
+         ("The Apache Software License, Version 2.0",), content="jackson"),
+    _jar("/app/lib/jackson-databind-2.17.0.jar",
+         ("com.fasterxml.jackson.core", "jackson-databind", "2.17.0"),
+         ("The Apache Software License, Version 2.0",), content="jackson"),
+    _jar("/app/app.jar!/BOOT-INF/lib/logback-classic-1.5.6.jar",
+         ("ch.qos.logback", "logback-classic", "1.5.6"), ("EPL-1.0", "LGPL-2.1-only")),
+    _jar("/app/app.jar!/BOOT-INF/lib/internal-tools.jar"),
+)
+
+
+def _inventory(**changes: Any) -> Inventory:
+    inv = Inventory(
+        name="wiremock", version="3.9.1", digest="sha256:" + _h("manifest"), created=1700000000,
+        suite="trixie", packages=PACKAGES, jars=JARS,
+        runtime=Runtime(JDK, "21.0.8+9-1", ("java.xml", "java.base", "java.logging")),
+        app="wiremock-standalone-3.9.1.jar", tool="imagebuilder 0.1.0")
+    return dataclasses.replace(inv, **changes)
+
+
+def _cdx(inv: Inventory | None = None) -> dict[str, Any]:
+    return json.loads(cyclonedx.document(inv or _inventory()))
+
+
+def _spdx(inv: Inventory | None = None) -> dict[str, Any]:
+    return json.loads(spdx.document(inv or _inventory()))
+
+
+def _cdx_errors(text: str) -> object:
+    return JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+
+
+def _spdx_errors(data: bytes, tmp_path: Path) -> list[Any]:
+    path = tmp_path / "sbom.spdx.json"
+    path.write_bytes(data)
+    return validate_full_spdx_document(json_parser.parse_from_file(str(path)), "SPDX-2.3")
+
+
+def _all_components(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for c in doc["components"]:
+        out += [c, *c.get("components", [])]
+    return out
+
+
+# --- both formats validate, byte for byte stable ---------------------------------------------
+
+def test_cyclonedx_validates_strictly() -> None:
+    assert _cdx_errors(cyclonedx.document(_inventory()).decode()) is None
+
+
+def test_spdx_validates_fully(tmp_path: Path) -> None:
+    assert _spdx_errors(spdx.document(_inventory()), tmp_path) == []
+
+
+def test_an_empty_image_validates_too(tmp_path: Path) -> None:
+    inv = _inventory(packages=(), jars=(), runtime=None, app="")
+    assert _cdx_errors(cyclonedx.document(inv).decode()) is None
+    assert _spdx_errors(spdx.document(inv), tmp_path) == []
+
+
+@pytest.mark.parametrize("writer", [cyclonedx, spdx])
+def test_same_inventory_same_bytes_whatever_the_order(writer: Any) -> None:
+    shuffled = _inventory(packages=tuple(reversed(PACKAGES)), jars=tuple(reversed(JARS)))
+    assert writer.document(_inventory()) == writer.document(_inventory())
+    assert writer.document(_inventory()) == writer.document(shuffled)
+
+
+def test_serial_namespace_and_time_come_from_the_image() -> None:
+    other = _inventory(digest="sha256:" + _h("another manifest"))
+    cdx, cdx2 = _cdx(), _cdx(other)
+    assert cdx["serialNumber"].startswith("urn:uuid:")
+    assert cdx["serialNumber"] != cdx2["serialNumber"]
+    assert cdx["metadata"]["timestamp"] == "2023-11-14T22:13:20+00:00"
+    doc = _spdx()
+    assert doc["documentNamespace"] == (
+        f"https://imagebuilder.invalid/spdx/wiremock-3.9.1-{_h('manifest')}")
+    assert doc["creationInfo"] == {"created": "2023-11-14T22:13:20Z",
+                                   "creators": ["Tool: imagebuilder-0.1.0"]}
+
+
+def test_a_bad_digest_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an image digest"):
+        cyclonedx.document(_inventory(digest="sha256:xyz"))
+
+
+# --- the validators would catch a broken document --------------------------------------------
+
+def test_the_cyclonedx_validator_catches_a_broken_document() -> None:
+    doc = _cdx()
+    broken = copy.deepcopy(doc)
+    broken["components"][0]["hashes"][0]["content"] = "not hex"
+    assert _cdx_errors(json.dumps(broken)) is not None
+    unknown = copy.deepcopy(doc)
+    unknown["components"][0]["flavour"] = "strawberry"
+    assert _cdx_errors(json.dumps(unknown)) is not None
+
+
+def test_the_spdx_validator_catches_a_broken_document(tmp_path: Path) -> None:
+    doc = _spdx()
+    doc["relationships"].append({"spdxElementId": doc["packages"][0]["SPDXID"],
+                                 "relationshipType": "CONTAINS",
+                                 "relatedSpdxElement": "SPDXRef-nowhere"})
+    assert _spdx_errors(json.dumps(doc).encode(), tmp_path) != []
+    doc = _spdx()
+    doc["packages"][2]["licenseDeclared"] = "GPL-2 with whatever"
+    assert _spdx_errors(json.dumps(doc).encode(), tmp_path) != []
+
+
+def test_spdx_refuses_to_write_an_invalid_inventory() -> None:
+    bad = dataclasses.replace(PACKAGES[1], sha256="not a digest")
+    with pytest.raises(ValueError):
+        spdx.document(_inventory(packages=(bad,)))
+
+
+# --- Debian packages -------------------------------------------------------------------------
+
+def test_every_debian_package_once_with_purl_hash_and_license() -> None:
+    comps = {c["name"]: c for c in _all_components(_cdx())}
+    for pkg in PACKAGES:
+        comp = comps[pkg.name]
+        assert comp["version"] == pkg.version
+        assert comp["hashes"] == [{"alg": "SHA-256", "content": pkg.sha256}]
+        assert PackageURL.from_string(comp["purl"]).version == pkg.version
+    libc = comps["libc6"]
+    assert [p["value"] for p in libc["properties"] if p["name"] == "imagebuilder:part"] == [
+        "jvm", "packages"]
+    assert libc["licenses"] == [{"expression": "LGPL-2.1-or-later AND GPL-2.0-or-later"}]
+    assert "licenses" not in comps["busybox-static"]
+    assert comps[JDK]["type"] == "platform"
+    assert comps["libc6"]["type"] == "library"
+    assert comps["firmware-misc-nonfree"]["type"] == "firmware"
+    packages = {p["name"]: p for p in _spdx()["packages"]}
+    assert len([p for p in _spdx()["packages"] if p["name"] == "libc6"]) == 1
+    assert packages["busybox-static"]["licenseDeclared"] == "NOASSERTION"
+    assert packages[JDK]["licenseDeclared"] == "GPL-2.0-only WITH Classpath-exception-2.0"
+    assert packages["busybox-static"]["packageFileName"] == "busybox-static_1.37.0-6_amd64.deb"
+    assert packages["libc6"]["supplier"] == "Organization: Debian"
+
+
+@pytest.mark.parametrize(("pkg", "purl"), [
+    (PACKAGES[1], "pkg:deb/debian/busybox-static@1:1.37.0-6?arch=amd64&distro=debian-13"
+                  "&upstream=busybox"),
+    (PACKAGES[7], "pkg:deb/debian/zlib1g@1:1.3.dfsg%2Breally1.3.1-1%2Bb1?arch=amd64"
+                  "&distro=debian-13&upstream=zlib%401:1.3.dfsg%2Breally1.3.1-1"),
+    (_deb("fonts-dejavu-core", "2.37-8", "fonts-dejavu-core", "2.37-8", None, "packages",
+          arch="all"), "pkg:deb/debian/fonts-dejavu-core@2.37-8?arch=all&distro=debian-13"),
+])
+def test_deb_purls(pkg: DebPackage, purl: str) -> None:
+    assert identity.deb_purl(pkg, "trixie") == purl
+    parsed = PackageURL.from_string(purl)
+    assert (parsed.name, parsed.version) == (pkg.name, pkg.version)
+
+
+def test_the_distro_qualifier_follows_the_suite() -> None:
+    assert "distro=debian-12" in identity.deb_purl(PACKAGES[4], "bookworm")
+    assert "distro=debian-sid" in identity.deb_purl(PACKAGES[4], "sid")
+
+
+# --- the runtime, the jars, the app ----------------------------------------------------------
+
+def test_the_runtime_is_a_component_of_its_jdk_package() -> None:
+    jdk = next(c for c in _cdx()["components"] if c["name"] == JDK)
+    [runtime] = jdk["components"]
+    assert runtime["name"] == "jlink-runtime" and runtime["type"] == "platform"
+    assert [p["value"] for p in runtime["properties"]] == ["java.base", "java.logging",
+                                                           "java.xml"]
+    doc = _spdx()
+    ids = {p["name"]: p["SPDXID"] for p in doc["packages"]}
+    assert {"spdxElementId": ids[JDK], "relationshipType": "CONTAINS",
+            "relatedSpdxElement": ids["jlink-runtime"]} in doc["relationships"]
+
+
+def test_every_jar_with_its_hashes_and_purl_when_known() -> None:
+    jars = [c for c in _cdx()["components"] if c["type"] == "library"
+            and any(p["name"] == "imagebuilder:path" for p in c.get("properties", []))]
+    assert sorted(next(p["value"] for p in c["properties"]) for c in jars) == sorted(
+        j.path for j in JARS)
+    for comp in jars:
+        assert [h["alg"] for h in comp["hashes"]] == ["SHA-1", "SHA-256"]
+    by_name = {c["name"]: c for c in jars}
+    assert "purl" not in by_name["internal-tools"]
+    assert by_name["wiremock-standalone"]["purl"] == (
+        "pkg:maven/org.wiremock/wiremock-standalone@3.9.1")
+    assert by_name["logback-classic"]["licenses"] == [{"expression": "EPL-1.0 OR LGPL-2.1-only"}]
+    assert by_name["jackson-databind"]["licenses"] == [
+        {"license": {"name": "The Apache Software License, Version 2.0"}}]
+    refs = [c["bom-ref"] for c in _all_components(_cdx())]
+    assert len(refs) == len(set(refs))
+    packages = [p for p in _spdx()["packages"] if p.get("packageFileName", "").startswith("/")]
+    assert len(packages) == len(JARS)
+    for pkg in packages:
+        assert [c["algorithm"] for c in pkg["checksums"]] == ["SHA1", "SHA256"]
+
+
+def test_dependencies_image_on_packages_and_app_app_on_runtime_and_jars() -> None:
+    doc = _cdx()
+    deps = {d["ref"]: d.get("dependsOn", []) for d in doc["dependencies"]}
+    image = doc["metadata"]["component"]
+    assert image["type"] == "operating-system"
+    assert image["hashes"] == [{"alg": "SHA-256", "content": _h("manifest")}]
+    app = next(c for c in doc["components"] if c["type"] == "application"
+               and c["bom-ref"].startswith("app:"))
+    packages = {c["bom-ref"] for c in doc["components"] if c["bom-ref"].startswith("pkg:deb/")}
+    assert set(deps[image["bom-ref"]]) == packages | {app["bom-ref"]}
+    assert len(deps[app["bom-ref"]]) == len(JARS) + 1
+    rels = {(r["spdxElementId"], r["relationshipType"], r["relatedSpdxElement"])
+            for r in _spdx()["relationships"]}
+    kinds = [kind for _a, kind, _b in rels]
+    assert kinds.count("DESCRIBES") == 1
+    assert kinds.count("DEPENDS_ON") == len(JARS) + 1
+    assert kinds.count("CONTAINS") == len(PACKAGES) - 1 + 1 + 1  # libc6 once, app, runtime
