@@ -134,7 +134,8 @@ class SystemSection:
 @dataclass(frozen=True)
 class Environment:
     """One ``[env.NAME]`` table: variables and static network settings injected at boot, never
-    baked into the image."""
+    baked into the image, and the public keys (absolute paths) one of which must have signed an
+    image that enters or runs here (none: any image)."""
 
     name: str
     vars: dict[str, str] = field(default_factory=dict, hash=False, metadata=rule(
@@ -143,6 +144,10 @@ class Environment:
     network: tuple[network_mod.StaticNetwork, ...] = field(default=(), metadata=rule(
         "static IPv4 settings `{ address, gateway, dns }`, or a list of them each with a `mac`",
         checks.env_network, kind="table or list of tables", default="none: DHCP"))
+    signed_by: tuple[Path, ...] = field(default=(), metadata=rule(
+        "public keys (PEM, relative to the config's directory): an image enters or runs here"
+        " only signed by one of them (`imagebuilder sign`)", checks.signed_by,
+        kind="list of paths", default="none: any image"))
 
     def boot_vars(self) -> dict[str, str]:
         """What the guest receives: the variables and the network lines (IMAGEBUILDER_NET_n)."""
