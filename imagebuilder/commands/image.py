@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import ImageBuilderError
+from ..errors import ImageBuilderError, UserError
 from . import get_home, human_size
 from .options import json_option
 from .render import emit_json, reporter
@@ -52,13 +52,19 @@ def images_cmd(as_json: bool) -> None:
 @click.option("--sizes", is_flag=True,
               help="Show what each layer carries: its size stored and unpacked, the directories "
                    "holding most of it and its largest files.")
-def inspect_cmd(ref: str, as_json: bool, sizes: bool) -> None:
+@click.option("--sbom", type=click.Choice(["cyclonedx", "spdx"]),
+              help="Print the image's software bill of materials, as the build stored it "
+                   "(CycloneDX 1.6 or SPDX 2.3 JSON).")
+def inspect_cmd(ref: str, as_json: bool, sizes: bool, sbom: str | None) -> None:
     """Show an image's kernel, command line, layers, environments and promotion history."""
     import dataclasses
 
     from ..registry.promote import environments_of, history
     store = get_home().store
     image = store.resolve(ref)
+    if sbom:
+        click.echo(_sbom(store, image, sbom), nl=False)  # bytes: written as they are
+        return
     if sizes:
         _print_sizes(store, image, as_json)
         return
@@ -101,6 +107,18 @@ def _print_image(image: Image, envs: list[str], needs: Any) -> None:
     for layer in image.layers:
         title = (layer.annotations or {}).get(TITLE_ANNOTATION, "?")
         click.echo(f"  {title:<9} {human_size(layer.size):>10}  {layer.digest}")
+
+
+def _sbom(store: Store, image: Image, key: str) -> bytes:
+    """The stored SBOM of ``image`` in format ``key``, its bytes as the build wrote them."""
+    from ..sbom.formats import FORMATS
+    from ..store import attachments
+    fmt = FORMATS[key]
+    found = attachments.referrers(store, image.digest, fmt.media_type)
+    if not found:
+        raise UserError(f"{image.ref} has no {fmt.title} SBOM: it was built (or pushed) before "
+                        "imagebuilder made SBOMs; build it again to make them")
+    return attachments.payload(store, found[0])
 
 
 def _memory_needs(image: Image) -> Any:

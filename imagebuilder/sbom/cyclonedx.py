@@ -29,11 +29,11 @@ from cyclonedx.model.tool import ToolRepository
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
-from . import identity
+from . import formats, identity
 from .identity import Deb, JarEntry
 from .model import Inventory, Runtime
 
-MEDIA_TYPE = "application/vnd.cyclonedx+json"
+MEDIA_TYPE = formats.CYCLONEDX.media_type
 #: Our properties' names, in a namespace of our own as CycloneDX asks of custom properties.
 PREFIX = "imagebuilder:"
 

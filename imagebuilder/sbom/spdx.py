@@ -38,11 +38,11 @@ from spdx_tools.spdx.model import (
 )
 from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
 
-from . import identity
+from . import formats, identity
 from .identity import Deb, JarEntry
 from .model import Inventory, Runtime
 
-MEDIA_TYPE = "application/spdx+json"
+MEDIA_TYPE = formats.SPDX.media_type
 NAMESPACE_BASE = "https://imagebuilder.invalid/spdx/"
 DOCUMENT_ID = "SPDXRef-DOCUMENT"
 #: CycloneDX's component types (:attr:`identity.Deb.kind`) as SPDX 2.3's package purposes.

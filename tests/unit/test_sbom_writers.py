@@ -19,8 +19,12 @@ from packageurl import PackageURL
 from spdx_tools.spdx.parser.json import json_parser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from imagebuilder.sbom import cyclonedx, identity, spdx
+from imagebuilder.cli import main
+from imagebuilder.sbom import cyclonedx, formats, identity, spdx
 from imagebuilder.sbom.model import DebPackage, Inventory, Jar, Runtime
+from imagebuilder.store import attachments
+from imagebuilder.store.home import Home
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
 JDK = "openjdk-21-jdk-headless"
 
@@ -277,3 +281,41 @@ def test_dependencies_image_on_packages_and_app_app_on_runtime_and_jars() -> Non
     assert kinds.count("DESCRIBES") == 1
     assert kinds.count("DEPENDS_ON") == len(JARS) + 1
     assert kinds.count("CONTAINS") == len(PACKAGES) - 1 + 1 + 1  # libc6 once, app, runtime
+
+
+# --- inspect --sbom --------------------------------------------------------------------------
+
+@pytest.fixture
+def stored_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, str]:
+    """A store at IMAGEBUILDER_HOME holding one image, wiremock:3.9.1, with no SBOM yet."""
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(tmp_path / "home"))
+    store = Home().store
+    kernel = store.add_blob_bytes(b"kernel", KERNEL_MEDIA_TYPE)
+    layer = store.add_blob_bytes(b"layer", INITRD_LAYER_MEDIA_TYPE)
+    return store, store.put_image("wiremock:3.9.1", {"cmdline": "console=ttyS0"}, [kernel, layer])
+
+
+@pytest.mark.parametrize("fmt", [formats.CYCLONEDX, formats.SPDX])
+def test_inspect_prints_the_stored_sbom_byte_for_byte(
+        fmt: formats.Format, stored_image: tuple[Store, str],
+        capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    store, digest = stored_image
+    writer = cyclonedx if fmt is formats.CYCLONEDX else spdx
+    payload = writer.document(_inventory(digest=digest))
+    attachments.attach(store, digest, fmt.media_type, payload, fmt.media_type)
+    other = formats.SPDX if fmt is formats.CYCLONEDX else formats.CYCLONEDX
+    attachments.attach(store, digest, other.media_type, b'{"other": true}', other.media_type)
+    capsysbinary.readouterr()
+    assert main(["inspect", "wiremock:3.9.1", "--sbom", fmt.key]) == 0
+    out = capsysbinary.readouterr()
+    assert (out.out, out.err) == (payload, b"")
+
+
+def test_inspect_of_an_image_without_sbom_says_to_rebuild(
+        stored_image: tuple[Store, str], capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["inspect", "wiremock:3.9.1", "--sbom", "spdx"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == ("ERROR: wiremock:3.9.1 has no SPDX SBOM: it was built (or pushed) before "
+                       "imagebuilder made SBOMs; build it again to make them\n")
