@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import env_config, get_home
+from . import env_config, get_home, require_signed
 from . import human_size as _human
 from .options import env_options, json_option
 from .render import emit_json, phases
@@ -61,10 +61,13 @@ def push_cmd(ref: str, target: str, force: bool, chunk_size: int, insecure: bool
         result = registry.push(home.store, image, dest, client, force=force,
                                chunk_size=chunk_size << 20, locations=locations,
                                progress=progress)
+    from ..signing.signatures import push_signatures  # the image's signatures to its .sig tag
+    signatures = push_signatures(home.store, image.digest, dest, client)
     if as_json:
-        emit_json(result.to_json())
+        emit_json({**result.to_json(), "signatures_sent": signatures})
         return
-    click.echo(f"pushed {result.ref} to {result.target} ({result.digest})")
+    click.echo(f"pushed {result.ref} to {result.target} ({result.digest})"
+               + (f" with {signatures} new signature(s)" if signatures else ""))
     click.echo(f"sent {len(result.blobs_sent)} blobs ({_human(result.bytes_sent)}), mounted "
                f"{len(result.blobs_mounted)}, skipped {len(result.blobs_skipped)} already there")
 
@@ -90,6 +93,8 @@ def pull_cmd(source: str, local_ref: str | None, force: bool, insecure: bool,
     with _progress(f"pull {src}") as progress:
         result = registry.pull(home.store, src, client, force=force, local_ref=local_ref,
                                progress=progress)
+    from ..signing.signatures import pull_signatures  # the .sig tag's, kept with the image
+    pull_signatures(home.store, result.digest, src, client)
     if as_json:
         emit_json(result.to_json())
         return
@@ -132,6 +137,7 @@ def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
             from ..errors import UserError
             raise UserError(f"--registry takes HOST/REPO without a tag: '{registry_repo}'")
         client = _client(target.host, insecure)
+    require_signed(ref, env_name, config_path, client=client, target=target)
     store = get_home().store
     elsewhere = _aws_promotion(store, ref, env_name, target_name, region, regions, profile)
     result = promote.promote(store, ref, env_name, cfg.env_names, force=force,

@@ -114,9 +114,10 @@ def _read_key_file(path: Path) -> tuple[str, bytes, str]:
         raise KeyFileError(f"key file {path} does not exist") from None
     except OSError as e:
         raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise KeyFileError(f"key file {path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KeyFileError(f"key file {path} is not a regular file")
         data = f.read(MAX_KEY_FILE + 1)
     if len(data) > MAX_KEY_FILE:
         raise KeyFileError(f"key file {path} is larger than {MAX_KEY_FILE >> 10} KiB: not a key")
@@ -132,7 +133,8 @@ def _read_key_file(path: Path) -> tuple[str, bytes, str]:
     try:
         der = base64.b64decode(body, validate=False)
     except (binascii.Error, ValueError):
-        raise KeyFileError(f"key file {path}: its PEM block is not base64") from None
+        raise KeyFileError(f"key file {path} is not a readable key (its PEM block is not "
+                           "base64: damaged or truncated?)") from None
     return match.group(1), der, match.group(0)
 
 
@@ -159,7 +161,7 @@ def load_private_key(path: Path | str, password: bytes | None = None) -> Private
     label, der, block = _read_key_file(path)
     secret = password if password is not None else env_password()
     if label in COSIGN_LABELS:
-        key: Any = _cosign_private(path, der, _need_password(path, secret))
+        key: Any = _cosign_private(path, der, secret)
     elif label in ("PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY"):
         encrypted = label.startswith("ENCRYPTED") or "Proc-Type: 4,ENCRYPTED" in block
         try:
@@ -194,7 +196,7 @@ def _check_p256(path: Path, key: Any) -> None:
                        f"(prime256v1) keys as cosign does: {_HOW_TO_MAKE}")
 
 
-def _cosign_private(path: Path, der: bytes, secret: bytes) -> Any:
+def _cosign_private(path: Path, der: bytes, secret: bytes | None) -> Any:
     """The key inside cosign's encrypted key file (scrypt, then NaCl secretbox)."""
     from nacl.exceptions import CryptoError
     from nacl.secret import SecretBox
@@ -218,7 +220,8 @@ def _cosign_private(path: Path, der: bytes, secret: bytes) -> Any:
             and 128 * n * r <= _MAX_SCRYPT_MEMORY):
         raise KeyFileError(f"key file {path} asks for scrypt parameters N={n}, r={r}, p={p}, "
                            "beyond what a key file needs; refused")
-    box_key = Scrypt(salt=salt, length=SecretBox.KEY_SIZE, n=n, r=r, p=p).derive(secret)
+    box_key = Scrypt(salt=salt, length=SecretBox.KEY_SIZE, n=n, r=r, p=p).derive(
+        _need_password(path, secret))
     try:
         plain = SecretBox(box_key).decrypt(ciphertext, nonce)
     except CryptoError:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import progress
 from ..errors import DamagedError, IntegrityError, NotFoundError, UserError
 from ..registry.client import Client
 from ..registry.refs import RegistryRef
@@ -211,9 +212,13 @@ def push_signatures(store: Store, digest: str, target: RegistryRef, client: Clie
 def pull_signatures(store: Store, digest: str, source: RegistryRef, client: Client) -> int:
     """Keep the signatures of the registry's ``.sig`` manifest of image ``digest`` (after a
     pull) as attachments in the store, unchecked (verifying needs a key: ``verify``); how many.
-    A ``.sig`` manifest that is not one is refused like any malformed answer."""
-    found = [s for s in remote_signatures(client, source.repository, digest)
-             if s.damage is None]
+    A ``.sig`` manifest that is not one is a warning: the pulled image stays, unsigned."""
+    try:
+        found = [s for s in remote_signatures(client, source.repository, digest)
+                 if s.damage is None]
+    except SignatureError as e:  # the image itself verified: keep it, say why it is unsigned
+        progress.current().warn(f"{e}; its signatures were not taken")
+        return 0
     for sig in found:
         attachments.attach(store, digest, SIGNATURE_ARTIFACT_TYPE, sig.payload,
                            SIMPLESIGNING_MEDIA_TYPE, {SIGNATURE_ANNOTATION: sig.signature},
