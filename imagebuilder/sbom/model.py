@@ -43,12 +43,16 @@ class Jar:
     path: str
     sha1: str
     sha256: str
-    #: Maven coordinates from META-INF/maven/**/pom.properties, when the jar has exactly one set.
+    #: Maven coordinates from META-INF/maven/**/pom.properties (the jar's own set: see
+    #: sbom/maven.py); without them, version may still be the manifest's (no purl then).
     group: str | None = None
     artifact: str | None = None
     version: str | None = None
     #: SPDX license ids or names from the embedded pom or the manifest (Bundle-License).
     licenses: tuple[str, ...] = ()
+    #: (group, artifact, version) of each artifact shaded into the jar: its other
+    #: pom.properties sets (scanners report them as packages of their own).
+    embedded: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ class Inventory:
         raw = json.loads(text)
         return cls(**{**raw,
                       "packages": tuple(DebPackage(**p) for p in raw["packages"]),
-                      "jars": tuple(Jar(**{**j, "licenses": tuple(j["licenses"])})
+                      "jars": tuple(Jar(**{**j, "licenses": tuple(j["licenses"]),
+                                           "embedded": tuple(tuple(e) for e in j["embedded"])})
                                     for j in raw["jars"]),
                       "runtime": (Runtime(**{**raw["runtime"],
                                              "modules": tuple(raw["runtime"]["modules"])})
