@@ -10,7 +10,7 @@ helpers below are shared by every module here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..config.parse import Config
@@ -43,6 +43,15 @@ def env_vars(env_name: str | None, config_path: str | None) -> dict[str, str]:
     if env_name is None:
         return {}
     return env_config(config_path).env(env_name).boot_vars()
+
+
+def require_signed(ref: str, env_name: str | None, config_path: str | None,
+                   **registry: Any) -> None:
+    """Refuse image REF for environment ENV (exit 2, before any work) unless one of ENV's
+    ``signed_by`` keys signed it: :func:`imagebuilder.signing.policy.require`."""
+    if env_name is not None:
+        from ..signing import policy
+        policy.require(get_home().store, ref, env_config(config_path), env_name, **registry)
 
 
 def human_size(size: int) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from . import env_config, get_home
+from . import env_config, get_home, require_signed
 from .options import env_options, json_option
 from .render import emit_json, reporter
 
@@ -49,6 +49,7 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
                         + (f" --regions {regions}" if regions else ""))
     if env_name is not None:
         env_config(config_path).env(env_name)  # a one-line error naming the known environments
+    require_signed(ref, env_name, config_path)
     home = get_home()
     image = home.store.resolve(ref)
     other = _regions(regions)

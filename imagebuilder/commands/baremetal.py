@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from . import env_vars as read_env_vars
-from . import get_home
+from . import get_home, require_signed
 from .options import env_options, json_option, reporting
 from .render import emit_json, err, phases
 
@@ -48,6 +48,7 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
     from ..targets.metal.source import flash_source
 
     env_vars = read_env_vars(env_name, config_path)
+    require_signed(ref, env_name, config_path)
     home = get_home()
     source = flash_source(home.store, home.cache, ref, bmap_path,
                           env=(env_name, env_vars) if env_name is not None else None)
@@ -94,6 +95,7 @@ def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | No
     allowed = netboot.parse_allow(allow)
     netboot.check_allow(address[0], allowed, env_name is not None)
     env_vars = read_env_vars(env_name, config_path)
+    require_signed(ref, env_name, config_path)
     path = Path(ref)
     if path.is_dir():
         source = netboot.NetbootSource.of_directory(path)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from . import env_vars, get_home
+from . import env_vars, get_home, require_signed
 from .options import env_options, json_option
 from .render import emit_json, reporter
 
@@ -56,6 +56,7 @@ def run_cmd(ctx: click.Context, ref: str, env_name: str | None, config_path: str
     home = get_home()
     image = home.store.resolve(ref)
     boot_vars = env_vars(env_name, config_path)
+    require_signed(ref, env_name, config_path)
     app = image.config.get("app", {})
     forwards = [qemu.PortForward.parse(p) for p in ports]
     if not forwards and app.get("port"):

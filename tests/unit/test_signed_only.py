@@ -9,7 +9,10 @@ Keys are real ECDSA P-256 keys made with ``cryptography``; signatures are made b
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from imagebuilder.cli import main
 from imagebuilder.config import parse as config
 from imagebuilder.errors import ConfigError
+from imagebuilder.signing import signatures
+from imagebuilder.signing.cosign import SIGNATURE_ARTIFACT_TYPE, SIMPLESIGNING_MEDIA_TYPE
+from imagebuilder.signing.keys import load_private_key
+from imagebuilder.store import attachments
+from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.store.layout import TITLE_ANNOTATION as TITLE
+from support.cli import Cli
 
 SHOWN = "app/imagebuilder.toml"
 
@@ -151,3 +162,145 @@ def test_signed_by_is_a_list_of_at_least_one_path(app: Path, value: str,
         assert str(e.value) == f"{SHOWN}: env.prod.signed_by: {message}"
     else:
         assert str(e.value) == f"{SHOWN}: env.prod.signed_by[0]: expected a string, got 1"
+
+
+# --- the gate: each command refuses an unsigned image before any work ------------------------
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def home(app: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(tmp_path / "home"))
+    write_config(app, '["keys/release.pub"]')
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def invoke(home: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    def run(*argv: str) -> Result:
+        capsys.readouterr()
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+    return run
+
+
+def store_image(home: Path, version: str = "1.0.0") -> str:
+    """A fake kernel and layer in the real store of ``home`` (nothing here boots)."""
+    store = Store(home / "store")
+    kernel = store.add_blob_bytes(b"not a kernel", KERNEL_MEDIA_TYPE, {TITLE: "vmlinuz"})
+    layer = store.add_blob_bytes(f"app {version}".encode(), INITRD_LAYER_MEDIA_TYPE,
+                                 {TITLE: "app"})
+    config = {"name": "hello", "version": version, "cmdline": "console=ttyS0", "memory": 512,
+              "layers": ["app"], "hardware": ["virtual", "metal"],
+              "app": {"jar": "app.jar", "port": 8080, "healthcheck": "/"}}
+    return store.put_image(f"hello:{version}", config, [kernel, layer])
+
+
+def sign(home: Path, key: Path, ref: str = "hello:1.0.0") -> None:
+    signatures.sign_local(Store(home / "store"), ref, load_private_key(key))
+
+
+def refusal(digest: str, problem: str, env: str = "prod") -> str:
+    return (f"ERROR: image hello:1.0.0 ({digest[:19]}) may not go to environment '{env}', "
+            f"which takes only images signed by app/keys/release.pub: {problem}\n")
+
+
+NO_SIGNATURE = "it has no signatures; sign it with 'imagebuilder sign REF --key KEY'"
+
+
+def _commands(tmp_path: Path) -> dict[str, list[str]]:
+    """Each gated command with ``--env prod``, as far as it would go without the gate."""
+    return {
+        "promote": ["promote", "hello:1.0.0", "--env", "prod", "--force"],
+        "run": ["run", "hello:1.0.0", "--env", "prod", "--accel", "tcg"],
+        "flash": ["flash", "hello:1.0.0", str(tmp_path / "disk.img"), "--env", "prod"],
+        "publish": ["publish", "hello:1.0.0", "--target", "aws", "--region", "eu-west-1",
+                    "--env", "prod"],
+    }
+
+
+@pytest.mark.parametrize("command", ["promote", "run", "flash", "publish"])
+def test_each_command_refuses_an_unsigned_image_for_a_signed_only_environment(
+        invoke: Callable[..., Result], home: Path, app: Path, tmp_path: Path,
+        command: str) -> None:
+    digest = store_image(home)
+    index = (home / "store" / "index.json").read_bytes()
+    result = invoke(*_commands(tmp_path)[command], "--config", str(app))
+    assert (result.code, result.err) == (2, refusal(digest, NO_SIGNATURE))
+    assert (home / "store" / "index.json").read_bytes() == index  # no tag moved
+    assert not (tmp_path / "disk.img").exists()  # nothing flashed
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())  # no VM
+
+
+def test_serve_refuses_an_unsigned_image_before_it_listens(home: Path, app: Path) -> None:
+    """In a child process: without the gate, serve would serve until interrupted."""
+    digest = store_image(home)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cli = Cli(home)
+    result = cli("serve", "hello:1.0.0", "--listen", f"127.0.0.1:{port}", "--env", "prod",
+                 "--config", str(app), cwd=app.parent, check=False, timeout=60)
+    assert (result.returncode, result.stderr) == (2, refusal(digest, NO_SIGNATURE))
+
+
+def test_a_signature_by_another_key_is_refused_and_one_by_the_key_admitted(
+        invoke: Callable[..., Result], home: Path, app: Path) -> None:
+    digest = store_image(home)
+    other, _ = write_key_pair(app / "elsewhere", "other")
+    sign(home, other)
+    result = invoke("promote", "hello:1.0.0", "--env", "prod", "--force", "--config", str(app))
+    assert (result.code, result.err) == (2, refusal(digest, (
+        "none of its 1 signature verifies with key app/keys/release.pub (signed with another "
+        "key, or the payload or signature was changed since)")))
+    sign(home, app / "keys" / "release.key")
+    result = invoke("promote", "hello:1.0.0", "--env", "prod", "--force", "--config", str(app))
+    assert result.code == 0, result.err
+    assert Store(home / "store").tags("hello") == {"prod": digest}
+
+
+def test_a_signature_of_another_image_does_not_admit_this_one(
+        invoke: Callable[..., Result], home: Path, app: Path) -> None:
+    """The signature of 1.0.0 copied onto 2.0.0 (same key, same name) is for 1.0.0 only."""
+    store_image(home)
+    second = store_image(home, "2.0.0")
+    sign(home, app / "keys" / "release.key")
+    store = Store(home / "store")
+    first = store.resolve("hello:1.0.0").digest
+    for desc in attachments.referrers(store, first, SIGNATURE_ARTIFACT_TYPE):
+        attachments.attach(store, second, SIGNATURE_ARTIFACT_TYPE,
+                           attachments.payload(store, desc), SIMPLESIGNING_MEDIA_TYPE,
+                           desc.annotations, keep=True)
+    result = invoke("promote", "hello:2.0.0", "--env", "prod", "--force", "--config", str(app))
+    assert result.code == 2
+    assert result.err.startswith(f"ERROR: image hello:2.0.0 ({second[:19]}) may not go to "
+                                 "environment 'prod'")
+    assert "is for another image" in result.err and result.err.count("\n") == 1
+
+
+def test_an_environment_without_signed_by_takes_an_unsigned_image_as_before(
+        invoke: Callable[..., Result], home: Path, app: Path) -> None:
+    digest = store_image(home)
+    result = invoke("promote", "hello:1.0.0", "--env", "test", "--config", str(app))
+    assert result.code == 0, result.err
+    assert Store(home / "store").tags("hello") == {"test": digest}
+
+
+def test_a_raw_disk_file_carries_no_signature(invoke: Callable[..., Result], home: Path,
+                                              app: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "hello.raw"
+    raw.write_bytes(b"\0" * 4096)
+    result = invoke("flash", str(raw), str(tmp_path / "disk.img"), "--env", "prod",
+                    "--config", str(app))
+    assert (result.code, result.err) == (2, (
+        f"ERROR: {raw} may not go to environment 'prod': it is a file, which carries no "
+        "signature, and prod takes only images signed by app/keys/release.pub; use the signed "
+        "image of the store (NAME:VERSION) instead\n"))
+    assert not (tmp_path / "disk.img").exists()

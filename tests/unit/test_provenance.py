@@ -1,0 +1,171 @@
+"""The provenance statement (imagebuilder/signing/provenance.py) and the DSSE envelopes it is
+signed in (imagebuilder/signing/dsse.py): what they say, that the same build says it in the same
+bytes, and that a changed payload or another key is refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from imagebuilder import __version__
+from imagebuilder.apps.shape import File
+from imagebuilder.config import parse as config
+from imagebuilder.errors import UserError
+from imagebuilder.fetch.lock import LockEntry
+from imagebuilder.signing import dsse, provenance
+
+DIGEST = "sha256:" + "ab" * 32
+LIBC = LockEntry("libc6", "2.41-12", "pool/main/g/glibc/libc6_2.41-12_amd64.deb", "11" * 32, 3)
+BUSYBOX = LockEntry("busybox-static", "1:1.37.0-6", "pool/main/b/busybox/busybox-static_"
+                    "1.37.0-6_amd64.deb", "22" * 32, 5)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "hello.jar").write_bytes(b"PK the app")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "dep.jar").write_bytes(b"PK a library")
+    (tmp_path / "imagebuilder.toml").write_text(
+        '[image]\nname = "hello"\nversion = "1.0.0"\n[app]\npath = "hello.jar"\n')
+    (tmp_path / "imagebuilder.lock").write_text("# a lock\n")
+    return tmp_path
+
+
+def _facts(project: Path, **kw: object) -> provenance.BuildFacts:
+    cfg = config.load(project)
+    files = [File("lib/dep.jar", source=project / "lib" / "dep.jar"),
+             File("hello.jar", source=project / "hello.jar"), File("app.conf", data=b"x=1\n")]
+    return provenance.facts(cfg, files, DIGEST, [LIBC, BUSYBOX, LIBC], **kw)  # type: ignore[arg-type]
+
+
+def test_the_statement_names_the_image_its_inputs_and_its_builder(project: Path) -> None:
+    archive = provenance.ArchiveSnapshot("cd" * 32, "Sat, 15 Nov 2026 09:12:33 UTC")
+    doc = json.loads(provenance.statement(_facts(project, archive=archive, epoch=1700000000)))
+    assert doc["_type"] == "https://in-toto.io/Statement/v1"
+    assert doc["subject"] == [{"name": "hello:1.0.0", "digest": {"sha256": "ab" * 32}}]
+    assert doc["predicateType"] == "https://slsa.dev/provenance/v1"
+    build = doc["predicate"]["buildDefinition"]
+    assert build["buildType"] == provenance.BUILD_TYPE
+    external = build["externalParameters"]
+    assert external["config"] == {"name": "imagebuilder.toml", "digest": {
+        "sha256": _sha((project / "imagebuilder.toml").read_bytes())}}
+    assert external["lock"] == {"name": "imagebuilder.lock",
+                                "digest": {"sha256": _sha(b"# a lock\n")}}
+    assert external["app"] == [  # by guest path, sorted; an entry's bytes hashed as they are
+        {"name": "/app/app.conf", "digest": {"sha256": _sha(b"x=1\n")}},
+        {"name": "/app/hello.jar", "digest": {"sha256": _sha(b"PK the app")}},
+        {"name": "/app/lib/dep.jar", "digest": {"sha256": _sha(b"PK a library")}},
+    ]
+    assert build["internalParameters"] == {"suite": "trixie", "archive": {
+        "inRelease": {"sha256": "cd" * 32}, "date": "Sat, 15 Nov 2026 09:12:33 UTC"}}
+    assert build["resolvedDependencies"] == [  # once each, the epoch's ':' encoded as purl says
+        {"uri": "pkg:deb/debian/busybox-static@1:1.37.0-6?arch=amd64",
+         "digest": {"sha256": "22" * 32}},
+        {"uri": "pkg:deb/debian/libc6@2.41-12?arch=amd64", "digest": {"sha256": "11" * 32}},
+    ]
+    run = doc["predicate"]["runDetails"]
+    assert run == {"builder": {"id": provenance.BUILDER_ID,
+                               "version": {"imagebuilder": __version__}},
+                   "metadata": {"startedOn": "2023-11-14T22:13:20Z"}}
+
+
+def test_the_same_build_gives_the_same_bytes_and_a_changed_input_other_bytes(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    first = provenance.statement(_facts(project))
+    assert provenance.statement(_facts(project)) == first
+    assert json.loads(first)["predicate"]["runDetails"]["metadata"] == {
+        "startedOn": "1970-01-02T00:00:00Z"}  # the build's one time, not the clock's
+    (project / "hello.jar").write_bytes(b"PK the app, version 2")
+    assert provenance.statement(_facts(project)) != first
+
+
+def test_a_build_from_its_lock_names_no_archive_index_and_zero_config_no_config_file(
+        project: Path) -> None:
+    cfg = config.from_jar(project / "hello.jar", "hello", "2.0")
+    doc = json.loads(provenance.statement(provenance.facts(cfg, [], DIGEST, [], epoch=0)))
+    build = doc["predicate"]["buildDefinition"]
+    assert build["internalParameters"] == {"suite": "trixie"}
+    assert set(build["externalParameters"]) == {"app", "lock"}  # the jar's lock, beside it
+    (project / "imagebuilder.lock").unlink()
+    doc = json.loads(provenance.statement(provenance.facts(cfg, [], DIGEST, [], epoch=0)))
+    assert set(doc["predicate"]["buildDefinition"]["externalParameters"]) == {"app"}
+
+
+# --- DSSE --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _sign(key: ec.EllipticCurvePrivateKey) -> dsse.Signer:
+    return lambda data: key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def _verify(key: ec.EllipticCurvePrivateKey) -> dsse.Verifier:
+    def verify(data: bytes, signature: bytes) -> bool:
+        try:
+            key.public_key().verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        except Exception:
+            return False
+        return True
+    return verify
+
+
+def test_pae_is_the_dsse_specs_encoding() -> None:
+    # The example of the DSSE protocol document.
+    assert dsse.pae("http://example.com/HelloWorld", b"hello world") == (
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world")
+
+
+def test_an_envelope_signs_the_pae_of_its_payload(key: ec.EllipticCurvePrivateKey) -> None:
+    statement = b'{"predicateType":"https://slsa.dev/provenance/v1"}'
+    env = json.loads(dsse.envelope(statement, _sign(key)))
+    assert env["payloadType"] == "application/vnd.in-toto+json"
+    assert base64.b64decode(env["payload"]) == statement
+    assert [set(s) for s in env["signatures"]] == [{"keyid", "sig"}]
+    key.public_key().verify(base64.b64decode(env["signatures"][0]["sig"]),
+                            dsse.pae(env["payloadType"], statement), ec.ECDSA(hashes.SHA256()))
+    opened = dsse.open_envelope(json.dumps(env).encode(), _verify(key), "the attestation")
+    assert opened == dsse.Opened("application/vnd.in-toto+json", statement)
+
+
+def test_a_changed_payload_type_or_payload_or_another_key_is_refused(
+        key: ec.EllipticCurvePrivateKey) -> None:
+    env = json.loads(dsse.envelope(b'{"a":1}', _sign(key)))
+    other = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(UserError, match="^the attestation: no signature of the DSSE envelope "
+                                        "verifies with the key$"):
+        dsse.open_envelope(json.dumps(env).encode(), _verify(other), "the attestation")
+    for change in ({"payloadType": "text/plain"},
+                   {"payload": base64.b64encode(b'{"a":2}').decode()}):
+        with pytest.raises(UserError, match="no signature"):
+            dsse.open_envelope(json.dumps({**env, **change}).encode(), _verify(key), "x")
+    with pytest.raises(UserError, match="^x: not a DSSE envelope"):
+        dsse.open_envelope(b'{"payload": "%%%"}', _verify(key), "x")
+
+
+def test_the_sbom_statement_carries_the_sbom_as_its_predicate_in_an_att_layer(
+        key: ec.EllipticCurvePrivateKey) -> None:
+    sbom = b'{"bomFormat":"CycloneDX","specVersion":"1.6","components":[]}'
+    statement = dsse.sbom_statement("hello:1.0.0", DIGEST, sbom)
+    doc = json.loads(statement)
+    assert doc["predicateType"] == "https://cyclonedx.org/bom"
+    assert doc["predicate"] == json.loads(sbom)
+    assert doc["subject"] == [{"name": "hello:1.0.0", "digest": {"sha256": "ab" * 32}}]
+    made = dsse.layer(statement, _sign(key))
+    assert made.annotations == {"predicateType": "https://cyclonedx.org/bom",
+                                "dev.cosignproject.cosign/signature": ""}
+    assert dsse.open_envelope(made.data, _verify(key), "x").payload == statement
