@@ -116,7 +116,15 @@ def _jar(entry: JarEntry) -> Component:
         hashes=[HashType(alg=HashAlgorithm.SHA_1, content=jar.sha1),
                 HashType(alg=HashAlgorithm.SHA_256, content=jar.sha256)],
         licenses=_jar_licenses(jar.licenses),
-        properties=[Property(name=f"{PREFIX}path", value=jar.path)])
+        properties=[Property(name=f"{PREFIX}path", value=jar.path)],
+        components=[_shaded(g, a, v, ref) for g, a, v, ref in identity.embedded(entry)] or None)
+
+
+def _shaded(group: str, artifact: str, version: str, ref: str) -> Component:
+    """An artifact whose classes a shaded jar carries (its own pom.properties inside it)."""
+    return Component(type=ComponentType.LIBRARY, name=artifact, group=group, version=version,
+                     bom_ref=ref,
+                     purl=PackageURL.from_string(identity.maven_purl(group, artifact, version)))
 
 
 def _licenses(expressions: Iterable[str]) -> list[License]:

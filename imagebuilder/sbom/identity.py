@@ -94,8 +94,18 @@ def deb_purl(pkg: DebPackage, suite: str) -> str:
 def jar_purl(jar: Jar) -> str | None:
     if not (jar.group and jar.artifact and jar.version):
         return None
-    return PackageURL(type="maven", namespace=jar.group, name=jar.artifact,
-                      version=jar.version).to_string()
+    return maven_purl(jar.group, jar.artifact, jar.version)
+
+
+def maven_purl(group: str, artifact: str, version: str) -> str:
+    return PackageURL(type="maven", namespace=group, name=artifact, version=version).to_string()
+
+
+def embedded(entry: JarEntry) -> list[tuple[str, str, str, str]]:
+    """The artifacts shaded into a jar, sorted, each (group, artifact, version, bom-ref): its
+    purl below the jar's reference, unique in the document as the jar's is."""
+    return [(g, a, v, f"{entry.ref}|{maven_purl(g, a, v)}")
+            for g, a, v in sorted(set(entry.jar.embedded))]
 
 
 def image_purl(inv: Inventory) -> str:

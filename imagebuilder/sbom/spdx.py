@@ -90,6 +90,10 @@ def spdx_document(inv: Inventory) -> Document:
         jar = _jar(entry)
         packages.append(jar)
         relationships.append(_rel(app.spdx_id, RelationshipType.DEPENDS_ON, jar.spdx_id))
+        for group, artifact, version, ref in identity.embedded(entry):
+            shaded = _shaded(group, artifact, version, ref, entry.jar.path)
+            packages.append(shaded)
+            relationships.append(_rel(jar.spdx_id, RelationshipType.CONTAINS, shaded.spdx_id))
     return Document(info, packages=packages, relationships=relationships)
 
 
@@ -182,3 +186,14 @@ def _jar(entry: JarEntry) -> Package:
         copyright_text=SpdxNoAssertion(),
         external_references=[_purl_ref(entry.purl)] if entry.purl else [],
         primary_package_purpose=PackagePurpose.LIBRARY)
+
+
+def _shaded(group: str, artifact: str, version: str, ref: str, path: str) -> Package:
+    """An artifact whose classes a shaded jar carries (its own pom.properties inside it)."""
+    return Package(
+        _spdx_id("shaded", artifact, ref), artifact, SpdxNoAssertion(), version=version,
+        supplier=SpdxNoAssertion(), files_analyzed=False, license_concluded=SpdxNoAssertion(),
+        license_declared=SpdxNoAssertion(), copyright_text=SpdxNoAssertion(),
+        external_references=[_purl_ref(identity.maven_purl(group, artifact, version))],
+        primary_package_purpose=PackagePurpose.LIBRARY,
+        comment=f"shaded into {path}")

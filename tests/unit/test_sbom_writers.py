@@ -40,11 +40,16 @@ def _deb(name: str, version: str, source: str, source_version: str, license: str
 
 
 def _jar(path: str, coords: tuple[str, str, str] | None = None,
-         licenses: tuple[str, ...] = (), content: str | None = None) -> Jar:
+         licenses: tuple[str, ...] = (), content: str | None = None,
+         embedded: tuple[tuple[str, str, str], ...] = ()) -> Jar:
     group, artifact, version = coords or (None, None, None)
     data = content or path
     return Jar(path, hashlib.sha1(data.encode()).hexdigest(), _h(data), group, artifact, version,
-               licenses)
+               licenses, embedded)
+
+
+SHADED = (("org.eclipse.jetty", "jetty-server", "11.0.24"),
+          ("com.fasterxml.jackson.core", "jackson-core", "2.17.2"))
 
 
 PACKAGES = (
@@ -67,7 +72,7 @@ PACKAGES = (
 JARS = (
     # A shaded jar: its own coordinates, the classes of many others inside.
     _jar("/app/wiremock-standalone-3.9.1.jar",
-         ("org.wiremock", "wiremock-standalone", "3.9.1"), ("Apache-2.0",)),
+         ("org.wiremock", "wiremock-standalone", "3.9.1"), ("Apache-2.0",), embedded=SHADED),
     _jar("/app/app.jar!/BOOT-INF/lib/jackson-databind-2.17.0.jar",
          ("com.fasterxml.jackson.core", "jackson-databind", "2.17.0"),
          ("The Apache Software License, Version 2.0",), content="jackson"),
@@ -264,6 +269,19 @@ def test_every_jar_with_its_hashes_and_purl_when_known() -> None:
         assert [c["algorithm"] for c in pkg["checksums"]] == ["SHA1", "SHA256"]
 
 
+def test_a_shaded_jar_lists_what_it_carries() -> None:
+    cdx = _cdx()
+    jar = next(c for c in cdx["components"] if c["name"] == "wiremock-standalone")
+    assert sorted(c["purl"] for c in jar["components"]) == [
+        "pkg:maven/com.fasterxml.jackson.core/jackson-core@2.17.2",
+        "pkg:maven/org.eclipse.jetty/jetty-server@11.0.24"]
+    doc = _spdx()
+    ids = {p["name"]: p["SPDXID"] for p in doc["packages"]}
+    for artifact in ("jetty-server", "jackson-core"):
+        assert {"spdxElementId": ids["wiremock-standalone"], "relationshipType": "CONTAINS",
+                "relatedSpdxElement": ids[artifact]} in doc["relationships"]
+
+
 def test_dependencies_image_on_packages_and_app_app_on_runtime_and_jars() -> None:
     doc = _cdx()
     deps = {d["ref"]: d.get("dependsOn", []) for d in doc["dependencies"]}
@@ -280,7 +298,8 @@ def test_dependencies_image_on_packages_and_app_app_on_runtime_and_jars() -> Non
     kinds = [kind for _a, kind, _b in rels]
     assert kinds.count("DESCRIBES") == 1
     assert kinds.count("DEPENDS_ON") == len(JARS) + 1
-    assert kinds.count("CONTAINS") == len(PACKAGES) - 1 + 1 + 1  # libc6 once, app, runtime
+    # libc6 once, the app, the runtime, the shaded artifacts
+    assert kinds.count("CONTAINS") == len(PACKAGES) - 1 + 1 + 1 + len(SHADED)
 
 
 # --- inspect --sbom --------------------------------------------------------------------------
