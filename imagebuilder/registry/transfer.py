@@ -18,6 +18,8 @@ the store: an OCI manifest, its config and its layers. This module speaks the di
   fails. Memory stays flat whatever the layer size. A stream that breaks is fetched again.
 - what push sends is read from the store's blob and hashed as it goes (:class:`SentDigest`), so
   a blob damaged in the local store is never uploaded.
+- the image's attachments (SBOMs, signatures: :mod:`imagebuilder.registry.referrers`) go after
+  its manifest on push, and come with it on pull, checked before the image is stored.
 - what a registry sends is checked in shape before it is used
   (:mod:`imagebuilder.registry.manifest`): a malformed manifest or config, or one with no layers,
   is one line and nothing is stored.
@@ -44,6 +46,7 @@ from ..store import blobs
 from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Image, Store, split_ref
 from ..store.oci import oci_digest
 from . import client as regclient
+from . import referrers
 from .client import DEFAULT_CHUNK_SIZE, RETRIES, WORKERS, Client, RegistryAuthError, RegistryError
 from .creds import credentials_for, docker_config_path
 from .manifest import parse_config, parse_manifest
@@ -108,6 +111,8 @@ class TransferResult:
     blobs_mounted: list[str] = field(default_factory=list)
     blobs_skipped: list[str] = field(default_factory=list)
     blobs_received: list[str] = field(default_factory=list)
+    attachments: list[str] = field(default_factory=list)
+    """Digests of the attachments (SBOMs, signatures) pushed or pulled with the image."""
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -116,7 +121,8 @@ class TransferResult:
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
             "blobs_sent": len(self.blobs_sent), "blobs_mounted": len(self.blobs_mounted),
             "blobs_skipped": len(self.blobs_skipped),
-            "blobs_received": len(self.blobs_received), "seconds": round(self.seconds, 3),
+            "blobs_received": len(self.blobs_received), "attachments": len(self.attachments),
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -187,6 +193,7 @@ def push(store: Store, image: Image, target: RegistryRef, client: Client, *,
         (result.blobs_mounted if outcome == "mounted" else result.blobs_sent).append(desc.digest)
     result.bytes_sent = sent[0]
     client.put_manifest(repo, tag, manifest, MANIFEST_MEDIA_TYPE)
+    result.attachments = referrers.push(store, image.digest, client, repo)
     if locations is not None:
         for desc in descs:
             locations.add(client.host, desc.digest, repo)
@@ -244,7 +251,9 @@ def pull(store: Store, source: RegistryRef, client: Client, *, force: bool = Fal
         layers = [d for d in missing if d.digest not in staged]
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             staged.update(zip((d.digest for d in layers), pool.map(fetch, layers), strict=True))
+        found = referrers.fetch(client, repo, digest)  # all checked before anything is stored
         store.put_manifest(local_ref, data, staged=staged, force=force)
+    result.attachments = [d.digest for d in referrers.keep(store, digest, found)]
     result.ref = local_ref
     result.blobs_received = list(staged)
     result.bytes_received = received[0]

@@ -81,7 +81,7 @@ def put_manifest(store: Store, subject_digest: str, data: bytes, blobs: dict[str
     an attachment of ``subject_digest``, with the ``blobs`` (digest -> bytes) it names that the
     store lacks; IntegrityError if it is not an artifact about that subject or a blob is not
     what its descriptor says."""
-    manifest = _parse(data)
+    manifest = parse(data)
     subject = manifest.get("subject") or {}
     if subject.get("digest") != subject_digest:
         raise IntegrityError(f"artifact {sha256_digest(data)[:19]} is about "
@@ -114,7 +114,7 @@ def referrers(store: Store, subject_digest: str,
             continue
         digest = str(entry["digest"])
         data = store.read_blob(digest)
-        desc = _referrer(digest, len(data), _parse(data, DamagedError))
+        desc = _referrer(digest, len(data), parse(data, DamagedError))
         if artifact_type is None or desc.artifact_type == artifact_type:
             out.append(desc)
     return sorted(out, key=lambda d: (d.artifact_type or "", d.digest))
@@ -122,7 +122,7 @@ def referrers(store: Store, subject_digest: str,
 
 def manifest(store: Store, descriptor: Descriptor) -> dict[str, Any]:
     """The artifact manifest ``descriptor`` names, read from the store and verified."""
-    return _parse(store.read_blob(descriptor.digest), DamagedError)
+    return parse(store.read_blob(descriptor.digest), DamagedError)
 
 
 def payload(store: Store, descriptor: Descriptor) -> bytes:
@@ -194,8 +194,10 @@ def _add_part(store: Store, part: Descriptor, blobs: dict[str, bytes]) -> None:
     store.add_blob_bytes(data, part.media_type)
 
 
-def _parse(data: bytes, error: Callable[[str], Exception] = IntegrityError) -> dict[str, Any]:
-    """The artifact manifest ``data``, checked in shape; ``error`` if it is not one."""
+def parse(data: bytes, error: Callable[[str], Exception] = IntegrityError) -> dict[str, Any]:
+    """The artifact manifest ``data``, checked in shape (a config, a subject and layers, each a
+    sha256 descriptor of at most :data:`MAX_PAYLOAD_BYTES`; string annotations; an artifact
+    type); ``error`` if it is not one."""
     digest = sha256_digest(data)[:19]
     try:
         found = json.loads(data)

@@ -1,0 +1,274 @@
+"""End to end: an image's attachments (two SBOMs) travel with it through push and pull, on a
+registry without the referrers API (Debian's docker-registry 2.8: the referrers tag schema) and
+on one with it (the same registry behind support.registry.ReferrersProxy); stock ``oras
+discover`` (Debian trixie's oras, fetched and verified like any package) lists them on both; a
+descriptor another tool put in the tag schema's index stays; and a registry's hostile answers (a
+referrer about another image, a tampered blob, a tag that is no index) are one line each, with
+nothing stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.store import attachments
+from imagebuilder.store.layout import Store
+from imagebuilder.store.oci import canonical_json, sha256_digest
+from support.inputs import inputs_dir
+from support.registry import ReferrersProxy, Registry, available, start_registry
+
+from .conftest import Cli, docker_cli, one_line_error, synthetic_image
+
+pytestmark = [pytest.mark.e2e, pytest.mark.network,
+              pytest.mark.skipif(not available(), reason="needs docker-registry (setup.sh)")]
+
+CDX = "application/vnd.cyclonedx+json"
+SPDX = "application/spdx+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+@pytest.fixture(scope="session")
+def oras() -> Path:
+    """Debian trixie's oras (1.2): its .deb resolved from the signed index of the mirror apt
+    uses and verified by its SHA-256, as the build fetches packages; unpacked once into the
+    inputs cache (support.inputs)."""
+    from imagebuilder.fetch.deb import extract_deb
+    from imagebuilder.fetch.debian import Archive
+    from imagebuilder.fetch.sources import mirror_from_apt
+
+    cache = inputs_dir("oras")
+    archive = Archive(mirror_from_apt(), "trixie", cache / "debian")
+    (package,) = archive.resolve(["oras"], follow=lambda p: False)
+    root = cache / package.sha256
+    if not (root / "usr/bin/oras").is_file():
+        tmp = root.with_name(f".{root.name}.{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        extract_deb(archive.fetch(package), tmp)
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    return root / "usr/bin/oras"
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferrersProxy]:
+    """A docker-registry of its own behind the referrers API proxy."""
+    upstream = start_registry(tmp_path_factory.mktemp("upstream"))
+    proxy = ReferrersProxy(upstream)
+    yield proxy
+    proxy.stop()
+    upstream.stop()
+
+
+def _with_sboms(home: Path, ref: str, seed: bytes) -> tuple[Store, str, dict[str, bytes]]:
+    """An image ``ref`` in ``home`` with a CycloneDX and an SPDX attachment; the store, the
+    image digest and the payloads by artifact type."""
+    store = synthetic_image(home, ref, [50_000], seed=seed)
+    digest = store.resolve(ref).digest
+    payloads = {CDX: b'{"bomFormat":"CycloneDX","seed":"%s"}' % seed,
+                SPDX: b'{"spdxVersion":"SPDX-2.3","seed":"%s"}' % seed}
+    for kind, data in payloads.items():
+        attachments.attach(store, digest, kind, data, kind,
+                           {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"})
+    return store, digest, payloads
+
+
+def _oras(oras: Path, home: Path, *args: str) -> str:
+    """``oras ARGS`` with a home of its own (no credentials but its own); its stdout."""
+    home.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([str(oras), *args], cwd=home, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "HOME": str(home)})
+    assert done.returncode == 0, f"oras {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def _discover(oras: Path, home: Path, host: str, repo: str, digest: str) -> list[str]:
+    """The artifact types ``oras discover`` lists for ``repo@digest``, sorted."""
+    listed = json.loads(_oras(oras, home, "discover", "--plain-http", "--format", "json",
+                              f"{host}/{repo}@{digest}"))
+    return sorted(m["artifactType"]
+                  for m in listed.get("manifests", listed.get("referrers", [])))
+
+
+def _get(host: str, path: str, accept: str = INDEX) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://{host}{path}", headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, b""
+
+
+def _pulled(tmp_path: Path, source: str) -> tuple[Cli, dict[str, object]]:
+    r = docker_cli(tmp_path / "pulled", tmp_path / "docker")
+    out = r.json("pull", source, "--insecure")
+    assert isinstance(out, dict)
+    return r, out
+
+
+def _payloads(store: Store, digest: str) -> dict[str, bytes]:
+    return {str(d.artifact_type): attachments.payload(store, d)
+            for d in attachments.referrers(store, digest)}
+
+
+def test_tag_schema_on_a_registry_without_the_api(registry: Registry, oras: Path,
+                                                  tmp_path: Path) -> None:
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    store, digest, payloads = _with_sboms(r.home, "sbom:1.0.0", b"tag")
+    pushed = r.json("push", "sbom:1.0.0", f"{registry.host}/sbom", "--insecure")
+    assert isinstance(pushed, dict) and pushed["attachments"] == 2
+    assert _get(registry.host, f"/v2/sbom/referrers/{digest}")[0] == 404
+    status, raw = _get(registry.host, f"/v2/sbom/manifests/sha256-{digest[7:]}")
+    assert status == 200
+    index = json.loads(raw)
+    assert index["mediaType"] == INDEX
+    assert {m["digest"]: m["artifactType"] for m in index["manifests"]} == {
+        d.digest: d.artifact_type for d in attachments.referrers(store, digest)}
+    assert _discover(oras, tmp_path / "oras", registry.host, "sbom", digest) == [SPDX, CDX]
+
+    again = r.json("push", "sbom:1.0.0", f"{registry.host}/sbom", "--insecure")
+    assert isinstance(again, dict) and again["attachments"] == 2
+    assert _get(registry.host, f"/v2/sbom/manifests/sha256-{digest[7:]}")[1] == raw  # unchanged
+
+    pulled, out = _pulled(tmp_path, f"{registry.host}/sbom:1.0.0")
+    assert out["attachments"] == 2
+    assert _payloads(Store(pulled.home / "store"), digest) == payloads
+    assert json.loads(pulled("check", "--json").stdout)["ok"] is True
+
+
+def test_referrers_api_through_the_proxy(proxied: ReferrersProxy, oras: Path,
+                                         tmp_path: Path) -> None:
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    store, digest, payloads = _with_sboms(r.home, "api:1.0.0", b"api")
+    pushed = r.json("push", "api:1.0.0", f"{proxied.host}/api", "--insecure")
+    assert isinstance(pushed, dict) and pushed["attachments"] == 2
+    # the registry indexed them (OCI-Subject): no referrers tag was written
+    assert proxied.upstream.manifest_digest("api", f"sha256-{digest[7:]}") is None
+    status, raw = _get(proxied.host, f"/v2/api/referrers/{digest}")
+    assert status == 200
+    assert sorted(m["digest"] for m in json.loads(raw)["manifests"]) == sorted(
+        d.digest for d in attachments.referrers(store, digest))
+    assert _discover(oras, tmp_path / "oras", proxied.host, "api", digest) == [SPDX, CDX]
+
+    pulled, out = _pulled(tmp_path, f"{proxied.host}/api:1.0.0")
+    assert out["attachments"] == 2
+    assert _payloads(Store(pulled.home / "store"), digest) == payloads
+    assert ("GET", f"/v2/api/referrers/{digest}") in proxied.requests
+    assert ("GET", f"/v2/api/manifests/sha256-{digest[7:]}") not in proxied.requests
+
+
+def test_another_tools_referrer_in_the_tag_schema_stays(registry: Registry, oras: Path,
+                                                         tmp_path: Path) -> None:
+    review = "application/vnd.example.review"
+    # the image alone first, then oras attaches its own artifact (the tag schema: no API)
+    bare = docker_cli(tmp_path / "bare", tmp_path / "docker")
+    digest = synthetic_image(bare.home, "mixed:1.0.0", [50_000]).resolve("mixed:1.0.0").digest
+    bare("push", "mixed:1.0.0", f"{registry.host}/mixed", "--insecure")
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    shutil.copytree(bare.home / "store", r.home / "store")
+    store = Store(r.home / "store")
+    payloads = {CDX: b'{"bomFormat":"CycloneDX"}', SPDX: b'{"spdxVersion":"SPDX-2.3"}'}
+    for kind, data in payloads.items():
+        attachments.attach(store, digest, kind, data, kind)
+    home = tmp_path / "oras"
+    home.mkdir()
+    (home / "note.txt").write_text("reviewed\n")
+    _oras(oras, home, "attach", "--plain-http", "--artifact-type", review,
+          f"{registry.host}/mixed@{digest}", "note.txt:text/plain")
+    assert _discover(oras, home, registry.host, "mixed", digest) == [review]
+
+    r("push", "mixed:1.0.0", f"{registry.host}/mixed", "--insecure")
+    assert store.resolve("mixed:1.0.0").digest == digest
+    assert _discover(oras, home, registry.host, "mixed", digest) == [SPDX, CDX, review]
+
+    pulled, out = _pulled(tmp_path, f"{registry.host}/mixed:1.0.0")
+    assert out["attachments"] == 3
+    got = _payloads(Store(pulled.home / "store"), digest)
+    assert got == {**payloads, review: b"reviewed\n"}
+
+
+def _put(host: str, path: str, data: bytes, media_type: str) -> None:
+    request = urllib.request.Request(f"http://{host}{path}", data=data, method="PUT",
+                                     headers={"Content-Type": media_type})
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def _upload(host: str, repo: str, data: bytes) -> None:
+    """Blob ``data`` into ``repo``, as any client can (one POST, one PUT)."""
+    request = urllib.request.Request(f"http://{host}/v2/{repo}/blobs/uploads/", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        location = response.headers["Location"]
+    sep = "&" if "?" in location else "?"
+    _put(host, f"{location.removeprefix(f'http://{host}')}{sep}digest={sha256_digest(data)}",
+         data, "application/octet-stream")
+
+
+def _push_raw(host: str, repo: str, store: Store, digest: str) -> None:
+    """Manifest ``digest`` of ``store`` and its blobs into ``repo``, by digest."""
+    manifest = json.loads(store.read_blob(digest))
+    for part in [manifest["config"], *manifest["layers"]]:
+        _upload(host, repo, store.read_blob(part["digest"]))
+    _put(host, f"/v2/{repo}/manifests/{digest}", store.read_blob(digest),
+         "application/vnd.oci.image.manifest.v1+json")
+
+
+def _hostile(registry: Registry, tmp_path: Path, repo: str) -> tuple[Cli, str, Store]:
+    """An image pushed with its SBOMs to ``repo``, and an empty home to pull it into."""
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    store, digest, _ = _with_sboms(r.home, f"{repo}:1.0.0", repo.encode())
+    r("push", f"{repo}:1.0.0", f"{registry.host}/{repo}", "--insecure")
+    return docker_cli(tmp_path / "fresh", tmp_path / "docker"), digest, store
+
+
+def _nothing_stored(cli: Cli) -> None:
+    assert Store(cli.home / "store").images() == []
+
+
+def test_a_referrer_about_another_image_is_refused(registry: Registry, tmp_path: Path) -> None:
+    fresh, digest, _ = _hostile(registry, tmp_path, "liar")
+    other = synthetic_image(tmp_path / "other", "other:1.0.0", [1000], seed=b"other")
+    other_digest = other.resolve("other:1.0.0").digest
+    _push_raw(registry.host, "liar", other, other_digest)
+    foreign = attachments.attach(other, other_digest, CDX, b"not yours", CDX)
+    _push_raw(registry.host, "liar", other, foreign.digest)
+    tag = f"/v2/liar/manifests/sha256-{digest[7:]}"
+    index = json.loads(_get(registry.host, tag)[1])
+    index["manifests"].append(foreign.to_json())
+    _put(registry.host, tag, canonical_json(index), INDEX)
+
+    one_line_error(fresh("pull", f"{registry.host}/liar:1.0.0", "--insecure", check=False), 1,
+                   f"is about {other_digest[:19]}, not the image pulled ({digest[:19]}); "
+                   "refused")
+    _nothing_stored(fresh)
+
+
+def test_a_tampered_sbom_blob_is_refused(registry: Registry, tmp_path: Path) -> None:
+    fresh, digest, store = _hostile(registry, tmp_path, "tampered")
+    (cdx,) = attachments.referrers(store, digest, CDX)
+    payload = attachments.all_blobs(store, cdx)[1]
+    blob = registry.blob_data_path(payload.digest)
+    blob.write_bytes(blob.read_bytes().replace(b"CycloneDX", b"CycloneDY"))
+    one_line_error(fresh("pull", f"{registry.host}/tampered:1.0.0", "--insecure", check=False),
+                   1, f"blob {payload.digest} did not verify")
+    _nothing_stored(fresh)
+
+
+def test_a_referrers_tag_that_is_no_index_is_refused(registry: Registry, tmp_path: Path) -> None:
+    fresh, digest, store = _hostile(registry, tmp_path, "notindex")
+    image = store.resolve("notindex:1.0.0")
+    _put(registry.host, f"/v2/notindex/manifests/sha256-{digest[7:]}",
+         store.read_blob(image.digest), "application/vnd.oci.image.manifest.v1+json")
+    one_line_error(fresh("pull", f"{registry.host}/notindex:1.0.0", "--insecure", check=False),
+                   1, "is not an OCI image index of referrers")
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    one_line_error(r("push", "notindex:1.0.0", f"{registry.host}/notindex", "--insecure",
+                     check=False), 1, "is not an OCI referrers index")
