@@ -56,6 +56,7 @@ from ..layers.hardware import Selection, firmware_files, missing_firmware_messag
 from ..layers.hardware import select as select_drivers
 from ..layers.kernel import KernelManifest, ModuleTree, load_manifest
 from ..scratch import scratch_dir
+from ..signing import provenance
 from ..store.home import Home
 from ..store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from ..store.layout import TITLE_ANNOTATION as TITLE
@@ -372,6 +373,9 @@ class Builder:
         }
         ref = f"{cfg.image.name}:{cfg.image.version}"
         digest = store.put_image(ref, image_config, descriptors)
+        provenance.record(store, provenance.facts(  # who built it, from what (signing/)
+            cfg, shape.app + shape.libs, digest,
+            [e for entries in resolution.parts.values() for e in entries]))
         return BuildResult(ref, digest, sum(d.size for d in descriptors), self.stages,
                            resolution.from_lock, disk_digest)
 

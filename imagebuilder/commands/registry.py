@@ -63,11 +63,15 @@ def push_cmd(ref: str, target: str, force: bool, chunk_size: int, insecure: bool
                                progress=progress)
     from ..signing.signatures import push_signatures  # the image's signatures to its .sig tag
     signatures = push_signatures(home.store, image.digest, dest, client)
+    from ..signing.dsse import push_attestations  # and its attestations to its .att tag
+    attestations = push_attestations(home.store, image.digest, dest, client)
     if as_json:
-        emit_json({**result.to_json(), "signatures_sent": signatures})
+        emit_json({**result.to_json(), "signatures_sent": signatures,
+                   "attestations_sent": attestations})
         return
     click.echo(f"pushed {result.ref} to {result.target} ({result.digest})"
-               + (f" with {signatures} new signature(s)" if signatures else ""))
+               + (f" with {signatures} new signature(s)" if signatures else "")
+               + (f" and {attestations} new attestation(s)" if attestations else ""))
     click.echo(f"sent {len(result.blobs_sent)} blobs ({_human(result.bytes_sent)}), mounted "
                f"{len(result.blobs_mounted)}, skipped {len(result.blobs_skipped)} already there")
 

@@ -39,20 +39,23 @@ def sign_cmd(ref: str, key_path: str, insecure: bool, as_json: bool) -> None:
     """Sign image REF's manifest digest with KEY, in cosign's format: in the local store
     (NAME:VERSION or a digest; 'push' takes the signature along) or in a registry
     (HOST/REPO:TAG or @DIGEST, at the tag sha256-<hex>.sig, as 'cosign sign' does)."""
-    from ..signing import signatures
+    from ..signing import dsse, signatures
     from ..signing.keys import load_private_key
     key = load_private_key(key_path)
     if signatures.is_registry_ref(ref):
         client, target = _client(ref, insecure)
         result = signatures.sign_remote(client, target, key)
+        attested = dsse.attest(get_home().store, ref, key, client, target)
     else:
         result = signatures.sign_local(get_home().store, ref, key)
+        attested = dsse.attest(get_home().store, ref, key)  # its provenance and SBOM
     if as_json:
-        emit_json(result.to_json())
+        emit_json({**result.to_json(), "attestations": attested.to_json()})
         return
     what = "signed" if result.added else "already signed"
     click.echo(f"{what} {result.ref} ({result.digest[:19]}) with {result.key.path} "
                f"({result.key.fingerprint[:19]}): {result.location}")
+    click.echo(attested.describe())
 
 
 @click.command("verify")

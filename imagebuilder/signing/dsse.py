@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UserError
+from ..errors import NotFoundError, UserError
 from ..registry.client import DEFAULT_CHUNK_SIZE, Client
 from ..registry.refs import RegistryRef
 from ..registry.transfer import blob_body
@@ -37,6 +37,7 @@ from .keys import PrivateKey, sign_bytes, verify_bytes
 from .provenance import ARTIFACT_TYPE as PROVENANCE_ARTIFACT_TYPE
 from .provenance import PREDICATE_TYPE as PROVENANCE_TYPE
 from .provenance import STATEMENT_TYPE, subject
+from .signatures import remote_digest
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 ENVELOPE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
@@ -49,6 +50,8 @@ ATTESTATION_ARTIFACT_TYPE = ENVELOPE_MEDIA_TYPE
 #: annotation (empty on an attestation layer: the signature is in the envelope).
 PREDICATE_ANNOTATION = "predicateType"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+#: What people call each statement.
+_NAMES = {PROVENANCE_TYPE: "provenance", CYCLONEDX_TYPE: "CycloneDX SBOM"}
 #: An envelope larger than this is refused unread (an SBOM of thousands of components is a
 #: few MiB).
 MAX_ENVELOPE_BYTES = 64 << 20
@@ -158,6 +161,16 @@ class AttestResult:
         return {"added": list(self.added), "present": list(self.present),
                 "missing": list(self.missing)}
 
+    def describe(self) -> str:
+        """One line for people: what is attested now, and what could not be."""
+        def names(types: tuple[str, ...]) -> str:
+            return " and ".join(_NAMES.get(t, t) for t in types)
+        said = [f"attested its {names(self.added)}" if self.added else "",
+                f"its {names(self.present)} already attested by this key" if self.present else "",
+                (f"no {names(self.missing)} stored with it to attest (built before imagebuilder "
+                 "made them, or only in the registry: build or pull it)") if self.missing else ""]
+        return "; ".join(s for s in said if s)
+
 
 def statements(store: Store, image: Image) -> dict[str, bytes | None]:
     """The in-toto statements about ``image`` that its build attached, by predicate type
@@ -251,6 +264,24 @@ def push_attestations(store: Store, digest: str, target: RegistryRef, client: Cl
     return len(new)
 
 
+def attest(store: Store, ref: str, key: PrivateKey, client: Client | None = None,
+           target: RegistryRef | None = None) -> AttestResult:
+    """What ``sign`` calls: :func:`attest_local` for an image of the store; for one of a
+    registry (``client``, ``target``), the same on the store's image of that digest (a built
+    or pulled image keeps its statements there), then written to the registry's ``.att``
+    manifest. A registry image the store lacks has no statements here: none is attested."""
+    if client is None or target is None:
+        return attest_local(store, ref, key)
+    digest = remote_digest(client, target)
+    try:
+        store.resolve(digest)
+    except NotFoundError:
+        return AttestResult((), (), (PROVENANCE_TYPE, CYCLONEDX_TYPE))
+    result = attest_local(store, digest, key)
+    push_attestations(store, digest, target, client)
+    return result
+
+
 def _blob(store: Store, desc: Descriptor) -> tuple[str, int]:
     """(digest, size) of the envelope blob of attestation ``desc``."""
     layer_desc = attachments.all_blobs(store, desc)[1]
@@ -259,6 +290,6 @@ def _blob(store: Store, desc: Descriptor) -> tuple[str, int]:
 
 __all__ = ["ATTESTATION_ARTIFACT_TYPE", "CYCLONEDX_ARTIFACT_TYPE", "CYCLONEDX_TYPE",
            "ENVELOPE_MEDIA_TYPE", "PAYLOAD_TYPE", "PROVENANCE_TYPE", "AttestResult", "Layer",
-           "Opened", "Signer", "Verifier", "attest_local", "attestation_tag", "attested_by",
-           "envelope", "layer", "local_layers", "open_envelope", "pae", "predicate_type",
-           "push_attestations", "sbom_statement", "statements"]
+           "Opened", "Signer", "Verifier", "attest", "attest_local", "attestation_tag",
+           "attested_by", "envelope", "layer", "local_layers", "open_envelope", "pae",
+           "predicate_type", "push_attestations", "sbom_statement", "statements"]

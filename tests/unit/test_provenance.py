@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from imagebuilder import __version__
@@ -19,8 +19,13 @@ from imagebuilder.config import parse as config
 from imagebuilder.errors import UserError
 from imagebuilder.fetch.lock import LockEntry
 from imagebuilder.signing import dsse, provenance
+from imagebuilder.signing.keys import PrivateKey, load_private_key
+from imagebuilder.store import attachments
+from imagebuilder.store.layout import KERNEL_MEDIA_TYPE, Store
 
 DIGEST = "sha256:" + "ab" * 32
+PROVENANCE = "https://slsa.dev/provenance/v1"
+CYCLONEDX = "https://cyclonedx.org/bom"
 LIBC = LockEntry("libc6", "2.41-12", "pool/main/g/glibc/libc6_2.41-12_amd64.deb", "11" * 32, 3)
 BUSYBOX = LockEntry("busybox-static", "1:1.37.0-6", "pool/main/b/busybox/busybox-static_"
                     "1.37.0-6_amd64.deb", "22" * 32, 5)
@@ -169,3 +174,74 @@ def test_the_sbom_statement_carries_the_sbom_as_its_predicate_in_an_att_layer(
     assert made.annotations == {"predicateType": "https://cyclonedx.org/bom",
                                 "dev.cosignproject.cosign/signature": ""}
     assert dsse.open_envelope(made.data, _verify(key), "x").payload == statement
+
+
+# --- attesting an image of the store -----------------------------------------------------------
+
+
+def _stored_image(tmp_path: Path, statements: bool = True) -> tuple[Store, str]:
+    """An image in a real store, with the statements a build attaches (unless not)."""
+    store = Store(tmp_path / "store")
+    kernel = store.add_blob_bytes(b"kernel", KERNEL_MEDIA_TYPE)
+    digest = store.put_image("hello:1.0.0", {"name": "hello", "version": "1.0.0"}, [kernel])
+    if statements:
+        facts = provenance.BuildFacts("hello:1.0.0", digest, None, None, (), "trixie", None,
+                                      (LIBC,), 0)
+        provenance.record(store, facts)
+        attachments.attach(store, digest, dsse.CYCLONEDX_ARTIFACT_TYPE,
+                           b'{"bomFormat":"CycloneDX"}', dsse.CYCLONEDX_ARTIFACT_TYPE)
+    return store, digest
+
+
+def _private(path: Path, key: ec.EllipticCurvePrivateKey) -> PrivateKey:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return load_private_key(path)
+
+
+def test_sign_attests_the_provenance_and_the_sbom_once_per_key(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    store, digest = _stored_image(tmp_path)
+    private = _private(tmp_path / "release.key", key)
+    result = dsse.attest(store, "hello:1.0.0", private)
+    assert result == dsse.AttestResult((PROVENANCE, CYCLONEDX), (), ())
+    assert result.describe() == "attested its provenance and CycloneDX SBOM"
+    found = dsse.local_layers(store, digest)
+    assert sorted(layer.predicate_type for _, layer in found) == [CYCLONEDX, PROVENANCE]
+    for _, layer in found:
+        statement = json.loads(dsse.open_envelope(layer.data, _verify(key), "x").payload)
+        assert statement["subject"][0]["digest"] == {"sha256": digest.removeprefix("sha256:")}
+        assert statement["predicateType"] == layer.predicate_type
+        assert layer.annotations["dev.cosignproject.cosign/signature"] == ""
+    # The same key again: nothing new. Another key: attested again, beside the first.
+    again = dsse.attest(store, "hello:1.0.0", private)
+    assert again == dsse.AttestResult((), (PROVENANCE, CYCLONEDX), ())
+    assert len(dsse.local_layers(store, digest)) == 2
+    other = _private(tmp_path / "other.key", ec.generate_private_key(ec.SECP256R1()))
+    assert dsse.attest(store, "hello:1.0.0", other).added == (PROVENANCE, CYCLONEDX)
+    assert len(dsse.local_layers(store, digest)) == 4
+
+
+def test_an_image_built_before_provenance_has_nothing_to_attest(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    store, digest = _stored_image(tmp_path, statements=False)
+    result = dsse.attest(store, "hello:1.0.0", _private(tmp_path / "k.key", key))
+    assert result == dsse.AttestResult((), (), (PROVENANCE, CYCLONEDX))
+    assert result.describe().startswith("no provenance and CycloneDX SBOM stored with it")
+    assert dsse.local_layers(store, digest) == []
+
+
+def test_a_tampered_attestation_is_not_taken_for_one(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """An envelope whose payload was changed after signing does not count as attested: sign
+    attests again rather than trusting it."""
+    store, digest = _stored_image(tmp_path)
+    private = _private(tmp_path / "release.key", key)
+    env = json.loads(dsse.envelope(b'{"predicateType":"https://slsa.dev/provenance/v1"}',
+                                   _sign(key)))
+    env["payload"] = base64.b64encode(b'{"predicateType":"forged"}').decode()
+    attachments.attach(store, digest, dsse.ATTESTATION_ARTIFACT_TYPE,
+                       json.dumps(env).encode(), dsse.ENVELOPE_MEDIA_TYPE,
+                       {"predicateType": PROVENANCE}, keep=True)
+    assert dsse.attest(store, "hello:1.0.0", private).added == (PROVENANCE, CYCLONEDX)
