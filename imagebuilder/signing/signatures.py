@@ -237,8 +237,13 @@ def verified(source: Store | Client, ref: str | RegistryRef,
     did; otherwise its ``problem`` says why and :meth:`~.cosign.Verification.require` raises."""
     if isinstance(source, Store):
         image = source.resolve(str(ref))
-        return check(image.ref, image.digest, local_signatures(source, image.digest), keys)
-    target = ref if isinstance(ref, RegistryRef) else RegistryRef.parse(ref)
-    digest = remote_digest(source, target)
-    return check(str(target), digest,
-                 remote_signatures(source, target.repository, digest), keys)
+        shown, digest, repo = image.ref, image.digest, ""
+    else:
+        target = ref if isinstance(ref, RegistryRef) else RegistryRef.parse(ref)
+        shown, digest, repo = str(target), remote_digest(source, target), target.repository
+    try:
+        found = (local_signatures(source, digest) if isinstance(source, Store)
+                 else remote_signatures(source, repo, digest))
+    except SignatureError as e:  # unreadable as a whole: a Verification saying so
+        return Verification(shown, digest, (), 0, str(e))
+    return check(shown, digest, found, keys)
