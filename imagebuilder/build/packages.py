@@ -119,6 +119,11 @@ class Resolution:
         """The part's identity for cache keys: its packages' SHA-256s."""
         return sorted(e.sha256 for e in self.parts.get(part, []))
 
+    def snapshot(self) -> tuple[str, str] | None:
+        """(SHA-256, Date) of the suite's InRelease if this resolution read the archive's
+        index; None if the lock alone served it."""
+        return None if self._archive is None else self._archive.inrelease
+
     def archive(self) -> Archive:
         """The suite's index, read (and verified) on first use only."""
         if self._archive is None:

@@ -375,7 +375,8 @@ class Builder:
         digest = store.put_image(ref, image_config, descriptors)
         provenance.record(store, provenance.facts(  # who built it, from what (signing/)
             cfg, shape.app + shape.libs, digest,
-            [e for entries in resolution.parts.values() for e in entries]))
+            [e for entries in resolution.parts.values() for e in entries],
+            provenance.ArchiveSnapshot.of(resolution.snapshot())))
         return BuildResult(ref, digest, sum(d.size for d in descriptors), self.stages,
                            resolution.from_lock, disk_digest)
 

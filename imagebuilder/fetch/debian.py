@@ -66,6 +66,9 @@ class Archive:
         self._by_hash = False
         self._packages: dict[str, Package] | None = None
         self._providers: dict[str, list[str]] = {}
+        #: The SHA-256 of InRelease as downloaded and its Date, once read (for provenance).
+        self.inrelease: tuple[str, str] | None = None
+        self._inrelease_sha256 = ""
 
     # -- the signed Release ---------------------------------------------------------------------
 
@@ -74,6 +77,7 @@ class Archive:
         if self._release is None:
             text = self._verified_inrelease()
             fields, self._release = parse_release(text)
+            self.inrelease = (self._inrelease_sha256, fields.get("date", ""))
             self._check_release_fields(fields)
             self._by_hash = fields.get("acquire-by-hash", "").lower() == "yes"
         return self._release
@@ -90,7 +94,9 @@ class Archive:
                     f"suite '{self.suite}' not found on the mirror {self.mirror} "
                     f"(no {url}); check [system] suite or the mirror"
                 ) from None
-            return self._gpgv(path)
+            text = self._gpgv(path)
+            self._inrelease_sha256 = _sha256_file(path)
+            return text
 
     def _gpgv(self, path: Path) -> str:
         """The text of the clear-signed ``path`` that gpgv verified against the keyring."""

@@ -56,6 +56,11 @@ class ArchiveSnapshot:
     sha256: str
     date: str
 
+    @classmethod
+    def of(cls, found: tuple[str, str] | None) -> ArchiveSnapshot | None:
+        """From (SHA-256, Date), as the build's resolution gives it (None: no index read)."""
+        return None if found is None else cls(*found)
+
 
 def resource(name: str, sha256: str) -> dict[str, Any]:
     """An in-toto ResourceDescriptor naming a file by its SHA-256."""

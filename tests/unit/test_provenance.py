@@ -17,11 +17,21 @@ from imagebuilder import __version__
 from imagebuilder.apps.shape import File
 from imagebuilder.config import parse as config
 from imagebuilder.errors import UserError
+from imagebuilder.fetch.debian import Archive
 from imagebuilder.fetch.lock import LockEntry
 from imagebuilder.signing import dsse, provenance
 from imagebuilder.signing.keys import PrivateKey, load_private_key
 from imagebuilder.store import attachments
 from imagebuilder.store.layout import KERNEL_MEDIA_TYPE, Store
+
+try:  # pytest puts tests/unit itself on sys.path while it is no package
+    import archive_fixture as fx
+except ImportError:
+    from tests.unit import archive_fixture as fx  # type: ignore[no-redef]
+
+# the fixtures of the signed test archive
+archive_tree, gpg_key, server = fx.archive_tree, fx.gpg_key, fx.server
+fast_retries = fx.fast_retries
 
 DIGEST = "sha256:" + "ab" * 32
 PROVENANCE = "https://slsa.dev/provenance/v1"
@@ -245,3 +255,18 @@ def test_a_tampered_attestation_is_not_taken_for_one(
                        json.dumps(env).encode(), dsse.ENVELOPE_MEDIA_TYPE,
                        {"predicateType": PROVENANCE}, keep=True)
     assert dsse.attest(store, "hello:1.0.0", private).added == (PROVENANCE, CYCLONEDX)
+
+
+# --- the archive index a build resolved against ----------------------------------------------
+
+
+def test_the_archive_read_knows_its_inrelease_digest_and_date(
+        server: fx.ArchiveServer, archive_tree: fx.ArchiveTree, tmp_path: Path) -> None:
+    archive = Archive(server.url, fx.SUITE, tmp_path, keyring=archive_tree.key.keyring)
+    assert archive.inrelease is None  # nothing read yet
+    archive.release()
+    inrelease = (archive_tree.root / "dists" / fx.SUITE / "InRelease").read_bytes()
+    assert archive.inrelease == (_sha(inrelease), "Sat, 01 Nov 2025 00:00:00 UTC")
+    found = provenance.ArchiveSnapshot.of(archive.inrelease)
+    assert found == provenance.ArchiveSnapshot(_sha(inrelease), "Sat, 01 Nov 2025 00:00:00 UTC")
+    assert provenance.ArchiveSnapshot.of(None) is None
