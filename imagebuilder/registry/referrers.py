@@ -145,8 +145,8 @@ def fetch(client: Client, repo: str, subject: str) -> list[Found]:
         got = client.get_manifest(repo, tag_of(subject))
         listed = [] if got is None else _entries(got[0], f"{client.host}/{repo}:{tag_of(subject)}")
     if len(listed) > MAX_REFERRERS:
-        raise RegistryError(f"{where} has {len(listed)} referrers, over the limit of "
-                            f"{MAX_REFERRERS}; refused")
+        raise RegistryError(f"{where} lists more than {MAX_REFERRERS} referrers, over the "
+                            "limit; refused")
     found: list[Found] = []
     budget = [MAX_TOTAL_BYTES]
     for desc in listed:

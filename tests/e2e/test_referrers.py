@@ -272,3 +272,41 @@ def test_a_referrers_tag_that_is_no_index_is_refused(registry: Registry, tmp_pat
     r = docker_cli(tmp_path / "home", tmp_path / "docker")
     one_line_error(r("push", "notindex:1.0.0", f"{registry.host}/notindex", "--insecure",
                      check=False), 1, "is not an OCI referrers index")
+
+
+def test_what_the_referrers_api_lists_is_capped(proxied: ReferrersProxy, tmp_path: Path) -> None:
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    _, digest, _ = _with_sboms(r.home, "caps:1.0.0", b"caps")
+    r("push", "caps:1.0.0", f"{proxied.host}/caps", "--insecure")
+    listed = proxied.referrers[("caps", digest)]
+    fake = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 500,
+            "artifactType": "application/vnd.example"}
+    listed.update({d: {**fake, "digest": d}
+                   for d in (sha256_digest(b"%d" % i) for i in range(200))})
+    fresh = docker_cli(tmp_path / "fresh", tmp_path / "docker")
+    one_line_error(fresh("pull", f"{proxied.host}/caps:1.0.0", "--insecure", check=False), 1,
+                   "lists more than 128 referrers, over the limit; refused")
+    listed.clear()
+    listed[digest] = {**fake, "digest": digest, "annotations": {"x": "y" * (5 << 20)}}
+    one_line_error(fresh("pull", f"{proxied.host}/caps:1.0.0", "--insecure", check=False), 1,
+                   "over the limit of 4194304; refused")
+    _nothing_stored(fresh)
+
+
+def test_an_attachment_larger_than_allowed_is_refused(registry: Registry,
+                                                      tmp_path: Path) -> None:
+    fresh, digest, store = _hostile(registry, tmp_path, "huge")
+    (cdx,) = attachments.referrers(store, digest, CDX)
+    manifest = attachments.manifest(store, cdx)
+    manifest["layers"][0]["size"] = attachments.MAX_PAYLOAD_BYTES + 1
+    data = canonical_json(manifest)
+    _put(registry.host, f"/v2/huge/manifests/{sha256_digest(data)}", data,
+         "application/vnd.oci.image.manifest.v1+json")
+    tag = f"/v2/huge/manifests/sha256-{digest[7:]}"
+    index = json.loads(_get(registry.host, tag)[1])
+    index["manifests"] = [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": sha256_digest(data), "size": len(data)}]
+    _put(registry.host, tag, canonical_json(index), INDEX)
+    one_line_error(fresh("pull", f"{registry.host}/huge:1.0.0", "--insecure", check=False), 1,
+                   f"sha256 descriptor of at most {attachments.MAX_PAYLOAD_BYTES} bytes")
+    _nothing_stored(fresh)
