@@ -36,7 +36,8 @@ from .cosign import CONFIG_MEDIA_TYPE, parse_sig_manifest, sig_manifest
 from .keys import PrivateKey, sign_bytes, verify_bytes
 from .provenance import ARTIFACT_TYPE as PROVENANCE_ARTIFACT_TYPE
 from .provenance import PREDICATE_TYPE as PROVENANCE_TYPE
-from .provenance import STATEMENT_TYPE, subject
+from .provenance import PREDICATE_TYPE_V02 as PROVENANCE_TYPE_V02
+from .provenance import STATEMENT_TYPE, subject, v02
 from .signatures import remote_digest
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -51,7 +52,8 @@ ATTESTATION_ARTIFACT_TYPE = ENVELOPE_MEDIA_TYPE
 PREDICATE_ANNOTATION = "predicateType"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 #: What people call each statement.
-_NAMES = {PROVENANCE_TYPE: "provenance", CYCLONEDX_TYPE: "CycloneDX SBOM"}
+_NAMES = {PROVENANCE_TYPE: "SLSA v1 provenance", PROVENANCE_TYPE_V02: "SLSA v0.2 provenance",
+          CYCLONEDX_TYPE: "CycloneDX SBOM"}
 #: An envelope larger than this is refused unread (an SBOM of thousands of components is a
 #: few MiB).
 MAX_ENVELOPE_BYTES = 64 << 20
@@ -164,7 +166,8 @@ class AttestResult:
     def describe(self) -> str:
         """One line for people: what is attested now, and what could not be."""
         def names(types: tuple[str, ...]) -> str:
-            return " and ".join(_NAMES.get(t, t) for t in types)
+            named = [_NAMES.get(t, t) for t in types]
+            return " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
         said = [f"attested its {names(self.added)}" if self.added else "",
                 f"its {names(self.present)} already attested by this key" if self.present else "",
                 (f"no {names(self.missing)} stored with it to attest (built before imagebuilder "
@@ -179,7 +182,8 @@ def statements(store: Store, image: Image) -> dict[str, bytes | None]:
         found = attachments.referrers(store, image.digest, artifact_type)
         return attachments.payload(store, found[0]) if found else None
     sbom = attached(CYCLONEDX_ARTIFACT_TYPE)
-    return {PROVENANCE_TYPE: attached(PROVENANCE_ARTIFACT_TYPE),
+    slsa = attached(PROVENANCE_ARTIFACT_TYPE)
+    return {PROVENANCE_TYPE: slsa, PROVENANCE_TYPE_V02: None if slsa is None else v02(slsa),
             CYCLONEDX_TYPE: None if sbom is None else sbom_statement(image.ref, image.digest,
                                                                      sbom)}
 
@@ -276,7 +280,7 @@ def attest(store: Store, ref: str, key: PrivateKey, client: Client | None = None
     try:
         store.resolve(digest)
     except NotFoundError:
-        return AttestResult((), (), (PROVENANCE_TYPE, CYCLONEDX_TYPE))
+        return AttestResult((), (), (PROVENANCE_TYPE, PROVENANCE_TYPE_V02, CYCLONEDX_TYPE))
     result = attest_local(store, digest, key)
     push_attestations(store, digest, target, client)
     return result

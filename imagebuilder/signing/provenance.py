@@ -19,6 +19,7 @@ which would be random, and no finishing time).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from ..store.oci import canonical_json
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+PREDICATE_TYPE_V02 = "https://slsa.dev/provenance/v0.2"
 #: What our build is: the meaning of the parameters below. A URI of ours (the ``.invalid``
 #: top-level domain, RFC 2606: it names, it resolves nowhere, as no page describes it yet).
 BUILD_TYPE = "https://imagebuilder.invalid/buildtypes/image/v1"
@@ -168,6 +170,39 @@ def statement(build: BuildFacts) -> bytes:
         "subject": subject(build.name, build.digest),
         "predicateType": PREDICATE_TYPE,
         "predicate": predicate(build),
+    })
+
+
+def v02(statement_v1: bytes) -> bytes:
+    """The same provenance as a SLSA v0.2 predicate (https://slsa.dev/provenance/v0.2), which
+    is what ``cosign verify-attestation --type slsaprovenance`` asks for (cosign's name for v1
+    is ``slsaprovenance1``): made from the v1 statement, so both say the same."""
+    doc = json.loads(statement_v1)
+    build = doc["predicate"]["buildDefinition"]
+    external = build["externalParameters"]
+    files = [external[k] for k in ("config", "lock") if k in external] + external["app"]
+    invocation: dict[str, Any] = {"parameters": external,
+                                  "environment": build["internalParameters"]}
+    if "config" in external:
+        invocation["configSource"] = {"uri": external["config"]["name"],
+                                      "digest": external["config"]["digest"],
+                                      "entryPoint": "imagebuilder build"}
+    return canonical_json({
+        "_type": STATEMENT_TYPE,
+        "subject": doc["subject"],
+        "predicateType": PREDICATE_TYPE_V02,
+        "predicate": {
+            "builder": {"id": doc["predicate"]["runDetails"]["builder"]["id"]},
+            "buildType": build["buildType"],
+            "invocation": invocation,
+            "metadata": {
+                "buildStartedOn": doc["predicate"]["runDetails"]["metadata"]["startedOn"],
+                "completeness": {"parameters": True, "environment": False,
+                                 "materials": True},
+                "reproducible": True},
+            "materials": [*build["resolvedDependencies"],
+                          *({"uri": f["name"], "digest": f["digest"]} for f in files)],
+        },
     })
 
 

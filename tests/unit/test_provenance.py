@@ -35,6 +35,8 @@ fast_retries = fx.fast_retries
 
 DIGEST = "sha256:" + "ab" * 32
 PROVENANCE = "https://slsa.dev/provenance/v1"
+PROVENANCE_V02 = "https://slsa.dev/provenance/v0.2"
+ALL = (PROVENANCE, PROVENANCE_V02, "https://cyclonedx.org/bom")
 CYCLONEDX = "https://cyclonedx.org/bom"
 LIBC = LockEntry("libc6", "2.41-12", "pool/main/g/glibc/libc6_2.41-12_amd64.deb", "11" * 32, 3)
 BUSYBOX = LockEntry("busybox-static", "1:1.37.0-6", "pool/main/b/busybox/busybox-static_"
@@ -103,6 +105,30 @@ def test_the_same_build_gives_the_same_bytes_and_a_changed_input_other_bytes(
         "startedOn": "1970-01-02T00:00:00Z"}  # the build's one time, not the clock's
     (project / "hello.jar").write_bytes(b"PK the app, version 2")
     assert provenance.statement(_facts(project)) != first
+
+
+def test_the_v02_rendition_says_the_same_as_v1_for_cosigns_slsaprovenance_type(
+        project: Path) -> None:
+    archive = provenance.ArchiveSnapshot("cd" * 32, "Sat, 15 Nov 2026 09:12:33 UTC")
+    v1 = json.loads(provenance.statement(_facts(project, archive=archive, epoch=0)))
+    doc = json.loads(provenance.v02(provenance.statement(_facts(project, archive=archive,
+                                                                epoch=0))))
+    assert (doc["_type"], doc["subject"]) == (v1["_type"], v1["subject"])
+    assert doc["predicateType"] == PROVENANCE_V02
+    predicate = doc["predicate"]
+    build = v1["predicate"]["buildDefinition"]
+    assert predicate["builder"] == {"id": provenance.BUILDER_ID}
+    assert predicate["buildType"] == provenance.BUILD_TYPE
+    assert predicate["invocation"]["parameters"] == build["externalParameters"]
+    assert predicate["invocation"]["environment"] == build["internalParameters"]
+    assert predicate["invocation"]["configSource"] == {
+        "uri": "imagebuilder.toml", "entryPoint": "imagebuilder build",
+        "digest": build["externalParameters"]["config"]["digest"]}
+    assert predicate["metadata"]["buildStartedOn"] == "1970-01-01T00:00:00Z"
+    assert [m["uri"] for m in predicate["materials"]] == [
+        "pkg:deb/debian/busybox-static@1:1.37.0-6?arch=amd64",
+        "pkg:deb/debian/libc6@2.41-12?arch=amd64", "imagebuilder.toml", "imagebuilder.lock",
+        "/app/app.conf", "/app/hello.jar", "/app/lib/dep.jar"]
 
 
 def test_a_build_from_its_lock_names_no_archive_index_and_zero_config_no_config_file(
@@ -215,10 +241,11 @@ def test_sign_attests_the_provenance_and_the_sbom_once_per_key(
     store, digest = _stored_image(tmp_path)
     private = _private(tmp_path / "release.key", key)
     result = dsse.attest(store, "hello:1.0.0", private)
-    assert result == dsse.AttestResult((PROVENANCE, CYCLONEDX), (), ())
-    assert result.describe() == "attested its provenance and CycloneDX SBOM"
+    assert result == dsse.AttestResult(ALL, (), ())
+    assert result.describe() == ("attested its SLSA v1 provenance, SLSA v0.2 provenance and "
+                                 "CycloneDX SBOM")
     found = dsse.local_layers(store, digest)
-    assert sorted(layer.predicate_type for _, layer in found) == [CYCLONEDX, PROVENANCE]
+    assert sorted(layer.predicate_type for _, layer in found) == sorted(ALL)
     for _, layer in found:
         statement = json.loads(dsse.open_envelope(layer.data, _verify(key), "x").payload)
         assert statement["subject"][0]["digest"] == {"sha256": digest.removeprefix("sha256:")}
@@ -226,19 +253,20 @@ def test_sign_attests_the_provenance_and_the_sbom_once_per_key(
         assert layer.annotations["dev.cosignproject.cosign/signature"] == ""
     # The same key again: nothing new. Another key: attested again, beside the first.
     again = dsse.attest(store, "hello:1.0.0", private)
-    assert again == dsse.AttestResult((), (PROVENANCE, CYCLONEDX), ())
-    assert len(dsse.local_layers(store, digest)) == 2
+    assert again == dsse.AttestResult((), ALL, ())
+    assert len(dsse.local_layers(store, digest)) == 3
     other = _private(tmp_path / "other.key", ec.generate_private_key(ec.SECP256R1()))
-    assert dsse.attest(store, "hello:1.0.0", other).added == (PROVENANCE, CYCLONEDX)
-    assert len(dsse.local_layers(store, digest)) == 4
+    assert dsse.attest(store, "hello:1.0.0", other).added == ALL
+    assert len(dsse.local_layers(store, digest)) == 6
 
 
 def test_an_image_built_before_provenance_has_nothing_to_attest(
         tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     store, digest = _stored_image(tmp_path, statements=False)
     result = dsse.attest(store, "hello:1.0.0", _private(tmp_path / "k.key", key))
-    assert result == dsse.AttestResult((), (), (PROVENANCE, CYCLONEDX))
-    assert result.describe().startswith("no provenance and CycloneDX SBOM stored with it")
+    assert result == dsse.AttestResult((), (), ALL)
+    assert result.describe().startswith("no SLSA v1 provenance, SLSA v0.2 provenance and "
+                                        "CycloneDX SBOM stored with it")
     assert dsse.local_layers(store, digest) == []
 
 
@@ -254,7 +282,7 @@ def test_a_tampered_attestation_is_not_taken_for_one(
     attachments.attach(store, digest, dsse.ATTESTATION_ARTIFACT_TYPE,
                        json.dumps(env).encode(), dsse.ENVELOPE_MEDIA_TYPE,
                        {"predicateType": PROVENANCE}, keep=True)
-    assert dsse.attest(store, "hello:1.0.0", private).added == (PROVENANCE, CYCLONEDX)
+    assert dsse.attest(store, "hello:1.0.0", private).added == ALL
 
 
 # --- the archive index a build resolved against ----------------------------------------------
