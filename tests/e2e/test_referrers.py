@@ -310,3 +310,10 @@ def test_an_attachment_larger_than_allowed_is_refused(registry: Registry,
     one_line_error(fresh("pull", f"{registry.host}/huge:1.0.0", "--insecure", check=False), 1,
                    f"sha256 descriptor of at most {attachments.MAX_PAYLOAD_BYTES} bytes")
     _nothing_stored(fresh)
+
+
+def test_oras_finds_them_in_the_local_store(oras: Path, tmp_path: Path) -> None:
+    store, digest, _ = _with_sboms(tmp_path / "home", "local:1.0.0", b"local")
+    listed = json.loads(_oras(oras, tmp_path / "oras", "discover", "--oci-layout", "--format",
+                              "json", f"{store.root}@{digest}"))
+    assert sorted(m["artifactType"] for m in listed["manifests"]) == [SPDX, CDX]
