@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..apps.archive import Budget, parse_manifest
@@ -134,7 +136,7 @@ def _described(at: str, source: Path | bytes, budget: Budget, cache: Path | None
     cached = _load(cache, sha256) if cache is not None else None
     if cached is None:
         digests = (_digest(source, "sha1", file), sha256)
-        cached = _read(at, source, digests, budget, 0)
+        cached = _read(at, lambda: _open(at, source, budget, file), digests, budget, 0)
         if cache is not None:
             _save(cache, sha256, cached)
     return [_moved(at, r) for r in cached]
@@ -146,14 +148,22 @@ def _moved(at: str, record: Jar) -> Jar:
     return dataclasses.replace(record, path=at + record.path)
 
 
-def _read(at: str, source: Path | bytes, digests: tuple[str, str], budget: Budget,
+def _open(at: str, source: Path | bytes, budget: Budget, file: File | None) -> Archive:
+    """An app's jar opened through the budget, which keeps those the scan opened; a package's
+    opened to be closed after it is read (a tree holds hundreds)."""
+    if isinstance(source, bytes) or file is not None:
+        return budget.open(at, source)
+    return Archive(at, source, budget)
+
+
+def _read(at: str, opener: Callable[[], Archive], digests: tuple[str, str], budget: Budget,
           depth: int) -> list[Jar]:
     """The archive's own record and its nested archives' (paths relative to it, see
     :func:`_moved`)."""
     name = at.rpartition("/")[2]
     bare = Jar("", *digests)
     try:
-        with budget.open(at, source) as archive:
+        with opener() as archive:
             own = _about(name, archive, digests)
             nested = _nested(archive, budget, depth) if depth < MAX_NESTING else []
     except UserError:  # not a zip, or one broken as a whole: listed by name and hashes
@@ -205,7 +215,8 @@ def _nested(archive: Archive, budget: Budget, depth: int) -> list[Jar]:
         except UserError:  # a broken or oversized entry: nothing to list
             continue
         digests = (_digest(data, "sha1", None), _digest(data, "sha256", None))
-        for record in _read(archive.where(entry), data, digests, budget, depth + 1):
+        opener = functools.partial(budget.open, archive.where(entry), data)
+        for record in _read(archive.where(entry), opener, digests, budget, depth + 1):
             found.append(_moved(f"!/{entry}", record))
     return found
 

@@ -369,8 +369,9 @@ def test_jars_in_a_package_tree(tmp_path: Path) -> None:
     (java / "a-1.0.jar").write_bytes(_zip(_props("g", "a", "1.0")))
     (java / "a.jar").symlink_to("a-1.0.jar")
     (java / "README").write_text("not a jar")
+    (java / "broken.jar").write_text("not a zip")
     assert [(j.path, j.artifact) for j in jars_in_tree(java, "/usr/share/java/")] == [
-        ("/usr/share/java/a-1.0.jar", "a")]
+        ("/usr/share/java/a-1.0.jar", "a"), ("/usr/share/java/broken.jar", None)]
 
 
 def test_the_runtime_is_a_part_of_its_jdk_package() -> None:
