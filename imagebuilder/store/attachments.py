@@ -163,8 +163,9 @@ def _subject(store: Store, entries: list[index.Entry], digest: str) -> Descripto
         raise NotFoundError(f"no image {digest[:19]} in the store to attach an artifact to; "
                             "list images with 'imagebuilder images'")
     data = store.read_blob(digest)
-    media_type = json.loads(data).get("mediaType") or MANIFEST_MEDIA_TYPE
-    return Descriptor(str(media_type), digest, len(data))
+    found = json.loads(data)
+    media_type = found.get("mediaType") if isinstance(found, dict) else None
+    return Descriptor(str(media_type or MANIFEST_MEDIA_TYPE), digest, len(data))
 
 
 def _with(entries: list[index.Entry], subject: str, digest: str, size: int, artifact_type: str,
@@ -208,13 +209,13 @@ def parse(data: bytes, error: Callable[[str], Exception] = IntegrityError) -> di
         raise error(f"artifact manifest {digest} is not an OCI image manifest")
     layers = found.get("layers")
     descriptors = [found.get("config"), found.get("subject"),
-                   *(layers if isinstance(layers, list) else [None])]
+                   *(layers if isinstance(layers, list) and layers else [None])]
     if not all(isinstance(d, dict) and isinstance(d.get("digest"), str)
                and DIGEST_RE.fullmatch(d["digest"]) and isinstance(d.get("size"), int)
                and not isinstance(d.get("size"), bool) and 0 <= d["size"] <= MAX_PAYLOAD_BYTES
                and isinstance(d.get("mediaType"), str) for d in descriptors):
-        raise error(f"artifact manifest {digest} has a config, subject or layer that is not a "
-                    f"sha256 descriptor of at most {MAX_PAYLOAD_BYTES} bytes")
+        raise error(f"artifact manifest {digest} has no layer, or a config, subject or layer "
+                    f"that is not a sha256 descriptor of at most {MAX_PAYLOAD_BYTES} bytes")
     annotations = found.get("annotations")
     if annotations is not None and not (isinstance(annotations, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):

@@ -225,6 +225,10 @@ def test_put_manifest_refuses_another_subject_and_wrong_blobs(store: Store) -> N
         attachments.put_manifest(store, image, _artifact(image, 5, b"never sent"), {})
     with pytest.raises(IntegrityError, match="not JSON"):
         attachments.put_manifest(store, image, b"\xff", {})
+    no_layer = json.loads(_artifact(image, 5, b"x"))
+    no_layer["layers"] = []
+    with pytest.raises(IntegrityError, match="has no layer"):
+        attachments.put_manifest(store, image, canonical_json(no_layer), {})
     assert attachments.referrers(store, image) == []
 
 
