@@ -48,6 +48,8 @@ ARCHIVES = (".jar", ".war", ".ear", ".jpi", ".hpi", ".nar", ".kar", ".par", ".sa
 MAX_NESTING = 3
 MANIFEST = "META-INF/MANIFEST.MF"
 MAX_MANIFEST = 1 << 20
+#: The folder of the per-archive records in the home's cache directory (``cache`` below).
+CACHE_DIR = "sbom-jars"
 #: The form of the cached records; a record of another form is read again.
 CACHE_FORM = 1
 MAX_CACHE_FILE = 16 << 20
