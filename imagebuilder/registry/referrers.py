@@ -106,11 +106,6 @@ def _put_manifest(client: Client, repo: str, data: bytes, subject: str) -> bool:
     return response.headers.get("OCI-Subject") == subject
 
 
-def has_api(client: Client, repo: str, subject: str) -> bool:
-    """Whether the registry answers the referrers API for ``subject`` with an index."""
-    return _api_page(client, f"/v2/{repo}/referrers/{subject}", repo) is not None
-
-
 def _update_tag_index(client: Client, repo: str, subject: str, descs: list[Descriptor]) -> None:
     """Add ``descs`` to the index at the subject's referrers tag (replacing descriptors of the
     same digest, keeping every other), and put it back if it changed."""
