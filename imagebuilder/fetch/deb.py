@@ -11,6 +11,10 @@ Extraction is confined to the destination: member names that are absolute or cli
 chroot of the destination (an absolute target means the destination's root), so no member can be
 written outside it. Symlinks themselves are kept verbatim, absolute targets included: Debian
 packages ship many.
+
+Without unpacking anything, :func:`look_up` reads a package's control file (its ``control.tar``
+member) and one file of its data in a single pass over the ``.deb``, for the SBOM and the dpkg
+status stanzas the image carries; :func:`control_fields` and :func:`read_member` are its halves.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import os
 import shutil
 import tarfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -35,6 +40,9 @@ from ..errors import FetchError
 AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60
 MAX_SYMLINK_HOPS = 40
+#: The most :func:`look_up` reads of a control file or a data file (a copyright file is at most
+#: a few hundred KiB; linux's, the largest in the archive, is under 1 MiB).
+MAX_READ = 16 << 20
 DAMAGED = (tarfile.TarError, EOFError, lzma.LZMAError, zstandard.ZstdError, gzip.BadGzipFile)
 
 
@@ -51,27 +59,188 @@ def list_deb(deb: Path) -> list[str]:
         return [m.name.removeprefix("./") for m in tar if m.isfile() or m.issym()]
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """What :func:`look_up` read of one package."""
+
+    #: The control file as shipped (``control`` in the control.tar member).
+    control: bytes
+    #: The path looked up, resolved through the package's own symlinks: with
+    #: ``usr/share/doc/a`` a link to ``b``, ``usr/share/doc/a/copyright`` leads to
+    #: ``usr/share/doc/b/copyright``.
+    path: str
+    #: That file's bytes; None when the package holds no regular file there (a link into
+    #: another package, or nothing).
+    data: bytes | None
+
+
+def look_up(deb: Path, path: str | Callable[[dict[str, str]], str]) -> Lookup:
+    """The control file of ``deb`` and its data file ``path`` (relative, e.g.
+    ``usr/share/doc/libc6/copyright``, or a function of the control's fields giving it), in
+    one pass over the package, unpacking nothing."""
+    with open(deb, "rb") as raw:
+        control, md5sums = _read_control(raw, deb)
+        path = (path(parse_control(control)) if callable(path) else path).strip("/")
+        if md5sums is not None and not _may_hold(md5sums, path):
+            return Lookup(control, path, None)
+        with _tar_member(raw, deb, "data.tar") as tar:
+            found, data, seen = _scan_for(tar, path, deb)
+    if data is None and found in seen:
+        # a link to a file the stream had already passed: read it on a second pass
+        with _data_tar(deb) as tar:
+            data = next((_read(tar, m, deb) for m in tar if _name(m) == found and m.isreg()),
+                        None)
+    return Lookup(control, found, data)
+
+
+def read_control(deb: Path) -> bytes:
+    """The package's control file as shipped; the data member is not read."""
+    with open(deb, "rb") as raw:
+        return _read_control(raw, deb)[0]
+
+
+def control_fields(deb: Path) -> dict[str, str]:
+    """The fields of the package's control file (continuation lines joined with newlines)."""
+    return parse_control(read_control(deb))
+
+
+def read_member(deb: Path, path: str) -> bytes | None:
+    """The bytes of the data file ``path`` of ``deb`` (through the package's own symlinks), or
+    None if the package holds no such regular file."""
+    return look_up(deb, path).data
+
+
+def parse_control(text: bytes) -> dict[str, str]:
+    """The fields of one control stanza, by name as written; a value's continuation lines are
+    kept (without their leading space) after a newline."""
+    fields: dict[str, str] = {}
+    last = ""
+    for line in text.decode("utf-8", "replace").splitlines():
+        if line[:1] in (" ", "\t") and last:
+            fields[last] += "\n" + line[1:]
+        elif ":" in line:
+            last, _, value = line.partition(":")
+            fields[last] = value.strip()
+    return fields
+
+
+def _read_control(raw: BinaryIO, deb: Path) -> tuple[bytes, bytes | None]:
+    """The ``control`` and ``md5sums`` files (None if it has none) of the control.tar member;
+    ``raw`` is left after that member."""
+    found: dict[str, bytes] = {}
+    with _tar_member(raw, deb, "control.tar") as tar:
+        for member in tar:
+            if _name(member) in ("control", "md5sums") and member.isreg():
+                found[_name(member)] = _read(tar, member, deb)
+    if "control" not in found:
+        raise FetchError(f"{deb} has no control file")
+    return found["control"], found.get("md5sums")
+
+
+def _may_hold(md5sums: bytes, path: str) -> bool:
+    """Whether a package whose md5sums (the checksums of all its regular files but conffiles)
+    is ``md5sums`` may hold a regular file at ``path``: only if it lists one of that name
+    (``path`` might lead there through the package's symlinks). Reading the data member is
+    the slow part (seconds for a JDK), and a package whose doc directory links to another's
+    (Debian Policy 12.5) lists no copyright file."""
+    base = "/" + path.rpartition("/")[2]
+    return any(line.rstrip().endswith(base.encode())
+               for line in md5sums.splitlines()) or path == ""
+
+
+def _scan_for(tar: tarfile.TarFile, path: str, deb: Path
+              ) -> tuple[str, bytes | None, set[str]]:
+    """Follow the stream to ``path`` (through the symlinks met so far); where it led, the
+    file's bytes if the stream held it there, and the regular files passed on the way."""
+    links: dict[str, str] = {}
+    seen: set[str] = set()
+    target = path
+    for member in tar:
+        name = _name(member)
+        if member.issym():
+            links[name] = member.linkname
+            target = _follow_links(path, links, deb)
+        elif name == target and member.isreg():
+            return target, _read(tar, member, deb), seen
+        elif name == target and member.islnk():  # its data came earlier in the stream
+            return member.linkname.removeprefix("./").strip("/"), None, seen
+        elif member.isreg():
+            seen.add(name)
+    return target, None, seen
+
+
+def _follow_links(path: str, links: dict[str, str], deb: Path) -> str:
+    """``path`` with every component that is one of the package's symlinks (``links``, by
+    name) replaced by its target, as in a chroot of the package."""
+    done: list[str] = []
+    todo = deque(path.split("/"))
+    hops = 0
+    while todo:
+        part = todo.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = "/".join([*done, part])
+        if here not in links:
+            done.append(part)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise FetchError(f"{deb}: too many levels of symbolic links to {path}")
+        target = links[here]
+        if target.startswith("/"):
+            done = []
+        todo.extendleft(reversed(target.split("/")))
+    return "/".join(done)
+
+
+def _name(member: tarfile.TarInfo) -> str:
+    return member.name.removeprefix("./").strip("/")
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo, deb: Path) -> bytes:
+    if member.size > MAX_READ:
+        raise FetchError(f"{deb}: {_name(member)} is larger than {MAX_READ >> 20} MiB")
+    source = tar.extractfile(member)
+    assert source is not None  # a regular member always has data
+    return source.read()
+
+
 @contextmanager
 def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
     """The package's data.tar as a stream; damage inside it raises FetchError."""
-    with open(deb, "rb") as raw:
-        name, size = _find_data_member(raw, deb)
-        stream = _decompressed(name, io.BufferedReader(_Bounded(raw, size), 1024 * 1024))
-        try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                yield tar
-        except DAMAGED as exc:
-            raise FetchError(f"{deb}: damaged package data ({exc})") from None
+    with open(deb, "rb") as raw, _tar_member(raw, deb, "data.tar") as tar:
+        yield tar
 
 
-def _find_data_member(raw: BinaryIO, deb: Path) -> tuple[str, int]:
-    """Position ``raw`` at the start of the data.tar member; return its name and size."""
-    if raw.read(len(AR_MAGIC)) != AR_MAGIC:
+@contextmanager
+def _tar_member(raw: BinaryIO, deb: Path, stem: str) -> Iterator[tarfile.TarFile]:
+    """The ``stem`` member (control.tar, data.tar) after ``raw``'s position as a tar stream,
+    damage inside it raising FetchError; ``raw`` is left at the end of the member."""
+    name, size = _find_member(raw, deb, stem)
+    end = raw.tell() + size + (size & 1)
+    stream = _decompressed(name, io.BufferedReader(_Bounded(raw, size), 1024 * 1024))
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            yield tar
+    except DAMAGED as exc:
+        raise FetchError(f"{deb}: damaged package {stem.removesuffix('.tar')} ({exc})"
+                         ) from None
+    raw.seek(end)
+
+
+def _find_member(raw: BinaryIO, deb: Path, stem: str) -> tuple[str, int]:
+    """Position ``raw`` at the start of the ``stem`` (control.tar or data.tar) member, which
+    lies after the current position; return its name and size."""
+    if raw.tell() == 0 and raw.read(len(AR_MAGIC)) != AR_MAGIC:
         raise FetchError(f"{deb} is not a Debian package (no ar archive header)")
     while True:
         header = raw.read(AR_HEADER)
         if len(header) < AR_HEADER:
-            raise FetchError(f"{deb} has no data.tar member")
+            raise FetchError(f"{deb} has no {stem} member")
         if header[58:60] != b"`\n":
             raise FetchError(f"{deb} is damaged (bad ar member header)")
         name = header[:16].decode("ascii", "replace").strip().rstrip("/")
@@ -79,14 +248,15 @@ def _find_data_member(raw: BinaryIO, deb: Path) -> tuple[str, int]:
             size = int(header[48:58].decode("ascii").strip())
         except ValueError:
             raise FetchError(f"{deb} is damaged (bad ar member size)") from None
-        if name == "data.tar" or name.startswith("data.tar."):
+        if name == stem or name.startswith(f"{stem}."):
             return name, size
         raw.seek(size + (size & 1), io.SEEK_CUR)
 
 
 def _decompressed(name: str, raw: BinaryIO) -> BinaryIO:
-    """A readable stream of the uncompressed tar for the data member ``name``."""
-    suffix = name.removeprefix("data.tar")
+    """A readable stream of the uncompressed tar for the member ``name`` (control.tar.xz,
+    data.tar.zst...)."""
+    suffix = name.partition(".tar")[2]
     if suffix == "":
         return raw
     if suffix == ".xz":
@@ -97,7 +267,7 @@ def _decompressed(name: str, raw: BinaryIO) -> BinaryIO:
         return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
     if suffix == ".bz2":
         return cast(BinaryIO, bz2.open(raw, "rb"))
-    raise FetchError(f"unsupported package data compression: {name}")
+    raise FetchError(f"unsupported package member compression: {name}")
 
 
 class _Bounded(io.RawIOBase):
