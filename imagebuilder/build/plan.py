@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from ..layers.cpioread import extract_layer
 from ..layers.hardware import Selection, firmware_files, missing_firmware_message, present_modules
 from ..layers.hardware import select as select_drivers
 from ..layers.kernel import KernelManifest, ModuleTree, load_manifest
+from ..sbom import dpkg
 from ..scratch import scratch_dir
 from ..signing import provenance
 from ..store.home import Home
@@ -62,8 +63,8 @@ from ..store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descripto
 from ..store.layout import TITLE_ANNOTATION as TITLE
 from .packages import NATIVES, Resolution, resolve
 
-STAGE_VERSIONS = {"kernel": 1, "base": 2, "jdk": 1, "natives": 1, "jvm": 4, "packages": 2,
-                  "tomcat": 1, "libs": 1, "app": 2, "aot": 1}
+STAGE_VERSIONS = {"kernel": 1, "base": 3, "jdk": 1, "natives": 1, "jvm": 5, "packages": 3,
+                  "tomcat": 2, "libs": 1, "app": 2, "aot": 1}
 #: zstd level of each layer. The base is small (about 4 MB) and shared by every app: 19. The
 #: jvm, packages, tomcat and libs layers are large and made again for each app's module set or
 #: libraries: 12, a cold build's largest cost otherwise. WireMock's 147 MB jvm layer, 2 threads:
@@ -205,6 +206,7 @@ class Builder:
             "explicit": list(drivers.extra),
             "init": base_layer.init_files(),  # the bytes of every file the stage renders
             "applets": base_layer.APPLETS,
+            "suite": self.cfg.system.suite,
         }
         def make_tree() -> Tree:
             modules = ModuleTree.scan(roots.get("kernel"))
@@ -217,7 +219,9 @@ class Builder:
             if fw_roots:
                 for line in missing_firmware_message(missing, drivers.kernel.name):
                     self.report(line)
-            return base_layer.build_tree(roots.get("base"), modules, closure, firmware)
+            records = {**_dpkg_status(resolution, ("kernel", "base", "firmware")),
+                       dpkg.OS_RELEASE: dpkg.os_release(self.cfg.system.suite)}
+            return base_layer.build_tree(roots.get("base"), modules, closure, firmware, records)
         return self._layer("base", inputs, make_tree)
 
     def _jdk(self, resolution: Resolution, roots: _Sysroots) -> modules_mod.JdkIndex:
@@ -268,7 +272,8 @@ class Builder:
             try:
                 tree = jvm_layer.build_tree(
                     [roots.get(p) for p in parts], runtime, [roots.get(p) for p in shared],
-                    natives.dlopened(modules, fonts=self.cfg.jvm.fonts))
+                    natives.dlopened(modules, fonts=self.cfg.jvm.fonts),
+                    _dpkg_status(resolution, parts))
             except jvm_layer.MissingLibraryError as exc:
                 raise jvm_layer.MissingLibraryError(
                     exc.soname, exc.needer, resolution.suggest(exc.soname)) from None
@@ -285,6 +290,7 @@ class Builder:
         def make_tree() -> Tree:
             root = roots.get(part)
             tree = Tree()
+            base_layer.add_records(tree, _dpkg_status(resolution, [part]))
             for top in dirs:
                 if (root / top).is_dir():
                     tree.add_tree(root / top, top)
@@ -379,6 +385,11 @@ class Builder:
             provenance.ArchiveSnapshot.of(resolution.snapshot())))
         return BuildResult(ref, digest, sum(d.size for d in descriptors), self.stages,
                            resolution.from_lock, disk_digest)
+
+
+def _dpkg_status(resolution: Resolution, parts: Iterable[str]) -> dict[str, bytes]:
+    """The dpkg status stanzas of the packages of ``parts`` (:mod:`.sbom.dpkg`), by path."""
+    return dpkg.status_files(deb for part in parts for deb in resolution.debs(part))
 
 
 def _linked(runtime: Path) -> set[str]:

@@ -8,6 +8,7 @@ jvm layer's Debian libraries land where their loader expects them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..config import envlimits
@@ -91,6 +92,12 @@ def busybox(tree: Tree, sysroot: Path) -> None:
         tree.add_symlink(f"usr/bin/{applet}", "busybox")
 
 
+def add_records(tree: Tree, records: Mapping[str, bytes]) -> None:
+    """The files ``records`` (path -> bytes), read-only for all, into ``tree``."""
+    for path, data in sorted(records.items()):
+        tree.add_file(path, data=data, mode=0o644)
+
+
 def env_filter() -> str:
     """The init's environment filter (templates/env.awk) with the limits of
     :mod:`imagebuilder.config.envlimits`."""
@@ -115,10 +122,14 @@ def init_files() -> dict[str, tuple[bytes, int]]:
 
 
 def build_tree(busybox_root: Path, modules: kernel_mod.ModuleTree,
-               closure: list[kernel_mod.Module], firmware: dict[str, Path] | None = None) -> Tree:
+               closure: list[kernel_mod.Module], firmware: dict[str, Path] | None = None,
+               records: Mapping[str, bytes] | None = None) -> Tree:
     """The whole base layer as a Tree: ``closure`` is the modules to ship (dependencies
-    included), ``firmware`` the files for /lib/firmware by name."""
+    included), ``firmware`` the files for /lib/firmware by name, ``records`` what tells
+    scanners about the layer's packages (dpkg status stanzas and /etc/os-release, by path:
+    :mod:`imagebuilder.sbom.dpkg`)."""
     tree = Tree()
+    add_records(tree, records or {})
     skeleton(tree)
     busybox(tree, busybox_root)
     for path, (data, mode) in init_files().items():

@@ -13,13 +13,14 @@ fonts come along too.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import HostError, UserError
 from ..fetch import sysroot
 from ..fsutil import write_atomic
 from . import elf, elfstrip, natives
+from .base import add_records
 from .cpio import Tree
 
 JAVA_HOME = "opt/java"
@@ -168,12 +169,14 @@ def _shown(path: Path, runtime: Path, roots: Sequence[Path]) -> str:
 
 
 def build_tree(roots: Sequence[Path], runtime: Path, shared: Sequence[Path] = (),
-               loads: Sequence[str] = ()) -> Tree:
+               loads: Sequence[str] = (), records: Mapping[str, bytes] | None = None) -> Tree:
     """The jvm layer: the runtime under /opt/java, its libraries (``loads`` by dlopen) under
-    /usr/lib, the C.UTF-8 locale, and the font configuration and fonts the package trees
-    ``roots`` hold. Libraries found only in the ``shared`` trees (the packages layer's) are left
-    to that layer."""
+    /usr/lib, the C.UTF-8 locale, the font configuration and fonts the package trees ``roots``
+    hold, and ``records``, the dpkg status stanzas of the packages all that comes from (by path:
+    :mod:`imagebuilder.sbom.dpkg`). Libraries found only in the ``shared`` trees (the packages
+    layer's) are left to that layer."""
     tree = Tree()
+    add_records(tree, records or {})
     tree.add_tree(runtime, JAVA_HOME)
     if not (roots[0] / LOCALE_DIR / "LC_CTYPE").is_file():
         raise HostError(f"no {LOCALE_DIR} in the fetched libc-bin")
