@@ -26,7 +26,7 @@ from imagebuilder.store.layout import Store
 from support.cosign import Cosign
 from support.registry import Registry, available
 
-from .conftest import Built, Cli, one_line_error
+from .conftest import Built, Cli, one_line_error, synthetic_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network,
               pytest.mark.skipif(not available(), reason="needs docker-registry (setup.sh)")]
@@ -178,3 +178,24 @@ def test_a_signed_only_environment_refuses_the_unsigned_image_and_takes_it_signe
     flashed = json.loads(cli("flash", "hello:attest-2", str(disk), "--env", "prod",
                              "--config", config, "--json").stdout)
     assert (flashed["env"], flashed["verified"]) == ("prod", True)
+
+
+def test_promote_in_a_registry_checks_the_registrys_signatures(
+        registry: Registry, tmp_path: Path) -> None:
+    """``promote --registry`` of an image the store lacks: the gate reads the registry's
+    ``.sig`` tag (a synthetic image: no build, no boot)."""
+    private, public = _pem_pair(tmp_path)
+    config = str(_config(tmp_path / "envs", public))
+    builder = Cli(tmp_path / "builder")
+    synthetic_image(builder.home, "remote:1.0", [64], b"remote")
+    repo = f"{registry.host}/remote"
+    digest = builder.json("push", "remote:1.0", repo, "--insecure")["digest"]
+    elsewhere = Cli(tmp_path / "elsewhere")  # an empty store: the image is only in the registry
+    promote = ("promote", "1.0", "--env", "prod", "--force", "--registry", repo, "--insecure",
+               "--config", config)
+    one_line_error(elsewhere(*promote, check=False), 2,
+                   f"image {repo}:1.0 ({digest[:19]}) may not go to environment 'prod', which "
+                   f"takes only images signed by {public}: it has no signatures")
+    assert elsewhere.json("sign", f"{repo}:1.0", "--key", str(private), "--insecure")["added"]
+    out = json.loads(elsewhere(*promote, "--json").stdout)
+    assert (out["digest"], out["registry"]) == (digest, f"{repo}:prod")
