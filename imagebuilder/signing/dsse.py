@@ -111,12 +111,19 @@ def open_envelope(data: bytes, verify: Verifier, what: str) -> Opened:
 
 def sbom_statement(name: str, digest: str, sbom: bytes) -> bytes:
     """The in-toto statement saying image ``name`` (manifest ``digest``) has CycloneDX SBOM
-    ``sbom``: the SBOM is the predicate."""
+    ``sbom``: the SBOM is the predicate (anything but a CycloneDX JSON document: UserError)."""
+    try:
+        predicate = json.loads(sbom)
+    except ValueError:
+        predicate = None
+    if not (isinstance(predicate, dict) and predicate.get("bomFormat") == "CycloneDX"):
+        raise UserError(f"the CycloneDX SBOM stored with {name} ({digest[:19]}) is not a "
+                        "CycloneDX JSON document: refused to attest it; build the image again")
     return canonical_json({
         "_type": STATEMENT_TYPE,
         "subject": subject(name, digest),
         "predicateType": CYCLONEDX_TYPE,
-        "predicate": json.loads(sbom),
+        "predicate": predicate,
     })
 
 
@@ -183,9 +190,36 @@ def statements(store: Store, image: Image) -> dict[str, bytes | None]:
         return attachments.payload(store, found[0]) if found else None
     sbom = attached(CYCLONEDX_ARTIFACT_TYPE)
     slsa = attached(PROVENANCE_ARTIFACT_TYPE)
-    return {PROVENANCE_TYPE: slsa, PROVENANCE_TYPE_V02: None if slsa is None else v02(slsa),
-            CYCLONEDX_TYPE: None if sbom is None else sbom_statement(image.ref, image.digest,
-                                                                     sbom)}
+    if slsa is not None:
+        slsa = checked(slsa, image, "provenance")
+    if sbom is not None:
+        sbom = checked(sbom_statement(image.ref, image.digest, sbom), image, "CycloneDX SBOM")
+    try:
+        older = None if slsa is None else v02(slsa)
+    except (KeyError, TypeError, AttributeError):
+        raise _refused(image, "provenance", "not a SLSA provenance v1 predicate") from None
+    return {PROVENANCE_TYPE: slsa, PROVENANCE_TYPE_V02: older, CYCLONEDX_TYPE: sbom}
+
+
+def checked(statement: bytes, image: Image, what: str) -> bytes:
+    """``statement`` if it is an in-toto statement about ``image``: what is stored with an
+    image may have come with a pull, and ``sign`` vouches for what it signs."""
+    try:
+        doc = json.loads(statement)
+        digests = [s["digest"]["sha256"] for s in doc["subject"]]
+        kind = doc["predicateType"]
+    except (ValueError, KeyError, TypeError):
+        raise _refused(image, what, "not an in-toto statement") from None
+    if doc.get("_type") != STATEMENT_TYPE or not isinstance(kind, str):
+        raise _refused(image, what, "not an in-toto statement v1")
+    if image.digest.removeprefix("sha256:") not in digests:
+        raise _refused(image, what, "about another image")
+    return statement
+
+
+def _refused(image: Image, what: str, why: str) -> UserError:
+    return UserError(f"the {what} stored with {image.ref} ({image.digest[:19]}) is {why}: "
+                     "refused to attest it; build the image again")
 
 
 def local_layers(store: Store, digest: str) -> list[tuple[Descriptor, Layer]]:

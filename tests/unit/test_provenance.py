@@ -298,3 +298,32 @@ def test_the_archive_read_knows_its_inrelease_digest_and_date(
     found = provenance.ArchiveSnapshot.of(archive.inrelease)
     assert found == provenance.ArchiveSnapshot(_sha(inrelease), "Sat, 01 Nov 2025 00:00:00 UTC")
     assert provenance.ArchiveSnapshot.of(None) is None
+
+
+@pytest.mark.parametrize("artifact, payload, why", [
+    ("provenance", b'{"_type":"https://in-toto.io/Statement/v1","subject":[{"name":"x",'
+                   b'"digest":{"sha256":"' + b"0" * 64 + b'"}}],"predicateType":"p"}',
+     "provenance stored with hello:1.0.0 ({short}) is about another image"),
+    ("provenance", b"not json", "provenance stored with hello:1.0.0 ({short}) is not an "
+                                "in-toto statement"),
+    ("provenance", b'{"_type":"https://in-toto.io/Statement/v1","subject":[{"name":"x",'
+                   b'"digest":{"sha256":"SUBJECT"}}],"predicateType":"p","predicate":{}}',
+     "provenance stored with hello:1.0.0 ({short}) is not a SLSA provenance v1 predicate"),
+    ("sbom", b'{"spdxVersion":"SPDX-2.3"}', "CycloneDX SBOM stored with hello:1.0.0 ({short}) "
+                                            "is not a CycloneDX JSON document"),
+])
+def test_what_is_stored_with_an_image_is_checked_before_it_is_signed(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey, artifact: str, payload: bytes,
+        why: str) -> None:
+    """A pulled image's statements came from a registry: sign refuses, with one line, one
+    that is not a statement about this image rather than vouch for it."""
+    store, digest = _stored_image(tmp_path)
+    artifact_type = (provenance.ARTIFACT_TYPE if artifact == "provenance"
+                     else dsse.CYCLONEDX_ARTIFACT_TYPE)
+    attachments.attach(store, digest, artifact_type,
+                       payload.replace(b"SUBJECT", digest[7:].encode()), artifact_type)
+    with pytest.raises(UserError) as e:
+        dsse.attest(store, "hello:1.0.0", _private(tmp_path / "k.key", key))
+    assert str(e.value) == (f"the {why.format(short=digest[:19])}: refused to attest it; build "
+                            "the image again")
+    assert dsse.local_layers(store, digest) == []
