@@ -25,11 +25,12 @@ rebuilds only the app layer. Package trees are unpacked lazily, only for stages 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,12 @@ from ..signing import provenance
 from ..store.home import Home
 from ..store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Descriptor
 from ..store.layout import TITLE_ANNOTATION as TITLE
+from . import sboms
 from .packages import NATIVES, Resolution, resolve
 
 STAGE_VERSIONS = {"kernel": 1, "base": 3, "jdk": 1, "natives": 1, "jvm": 5, "packages": 3,
-                  "tomcat": 2, "libs": 1, "app": 2, "aot": 1}
+                  "tomcat": 2, "libs": 1, "app": 2, "aot": 1,
+                  "sbom-debs": 1, "sbom-jars": 1, "sbom-package-jars": 1}
 #: zstd level of each layer. The base is small (about 4 MB) and shared by every app: 19. The
 #: jvm, packages, tomcat and libs layers are large and made again for each app's module set or
 #: libraries: 12, a cold build's largest cost otherwise. WireMock's 147 MB jvm layer, 2 threads:
@@ -96,6 +99,8 @@ class BuildResult:
     stages: list[StageResult]
     locked: bool
     disk_digest: str
+    #: Per SBOM format: the document's digest and the attachment's (:class:`.sboms.Stored`).
+    sboms: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class _Sysroots:
@@ -178,9 +183,11 @@ class Builder:
                 layers.append(("app", self._app(shape)))
                 if cfg.jvm.aot:
                     layers.append(("aot", self._aot(layers, shape, scratch)))
+                contents = self._contents(shape, budget, resolution, roots, modules, layers)
         finally:
             budget.close()
-        return self._store(manifest, resolution, kernel, layers, modules, shape, usage)
+        return self._store(manifest, resolution, kernel, layers, modules, shape, usage,
+                           contents)
 
     def _scan(self, shape: Shape, budget: Budget) -> Usage:
         cfg = self.cfg
@@ -348,7 +355,7 @@ class Builder:
 
     def _store(self, manifest: KernelManifest, resolution: Resolution, kernel: Path,
                layers: list[tuple[str, Path]], modules: list[str], shape: Shape,
-               usage: Usage) -> BuildResult:
+               usage: Usage, contents: sboms.Contents) -> BuildResult:
         cfg = self.cfg
         store = self.home.store
         kernel_entry = next(e for e in resolution.parts["kernel"]
@@ -383,8 +390,35 @@ class Builder:
             cfg, shape.app + shape.libs, digest,
             [e for entries in resolution.parts.values() for e in entries],
             provenance.ArchiveSnapshot.of(resolution.snapshot())))
+        made = self._sboms(digest, contents)
         return BuildResult(ref, digest, sum(d.size for d in descriptors), self.stages,
-                           resolution.from_lock, disk_digest)
+                           resolution.from_lock, disk_digest, made)
+
+    def _contents(self, shape: Shape, budget: Budget, resolution: Resolution, roots: _Sysroots,
+                  modules: list[str], layers: list[tuple[str, Path]]) -> sboms.Contents:
+        """What the SBOMs list but the image digest: each part a cached stage (:mod:`.sboms`)."""
+        cache_dir = self.home.root / "cache"
+        parts = {"kernel", "base", "firmware", "jvm", NATIVES, *(name for name, _ in layers)}
+        jars = sboms.app_jars(self._stage, shape, budget, cache_dir)
+        for part, dirs in (("packages", PACKAGES_DIRS), ("tomcat", war.TOMCAT_DIRS)):
+            if part in parts and resolution.parts.get(part):
+                jars += sboms.package_jars(self._stage, resolution, part,
+                                           functools.partial(roots.get, part), dirs,
+                                           cache_dir)
+        return sboms.Contents(sboms.debian_packages(self._stage, resolution, parts, cache_dir),
+                              tuple(sorted(jars, key=lambda j: j.path)),
+                              sboms.runtime(resolution, self.cfg.jvm.version, modules))
+
+    def _sboms(self, digest: str, contents: sboms.Contents) -> dict[str, dict[str, str]]:
+        """Both SBOMs of the image, written and attached to it in the store."""
+        cfg, start = self.cfg, time.monotonic()
+        inv = sboms.inventory(cfg.image.name, cfg.image.version, digest, self.mtime,
+                              cfg.system.suite, cfg.app.path.name, contents)
+        stored = sboms.attach(self.home.store, inv)
+        seconds = time.monotonic() - start
+        self.stages.append(StageResult("sbom", Path(), False, seconds))
+        self.report(sboms.summary(stored, seconds))
+        return {s.format.key: s.to_json() for s in stored}
 
 
 def _dpkg_status(resolution: Resolution, parts: Iterable[str]) -> dict[str, bytes]:

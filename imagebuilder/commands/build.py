@@ -93,7 +93,8 @@ def build_cmd(source: str | None, name: str | None, version: str | None, mirror:
             written.append({"format": fmt, "path": str(dest)})
     if as_json:
         emit_json({"ref": result.ref, "digest": result.digest, "size": result.size,
-                   "disk_digest": result.disk_digest, "outputs": written,
+                   "disk_digest": result.disk_digest, "sboms": result.sboms,
+                   "outputs": written,
                    "stages": [{"name": s.name, "cached": s.hit, "seconds": round(s.seconds, 3)}
                               for s in result.stages]})
         return

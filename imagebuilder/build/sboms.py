@@ -1,0 +1,147 @@
+"""The SBOMs every build makes: the image's inventory, assembled from what the build read, written
+as CycloneDX and SPDX and attached to the image in the store.
+
+The inventory has three parts, each cached as a stage so that a rebuild reads nothing it read
+before: the Debian packages (keyed by the SHA-256s of each part's .debs: an app-only rebuild
+never opens a .deb), the jars (keyed by the app's files, and by the .debs of the package parts
+whose jars are in the image), and the jlink runtime (the JDK package and the module list, known
+without reading anything). The documents themselves depend on the image digest, so each new image
+writes them again: tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..apps.archive import Budget
+from ..apps.shape import Shape
+from ..fetch.debian import fetch_locked
+from ..sbom import debian
+from ..sbom import jars as jars_mod
+from ..sbom.formats import CYCLONEDX, SPDX, Format
+from ..sbom.model import DebPackage, Inventory, Jar, Runtime
+from ..store import attachments
+from ..store.layout import Store
+from .packages import Resolution, jdk_package
+
+#: A stage of the build: name, inputs, producer -> the cached output (Builder's ``_stage``).
+Stage = Callable[[str, dict[str, Any], Callable[[Path], None]], Path]
+#: The annotation OCI gives an artifact's creation time (the SBOM's, from SOURCE_DATE_EPOCH).
+CREATED = "org.opencontainers.image.created"
+#: Where package trees put the jars a scanner finds (each layer's directories below /).
+PACKAGE_JAR_DIRS = ("usr", "opt", "var", "etc")
+
+
+@dataclass(frozen=True)
+class Contents:
+    """The image's inventory but for what only the stored image knows (its digest)."""
+
+    packages: tuple[DebPackage, ...]
+    jars: tuple[Jar, ...]
+    runtime: Runtime | None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An SBOM attached to the image: its format, the document's digest and the attachment's."""
+
+    format: Format
+    digest: str
+    attachment: str
+    components: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "attachment": self.attachment}
+
+
+def debian_packages(stage: Stage, resolution: Resolution, parts: Iterable[str],
+                    cache_dir: Path) -> tuple[DebPackage, ...]:
+    """The Debian packages of ``parts``, read on a miss only, and then only those .debs the
+    per-package records in ``cache_dir`` (the home's cache) know nothing of."""
+    parts = sorted(p for p in set(parts) if resolution.parts.get(p))
+
+    def produce(dest: Path) -> None:
+        entries = {p: resolution.parts[p] for p in parts}
+        found = debian.packages(entries, lambda e: fetch_locked(
+            resolution.cache_dir, resolution.mirror, e, resolution.session), cache_dir)
+        _write_part(dest, packages=found)
+    inputs = {"debs": {p: resolution.key(p) for p in parts}, "form": debian.CACHE_FORMAT}
+    return _read_part(stage("sbom-debs", inputs, produce)).packages
+
+
+def app_jars(stage: Stage, shape: Shape, budget: Budget, cache_dir: Path) -> tuple[Jar, ...]:
+    """Every jar the app puts in the image, read on a miss only (and then only the jars the
+    per-jar records in ``cache_dir``, the home's cache, know nothing of)."""
+    def produce(dest: Path) -> None:
+        _write_part(dest, jars=jars_mod.jars(shape, budget, cache_dir / jars_mod.CACHE_DIR))
+    inputs = {"app": shape.key(shape.app), "libs": shape.key(shape.libs),
+              "form": jars_mod.CACHE_FORM}
+    return _read_part(stage("sbom-jars", inputs, produce)).jars
+
+
+def package_jars(stage: Stage, resolution: Resolution, part: str, root: Callable[[], Path],
+                 dirs: tuple[str, ...], cache_dir: Path) -> tuple[Jar, ...]:
+    """The jars below ``dirs`` of the unpacked packages of ``part`` (Tomcat's, the app's
+    packages' /usr/share/java), unpacked on a miss only."""
+    def produce(dest: Path) -> None:
+        top = root()
+        found: list[Jar] = []
+        for sub in dirs:
+            if (top / sub).is_dir():
+                found += jars_mod.jars_in_tree(top / sub, f"/{sub}",
+                                               cache=cache_dir / jars_mod.CACHE_DIR)
+        _write_part(dest, jars=tuple(sorted(found, key=lambda j: j.path)))
+    inputs = {"part": part, "debs": resolution.key(part), "dirs": list(dirs),
+              "form": jars_mod.CACHE_FORM}
+    return _read_part(stage("sbom-package-jars", inputs, produce)).jars
+
+
+def runtime(resolution: Resolution, version: int, modules: list[str]) -> Runtime | None:
+    """The jlink runtime, as a component of the JDK package it was linked from."""
+    name = jdk_package(version)
+    entry = next((e for e in resolution.parts.get("jvm", []) if e.name == name), None)
+    return jars_mod.runtime(entry, version, modules) if entry else None
+
+
+def inventory(name: str, version: str, digest: str, created: int, suite: str, app: str,
+              contents: Contents) -> Inventory:
+    return Inventory(name=name, version=version, digest=digest, created=created, suite=suite,
+                     packages=contents.packages, jars=contents.jars, runtime=contents.runtime,
+                     app=app, tool=f"imagebuilder {__version__}")
+
+
+def attach(store: Store, inv: Inventory) -> list[Stored]:
+    """Write both documents of ``inv`` and attach them to its image (replacing older ones)."""
+    from ..sbom import cyclonedx, spdx  # their libraries take a third of a second to import
+    from ..store.oci import sha256_digest
+    created = datetime.fromtimestamp(inv.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    components = len(inv.packages) + len(inv.jars) + (1 if inv.runtime else 0) + 1
+    out = []
+    for fmt, write in ((CYCLONEDX, cyclonedx.document), (SPDX, spdx.document)):
+        payload = write(inv)
+        desc = attachments.attach(store, inv.digest, fmt.media_type, payload, fmt.media_type,
+                                  {CREATED: created})
+        out.append(Stored(fmt, sha256_digest(payload), desc.digest, components))
+    return out
+
+
+def summary(stored: list[Stored], seconds: float) -> str:
+    """The build's one line about its SBOMs."""
+    formats = " and ".join(s.format.title for s in stored)
+    count = stored[0].components if stored else 0
+    return f"sbom: {formats}, {count} components, in {seconds:.2f} s"
+
+
+def _write_part(dest: Path, packages: tuple[DebPackage, ...] = (),
+                jars: tuple[Jar, ...] = ()) -> None:
+    """A cached part of the inventory, as the model writes an inventory."""
+    dest.write_text(Inventory("", "", "", 0, "", packages=packages, jars=jars).to_json())
+
+
+def _read_part(path: Path) -> Inventory:
+    return Inventory.from_json(path.read_text())
