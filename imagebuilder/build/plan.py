@@ -25,7 +25,6 @@ rebuilds only the app layer. Package trees are unpacked lazily, only for stages 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -67,7 +66,7 @@ from .packages import NATIVES, Resolution, resolve
 
 STAGE_VERSIONS = {"kernel": 1, "base": 3, "jdk": 1, "natives": 1, "jvm": 5, "packages": 3,
                   "tomcat": 2, "libs": 1, "app": 2, "aot": 1,
-                  "sbom-debs": 1, "sbom-jars": 1, "sbom-package-jars": 1}
+                  "sbom-debs": 1, "sbom-jars": 1, "sbom-layer-jars": 1}
 #: zstd level of each layer. The base is small (about 4 MB) and shared by every app: 19. The
 #: jvm, packages, tomcat and libs layers are large and made again for each app's module set or
 #: libraries: 12, a cold build's largest cost otherwise. WireMock's 147 MB jvm layer, 2 threads:
@@ -400,11 +399,9 @@ class Builder:
         cache_dir = self.home.root / "cache"
         parts = {"kernel", "base", "firmware", "jvm", NATIVES, *(name for name, _ in layers)}
         jars = sboms.app_jars(self._stage, shape, budget, cache_dir)
-        for part, dirs in (("packages", PACKAGES_DIRS), ("tomcat", war.TOMCAT_DIRS)):
-            if part in parts and resolution.parts.get(part):
-                jars += sboms.package_jars(self._stage, resolution, part,
-                                           functools.partial(roots.get, part), dirs,
-                                           cache_dir)
+        for name, path in layers:
+            if name in sboms.PACKAGE_LAYERS:
+                jars += sboms.layer_jars(self._stage, path, roots.scratch, cache_dir)
         return sboms.Contents(sboms.debian_packages(self._stage, resolution, parts, cache_dir),
                               tuple(sorted(jars, key=lambda j: j.path)),
                               sboms.runtime(resolution, self.cfg.jvm.version, modules))

@@ -21,6 +21,8 @@ from .. import __version__
 from ..apps.archive import Budget
 from ..apps.shape import Shape
 from ..fetch.debian import fetch_locked
+from ..hashing import core as hashing
+from ..layers.cpioread import extract_layer
 from ..sbom import debian
 from ..sbom import jars as jars_mod
 from ..sbom.formats import CYCLONEDX, SPDX, Format
@@ -33,8 +35,8 @@ from .packages import Resolution, jdk_package
 Stage = Callable[[str, dict[str, Any], Callable[[Path], None]], Path]
 #: The annotation OCI gives an artifact's creation time (the SBOM's, from SOURCE_DATE_EPOCH).
 CREATED = "org.opencontainers.image.created"
-#: Where package trees put the jars a scanner finds (each layer's directories below /).
-PACKAGE_JAR_DIRS = ("usr", "opt", "var", "etc")
+#: The layers whose jars are read from the layer (the app's are read from the app's files).
+PACKAGE_LAYERS = ("base", "jvm", "packages", "tomcat")
 
 
 @dataclass(frozen=True)
@@ -84,21 +86,17 @@ def app_jars(stage: Stage, shape: Shape, budget: Budget, cache_dir: Path) -> tup
     return _read_part(stage("sbom-jars", inputs, produce)).jars
 
 
-def package_jars(stage: Stage, resolution: Resolution, part: str, root: Callable[[], Path],
-                 dirs: tuple[str, ...], cache_dir: Path) -> tuple[Jar, ...]:
-    """The jars below ``dirs`` of the unpacked packages of ``part`` (Tomcat's, the app's
-    packages' /usr/share/java), unpacked on a miss only."""
+def layer_jars(stage: Stage, layer: Path, scratch: Path, cache_dir: Path) -> tuple[Jar, ...]:
+    """The jars a layer of packages holds (the runtime's jrt-fs.jar, Tomcat's, the app's
+    packages' /usr/share/java), as scanners find them in the image: read from the layer itself,
+    on a miss only (the key is the layer's content)."""
     def produce(dest: Path) -> None:
-        top = root()
-        found: list[Jar] = []
-        for sub in dirs:
-            if (top / sub).is_dir():
-                found += jars_mod.jars_in_tree(top / sub, f"/{sub}",
-                                               cache=cache_dir / jars_mod.CACHE_DIR)
-        _write_part(dest, jars=tuple(sorted(found, key=lambda j: j.path)))
-    inputs = {"part": part, "debs": resolution.key(part), "dirs": list(dirs),
-              "form": jars_mod.CACHE_FORM}
-    return _read_part(stage("sbom-package-jars", inputs, produce)).jars
+        root = scratch / f"sbom-{dest.name}"
+        extract_layer(layer, root)
+        _write_part(dest, jars=jars_mod.jars_in_tree(root, "/",
+                                                     cache=cache_dir / jars_mod.CACHE_DIR))
+    inputs = {"layer": hashing.xxh3_file(layer), "form": jars_mod.CACHE_FORM}
+    return _read_part(stage("sbom-layer-jars", inputs, produce)).jars
 
 
 def runtime(resolution: Resolution, version: int, modules: list[str]) -> Runtime | None:
