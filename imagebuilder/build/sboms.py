@@ -115,10 +115,10 @@ def inventory(name: str, version: str, digest: str, created: int, suite: str, ap
 
 def attach(store: Store, inv: Inventory) -> list[Stored]:
     """Write both documents of ``inv`` and attach them to its image (replacing older ones)."""
-    from ..sbom import cyclonedx, spdx  # their libraries take a third of a second to import
+    from ..sbom import cyclonedx, identity, spdx  # a third of a second of imports
     from ..store.oci import sha256_digest
     created = datetime.fromtimestamp(inv.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    components = len(inv.packages) + len(inv.jars) + (1 if inv.runtime else 0) + 1
+    components = identity.count(inv)
     out = []
     for fmt, write in ((CYCLONEDX, cyclonedx.document), (SPDX, spdx.document)):
         payload = write(inv)

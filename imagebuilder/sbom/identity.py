@@ -138,6 +138,13 @@ def jars(inv: Inventory) -> list[JarEntry]:
             for j, p, r in zip(ordered, purls, firsts, strict=True)]
 
 
+def count(inv: Inventory) -> int:
+    """How many components the documents list: the Debian packages, the runtime, the jars and
+    what is shaded into them, and the app."""
+    shaded = sum(len(set(j.embedded)) for j in inv.jars)
+    return len(debs(inv)) + (1 if inv.runtime else 0) + len(inv.jars) + shaded + 1
+
+
 def tool(inv: Inventory) -> tuple[str, str]:
     """The builder's name and version ("imagebuilder", "0.1.0")."""
     name, _, version = inv.tool.partition(" ")

@@ -9,6 +9,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,13 @@ from packageurl import PackageURL
 from spdx_tools.spdx.parser.json import json_parser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
+from imagebuilder.build import sboms
 from imagebuilder.cli import main
+from imagebuilder.layers.cpio import Tree, write_layer
 from imagebuilder.sbom import cyclonedx, formats, identity, spdx
 from imagebuilder.sbom.model import DebPackage, Inventory, Jar, Runtime
 from imagebuilder.store import attachments
+from imagebuilder.store.cache import Cache
 from imagebuilder.store.home import Home
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 
@@ -338,3 +343,45 @@ def test_inspect_of_an_image_without_sbom_says_to_rebuild(
     assert out.out == ""
     assert out.err == ("ERROR: wiremock:3.9.1 has no SPDX SBOM: it was built (or pushed) before "
                        "imagebuilder made SBOMs; build it again to make them\n")
+
+
+# --- what the build does with them (imagebuilder/build/sboms.py) -----------------------------
+
+def test_the_build_attaches_both_documents_once(stored_image: tuple[Store, str]) -> None:
+    store, digest = stored_image
+    inv = _inventory(digest=digest)
+    first = sboms.attach(store, inv)
+    assert sboms.attach(store, inv) == first  # a rebuild of the same image: the same two
+    for stored, writer in zip(first, (cyclonedx, spdx), strict=True):
+        [found] = attachments.referrers(store, digest, stored.format.media_type)
+        assert found.digest == stored.attachment
+        assert found.annotations == {"org.opencontainers.image.created": "2023-11-14T22:13:20Z"}
+        data = attachments.payload(store, found)
+        assert data == writer.document(inv)
+        assert stored.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    cdx = json.loads(cyclonedx.document(inv))
+    assert len(_all_components(cdx)) == 17
+    assert sboms.summary(first, 0.04) == "sbom: CycloneDX and SPDX, 17 components, in 0.04 s"
+
+
+def test_the_jars_of_a_package_layer_are_read_from_it_once(tmp_path: Path) -> None:
+    jar = tmp_path / "jrt-fs.jar"
+    with zipfile.ZipFile(jar, "w") as zf:
+        zf.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
+    tree = Tree()
+    tree.add_file("opt/java/lib/jrt-fs.jar", source=jar, mode=0o644)
+    tree.add_file("opt/java/lib/modules", data=b"not a jar", mode=0o644)
+    layer = tmp_path / "jvm.cpio.zst"
+    write_layer(tree, layer, mtime=0)
+    cache, runs = Cache(tmp_path / "cache"), []
+
+    def stage(name: str, inputs: dict[str, Any], produce: Callable[[Path], None]) -> Path:
+        runs.append(name)
+        return cache.get_or_make(Cache.stage_key(name, 1, inputs), produce)[0]
+    (tmp_path / "scratch").mkdir()
+    for _ in range(2):
+        [found] = sboms.layer_jars(stage, layer, tmp_path / "scratch", tmp_path / "cache")
+        assert found.path == "/opt/java/lib/jrt-fs.jar"
+        assert found.sha256 == hashlib.sha256(jar.read_bytes()).hexdigest()
+    assert runs == ["sbom-layer-jars"] * 2
+    assert len(list((tmp_path / "scratch").iterdir())) == 1  # unpacked on the miss only

