@@ -15,6 +15,7 @@ of a package of the same source and source version in the image, if there is one
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -32,7 +33,7 @@ PARTS = ("kernel", "base", "firmware", "jvm", "natives", "packages", "tomcat")
 #: mapping or the fields change: older files are then read again from their .deb).
 CACHE_DIR = "sbom-debian"
 CACHE_FORMAT = 1
-#: .debs read at once (decompression releases the GIL).
+#: .debs read at once, at most one per processor (decompression releases the GIL).
 WORKERS = 4
 
 
@@ -92,7 +93,7 @@ def _read_all(entries: Sequence[LockEntry], deb_path: Callable[[LockEntry], Path
     if missing:
         # deb_path may download and verify: one at a time, here; the reading in threads
         debs = [deb_path(entries[i]) for i in missing]
-        with ThreadPoolExecutor(min(WORKERS, len(debs))) as pool:
+        with ThreadPoolExecutor(min(WORKERS, len(debs), os.cpu_count() or 1)) as pool:
             lookups = list(pool.map(_copyright_lookup, debs))
         for i, lookup in zip(missing, lookups, strict=True):
             said[i] = read = _said(lookup)
