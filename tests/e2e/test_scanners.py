@@ -136,3 +136,32 @@ def test_the_programs_syft_recognises_are_of_our_packages(
         assert any(artifact["name"] in p.source
                    and _upstream(p.version).startswith(artifact["version"])
                    for p in our_packages.values()), artifact
+
+
+def test_every_jar_syft_finds_is_in_the_sbom_with_its_version(
+        cli: Cli, hello: Built, syft_findings: dict[str, Any]) -> None:
+    """The jars syft finds in the image (the app's hello.jar, the runtime's jrt-fs.jar) are in
+    the stored CycloneDX SBOM at the same path with the same version, and a shaded artifact
+    under its jar (imagebuilder/sbom/jars.py). syft's version UNKNOWN (an archive that states
+    none) is our jar with no version."""
+    out = subprocess.run(cli.argv(["inspect", hello.ref, "--sbom", "cyclonedx"]), env=cli.env(),
+                         capture_output=True, check=True, timeout=120)
+    listed: dict[str, str | None] = {}
+    shaded: set[tuple[str, str, str]] = set()
+    for component in json.loads(out.stdout)["components"]:
+        path = next((p["value"] for p in component.get("properties", [])
+                     if p["name"] == "imagebuilder:path"), None)
+        if path is not None:
+            listed[path] = component.get("version")
+        shaded |= {(path or "", c["name"], c["version"]) for c in component.get("components", [])}
+    found = [a for a in syft_findings["artifacts"] if a["type"] == "java-archive"]
+    assert {"/opt/java/lib/jrt-fs.jar", "/app/hello.jar"} <= {a["metadata"]["virtualPath"]
+                                                              for a in found}
+    for artifact in found:
+        outer, _, inner = artifact["metadata"]["virtualPath"].partition(":")
+        version = None if artifact["version"] == "UNKNOWN" else artifact["version"]
+        if inner.count(":") == 1:  # FILE:GROUP:ARTIFACT, a set shaded into FILE
+            assert (outer, artifact["name"], version) in shaded, artifact
+        else:
+            path = f"{outer}!/{inner}" if inner else outer
+            assert listed.get(path, "absent") == version, artifact
