@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..apps.archive import Budget, parse_manifest
@@ -63,10 +64,13 @@ def is_archive(name: str) -> bool:
 def jars(shape: Shape, budget: Budget, cache: Path | None = None) -> tuple[Jar, ...]:
     """Every Java archive ``shape`` puts in the image, and those nested in them, by path.
     ``cache``: a directory for the per-archive records (see the module docstring)."""
+    # A war's libraries, read by the scan already (a reused archive is labelled as it was).
+    known = {s.label: s.jar for s in shape.classpath if isinstance(s.jar, bytes)}
+    context = _Context(budget, cache, known)
     found: list[Jar] = []
     for f in (*shape.app, *shape.libs):
         if is_archive(f.dest):
-            found += _file(guest(f.dest), f, budget, cache)
+            found += _file(guest(f.dest), f, context)
     return tuple(sorted(found, key=lambda j: j.path))
 
 
@@ -78,6 +82,7 @@ def jars_in_tree(root: Path, prefix: str, budget: Budget | None = None,
     file it points to, listed once, under its own name."""
     own = budget is None
     budget = Budget() if budget is None else budget
+    context = _Context(budget, cache)
     found: list[Jar] = []
     try:
         for dirpath, dirs, names in os.walk(root):
@@ -86,7 +91,7 @@ def jars_in_tree(root: Path, prefix: str, budget: Budget | None = None,
                 path = Path(dirpath, name)
                 if is_archive(name) and not path.is_symlink() and path.is_file():
                     at = f"{prefix.rstrip('/')}/{path.relative_to(root).as_posix()}"
-                    found += _file(at, path, budget, cache)
+                    found += _file(at, path, context)
     finally:
         if own:
             budget.close()
@@ -103,14 +108,24 @@ def runtime(jdk: LockEntry | DebPackage, version: int, modules: list[str]) -> Ru
 
 # -- one archive ------------------------------------------------------------------------------
 
-def _file(at: str, source: File | Path, budget: Budget, cache: Path | None) -> list[Jar]:
+@dataclass(frozen=True)
+class _Context:
+    """What reading archives for one list shares: the budget, the cache folder, and the nested
+    archives read before, by label (a war's ``WEB-INF/lib`` jars, which the scan read)."""
+
+    budget: Budget
+    cache: Path | None
+    known: dict[str, bytes] = field(default_factory=dict)
+
+
+def _file(at: str, source: File | Path, context: _Context) -> list[Jar]:
     """The archive at ``at`` in the image (a file of the app, or of a package tree) and those
     nested in it."""
     if isinstance(source, File) and source.data is not None:
-        return _described(at, source.data, budget, cache)
+        return _described(at, source.data, context)
     path = source.source if isinstance(source, File) else source
     assert path is not None
-    return _described(at, path, budget, cache, source if isinstance(source, File) else None)
+    return _described(at, path, context, source if isinstance(source, File) else None)
 
 
 def _digest(source: Path | bytes, name: str, file: File | None) -> str:
@@ -130,15 +145,17 @@ def _digest(source: Path | bytes, name: str, file: File | None) -> str:
     return digest.hexdigest()
 
 
-def _described(at: str, source: Path | bytes, budget: Budget, cache: Path | None,
+def _described(at: str, source: Path | bytes, context: _Context,
                file: File | None = None) -> list[Jar]:
     """The records of the archive ``source`` at ``at``: from the cache by its SHA-256 (its
     SHA-1 too, so a cached archive is hashed once), else read and cached."""
     sha256 = _digest(source, "sha256", file)
+    cache = context.cache
     cached = _load(cache, sha256) if cache is not None else None
     if cached is None:
         digests = (_digest(source, "sha1", file), sha256)
-        cached = _read(at, lambda: _open(at, source, budget, file), digests, budget, 0)
+        opener = functools.partial(_open, at, source, context.budget, file)
+        cached = _read(at, opener, digests, context, 0)
         if cache is not None:
             _save(cache, sha256, cached)
     return [_moved(at, r) for r in cached]
@@ -158,8 +175,8 @@ def _open(at: str, source: Path | bytes, budget: Budget, file: File | None) -> A
     return Archive(at, source, budget)
 
 
-def _read(at: str, opener: Callable[[], Archive], digests: tuple[str, str], budget: Budget,
-          depth: int) -> list[Jar]:
+def _read(at: str, opener: Callable[[], Archive], digests: tuple[str, str],
+          context: _Context, depth: int) -> list[Jar]:
     """The archive's own record and its nested archives' (paths relative to it, see
     :func:`_moved`)."""
     name = at.rpartition("/")[2]
@@ -167,7 +184,7 @@ def _read(at: str, opener: Callable[[], Archive], digests: tuple[str, str], budg
     try:
         with opener() as archive:
             own = _about(name, archive, digests)
-            nested = _nested(archive, budget, depth) if depth < MAX_NESTING else []
+            nested = _nested(archive, context, depth) if depth < MAX_NESTING else []
     except UserError:  # not a zip, or one broken as a whole: listed by name and hashes
         return [bare]
     return [own, *nested]
@@ -207,18 +224,19 @@ def _small(archive: Archive, entry: str, cap: int) -> bytes | None:
         return None
 
 
-def _nested(archive: Archive, budget: Budget, depth: int) -> list[Jar]:
+def _nested(archive: Archive, context: _Context, depth: int) -> list[Jar]:
     found: list[Jar] = []
     for entry, info in sorted(archive.entries.items()):
         if info.is_dir() or not is_archive(entry):
             continue
+        where = archive.where(entry)
         try:
-            data = archive.read(entry)
+            data = context.known.get(where) or archive.read(entry)
         except UserError:  # a broken or oversized entry: nothing to list
             continue
         digests = (_digest(data, "sha1", None), _digest(data, "sha256", None))
-        opener = functools.partial(budget.open, archive.where(entry), data)
-        for record in _read(archive.where(entry), opener, digests, budget, depth + 1):
+        opener = functools.partial(context.budget.open, where, data)
+        for record in _read(where, opener, digests, context, depth + 1):
             found.append(_moved(f"!/{entry}", record))
     return found
 

@@ -410,3 +410,17 @@ def test_a_cached_jar_is_not_read_again(tmp_path: Path) -> None:
     assert jars(shape, Budget(0), tmp_path)[0].artifact is None
     cached.write_text("{")
     assert jars(shape, Budget(), tmp_path) == cold
+
+
+def test_a_wars_libraries_the_scan_read_are_not_inflated_again(tmp_path: Path) -> None:
+    library = _zip({**_props("g", "a", "1.0"), "pad.bin": os.urandom(300_000)})
+    war = tmp_path / "shop.war"
+    war.write_bytes(_zip({"WEB-INF/lib/a-1.0.jar": library, "index.html": b"hi"}))
+    budget = Budget()
+    shape = detect(war, None, budget)
+    left = budget.left
+    found = jars(shape, budget)
+    assert [(j.path, j.artifact) for j in found] == [
+        ("/app/webapps/ROOT.war", None), ("/app/webapps/ROOT.war!/WEB-INF/lib/a-1.0.jar", "a")]
+    assert left - budget.left < 1000  # the pom.properties, not the 300 kB jar again
+    budget.close()
