@@ -203,8 +203,7 @@ def _about(name: str, archive: Archive, digests: tuple[str, str]) -> Jar:
     own = maven.choose(name, sets, stated)
     licenses: tuple[str, ...] = ()
     if own is not None:
-        pom = own.entry.removesuffix("pom.properties") + "pom.xml"
-        licenses = maven.pom_licenses(_small(archive, pom, maven.MAX_POM) or b"")
+        licenses = maven.pom_licenses(_small(archive, own.pom, maven.MAX_POM) or b"")
     licenses = licenses or maven.bundle_licenses(manifest.get("bundle-license"))
     embedded = tuple(sorted({(c.group, c.artifact, c.version) for c in sets if c != own}))
     if own is not None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import xml.parsers.expat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 #: The largest pom.properties read (Maven writes about 100 bytes).
@@ -40,7 +40,6 @@ MAX_POM = 2 << 20
 #: The most licenses kept for one jar, and the longest name kept.
 MAX_LICENSES = 16
 MAX_NAME = 200
-MAVEN_DIR = "META-INF/maven/"
 _PROPERTIES = re.compile(r"META-INF/maven/([^/]+)/([^/]+)/pom\.properties")
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 _VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-+]{0,199}")
@@ -56,11 +55,12 @@ class Coordinates:
     group: str
     artifact: str
     version: str
+    #: The pom.properties entry the set came from (its pom.xml sits beside it).
+    entry: str = field(default="", compare=False)
 
     @property
-    def entry(self) -> str:
-        """The pom.properties entry the set came from (its pom.xml sits beside it)."""
-        return f"{MAVEN_DIR}{self.group}/{self.artifact}/pom.properties"
+    def pom(self) -> str:
+        return self.entry.removesuffix("pom.properties") + "pom.xml"
 
 
 def properties_entries(names: list[str]) -> list[str]:
@@ -87,7 +87,7 @@ def parse_properties(entry: str, data: bytes) -> Coordinates | None:
     version = values.get("version", "")
     if not (_ID.fullmatch(group) and _ID.fullmatch(artifact) and _VERSION.fullmatch(version)):
         return None
-    return Coordinates(group, artifact, version)
+    return Coordinates(group, artifact, version, entry)
 
 
 def file_version(file_name: str) -> str | None:

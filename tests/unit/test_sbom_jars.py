@@ -424,3 +424,15 @@ def test_a_wars_libraries_the_scan_read_are_not_inflated_again(tmp_path: Path) -
         ("/app/webapps/ROOT.war", None), ("/app/webapps/ROOT.war!/WEB-INF/lib/a-1.0.jar", "a")]
     assert left - budget.left < 1000  # the pom.properties, not the 300 kB jar again
     budget.close()
+
+
+def test_the_licenses_are_those_of_the_pom_beside_the_chosen_set() -> None:
+    """A set whose groupId is not its folder's name (a relocated artifact): its pom.xml is the
+    one in the same folder."""
+    pom = b"<project><licenses><license><name>MIT</name></license></licenses></project>"
+    data = _zip({"META-INF/maven/old.group/x/pom.properties":
+                 b"groupId=new.group\nartifactId=x\nversion=1\n",
+                 "META-INF/maven/old.group/x/pom.xml": pom})
+    jar = _one(data, "lib/x-1.jar")
+    assert (jar.group, jar.artifact, jar.version, jar.licenses) == ("new.group", "x", "1",
+                                                                    ("MIT",))
