@@ -52,7 +52,7 @@ MAX_MANIFEST = 1 << 20
 #: The folder of the per-archive records in the home's cache directory (``cache`` below).
 CACHE_DIR = "sbom-jars"
 #: The form of the cached records; a record of another form is read again.
-CACHE_FORM = 1
+CACHE_FORM = 2
 MAX_CACHE_FILE = 16 << 20
 _CHUNK = 1 << 20
 
