@@ -1,6 +1,6 @@
 """The signature commands: ``sign`` and ``verify``, for an image of the store or of a registry.
 
-Thin like cli.py: read the keys (:mod:`imagebuilder.signing.keys`), call
+Thin like cli.py: read the keys (:mod:`imagebuilder.keyfiles`), call
 :mod:`imagebuilder.signing.signatures`, print. A REF of the form HOST/REPO:TAG or HOST/REPO@DIGEST
 is an image in that registry; anything else (NAME:VERSION, NAME:ENV, a digest) one of the store.
 """
@@ -39,8 +39,8 @@ def sign_cmd(ref: str, key_path: str, insecure: bool, as_json: bool) -> None:
     """Sign image REF's manifest digest with KEY, in cosign's format: in the local store
     (NAME:VERSION or a digest; 'push' takes the signature along) or in a registry
     (HOST/REPO:TAG or @DIGEST, at the tag sha256-<hex>.sig, as 'cosign sign' does)."""
+    from ..keyfiles import load_private_key
     from ..signing import dsse, signatures
-    from ..signing.keys import load_private_key
     key = load_private_key(key_path)
     if signatures.is_registry_ref(ref):
         client, target = _client(ref, insecure)
@@ -69,8 +69,8 @@ def verify_cmd(ref: str, key_paths: tuple[str, ...], insecure: bool, as_json: bo
     """Check that image REF (of the store, or HOST/REPO:TAG or @DIGEST in a registry) carries
     a signature by one of the keys over exactly its manifest digest; exit 2 with one line
     saying what is wrong if not."""
+    from ..keyfiles import load_public_keys
     from ..signing import signatures
-    from ..signing.keys import load_public_keys
     keys = load_public_keys(key_paths)
     source: Any = get_home().store
     target: Any = ref

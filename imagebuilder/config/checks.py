@@ -18,11 +18,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TypeGuard
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
+from ..keyfiles import KeyFileError, load_public_key
 from ..resources import data_dir
 from . import envlimits
 from . import network as network_mod
@@ -50,8 +46,6 @@ JVM_RUNTIMES = ("minimal", "full")
 MIN_MEMORY_MIB = 128
 #: How long a training run may wait for its app, in seconds.
 MAX_TRAIN_TIMEOUT = 3600
-#: A public key file is a few hundred bytes: read no more than this of one.
-MAX_KEY_BYTES = 64 << 10
 
 
 def is_int(value: object) -> TypeGuard[int]:
@@ -298,32 +292,17 @@ def signed_by(value: object, at: At) -> tuple[Path, ...]:
 
 
 def key_problem(path: Path) -> str | None:
-    """What is wrong with public key file ``path`` (None if nothing): it must hold an ECDSA
-    P-256 public key, PEM ``PUBLIC KEY`` (cosign.pub) or an X.509 certificate, as
-    :func:`imagebuilder.signing.keys.load_public_key` reads them when it verifies (config
-    cannot import signing: this check comes first, at read time). Nothing of the file is
-    quoted: a private key given by mistake stays out of the message."""
+    """What is wrong with public key file ``path`` (None if nothing), checked when the config is
+    read by the reader that verifies later (:func:`imagebuilder.keyfiles.load_public_key`).
+    Nothing of the file is quoted: a private key given by mistake stays out of the message."""
     kind = file_kind(path)
     if kind != "a file":
         return f"{path}: " + ("file not found" if kind == "missing"
                               else f"{kind}, not a public key file")
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_BYTES + 1)
-    except OSError as e:
-        return f"cannot read {path}: {e.strerror}"
-    if b"PRIVATE KEY-----" in data:
-        return (f"{path} holds a private key: name the public key here (cosign.pub); the "
-                "private key stays with whoever signs")
-    try:
-        key = (x509.load_pem_x509_certificate(data).public_key()
-               if b"-----BEGIN CERTIFICATE-----" in data
-               else serialization.load_pem_public_key(data))
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return (f"{path} is not a PEM public key ('-----BEGIN PUBLIC KEY-----', as in "
-                "cosign.pub) nor a certificate")
-    if not (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
-        return f"{path} is not an ECDSA P-256 key, the kind imagebuilder and cosign sign with"
+        load_public_key(path)
+    except KeyFileError as e:
+        return str(e)
     return None
 
 

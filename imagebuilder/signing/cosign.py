@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..keyfiles import PrivateKey, PublicKey, sign_bytes, signer_of
 from ..store.oci import DIGEST_RE, MANIFEST_MEDIA_TYPE, Descriptor, canonical_json, sha256_digest
-from .keys import PrivateKey, PublicKey, sign_bytes, signer_of
 
 SIMPLESIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotFoundError, UserError
+from ..keyfiles import PrivateKey, sign_bytes, verify_bytes
 from ..registry.client import DEFAULT_CHUNK_SIZE, Client
 from ..registry.refs import RegistryRef
 from ..registry.transfer import blob_body
@@ -33,7 +34,6 @@ from ..store import attachments
 from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Image, Store
 from ..store.oci import canonical_json
 from .cosign import CONFIG_MEDIA_TYPE, parse_sig_manifest, sig_manifest
-from .keys import PrivateKey, sign_bytes, verify_bytes
 from .provenance import ARTIFACT_TYPE as PROVENANCE_ARTIFACT_TYPE
 from .provenance import PREDICATE_TYPE as PROVENANCE_TYPE
 from .provenance import PREDICATE_TYPE_V02 as PROVENANCE_TYPE_V02

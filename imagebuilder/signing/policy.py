@@ -20,11 +20,11 @@ from pathlib import Path
 from ..config.parse import Config
 from ..config.settings import shown
 from ..errors import NotFoundError
+from ..keyfiles import load_public_keys
 from ..registry.client import Client
 from ..registry.refs import RegistryRef
 from ..store.layout import Store
 from .cosign import SignatureError, Verification
-from .keys import load_public_keys
 from .signatures import verified
 
 

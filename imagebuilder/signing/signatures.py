@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import progress
 from ..errors import DamagedError, IntegrityError, NotFoundError, UserError
+from ..keyfiles import PrivateKey, PublicKey
 from ..registry.client import Client
 from ..registry.refs import RegistryRef
 from ..store import attachments
@@ -39,7 +40,6 @@ from .cosign import (
     signature_of,
     signature_tag,
 )
-from .keys import PrivateKey, PublicKey
 
 __all__ = ["SignResult", "Verification", "is_registry_ref", "local_signatures",
            "pull_signatures", "push_signatures", "remote_signatures", "sign_local",

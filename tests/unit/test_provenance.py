@@ -19,8 +19,8 @@ from imagebuilder.config import parse as config
 from imagebuilder.errors import UserError
 from imagebuilder.fetch.debian import Archive
 from imagebuilder.fetch.lock import LockEntry
+from imagebuilder.keyfiles import PrivateKey, load_private_key
 from imagebuilder.signing import dsse, provenance
-from imagebuilder.signing.keys import PrivateKey, load_private_key
 from imagebuilder.store import attachments
 from imagebuilder.store.layout import KERNEL_MEDIA_TYPE, Store
 

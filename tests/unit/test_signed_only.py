@@ -24,9 +24,9 @@ from cryptography.x509.oid import NameOID
 from imagebuilder.cli import main
 from imagebuilder.config import parse as config
 from imagebuilder.errors import ConfigError
+from imagebuilder.keyfiles import load_private_key
 from imagebuilder.signing import signatures
 from imagebuilder.signing.cosign import SIGNATURE_ARTIFACT_TYPE, SIMPLESIGNING_MEDIA_TYPE
-from imagebuilder.signing.keys import load_private_key
 from imagebuilder.store import attachments
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 from imagebuilder.store.layout import TITLE_ANNOTATION as TITLE
@@ -114,19 +114,20 @@ def _bad_keys(keys: Path) -> dict[str, tuple[str, str]]:
     (keys / "truncated.pub").write_bytes(pub[: len(pub) // 2])
     (keys / "empty.pub").write_bytes(b"")
     (keys / "dir.pub").mkdir()
+    not_pem = ("key file {path} is not a PEM key (no complete '-----BEGIN ...' block); make one"
+               " with 'cosign generate-key-pair' or 'openssl ecparam -name prime256v1'")
     return {
         "missing.pub": ("nothing", "{path}: file not found"),
         "dir.pub": ("a directory", "{path}: a directory, not a public key file"),
-        "release.key": ("the private key", "{path} holds a private key: name the public key "
-                        "here (cosign.pub); the private key stays with whoever signs"),
-        "rsa.pub": ("an RSA key", "{path} is not an ECDSA P-256 key, the kind imagebuilder and "
-                    "cosign sign with"),
-        "garbage.pub": ("garbage", "{path} is not a PEM public key ('-----BEGIN PUBLIC "
-                        "KEY-----', as in cosign.pub) nor a certificate"),
-        "truncated.pub": ("half a key", "{path} is not a PEM public key ('-----BEGIN PUBLIC "
-                          "KEY-----', as in cosign.pub) nor a certificate"),
-        "empty.pub": ("nothing", "{path} is not a PEM public key ('-----BEGIN PUBLIC "
-                      "KEY-----', as in cosign.pub) nor a certificate"),
+        "release.key": ("the private key", "key file {path} is a private key; verifying takes "
+                        "the public key (e.g. cosign.pub): never hand the private key around"),
+        "rsa.pub": ("an RSA key", "key file {path} holds an RSA key; imagebuilder signs with "
+                    "ECDSA P-256 (prime256v1) keys as cosign does: make one with 'cosign "
+                    "generate-key-pair' or 'openssl ecparam -name prime256v1'"),
+        "garbage.pub": ("garbage", "key file {path} is not a readable key (its PEM block is not "
+                        "base64: damaged or truncated?)"),
+        "truncated.pub": ("half a key", not_pem),
+        "empty.pub": ("nothing", not_pem),
     }
 
 

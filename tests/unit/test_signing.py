@@ -1,5 +1,5 @@
 """Signing keys, cosign's signature format and ``sign``/``verify`` on the local store
-(imagebuilder/signing/keys.py, cosign.py, signatures.py; the commands in commands/signing.py).
+(imagebuilder/keyfiles.py, cosign.py, signatures.py; the commands in commands/signing.py).
 
 The registry and stock cosign are in tests/e2e/test_signatures.py; here, cosign's own bytes are
 replayed: a key file ``cosign generate-key-pair`` (Debian trixie's cosign 2.5) wrote, and a
@@ -23,6 +23,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from imagebuilder.cli import main
+from imagebuilder.keyfiles import (
+    KeyFileError,
+    load_private_key,
+    load_public_key,
+    load_public_keys,
+    sign_bytes,
+    verify_bytes,
+)
 from imagebuilder.signing import cosign
 from imagebuilder.signing.cosign import (
     SIGNATURE_ANNOTATION,
@@ -30,14 +38,6 @@ from imagebuilder.signing.cosign import (
     SIMPLESIGNING_MEDIA_TYPE,
     SignatureError,
     parse_sig_manifest,
-)
-from imagebuilder.signing.keys import (
-    KeyFileError,
-    load_private_key,
-    load_public_key,
-    load_public_keys,
-    sign_bytes,
-    verify_bytes,
 )
 from imagebuilder.signing.signatures import is_registry_ref, local_signatures, verified
 from imagebuilder.store import attachments

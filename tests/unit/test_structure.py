@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "imagebuilder"
 
 RANKS = {
     "errors": 0, "text": 0, "proc": 0, "resources": 0, "fsutil": 0, "scratch": 0,
-    "progress": 0,
+    "progress": 0, "keyfiles": 0,
     "config": 1, "hashing": 1, "sandbox": 1,
     "fetch": 2, "apps": 2,
     "layers": 3, "sbom": 3,

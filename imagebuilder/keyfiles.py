@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ..errors import UserError
+from .errors import UserError
 
 PASSWORD_VARS = ("COSIGN_PASSWORD", "IMAGEBUILDER_KEY_PASSWORD")
 """Where the password of an encrypted private key is read from, in this order."""
