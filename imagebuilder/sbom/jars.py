@@ -7,8 +7,9 @@ jar itself is not there), and, recursively, the archives nested in those (a war'
 ``WEB-INF/lib/x.jar`` is ``/app/webapps/ROOT.war!/WEB-INF/lib/x.jar``), down to
 :data:`MAX_NESTING` levels. That is every jar the app's class loaders read, and every one a
 scanner reading the image finds (it opens any ``*.jar``/``*.war``... whether on the class path or
-not). :func:`jars_in_tree` does the same for the jars of Debian packages that go into the image
-(Tomcat's, ``/usr/share/java``).
+not); a war's libraries, which the class scan read already, are taken from the shape.
+:func:`jars_in_tree` does the same for the jars of Debian packages that go into the image
+(Tomcat's, ``/usr/share/java``, the runtime's ``lib/jrt-fs.jar``).
 
 Each is listed with the SHA-1 and SHA-256 of its bytes and what it says about itself
 (:mod:`.maven`: coordinates, shaded artifacts, licenses); when it has no Maven coordinates, the
