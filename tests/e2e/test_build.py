@@ -127,6 +127,7 @@ def test_app_packages_become_a_layer(cli: Cli, hello: Built, tmp_path: Path) -> 
     assert list(layers) == ["vmlinuz", "base", "jvm", "packages", "app"]
     listing = cpio_listing(cli, str(layers["packages"]["digest"]))
     assert "usr/share/fonts/truetype/dejavu/DejaVuSans.ttf" in listing
+    assert "var/lib/dpkg/status.d/fonts-dejavu-core" in listing  # for scanners (sbom/dpkg.py)
     lock = (app / "imagebuilder.lock").read_text()
     assert 'packages = ["fonts-dejavu-core"' in lock
     cli("rm", out["ref"])
