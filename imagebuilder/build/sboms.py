@@ -3,10 +3,11 @@ as CycloneDX and SPDX and attached to the image in the store.
 
 The inventory has three parts, each cached as a stage so that a rebuild reads nothing it read
 before: the Debian packages (keyed by the SHA-256s of each part's .debs: an app-only rebuild
-never opens a .deb), the jars (keyed by the app's files, and by the .debs of the package parts
-whose jars are in the image), and the jlink runtime (the JDK package and the module list, known
-without reading anything). The documents themselves depend on the image digest, so each new image
-writes them again: tens of milliseconds.
+never opens a .deb), the jars (keyed by the app's files, and by the content of each layer made
+of packages, whose jars are read from the layer itself), and the jlink runtime (the JDK package
+and the module list, known without reading anything). The documents themselves depend on the
+image digest, so each new image writes them again: tens of milliseconds, once the formats'
+libraries are imported (a third of a second, most of what SBOMs add to an app-only rebuild).
 """
 
 from __future__ import annotations
