@@ -78,11 +78,15 @@ def fresh_home(work: Path, seed: Path, name: str) -> Path:
     return home
 
 
-def components(home: Path, ref: str) -> Counter[str]:
-    """What our CycloneDX document lists, by kind."""
+def cyclonedx(home: Path, ref: str) -> dict[str, Any]:
     out = subprocess.run(Cli(home).argv(["inspect", ref, "--sbom", "cyclonedx"]),
                          env=Cli(home).env(), capture_output=True, check=True)
-    doc = json.loads(out.stdout)
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
+def components(doc: dict[str, Any]) -> Counter[str]:
+    """What our CycloneDX document lists, by kind."""
     found: Counter[str] = Counter()
     for comp in doc["components"]:
         purl = comp.get("purl", "")
@@ -102,17 +106,34 @@ def image_root(home: Path, ref: str, dest: Path) -> Path:
     return dest
 
 
-def syft(root: Path, runs: int) -> tuple[float, list[float], Counter[str]]:
-    """syft's median seconds over ``dir:root``, its runs, and its packages by type."""
+def syft(root: Path, runs: int) -> tuple[float, list[float], list[dict[str, Any]]]:
+    """syft's median seconds over ``dir:root``, its runs, and what it found."""
     env = {**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"}
-    times, found = [], Counter[str]()
+    times, found = [], []
     for _ in range(runs):
         with stopwatch() as timing:
             out = subprocess.run([str(SYFT), "scan", f"dir:{root}", "-o", "syft-json", "-q"],
                                  env=env, capture_output=True, check=True, timeout=600)
         times.append(timing.seconds)
-        found = Counter(a["type"] for a in json.loads(out.stdout)["artifacts"])
+        found = json.loads(out.stdout)["artifacts"]
     return median(times), times, found
+
+
+def unmatched(doc: dict[str, Any], theirs: list[dict[str, Any]]) -> list[str]:
+    """What syft found that our document names by neither name and version, nor (a Debian
+    package) source package and version."""
+    ours = set()
+    for comp in doc["components"]:
+        props = {p["name"]: p["value"] for p in comp.get("properties", [])}
+        ours.add((comp["name"], comp.get("version")))
+        ours.add((props.get("imagebuilder:debian:source"),
+                  props.get("imagebuilder:debian:source-version")))
+        path = props.get("imagebuilder:path", "")
+        ours.add((path.rpartition("/")[2].removesuffix(".jar").rpartition("-")[0] or None,
+                  comp.get("version")))
+        ours.add((path.rpartition("/")[2].removesuffix(".jar"), comp.get("version")))
+    return [f"{a['type']} {a['name']} {a['version']}" for a in theirs
+            if (a["name"], a["version"]) not in ours]
 
 
 def measure(work: Path, runs: int) -> tuple[list[tuple[str, ...]], list[str]]:
@@ -149,17 +170,28 @@ def measure(work: Path, runs: int) -> tuple[list[tuple[str, ...]], list[str]]:
     rows.append(("app-only rebuild (whole `build`), with SBOMs", f"{median(walls):.2f} s",
                  f"of which SBOMs {median(parts):.2f} s; stages run: {', '.join(rebuilt)}"))
     ref = f"wiremock:{runs + 1}"
-    ours = components(home, ref)
+    doc = cyclonedx(home, ref)
+    ours = components(doc)
     log("syft")
-    syft_median, syft_runs, theirs = syft(image_root(home, ref, work / "root"), runs)
+    syft_median, syft_runs, found = syft(image_root(home, ref, work / "root"), runs)
+    theirs = Counter(a["type"] for a in found)
     rows.append(("components found: ours", str(sum(ours.values())),
                  ", ".join(f"{k} {v}" for k, v in sorted(ours.items()))))
     rows.append(("components found: syft (dir: of the image root)", str(sum(theirs.values())),
                  ", ".join(f"{k} {v}" for k, v in sorted(theirs.items()))))
+    rows.append(("syft's findings our SBOM does not name", str(len(unmatched(doc, found))),
+                 "; ".join(unmatched(doc, found)) or "-"))
     rows.append(("syft scan of the image root", f"{syft_median:.2f} s",
                  f"runs {seconds_list(syft_runs)}"))
     notes = [f"warm SBOM seconds per run: {seconds_list(warm_times)}; app-only rebuilds (s): "
-             f"{seconds_list(walls)}, their SBOM part (s): {seconds_list(parts)}"]
+             f"{seconds_list(walls)}, their SBOM part (s): {seconds_list(parts)}",
+             "syft's `binary` findings are its classifiers reading version strings out of "
+             "files (/usr/bin/busybox, the runtime's release file): the software our SBOM lists "
+             "as the busybox-static and openjdk packages, named by upstream version. A Debian "
+             "package syft names by its source (from ELF package notes) counts as matched when "
+             "our SBOM has a binary package of that source and version.",
+             "The SBOM part of a rebuild is mostly importing cyclonedx-python-lib and spdx-tools "
+             "(about 0.3 s); writing both documents takes tens of milliseconds."]
     return rows, notes
 
 
