@@ -94,6 +94,23 @@ def push(store: Store, subject: str, client: Client, repo: str) -> list[str]:
     return [d.digest for d in descs]
 
 
+def push_referrer(client: Client, repo: str, subject: Descriptor, artifact_type: str,
+                  payload: bytes, media_type: str, annotations: dict[str, str]) -> str | None:
+    """Attach ``payload`` to the manifest ``subject`` of ``repo`` as a referrer, if the registry
+    has the referrers API (a registry without it gets nothing: the caller keeps its own tag);
+    the artifact manifest's digest, or None."""
+    if _api_page(client, f"/v2/{repo}/referrers/{subject.digest}", repo) is None:
+        return None
+    layer = Descriptor(media_type, sha256_digest(payload), len(payload))
+    for blob in (attachments.EMPTY_JSON, payload):
+        if not client.head_blob(repo, sha256_digest(blob)):
+            client.upload(repo, client.start_upload(repo), sha256_digest(blob), len(blob),
+                          _ranges(blob), DEFAULT_CHUNK_SIZE)
+    data = attachments.artifact_manifest(subject, artifact_type, layer, annotations)
+    _put_manifest(client, repo, data, subject.digest)
+    return sha256_digest(data)
+
+
 def _put_manifest(client: Client, repo: str, data: bytes, subject: str) -> bool:
     """PUT the artifact manifest ``data`` by its digest; whether the registry answered
     ``OCI-Subject: subject`` (it indexed the referrer itself)."""

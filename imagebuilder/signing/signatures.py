@@ -22,6 +22,7 @@ from typing import Any
 from .. import progress
 from ..errors import DamagedError, IntegrityError, NotFoundError, UserError
 from ..keyfiles import PrivateKey, PublicKey
+from ..registry import referrers
 from ..registry.client import Client
 from ..registry.refs import RegistryRef
 from ..store import attachments
@@ -111,12 +112,16 @@ def sign_local(store: Store, ref: str, key: PrivateKey) -> SignResult:
 
 def remote_digest(client: Client, target: RegistryRef) -> str:
     """The manifest digest ``target`` names (its digest, or what its tag names now)."""
+    return _remote_manifest(client, target).digest
+
+
+def _remote_manifest(client: Client, target: RegistryRef) -> Descriptor:
     if target.tag is None and target.digest is None:
         raise UserError(f"'{target}' names no tag or digest: add :TAG or @sha256:...")
     got = client.get_manifest(target.repository, target.reference)
     if got is None:
         raise NotFoundError(f"{target} not found in the registry")
-    return sha256_digest(got[0])
+    return Descriptor(got[1], sha256_digest(got[0]), len(got[0]))
 
 
 def _sig_layers(client: Client, repo: str, digest: str) -> list[Descriptor]:
@@ -185,15 +190,18 @@ def _append(client: Client, repo: str, digest: str, existing: list[Descriptor],
 
 def sign_remote(client: Client, target: RegistryRef, key: PrivateKey) -> SignResult:
     """Sign the image ``target`` names in its registry with ``key``, appending to its
-    ``.sig`` manifest as cosign does (unless that key already signed it)."""
-    digest = remote_digest(client, target)
-    repo = target.repository
+    ``.sig`` manifest as cosign does, and as a referrer where the registry has the referrers
+    API (unless that key already signed it)."""
+    subject = _remote_manifest(client, target)
+    digest, repo = subject.digest, target.repository
     existing = _sig_layers(client, repo, digest)
     sigs = remote_signatures(client, repo, digest)
     done = bool(check(str(target), digest, sigs, [key.public()]))
     if not done:
-        _append(client, repo, digest, existing,
-                [cosign.sign(key, f"{target.host}/{repo}", digest)])
+        sig = cosign.sign(key, f"{target.host}/{repo}", digest)
+        _append(client, repo, digest, existing, [sig])
+        referrers.push_referrer(client, repo, subject, SIGNATURE_ARTIFACT_TYPE, sig.payload,
+                                SIMPLESIGNING_MEDIA_TYPE, {SIGNATURE_ANNOTATION: sig.signature})
     location = f"{target.host}/{repo}:{signature_tag(digest)}"
     return SignResult(str(target), digest, key.public(), location, not done,
                       len(sigs) + (not done))

@@ -57,22 +57,29 @@ def attach(store: Store, subject_digest: str, artifact_type: str, payload: bytes
 
     def change(entries: list[index.Entry]) -> list[index.Entry]:
         subject = _subject(store, entries, subject_digest)
-        config = store.add_blob_bytes(EMPTY_JSON, EMPTY_MEDIA_TYPE)
+        store.add_blob_bytes(EMPTY_JSON, EMPTY_MEDIA_TYPE)
         layer = store.add_blob_bytes(payload, media_type)
-        manifest: dict[str, Any] = {
-            "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-            "artifactType": artifact_type, "config": config.to_json(),
-            "layers": [layer.to_json()], "subject": subject.to_json(),
-        }
-        if annotations:
-            manifest["annotations"] = dict(annotations)
-        data = canonical_json(manifest)
+        data = artifact_manifest(subject, artifact_type, layer, annotations)
         desc = store.add_blob_bytes(data, MANIFEST_MEDIA_TYPE)
-        done.append(_referrer(desc.digest, len(data), manifest))
+        done.append(_referrer(desc.digest, len(data), json.loads(data)))
         return _with(entries, subject_digest, desc.digest, len(data), artifact_type, keep)
 
     store.edit_index(change)
     return done[0]
+
+
+def artifact_manifest(subject: Descriptor, artifact_type: str, layer: Descriptor,
+                      annotations: dict[str, str] | None = None) -> bytes:
+    """The OCI 1.1 artifact manifest (canonical JSON) of the payload ``layer`` about the
+    manifest ``subject``: the same inputs give the same bytes, in the store and in a registry."""
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+        "artifactType": artifact_type, "config": EMPTY_DESCRIPTOR.to_json(),
+        "layers": [layer.to_json()], "subject": subject.to_json(),
+    }
+    if annotations:
+        manifest["annotations"] = dict(annotations)
+    return canonical_json(manifest)
 
 
 def put_manifest(store: Store, subject_digest: str, data: bytes, blobs: dict[str, bytes], *,

@@ -19,9 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from imagebuilder.signing.cosign import (
+    SIGNATURE_ANNOTATION,
+    SIGNATURE_ARTIFACT_TYPE,
+    signature_tag,
+)
 from imagebuilder.store import attachments
-from imagebuilder.store.layout import Store
+from imagebuilder.store.layout import MANIFEST_MEDIA_TYPE, Store
 from imagebuilder.store.oci import canonical_json, sha256_digest
 from support.inputs import inputs_dir
 from support.registry import ReferrersProxy, Registry, available, start_registry
@@ -317,3 +324,34 @@ def test_oras_finds_them_in_the_local_store(oras: Path, tmp_path: Path) -> None:
     listed = json.loads(_oras(oras, tmp_path / "oras", "discover", "--oci-layout", "--format",
                               "json", f"{store.root}@{digest}"))
     assert sorted(m["artifactType"] for m in listed["manifests"]) == [SPDX, CDX]
+
+
+def test_signing_in_a_registry_adds_a_referrer_where_it_has_the_api(
+        proxied: ReferrersProxy, registry: Registry, tmp_path: Path) -> None:
+    """cosign's layout is the .sig tag in both; a registry with the referrers API also lists
+    the signature as a referrer of the image, one without gets no referrers tag from us."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = tmp_path / "release.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    for host, name, api in ((proxied.host, "signedapi", True), (registry.host, "signedtag", False)):
+        r = docker_cli(tmp_path / name, tmp_path / "docker")
+        synthetic_image(r.home, f"{name}:1.0", [64], name.encode())
+        digest = str(r.json("push", f"{name}:1.0", f"{host}/{name}", "--insecure")["digest"])
+        r("sign", f"{host}/{name}:1.0", "--key", str(private), "--insecure")
+        assert _get(host, f"/v2/{name}/manifests/{signature_tag(digest)}",
+                    MANIFEST_MEDIA_TYPE)[0] == 200
+        status, raw = _get(host, f"/v2/{name}/referrers/{digest}")
+        if not api:
+            assert status == 404
+            assert _get(host, f"/v2/{name}/manifests/sha256-{digest[7:]}")[0] == 404
+            continue
+        listed = [m for m in json.loads(raw)["manifests"]
+                  if m["artifactType"] == SIGNATURE_ARTIFACT_TYPE]
+        assert len(listed) == 1, raw
+        _, manifest = _get(host, f"/v2/{name}/manifests/{listed[0]['digest']}",
+                           MANIFEST_MEDIA_TYPE)
+        found = json.loads(manifest)
+        assert found["subject"]["digest"] == digest
+        assert SIGNATURE_ANNOTATION in found["annotations"]
