@@ -11,15 +11,24 @@ bounded by the caps whatever the compressed stream holds. Every failure is one
 
 Nested jars (Spring Boot's ``BOOT-INF/lib/*.jar``) are opened from their bytes, with the label
 ``outer.jar!/BOOT-INF/lib/x.jar`` in messages.
+
+An entry's :meth:`Jar.fingerprint` is the digest of everything inflating it depends on (its
+central directory record's name, method, flags, CRC-32 and sizes, its local header and its
+compressed bytes), read raw: about thirty times cheaper than inflating, so a reader that has
+inflated and checked those exact bytes before need not do it again.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+
+import xxhash
 
 from ..errors import UserError
 
@@ -33,6 +42,9 @@ MAX_TOTAL_BYTES = 4096 * MiB
 MAX_RATIO = 200
 RATIO_FLOOR = 1 * MiB
 MAX_ENTRIES = 500_000
+#: A local file header: its fixed part (signature ... extra length), then name and extra.
+_LOCAL = struct.Struct("<4s22xHH")
+_LOCAL_MAGIC = b"PK\x03\x04"
 
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
                 RuntimeError, ValueError)
@@ -74,6 +86,7 @@ class Jar:
         self.label = label
         self.budget = budget
         self.shared = shared
+        self._data = memoryview(source) if isinstance(source, bytes) else None
         try:
             file = io.BytesIO(source) if isinstance(source, bytes) else source
             self.zip = zipfile.ZipFile(file)
@@ -92,6 +105,7 @@ class Jar:
             self.entries.setdefault(info.filename, info)
         #: The entries inflated whole and found sound (size and CRC-32).
         self.checked: set[str] = set()
+        self._fd = -1 if self._data is not None else self.zip.fp.fileno()  # type: ignore[union-attr]
 
     def __enter__(self) -> Jar:
         return self
@@ -144,6 +158,33 @@ class Jar:
             raise UserError(f"{where}: corrupt entry ({got} bytes, {size} declared): "
                             "rebuild the jar")
         self.checked.add(name)
+
+    def fingerprint(self, name: str) -> str:
+        """The xxh3-128 of entry ``name`` as inflating it reads it: its central directory
+        record's name, method, flags, CRC-32 and sizes, then its local header and compressed
+        bytes, read raw. Equal fingerprints inflate alike (to the same bytes or the same error);
+        "" if the raw bytes cannot be read whole (inflating it then says why)."""
+        info = self.entries[name]
+        head = self._pread(info.header_offset, _LOCAL.size)
+        if len(head) != _LOCAL.size:
+            return ""
+        magic, name_len, extra_len = _LOCAL.unpack(head)
+        if magic != _LOCAL_MAGIC:
+            return ""
+        rest = name_len + extra_len + info.compress_size
+        raw = self._pread(info.header_offset + _LOCAL.size, rest)
+        if len(raw) != rest:
+            return ""
+        h = xxhash.xxh3_128(f"{info.orig_filename}\0{info.compress_type} {info.flag_bits} "
+                            f"{info.CRC} {info.compress_size} {info.file_size}\0".encode())
+        h.update(head)
+        h.update(raw)
+        return h.hexdigest()
+
+    def _pread(self, offset: int, size: int) -> bytes | memoryview:
+        if self._data is not None:
+            return self._data[offset:offset + size]
+        return os.pread(self._fd, size, offset)
 
     def text(self, name: str) -> str:
         return self.read(name).decode("utf-8", "replace")

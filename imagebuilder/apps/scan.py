@@ -13,10 +13,13 @@ for a newer Java than ``[jvm] version``.
 
 What each jar contributes is kept in a :data:`Memo` keyed by the jar's content (its xxh3 over
 the whole file, from :mod:`imagebuilder.hashing.core`): a jar seen before, byte for byte, costs one
-hash and no inflating; a jar that changed in any byte is read whole again, every entry inflated
-and checked against its CRC-32 (its classes and services recorded, the rest verified and
-dropped), so a corrupt entry behind an intact central directory is refused however warm the
-memo is.
+hash and no inflating. A jar that changed in any byte is walked whole again, but pays only for
+what changed: each entry's raw bytes are fingerprinted (:meth:`~.archive.Jar.fingerprint`: its
+compressed bytes, local header, name, method, CRC-32 and sizes; a thirtieth of inflating), and
+an entry whose fingerprint the memo holds was inflated and checked against its CRC-32 before,
+byte for byte, so it is not inflated again. A new or changed entry is inflated, checked and (a
+class) parsed, so a corrupt entry behind an intact central directory is still refused however
+warm the memo is: its compressed bytes are not those that were checked.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from ..errors import UserError
 from ..fsutil import write_atomic
 from ..hashing import core as hashing
 from . import javaclass
-from .archive import MAX_ENTRY_BYTES, Budget
+from .archive import MAX_ENTRY_BYTES, Budget, Jar
 from .shape import ClassSource, Shape
 
 #: Top-level packages of every JDK module (java.base ... jdk.*), in internal form.
@@ -48,6 +51,8 @@ SERVICES = "META-INF/services/"
 SUPPORTED = (17, 21, 25)
 #: The most class entries the memo's jars keep (the jars used longest ago go first).
 MEMO_MAX = 400_000
+#: The most entry fingerprints the memo keeps (the ones used longest ago go first).
+MEMO_MAX_ENTRIES = 400_000
 #: The largest memo read: :data:`MEMO_MAX` records of long names fit many times over.
 MEMO_MAX_BYTES = 256 << 20
 
@@ -66,13 +71,18 @@ class Memo:
     "major<TAB>packages<TAB>methods<TAB>names", each list space-separated, methods as
     owner.name; "!reason" for bytes that are not a class file (an error only if the JVM would
     load them). A changed jar is read whole, but only its changed classes are parsed again.
+
+    ``entries``: the entries of jars inflated whole and found sound, by their raw fingerprint
+    (:meth:`~.archive.Jar.fingerprint`): the class digest of an entry read as a class, else "".
+    An entry of a changed jar found here is not inflated again.
     """
 
     jars: dict[str, list[list[str]]] = field(default_factory=dict)
     classes: dict[str, str] = field(default_factory=dict)
+    entries: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.jars) + len(self.classes)
+        return len(self.jars) + len(self.classes) + len(self.entries)
 
 
 #: A record: (name in the source, where for messages, record or "" for a services file).
@@ -138,8 +148,9 @@ def _directory_records(top: Path) -> Iterator[_Record]:
 
 
 def _read_jar(source: ClassSource, budget: Budget, memo: Memo) -> list[list[str]]:
-    """Every entry of a jar inflated and checked; the classes below its prefix recorded in
-    ``memo.classes`` (parsed only if their bytes are new); its entry in ``memo.jars``."""
+    """Every entry of a jar found sound (inflated and checked, unless ``memo.entries`` knows its
+    raw bytes); the classes below its prefix recorded in ``memo.classes`` (parsed only if their
+    bytes are new); its entry in ``memo.jars``."""
     assert source.jar is not None
     found: list[list[str]] = []
     with budget.open(source.label, source.jar) as jar:
@@ -147,18 +158,35 @@ def _read_jar(source: ClassSource, budget: Budget, memo: Memo) -> list[list[str]
             if info.is_dir():
                 continue
             rel = name[len(source.prefix):]
-            if not (name.startswith(source.prefix) and _wanted(rel)):
-                jar.check(name)
-            elif _is_services(rel):
-                jar.check(name)
-                found.append([rel, ""])
-            else:
-                data = jar.read(name)
-                digest = hashing.xxh3_bytes(data)
-                if digest not in memo.classes:
-                    memo.classes[digest] = _record(data)
+            wanted = name.startswith(source.prefix) and _wanted(rel)
+            is_class = wanted and not _is_services(rel)
+            digest = _verified(jar, name, memo, is_class)
+            if wanted:
                 found.append([rel, digest])
     return found
+
+
+def _verified(jar: Jar, name: str, memo: Memo, is_class: bool) -> str:
+    """Entry ``name`` found sound: its class digest (``is_class``, its record in
+    ``memo.classes``) or "". Inflated and checked unless ``memo.entries`` holds its raw
+    fingerprint (with its class digest and record, when a class is wanted)."""
+    fingerprint = jar.fingerprint(name)
+    known = memo.entries.pop(fingerprint, None) if fingerprint else None
+    if known is not None and (not is_class or known in memo.classes):
+        memo.entries[fingerprint] = known  # last used, last out
+        jar.checked.add(name)
+        return known if is_class else ""
+    digest = ""
+    if not is_class:
+        jar.check(name)
+    else:
+        data = jar.read(name)
+        digest = hashing.xxh3_bytes(data)
+        if digest not in memo.classes:
+            memo.classes[digest] = _record(data)
+    if fingerprint:
+        memo.entries[fingerprint] = digest
+    return digest if is_class else ""
 
 
 def _is_services(rel: str) -> bool:
@@ -200,8 +228,11 @@ def load_memo(path: Path) -> Memo:
     if not (isinstance(data, dict) and isinstance(data.get("jars"), dict)
             and isinstance(data.get("classes"), dict)):
         return Memo()
+    entries = data.get("entries")
     return Memo({k: v for k, v in data["jars"].items() if _pairs(v)},
-                {k: v for k, v in data["classes"].items() if isinstance(v, str)})
+                {k: v for k, v in data["classes"].items() if isinstance(v, str)},
+                {k: v for k, v in entries.items() if isinstance(v, str)}
+                if isinstance(entries, dict) else {})
 
 
 def _pairs(value: object) -> bool:
@@ -213,14 +244,18 @@ def _pairs(value: object) -> bool:
 
 def save_memo(path: Path, memo: Memo) -> None:
     """Replace the memo at ``path`` (temporary name, fsync, rename), keeping the jars used last
-    (:data:`MEMO_MAX`) and the class records they name."""
+    (:data:`MEMO_MAX`), the entry fingerprints used last (:data:`MEMO_MAX_ENTRIES`) and the
+    class records they name."""
     total = sum(len(v) for v in memo.jars.values())
     for key in list(memo.jars):
         if total <= MEMO_MAX:
             break
         total -= len(memo.jars.pop(key))
-    named = {d for files in memo.jars.values() for _, d in files}
-    data = {"jars": memo.jars, "classes": {d: r for d, r in memo.classes.items() if d in named}}
+    for key in list(memo.entries)[:max(0, len(memo.entries) - MEMO_MAX_ENTRIES)]:
+        del memo.entries[key]
+    named = {d for files in memo.jars.values() for _, d in files} | set(memo.entries.values())
+    data = {"jars": memo.jars, "classes": {d: r for d, r in memo.classes.items() if d in named},
+            "entries": memo.entries}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
 
