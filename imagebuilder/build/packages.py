@@ -92,6 +92,8 @@ class Resolution:
     lock_path: Path | None = None
     suite: str = ""
     roots: dict[str, list[str]] = field(default_factory=dict)
+    #: The index the lock says it was resolved against (see :meth:`snapshot`).
+    locked_snapshot: tuple[str, str] | None = None
     _archive: Archive | None = None
 
     def debs(self, part: str) -> list[Path]:
@@ -120,9 +122,10 @@ class Resolution:
         return sorted(e.sha256 for e in self.parts.get(part, []))
 
     def snapshot(self) -> tuple[str, str] | None:
-        """(SHA-256, Date) of the suite's InRelease if this resolution read the archive's
-        index; None if the lock alone served it."""
-        return None if self._archive is None else self._archive.inrelease
+        """(SHA-256, Date) of the suite's InRelease this resolution read, else the one its lock
+        records (None for a lock from before imagebuilder recorded it)."""
+        read = None if self._archive is None else self._archive.inrelease
+        return read or self.locked_snapshot
 
     def archive(self) -> Archive:
         """The suite's index, read (and verified) on first use only."""
@@ -183,7 +186,7 @@ class Resolution:
             self.parts.pop(part, None)
             self.roots.pop(part, None)
         if self.lock_path is not None:
-            _lock(self.suite, self.roots, self.parts).write(self.lock_path)
+            _lock(self.suite, self.roots, self.parts, self.snapshot()).write(self.lock_path)
 
 
 def resolve(cfg: Config, drivers: Selection, cache_dir: Path, *, mirror: str | None = None,
@@ -207,21 +210,23 @@ def resolve(cfg: Config, drivers: Selection, cache_dir: Path, *, mirror: str | N
         by_name = {e.name: e for e in lock.packages}
         parts = {part: [by_name[n] for n in names] for part, names in lock.sets.items()}
         return Resolution(parts, get_mirror, cache_dir, lock_path=cfg.lock_path,
-                          suite=cfg.system.suite, roots=dict(lock.roots))
+                          suite=cfg.system.suite, roots=dict(lock.roots),
+                          locked_snapshot=lock.archive)
     components = ("main", FIRMWARE_COMPONENT) if "firmware" in wanted else ("main",)
     archive = Archive(get_mirror(), cfg.system.suite, cache_dir, components=components)
     parts = {part: [p.lock_entry() for p in archive.resolve(names, follow=_follow(part))]
              for part, names in wanted.items()}
-    _lock(cfg.system.suite, wanted, parts).write(cfg.lock_path)
+    _lock(cfg.system.suite, wanted, parts, archive.inrelease).write(cfg.lock_path)
     return Resolution(parts, get_mirror, cache_dir, archive.session, from_lock=False,
                       lock_path=cfg.lock_path, suite=cfg.system.suite, roots=dict(wanted),
                       _archive=archive)
 
 
-def _lock(suite: str, roots: dict[str, list[str]], parts: dict[str, list[LockEntry]]) -> Lock:
+def _lock(suite: str, roots: dict[str, list[str]], parts: dict[str, list[LockEntry]],
+          archive: tuple[str, str] | None) -> Lock:
     everything = {e.name: e for entries in parts.values() for e in entries}
     return Lock(
-        suite=suite, roots=roots,
+        suite=suite, roots=roots, archive=archive,
         packages=sorted(everything.values(), key=lambda e: e.name),
         sets={part: [e.name for e in entries] for part, entries in parts.items()},
     )

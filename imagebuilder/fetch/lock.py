@@ -47,6 +47,9 @@ class Lock:
     packages: list[LockEntry] = field(default_factory=list)
     #: purpose -> the names of every package resolved for it (roots and followed dependencies).
     sets: dict[str, list[str]] = field(default_factory=dict)
+    #: The signed index the resolution last read: (SHA-256 of the suite's InRelease as
+    #: downloaded, its Date field); None in a lock written before imagebuilder recorded it.
+    archive: tuple[str, str] | None = None
 
     @classmethod
     def load(cls, path: Path) -> Lock | None:
@@ -72,7 +75,11 @@ class Lock:
 
     def dumps(self) -> str:
         """The lock as deterministic TOML text."""
-        lines = [HEADER, f"version = {LOCK_VERSION}", f"suite = {_str(self.suite)}", "", "[roots]"]
+        lines = [HEADER, f"version = {LOCK_VERSION}", f"suite = {_str(self.suite)}"]
+        if self.archive is not None:
+            lines += ["", "[archive]", f"inrelease_sha256 = {_str(self.archive[0])}",
+                      f"date = {_str(self.archive[1])}"]
+        lines += ["", "[roots]"]
         for purpose in sorted(self.roots):
             names = ", ".join(_str(name) for name in self.roots[purpose])
             lines.append(f"{_key(purpose)} = [{names}]")
@@ -110,7 +117,7 @@ def _malformed(path: Path, what: str) -> ConfigError:
 
 
 def _from_toml(path: Path, data: dict[str, Any]) -> Lock:
-    unknown = set(data) - {"version", "suite", "roots", "sets", "package"}
+    unknown = set(data) - {"version", "suite", "archive", "roots", "sets", "package"}
     if unknown:
         raise _malformed(path, f"unknown key(s) {', '.join(sorted(unknown))}")
     if data.get("version", LOCK_VERSION) != LOCK_VERSION:
@@ -132,7 +139,21 @@ def _from_toml(path: Path, data: dict[str, Any]) -> Lock:
     if missing:
         listed = ", ".join(missing)
         raise _malformed(path, f"sets name packages with no [[package]] entry: {listed}")
-    return Lock(suite=suite, roots=roots, packages=packages, sets=sets)
+    return Lock(suite=suite, roots=roots, packages=packages, sets=sets,
+                archive=_archive_from_toml(path, data.get("archive")))
+
+
+def _archive_from_toml(path: Path, table: Any) -> tuple[str, str] | None:
+    if table is None:
+        return None
+    if (not isinstance(table, dict) or set(table) != {"inrelease_sha256", "date"}
+            or not isinstance(table["inrelease_sha256"], str)
+            or not _SHA256.fullmatch(table["inrelease_sha256"])
+            or not isinstance(table["date"], str) or "\n" in table["date"]
+            or len(table["date"]) > 64):
+        raise _malformed(path, "[archive] must hold inrelease_sha256 (64 lower-case hex "
+                               "digits) and date (the InRelease's Date) only")
+    return table["inrelease_sha256"], table["date"]
 
 
 def _roots_from_toml(path: Path, roots: Any, key: str = "roots") -> dict[str, list[str]]:

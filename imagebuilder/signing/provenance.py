@@ -53,7 +53,7 @@ ARTIFACT_TYPE = MEDIA_TYPE = "application/vnd.in-toto+json"
 class ArchiveSnapshot:
     """The signed index a build resolved its packages against: the SHA-256 of the suite's
     ``InRelease`` as downloaded and its ``Date`` field. A build served from its lock file
-    reads no index, so it has none."""
+    reads no index: the lock records the one its resolution read (none in an older lock)."""
 
     sha256: str
     date: str

@@ -38,6 +38,17 @@ def test_round_trip(tmp_path: Path) -> None:
     ]
 
 
+def test_the_archive_snapshot_round_trips_and_an_old_lock_has_none(tmp_path: Path) -> None:
+    path = tmp_path / "imagebuilder.lock"
+    make().write(path)
+    old = Lock.load(path)
+    assert old is not None and old.archive is None and "[archive]" not in path.read_text()
+    snapshot = ("c" * 64, "Sat, 15 Nov 2026 09:12:33 UTC")
+    Lock("trixie", make().roots, [A, B], archive=snapshot).write(path)
+    loaded = Lock.load(path)
+    assert loaded is not None and loaded.archive == snapshot
+
+
 def test_write_is_deterministic_and_atomic(tmp_path: Path) -> None:
     first, second = tmp_path / "a.lock", tmp_path / "b.lock"
     make().write(first)
@@ -86,6 +97,10 @@ GOOD_PACKAGE = (
     [
         ("suite = ", "invalid TOML"),
         ("suite = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ('suite = "t"\n[archive]\ninrelease_sha256 = "xyz"\ndate = "d"\n', "[archive] must"),
+        ('suite = "t"\n[archive]\ndate = "d"\n', "[archive] must"),
+        ('suite = "t"\n[archive]\ninrelease_sha256 = "' + "a" * 64 + '"\ndate = "d"\nx = 1\n',
+         "[archive] must"),
         ("[roots]\n", "'suite' must be a non-empty string"),
         ('suite = "t"\nversion = 7\n', "unsupported version"),
         ('suite = "t"\nextra = 1\n', "unknown key"),

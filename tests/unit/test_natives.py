@@ -3,6 +3,7 @@ Debian packages provide them (a real signed archive on loopback, real ELF files 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import subprocess
@@ -278,3 +279,22 @@ def test_the_jvm_layer_carries_the_locale_the_guests_lang_names(tmp_path: Path) 
     tree = jvm_layer.build_tree([jvm_root], runtime)
     assert f"{jvm_layer.LOCALE_DIR}/LC_CTYPE" in tree
     assert f"{jvm_layer.LOCALE_DIR}/LC_MESSAGES/x" in tree
+
+
+def test_the_lock_records_the_index_it_was_resolved_against(
+        tmp_path: Path, archive: tuple[fx.ArchiveTree, fx.ArchiveServer]) -> None:
+    """So that a build served by its lock names the same archive snapshot in its provenance as
+    the build that wrote the lock (it was None before)."""
+    tree, server = archive
+    lock = tmp_path / "imagebuilder.lock"
+    resolution = _resolution(tmp_path, tree, server, lock)
+    resolution.set_part(NATIVES, ["libfreetype6"])
+    inrelease = (tree.root / "dists" / fx.SUITE / "InRelease").read_bytes()
+    snapshot = (hashlib.sha256(inrelease).hexdigest(), "Sat, 01 Nov 2025 00:00:00 UTC")
+    written = Lock.load(lock)
+    assert written is not None and written.archive == snapshot
+    assert "[archive]" in lock.read_text()
+    offline = Resolution(dict(resolution.parts), lambda: "http://127.0.0.1:9/",
+                         tmp_path / "cache", session=NoNetwork(), suite=fx.SUITE,
+                         roots=dict(resolution.roots), locked_snapshot=written.archive)
+    assert offline.snapshot() == snapshot
