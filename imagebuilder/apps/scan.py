@@ -51,6 +51,9 @@ SERVICES = "META-INF/services/"
 SUPPORTED = (17, 21, 25)
 #: The most class entries the memo's jars keep (the jars used longest ago go first).
 MEMO_MAX = 400_000
+#: The most class entries the jars the last scan did not use keep (older versions of a changed
+#: jar: one of them seen again costs its entries' fingerprints, not their inflating).
+MEMO_OLD = 10_000
 #: The most entry fingerprints the memo keeps (the ones used longest ago go first).
 MEMO_MAX_ENTRIES = 400_000
 #: The largest memo read: :data:`MEMO_MAX` records of long names fit many times over.
@@ -80,6 +83,8 @@ class Memo:
     jars: dict[str, list[list[str]]] = field(default_factory=dict)
     classes: dict[str, str] = field(default_factory=dict)
     entries: dict[str, str] = field(default_factory=dict)
+    #: The keys of ``jars`` this process's scans used (not saved).
+    used: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.jars) + len(self.classes) + len(self.entries)
@@ -131,6 +136,7 @@ def _records(source: ClassSource, budget: Budget, memo: Memo) -> list[_Record]:
     if not isinstance(known, list) or any(d and d not in memo.classes for _, d in known):
         known = _read_jar(source, budget, memo)
     memo.jars[key] = known  # last used, last out
+    memo.used.add(key)
     return [(rel, f"{source.label}!/{rel}", memo.classes[d] if d else "") for rel, d in known]
 
 
@@ -244,8 +250,13 @@ def _pairs(value: object) -> bool:
 
 def save_memo(path: Path, memo: Memo) -> None:
     """Replace the memo at ``path`` (temporary name, fsync, rename), keeping the jars used last
-    (:data:`MEMO_MAX`), the entry fingerprints used last (:data:`MEMO_MAX_ENTRIES`) and the
-    class records they name."""
+    (:data:`MEMO_MAX`; :data:`MEMO_OLD` of those no scan of this process used), the entry
+    fingerprints used last (:data:`MEMO_MAX_ENTRIES`) and the class records they name."""
+    old = sum(len(v) for k, v in memo.jars.items() if k not in memo.used)
+    for key in [k for k in memo.jars if k not in memo.used]:
+        if old <= MEMO_OLD:
+            break
+        old -= len(memo.jars.pop(key))
     total = sum(len(v) for v in memo.jars.values())
     for key in list(memo.jars):
         if total <= MEMO_MAX:

@@ -119,3 +119,23 @@ def test_the_one_entry_corrupted_since_the_memo_was_made_is_refused(
     with pytest.raises(UserError) as cold:
         _scan(jar, Memo())
     assert str(cold.value) == str(warm.value)
+
+
+def test_older_versions_of_a_changed_jar_are_kept_up_to_memo_old(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memo of a jar rebuilt again and again does not grow by a version each build: the jars
+    the last scan did not use keep at most MEMO_OLD class entries (the newest of them stay)."""
+    from imagebuilder.apps import scan as scan_module
+    from imagebuilder.hashing.core import xxh3_file
+    with zipfile.ZipFile(CORE) as zf:
+        parser = zf.read(CLASS)
+    memo_path = tmp_path / "memo.json"
+    versions = [_jar(tmp_path / f"v{n}.jar", {f"com/example/V{n}.class": parser})
+                for n in range(3)]
+    for jar in versions:
+        memo = load_memo(memo_path)
+        _scan(jar, memo)
+        monkeypatch.setattr(scan_module, "MEMO_OLD", len(memo.jars[next(reversed(memo.jars))]))
+        save_memo(memo_path, memo)
+    kept = [key.partition(":")[0] for key in load_memo(memo_path).jars]
+    assert kept == [xxh3_file(versions[1]), xxh3_file(versions[2])]
