@@ -46,7 +46,7 @@ PASSWORD_VARS = ("COSIGN_PASSWORD", "IMAGEBUILDER_KEY_PASSWORD")
 MAX_KEY_FILE = 64 << 10
 COSIGN_LABELS = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
 _PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
-_MAX_SCRYPT_MEMORY = 256 << 20  # 128 * N * r bytes; cosign's own parameters take 32 MiB
+_MAX_SCRYPT_WORK = 256 << 20  # 128 * N * r * p; cosign 2.5's own parameters take 64 MiB
 _ECDSA = ec.ECDSA(hashes.SHA256())
 _HOW_TO_MAKE = "make one with 'cosign generate-key-pair' or 'openssl ecparam -name prime256v1'"
 
@@ -196,6 +196,20 @@ def _check_p256(path: Path, key: Any) -> None:
                        f"(prime256v1) keys as cosign does: {_HOW_TO_MAKE}")
 
 
+def _integer(value: Any) -> int:
+    """A JSON integer, as cosign's Go reader takes it (no float, no bool, no string)."""
+    if type(value) is not int:
+        raise ValueError(f"not an integer: {value!r}")
+    return value
+
+
+def _scrypt_sane(n: int, r: int, p: int) -> bool:
+    """Whether scrypt parameters are ones OpenSSL derives with (N a power of two below
+    2^(16r)) at a bounded cost (128 N r p bytes of work, as much memory with p=1)."""
+    return (n > 1 and n & (n - 1) == 0 and r > 0 and 0 < p <= 16
+            and 128 * n * r * p <= _MAX_SCRYPT_WORK and n < 1 << (16 * r))
+
+
 def _cosign_private(path: Path, der: bytes, secret: bytes | None) -> Any:
     """The key inside cosign's encrypted key file (scrypt, then NaCl secretbox)."""
     from nacl.exceptions import CryptoError
@@ -206,7 +220,7 @@ def _cosign_private(path: Path, der: bytes, secret: bytes | None) -> Any:
         doc = json.loads(der)
         kdf, cipher = doc["kdf"], doc["cipher"]
         params = kdf["params"]
-        n, r, p = int(params["N"]), int(params["r"]), int(params["p"])
+        n, r, p = (_integer(params[k]) for k in ("N", "r", "p"))
         salt = base64.b64decode(kdf["salt"], validate=True)
         nonce = base64.b64decode(cipher["nonce"], validate=True)
         ciphertext = base64.b64decode(doc["ciphertext"], validate=True)
@@ -216,12 +230,15 @@ def _cosign_private(path: Path, der: bytes, secret: bytes | None) -> Any:
     if names != ("scrypt", "nacl/secretbox") or len(nonce) != SecretBox.NONCE_SIZE:
         raise KeyFileError(f"key file {path} is encrypted with {names[0]} and {names[1]}; "
                            "cosign keys use scrypt and nacl/secretbox")
-    if not (n > 1 and n & (n - 1) == 0 and r > 0 and 0 < p <= 16
-            and 128 * n * r <= _MAX_SCRYPT_MEMORY):
-        raise KeyFileError(f"key file {path} asks for scrypt parameters N={n}, r={r}, p={p}, "
+    refused = KeyFileError(f"key file {path} asks for scrypt parameters N={n}, r={r}, p={p}, "
                            "beyond what a key file needs; refused")
-    box_key = Scrypt(salt=salt, length=SecretBox.KEY_SIZE, n=n, r=r, p=p).derive(
-        _need_password(path, secret))
+    if not _scrypt_sane(n, r, p):
+        raise refused
+    try:
+        box_key = Scrypt(salt=salt, length=SecretBox.KEY_SIZE, n=n, r=r, p=p).derive(
+            _need_password(path, secret))
+    except (MemoryError, OverflowError):  # what OpenSSL refuses beyond the rules above
+        raise refused from None
     try:
         plain = SecretBox(box_key).decrypt(ciphertext, nonce)
     except CryptoError:

@@ -492,3 +492,47 @@ def test_unknown_image_is_one_line(home: Path, keys: dict[str, Path],
                                    invoke: Callable[..., Result]) -> None:
     assert "no image 'nope:1'" in _one_error(invoke("sign", "nope:1", "--key", str(keys["key"])))
     assert "no image 'nope:1'" in _one_error(invoke("verify", "nope:1", "--key", str(keys["pub"])))
+
+
+def _cosign_key_with_params(tmp: Path, params: str) -> Path:
+    """cosign's key file with its scrypt parameters replaced by the JSON text ``params``
+    (written as text, so that ``Infinity`` and ``1e999`` reach the reader as a file has them)."""
+    doc = json.loads(base64.b64decode("".join(COSIGN_KEY.splitlines()[1:-1])))
+    doc["kdf"]["params"] = "PARAMS"
+    text = json.dumps(doc).replace('"PARAMS"', params)
+    body = base64.b64encode(text.encode()).decode()
+    return _write(tmp / "cosign.key", "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n"
+                  f"{body}\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n")
+
+
+@pytest.mark.parametrize("params, message", [
+    ('{"N": Infinity, "r": 8, "p": 1}', "damaged"),
+    ('{"N": 1e999, "r": 8, "p": 1}', "damaged"),
+    ('{"N": 2.5, "r": 8, "p": 1}', "damaged"),
+    ('{"N": "32768", "r": 8, "p": 1}', "damaged"),
+    ('{"N": 32768, "r": true, "p": 1}', "damaged"),
+    ('{"N": 1048576, "r": 1, "p": 1}', "N=1048576, r=1, p=1"),  # the library refuses: r too small
+    ('{"N": 524288, "r": 1, "p": 16}', "N=524288, r=1, p=16"),
+    ('{"N": 262144, "r": 8, "p": 16}', "N=262144, r=8, p=16"),  # 4 GiB of work
+    ('{"N": 32768, "r": 8, "p": 0}', "N=32768, r=8, p=0"),
+    ('{"N": 2, "r": 1000000000000, "p": 1}', "N=2, r=1000000000000, p=1"),
+])
+def test_hostile_scrypt_parameters_are_one_line(
+        params: str, message: str, tmp_path: Path, home: Path, invoke: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding F2: parameters a key file should never have (not integers, beyond what
+    OpenSSL's scrypt accepts, or hours of work) are one line, exit 2, before any derivation."""
+    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
+    path = _cosign_key_with_params(tmp_path, params)
+    result = invoke("sign", "hello:1.0", "--key", str(path))
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert result.err.startswith(f"ERROR: key file {path}") and message in result.err, result.err
+
+
+def test_cosigns_own_scrypt_parameters_are_taken(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound leaves room for cosign's own parameters (2.5 writes N=65536, r=8, p=1)."""
+    monkeypatch.setenv("COSIGN_PASSWORD", COSIGN_PASSWORD)
+    path = _cosign_key_with_params(tmp_path, '{"N": 65536, "r": 8, "p": 1}')
+    public = load_public_key(_write(tmp_path / "cosign.pub", COSIGN_PUB))
+    assert load_private_key(path).public().fingerprint == public.fingerprint
