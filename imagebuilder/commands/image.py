@@ -110,15 +110,16 @@ def _print_image(image: Image, envs: list[str], needs: Any) -> None:
 
 
 def _sbom(store: Store, image: Image, key: str) -> bytes:
-    """The stored SBOM of ``image`` in format ``key``, its bytes as the build wrote them."""
+    """The stored SBOM of ``image`` in format ``key``, its bytes as the build wrote them
+    (UserError if it has several: a pull keeps what a registry lists; none is chosen)."""
     from ..sbom.formats import FORMATS
     from ..store import attachments
     fmt = FORMATS[key]
-    found = attachments.referrers(store, image.digest, fmt.media_type)
-    if not found:
+    found = attachments.the_one(store, image.digest, fmt.media_type, image.ref)
+    if found is None:
         raise UserError(f"{image.ref} has no {fmt.title} SBOM: it was built (or pushed) before "
                         "imagebuilder made SBOMs; build it again to make them")
-    return attachments.payload(store, found[0])
+    return attachments.payload(store, found)
 
 
 def _memory_needs(image: Image) -> Any:

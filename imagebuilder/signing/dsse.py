@@ -184,10 +184,11 @@ class AttestResult:
 
 def statements(store: Store, image: Image) -> dict[str, bytes | None]:
     """The in-toto statements about ``image`` that its build attached, by predicate type
-    (None where the image has none): its provenance and its CycloneDX SBOM's statement."""
+    (None where the image has none): its provenance and its CycloneDX SBOM's statement.
+    UserError if it has several of one (a pull keeps what a registry lists): none is chosen."""
     def attached(artifact_type: str) -> bytes | None:
-        found = attachments.referrers(store, image.digest, artifact_type)
-        return attachments.payload(store, found[0]) if found else None
+        found = attachments.the_one(store, image.digest, artifact_type, image.ref)
+        return attachments.payload(store, found) if found else None
     sbom = attached(CYCLONEDX_ARTIFACT_TYPE)
     slsa = attached(PROVENANCE_ARTIFACT_TYPE)
     if slsa is not None:
@@ -232,24 +233,41 @@ def local_layers(store: Store, digest: str) -> list[tuple[Descriptor, Layer]]:
     return out
 
 
-def attested_by(layers: list[Layer], predicate: str, verify: Verifier) -> bool:
-    """Whether one of ``layers`` is an envelope of ``predicate`` that ``verify`` accepts."""
+def attested_by(layers: list[Layer], statement: bytes, verify: Verifier) -> bool:
+    """Whether one of ``layers`` is an envelope that ``verify`` accepts whose signed payload
+    is ``statement``: the same bytes, or an in-toto statement of the same predicateType about
+    the same digests (what the layer's annotations say is unsigned and counts for nothing)."""
     for found in layers:
-        if found.predicate_type != predicate:
-            continue
         try:
-            open_envelope(found.data, verify, "an attestation")
+            opened = open_envelope(found.data, verify, "an attestation")
         except UserError:
             continue
-        return True
+        if opened.payload_type == PAYLOAD_TYPE and _same(opened.payload, statement):
+            return True
     return False
+
+
+def _same(signed: bytes, statement: bytes) -> bool:
+    """Whether the statement ``signed`` says what ``statement`` says: the same bytes, or the
+    same predicateType about the same subject digests."""
+    return signed == statement or (_about(statement) or ()) == _about(signed)
+
+
+def _about(statement: bytes) -> tuple[Any, list[str]] | None:
+    """An in-toto statement's predicateType and subject digests (sorted), or None."""
+    try:
+        doc = json.loads(statement)
+        return doc["predicateType"], sorted(canonical_json(s["digest"]).decode()
+                                            for s in doc["subject"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def attest_local(store: Store, ref: str, key: PrivateKey) -> AttestResult:
     """Sign the statements the build attached to image ``ref`` (its provenance, its CycloneDX
     SBOM) with ``key`` into DSSE envelopes, kept as attachments of the image beside its
     signatures (``push`` writes them to its ``.att`` manifest); a statement ``key`` already
-    attested is not attested twice."""
+    signed (:func:`attested_by`) is not attested twice."""
     image = store.resolve(ref)
     existing = [found for _, found in local_layers(store, image.digest)]
     public = key.public()
@@ -257,7 +275,7 @@ def attest_local(store: Store, ref: str, key: PrivateKey) -> AttestResult:
     for predicate, statement in statements(store, image).items():
         if statement is None:
             missing.append(predicate)
-        elif attested_by(existing, predicate, lambda d, s: verify_bytes(public, d, s)):
+        elif attested_by(existing, statement, lambda d, s: verify_bytes(public, d, s)):
             present.append(predicate)
         else:
             made = layer(statement, lambda data: sign_bytes(key, data))

@@ -13,6 +13,12 @@ layout, so ``oras discover --oci-layout`` finds them), marked by
 ``gc`` keeps their blobs while their subject is kept and removes them with it, ``rm`` of the
 image removes them, ``check`` verifies them like any entry. Attachment manifests are canonical
 JSON with no timestamp of their own, so the same payload gives the same digest.
+
+An image has at most one SBOM of each format and one provenance statement
+(:data:`SINGLE_VALUED`); a build replaces its earlier ones. A pull keeps what the registry lists,
+and anyone who can push to a repository can add referrers, so an image may come to hold several
+of one such type: :func:`the_one` then refuses to choose between them (their index entries say
+where each came from, :data:`ORIGIN_ANNOTATION`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import DamagedError, IntegrityError, NotFoundError, UserError
+from ..sbom.formats import CYCLONEDX, SPDX
 from . import index
 from .layout import Store
 from .oci import (
@@ -39,6 +46,11 @@ EMPTY_DESCRIPTOR = Descriptor(EMPTY_MEDIA_TYPE, sha256_digest(EMPTY_JSON), len(E
 """The config of an artifact manifest that has none (image-spec manifest.md)."""
 MAX_PAYLOAD_BYTES = 64 << 20
 """An SBOM of a large app is a few MiB; a signature or attestation a few KiB."""
+SINGLE_VALUED = {CYCLONEDX.media_type: "CycloneDX SBOM", SPDX.media_type: "SPDX SBOM",
+                 "application/vnd.in-toto+json": "provenance statement"}
+"""The artifact types an image has one of (by what people call them): never chosen among."""
+ORIGIN_ANNOTATION = "io.imagebuilder.pulled-from"
+"""On the index entry of a pulled attachment: the repository it was pulled from."""
 
 
 def attach(store: Store, subject_digest: str, artifact_type: str, payload: bytes,
@@ -83,11 +95,12 @@ def artifact_manifest(subject: Descriptor, artifact_type: str, layer: Descriptor
 
 
 def put_manifest(store: Store, subject_digest: str, data: bytes, blobs: dict[str, bytes], *,
-                 keep: bool = True) -> Descriptor:
+                 keep: bool = True, origin: str | None = None) -> Descriptor:
     """Store the artifact manifest ``data`` as it is (a pulled attachment keeps its digest) as
     an attachment of ``subject_digest``, with the ``blobs`` (digest -> bytes) it names that the
-    store lacks; IntegrityError if it is not an artifact about that subject or a blob is not
-    what its descriptor says."""
+    store lacks, noting ``origin`` (the repository it was pulled from) on its index entry;
+    IntegrityError if it is not an artifact about that subject or a blob is not what its
+    descriptor says."""
     manifest = parse(data)
     subject = manifest.get("subject") or {}
     if subject.get("digest") != subject_digest:
@@ -104,10 +117,35 @@ def put_manifest(store: Store, subject_digest: str, data: bytes, blobs: dict[str
             _add_part(store, part, blobs)
         desc = store.add_blob_bytes(data, MANIFEST_MEDIA_TYPE)
         done.append(_referrer(desc.digest, len(data), manifest))
-        return _with(entries, subject_digest, desc.digest, len(data), artifact_type, keep)
+        return _with(entries, subject_digest, desc.digest, len(data), artifact_type, keep,
+                     origin)
 
     store.edit_index(change)
     return done[0]
+
+
+def the_one(store: Store, subject_digest: str, artifact_type: str, ref: str) -> Descriptor | None:
+    """The attachment of ``artifact_type`` (one of :data:`SINGLE_VALUED`) of image ``ref``
+    (manifest ``subject_digest``), or None; UserError if it has several: which one is the
+    image's is not for us to guess (a registry can list a forged one beside the build's)."""
+    found = referrers(store, subject_digest, artifact_type)
+    if len(found) <= 1:
+        return found[0] if found else None
+    raise UserError(f"{ref} ({subject_digest[:19]}) has {several(store, subject_digest, found)}"
+                    ", not one: refused to choose; build the image again, or remove it "
+                    f"(imagebuilder rm {ref}) and pull it from a registry that lists one")
+
+
+def several(store: Store, subject_digest: str, found: list[Descriptor]) -> str:
+    """``found`` (attachments of one type of ``subject_digest``) for people: how many, what, and
+    where each came from."""
+    origins = {str(e["digest"]): (e.get("annotations") or {}).get(ORIGIN_ANNOTATION)
+               for e in store.entries() if index.subject_of(e) == subject_digest}
+    what = SINGLE_VALUED.get(found[0].artifact_type or "", found[0].artifact_type or "")
+    where = [f"{d.digest[:19]} " + (f"pulled from {origins[d.digest]}"
+                                    if origins.get(d.digest) else "made here")
+             for d in found]
+    return f"{len(found)} {what}s attached ({', '.join(where)})"
 
 
 def referrers(store: Store, subject_digest: str,
@@ -176,16 +214,16 @@ def _subject(store: Store, entries: list[index.Entry], digest: str) -> Descripto
 
 
 def _with(entries: list[index.Entry], subject: str, digest: str, size: int, artifact_type: str,
-          keep: bool) -> list[index.Entry]:
-    """``entries`` with the attachment ``digest``, once: without ``keep``, in place of the
-    subject's other attachments of ``artifact_type``."""
+          keep: bool, origin: str | None = None) -> list[index.Entry]:
+    """``entries`` with the attachment ``digest``, once (noting ``origin``): without ``keep``,
+    in place of the subject's other attachments of ``artifact_type``."""
     def replaced(m: index.Entry) -> bool:
         return m["digest"] == digest or (
             not keep and index.subject_of(m) == subject
             and m.get("artifactType") == artifact_type)
 
-    entry = Descriptor(MANIFEST_MEDIA_TYPE, digest, size, {SUBJECT_ANNOTATION: subject},
-                       artifact_type).to_json()
+    marks = {SUBJECT_ANNOTATION: subject, **({ORIGIN_ANNOTATION: origin} if origin else {})}
+    entry = Descriptor(MANIFEST_MEDIA_TYPE, digest, size, marks, artifact_type).to_json()
     return [*(m for m in entries if not replaced(m)), entry]
 
 

@@ -327,3 +327,57 @@ def test_what_is_stored_with_an_image_is_checked_before_it_is_signed(
     assert str(e.value) == (f"the {why.format(short=digest[:19])}: refused to attest it; build "
                             "the image again")
     assert dsse.local_layers(store, digest) == []
+
+
+# --- several statements of one type; envelopes about other images (review F3, F9) -------------
+
+
+def test_sign_refuses_to_attest_one_of_several_provenances(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """F3: a second provenance (a registry listed it; a pull kept it) is never chosen between:
+    sign refuses, with one line, and signs nothing."""
+    store, digest = _stored_image(tmp_path)
+    forged = json.loads(attachments.payload(store, attachments.referrers(
+        store, digest, provenance.ARTIFACT_TYPE)[0]))
+    forged["predicate"]["runDetails"]["builder"]["id"] = "https://evil.example/builder"
+    attachments.attach(store, digest, provenance.ARTIFACT_TYPE, json.dumps(forged).encode(),
+                       provenance.ARTIFACT_TYPE, keep=True)
+    with pytest.raises(UserError, match=r"^hello:1.0.0 \(sha256:[0-9a-f]{12}\) has 2 provenance "
+                                        r"statements attached \(sha256:.* made here, sha256:.* "
+                                        r"made here\), not one: refused to choose"):
+        dsse.attest(store, "hello:1.0.0", _private(tmp_path / "k.key", key))
+    assert dsse.local_layers(store, digest) == []
+
+
+def test_an_envelope_about_another_image_does_not_count_as_attested(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """F9: the key's attestations of image x, copied onto y (as a pull of y's referrers may bring
+    them), or relabelled as another predicate type, do not stop sign attesting y itself."""
+    store, x = _stored_image(tmp_path)
+    kernel = store.add_blob_bytes(b"kernel y", KERNEL_MEDIA_TYPE)
+    y = store.put_image("y:1.0", {"name": "y", "version": "1.0"}, [kernel])
+    provenance.record(store, provenance.BuildFacts("y:1.0", y, None, None, (), "trixie", None,
+                                                   (LIBC,), 0))
+    attachments.attach(store, y, dsse.CYCLONEDX_ARTIFACT_TYPE, b'{"bomFormat":"CycloneDX"}',
+                       dsse.CYCLONEDX_ARTIFACT_TYPE)
+    private = _private(tmp_path / "k.key", key)
+    assert dsse.attest(store, "hello:1.0.0", private).added == ALL
+    for desc, layer in dsse.local_layers(store, x):
+        attachments.attach(store, y, dsse.ATTESTATION_ARTIFACT_TYPE, layer.data,
+                           dsse.ENVELOPE_MEDIA_TYPE, dict(desc.annotations or {}), keep=True)
+    result = dsse.attest(store, "y:1.0", private)
+    assert result == dsse.AttestResult(ALL, (), ())
+    for _, layer in dsse.local_layers(store, y):
+        statement = json.loads(dsse.open_envelope(layer.data, _verify(key), "x").payload)
+        if statement["subject"][0]["digest"]["sha256"] == y[7:]:
+            assert statement["predicateType"] == layer.predicate_type
+    # y's own SBOM envelope, relabelled as SLSA v1 provenance, does not count as provenance.
+    again = tmp_path / "again"
+    store2, z = _stored_image(again)
+    made = dsse.layer(dsse.sbom_statement("hello:1.0.0", z, b'{"bomFormat":"CycloneDX"}'),
+                      _sign(key))
+    attachments.attach(store2, z, dsse.ATTESTATION_ARTIFACT_TYPE, made.data,
+                       dsse.ENVELOPE_MEDIA_TYPE, {**made.annotations, "predicateType": PROVENANCE},
+                       keep=True)
+    result = dsse.attest(store2, "hello:1.0.0", _private(again / "k.key", key))
+    assert result == dsse.AttestResult((PROVENANCE, PROVENANCE_V02), (CYCLONEDX,), ())

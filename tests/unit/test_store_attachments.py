@@ -239,3 +239,53 @@ def test_skopeo_still_reads_the_store_with_attachments(store: Store) -> None:
     out = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{store.root}:hello:1.0.0"],
                          capture_output=True, check=True).stdout
     assert sha256_digest(out) == image
+
+
+# --- several of a single-valued type (a registry can list more than the build made) ----------
+
+
+def _pulled_second(store: Store, image: str, payload: bytes, kind: str = CDX) -> str:
+    """A second attachment of ``kind``, as a pull from reg.example/app keeps it; its digest."""
+    blobs = {sha256_digest(payload): payload, attachments.EMPTY_DESCRIPTOR.digest: b"{}"}
+    return attachments.put_manifest(store, image, _artifact(image, 10, payload, kind), blobs,
+                                    origin="reg.example/app").digest
+
+
+def test_the_one_refuses_to_choose_among_several_and_says_where_each_came_from(
+        store: Store) -> None:
+    image = _put(store, "hello:1.0.0", b"v1")
+    assert attachments.the_one(store, image, CDX, "hello:1.0.0") is None
+    built = attachments.attach(store, image, CDX, b'{"bomFormat":"CycloneDX"}', CDX).digest
+    assert attachments.the_one(store, image, CDX, "hello:1.0.0").digest == built  # type: ignore[union-attr]
+    pulled = _pulled_second(store, image, b'{"bomFormat":"CycloneDX","FORGED":true}')
+    with pytest.raises(UserError) as e:
+        attachments.the_one(store, image, CDX, "hello:1.0.0")
+    where = sorted([f"{built[:19]} made here", f"{pulled[:19]} pulled from reg.example/app"],
+                   key=lambda s: s.split()[0])
+    assert str(e.value) == (f"hello:1.0.0 ({image[:19]}) has 2 CycloneDX SBOMs attached "
+                            f"({', '.join(where)}), not one: refused to choose; build the image "
+                            "again, or remove it (imagebuilder rm hello:1.0.0) and pull it from a "
+                            "registry that lists one")
+    # A build's own attachment replaces them all, as before.
+    attachments.attach(store, image, CDX, b'{"bomFormat":"CycloneDX","v":2}', CDX)
+    assert len(attachments.referrers(store, image, CDX)) == 1
+
+
+def test_inspect_sbom_refuses_to_print_one_of_several(
+        store: Store, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """F3: a forged SBOM a registry listed beside the build's is never printed as the image's."""
+    from imagebuilder.cli import main
+    from imagebuilder.store.home import Home
+
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(store.root.parent / "home"))
+    home = Home().store
+    image = _put(home, "hello:1.0.0", b"v1")
+    attachments.attach(home, image, SPDX, b'{"spdxVersion":"SPDX-2.3"}', SPDX)
+    _pulled_second(home, image, b'{"spdxVersion":"SPDX-2.3","FORGED":true}', SPDX)
+    capsys.readouterr()
+    assert main(["inspect", "hello:1.0.0", "--sbom", "spdx"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith(f"ERROR: hello:1.0.0 ({image[:19]}) has 2 SPDX SBOMs attached (")
+    assert out.err.count("\n") == 1 and "pulled from reg.example/app" in out.err
