@@ -101,8 +101,11 @@ class Jar:
                             "a likely zip bomb")
         #: name -> entry; the first of duplicated names wins, as in the JDK's jar reader.
         self.entries: dict[str, zipfile.ZipInfo] = {}
+        #: name -> the later entries of a duplicated name (which a scanner may read too).
+        self.duplicates: dict[str, list[zipfile.ZipInfo]] = {}
         for info in infos:
-            self.entries.setdefault(info.filename, info)
+            if self.entries.setdefault(info.filename, info) is not info:
+                self.duplicates.setdefault(info.filename, []).append(info)
         #: The entries inflated whole and found sound (size and CRC-32).
         self.checked: set[str] = set()
         self._fd = -1 if self._data is not None else self.zip.fp.fileno()  # type: ignore[union-attr]
@@ -122,6 +125,10 @@ class Jar:
         chunks = list(self._inflate(name, whole=True))
         return chunks[0] if chunks else b""
 
+    def read_duplicate(self, info: zipfile.ZipInfo) -> bytes:
+        """The inflated bytes of ``info``, one of :attr:`duplicates`, within the caps."""
+        return b"".join(self._inflate(info.filename, whole=True, info=info))
+
     def check(self, name: str) -> None:
         """Inflate entry ``name`` within the caps and check its size and CRC-32, keeping none of
         it; an entry read or checked already is not read again."""
@@ -129,9 +136,11 @@ class Jar:
             for _ in self._inflate(name, whole=False):
                 pass
 
-    def _inflate(self, name: str, *, whole: bool) -> Iterator[bytes]:
-        """The bytes of entry ``name``: in one piece, or in chunks of at most 1 MiB."""
-        info = self.entries[name]
+    def _inflate(self, name: str, *, whole: bool,
+                 info: zipfile.ZipInfo | None = None) -> Iterator[bytes]:
+        """The bytes of entry ``name`` (or of its duplicate ``info``): in one piece, or in
+        chunks of at most 1 MiB."""
+        info = info or self.entries[name]
         where = self.where(name)
         size = info.file_size
         if size > MAX_ENTRY_BYTES:
@@ -157,7 +166,8 @@ class Jar:
         if got != size:
             raise UserError(f"{where}: corrupt entry ({got} bytes, {size} declared): "
                             "rebuild the jar")
-        self.checked.add(name)
+        if info is self.entries[name]:
+            self.checked.add(name)
 
     def fingerprint(self, name: str) -> str:
         """The xxh3-128 of entry ``name`` as inflating it reads it: its central directory

@@ -12,11 +12,18 @@ image entry by entry:
 
 A Debian package brought in by two parts (libc6 by the jvm and by the app's packages) is one
 component, with both parts.
+
+A jar's reference (CycloneDX's bom-ref; SPDX ids hash it) is its purl, ``purl#PATH`` when two
+jars share a purl, and an artifact shaded into it is ``JARREF|PURL``. A purl never holds a raw
+``#`` or ``|`` (packageurl percent-encodes them) and the path is percent-encoded here, so a
+crafted entry name cannot make two references equal; :func:`jars` still checks that every
+reference is unique and raises rather than letting a writer invent a random one.
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -134,8 +141,18 @@ def jars(inv: Inventory) -> list[JarEntry]:
     purls = [jar_purl(j) for j in ordered]
     firsts = [p or f"jar:sha256:{j.sha256}" for j, p in zip(ordered, purls, strict=True)]
     seen = Counter(firsts)
-    return [JarEntry(j, p, r if seen[r] == 1 else f"{r}#{j.path}")
-            for j, p, r in zip(ordered, purls, firsts, strict=True)]
+    entries = [JarEntry(j, p, r if seen[r] == 1 else f"{r}#{_escaped(j.path)}")
+               for j, p, r in zip(ordered, purls, firsts, strict=True)]
+    refs = Counter(r for e in entries for r in (e.ref, *(s[3] for s in embedded(e))))
+    clashes = sorted(r for r, n in refs.items() if n > 1)
+    if clashes:
+        raise ValueError(f"two components would share the reference {clashes[0]!r}")
+    return entries
+
+
+def _escaped(path: str) -> str:
+    """``path`` with everything but letters, digits and ``/._-!~`` percent-encoded."""
+    return urllib.parse.quote(path, safe="/._-!~")
 
 
 def count(inv: Inventory) -> int:

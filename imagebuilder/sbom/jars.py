@@ -4,12 +4,24 @@
 or war, a thin jar's ``Class-Path`` libraries, an app directory's jars, a Spring Boot jar's
 ``BOOT-INF/lib`` (run exploded: they are files ``/app/BOOT-INF/lib/x.jar`` in the image, the fat
 jar itself is not there), and, recursively, the archives nested in those (a war's
-``WEB-INF/lib/x.jar`` is ``/app/webapps/ROOT.war!/WEB-INF/lib/x.jar``), down to
-:data:`MAX_NESTING` levels. That is every jar the app's class loaders read, and every one a
-scanner reading the image finds (it opens any ``*.jar``/``*.war``... whether on the class path or
-not); a war's libraries, which the class scan read already, are taken from the shape.
+``WEB-INF/lib/x.jar`` is ``/app/webapps/ROOT.war!/WEB-INF/lib/x.jar``). That is every jar the
+app's class loaders read, and every one a scanner reading the image finds (it opens any
+``*.jar``/``*.war``... whether on the class path or not); a war's libraries, which the class
+scan read already, are taken from the shape.
 :func:`jars_in_tree` does the same for the jars of Debian packages that go into the image
 (Tomcat's, ``/usr/share/java``, the runtime's ``lib/jrt-fs.jar``).
+
+Nothing a scanner would find is left out silently: an archive nested deeper than
+:data:`MAX_NESTING` levels (real ones nest two or three) and more than :data:`MAX_LISTED`
+archives and embedded artifacts for one list (a few kilobytes of tiny nested jars can declare
+millions) are refused, one line naming the jar, before the records use much memory or time.
+
+A zip may hold one name twice. The JDK reads the first (``apps.archive.Jar.entries``), a scanner
+may read every copy: of a duplicated ``pom.properties``, the first copy takes part in choosing
+the jar's own coordinates and every other copy is listed as an artifact embedded in the jar.
+The jar thus keeps the coordinates Java and Maven tools see, and a consumer of the SBOM still
+sees each version a scanner of the image reports (a jar claiming log4j-core 2.17.1 and 2.14.1
+lists both).
 
 Each is listed with the SHA-1 and SHA-256 of its bytes and what it says about itself
 (:mod:`.maven`: coordinates, shaded artifacts, licenses); when it has no Maven coordinates, the
@@ -31,6 +43,7 @@ import functools
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,14 +59,17 @@ from .model import DebPackage, Jar, Runtime
 
 #: What scanners open as Java archives (syft's java-archive cataloger globs).
 ARCHIVES = (".jar", ".war", ".ear", ".jpi", ".hpi", ".nar", ".kar", ".par", ".sar", ".lpkg")
-#: How deep archives in archives are listed (a war's jar is 1; a jar in that jar 2...).
-MAX_NESTING = 3
+#: How deep archives in archives are read (a war's jar is 1; a jar in that jar 2...); an archive
+#: deeper than this is refused.
+MAX_NESTING = 16
+#: The most nested archives and embedded artifacts (pom.properties sets) one list may hold.
+MAX_LISTED = 20_000
 MANIFEST = "META-INF/MANIFEST.MF"
 MAX_MANIFEST = 1 << 20
 #: The folder of the per-archive records in the home's cache directory (``cache`` below).
 CACHE_DIR = "sbom-jars"
 #: The form of the cached records; a record of another form is read again.
-CACHE_FORM = 2
+CACHE_FORM = 3
 MAX_CACHE_FILE = 16 << 20
 _CHUNK = 1 << 20
 
@@ -109,14 +125,24 @@ def runtime(jdk: LockEntry | DebPackage, version: int, modules: list[str]) -> Ru
 
 # -- one archive ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass
 class _Context:
-    """What reading archives for one list shares: the budget, the cache folder, and the nested
-    archives read before, by label (a war's ``WEB-INF/lib`` jars, which the scan read)."""
+    """What reading archives for one list shares: the budget, the cache folder, the nested
+    archives read before, by label (a war's ``WEB-INF/lib`` jars, which the scan read), and how
+    many nested archives and embedded artifacts the list holds so far."""
 
     budget: Budget
     cache: Path | None
     known: dict[str, bytes] = field(default_factory=dict)
+    listed: int = 0
+
+    def add(self, n: int, where: str) -> None:
+        """Count ``n`` more records found in ``where``; UserError beyond :data:`MAX_LISTED`."""
+        self.listed += n
+        if self.listed > MAX_LISTED:
+            raise UserError(f"{where}: more than {MAX_LISTED} nested archives and embedded "
+                            "artifacts: refusing a likely zip bomb (remove the jar or rebuild "
+                            "it flatter)")
 
 
 def _file(at: str, source: File | Path, context: _Context) -> list[Jar]:
@@ -153,7 +179,9 @@ def _described(at: str, source: Path | bytes, context: _Context,
     sha256 = _digest(source, "sha256", file)
     cache = context.cache
     cached = _load(cache, sha256) if cache is not None else None
-    if cached is None:
+    if cached is not None:
+        context.add(sum(1 + len(r.embedded) for r in cached) - 1, at)
+    else:
         digests = (_digest(source, "sha1", file), sha256)
         opener = functools.partial(_open, at, source, context.budget, file)
         cached = _read(at, opener, digests, context, 0)
@@ -180,36 +208,60 @@ def _read(at: str, opener: Callable[[], Archive], digests: tuple[str, str],
           context: _Context, depth: int) -> list[Jar]:
     """The archive's own record and its nested archives' (paths relative to it, see
     :func:`_moved`)."""
+    if depth > MAX_NESTING:
+        raise UserError(f"{at}: archives nested more than {MAX_NESTING} deep: refusing to "
+                        "leave the deeper ones out of the SBOM (rebuild the jar flatter)")
     name = at.rpartition("/")[2]
-    bare = Jar("", *digests)
     try:
-        with opener() as archive:
-            own = _about(name, archive, digests)
-            nested = _nested(archive, context, depth) if depth < MAX_NESTING else []
+        archive = opener()
     except UserError:  # not a zip, or one broken as a whole: listed by name and hashes
-        return [bare]
-    return [own, *nested]
+        return [Jar("", *digests)]
+    with archive:
+        own = _about(name, archive, digests, context)
+        return [own, *_nested(archive, context, depth)]
 
 
-def _about(name: str, archive: Archive, digests: tuple[str, str]) -> Jar:
+def _about(name: str, archive: Archive, digests: tuple[str, str], context: _Context) -> Jar:
     """What the archive named ``name`` says about itself (see :mod:`.maven`)."""
-    sets = [c for entry in maven.properties_entries(list(archive.entries))
-            if (c := maven.parse_properties(entry, _small(archive, entry, maven.MAX_PROPERTIES)
-                                            or b"")) is not None]
+    firsts, others = _sets(archive, context)
     raw = _small(archive, MANIFEST, MAX_MANIFEST)
     manifest = parse_manifest(raw.decode("utf-8", "replace")) if raw else {}
     stated = maven.file_version(name) or next(
         (v for key in maven.MANIFEST_VERSIONS if (v := maven.manifest_version(manifest.get(key)))),
         None)
-    own = maven.choose(name, sets, stated)
+    own = maven.choose(name, firsts, stated)
     licenses: tuple[str, ...] = ()
     if own is not None:
         licenses = maven.pom_licenses(_small(archive, own.pom, maven.MAX_POM) or b"")
     licenses = licenses or maven.bundle_licenses(manifest.get("bundle-license"))
-    embedded = tuple(sorted({(c.group, c.artifact, c.version) for c in sets if c != own}))
+    embedded = tuple(sorted({(c.group, c.artifact, c.version)
+                             for c in (*firsts, *others) if c != own}))
     if own is not None:
         return Jar("", *digests, own.group, own.artifact, own.version, licenses, embedded)
     return Jar("", *digests, None, None, stated, licenses, embedded)
+
+
+def _sets(archive: Archive, context: _Context) -> tuple[list[maven.Coordinates],
+                                                       list[maven.Coordinates]]:
+    """The archive's pom.properties sets: those the JDK reads (the first of each name) and those
+    of the later copies of a duplicated name (see the module docstring)."""
+    entries = maven.properties_entries(list(archive.entries))
+    copies = [info for entry in entries for info in archive.duplicates.get(entry, ())]
+    context.add(len(entries) + len(copies), archive.label)
+    firsts = [maven.parse_properties(e, _small(archive, e, maven.MAX_PROPERTIES) or b"")
+              for e in entries]
+    others = [maven.parse_properties(i.filename, _copy(archive, i)) for i in copies]
+    return [c for c in firsts if c is not None], [c for c in others if c is not None]
+
+
+def _copy(archive: Archive, info: zipfile.ZipInfo) -> bytes:
+    """The bytes of a duplicated entry's later copy, as :func:`_small` reads the first."""
+    if info.is_dir() or info.file_size > maven.MAX_PROPERTIES:
+        return b""
+    try:
+        return archive.read_duplicate(info)
+    except UserError:
+        return b""
 
 
 def _small(archive: Archive, entry: str, cap: int) -> bytes | None:
@@ -230,6 +282,7 @@ def _nested(archive: Archive, context: _Context, depth: int) -> list[Jar]:
         if info.is_dir() or not is_archive(entry):
             continue
         where = archive.where(entry)
+        context.add(1, where)
         try:
             data = context.known.get(where) or archive.read(entry)
         except UserError:  # a broken or oversized entry: nothing to list

@@ -14,9 +14,12 @@ per artifact packed into it. Which set is the jar's own (:func:`choose`):
   an artifact embedded in it.
 
 The other sets are the artifacts embedded in the jar: scanners report them (a shaded jackson
-is still jackson), so the SBOM does too. A set is taken only if its three values are plain
-coordinates (letters, digits, ``._-``, and ``+`` in a version): anything else in a purl would be
-someone else's name.
+is still jackson), so the SBOM does too. Every set is taken, whatever its values hold (a
+version "2.9.10 final", a groupId "org.apache.commons!"), as a scanner takes it: the purl
+percent-encodes them (``jackson-databind@2.9.10%20final``), so they cannot name someone else.
+Values are only cleaned, never dropped: a character that is not printable, and a "/" in a groupId
+or artifactId (purl's separator, which packageurl leaves as it is there), become U+FFFD, and a
+value is cut to :data:`MAX_NAME` characters. A set without a version is no set.
 
 Licenses come from the chosen set's ``pom.xml`` ``<licenses>``, else from the manifest's
 ``Bundle-License``; names and URLs map to SPDX ids where the mapping is unambiguous
@@ -41,8 +44,6 @@ MAX_POM = 2 << 20
 MAX_LICENSES = 16
 MAX_NAME = 200
 _PROPERTIES = re.compile(r"META-INF/maven/([^/]+)/([^/]+)/pom\.properties")
-_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
-_VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-+]{0,199}")
 #: The manifest attributes a jar without coordinates gets its version from, after the version in
 #: its file name: syft's order (pkg/cataloger/java, selectVersion), so both report the same.
 MANIFEST_VERSIONS = ("implementation-version", "specification-version", "plugin-version",
@@ -69,8 +70,9 @@ def properties_entries(names: list[str]) -> list[str]:
 
 
 def parse_properties(entry: str, data: bytes) -> Coordinates | None:
-    """The coordinates in the pom.properties ``entry`` holding ``data``; None if a value is
-    missing or not a plain coordinate. groupId and artifactId default to the entry's folders."""
+    """The coordinates in the pom.properties ``entry`` holding ``data`` (cleaned, see the module
+    docstring); None if the version is missing. groupId and artifactId default to the entry's
+    folders."""
     match = _PROPERTIES.fullmatch(entry)
     if match is None or len(data) > MAX_PROPERTIES:
         return None
@@ -82,12 +84,19 @@ def parse_properties(entry: str, data: bytes) -> Coordinates | None:
         pair = re.match(r"([^=:\s]+)\s*[=:\s]\s*(.*)", line)
         if pair:
             values[pair[1]] = pair[2].strip()
-    group = values.get("groupId") or match[1]
-    artifact = values.get("artifactId") or match[2]
-    version = values.get("version", "")
-    if not (_ID.fullmatch(group) and _ID.fullmatch(artifact) and _VERSION.fullmatch(version)):
+    group = _clean(values.get("groupId") or match[1], "/")
+    artifact = _clean(values.get("artifactId") or match[2], "/")
+    version = _clean(values.get("version", ""), "")
+    if not (group and artifact and version):
         return None
     return Coordinates(group, artifact, version, entry)
+
+
+def _clean(value: str, separators: str) -> str:
+    """``value`` with each unprintable character and each of ``separators`` as U+FFFD, cut to
+    :data:`MAX_NAME` characters."""
+    return "".join(c if c.isprintable() and c not in separators else "\ufffd"
+                   for c in value[:MAX_NAME])
 
 
 def file_version(file_name: str) -> str | None:

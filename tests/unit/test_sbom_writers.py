@@ -385,3 +385,29 @@ def test_the_jars_of_a_package_layer_are_read_from_it_once(tmp_path: Path) -> No
         assert found.sha256 == hashlib.sha256(jar.read_bytes()).hexdigest()
     assert runs == ["sbom-layer-jars"] * 2
     assert len(list((tmp_path / "scratch").iterdir())) == 1  # unpacked on the miss only
+
+
+# --- references: unique and reproducible whatever the jars are called (review finding F5) ----
+
+def _crafted_jars() -> tuple[Jar, ...]:
+    """Two jars with one purl, the second at a path that spells the first's reference followed
+    by the reference of an artifact shaded into the first."""
+    return (_jar("/app/app.jar!/lib/x.jar", ("g0", "x", "1"), embedded=(("g", "a", "1.jar"),)),
+            _jar("/app/app.jar!/lib/x.jar|pkg:maven/g/a@1.jar", ("g0", "x", "1")),
+            _jar("/app/app.jar!/lib/x.jar#y", ("g0", "x", "1")))
+
+
+def test_a_crafted_jar_name_cannot_make_two_references_equal(tmp_path: Path) -> None:
+    inv = _inventory(jars=_crafted_jars())
+    first = cyclonedx.document(inv)
+    assert cyclonedx.document(inv) == first and b"BomRef." not in first
+    refs = [c["bom-ref"] for c in _all_components(json.loads(first))]
+    assert len(refs) == len(set(refs)) and _cdx_errors(first.decode()) is None
+    assert "pkg:maven/g0/x@1#/app/app.jar!/lib/x.jar%7Cpkg%3Amaven/g/a%401.jar" in refs
+    assert _spdx_errors(spdx.document(inv), tmp_path) == []
+
+
+def test_two_jars_that_would_share_a_reference_are_refused() -> None:
+    same = _jar("/app/lib/x.jar", ("g", "x", "1"))
+    with pytest.raises(ValueError, match="share the reference 'pkg:maven/g/x@1#/app/lib/x.jar'"):
+        identity.jars(_inventory(jars=(same, same)))
