@@ -105,7 +105,7 @@ def _spdx_id(kind: str, name: str, unique: str) -> str:
     """An SPDX id (letters, digits, '.', '-') readable by its name and unique by a hash of
     ``unique``: two names that clean to the same text ("a+b", "a.b") still differ."""
     clean = re.sub(r"[^A-Za-z0-9.-]+", "-", name).strip("-")
-    return f"SPDXRef-{kind}-{clean}-{hashlib.sha256(unique.encode()).hexdigest()[:12]}"
+    return f"SPDXRef-{kind}-{clean}-{hashlib.sha256(unique.encode()).hexdigest()}"
 
 
 def _purl_ref(purl: str) -> ExternalPackageRef:
