@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -411,3 +412,9 @@ def test_two_jars_that_would_share_a_reference_are_refused() -> None:
     same = _jar("/app/lib/x.jar", ("g", "x", "1"))
     with pytest.raises(ValueError, match="share the reference 'pkg:maven/g/x@1#/app/lib/x.jar'"):
         identity.jars(_inventory(jars=(same, same)))
+
+
+def test_spdx_ids_carry_the_whole_hash_of_the_reference() -> None:
+    """48 bits of a hash are a birthday search away from two equal ids (2^24 crafted jars)."""
+    ids = [p["SPDXID"] for p in _spdx(_inventory(jars=_crafted_jars()))["packages"]]
+    assert len(ids) == len(set(ids)) and all(re.search(r"-[0-9a-f]{64}$", i) for i in ids)
