@@ -12,8 +12,18 @@ other tools (cosign's, oras's).
 :func:`push` sends each attachment after its image (its blobs, then its manifest, by digest);
 :func:`fetch` lists and downloads them for a pull, before the image enters the store, and
 :func:`keep` stores them once it has. What the registry says is hostile input: every index,
-manifest and blob is capped in size and checked against its digest, and an attachment that is not
-about the image pulled is refused; each failure is one line naming what was refused.
+manifest and blob is capped in size and checked against its digest. The image verifies by its own
+digest, so what is wrong with its referrers never costs the image: a referrer that is about
+another image, missing, malformed, oversize or does not verify is skipped with one warning naming
+it and why, and the others are taken; a list that is not an index or is over
+:data:`MAX_REFERRERS` gives none of them (a warning), and the image is pulled.
+
+An image has one SBOM of each format and one provenance
+(:data:`~imagebuilder.store.attachments.SINGLE_VALUED`), but anyone who can push to the repository
+can list more. :func:`keep` stores every one listed and warns when the image then holds several of
+one such type: ``inspect --sbom`` and ``sign`` refuse to choose among them (fail closed). Dropping
+them all instead would hide the forgery and the genuine document alike, and dropping all but one
+would be choosing; kept, each is named with where it came from.
 """
 
 from __future__ import annotations
@@ -23,7 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import IntegrityError
+from .. import progress
+from ..errors import FetchError, IntegrityError
 from ..store import attachments
 from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Store
 from ..store.oci import DIGEST_RE, INDEX_MEDIA_TYPE, canonical_json, sha256_digest
@@ -150,26 +161,52 @@ def _update_tag_index(client: Client, repo: str, subject: str, descs: list[Descr
 
 def fetch(client: Client, repo: str, subject: str) -> list[Found]:
     """The attachments of manifest ``subject`` in ``repo`` (through the referrers API, else the
-    tag schema), every manifest and blob downloaded and checked; nothing is stored."""
+    tag schema), every manifest and blob downloaded and checked; nothing is stored. A referrer
+    that fails a check is skipped with a warning; a list that does, all of them."""
     where = f"{client.host}/{repo}@{subject[:19]}"
+    try:
+        listed = _listed(client, repo, subject)
+    except FetchError as e:
+        progress.current().warn(f"{e}; no attachment of {where} was taken")
+        return []
+    if len(listed) > MAX_REFERRERS:
+        progress.current().warn(f"{where} lists more than {MAX_REFERRERS} referrers, over the "
+                                "limit; no attachment of it was taken")
+        return []
+    found: list[Found] = []
+    budget = [MAX_TOTAL_BYTES]
+    for desc in listed:
+        if desc.media_type != MANIFEST_MEDIA_TYPE or desc.digest in {f.digest for f in found}:
+            continue
+        try:
+            found.append(_fetch_one(client, repo, subject, desc, budget))
+        except FetchError as e:
+            progress.current().warn(f"{e}; attachment {desc.digest[:19]} was not taken")
+    return found
+
+
+def keep(store: Store, subject: str, found: list[Found], origin: str = "") -> list[Descriptor]:
+    """Store the ``found`` attachments of ``subject`` (now in the store), noting ``origin``
+    (where they were pulled from); a warning for each single-valued type the image now has
+    several of."""
+    kept = [attachments.put_manifest(store, subject, f.data, f.blobs, keep=True,
+                                     origin=origin or None) for f in found]
+    for kind in sorted({d.artifact_type or "" for d in kept} & set(attachments.SINGLE_VALUED)):
+        now = attachments.referrers(store, subject, kind)
+        if len(now) > 1:
+            progress.current().warn(
+                f"{subject[:19]} now has {attachments.several(store, subject, now)}: "
+                "'inspect --sbom' and 'sign' refuse to choose one; a registry should list one")
+    return kept
+
+
+def _listed(client: Client, repo: str, subject: str) -> list[Descriptor]:
+    """The referrers of ``subject`` the API lists, else the tag schema's index."""
     listed = _api_list(client, repo, subject)
     if listed is None:
         got = client.get_manifest(repo, tag_of(subject))
         listed = [] if got is None else _entries(got[0], f"{client.host}/{repo}:{tag_of(subject)}")
-    if len(listed) > MAX_REFERRERS:
-        raise RegistryError(f"{where} lists more than {MAX_REFERRERS} referrers, over the "
-                            "limit; refused")
-    found: list[Found] = []
-    budget = [MAX_TOTAL_BYTES]
-    for desc in listed:
-        if desc.media_type == MANIFEST_MEDIA_TYPE and desc.digest not in {f.digest for f in found}:
-            found.append(_fetch_one(client, repo, subject, desc, budget))
-    return found
-
-
-def keep(store: Store, subject: str, found: list[Found]) -> list[Descriptor]:
-    """Store the ``found`` attachments of ``subject`` (now in the store)."""
-    return [attachments.put_manifest(store, subject, f.data, f.blobs, keep=True) for f in found]
+    return listed
 
 
 def _api_list(client: Client, repo: str, subject: str) -> list[Descriptor] | None:
@@ -208,7 +245,8 @@ def _api_page(client: Client, url: str, repo: str) -> tuple[bytes, str | None] |
 
 
 def _entries(data: bytes, where: str) -> list[Descriptor]:
-    """The descriptors of the referrers index ``data`` from ``where``, checked in shape."""
+    """The descriptors of the referrers index ``data`` from ``where``, checked in shape (an
+    entry that is no descriptor is skipped with a warning)."""
     index = load_object(data, where)
     manifests = index.get("manifests")
     if index.get("mediaType", INDEX_MEDIA_TYPE) != INDEX_MEDIA_TYPE or not isinstance(
@@ -221,8 +259,10 @@ def _entries(data: bytes, where: str) -> list[Descriptor]:
                 and not isinstance(entry["size"], bool)
                 and 0 <= entry["size"] <= MAX_MANIFEST_BYTES
                 and isinstance(entry.get("mediaType"), str)):
-            raise MalformedError(f"{where} lists a referrer that is not a sha256 descriptor of "
-                                 f"at most {MAX_MANIFEST_BYTES} bytes: {str(entry)[:120]}")
+            progress.current().warn(f"{where} lists a referrer that is not a sha256 descriptor "
+                                    f"of at most {MAX_MANIFEST_BYTES} bytes: {str(entry)[:120]}; "
+                                    "it was not taken")
+            continue
         out.append(Descriptor(entry["mediaType"], entry["digest"], entry["size"]))
     return out
 
@@ -243,14 +283,15 @@ def _fetch_one(client: Client, repo: str, subject: str, desc: Descriptor,
     about = manifest["subject"]["digest"]
     if about != subject:
         raise IntegrityError(f"{where} is about {about[:19]}, not the image pulled "
-                             f"({subject[:19]}); refused")
-    for part in [manifest["config"], *manifest["layers"]]:
-        digest, size = part["digest"], part["size"]
-        budget[0] -= size
-        if budget[0] < 0:
-            raise RegistryError(f"the attachments of {subject[:19]} in {client.host}/{repo} "
-                                f"are larger than {MAX_TOTAL_BYTES} bytes; refused")
-        with client.blob_stream(repo, digest, size, lambda n: None) as stream:
-            found.blobs[digest] = b"".join(stream)  # verified and cut off at size
+                             f"({subject[:19]})")
+    parts = [manifest["config"], *manifest["layers"]]
+    size = sum(part["size"] for part in parts)
+    if size > budget[0]:
+        raise RegistryError(f"{where} would take the attachments of {subject[:19]} over "
+                            f"{MAX_TOTAL_BYTES} bytes in all")
+    for part in parts:
+        with client.blob_stream(repo, part["digest"], part["size"], lambda n: None) as stream:
+            found.blobs[part["digest"]] = b"".join(stream)  # verified and cut off at size
+    budget[0] -= size
     return found
 

@@ -253,7 +253,8 @@ def pull(store: Store, source: RegistryRef, client: Client, *, force: bool = Fal
             staged.update(zip((d.digest for d in layers), pool.map(fetch, layers), strict=True))
         found = referrers.fetch(client, repo, digest)  # all checked before anything is stored
         store.put_manifest(local_ref, data, staged=staged, force=force)
-    result.attachments = [d.digest for d in referrers.keep(store, digest, found)]
+    result.attachments = [d.digest for d in referrers.keep(store, digest, found,
+                                                           f"{client.host}/{repo}")]
     result.ref = local_ref
     result.blobs_received = list(staged)
     result.bytes_received = received[0]

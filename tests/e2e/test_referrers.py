@@ -2,9 +2,10 @@
 registry without the referrers API (Debian's docker-registry 2.8: the referrers tag schema) and
 on one with it (the same registry behind support.registry.ReferrersProxy); stock ``oras
 discover`` (Debian trixie's oras, fetched and verified like any package) lists them on both; a
-descriptor another tool put in the tag schema's index stays; and a registry's hostile answers (a
-referrer about another image, a tampered blob, a tag that is no index) are one line each, with
-nothing stored.
+descriptor another tool put in the tag schema's index stays; a registry's hostile answers (a
+referrer about another image, missing or oversize, a tampered blob, a tag that is no index, a list
+over the cap) cost those attachments, each one warning line, never the image; and a second SBOM
+a registry lists is kept, named, and never chosen.
 """
 
 from __future__ import annotations
@@ -236,12 +237,21 @@ def _hostile(registry: Registry, tmp_path: Path, repo: str) -> tuple[Cli, str, S
     return docker_cli(tmp_path / "fresh", tmp_path / "docker"), digest, store
 
 
-def _nothing_stored(cli: Cli) -> None:
-    assert Store(cli.home / "store").images() == []
+def _pulled_with(cli: Cli, digest: str, result: subprocess.CompletedProcess[str],
+                 warning: str) -> dict[str, bytes]:
+    """The image ``digest`` was pulled (exit 0) with one WARNING line holding ``warning``; the
+    payloads of the attachments it got, by type."""
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if line.startswith("WARNING: ")]
+    assert len(warned) == 1 and warning in warned[0], result.stderr
+    store = Store(cli.home / "store")
+    assert [i.digest for i in store.images()] == [digest]
+    return _payloads(store, digest)
 
 
-def test_a_referrer_about_another_image_is_refused(registry: Registry, tmp_path: Path) -> None:
-    fresh, digest, _ = _hostile(registry, tmp_path, "liar")
+def test_a_referrer_about_another_image_is_skipped(registry: Registry, tmp_path: Path) -> None:
+    """Review F6: one foreign entry in the referrers list costs that entry, not the image."""
+    fresh, digest, store = _hostile(registry, tmp_path, "liar")
     other = synthetic_image(tmp_path / "other", "other:1.0.0", [1000], seed=b"other")
     other_digest = other.resolve("other:1.0.0").digest
     _push_raw(registry.host, "liar", other, other_digest)
@@ -249,33 +259,36 @@ def test_a_referrer_about_another_image_is_refused(registry: Registry, tmp_path:
     _push_raw(registry.host, "liar", other, foreign.digest)
     tag = f"/v2/liar/manifests/sha256-{digest[7:]}"
     index = json.loads(_get(registry.host, tag)[1])
-    index["manifests"].append(foreign.to_json())
+    index["manifests"].insert(0, foreign.to_json())
     _put(registry.host, tag, canonical_json(index), INDEX)
 
-    one_line_error(fresh("pull", f"{registry.host}/liar:1.0.0", "--insecure", check=False), 1,
-                   f"is about {other_digest[:19]}, not the image pulled ({digest[:19]}); "
-                   "refused")
-    _nothing_stored(fresh)
+    pulled = fresh("pull", f"{registry.host}/liar:1.0.0", "--insecure", check=False)
+    got = _pulled_with(fresh, digest, pulled,
+                       f"is about {other_digest[:19]}, not the image pulled ({digest[:19]}); "
+                       f"attachment {foreign.digest[:19]} was not taken")
+    assert got == _payloads(store, digest)  # both genuine SBOMs
 
 
-def test_a_tampered_sbom_blob_is_refused(registry: Registry, tmp_path: Path) -> None:
+def test_a_tampered_sbom_blob_is_skipped(registry: Registry, tmp_path: Path) -> None:
     fresh, digest, store = _hostile(registry, tmp_path, "tampered")
     (cdx,) = attachments.referrers(store, digest, CDX)
     payload = attachments.all_blobs(store, cdx)[1]
     blob = registry.blob_data_path(payload.digest)
     blob.write_bytes(blob.read_bytes().replace(b"CycloneDX", b"CycloneDY"))
-    one_line_error(fresh("pull", f"{registry.host}/tampered:1.0.0", "--insecure", check=False),
-                   1, f"blob {payload.digest} did not verify")
-    _nothing_stored(fresh)
+    pulled = fresh("pull", f"{registry.host}/tampered:1.0.0", "--insecure", check=False)
+    got = _pulled_with(fresh, digest, pulled, f"blob {payload.digest} did not verify")
+    assert got == {SPDX: _payloads(store, digest)[SPDX]}
 
 
-def test_a_referrers_tag_that_is_no_index_is_refused(registry: Registry, tmp_path: Path) -> None:
+def test_a_referrers_tag_that_is_no_index_gives_no_attachments(registry: Registry,
+                                                               tmp_path: Path) -> None:
     fresh, digest, store = _hostile(registry, tmp_path, "notindex")
     image = store.resolve("notindex:1.0.0")
     _put(registry.host, f"/v2/notindex/manifests/sha256-{digest[7:]}",
          store.read_blob(image.digest), "application/vnd.oci.image.manifest.v1+json")
-    one_line_error(fresh("pull", f"{registry.host}/notindex:1.0.0", "--insecure", check=False),
-                   1, "is not an OCI image index of referrers")
+    pulled = fresh("pull", f"{registry.host}/notindex:1.0.0", "--insecure", check=False)
+    assert _pulled_with(fresh, digest, pulled, "is not an OCI image index of referrers; no "
+                        "attachment of") == {}
     r = docker_cli(tmp_path / "home", tmp_path / "docker")
     one_line_error(r("push", "notindex:1.0.0", f"{registry.host}/notindex", "--insecure",
                      check=False), 1, "is not an OCI referrers index")
@@ -283,24 +296,35 @@ def test_a_referrers_tag_that_is_no_index_is_refused(registry: Registry, tmp_pat
 
 def test_what_the_referrers_api_lists_is_capped(proxied: ReferrersProxy, tmp_path: Path) -> None:
     r = docker_cli(tmp_path / "home", tmp_path / "docker")
-    _, digest, _ = _with_sboms(r.home, "caps:1.0.0", b"caps")
+    _, digest, payloads = _with_sboms(r.home, "caps:1.0.0", b"caps")
     r("push", "caps:1.0.0", f"{proxied.host}/caps", "--insecure")
     listed = proxied.referrers[("caps", digest)]
+    genuine = dict(listed)
     fake = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 500,
             "artifactType": "application/vnd.example"}
+    # one listed referrer that is not there: skipped, the others taken
+    missing = sha256_digest(b"missing")
+    listed[missing] = {**fake, "digest": missing}
+    fresh = docker_cli(tmp_path / "fresh", tmp_path / "docker")
+    pulled = fresh("pull", f"{proxied.host}/caps:1.0.0", "--insecure", check=False)
+    assert _pulled_with(fresh, digest, pulled, f"is listed as a referrer of {digest[:19]} but "
+                        f"is not there; attachment {missing[:19]} was not taken") == payloads
+    # over the cap: none of them, the image all the same
     listed.update({d: {**fake, "digest": d}
                    for d in (sha256_digest(b"%d" % i) for i in range(200))})
-    fresh = docker_cli(tmp_path / "fresh", tmp_path / "docker")
-    one_line_error(fresh("pull", f"{proxied.host}/caps:1.0.0", "--insecure", check=False), 1,
-                   "lists more than 128 referrers, over the limit; refused")
+    capped = docker_cli(tmp_path / "capped", tmp_path / "docker")
+    pulled = capped("pull", f"{proxied.host}/caps:1.0.0", "--insecure", check=False)
+    assert _pulled_with(capped, digest, pulled, "lists more than 128 referrers, over the limit; "
+                        "no attachment of it was taken") == {}
     listed.clear()
+    listed.update(genuine)
     listed[digest] = {**fake, "digest": digest, "annotations": {"x": "y" * (5 << 20)}}
-    one_line_error(fresh("pull", f"{proxied.host}/caps:1.0.0", "--insecure", check=False), 1,
-                   "over the limit of 4194304; refused")
-    _nothing_stored(fresh)
+    big = docker_cli(tmp_path / "big", tmp_path / "docker")
+    pulled = big("pull", f"{proxied.host}/caps:1.0.0", "--insecure", check=False)
+    assert _pulled_with(big, digest, pulled, "over the limit of 4194304") == {}
 
 
-def test_an_attachment_larger_than_allowed_is_refused(registry: Registry,
+def test_an_attachment_larger_than_allowed_is_skipped(registry: Registry,
                                                       tmp_path: Path) -> None:
     fresh, digest, store = _hostile(registry, tmp_path, "huge")
     (cdx,) = attachments.referrers(store, digest, CDX)
@@ -311,12 +335,32 @@ def test_an_attachment_larger_than_allowed_is_refused(registry: Registry,
          "application/vnd.oci.image.manifest.v1+json")
     tag = f"/v2/huge/manifests/sha256-{digest[7:]}"
     index = json.loads(_get(registry.host, tag)[1])
-    index["manifests"] = [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "digest": sha256_digest(data), "size": len(data)}]
+    index["manifests"].append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "digest": sha256_digest(data), "size": len(data)})
     _put(registry.host, tag, canonical_json(index), INDEX)
-    one_line_error(fresh("pull", f"{registry.host}/huge:1.0.0", "--insecure", check=False), 1,
-                   f"sha256 descriptor of at most {attachments.MAX_PAYLOAD_BYTES} bytes")
-    _nothing_stored(fresh)
+    pulled = fresh("pull", f"{registry.host}/huge:1.0.0", "--insecure", check=False)
+    got = _pulled_with(fresh, digest, pulled,
+                       f"sha256 descriptor of at most {attachments.MAX_PAYLOAD_BYTES} bytes")
+    assert got == _payloads(store, digest)
+
+
+def test_a_second_sbom_a_registry_lists_is_kept_named_and_never_chosen(
+        registry: Registry, tmp_path: Path) -> None:
+    """Review F3: anyone who can push to the repository adds a second CycloneDX SBOM as a
+    referrer; the pull keeps both and warns, and inspect --sbom refuses to print either."""
+    fresh, digest, store = _hostile(registry, tmp_path, "forged")
+    forged = attachments.attach(store, digest, CDX, b'{"bomFormat":"CycloneDX","FORGED":true}',
+                                CDX, keep=True)
+    r = docker_cli(tmp_path / "home", tmp_path / "docker")
+    r("push", "forged:1.0.0", f"{registry.host}/forged", "--insecure")
+    pulled = fresh("pull", f"{registry.host}/forged:1.0.0", "--insecure", check=False)
+    got = _pulled_with(fresh, digest, pulled, f"{digest[:19]} now has 2 CycloneDX SBOMs "
+                       f"attached (")
+    assert f"{forged.digest[:19]} pulled from {registry.host}/forged" in pulled.stderr
+    assert set(got) == {CDX, SPDX}
+    one_line_error(fresh("inspect", "forged:1.0.0", "--sbom", "cyclonedx", check=False), 2,
+                   f"forged:1.0.0 ({digest[:19]}) has 2 CycloneDX SBOMs attached (")
+    assert fresh("inspect", "forged:1.0.0", "--sbom", "spdx").stdout.encode() == got[SPDX]
 
 
 def test_oras_finds_them_in_the_local_store(oras: Path, tmp_path: Path) -> None:
