@@ -363,6 +363,7 @@ class Builder:
             TITLE: "vmlinuz"})]
         for name, path in layers:
             descriptors.append(store.add_blob_file(path, INITRD_LAYER_MEDIA_TYPE, {TITLE: name}))
+        sboms.preload()  # the formats' libraries import while the disk is hashed
         disk_digest, disk_size = self._disk(BootSource(
             kernel=kernel, initrds=tuple(layers), cmdline=manifest.cmdline,
             digests=tuple(d.digest for d in descriptors)))

@@ -7,11 +7,16 @@ never opens a .deb), the jars (keyed by the app's files, and by the content of e
 of packages, whose jars are read from the layer itself), and the jlink runtime (the JDK package
 and the module list, known without reading anything). The documents themselves depend on the
 image digest, so each new image writes them again: tens of milliseconds, once the formats'
-libraries are imported (a third of a second, most of what SBOMs add to an app-only rebuild).
+libraries are imported (a third of a second of Python, most of what SBOMs add to an app-only
+rebuild). :func:`preload` imports them in a thread while the build does its other work (much of
+it hashing and compressing, which leave the interpreter free); :func:`attach` waits for it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +43,9 @@ Stage = Callable[[str, dict[str, Any], Callable[[Path], None]], Path]
 CREATED = "org.opencontainers.image.created"
 #: The layers whose jars are read from the layer (the app's are read from the app's files).
 PACKAGE_LAYERS = ("base", "jvm", "packages", "tomcat")
+#: What :func:`attach` imports: the writers, and through them the formats' libraries.
+WRITERS = ("imagebuilder.sbom.cyclonedx", "imagebuilder.sbom.spdx")
+_preloading: list[threading.Thread] = []
 
 
 @dataclass(frozen=True)
@@ -114,14 +122,32 @@ def inventory(name: str, version: str, digest: str, created: int, suite: str, ap
                      app=app, tool=f"imagebuilder {__version__}")
 
 
+def preload() -> None:
+    """Start importing :data:`WRITERS` in a thread (once a process), for :func:`attach`."""
+    if not _preloading:
+        _preloading.append(threading.Thread(target=_import_writers, name="sbom-preload",
+                                            daemon=True))
+        _preloading[0].start()
+
+
+def _import_writers() -> None:
+    for name in WRITERS:
+        with contextlib.suppress(Exception):  # attach imports it again, and says what failed
+            importlib.import_module(name)
+
+
 def attach(store: Store, inv: Inventory) -> list[Stored]:
     """Write both documents of ``inv`` and attach them to its image (replacing older ones)."""
+    for thread in _preloading:
+        thread.join()
     from ..sbom import cyclonedx, identity, spdx  # a third of a second of imports
     from ..store.oci import sha256_digest
     created = datetime.fromtimestamp(inv.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     components = identity.count(inv)
     out = []
-    for fmt, write in ((CYCLONEDX, cyclonedx.document), (SPDX, spdx.document)):
+    writers: tuple[tuple[Format, Callable[[Inventory], bytes]], ...] = (
+        (CYCLONEDX, cyclonedx.document), (SPDX, lambda i: spdx.document(i, validate=False)))
+    for fmt, write in writers:
         payload = write(inv)
         desc = attachments.attach(store, inv.digest, fmt.media_type, payload, fmt.media_type,
                                   {CREATED: created})
