@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..config.parse import Config
     from ..store.home import Home
+    from ..store.layout import Store
+    from ..store.oci import Image
 
 
 def get_home() -> Home:
@@ -46,12 +48,34 @@ def env_vars(env_name: str | None, config_path: str | None) -> dict[str, str]:
 
 
 def require_signed(ref: str, env_name: str | None, config_path: str | None,
-                   **registry: Any) -> None:
+                   **registry: Any) -> str | None:
     """Refuse image REF for environment ENV (exit 2, before any work) unless one of ENV's
-    ``signed_by`` keys signed it: :func:`imagebuilder.signing.policy.require`."""
-    if env_name is not None:
-        from ..signing import policy
-        policy.require(get_home().store, ref, env_config(config_path), env_name, **registry)
+    ``signed_by`` keys signed it: :func:`imagebuilder.signing.policy.require`. Returns the
+    manifest digest it verified (None if ENV asks for no signature): the command must act on
+    that digest, never on REF resolved again (``gated``)."""
+    if env_name is None:
+        return None
+    from ..signing import policy
+    return policy.require(get_home().store, ref, env_config(config_path), env_name, **registry)
+
+
+def gated(ref: str, digest: str | None) -> str:
+    """What a command acts on after the gate: the digest it verified, else REF as given."""
+    return digest if digest is not None else ref
+
+
+def gated_image(store: Store, ref: str, digest: str | None) -> Image:
+    """The store's image of the digest the gate verified (else REF's): one that REF no longer
+    names (rebuilt meanwhile, nothing else naming it) is refused, never replaced by REF's."""
+    from ..errors import NotFoundError
+    try:
+        return store.resolve(gated(ref, digest))
+    except NotFoundError:
+        if digest is None:
+            raise
+        raise NotFoundError(f"{ref} changed while its signature was checked: the store no "
+                            f"longer names the image verified ({digest[:19]}); run the command "
+                            "again") from None
 
 
 def human_size(size: int) -> str:

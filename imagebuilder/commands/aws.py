@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from . import env_config, get_home, require_signed
+from . import env_config, gated_image, get_home, require_signed
 from .options import env_options, json_option
 from .render import emit_json, reporter
 
@@ -49,9 +49,9 @@ def publish_cmd(ref: str, target: str, region: str, env_name: str | None, region
                         + (f" --regions {regions}" if regions else ""))
     if env_name is not None:
         env_config(config_path).env(env_name)  # a one-line error naming the known environments
-    require_signed(ref, env_name, config_path)
+    verified = require_signed(ref, env_name, config_path)
     home = get_home()
-    image = home.store.resolve(ref)
+    image = gated_image(home.store, ref, verified)
     other = _regions(regions)
     with reporter().progress(None, f"upload {image.ref}") as advance:
         request = aws.PublishRequest(image, region, env=env_name, regions=other,

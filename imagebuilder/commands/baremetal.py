@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from . import env_vars as read_env_vars
-from . import get_home, require_signed
+from . import gated_image, get_home, require_signed
 from .options import env_options, json_option, reporting
 from .render import emit_json, err, phases
 
@@ -48,10 +48,13 @@ def flash_cmd(ref: str, target: str, env_name: str | None, config_path: str | No
     from ..targets.metal.source import flash_source
 
     env_vars = read_env_vars(env_name, config_path)
-    require_signed(ref, env_name, config_path)
+    verified = require_signed(ref, env_name, config_path, paths=True)
     home = get_home()
+    if verified is not None:
+        gated_image(home.store, ref, verified)  # still there, or one line saying it changed
     source = flash_source(home.store, home.cache, ref, bmap_path,
-                          env=(env_name, env_vars) if env_name is not None else None)
+                          env=(env_name, env_vars) if env_name is not None else None,
+                          digest=verified)
     if source.image_config is not None:
         warn_without_metal(source.image_config)
     with phases() as bars:
@@ -95,13 +98,13 @@ def serve_cmd(ref: str, listen: str, env_name: str | None, config_path: str | No
     allowed = netboot.parse_allow(allow)
     netboot.check_allow(address[0], allowed, env_name is not None)
     env_vars = read_env_vars(env_name, config_path)
-    require_signed(ref, env_name, config_path)
+    verified = require_signed(ref, env_name, config_path, paths=True)
     path = Path(ref)
-    if path.is_dir():
+    if verified is None and path.is_dir():
         source = netboot.NetbootSource.of_directory(path)
-    else:
+    else:  # the gate verified exactly this digest: the store's image of it, never a path
         home = get_home()
-        image = home.store.resolve(ref)
+        image = gated_image(home.store, ref, verified)
         warn_without_metal(image.config)
         source = netboot.NetbootSource.of_image(home.store, image)
     if env_name is not None:

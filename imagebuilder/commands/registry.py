@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import env_config, get_home, require_signed
+from . import env_config, gated, gated_image, get_home, require_signed
 from . import human_size as _human
 from .options import env_options, json_option
 from .render import emit_json, phases
@@ -141,10 +141,13 @@ def promote_cmd(ref: str, env_name: str, registry_repo: str | None, force: bool,
             from ..errors import UserError
             raise UserError(f"--registry takes HOST/REPO without a tag: '{registry_repo}'")
         client = _client(target.host, insecure)
-    require_signed(ref, env_name, config_path, client=client, target=target)
+    verified = require_signed(ref, env_name, config_path, client=client, target=target)
     store = get_home().store
-    elsewhere = _aws_promotion(store, ref, env_name, target_name, region, regions, profile)
-    result = promote.promote(store, ref, env_name, cfg.env_names, force=force,
+    image = gated(ref, verified)  # exactly the manifest the gate verified, not REF again
+    if verified is not None and target is None:
+        gated_image(store, ref, verified)  # still there, or one line saying it changed
+    elsewhere = _aws_promotion(store, image, env_name, target_name, region, regions, profile)
+    result = promote.promote(store, image, env_name, cfg.env_names, force=force,
                              client=client, target=target, config_path=cfg.path,
                              elsewhere=elsewhere)
     if as_json:

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from . import env_vars, get_home, require_signed
+from . import env_vars, gated_image, get_home, require_signed
 from .options import env_options, json_option
 from .render import emit_json, reporter
 
@@ -54,9 +54,9 @@ def run_cmd(ctx: click.Context, ref: str, env_name: str | None, config_path: str
         raise UserError("--json goes with --wait: without it, run shows the app's console and "
                         "exits with its status")
     home = get_home()
-    image = home.store.resolve(ref)
     boot_vars = env_vars(env_name, config_path)
-    require_signed(ref, env_name, config_path)
+    verified = require_signed(ref, env_name, config_path)
+    image = gated_image(home.store, ref, verified)
     app = image.config.get("app", {})
     forwards = [qemu.PortForward.parse(p) for p in ports]
     if not forwards and app.get("port"):

@@ -195,6 +195,9 @@ def promote(store: Store, ref: str, env: str, order: Sequence[str], *, force: bo
         if got is None:
             raise NotFoundError(f"no image '{ref}' in the local store nor in {target}") from None
         data, digest = got
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(f"{target} answered manifest {reference[:19]} with other bytes "
+                                f"({digest[:19]}); nothing was promoted") from None
         name, shown = remote.repo.rsplit("/", 1)[-1], f"{remote.repo}@{digest[:19]}"
     local = store.has_blob(digest, len(data))
 
@@ -218,6 +221,9 @@ def promote(store: Store, ref: str, env: str, order: Sequence[str], *, force: bo
     if remote is not None:
         previous = remote.tag(env)
         if previous != digest:
+            if _digest(data) != digest:  # exactly the manifest resolved (and gated), no other
+                raise RegistryError(f"the manifest about to be promoted is not {digest[:19]}; "
+                                    "nothing was promoted")
             remote.client.put_manifest(remote.repo, env, data, MANIFEST_MEDIA_TYPE)
         if local:
             store.set_env_tag(name, env, digest)

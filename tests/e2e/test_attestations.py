@@ -199,3 +199,38 @@ def test_promote_in_a_registry_checks_the_registrys_signatures(
     assert elsewhere.json("sign", f"{repo}:1.0", "--key", str(private), "--insecure")["added"]
     out = json.loads(elsewhere(*promote, "--json").stdout)
     assert (out["digest"], out["registry"]) == (digest, f"{repo}:prod")
+
+
+def test_promote_in_a_registry_puts_the_manifest_the_gate_verified(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review D, F1: a racing pusher moves the tag to an unsigned manifest once the gate has
+    checked the signed one; the environment's tag still gets the signed manifest (in-process,
+    so the race falls exactly between the gate and the promotion)."""
+    from imagebuilder.cli import main
+    from imagebuilder.registry.client import Client
+    from imagebuilder.signing import policy
+    private, public = _pem_pair(tmp_path)
+    config = str(_config(tmp_path / "envs", public))
+    builder = Cli(tmp_path / "builder")
+    synthetic_image(builder.home, "remote:1.0", [64], b"signed")
+    synthetic_image(builder.home, "evil:1.0", [64], b"unsigned")
+    repo = f"{registry.host}/racing"
+    signed = builder.json("push", "remote:1.0", repo, "--insecure")["digest"]
+    unsigned = builder.json("push", "evil:1.0", f"{repo}:evil", "--insecure")["digest"]
+    builder("sign", f"{repo}:1.0", "--key", str(private), "--insecure")
+    verified = policy.verified
+
+    def racing(source: object, ref: object, keys: object) -> object:
+        found = verified(source, ref, keys)  # type: ignore[arg-type]
+        if isinstance(source, Client):  # the racing pusher: 1.0 now names the unsigned one
+            data, media_type = source.get_manifest("racing", "evil") or (b"", "")
+            source.put_manifest("racing", "1.0", data, media_type)
+        return found
+
+    monkeypatch.setattr(policy, "verified", racing)
+    monkeypatch.setenv("IMAGEBUILDER_HOME", str(tmp_path / "elsewhere"))
+    code = main(["promote", "1.0", "--env", "prod", "--force", "--registry", repo,
+                 "--insecure", "--config", config])
+    assert code == 0
+    assert registry.manifest_digest("racing", "1.0") == unsigned  # the race happened
+    assert registry.manifest_digest("racing", "prod") == signed

@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 from cryptography import x509
@@ -23,9 +24,9 @@ from cryptography.x509.oid import NameOID
 
 from imagebuilder.cli import main
 from imagebuilder.config import parse as config
-from imagebuilder.errors import ConfigError
+from imagebuilder.errors import ConfigError, UserError
 from imagebuilder.keyfiles import load_private_key
-from imagebuilder.signing import signatures
+from imagebuilder.signing import policy, signatures
 from imagebuilder.signing.cosign import SIGNATURE_ARTIFACT_TYPE, SIMPLESIGNING_MEDIA_TYPE
 from imagebuilder.store import attachments
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
@@ -305,3 +306,195 @@ def test_a_raw_disk_file_carries_no_signature(invoke: Callable[..., Result], hom
         "signature, and prod takes only images signed by app/keys/release.pub; use the signed "
         "image of the store (NAME:VERSION) instead\n"))
     assert not (tmp_path / "disk.img").exists()
+
+
+# --- the gate and the command act on the same image (review D, F1 and F7) --------------------
+
+
+class Stopped(UserError):
+    """Raised where a command would start its work: the image it got is recorded first."""
+
+
+def _retag_after_the_gate(monkeypatch: pytest.MonkeyPatch, home: Path, keep: bool = True) -> str:
+    """Once the gate has verified the signed hello:1.0.0, hello:1.0.0 names another, unsigned
+    manifest (a rebuild, or anyone who writes the store); ``keep``: hello:kept still names the
+    signed one. The signed digest."""
+    store = Store(home / "store")
+    if keep:
+        image = store.resolve("hello:1.0.0")
+        store.put_image("hello:kept", image.config, image.layers)
+    kernel = store.add_blob_bytes(b"unsigned kernel", KERNEL_MEDIA_TYPE, {TITLE: "vmlinuz"})
+    unsigned = store.add_blob_bytes(b"unsigned", INITRD_LAYER_MEDIA_TYPE, {TITLE: "app"})
+    verified = policy.verified
+    moved: list[str] = []
+
+    def racing(source: object, ref: object, keys: object) -> object:
+        found = verified(source, ref, keys)  # type: ignore[arg-type]
+        config = {**store.resolve("hello:1.0.0").config, "layers": ["app"]}
+        moved.append(store.put_image("hello:1.0.0", {**config, "racing": True},
+                                     [kernel, unsigned]))
+        return found
+
+    monkeypatch.setattr(policy, "verified", racing)
+    assert not keep or store.resolve("hello:kept").digest == store.resolve("hello:1.0.0").digest
+    return store.resolve("hello:1.0.0").digest  # still the signed one
+
+
+def test_promote_moves_the_tag_to_the_digest_the_gate_verified(
+        invoke: Callable[..., Result], home: Path, app: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store_image(home)
+    sign(home, app / "keys" / "release.key")
+    signed = _retag_after_the_gate(monkeypatch, home)
+    result = invoke("promote", "hello:1.0.0", "--env", "prod", "--force", "--config", str(app))
+    assert result.code == 0, result.err
+    store = Store(home / "store")
+    assert store.resolve("hello:1.0.0").digest != signed  # the race happened
+    assert store.tags("hello") == {"prod": signed}
+
+
+def _stop_where_work_starts(monkeypatch: pytest.MonkeyPatch, command: str) -> list[str]:
+    """Make ``command`` record the digest of the image it starts working on, then stop."""
+    from imagebuilder.formats.export import BootSource
+    from imagebuilder.targets.aws import publish as aws
+    from imagebuilder.targets.metal.netboot import NetbootSource
+    from imagebuilder.targets.qemu import run as qemu
+    got: list[str] = []
+
+    def record(image: Any) -> NoReturn:
+        got.append(image.digest)
+        raise Stopped("stopped where the work starts")
+
+    patches: dict[str, tuple[object, str, object]] = {
+        "run": (qemu, "run_foreground", lambda spec, *a, **k: record(spec.image)),
+        "publish": (aws, "publish", lambda request, *a, **k: record(request.image)),
+        "flash": (BootSource, "of_image", staticmethod(lambda store, image: record(image))),
+        "serve": (NetbootSource, "of_image", staticmethod(lambda store, image: record(image))),
+    }
+    owner, name, fake = patches[command]
+    monkeypatch.setattr(owner, name, fake)
+    return got
+
+
+@pytest.mark.parametrize("command", ["run", "publish", "flash", "serve"])
+def test_each_command_acts_on_the_digest_the_gate_verified(
+        invoke: Callable[..., Result], home: Path, app: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    store_image(home)
+    sign(home, app / "keys" / "release.key")
+    signed = _retag_after_the_gate(monkeypatch, home)
+    got = _stop_where_work_starts(monkeypatch, command)
+    argv = {**_commands(tmp_path),
+            "serve": ["serve", "hello:1.0.0", "--listen", "127.0.0.1:1", "--env", "prod"]}
+    result = invoke(*argv[command], "--config", str(app))
+    assert (result.code, result.err) == (2, "ERROR: stopped where the work starts\n")
+    assert Store(home / "store").resolve("hello:1.0.0").digest != signed  # the race happened
+    assert got == [signed]
+
+
+@pytest.mark.parametrize("command", ["promote", "run", "publish", "flash", "serve"])
+def test_an_image_gone_after_the_gate_is_refused_not_replaced(
+        invoke: Callable[..., Result], home: Path, app: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """The signed image, rebuilt once the gate checked it, is named by nothing any more: the
+    command refuses rather than take what hello:1.0.0 names now."""
+    store_image(home)
+    sign(home, app / "keys" / "release.key")
+    signed = _retag_after_the_gate(monkeypatch, home, keep=False)
+    got = _stop_where_work_starts(monkeypatch, command) if command != "promote" else []
+    index = (home / "store" / "index.json").read_bytes()
+    argv = {**_commands(tmp_path),
+            "serve": ["serve", "hello:1.0.0", "--listen", "127.0.0.1:1", "--env", "prod"]}
+    result = invoke(*argv[command], "--config", str(app))
+    assert (result.code, result.err) == (2, (
+        "ERROR: hello:1.0.0 changed while its signature was checked: the store no longer names "
+        f"the image verified ({signed[:19]}); run the command again\n"))
+    assert got == [] and "prod" not in Store(home / "store").tags("hello")
+    assert (home / "store" / "index.json").read_bytes() != index  # the race happened
+
+
+def test_run_boots_the_digest_the_gate_verified_not_the_one_it_resolved_before(
+        invoke: Callable[..., Result], home: Path, app: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the other way: hello:1.0.0 names an unsigned image when the command starts and
+    the signed one when the gate looks (run resolved REF before its gate)."""
+    store_image(home)
+    sign(home, app / "keys" / "release.key")
+    store = Store(home / "store")
+    image = store.resolve("hello:1.0.0")
+    signed = store.put_image("hello:kept", image.config, image.layers)
+    kernel = store.add_blob_bytes(b"unsigned kernel", KERNEL_MEDIA_TYPE, {TITLE: "vmlinuz"})
+    unsigned = store.add_blob_bytes(b"unsigned", INITRD_LAYER_MEDIA_TYPE, {TITLE: "app"})
+    store.put_image("hello:1.0.0", {**image.config, "racing": True}, [kernel, unsigned])
+    verified = policy.verified
+
+    def racing(source: object, ref: object, keys: object) -> object:
+        store.put_image("hello:1.0.0", image.config, image.layers)  # the signed one again
+        return verified(source, ref, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(policy, "verified", racing)
+    got = _stop_where_work_starts(monkeypatch, "run")
+    result = invoke(*_commands(tmp_path)["run"], "--config", str(app))
+    assert (result.code, result.err) == (2, "ERROR: stopped where the work starts\n")
+    assert got == [signed]
+
+
+def _path_named_like_the_image(tmp_path: Path, command: str) -> Path:
+    """What serve (a kernel-initrd directory) or flash (a raw disk file) takes before the
+    store's image: unsigned, named hello:1.0.0 in the current directory."""
+    path = tmp_path / "hello:1.0.0"
+    if command == "serve":
+        path.mkdir()
+        (path / "vmlinuz").write_bytes(b"UNSIGNED KERNEL")
+        (path / "initrd.img").write_bytes(b"UNSIGNED INITRD")
+    else:
+        path.write_bytes(b"\0" * 4096)
+    return path
+
+
+@pytest.mark.parametrize("command, what", [("serve", "a directory"), ("flash", "a file")])
+def test_a_path_named_like_a_signed_image_is_refused_for_serve_and_flash(
+        invoke: Callable[..., Result], home: Path, app: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, command: str, what: str) -> None:
+    """Review D, F7: serve and flash take an existing path named REF before the store's image,
+    so the gate judges that path, which carries no signature, not the signed image."""
+    store_image(home)
+    sign(home, app / "keys" / "release.key")
+    _path_named_like_the_image(tmp_path, command)
+    from imagebuilder.targets.metal import netboot
+    monkeypatch.setattr(netboot.NetbootServer, "__init__", lambda *a, **k: _raise(
+        Stopped("serving the directory")))
+    target = tmp_path / "disk.img"
+    argv = {"serve": ["serve", "hello:1.0.0", "--listen", "127.0.0.1:1", "--env", "prod"],
+            "flash": ["flash", "hello:1.0.0", str(target), "--env", "prod"]}[command]
+    result = invoke(*argv, "--config", str(app))
+    assert (result.code, result.err) == (2, (
+        f"ERROR: hello:1.0.0 may not go to environment 'prod': it is {what}, which carries no "
+        "signature, and prod takes only images signed by app/keys/release.pub; use the signed "
+        f"image of the store (NAME:VERSION) instead (the store has an image hello:1.0.0 too, "
+        f"but {what} of that name comes first: move it away, or run from another directory)\n"))
+    assert not target.exists()
+
+
+def test_without_signed_by_serve_still_takes_a_directory_first(
+        invoke: Callable[..., Result], home: Path, app: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment that asks for no signature: serve's directory first, as before."""
+    store_image(home)
+    _path_named_like_the_image(tmp_path, "serve")
+    from imagebuilder.targets.metal import netboot
+    served: list[str] = []
+
+    def server(self: object, source: Any, *a: object, **k: object) -> NoReturn:
+        served.append(source.title)
+        raise Stopped("serving")
+
+    monkeypatch.setattr(netboot.NetbootServer, "__init__", server)
+    result = invoke("serve", "hello:1.0.0", "--listen", "127.0.0.1:1", "--env", "test",
+                    "--config", str(app))
+    assert (result.code, result.err) == (2, "ERROR: serving\n")
+    assert served and "hello:1.0.0" in served[0]
+
+
+def _raise(error: Exception) -> NoReturn:
+    raise error

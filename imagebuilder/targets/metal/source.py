@@ -44,12 +44,14 @@ class FlashSource:
 
 
 def flash_source(store: Store, cache: Cache, ref: str, bmap_path: str | None = None,
-                 env: tuple[str, Mapping[str, str]] | None = None) -> FlashSource:
+                 env: tuple[str, Mapping[str, str]] | None = None,
+                 digest: str | None = None) -> FlashSource:
     """What to flash for ``ref`` (an existing file is an image file, else a reference into
-    ``store``), with environment ``env`` (its name and boot variables) in a config partition."""
+    ``store``), with environment ``env`` (its name and boot variables) in a config partition.
+    ``digest`` (what a signed-only gate verified): the store's image of exactly that digest."""
     path = Path(ref)
-    source = _of_file(path, bmap_path) if path.is_file() else _of_image(store, cache, ref,
-                                                                          bmap_path)
+    source = (_of_file(path, bmap_path) if digest is None and path.is_file()
+              else _of_image(store, cache, digest or ref, bmap_path))
     if env is None:
         return source
     disk = source.disk
