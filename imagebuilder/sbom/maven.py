@@ -19,7 +19,9 @@ version "2.9.10 final", a groupId "org.apache.commons!"), as a scanner takes it:
 percent-encodes them (``jackson-databind@2.9.10%20final``), so they cannot name someone else.
 Values are only cleaned, never dropped: a character that is not printable, and a "/" in a groupId
 or artifactId (purl's separator, which packageurl leaves as it is there), become U+FFFD, and a
-value is cut to :data:`MAX_NAME` characters. A set without a version is no set.
+value is cut to :data:`MAX_NAME` characters. A set without a version is no set. A
+pom.properties is read as ``java.util.Properties`` reads it (line continuations, escapes), so
+its version is the one Java and Maven tools see.
 
 Licenses come from the chosen set's ``pom.xml`` ``<licenses>``, else from the manifest's
 ``Bundle-License``; names and URLs map to SPDX ids where the mapping is unambiguous
@@ -76,20 +78,48 @@ def parse_properties(entry: str, data: bytes) -> Coordinates | None:
     match = _PROPERTIES.fullmatch(entry)
     if match is None or len(data) > MAX_PROPERTIES:
         return None
-    values: dict[str, str] = {}
-    for raw in data.decode("latin-1").splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#!":
-            continue
-        pair = re.match(r"([^=:\s]+)\s*[=:\s]\s*(.*)", line)
-        if pair:
-            values[pair[1]] = pair[2].strip()
+    values = properties(data.decode("latin-1"))
     group = _clean(values.get("groupId") or match[1], "/")
     artifact = _clean(values.get("artifactId") or match[2], "/")
     version = _clean(values.get("version", ""), "")
     if not (group and artifact and version):
         return None
     return Coordinates(group, artifact, version, entry)
+
+
+def properties(text: str) -> dict[str, str]:
+    """The pairs of a ``.properties`` text as ``java.util.Properties.load`` reads them: a line
+    ending in an odd number of backslashes goes on in the next (its leading blanks dropped),
+    keys end at an unescaped ``=``, ``:`` or blank, escapes (``\\uXXXX``, ``\\t``...) are
+    undone; values are stripped of surrounding blanks."""
+    values: dict[str, str] = {}
+    lines = iter(re.split(r"\r\n|\r|\n", text))
+    for raw in lines:
+        line = raw.lstrip(" \t\f")
+        if not line or line[0] in "#!":
+            continue
+        parts = [line]
+        while _continues(parts[-1]):
+            parts[-1] = parts[-1][:-1]
+            parts.append(next(lines, "").lstrip(" \t\f"))
+        line = "".join(parts)
+        pair = re.match(r"((?:\\.|[^=:\s\\])*)\s*[=:]?\s*(.*)", line, re.DOTALL)
+        if pair:
+            values[_unescape(pair[1])] = _unescape(pair[2]).strip()
+    return values
+
+
+def _continues(line: str) -> bool:
+    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
+
+
+def _unescape(text: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        c = m[1]
+        if c.startswith("u"):
+            return chr(int(c[1:], 16)) if re.fullmatch(r"u[0-9A-Fa-f]{4}", c) else c
+        return {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}.get(c, c)
+    return re.sub(r"\\(u[0-9A-Fa-f]{4}|.?)", one, text, flags=re.DOTALL)
 
 
 def _clean(value: str, separators: str) -> str:

@@ -338,6 +338,17 @@ def test_coordinates_that_are_not_plain_are_listed_cleaned_never_dropped() -> No
     assert parse("! comment\ngroupId : g\nartifactId a\nversion=1.0+x\n") == C("g", "a", "1.0+x")
 
 
+def test_pom_properties_are_read_as_java_reads_them() -> None:
+    """Line continuations and escapes, as java.util.Properties.load reads them (the review's
+    esc.jar: version=5.3.\\ then 17 on the next line is 5.3.17 to Java, not "5.3.\\")."""
+    text = ("groupId=org.spring\\u0066ramework\nartifactId\\ =spring-beans\n"
+            "artifactId=spring-beans\n! note \\\nversion=5.3.\\\n   17\n")
+    assert maven.parse_properties("META-INF/maven/x/y/pom.properties", text.encode()) == C(
+        "org.springframework", "spring-beans", "5.3.17")
+    assert maven.properties("a\\\\\nb\\=c=d\ne f\ng:h\ntrail=\\") == {
+        "a\\": "", "b=c": "d", "e": "f", "g": "h", "trail": ""}
+
+
 def test_a_jar_with_odd_coordinates_lists_them_by_a_percent_encoded_purl() -> None:
     jar = _one(_zip({**_props("com.fasterxml.jackson.core", "jackson-databind", "2.9.10 final"),
                      "META-INF/maven/x/commons-text/pom.properties":
