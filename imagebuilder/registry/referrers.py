@@ -289,9 +289,9 @@ def _fetch_one(client: Client, repo: str, subject: str, desc: Descriptor,
     if size > budget[0]:
         raise RegistryError(f"{where} would take the attachments of {subject[:19]} over "
                             f"{MAX_TOTAL_BYTES} bytes in all")
+    budget[0] -= size  # spent even if a blob then fails: skipped referrers cost bytes too
     for part in parts:
         with client.blob_stream(repo, part["digest"], part["size"], lambda n: None) as stream:
             found.blobs[part["digest"]] = b"".join(stream)  # verified and cut off at size
-    budget[0] -= size
     return found
 

@@ -23,6 +23,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from imagebuilder import progress
+from imagebuilder.registry import referrers
+from imagebuilder.registry.client import Client
 from imagebuilder.signing.cosign import (
     SIGNATURE_ANNOTATION,
     SIGNATURE_ARTIFACT_TYPE,
@@ -399,3 +402,32 @@ def test_signing_in_a_registry_adds_a_referrer_where_it_has_the_api(
         found = json.loads(manifest)
         assert found["subject"]["digest"] == digest
         assert SIGNATURE_ANNOTATION in found["annotations"]
+
+
+class _Warnings(progress.Silent):
+    """A reporter that keeps the warnings."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def warn(self, text: str) -> None:
+        self.said.append(text)
+
+
+def test_a_skipped_referrer_spends_the_byte_budget_all_the_same(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A referrer whose blob fails after download still counts against what a pull takes of
+    attachments: a registry cannot make a pull download without end by failing each one."""
+    _, digest, store = _hostile(registry, tmp_path, "budget")
+    sizes = {d.artifact_type: sum(p.size for p in attachments.all_blobs(store, d))
+             for d in attachments.referrers(store, digest)}
+    (spdx,) = attachments.referrers(store, digest, SPDX)  # listed first: types sort s < v
+    blob = registry.blob_data_path(attachments.all_blobs(store, spdx)[1].digest)
+    blob.write_bytes(blob.read_bytes().replace(b"SPDX", b"SPDY"))
+    monkeypatch.setattr(referrers, "MAX_TOTAL_BYTES", sizes[SPDX] + sizes[CDX] - 1)
+    with progress.using(_Warnings()) as said:
+        found = referrers.fetch(Client(registry.host, insecure=True), "budget", digest)
+    assert found == []
+    assert isinstance(said, _Warnings) and len(said.said) == 2, said
+    assert "did not verify" in said.said[0]
+    assert f"over {sizes[SPDX] + sizes[CDX] - 1} bytes in all" in said.said[1]
