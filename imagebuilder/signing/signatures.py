@@ -188,6 +188,33 @@ def _append(client: Client, repo: str, digest: str, existing: list[Descriptor],
     return len(added)
 
 
+SIGN_TRIES = 5
+"""How many times ``sign`` appends its signature again when a concurrent signer's PUT of the
+same ``.sig`` tag replaced it."""
+
+
+def _holds(layers: list[Descriptor], sig: Signature) -> bool:
+    return (sha256_digest(sig.payload), sig.signature) in {(d.digest, signature_of(d))
+                                                           for d in layers}
+
+
+def _append_kept(client: Client, target: RegistryRef, digest: str, existing: list[Descriptor],
+                 sig: Signature) -> None:
+    """Append ``sig`` to the ``.sig`` manifest, then read it back. A registry has no
+    compare-and-swap: two signers who read the tag before either PUT each write their own list,
+    and the last PUT wins (cosign has the same race). So a signature missing from what the tag
+    names afterwards is appended again, a few times; then one line says it was lost."""
+    repo = target.repository
+    for _ in range(SIGN_TRIES):
+        _append(client, repo, digest, existing, [sig])
+        existing = _sig_layers(client, repo, digest)
+        if _holds(existing, sig):
+            return
+    raise SignatureError(f"the signature of {target} ({digest[:19]}) was replaced {SIGN_TRIES} "
+                         f"times in {target.host}/{repo}:{signature_tag(digest)} by other "
+                         "signers writing it at the same time; sign again once they are done")
+
+
 def sign_remote(client: Client, target: RegistryRef, key: PrivateKey) -> SignResult:
     """Sign the image ``target`` names in its registry with ``key``, appending to its
     ``.sig`` manifest as cosign does, and as a referrer where the registry has the referrers
@@ -199,7 +226,7 @@ def sign_remote(client: Client, target: RegistryRef, key: PrivateKey) -> SignRes
     done = bool(check(str(target), digest, sigs, [key.public()]))
     if not done:
         sig = cosign.sign(key, f"{target.host}/{repo}", digest)
-        _append(client, repo, digest, existing, [sig])
+        _append_kept(client, target, digest, existing, sig)
         referrers.push_referrer(client, repo, subject, SIGNATURE_ARTIFACT_TYPE, sig.payload,
                                 SIMPLESIGNING_MEDIA_TYPE, {SIGNATURE_ANNOTATION: sig.signature})
     location = f"{target.host}/{repo}:{signature_tag(digest)}"

@@ -31,7 +31,9 @@ from imagebuilder.keyfiles import (
     sign_bytes,
     verify_bytes,
 )
-from imagebuilder.signing import cosign
+from imagebuilder.registry.client import Client
+from imagebuilder.registry.refs import RegistryRef
+from imagebuilder.signing import cosign, signatures
 from imagebuilder.signing.cosign import (
     SIGNATURE_ANNOTATION,
     SIGNATURE_ARTIFACT_TYPE,
@@ -39,9 +41,21 @@ from imagebuilder.signing.cosign import (
     SignatureError,
     parse_sig_manifest,
 )
-from imagebuilder.signing.signatures import is_registry_ref, local_signatures, verified
+from imagebuilder.signing.signatures import (
+    is_registry_ref,
+    local_signatures,
+    remote_digest,
+    verified,
+)
 from imagebuilder.store import attachments
-from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.store.layout import (
+    INITRD_LAYER_MEDIA_TYPE,
+    KERNEL_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    Store,
+)
+from support.registry import available as registry_available
+from support.registry import start_registry
 
 # Made by Debian trixie's cosign 2.5: `COSIGN_PASSWORD=pw cosign generate-key-pair`, then
 # `cosign sign --key cosign.key --tlog-upload=false 127.0.0.1:51029/hello@COSIGN_DIGEST`.
@@ -536,3 +550,57 @@ def test_cosigns_own_scrypt_parameters_are_taken(tmp_path: Path,
     path = _cosign_key_with_params(tmp_path, '{"N": 65536, "r": 8, "p": 1}')
     public = load_public_key(_write(tmp_path / "cosign.pub", COSIGN_PUB))
     assert load_private_key(path).public().fingerprint == public.fingerprint
+
+
+# --- two signers of one registry image at once (review D, F10) ------------------------------
+
+
+@pytest.mark.skipif(not registry_available(), reason="needs docker-registry (setup.sh)")
+@pytest.mark.parametrize("overwrites", [1, signatures.SIGN_TRIES])
+def test_a_signature_a_concurrent_signer_replaced_is_appended_again(
+        home: Path, keys: dict[str, Path], tmp_path: Path, invoke: Callable[..., Result],
+        monkeypatch: pytest.MonkeyPatch, overwrites: int) -> None:
+    """Another signer read the ``.sig`` tag before our PUT and writes its own list after it
+    (the registry keeps the last PUT): ours is appended again on top of theirs, or, when it
+    keeps being replaced, one line says so (a real docker-registry; the other signer is
+    replayed at the moment of the race)."""
+    registry = start_registry(tmp_path / "registry")
+    try:
+        _image(home, "hello:1.0", b"a")
+        repo = f"{registry.host}/app"
+        assert invoke("push", "hello:1.0", repo, "--insecure").code == 0
+        client = Client(registry.host, insecure=True)
+        digest = remote_digest(client, RegistryRef.parse(f"{repo}:1.0"))
+        theirs = ec.generate_private_key(ec.SECP256R1())
+        sig = cosign.sign(load_private_key(_write(tmp_path / "theirs.key", _pem(theirs))),
+                          repo, digest)
+        config, manifest = cosign.sig_manifest([sig.layer()])
+        for blob in (sig.payload, config):
+            signatures._upload(client, "app", blob)
+        put = Client.put_manifest
+        raced: list[str] = []
+
+        def racing(self: Client, repo_: str, reference: str, data: bytes, media_type: str) -> str:
+            out = put(self, repo_, reference, data, media_type)
+            if reference.endswith(".sig") and len(raced) < overwrites:
+                raced.append(put(self, repo_, reference, manifest, MANIFEST_MEDIA_TYPE))
+            return out
+
+        monkeypatch.setattr(Client, "put_manifest", racing)
+        result = invoke("sign", f"{repo}:1.0", "--key", str(keys["key"]), "--insecure")
+        monkeypatch.setattr(Client, "put_manifest", put)
+        target = RegistryRef.parse(f"{repo}:1.0")
+        ours = verified(client, target, [load_public_key(keys["pub"])])
+        if overwrites < signatures.SIGN_TRIES:
+            assert result.code == 0 and len(raced) == overwrites, result.err
+            assert ours, ours.problem
+            assert verified(client, target, [load_public_key(_write(
+                tmp_path / "theirs.pub", _pub(theirs)))])  # theirs kept too
+        else:
+            assert _one_error(result) == (
+                f"ERROR: the signature of {repo}:1.0 ({digest[:19]}) was replaced "
+                f"{overwrites} times in {repo}:{cosign.signature_tag(digest)} by other signers "
+                "writing it at the same time; sign again once they are done\n")
+            assert not ours
+    finally:
+        registry.stop()
