@@ -14,7 +14,8 @@ A Debian package brought in by two parts (libc6 by the jvm and by the app's pack
 component, with both parts.
 
 A jar's reference (CycloneDX's bom-ref; SPDX ids hash it) is its purl, ``purl#PATH`` when two
-jars share a purl, and an artifact shaded into it is ``JARREF|PURL``. A purl never holds a raw
+jars share a purl (``purl#PATH#SHA256`` when they share the path too: two copies of one name in
+a zip), and an artifact shaded into it is ``JARREF|PURL``. A purl never holds a raw
 ``#`` or ``|`` (packageurl percent-encodes them) and the path is percent-encoded here, so a
 crafted entry name cannot make two references equal; :func:`jars` still checks that every
 reference is unique and raises rather than letting a writer invent a random one.
@@ -136,18 +137,27 @@ def debs(inv: Inventory) -> list[Deb]:
 def jars(inv: Inventory) -> list[JarEntry]:
     """The app's jars sorted by path, each with a reference unique in the document: its purl,
     or when two jars share one (the same library at two paths), its purl and path; a jar with
-    no coordinates by its SHA-256, or its path when two such jars have the same bytes."""
-    ordered = sorted(inv.jars, key=lambda j: j.path)
+    no coordinates by its SHA-256, or its path when two such jars have the same bytes; then
+    by its SHA-256 too when two share the path (see the module docstring)."""
+    ordered = sorted(inv.jars, key=lambda j: (j.path, j.sha256))
     purls = [jar_purl(j) for j in ordered]
     firsts = [p or f"jar:sha256:{j.sha256}" for j, p in zip(ordered, purls, strict=True)]
     seen = Counter(firsts)
-    entries = [JarEntry(j, p, r if seen[r] == 1 else f"{r}#{_escaped(j.path)}")
-               for j, p, r in zip(ordered, purls, firsts, strict=True)]
-    refs = Counter(r for e in entries for r in (e.ref, *(s[3] for s in embedded(e))))
-    clashes = sorted(r for r, n in refs.items() if n > 1)
+    refs = [r if seen[r] == 1 else f"{r}#{_escaped(j.path)}"
+            for j, r in zip(ordered, firsts, strict=True)]
+    again = Counter(refs)  # two copies of one nested name in a zip: one path, other bytes
+    entries = [JarEntry(j, p, r if again[r] == 1 else f"{r}#{j.sha256}")
+               for j, p, r in zip(ordered, purls, refs, strict=True)]
+    _check_unique(entries)
+    return entries
+
+
+def _check_unique(entries: list[JarEntry]) -> None:
+    """ValueError if two of the jars, or of what is shaded into them, share a reference."""
+    counts = Counter(r for e in entries for r in (e.ref, *(s[3] for s in embedded(e))))
+    clashes = sorted(r for r, n in counts.items() if n > 1)
     if clashes:
         raise ValueError(f"two components would share the reference {clashes[0]!r}")
-    return entries
 
 
 def _escaped(path: str) -> str:

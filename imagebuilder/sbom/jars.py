@@ -17,11 +17,12 @@ archives and embedded artifacts for one list (a few kilobytes of tiny nested jar
 millions) are refused, one line naming the jar, before the records use much memory or time.
 
 A zip may hold one name twice. The JDK reads the first (``apps.archive.Jar.entries``), a scanner
-may read every copy: of a duplicated ``pom.properties``, the first copy takes part in choosing
-the jar's own coordinates and every other copy is listed as an artifact embedded in the jar.
-The jar thus keeps the coordinates Java and Maven tools see, and a consumer of the SBOM still
-sees each version a scanner of the image reports (a jar claiming log4j-core 2.17.1 and 2.14.1
-lists both).
+may read every copy (syft reads the last). Of a duplicated ``pom.properties``, the first copy
+takes part in choosing the jar's own coordinates and every other copy is listed as an artifact
+embedded in the jar: the jar keeps the coordinates Java and Maven tools see, and a consumer of
+the SBOM still sees each version a scanner of the image reports (a jar claiming log4j-core
+2.17.1 and 2.14.1 lists both). Each copy of a duplicated nested archive with other bytes is
+listed, at the same path (its hashes tell them apart).
 
 Each is listed with the SHA-1 and SHA-256 of its bytes and what it says about itself
 (:mod:`.maven`: coordinates, shaded artifacts, licenses); when it has no Maven coordinates, the
@@ -277,21 +278,38 @@ def _small(archive: Archive, entry: str, cap: int) -> bytes | None:
 
 
 def _nested(archive: Archive, context: _Context, depth: int) -> list[Jar]:
+    """The records of the archives nested in ``archive``: every copy of a duplicated name whose
+    bytes differ from the copies before it, each at the entry's path."""
     found: list[Jar] = []
     for entry, info in sorted(archive.entries.items()):
         if info.is_dir() or not is_archive(entry):
             continue
         where = archive.where(entry)
-        context.add(1, where)
-        try:
-            data = context.known.get(where) or archive.read(entry)
-        except UserError:  # a broken or oversized entry: nothing to list
-            continue
-        digests = (_digest(data, "sha1", None), _digest(data, "sha256", None))
-        opener = functools.partial(context.budget.open, where, data)
-        for record in _read(where, opener, digests, context, depth + 1):
-            found.append(_moved(f"!/{entry}", record))
+        seen: set[str] = set()
+        for copy in (info, *archive.duplicates.get(entry, ())):
+            context.add(1, where)
+            data = _entry(archive, copy, context)
+            if data is None:  # a broken or oversized entry: nothing to list
+                continue
+            digests = (_digest(data, "sha1", None), _digest(data, "sha256", None))
+            if digests[1] in seen:
+                continue
+            seen.add(digests[1])
+            opener = functools.partial(context.budget.open, where, data)
+            for record in _read(where, opener, digests, context, depth + 1):
+                found.append(_moved(f"!/{entry}", record))
     return found
+
+
+def _entry(archive: Archive, info: zipfile.ZipInfo, context: _Context) -> bytes | None:
+    """The bytes of the nested archive ``info`` (the first of its name, or a later copy), or
+    None if it cannot be read within the caps."""
+    try:
+        if archive.entries[info.filename] is info:
+            return context.known.get(archive.where(info.filename)) or archive.read(info.filename)
+        return None if info.is_dir() else archive.read_duplicate(info)
+    except UserError:
+        return None
 
 
 # -- the cache --------------------------------------------------------------------------------

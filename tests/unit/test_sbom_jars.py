@@ -387,7 +387,8 @@ def test_a_duplicated_pom_properties_lists_every_copy() -> None:
 
 def _hostile(lib: Path) -> None:
     """The hostile review's jars (finding F8): a duplicated pom.properties, log4j four archives
-    deep, coordinates with a space and a "!", data before the zip."""
+    deep, coordinates with a space and a "!", data before the zip; and a nested jar's name twice
+    (syft reads the second copy, the JDK the first)."""
     def z(entries: list[tuple[str, bytes]]) -> bytes:
         out = io.BytesIO()
         with warnings.catch_warnings(), zipfile.ZipFile(out, "w") as zf:
@@ -412,6 +413,9 @@ def _hostile(lib: Path) -> None:
          props("com.fasterxml.jackson.core", "jackson-databind", "2.9.10 final")),
         ("META-INF/maven/x/commons-text/pom.properties",
          props("org.apache.commons!", "commons-text", "1.9"))]))
+    (lib / "nested-dup.jar").write_bytes(z([
+        ("lib/log4j-core.jar", z([(L4J, props(log4j, "log4j-core", "2.17.1"))])),
+        ("lib/log4j-core.jar", z([(L4J, props(log4j, "log4j-core", "2.14.1"))]))]))
     (lib / "prefixed.jar").write_bytes(b"#!/bin/sh\nexit 0\n" + z([(
         "META-INF/maven/org.yaml/snakeyaml/pom.properties", props("org.yaml", "snakeyaml",
                                                                   "1.33"))]))
@@ -428,13 +432,16 @@ def test_hostile_jars_list_everything_syft_finds(tmp_path: Path) -> None:
     ours = jars_in_tree(tmp_path, "/")
     assert ("deep.jar:a.jar:b.jar:c.jar:log4j-core-2.14.1.jar", "log4j-core", "2.14.1") in found
     assert ("dup.jar:org.apache.logging.log4j:log4j-core", "log4j-core", "2.14.1") in found
+    assert ("nested-dup.jar:lib/log4j-core.jar", "log4j-core", "2.14.1") in found
+    assert [j.version for j in ours if j.path == "/lib/nested-dup.jar!/lib/log4j-core.jar"] == [
+        "2.17.1", "2.14.1"]
     # syft lists dup.jar and prefixed.jar themselves with its UNKNOWN placeholder, where we
     # know their own versions (the first set, the only set): listed all the same.
     paths = {j.path.replace("!/", ":") for j in ours}
     unknown = [f for f in found if f[2] == SYFT_UNKNOWN]
     assert unknown and all(f"/lib/{path}" in paths for path, _, _ in unknown)
     known = [f for f in found if f[2] != SYFT_UNKNOWN]
-    assert len(known) == 5 and unexplained(known, ours) == []
+    assert len(known) == 6 and unexplained(known, ours) == []
 
 
 # -- the rules --------------------------------------------------------------------------------
