@@ -141,9 +141,9 @@ def _read_key_file(path: Path) -> tuple[str, bytes, str]:
 def env_password() -> bytes | None:
     """The password of an encrypted key, from the environment (None if no variable is set)."""
     for name in PASSWORD_VARS:
-        value = os.environ.get(name)
+        value = os.environb.get(name.encode())  # bytes, as cosign reads it: any password works
         if value is not None:
-            return value.encode()
+            return value
     return None
 
 

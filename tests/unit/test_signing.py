@@ -144,6 +144,22 @@ def test_pem_private_keys_plain_and_encrypted(tmp_path: Path, p256: ec.EllipticC
     assert "s3cret" not in repr(key) and "BEGIN" not in repr(key)
 
 
+def test_a_password_that_is_not_utf8_opens_its_key(tmp_path: Path,
+                                                   p256: ec.EllipticCurvePrivateKey) -> None:
+    """cosign reads COSIGN_PASSWORD as bytes; so do we (it was a UnicodeEncodeError traceback
+    quoting a byte of the password)."""
+    password = b"s3cr\xffT"
+    path = _write(tmp_path / "key.pem", _pem(p256, password,
+                                             serialization.PrivateFormat.PKCS8))
+    os.environb[b"COSIGN_PASSWORD"] = password
+    try:
+        key = load_private_key(path)
+    finally:
+        del os.environb[b"COSIGN_PASSWORD"]
+    assert key.public().fingerprint == load_public_key(
+        _write(tmp_path / "key.pub", _pub(p256))).fingerprint
+
+
 def test_cosign_key_file_and_signature_replayed(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """cosign's own key file opens with COSIGN_PASSWORD; its key and cosign's signature agree
