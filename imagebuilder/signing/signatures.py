@@ -176,13 +176,15 @@ def _append(client: Client, repo: str, digest: str, existing: list[Descriptor],
             new: Sequence[Signature]) -> int:
     """Add the signatures ``new`` that are not there yet to the ``.sig`` manifest of image
     ``digest`` (whose layers are ``existing``): payloads, config, then the manifest."""
-    have = {(d.digest, signature_of(d)) for d in existing}
-    added = [s for s in new if (sha256_digest(s.payload), s.signature) not in have]
+    added = [s for s in new if not _holds(existing, s)]
     if not added:
         return 0
     for sig in added:
         _upload(client, repo, sig.payload)
-    config, manifest = cosign.sig_manifest([*existing, *(s.layer() for s in added)])
+    # read again just before the PUT, so that what other signers appended meanwhile is kept
+    fresh = _sig_layers(client, repo, digest)
+    layers = [*fresh, *(s.layer() for s in added if not _holds(fresh, s))]
+    config, manifest = cosign.sig_manifest(layers)
     _upload(client, repo, config)
     client.put_manifest(repo, signature_tag(digest), manifest, MANIFEST_MEDIA_TYPE)
     return len(added)
@@ -229,6 +231,9 @@ def sign_remote(client: Client, target: RegistryRef, key: PrivateKey) -> SignRes
         _append_kept(client, target, digest, existing, sig)
         referrers.push_referrer(client, repo, subject, SIGNATURE_ARTIFACT_TYPE, sig.payload,
                                 SIMPLESIGNING_MEDIA_TYPE, {SIGNATURE_ANNOTATION: sig.signature})
+        # once more after the referrer's requests: a signer who read the tag before our PUT
+        # has had that long to write its list over ours
+        _append_kept(client, target, digest, _sig_layers(client, repo, digest), sig)
     location = f"{target.host}/{repo}:{signature_tag(digest)}"
     return SignResult(str(target), digest, key.public(), location, not done,
                       len(sigs) + (not done))
