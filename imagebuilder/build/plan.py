@@ -390,7 +390,11 @@ class Builder:
             cfg, shape.app + shape.libs, digest,
             [e for entries in resolution.parts.values() for e in entries],
             provenance.ArchiveSnapshot.of(resolution.snapshot())))
-        made = self._sboms(digest, contents)
+        try:
+            made = self._sboms(digest, contents)
+        except BaseException:
+            store.remove(ref)  # every image has its SBOMs: a build that cannot write them leaves
+            raise              # no image under its name
         return BuildResult(ref, digest, sum(d.size for d in descriptors), self.stages,
                            resolution.from_lock, disk_digest, made)
 

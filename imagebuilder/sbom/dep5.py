@@ -191,7 +191,10 @@ def _is_spdx(entry: dict[str, object]) -> bool:
 
 def valid(expression: str) -> bool:
     """Whether ``expression`` is a valid SPDX expression of known ids, as written."""
-    info = _licensing().validate(expression)
+    try:
+        info = _licensing().validate(expression)
+    except (IndexError, AttributeError, RecursionError):
+        return False  # the parser's errors on malformed text ("()", "MIT AND")
     return not info.errors and not info.invalid_symbols
 
 

@@ -195,8 +195,8 @@ def spdx_expression(text: str) -> str | None:
     """``text`` as a valid SPDX license expression (ids only, no LicenseRef), or None."""
     try:
         parsed = LICENSING.parse(text, validate=True, strict=True)
-    except ExpressionError:
-        return None
+    except (ExpressionError, IndexError, AttributeError, RecursionError):
+        return None  # the parser's other errors on malformed text ("()", "MIT AND")
     if parsed is None or LICENSING.unknown_license_keys(parsed):
         return None
     return str(parsed)

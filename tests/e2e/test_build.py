@@ -83,8 +83,9 @@ def test_app_only_change_rebuilds_only_the_app_layer(cli: Cli, hello: Built,
         jar.writestr("hello/extra.txt", "a new resource\n")
     out = cli.json("build", str(app), "--version", "1.0.1")
     rebuilt = {s["name"] for s in out["stages"] if not s["cached"]}
-    # The app layer, and the disk whose ESP carries the layers.
-    assert rebuilt == {"app", "disk"}
+    # The app layer, the disk whose ESP carries the layers, and the SBOMs (the app's jars and
+    # the documents, which name the new digest).
+    assert rebuilt == {"app", "disk", "sbom-jars", "sbom"}
     v1, v2 = layers_of(cli, "hello:1.0.0"), layers_of(cli, "hello:1.0.1")
     for name in ("vmlinuz", "base", "jvm"):
         assert v1[name]["digest"] == v2[name]["digest"]
@@ -139,3 +140,26 @@ def test_json_is_machine_readable(cli: Cli, hello: Built) -> None:
                                      "shape": "jar", "main": "hello.Main", "classes": 1}
     assert info["config"]["jvm"]["modules"] == ["java.base", "jdk.crypto.ec", "jdk.httpserver"]
     json.dumps(info)
+
+
+def test_a_build_that_cannot_write_its_sboms_leaves_no_image(
+        cli: Cli, hello: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image has its SBOMs: an image stored before its SBOMs failed (review D, F12) was
+    left under its name, without them."""
+    from imagebuilder.build import plan, sboms
+    from imagebuilder.config.parse import load
+    from imagebuilder.store.home import Home
+
+    app = tmp_path / "hello"
+    shutil.copytree(hello.app, app)
+    toml = app / "imagebuilder.toml"
+    toml.write_text(toml.read_text().replace('version = "1.0.0"', 'version = "9.9.9"'))
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("the SBOM writer failed")
+    monkeypatch.setattr(sboms, "attach", broken)
+    with pytest.raises(RuntimeError):
+        plan.build(load(app), Home(cli.home))
+    refs = [i["ref"] for i in cli.json("images")]
+    assert "hello:9.9.9" not in refs and "hello:1.0.0" in refs
+    assert json.loads(cli("check", "--json").stdout)["ok"] is True

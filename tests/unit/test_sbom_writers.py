@@ -421,3 +421,16 @@ def test_spdx_ids_carry_the_whole_hash_of_the_reference() -> None:
     """48 bits of a hash are a birthday search away from two equal ids (2^24 crafted jars)."""
     ids = [p["SPDXID"] for p in _spdx(_inventory(jars=_crafted_jars()))["packages"]]
     assert len(ids) == len(set(ids)) and all(re.search(r"-[0-9a-f]{64}$", i) for i in ids)
+
+
+@pytest.mark.parametrize("license_text", ["()", "( )", "MIT OR ()", "MIT AND"])
+def test_a_license_the_parser_chokes_on_is_no_assertion(license_text: str) -> None:
+    """The license parser raises IndexError or AttributeError on such text (not only
+    ExpressionError); one jar saying so stopped every build of its app (review D, F12)."""
+    from imagebuilder.sbom import dep5, identity
+    assert identity.spdx_expression(license_text) is None
+    assert not dep5.valid(license_text)
+    jar = Jar("/app/lib/lic.jar", _h("s1")[:40], _h("s2"), licenses=(license_text,))
+    inv = _inventory(jars=(jar,))
+    for writer in (cyclonedx, spdx):
+        assert writer.document(inv) == writer.document(inv)
