@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from imagebuilder.layers.cpioread import extract_layer
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 from support.cli import Cli as Cli  # the e2e tests import these two from here
 from support.inputs import inputs_dir
@@ -111,6 +112,16 @@ def layers_of(cli: Cli, ref: str) -> dict[str, dict[str, object]]:
     assert isinstance(info, dict)
     return {layer["annotations"]["org.opencontainers.image.title"]: layer
             for layer in info["manifest"]["layers"]}
+
+
+def image_root(cli: Cli, ref: str, dest: Path) -> Path:
+    """``dest`` holding the root filesystem of image ``ref``: its initrd layers unpacked in
+    order, as the kernel unpacks them (what a scanner of the image reads)."""
+    for layer in layers_of(cli, ref).values():
+        if layer["mediaType"] == INITRD_LAYER_MEDIA_TYPE:
+            blob = str(layer["digest"]).removeprefix("sha256:")
+            extract_layer(cli.home / "store" / "blobs" / "sha256" / blob, dest)
+    return dest
 
 
 def layer_digests(cli: Cli, ref: str) -> dict[str, str]:

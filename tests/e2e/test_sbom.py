@@ -5,8 +5,10 @@ jars nested, a -SNAPSHOT jar with no Maven coordinates): both documents pass the
 strict validator, list every Debian package of the lock with its .deb's SHA-256 and purl and
 every jar of the image's root with its SHA-256, and come out byte for byte the same from a second
 home whose stage cache is empty (its .debs hard-linked from the first: the download cache is not
-what is tested). The images are the ones test_apps.py builds, with the same configs, so in one
-session the first builds here are cache hits; no boot.
+what is tested); and everything syft finds in the image's root (Debian 13, every Debian
+package, program and jar) is listed in the stored CycloneDX SBOM with the same version
+(:mod:`.syft_checks`, one syft run per image). The images are the ones test_apps.py builds, with
+the same configs, so in one session the first builds here are cache hits; no boot.
 """
 
 from __future__ import annotations
@@ -27,14 +29,19 @@ from spdx_tools.spdx.parser.json import json_parser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from imagebuilder.fetch.lock import Lock
-from imagebuilder.layers.cpioread import extract_layer
 from support.java_apps import ShopBuild, have_tools, project
 
-from .conftest import Cli, layers_of, wiremock_jar
+from . import syft_checks
+from .conftest import Cli, image_root, wiremock_jar
+from .syft_checks import DPKG, Findings, Listed, found
 
 pytestmark = [pytest.mark.e2e, pytest.mark.network]
 
 WIREMOCK_EXTRA = 'args = ["--port", "8080"]\nhealthcheck = "/__admin/mappings"\n'
+#: Each image's app jars that syft finds, by image name.
+APP_JARS = {"wiremock": ["/app/wiremock-standalone-3.13.2.jar"],
+            "shop-boot": [f"/app/BOOT-INF/lib/{name}.jar" for name in (
+                "greet-1.0-SNAPSHOT", "jackson-annotations", "jackson-core", "jackson-databind")]}
 
 
 @dataclass
@@ -92,13 +99,21 @@ def root_of(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
 
     def get(ref: str) -> Path:
         if ref not in roots:
-            dest = tmp_path_factory.mktemp("root")
-            for title, layer in layers_of(cli, ref).items():
-                if title != "vmlinuz":
-                    blob = str(layer["digest"]).removeprefix("sha256:")
-                    extract_layer(cli.home / "store" / "blobs" / "sha256" / blob, dest)
-            roots[ref] = dest
+            roots[ref] = image_root(cli, ref, tmp_path_factory.mktemp("root"))
         return roots[ref]
+    yield get
+
+
+@pytest.fixture(scope="module")
+def scanned(cli: Cli, root_of: Any) -> Iterator[Any]:
+    """syft's findings on an image's root and what its stored CycloneDX SBOM lists (one syft
+    run per image)."""
+    done: dict[str, tuple[Findings, Listed]] = {}
+
+    def get(ref: str) -> tuple[Findings, Listed]:
+        if ref not in done:
+            done[ref] = syft_checks.scan(root_of(ref)), syft_checks.listed(cli, ref)
+        return done[ref]
     yield get
 
 
@@ -178,3 +193,37 @@ def test_byte_identical_from_an_empty_cache(cli: Cli, built: Sboms,
     assert second.digest == built.digest
     assert second.cyclonedx == built.cyclonedx
     assert second.spdx == built.spdx
+
+
+# -- what syft finds in the image, against the stored CycloneDX SBOM (.syft_checks) -----------
+
+def test_syft_identifies_debian_13(built: Sboms, scanned: Any) -> None:
+    findings, _ = scanned(built.ref)
+    assert syft_checks.distro(findings) == ("debian", "13", "trixie")
+
+
+def test_every_deb_syft_finds_is_listed_with_its_version(built: Sboms, scanned: Any) -> None:
+    findings, ours = scanned(built.ref)
+    assert found(findings, "deb", DPKG), "syft found no Debian package"
+    assert syft_checks.unlisted_debs(findings, ours) == []
+    assert syft_checks.unfound_debs(findings, ours) == []
+
+
+def test_every_jar_syft_finds_is_listed_at_its_path_with_its_version(
+        built: Sboms, scanned: Any) -> None:
+    """The app's jars syft finds (WireMock's standalone jar, whose shaded classes carry no
+    pom.properties; the Spring Boot app's BOOT-INF/lib jars) and the runtime's jrt-fs.jar."""
+    findings, ours = scanned(built.ref)
+    paths = {a["metadata"]["virtualPath"] for a in found(findings, "java-archive")}
+    assert {"/opt/java/lib/jrt-fs.jar", *APP_JARS[built.ref.partition(":")[0]]} <= paths
+    assert syft_checks.unlisted_jars(findings, ours) == []
+
+
+def test_every_program_syft_recognises_is_of_a_listed_package(
+        built: Sboms, scanned: Any) -> None:
+    """Its binary classifiers' findings (busybox, openjdk) are upstream versions of packages
+    of ours; the packages ELF notes name are the sources of packages of ours."""
+    findings, ours = scanned(built.ref)
+    assert {a["name"] for a in found(findings, "binary")} >= {"busybox", "openjdk"}
+    assert syft_checks.foreign_binaries(findings, ours) == []
+    assert syft_checks.foreign_notes(findings, ours) == []
