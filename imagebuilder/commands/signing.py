@@ -45,7 +45,7 @@ def sign_cmd(ref: str, key_path: str, insecure: bool, as_json: bool) -> None:
     if signatures.is_registry_ref(ref):
         client, target = _client(ref, insecure)
         result = signatures.sign_remote(client, target, key)
-        attested = dsse.attest(get_home().store, ref, key, client, target)
+        attested = dsse.attest(get_home().store, ref, key, client, target, result.digest)
     else:
         result = signatures.sign_local(get_home().store, ref, key)
         attested = dsse.attest(get_home().store, ref, key)  # its provenance and SBOM

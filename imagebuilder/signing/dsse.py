@@ -321,14 +321,16 @@ def push_attestations(store: Store, digest: str, target: RegistryRef, client: Cl
 
 
 def attest(store: Store, ref: str, key: PrivateKey, client: Client | None = None,
-           target: RegistryRef | None = None) -> AttestResult:
+           target: RegistryRef | None = None, digest: str | None = None) -> AttestResult:
     """What ``sign`` calls: :func:`attest_local` for an image of the store; for one of a
     registry (``client``, ``target``), the same on the store's image of that digest (a built
     or pulled image keeps its statements there), then written to the registry's ``.att``
-    manifest. A registry image the store lacks has no statements here: none is attested."""
+    manifest. ``digest`` is the manifest the signature was made for (``sign`` resolves a tag
+    once: a tag moved meanwhile must not get the attestations); a registry image the store
+    lacks has no statements here: none is attested."""
     if client is None or target is None:
         return attest_local(store, ref, key)
-    digest = remote_digest(client, target)
+    digest = digest or remote_digest(client, target)
     try:
         store.resolve(digest)
     except NotFoundError:

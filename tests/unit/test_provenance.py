@@ -20,6 +20,7 @@ from imagebuilder.errors import UserError
 from imagebuilder.fetch.debian import Archive
 from imagebuilder.fetch.lock import LockEntry
 from imagebuilder.keyfiles import PrivateKey, load_private_key
+from imagebuilder.registry.refs import RegistryRef
 from imagebuilder.signing import dsse, provenance
 from imagebuilder.store import attachments
 from imagebuilder.store.layout import KERNEL_MEDIA_TYPE, Store
@@ -381,3 +382,21 @@ def test_an_envelope_about_another_image_does_not_count_as_attested(
                        keep=True)
     result = dsse.attest(store2, "hello:1.0.0", _private(again / "k.key", key))
     assert result == dsse.AttestResult((PROVENANCE, PROVENANCE_V02), (CYCLONEDX,), ())
+
+
+def test_sign_by_tag_attests_the_digest_it_signed_not_what_the_tag_names_later(
+        tmp_path: Path, key: ec.EllipticCurvePrivateKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sign HOST/REPO:TAG resolves the tag once (review D, F14): the attestations go to the
+    digest the signature was made for, even if the tag names another image by then."""
+    store, digest = _stored_image(tmp_path)
+    other = store.put_image("hello:2.0.0", {"name": "hello", "version": "2.0.0"},
+                            [store.add_blob_bytes(b"other kernel", KERNEL_MEDIA_TYPE)])
+    monkeypatch.setattr(dsse, "remote_digest", lambda client, target: other)  # the tag moved
+    pushed: list[str] = []
+    monkeypatch.setattr(dsse, "push_attestations",
+                        lambda store, d, target, client: pushed.append(d) or 0)
+    target = RegistryRef.parse("127.0.0.1:5000/hello:1.0.0")
+    result = dsse.attest(store, str(target), _private(tmp_path / "k.pem", key),
+                         object(), target, digest)  # type: ignore[arg-type]
+    assert result.added == ALL and pushed == [digest]
+    assert dsse.local_layers(store, other) == []
