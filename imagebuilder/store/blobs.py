@@ -12,8 +12,10 @@ reads it through here, and the check costs no extra read:
   ``sendfile`` when serving) first calls :func:`verify`, one read through the hashing core after
   which the program reads from the page cache.
 
-A file verified once in a process is not hashed again unless it changed (inode, size or mtime).
-Blobs coming in (a pull) are hashed as they are written, by :func:`receive`.
+A file verified once in a process is not hashed again unless it changed (device, inode, size,
+mtime or ctime); the store records what it hashed while adding a blob (:func:`record`), so a
+build does not read its layers twice. Blobs coming in (a pull) are hashed as they are written,
+by :func:`receive`.
 
 Nothing that is not a regular file is ever opened as a blob or a cache entry
 (:func:`open_regular`): a symbolic link (which could lead out of the store, to ``/dev/zero`` or
@@ -42,7 +44,8 @@ REPAIR_HINT = ("run 'imagebuilder check' to see which images it affects, then re
                "('imagebuilder build' in the app's directory) or pull them again")
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-_verified: set[tuple[str, str, int, int, int]] = set()
+_Identity = tuple[int, int, int, int, int]
+_verified: dict[_Identity, str] = {}
 _lock = threading.Lock()
 
 
@@ -67,8 +70,17 @@ def not_regular(path: Path | str, digest: str, kind: str) -> DamagedError:
                         f"{REPAIR_HINT}")
 
 
-def _identity(path: Path | str, digest: str, st: os.stat_result) -> tuple[str, str, int, int, int]:
-    return (str(path), digest, st.st_ino, st.st_size, st.st_mtime_ns)
+def _identity(st: os.stat_result) -> _Identity:
+    """What changes when a file's bytes may have: any write moves mtime, any utime() ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def record(st: os.stat_result, digest: str) -> None:
+    """Note that the file ``st`` describes was just hashed to ``digest`` in this process (by a
+    reader of its whole bytes, such as the store adding it): :func:`verify` need not read it
+    again while it stays unchanged."""
+    with _lock:
+        _verified[_identity(st)] = digest
 
 
 def missing(path: Path | str, digest: str) -> DamagedError:
@@ -86,9 +98,9 @@ def verify(path: Path | str, digest: str) -> None:
     missing or differs."""
     fd = _open_blob(path, digest)
     try:
-        ident = _identity(path, digest, os.fstat(fd))
+        ident = _identity(os.fstat(fd))
         with _lock:
-            if ident in _verified:
+            if _verified.get(ident) == digest:
                 return
         actual = digest_fd(fd, ("sha256",)).sha256
     finally:
@@ -96,7 +108,7 @@ def verify(path: Path | str, digest: str) -> None:
     if oci_digest(actual) != digest:
         raise mismatch(path, digest, actual)
     with _lock:
-        _verified.add(ident)
+        _verified[ident] = digest
 
 
 def _open_blob(path: Path | str, digest: str) -> int:
@@ -126,7 +138,7 @@ def verified_chunks(path: Path | str, digest: str,
     hasher = MultiHasher(("sha256",))
     f = os.fdopen(_open_blob(path, digest), "rb")
     with f:
-        ident = _identity(path, digest, os.fstat(f.fileno()))
+        ident = _identity(os.fstat(f.fileno()))
         while chunk := f.read(chunk_size):
             hasher.update(chunk)
             yield chunk
@@ -134,7 +146,7 @@ def verified_chunks(path: Path | str, digest: str,
     if oci_digest(actual) != digest:
         raise mismatch(path, digest, actual)
     with _lock:
-        _verified.add(ident)
+        _verified[ident] = digest
 
 
 def receive(staging: Path, digest: str, size: int, chunks: Iterable[bytes]) -> Path:

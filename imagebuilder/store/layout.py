@@ -178,6 +178,7 @@ class Store:
                         while chunk := f.read(1 << 20):
                             h.update(chunk)
                         size = f.tell()
+                        hashed = os.fstat(f.fileno())
                 except OSError as e:
                     if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                         raise
@@ -190,6 +191,7 @@ class Store:
                         os.fsync(dst.fileno())
                         size = dst.tell()
                     os.chmod(tmp, 0o644)
+                    hashed = os.stat(tmp)
                 digest = oci_digest(h.hexdigest())
                 dest = self.blob_path(digest)
                 # what tmp holds was hashed just now: it replaces whatever dest holds (a blob of
@@ -201,6 +203,7 @@ class Store:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
+        _record_hashed(dest, hashed, digest)
         return Descriptor(media_type, digest, size, dict(annotations) if annotations else None)
 
     def add_blob_bytes(
@@ -485,6 +488,7 @@ class Store:
                             path.unlink(missing_ok=True)
         return GcResult(removed, freed, scratch)
 
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -493,3 +497,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _record_hashed(dest: Path, hashed: os.stat_result, digest: str) -> None:
+    """Tell :mod:`.blobs` that blob ``dest`` was hashed just now, unless its bytes may have
+    changed since (size or mtime moved; the rename itself moves ctime, so that is taken from
+    after it)."""
+    st = os.stat(dest)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            hashed.st_dev, hashed.st_ino, hashed.st_size, hashed.st_mtime_ns):
+        blobs.record(st, digest)

@@ -4,6 +4,7 @@ and the store replaces a damaged blob rather than keeping it (it de-duplicates b
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,27 @@ def test_an_esp_whose_disk_is_not_the_recorded_disk_digest_is_refused(tmp_path: 
     esp, hit = esp_image(cache, BootSource(source.kernel, source.initrds, source.cmdline,
                                            source.digests, disk_digest=right), files)
     assert not hit
+
+
+def test_a_blob_the_store_just_hashed_is_not_read_again_until_it_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []
+    digest_fd = blobs.digest_fd
+    monkeypatch.setattr(blobs, "digest_fd", lambda fd, algos: reads.append(fd) or digest_fd(
+        fd, algos))
+    store = Store(tmp_path / "store")
+    layer = tmp_path / "layer"
+    layer.write_bytes(b"layer bytes" * 1000)
+    desc = store.add_blob_file(layer, INITRD_LAYER_MEDIA_TYPE)
+    blobs.verify(store.blob_path(desc.digest), desc.digest)
+    blobs.verify(layer, desc.digest)  # the same file: the build's name for it
+    assert reads == []
+    _flip(layer)
+    st = layer.stat()
+    os.utime(layer, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))  # what a later write does
+    with pytest.raises(DamagedError, match="is damaged"):
+        blobs.verify(store.blob_path(desc.digest), desc.digest)
+    assert len(reads) == 1
 
 
 def test_adding_a_blob_again_replaces_a_damaged_copy_of_the_same_size(tmp_path: Path) -> None:
