@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from ..apps import war
 from ..config.parse import Config
@@ -26,6 +25,9 @@ from ..fetch.lock import Lock, LockEntry
 from ..fetch.sources import mirror_from_apt
 from ..layers import natives
 from ..layers.hardware import Selection
+
+if TYPE_CHECKING:  # fetch.debian.new_session imports it when a fetch needs a session
+    import requests
 
 #: Shared libraries the JVM's ELF files need (DT_NEEDED closure of a jlink runtime).
 JVM_LIBRARIES = ("libc6", "libgcc-s1", "libstdc++6", "zlib1g")

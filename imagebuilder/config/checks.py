@@ -18,7 +18,6 @@ import urllib.parse
 from pathlib import Path
 from typing import TypeGuard
 
-from ..keyfiles import KeyFileError, load_public_key
 from ..resources import data_dir
 from . import envlimits
 from . import network as network_mod
@@ -299,6 +298,8 @@ def key_problem(path: Path) -> str | None:
     if kind != "a file":
         return f"{path}: " + ("file not found" if kind == "missing"
                               else f"{kind}, not a public key file")
+    from ..keyfiles import KeyFileError, load_public_key  # cryptography: only when keys are named
+
     try:
         load_public_key(path)
     except KeyFileError as e:

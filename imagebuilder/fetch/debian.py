@@ -23,8 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from .. import proc, progress
 from ..errors import FetchError, HostError, IntegrityError, NotFoundError
@@ -32,6 +31,9 @@ from ..fsutil import write_atomic
 from . import http
 from .debindex import Package, parse_packages, parse_release, providers_map
 from .lock import LockEntry
+
+if TYPE_CHECKING:  # imported by new_session: a warm build needs no session
+    import requests
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 USER_AGENT = "imagebuilder/0.1 (+python-requests)"
@@ -311,6 +313,8 @@ def deb_path(cache_dir: Path, sha256: str) -> Path:
 
 def new_session() -> requests.Session:
     """A requests session identifying imagebuilder to the mirror."""
+    import requests
+
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     return session

@@ -21,13 +21,14 @@ import os
 import time
 import urllib.parse
 from pathlib import Path
-from typing import BinaryIO
-
-import requests
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import progress
 from ..errors import FetchError, IntegrityError
 from ..fsutil import commit
+
+if TYPE_CHECKING:  # requests is imported when a session exists: a warm build needs none
+    import requests
 
 CHUNK = 1024 * 1024
 RETRIES = 4
@@ -96,6 +97,8 @@ def _fetch_with_retries(
 def _fetch_once(
     session: requests.Session, url: str, part: Path, size: int | None, desc: str
 ) -> str:
+    import requests
+
     limit = size if size is not None else MAX_UNSIZED_BYTES
     offset = _resume_offset(part, size)
     headers = {"Range": f"bytes={offset}-"} if offset else {}

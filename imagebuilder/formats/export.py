@@ -34,7 +34,6 @@ from ..store.cache import Cache
 from ..store.oci import oci_digest
 from . import DISK_FORMATS, Progress, write_disk
 from .bmap import write_raw_with_bmap
-from .iso import write_iso
 
 FORMATS: tuple[str, ...] = (*DISK_FORMATS, "iso", "kernel-initrd")
 SUFFIXES = {"raw": ".raw", "qcow2": ".qcow2", "vmdk": ".vmdk", "vhd": ".vhd", "iso": ".iso",
@@ -158,6 +157,8 @@ def export(cache: Cache, source: BootSource, fmt: str, dest: Path,
     if fmt == "kernel-initrd":
         _kernel_initrd(source, dest, sync=sync)
     elif fmt == "iso":
+        from .iso import write_iso  # pycdlib: not for a build, which makes no ISO
+
         source.verify()
         write_iso(source, dest, boot_files=BootFiles.from_host(), sync=sync)
     elif bmap:

@@ -19,7 +19,6 @@ import re
 import warnings
 from functools import cache
 
-from debian import copyright as debian_copyright
 from license_expression import Licensing, get_license_index, get_spdx_licensing
 
 #: DEP-5 short names (lower case) whose SPDX id is not the name itself.
@@ -73,6 +72,8 @@ def license_of(text: bytes) -> str | None:
 def _files_paragraphs(text: bytes) -> list[str] | None:
     """The license synopsis of each Files paragraph; None if the file is not DEP-5 or a Files
     paragraph has no license."""
+    from debian import copyright as debian_copyright  # parsing on a cache miss only
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

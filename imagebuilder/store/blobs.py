@@ -75,12 +75,16 @@ def _identity(st: os.stat_result) -> _Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def record(st: os.stat_result, digest: str) -> None:
-    """Note that the file ``st`` describes was just hashed to ``digest`` in this process (by a
-    reader of its whole bytes, such as the store adding it): :func:`verify` need not read it
-    again while it stays unchanged."""
-    with _lock:
-        _verified[_identity(st)] = digest
+def record(path: Path | str, hashed: os.stat_result, digest: str) -> None:
+    """Note that the file at ``path`` was just hashed to ``digest`` in this process (the store
+    adding it as a blob; ``hashed`` its status then), so that :func:`verify` need not read it
+    again while it stays unchanged. Nothing is noted if its size or mtime moved meanwhile; its
+    ctime is taken from now, as a rename into the store moves it."""
+    st = os.stat(path)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            hashed.st_dev, hashed.st_ino, hashed.st_size, hashed.st_mtime_ns):
+        with _lock:
+            _verified[_identity(st)] = digest
 
 
 def missing(path: Path | str, digest: str) -> DamagedError:

@@ -203,7 +203,7 @@ class Store:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-        _record_hashed(dest, hashed, digest)
+        blobs.record(dest, hashed, digest)
         return Descriptor(media_type, digest, size, dict(annotations) if annotations else None)
 
     def add_blob_bytes(
@@ -497,13 +497,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _record_hashed(dest: Path, hashed: os.stat_result, digest: str) -> None:
-    """Tell :mod:`.blobs` that blob ``dest`` was hashed just now, unless its bytes may have
-    changed since (size or mtime moved; the rename itself moves ctime, so that is taken from
-    after it)."""
-    st = os.stat(dest)
-    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
-            hashed.st_dev, hashed.st_ino, hashed.st_size, hashed.st_mtime_ns):
-        blobs.record(st, digest)
