@@ -258,21 +258,34 @@ def make_fat(dest: Path, files: Sequence[FatFile], *, fat_bits: Literal[16, 32],
         # --invariant stamps it 2015-03-14)
         _mtools("mlabel", image, env, f"::{label}")
         dirs = _directories([*paths, *([f"{syslinux_dir}/x"] if syslinux_dir else [])])
-        for d in dirs:
-            _mtools("mmd", image, env, f"::{d}")
+        _mtools("mmd", image, env, *(f"::{d}" for d in dirs))  # one run, parents first
         if syslinux_dir and syslinux:
             # first, so that ldlinux.sys sits near the start of the volume in one piece
             run([syslinux, "--install", "--directory", syslinux_dir, str(image)], env=env)
-        staged = tmp / "staged"
-        for f in sorted(files, key=lambda f: f.path.encode()):
-            src = f.source
-            if isinstance(src, bytes):
-                staged.write_bytes(src)
-                src = staged
-            _mtools("mcopy", image, env, str(src), f"::{f.path}")
+        for directory, sources in _copy_runs(files, tmp / "staged"):
+            _mtools("mcopy", image, env, *map(str, sources), f"::{directory}/")
         if syslinux_dir:
             _sync_backup_boot_sector(image)
         commit(image, dest)  # fsync, rename, directory fsync
+
+
+def _copy_runs(files: Sequence[FatFile], staging: Path) -> list[tuple[str, list[Path]]]:
+    """The files in byte order of their paths, as runs of one directory each: a directory on
+    the volume and files named as on the volume (links to the sources, or the bytes), for one
+    ``mcopy`` per run that copies them in the same order as one ``mcopy`` per file would."""
+    runs: list[tuple[str, list[Path]]] = []
+    for i, f in enumerate(sorted(files, key=lambda f: f.path.encode())):
+        directory, name = f.path.rsplit("/", 1)
+        if not runs or runs[-1][0] != directory:
+            runs.append((directory, []))
+        staged = staging / str(i) / name
+        staged.parent.mkdir(parents=True)
+        if isinstance(f.source, bytes):
+            staged.write_bytes(f.source)
+        else:
+            staged.symlink_to(Path(f.source).absolute())
+        runs[-1][1].append(staged)
+    return runs
 
 
 def _mtools(tool: str, image: Path, env: dict[str, str], *args: str) -> None:
