@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..disk.boot import BootSource
@@ -100,11 +101,14 @@ def bootable(cache: Cache, source: BootSource, boot_files: BootFiles | None = No
 
 def bootable_with_hit(cache: Cache, source: BootSource, boot_files: BootFiles | None = None,
                       size: int | None = None) -> tuple[Disk, bool]:
-    """:func:`bootable`, and whether its ESP came from the cache."""
+    """:func:`bootable`, and whether its ESP came from the cache. The layers' EROFS images
+    are looked up or made in a thread meanwhile: both stages mostly wait for their tools."""
     files = boot_files or BootFiles.from_host()
-    esp, hit = esp_image(cache, source, files)
-    return disk_from_esp(esp, source, boot_files=files, size=size,
-                         layers=layer_images(cache, source)), hit
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        layers = pool.submit(layer_images, cache, source)
+        esp, hit = esp_image(cache, source, files)
+        return disk_from_esp(esp, source, boot_files=files, size=size,
+                             layers=layers.result()), hit
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
