@@ -10,6 +10,7 @@ user's mistakes, 1 for the environment's failures); ``--debug`` keeps the traceb
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +60,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (callable from tests)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    # python-debian logs a line when it fixes a copyright file's Format URL (the SBOM reads
+    # them): the tool prints only what its reporter says.
+    logging.getLogger("debian.copyright").setLevel(logging.ERROR)
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="imagebuilder",
                         standalone_mode=False)

@@ -416,9 +416,12 @@ class Builder:
         cfg, start = self.cfg, time.monotonic()
         inv = sboms.inventory(cfg.image.name, cfg.image.version, digest, self.mtime,
                               cfg.system.suite, cfg.app.path.name, contents)
-        stored = sboms.attach(self.home.store, inv)
+        stored = sboms.attached(self.home.store, inv)
+        hit = stored is not None
+        if stored is None:
+            stored = sboms.attach(self.home.store, inv)
         seconds = time.monotonic() - start
-        self.stages.append(StageResult("sbom", Path(), False, seconds))
+        self.stages.append(StageResult("sbom", Path(), hit, seconds))
         self.report(sboms.summary(stored, seconds))
         return {s.format.key: s.to_json() for s in stored}
 

@@ -41,6 +41,10 @@ from .packages import Resolution, jdk_package
 Stage = Callable[[str, dict[str, Any], Callable[[Path], None]], Path]
 #: The annotation OCI gives an artifact's creation time (the SBOM's, from SOURCE_DATE_EPOCH).
 CREATED = "org.opencontainers.image.created"
+#: On each SBOM attachment: the xxh3 of the inventory it was written from, and how many
+#: components it lists (so a rebuild of the same inputs neither writes nor imports anything).
+INVENTORY = "io.imagebuilder.inventory"
+COMPONENTS = "io.imagebuilder.components"
 #: The layers whose jars are read from the layer (the app's are read from the app's files).
 PACKAGE_LAYERS = ("base", "jvm", "packages", "tomcat")
 #: What :func:`attach` imports: the writers, and through them the formats' libraries.
@@ -136,6 +140,26 @@ def _import_writers() -> None:
             importlib.import_module(name)
 
 
+def attached(store: Store, inv: Inventory) -> list[Stored] | None:
+    """Both documents of ``inv`` if they are attached to its image already (a rebuild of the
+    same inputs: each carries the hash of the inventory it was written from), else None."""
+    key = inventory_key(inv)
+    out = []
+    for fmt in (CYCLONEDX, SPDX):
+        found = attachments.referrers(store, inv.digest, fmt.media_type)
+        notes = (found[0].annotations or {}) if len(found) == 1 else {}
+        if notes.get(INVENTORY) != key or not notes.get(COMPONENTS, "").isdigit():
+            return None
+        layer = attachments.manifest(store, found[0])["layers"][0]
+        out.append(Stored(fmt, str(layer["digest"]), found[0].digest, int(notes[COMPONENTS])))
+    return out
+
+
+def inventory_key(inv: Inventory) -> str:
+    """What marks the documents written from ``inv``: the xxh3 of its JSON."""
+    return hashing.xxh3_bytes(inv.to_json().encode())
+
+
 def attach(store: Store, inv: Inventory) -> list[Stored]:
     """Write both documents of ``inv`` and attach them to its image (replacing older ones)."""
     for thread in _preloading:
@@ -150,7 +174,8 @@ def attach(store: Store, inv: Inventory) -> list[Stored]:
     for fmt, write in writers:
         payload = write(inv)
         desc = attachments.attach(store, inv.digest, fmt.media_type, payload, fmt.media_type,
-                                  {CREATED: created})
+                                  {CREATED: created, INVENTORY: inventory_key(inv),
+                                   COMPONENTS: str(components)})
         out.append(Stored(fmt, sha256_digest(payload), desc.digest, components))
     return out
 

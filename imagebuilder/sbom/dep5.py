@@ -14,7 +14,6 @@ the file says. Every expression returned is checked with license-expression's SP
 
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from functools import cache
@@ -47,8 +46,8 @@ EXCEPTIONS = {
     "gcc": {2: "GCC-exception-2.0", 3: "GCC-exception-3.1"},
 }
 
-# python-debian logs a line when it fixes a copyright file's Format URL; the tool prints none.
-logging.getLogger("debian.copyright").setLevel(logging.ERROR)
+# python-debian logs a line when it fixes a copyright file's Format URL: the command line
+# (imagebuilder/cli.py) keeps it quiet, as a library never configures logging.
 
 
 def license_of(text: bytes) -> str | None:

@@ -78,7 +78,9 @@ def test_own_code_change_rebuilds_only_the_app_layer(cli: Cli, shop: ShopBuild,
     shop.spring_boot(root / "shop.jar", shop.compile("2"))
     out = cli.json("build", str(root), "--version", "2.0.0")
     assert isinstance(out, dict)
-    assert {s["name"] for s in out["stages"] if not s["cached"]} == {"app", "disk"}
+    # the app layer, the disk, and the SBOMs: the app's jars and the documents (new digest)
+    assert {s["name"] for s in out["stages"] if not s["cached"]} == {
+        "app", "disk", "sbom-jars", "sbom"}
     v1, v2 = layer_digests(cli, "shop-boot:1.0.0"), layer_digests(cli, "shop-boot:2.0.0")
     assert {k for k in v1 if v1[k] != v2[k]} == {"app"}
 

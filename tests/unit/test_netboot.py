@@ -303,7 +303,10 @@ def test_serve_escapes_client_bytes_and_logs_a_reset_in_one_line(tmp_path: Path)
         [sys.executable, "-m", "imagebuilder.cli", "serve", str(out), "--listen",
          f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         bufsize=0,  # unbuffered: select() sees every byte not yet read
-        env={**os.environ, "IMAGEBUILDER_HOME": str(tmp_path / "home")})
+        env={**os.environ, "IMAGEBUILDER_HOME": str(tmp_path / "home")},
+        # Ctrl-C as in a terminal: a suite started in the background inherits SIGINT ignored
+        # (POSIX shells ignore it for `cmd &`), and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert b"serving" in _lines_until(proc, lambda ls: any(b"serving" in x for x in ls))[-1]
         for request, status in ((b"GET /\x1b[2J\x1b]0;pwned\x07x\x9b HTTP/1.1", b"404"),

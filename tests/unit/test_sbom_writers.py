@@ -8,8 +8,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +26,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 from spdx_tools.spdx.parser.json import json_parser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+from spdx_tools.spdx.writer.json.json_writer import write_document_to_stream
 
 from imagebuilder.build import sboms
 from imagebuilder.cli import main
@@ -31,6 +37,7 @@ from imagebuilder.store import attachments
 from imagebuilder.store.cache import Cache
 from imagebuilder.store.home import Home
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
+from imagebuilder.store.oci import sha256_digest
 
 JDK = "openjdk-21-jdk-headless"
 
@@ -356,10 +363,14 @@ def test_the_build_attaches_both_documents_once(stored_image: tuple[Store, str])
     for stored, writer in zip(first, (cyclonedx, spdx), strict=True):
         [found] = attachments.referrers(store, digest, stored.format.media_type)
         assert found.digest == stored.attachment
-        assert found.annotations == {"org.opencontainers.image.created": "2023-11-14T22:13:20Z"}
+        assert found.annotations == {"org.opencontainers.image.created": "2023-11-14T22:13:20Z",
+                                     sboms.INVENTORY: sboms.inventory_key(inv),
+                                     sboms.COMPONENTS: "17"}
         data = attachments.payload(store, found)
         assert data == writer.document(inv)
         assert stored.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert sboms.attached(store, inv) == first  # found again, nothing written
+    assert sboms.attached(store, _inventory(digest=digest, version="9.9.9")) is None
     cdx = json.loads(cyclonedx.document(inv))
     assert len(_all_components(cdx)) == 17
     assert sboms.summary(first, 0.04) == "sbom: CycloneDX and SPDX, 17 components, in 0.04 s"
@@ -434,3 +445,61 @@ def test_a_license_the_parser_chokes_on_is_no_assertion(license_text: str) -> No
     inv = _inventory(jars=(jar,))
     for writer in (cyclonedx, spdx):
         assert writer.document(inv) == writer.document(inv)
+
+
+# --- what the build's sbom stage leaves out to stay fast, and that its bytes are the same -------
+# The SPDX document is not validated by spdx-tools at build time (the tests above validate every
+# form of it), and the formats' libraries are imported in a thread while the disk is hashed.
+
+REPO = Path(__file__).resolve().parents[2]
+VALIDATOR = "spdx_tools.spdx.validation.document_validator"
+
+
+def _spdx_tools_writer(inv: Inventory) -> bytes:
+    """The document as spdx-tools' own JSON writer writes it (validating first), in our form."""
+    out = io.StringIO()
+    write_document_to_stream(spdx.spdx_document(inv), out, validate=True)
+    return json.dumps(json.loads(out.getvalue()), sort_keys=True, indent=2,
+                      ensure_ascii=False).encode() + b"\n"
+
+
+@pytest.mark.parametrize("inv", [_inventory(), _inventory(packages=(), jars=(), runtime=None)],
+                         ids=["full", "empty"])
+def test_spdx_bytes_are_those_of_spdx_tools_writer_validated_or_not(inv: Inventory) -> None:
+    expected = _spdx_tools_writer(inv)
+    assert spdx.document(inv) == expected
+    assert spdx.document(inv, validate=False) == expected
+
+
+def test_the_build_attaches_the_same_bytes_without_importing_spdx_validation(
+        tmp_path: Path) -> None:
+    """In a process of its own (imports are per process): preload imports both writers in its
+    thread; attach then writes both documents, byte for byte what the validating writers give,
+    and never imports spdx-tools' validator."""
+    store = Store(tmp_path / "store")
+    kernel = store.add_blob_bytes(b"kernel", KERNEL_MEDIA_TYPE)
+    inv = _inventory(digest=store.put_image("wiremock:3.9.1", {"cmdline": "ttyS0"}, [kernel]))
+    (tmp_path / "inventory.json").write_text(inv.to_json())
+    script = textwrap.dedent(f"""
+        import sys, threading
+        from pathlib import Path
+        from imagebuilder.build import sboms
+        from imagebuilder.sbom.model import Inventory
+        from imagebuilder.store.layout import Store
+        inv = Inventory.from_json(Path({str(tmp_path / "inventory.json")!r}).read_text())
+        assert "imagebuilder.sbom.spdx" not in sys.modules
+        sboms.preload()
+        next(t for t in threading.enumerate() if t.name == "sbom-preload").join()
+        assert "imagebuilder.sbom.spdx" in sys.modules
+        assert "imagebuilder.sbom.cyclonedx" in sys.modules
+        stored = sboms.attach(Store({str(tmp_path / "store")!r}), inv)
+        print(" ".join(s.digest for s in stored))
+        print({VALIDATOR!r} in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    digests, validator = out.stdout.split("\n")[:2]
+    assert digests.split() == [sha256_digest(cyclonedx.document(inv)),
+                               sha256_digest(spdx.document(inv))]
+    assert validator == "False"
