@@ -141,13 +141,16 @@ def _import_writers() -> None:
 
 
 def attached(store: Store, inv: Inventory) -> list[Stored] | None:
-    """Both documents of ``inv`` if they are attached to its image already (a rebuild of the
-    same inputs: each carries the hash of the inventory it was written from), else None."""
+    """Both documents of ``inv`` if this store's build attached them already (a rebuild of the
+    same inputs: each carries the hash of the inventory it was written from), else None. A
+    pulled document is never taken for the build's own, whatever it says."""
     key = inventory_key(inv)
+    came = attachments.origins(store, inv.digest)
     out = []
     for fmt in (CYCLONEDX, SPDX):
         found = attachments.referrers(store, inv.digest, fmt.media_type)
-        notes = (found[0].annotations or {}) if len(found) == 1 else {}
+        ours = len(found) == 1 and came.get(found[0].digest) is None
+        notes = (found[0].annotations or {}) if ours else {}
         if notes.get(INVENTORY) != key or not notes.get(COMPONENTS, "").isdigit():
             return None
         layer = attachments.manifest(store, found[0])["layers"][0]

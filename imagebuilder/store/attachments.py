@@ -136,14 +136,20 @@ def the_one(store: Store, subject_digest: str, artifact_type: str, ref: str) -> 
                     f"(imagebuilder rm {ref}) and pull it from a registry that lists one")
 
 
+def origins(store: Store, subject_digest: str) -> dict[str, str | None]:
+    """attachment digest -> the repository it was pulled from (None: made here), for the
+    attachments of manifest ``subject_digest``."""
+    return {str(e["digest"]): (e.get("annotations") or {}).get(ORIGIN_ANNOTATION)
+            for e in store.entries() if index.subject_of(e) == subject_digest}
+
+
 def several(store: Store, subject_digest: str, found: list[Descriptor]) -> str:
     """``found`` (attachments of one type of ``subject_digest``) for people: how many, what, and
     where each came from."""
-    origins = {str(e["digest"]): (e.get("annotations") or {}).get(ORIGIN_ANNOTATION)
-               for e in store.entries() if index.subject_of(e) == subject_digest}
+    came = origins(store, subject_digest)
     what = SINGLE_VALUED.get(found[0].artifact_type or "", found[0].artifact_type or "")
-    where = [f"{d.digest[:19]} " + (f"pulled from {origins[d.digest]}"
-                                    if origins.get(d.digest) else "made here")
+    where = [f"{d.digest[:19]} " + (f"pulled from {came[d.digest]}"
+                                    if came.get(d.digest) else "made here")
              for d in found]
     return f"{len(found)} {what}s attached ({', '.join(where)})"
 

@@ -376,6 +376,31 @@ def test_the_build_attaches_both_documents_once(stored_image: tuple[Store, str])
     assert sboms.summary(first, 0.04) == "sbom: CycloneDX and SPDX, 17 components, in 0.04 s"
 
 
+def test_a_pulled_sbom_is_never_taken_for_the_builds_own(stored_image: tuple[Store, str]
+                                                         ) -> None:
+    """A registry can hand over a document that claims the inventory a rebuild would make (its
+    key is computable): the rebuild writes its own instead of trusting it."""
+    store, digest = stored_image
+    inv = _inventory(digest=digest)
+    ours = sboms.attach(store, inv)
+    forged = []
+    for stored in ours:
+        [found] = attachments.referrers(store, digest, stored.format.media_type)
+        manifest = json.loads(store.read_blob(found.digest))
+        manifest["layers"][0]["annotations"] = {"forged": "yes"}
+        data = json.dumps(manifest).encode()
+        blob = store.read_blob(manifest["layers"][0]["digest"])
+        forged.append(attachments.put_manifest(
+            store, digest, data, {manifest["layers"][0]["digest"]: blob,
+                                  attachments.EMPTY_DESCRIPTOR.digest: attachments.EMPTY_JSON},
+            keep=False, origin="registry.example/app"))
+    for stored in ours:  # only the pulled ones are left, with the right inventory key
+        [found] = attachments.referrers(store, digest, stored.format.media_type)
+        assert found.annotations and found.annotations[sboms.INVENTORY] == sboms.inventory_key(inv)
+        assert found.digest in {f.digest for f in forged}
+    assert sboms.attached(store, inv) is None
+
+
 def test_the_jars_of_a_package_layer_are_read_from_it_once(tmp_path: Path) -> None:
     jar = tmp_path / "jrt-fs.jar"
     with zipfile.ZipFile(jar, "w") as zf:
