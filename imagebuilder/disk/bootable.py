@@ -34,7 +34,7 @@ from ..hashing.sparse import data_extents
 from ..scratch import acquire, release, remove_stale
 from . import gpt
 from .boot import BootSource
-from .esp import BootFiles, build_esp
+from .esp import BootFiles, Skeletons, build_esp
 from .model import Disk, DiskBuilder, FileSlice
 
 __all__ = ["ESP_NAME", "BootFiles", "bootable_disk", "disk_from_esp", "write_esp"]
@@ -88,11 +88,11 @@ def _discard(workdir: Path) -> None:
 
 
 def write_esp(dest: Path, source: BootSource, *, boot_files: BootFiles,
-              title: str = "imagebuilder") -> None:
+              title: str = "imagebuilder", skeletons: Skeletons | None = None) -> None:
     """The ESP image of :func:`bootable_disk` alone, for callers that cache it (an image's
     disk boots ``source.on_disk()``: see :class:`~imagebuilder.disk.boot.BootSource`)."""
     build_esp(dest, source, boot_files=boot_files, bios=True, fat_bits=32,
-              hidden_sectors=_ESP_FIRST_LBA, title=title)
+              hidden_sectors=_ESP_FIRST_LBA, title=title, skeletons=skeletons)
 
 
 def disk_from_esp(esp: Path, source: BootSource, *, boot_files: BootFiles,

@@ -27,16 +27,18 @@ syslinux, and :attr:`BootFiles.ldlinux_c32` (syslinux-common) serves isolinux on
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 from ..errors import HostError, UserError
 from ..fsutil import commit
+from ..hashing.sparse import data_extents
 from ..proc import require, run
 from ..resources import render
 from . import gpt
@@ -58,6 +60,9 @@ _FAT16_MAX_CLUSTERS = 65524
 _FAT16_MIN_CLUSTERS = 4085
 _FAT32_MIN_CLUSTERS = 65525
 _FAT_MAX_FILE = (1 << 32) - 1
+#: Gets a formatted volume by its inputs, making it with the callable on a miss (a cache stage).
+_SKELETON_SERIAL = 0x5CE1E7A1  # the serial a kept formatted volume has until one is written in
+Skeletons = Callable[[Mapping[str, object], Callable[[Path], None]], Path]
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ def esp_files(source: BootSource, *, boot_files: BootFiles, bios: bool,
 
 def build_esp(dest: Path, source: BootSource, *, boot_files: BootFiles, bios: bool = True,
               fat_bits: Literal[16, 32] = 32, hidden_sectors: int = 0,
-              title: str = "imagebuilder") -> None:
+              title: str = "imagebuilder", skeletons: Skeletons | None = None) -> None:
     """Write the EFI system partition image booting ``source`` (its kernel, every one of its
     initrd layers, its command line) to ``dest``.
 
@@ -199,7 +204,8 @@ def build_esp(dest: Path, source: BootSource, *, boot_files: BootFiles, bios: bo
     files = esp_files(source, boot_files=boot_files, bios=bios, title=title)
     make_fat(dest, files, fat_bits=fat_bits,
              volume_id=gpt.derived_u32(source.seed, "esp volume id"),
-             hidden_sectors=hidden_sectors, syslinux_dir=SYSLINUX_DIR if bios else None)
+             hidden_sectors=hidden_sectors, syslinux_dir=SYSLINUX_DIR if bios else None,
+             skeletons=skeletons)
 
 
 def fat_geometry(files: Sequence[FatFile], *, fat_bits: Literal[16, 32],
@@ -235,11 +241,15 @@ def fat_geometry(files: Sequence[FatFile], *, fat_bits: Literal[16, 32],
 
 def make_fat(dest: Path, files: Sequence[FatFile], *, fat_bits: Literal[16, 32],
              volume_id: int, label: str = LABEL, hidden_sectors: int = 0,
-             syslinux_dir: str | None = None) -> None:
+             syslinux_dir: str | None = None, skeletons: Skeletons | None = None) -> None:
     """Write a FAT volume holding ``files`` to ``dest`` (atomically), with syslinux installed in
-    ``syslinux_dir`` if given. Reproducible: see the module's docstring."""
+    ``syslinux_dir`` if given. Reproducible: see the module's docstring.
+
+    ``skeletons`` keeps formatted volumes (label, directories, syslinux; no files) by everything
+    that decides their bytes but the volume serial, which is then written in: the same bytes as
+    formatting this volume anew, without the mkfs.fat and syslinux runs."""
     mkfs = require("mkfs.fat", "dosfstools")
-    require("mcopy", "mtools")
+    mcopy = require("mcopy", "mtools")
     syslinux = require("syslinux", "syslinux") if syslinux_dir else None
     dest = Path(dest)
     paths = [f.path for f in files]
@@ -247,21 +257,34 @@ def make_fat(dest: Path, files: Sequence[FatFile], *, fat_bits: Literal[16, 32],
         raise ValueError(f"duplicate paths on the FAT volume: {sorted(paths)}")
     size, spc = fat_geometry(files, fat_bits=fat_bits,
                              extra=_SYSLINUX_RESERVE if syslinux_dir else 0)
+    dirs = _directories([*paths, *([f"{syslinux_dir}/x"] if syslinux_dir else [])])
     with tempfile.TemporaryDirectory(prefix=".esp-", dir=dest.parent) as tmp_name:
         tmp = Path(tmp_name)
         image = tmp / "fat.img"
         env = _mtools_env(tmp)
-        run([mkfs, "-C", "--invariant", "-F", str(fat_bits), "-S", "512", "-s", str(spc),
-             "-f", "2", "-i", f"{volume_id:08X}", "-h", str(hidden_sectors),
-             str(image), str(size // 1024)], env=env)
-        # the label through mtools, whose directory entry then gets the fixed time (mkfs.fat's
-        # --invariant stamps it 2015-03-14)
-        _mtools("mlabel", image, env, f"::{label}")
-        dirs = _directories([*paths, *([f"{syslinux_dir}/x"] if syslinux_dir else [])])
-        _mtools("mmd", image, env, *(f"::{d}" for d in dirs))  # one run, parents first
-        if syslinux_dir and syslinux:
-            # first, so that ldlinux.sys sits near the start of the volume in one piece
-            run([syslinux, "--install", "--directory", syslinux_dir, str(image)], env=env)
+
+        def format_volume(out: Path, serial: int) -> None:
+            run([mkfs, "-C", "--invariant", "-F", str(fat_bits), "-S", "512", "-s", str(spc),
+                 "-f", "2", "-i", f"{serial:08X}", "-h", str(hidden_sectors),
+                 str(out), str(size // 1024)], env=env)
+            # the label through mtools, whose directory entry then gets the fixed time
+            # (mkfs.fat's --invariant stamps it 2015-03-14)
+            _mtools("mlabel", out, env, f"::{label}")
+            _mtools("mmd", out, env, *(f"::{d}" for d in dirs))  # one run, parents first
+            if syslinux_dir and syslinux:
+                # first, so that ldlinux.sys sits near the start of the volume in one piece
+                run([syslinux, "--install", "--directory", syslinux_dir, str(out)], env=env)
+
+        if skeletons is None:
+            format_volume(image, volume_id)
+        else:
+            inputs = {"fat_bits": fat_bits, "spc": spc, "size": size, "label": label,
+                      "hidden_sectors": hidden_sectors, "dirs": dirs,
+                      "syslinux_dir": syslinux_dir or "",
+                      "tools": [_file_sha256(t) for t in (mkfs, mcopy, syslinux) if t]}
+            _sparse_copy(skeletons(inputs, lambda out: format_volume(out, _SKELETON_SERIAL)),
+                         image)
+            _set_volume_id(image, volume_id)
         for directory, sources in _copy_runs(files, tmp / "staged"):
             _mtools("mcopy", image, env, *map(str, sources), f"::{directory}/")
         if syslinux_dir:
@@ -286,6 +309,40 @@ def _copy_runs(files: Sequence[FatFile], staging: Path) -> list[tuple[str, list[
             staged.symlink_to(Path(f.source).absolute())
         runs[-1][1].append(staged)
     return runs
+
+
+def _file_sha256(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _sparse_copy(src: Path, dest: Path) -> None:
+    """Copy ``src`` to a new ``dest`` with its holes (a formatted volume is mostly one)."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        for offset, length in data_extents(fin.fileno(), size):
+            done = 0
+            while done < length:
+                done += os.copy_file_range(fin.fileno(), fout.fileno(), length - done,
+                                           offset + done, offset + done)
+        fout.truncate(size)
+
+
+def _set_volume_id(image: Path, volume_id: int) -> None:
+    """Replace :data:`_SKELETON_SERIAL` by ``volume_id`` in the boot sector and in every copy
+    of it in the reserved sectors (FAT32's backup; the one syslinux's installer keeps)."""
+    with open(image, "rb+") as f:
+        boot = f.read(512)
+        is_fat32 = int.from_bytes(boot[22:24], "little") == 0  # BPB_FATSz16 is 0 on FAT32
+        at = 67 if is_fat32 else 39  # BS_VolID, after the extended boot signature 0x29
+        f.seek(0)
+        reserved = f.read(512 * int.from_bytes(boot[14:16], "little"))
+        placeholder = _SKELETON_SERIAL.to_bytes(4, "little")
+        for sector in range(len(reserved) // 512):
+            copy = reserved[sector * 512:(sector + 1) * 512]
+            if (copy[11:36] == boot[11:36] and copy[at - 1] == 0x29
+                    and copy[at:at + 4] == placeholder):
+                f.seek(sector * 512 + at)
+                f.write(volume_id.to_bytes(4, "little"))
 
 
 def _mtools(tool: str, image: Path, env: dict[str, str], *args: str) -> None:

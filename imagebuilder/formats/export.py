@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,9 +58,12 @@ def esp_image(cache: Cache, source: BootSource, boot_files: BootFiles) -> tuple[
                  for p in (boot_files.systemd_boot, boot_files.gptmbr)],
     })
 
+    def skeletons(inputs: Mapping[str, object], make: Callable[[Path], None]) -> Path:
+        return cache.get_or_make(cache.stage_key("esp-volume", 1, inputs), make)[0]
+
     def produce(dest: Path) -> None:
         source.verify()
-        write_esp(dest, source.on_disk(), boot_files=boot_files)
+        write_esp(dest, source.on_disk(), boot_files=boot_files, skeletons=skeletons)
         if source.disk_digest is not None:  # proven once here, the cache then keeps it intact
             check_disk(disk_from_esp(dest, source, boot_files=boot_files,
                                      layers=layer_images(cache, source)),

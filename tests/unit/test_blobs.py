@@ -112,10 +112,12 @@ def test_an_esp_whose_disk_is_not_the_recorded_disk_digest_is_refused(tmp_path: 
         esp_image(cache, wrong, files)
     from imagebuilder.formats.export import disk_digest, disk_from_esp, layer_images
     layers = layer_images(cache, source)
-    # no ESP is kept; the layers' EROFS images, right whatever the disk, are
+    # no ESP is kept; the layers' EROFS images and the formatted volume without files, right
+    # whatever the disk, are
     stored = {p for p in cache.stages_dir.rglob("*") if p.is_file()
               and not p.name.endswith(".xxh3")}
-    assert stored == {image for _, image in layers}
+    volumes = stored - {image for _, image in layers}
+    assert len(volumes) == 1 and b"K" * 5000 not in volumes.pop().read_bytes()
     esp, hit = esp_image(cache, source, files)
     right = disk_digest(disk_from_esp(esp, source, boot_files=files, layers=layers))
     cache.invalidate(esp.name)

@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -221,6 +222,29 @@ def test_rebuild_is_byte_identical_whatever_clock_and_time_zone(
     assert first == second
     other = _build(tmp_path / "c.img", inputs, seed=b"another").read_bytes()
     assert other != first and len(other) == len(first)
+
+
+@needs_tools
+@pytest.mark.parametrize("flavour", [{"bios": True, "fat_bits": 32, "hidden_sectors": 2048},
+                                     {"bios": False, "fat_bits": 16, "hidden_sectors": 0}])
+def test_a_kept_formatted_volume_gives_the_bytes_of_a_new_one(
+        tmp_path: Path, inputs: tuple[Path, list[tuple[str, Path]]],
+        flavour: dict[str, object]) -> None:
+    kept: dict[str, Path] = {}
+
+    def skeletons(key: object, make: Callable[[Path], None]) -> Path:
+        name = repr(sorted(dict(key).items()))  # type: ignore[call-overload]
+        if name not in kept:
+            kept[name] = tmp_path / f"volume{len(kept)}"
+            make(kept[name])
+        return kept[name]
+
+    for seed in (b"one", b"two"):  # the second reuses the first's volume with another serial
+        new = _build(tmp_path / "new.img", inputs, seed=seed, **flavour).read_bytes()
+        made = _build(tmp_path / "kept.img", inputs, seed=seed, skeletons=skeletons, **flavour)
+        assert made.read_bytes() == new
+        assert data_extents(made) == data_extents(tmp_path / "new.img")  # as sparse
+    assert len(kept) == 1
 
 
 @needs_tools
