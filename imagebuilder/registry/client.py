@@ -431,6 +431,19 @@ class Client:
                                 headers={"Content-Type": "application/octet-stream"})
         response.close()
 
+    def ensure_blob(self, repo: str, digest: str, size: int, body: Callable[[int, int], Body],
+                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> bool:
+        """Upload blob ``digest`` to ``repo`` unless the registry has it; whether it was sent."""
+        if self.head_blob(repo, digest):
+            return False
+        self.upload(repo, self.start_upload(repo), digest, size, body, chunk_size)
+        return True
+
+    def ensure_blob_bytes(self, repo: str, data: bytes) -> bool:
+        """:meth:`ensure_blob` of ``data`` held in memory (a signature, an SBOM, a config)."""
+        return self.ensure_blob(repo, sha256_digest(data), len(data),
+                                lambda offset, length: _Bytes(data[offset:offset + length]))
+
     def blob_stream(self, repo: str, digest: str, size: int,
                     progress: Callable[[int], None]) -> VerifiedStream:
         """Blob ``digest`` of ``repo`` (``size`` bytes, as its descriptor says) as a stream
@@ -439,6 +452,19 @@ class Client:
                                 ok=(200,), what=f"get blob {digest[:19]} from {repo}",
                                 stream=True)
         return VerifiedStream(response, digest, size, self.host, progress)
+
+
+class _Bytes:
+    """A request body of bytes held in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.data
 
 
 def _pull(repo: str) -> str:

@@ -29,7 +29,7 @@ from ..errors import FetchError, NotFoundError, UserError
 from ..store.layout import HISTORY_TAG, MANIFEST_MEDIA_TYPE, Descriptor, Store, canonical_json
 from ..store.oci import sha256_digest
 from .manifest import parse_artifact_layer
-from .transfer import DEFAULT_CHUNK_SIZE, Client, RegistryError, RegistryRef, blob_body
+from .transfer import Client, RegistryError, RegistryRef, blob_body
 
 PROMOTIONS_ARTIFACT_TYPE = "application/vnd.imagebuilder.promotions.v1"
 PROMOTIONS_MEDIA_TYPE = "application/vnd.imagebuilder.promotions.v1+json"
@@ -152,11 +152,8 @@ class _Remote:
 
     def put_history(self, store: Store, manifest: bytes, blobs: list[Descriptor]) -> None:
         for desc in blobs:
-            if not self.client.head_blob(self.repo, desc.digest):
-                url = self.client.start_upload(self.repo)
-                body = blob_body(store.blob_path(desc.digest), desc, lambda n: None)
-                self.client.upload(self.repo, url, desc.digest, desc.size, body,
-                                   DEFAULT_CHUNK_SIZE)
+            self.client.ensure_blob(self.repo, desc.digest, desc.size,
+                                    blob_body(store.blob_path(desc.digest), desc, lambda n: None))
         self.client.put_manifest(self.repo, HISTORY_TAG, manifest, MANIFEST_MEDIA_TYPE)
 
 

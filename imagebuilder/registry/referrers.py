@@ -29,7 +29,6 @@ would be choosing; kept, each is named with where it came from.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +37,7 @@ from ..errors import FetchError, IntegrityError
 from ..store import attachments
 from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Store
 from ..store.oci import DIGEST_RE, INDEX_MEDIA_TYPE, canonical_json, sha256_digest
-from .client import DEFAULT_CHUNK_SIZE, Client
+from .client import Client
 from .manifest import MAX_MANIFEST_BYTES, MalformedError, load_object
 from .streams import RegistryError
 
@@ -69,24 +68,6 @@ class Found:
 # --- push -----------------------------------------------------------------------------------
 
 
-class _Bytes:
-    """A request body of bytes held in memory (an attachment's blob is at most a few MiB)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self.data
-
-
-def _ranges(data: bytes) -> Callable[[int, int], _Bytes]:
-    """What :meth:`Client.upload` sends of ``data``: its ranges."""
-    return lambda offset, length: _Bytes(data[offset:offset + length])
-
-
 def push(store: Store, subject: str, client: Client, repo: str) -> list[str]:
     """Push the attachments of manifest ``subject`` (already in ``repo``) with their blobs; their
     digests. The referrers tag is kept too unless the registry answered each manifest PUT with
@@ -95,10 +76,8 @@ def push(store: Store, subject: str, client: Client, repo: str) -> list[str]:
     processed = True
     for desc in descs:
         for part in attachments.all_blobs(store, desc):
-            if not client.head_blob(repo, part.digest):
-                data = store.read_blob(part.digest)  # checked against its digest
-                client.upload(repo, client.start_upload(repo), part.digest, part.size,
-                              _ranges(data), DEFAULT_CHUNK_SIZE)
+            if not client.head_blob(repo, part.digest):  # read the blob only if it must go
+                client.ensure_blob_bytes(repo, store.read_blob(part.digest))  # verified read
         processed &= _put_manifest(client, repo, store.read_blob(desc.digest), subject)
     if descs and not processed:  # distribution-spec 1.1: no OCI-Subject, keep the tag schema
         _update_tag_index(client, repo, subject, descs)
@@ -114,9 +93,7 @@ def push_referrer(client: Client, repo: str, subject: Descriptor, artifact_type:
         return None
     layer = Descriptor(media_type, sha256_digest(payload), len(payload))
     for blob in (attachments.EMPTY_JSON, payload):
-        if not client.head_blob(repo, sha256_digest(blob)):
-            client.upload(repo, client.start_upload(repo), sha256_digest(blob), len(blob),
-                          _ranges(blob), DEFAULT_CHUNK_SIZE)
+        client.ensure_blob_bytes(repo, blob)
     data = attachments.artifact_manifest(subject, artifact_type, layer, annotations)
     _put_manifest(client, repo, data, subject.digest)
     return sha256_digest(data)

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import NotFoundError, UserError
 from ..keyfiles import PrivateKey, sign_bytes, verify_bytes
-from ..registry.client import DEFAULT_CHUNK_SIZE, Client
+from ..registry.client import Client
 from ..registry.refs import RegistryRef
 from ..registry.transfer import blob_body
 from ..store import attachments
@@ -291,11 +291,8 @@ def attestation_tag(digest: str) -> str:
 
 
 def _send(store: Store, client: Client, repo: str, desc: Descriptor) -> None:
-    if not client.head_blob(repo, desc.digest):
-        url = client.start_upload(repo)
-        client.upload(repo, url, desc.digest, desc.size,
-                      blob_body(store.blob_path(desc.digest), desc, lambda n: None),
-                      DEFAULT_CHUNK_SIZE)
+    client.ensure_blob(repo, desc.digest, desc.size,
+                       blob_body(store.blob_path(desc.digest), desc, lambda n: None))
 
 
 def push_attestations(store: Store, digest: str, target: RegistryRef, client: Client) -> int:

@@ -15,7 +15,7 @@ digest?
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,27 +151,6 @@ def remote_signatures(client: Client, repo: str, digest: str) -> list[Signature]
     return out
 
 
-class _Bytes:
-    """A request body of bytes in memory (what :meth:`Client.upload` streams)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self.data
-
-
-def _upload(client: Client, repo: str, data: bytes) -> None:
-    digest = sha256_digest(data)
-    if not client.head_blob(repo, digest):
-        url = client.start_upload(repo)
-        client.upload(repo, url, digest, len(data),
-                      lambda offset, length: _Bytes(data[offset:offset + length]), len(data))
-
-
 def _append(client: Client, repo: str, digest: str, existing: list[Descriptor],
             new: Sequence[Signature]) -> int:
     """Add the signatures ``new`` that are not there yet to the ``.sig`` manifest of image
@@ -180,12 +159,12 @@ def _append(client: Client, repo: str, digest: str, existing: list[Descriptor],
     if not added:
         return 0
     for sig in added:
-        _upload(client, repo, sig.payload)
+        client.ensure_blob_bytes(repo, sig.payload)
     # read again just before the PUT, so that what other signers appended meanwhile is kept
     fresh = _sig_layers(client, repo, digest)
     layers = [*fresh, *(s.layer() for s in added if not _holds(fresh, s))]
     config, manifest = cosign.sig_manifest(layers)
-    _upload(client, repo, config)
+    client.ensure_blob_bytes(repo, config)
     client.put_manifest(repo, signature_tag(digest), manifest, MANIFEST_MEDIA_TYPE)
     return len(added)
 

@@ -592,7 +592,7 @@ def test_a_signature_a_concurrent_signer_replaced_is_appended_again(
                           repo, digest)
         config, manifest = cosign.sig_manifest([sig.layer()])
         for blob in (sig.payload, config):
-            signatures._upload(client, "app", blob)
+            client.ensure_blob_bytes("app", blob)
         put = Client.put_manifest
         raced: list[str] = []
 
