@@ -71,13 +71,15 @@ class File:
                             "built (another size): leave the app's files alone during a build")
         return data
 
-    def digest(self) -> str:
+    def digest(self, algo: str = "xxh3") -> str:
+        """The hex digest (``xxh3`` or ``sha256``) of the file's bytes, or of the very host file
+        detection recorded."""
         if self.data is not None:
-            return hashing.xxh3_bytes(self.data)
+            return (hashing.sha256_bytes if algo == "sha256" else hashing.xxh3_bytes)(self.data)
         assert self.source is not None and self.identity is not None
         fd = open_source(self.source, self.identity, guest(self.dest))
         try:
-            return hashing.digest_fd(fd, ("xxh3",)).hexdigests["xxh3"]
+            return hashing.digest_fd(fd, (algo,)).hexdigests[algo]
         finally:
             os.close(fd)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from .. import __version__
 from ..apps.shape import File, guest
 from ..config.parse import Config
 from ..fetch.lock import LockEntry
-from ..fsutil import open_source, source_date_epoch
+from ..fsutil import source_date_epoch
 from ..hashing import core as hashing
 from ..store.attachments import attach
 from ..store.layout import Descriptor, Store
@@ -73,18 +72,6 @@ def file_sha256(path: Path) -> str:
     return hashing.sha256_file(path)
 
 
-def app_file_sha256(file: File) -> str:
-    """The SHA-256 of an app file: its bytes, or the very host file detection recorded."""
-    if file.data is not None:
-        return hashing.sha256_bytes(file.data)
-    assert file.source is not None and file.identity is not None
-    fd = open_source(file.source, file.identity, guest(file.dest))
-    try:
-        return hashing.digest_fd(fd, ("sha256",)).hexdigests["sha256"]
-    finally:
-        os.close(fd)
-
-
 def deb_uri(entry: LockEntry) -> str:
     """``pkg:deb/debian/NAME@VERSION?arch=ARCH``: a pinned package as a purl (the
     architecture is the pool file's, ``NAME_VERSION_ARCH.deb``)."""
@@ -123,7 +110,7 @@ def facts(cfg: Config, app_files: Iterable[File], digest: str,
               if cfg.path is not None else None)
     lock = (resource(cfg.lock_path.name, file_sha256(cfg.lock_path))
             if cfg.lock_path.is_file() else None)
-    app = tuple(resource(guest(f.dest), app_file_sha256(f))
+    app = tuple(resource(guest(f.dest), f.digest("sha256"))
                 for f in sorted(app_files, key=lambda f: f.dest))
     return BuildFacts(
         name=f"{cfg.image.name}:{cfg.image.version}", digest=digest, config=config, lock=lock,
