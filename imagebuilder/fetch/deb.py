@@ -172,8 +172,18 @@ def _scan_for(tar: tarfile.TarFile, path: str, deb: Path
 def _follow_links(path: str, links: dict[str, str], deb: Path) -> str:
     """``path`` with every component that is one of the package's symlinks (``links``, by
     name) replaced by its target, as in a chroot of the package."""
+    return "/".join(_chroot_walk(
+        path.split("/"), lambda done: links.get("/".join(done)),
+        lambda: FetchError(f"{deb}: too many levels of symbolic links to {path}")))
+
+
+def _chroot_walk(parts: list[str], readlink: Callable[[list[str]], str | None],
+                 too_many: Callable[[], Exception]) -> list[str]:
+    """The components ``parts`` name once every symlink (``readlink`` of the components so far:
+    its target, or None for no link) is followed as in a chroot: ``..`` stops at the root, an
+    absolute target starts from it."""
     done: list[str] = []
-    todo = deque(path.split("/"))
+    todo = deque(parts)
     hops = 0
     while todo:
         part = todo.popleft()
@@ -183,18 +193,17 @@ def _follow_links(path: str, links: dict[str, str], deb: Path) -> str:
             if done:
                 done.pop()
             continue
-        here = "/".join([*done, part])
-        if here not in links:
+        target = readlink([*done, part])
+        if target is None:
             done.append(part)
             continue
         hops += 1
         if hops > MAX_SYMLINK_HOPS:
-            raise FetchError(f"{deb}: too many levels of symbolic links to {path}")
-        target = links[here]
+            raise too_many()
         if target.startswith("/"):
             done = []
         todo.extendleft(reversed(target.split("/")))
-    return "/".join(done)
+    return done
 
 
 def _name(member: tarfile.TarInfo) -> str:
@@ -330,29 +339,11 @@ def _safe_parts(name: str, deb: Path) -> list[str]:
 
 def _resolve(root: Path, parts: list[str]) -> Path:
     """The real location of ``parts`` under ``root``, following symlinks as in a chroot."""
-    done: list[str] = []
-    todo = deque(parts)
-    hops = 0
-    while todo:
-        part = todo.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        path = root.joinpath(*done, part)
-        if not path.is_symlink():
-            done.append(part)
-            continue
-        hops += 1
-        if hops > MAX_SYMLINK_HOPS:
-            raise FetchError(f"too many levels of symbolic links under {root}: {'/'.join(parts)}")
-        target = os.readlink(path)
-        if target.startswith("/"):
-            done = []
-        todo.extendleft(reversed(target.split("/")))
-    return root.joinpath(*done)
+    def readlink(done: list[str]) -> str | None:
+        path = root.joinpath(*done)
+        return os.readlink(path) if path.is_symlink() else None
+    return root.joinpath(*_chroot_walk(parts, readlink, lambda: FetchError(
+        f"too many levels of symbolic links under {root}: {'/'.join(parts)}")))
 
 
 def _remove_existing(target: Path, deb: Path) -> None:
