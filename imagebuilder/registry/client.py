@@ -442,7 +442,7 @@ class Client:
     def ensure_blob_bytes(self, repo: str, data: bytes) -> bool:
         """:meth:`ensure_blob` of ``data`` held in memory (a signature, an SBOM, a config)."""
         return self.ensure_blob(repo, sha256_digest(data), len(data),
-                                lambda offset, length: _Bytes(data[offset:offset + length]))
+                                lambda offset, length: data_body(data, offset, length))
 
     def blob_stream(self, repo: str, digest: str, size: int,
                     progress: Callable[[int], None]) -> VerifiedStream:
@@ -452,6 +452,12 @@ class Client:
                                 ok=(200,), what=f"get blob {digest[:19]} from {repo}",
                                 stream=True)
         return VerifiedStream(response, digest, size, self.host, progress)
+
+
+def data_body(data: bytes, offset: int, length: int) -> Body:
+    """A range of ``data`` held in memory as a request body (what :meth:`Client.upload`'s
+    ``body`` returns)."""
+    return _Bytes(data[offset:offset + length])
 
 
 class _Bytes:

@@ -29,6 +29,7 @@ would be choosing; kept, each is named with where it came from.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from ..errors import FetchError, IntegrityError
 from ..store import attachments
 from ..store.layout import MANIFEST_MEDIA_TYPE, Descriptor, Store
 from ..store.oci import DIGEST_RE, INDEX_MEDIA_TYPE, canonical_json, sha256_digest
-from .client import Client
+from .client import Body, Client, data_body
 from .manifest import MAX_MANIFEST_BYTES, MalformedError, load_object
 from .streams import RegistryError
 
@@ -68,6 +69,11 @@ class Found:
 # --- push -----------------------------------------------------------------------------------
 
 
+def _stored(store: Store, digest: str) -> Callable[[int, int], Body]:
+    """A stored blob as an upload body, read (and verified) only if it must be sent."""
+    return lambda offset, length: data_body(store.read_blob(digest), offset, length)
+
+
 def push(store: Store, subject: str, client: Client, repo: str) -> list[str]:
     """Push the attachments of manifest ``subject`` (already in ``repo``) with their blobs; their
     digests. The referrers tag is kept too unless the registry answered each manifest PUT with
@@ -76,8 +82,7 @@ def push(store: Store, subject: str, client: Client, repo: str) -> list[str]:
     processed = True
     for desc in descs:
         for part in attachments.all_blobs(store, desc):
-            if not client.head_blob(repo, part.digest):  # read the blob only if it must go
-                client.ensure_blob_bytes(repo, store.read_blob(part.digest))  # verified read
+            client.ensure_blob(repo, part.digest, part.size, _stored(store, part.digest))
         processed &= _put_manifest(client, repo, store.read_blob(desc.digest), subject)
     if descs and not processed:  # distribution-spec 1.1: no OCI-Subject, keep the tag schema
         _update_tag_index(client, repo, subject, descs)
