@@ -17,13 +17,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from imagebuilder.signing import provenance
 from imagebuilder.store import attachments
 from imagebuilder.store.layout import Store
 from support.cosign import Cosign
+from support.keys import pem_key_pair
 from support.registry import Registry, available
 
 from .conftest import Built, Cli, one_line_error, synthetic_image
@@ -56,13 +55,7 @@ def _sha(path: Path) -> str:
 
 
 def _pem_pair(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = tmp / "other.pem", tmp / "other.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    private, public, _ = pem_key_pair(tmp, "other")
     return private, public
 
 

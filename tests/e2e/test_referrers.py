@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from imagebuilder import progress
 from imagebuilder.registry import referrers
@@ -35,6 +33,7 @@ from imagebuilder.store import attachments
 from imagebuilder.store.layout import MANIFEST_MEDIA_TYPE, Store
 from imagebuilder.store.oci import canonical_json, sha256_digest
 from support.inputs import inputs_dir
+from support.keys import pem_key_pair
 from support.registry import ReferrersProxy, Registry, available, start_registry
 
 from .conftest import Cli, docker_cli, one_line_error, synthetic_image
@@ -377,11 +376,7 @@ def test_signing_in_a_registry_adds_a_referrer_where_it_has_the_api(
         proxied: ReferrersProxy, registry: Registry, tmp_path: Path) -> None:
     """cosign's layout is the .sig tag in both; a registry with the referrers API also lists
     the signature as a referrer of the image, one without gets no referrers tag from us."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = tmp_path / "release.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    private, _, _ = pem_key_pair(tmp_path, "release")
     for host, name, api in ((proxied.host, "signedapi", True), (registry.host, "signedtag", False)):
         r = docker_cli(tmp_path / name, tmp_path / "docker")
         synthetic_image(r.home, f"{name}:1.0", [64], name.encode())

@@ -14,11 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from imagebuilder.signing.cosign import SIGNATURE_ANNOTATION, signature_tag
 from support.cosign import Cosign
+from support.keys import pem_key_pair
 from support.registry import Registry, available
 
 from .conftest import Cli, one_line_error, synthetic_image
@@ -41,15 +41,7 @@ def cosign_keys(cosign: Cosign) -> tuple[Path, Path]:
 
 
 def _pem_pair(tmp: Path, name: str) -> tuple[Path, Path, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = tmp / f"{name}.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public = tmp / f"{name}.pub"
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public, key
+    return pem_key_pair(tmp, name)
 
 
 def _cosign_verify(cosign: Cosign, pub: Path, ref: str, check: bool = True) -> list[dict]:  # type: ignore[type-arg]

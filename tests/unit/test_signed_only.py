@@ -32,21 +32,14 @@ from imagebuilder.store import attachments
 from imagebuilder.store.layout import INITRD_LAYER_MEDIA_TYPE, KERNEL_MEDIA_TYPE, Store
 from imagebuilder.store.layout import TITLE_ANNOTATION as TITLE
 from support.cli import Cli
+from support.keys import pem_key_pair
 
 SHOWN = "app/imagebuilder.toml"
 
 
 def write_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
     """A P-256 key pair as PEM files ``name.key`` (PKCS#8, unencrypted) and ``name.pub``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = directory / f"{name}.key"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public = directory / f"{name}.pub"
-    public.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    private, public, _ = pem_key_pair(directory, name, ".key")
     return private, public
 
 
